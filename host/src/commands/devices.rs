@@ -1,0 +1,199 @@
+//! `station devices`: what is attached, who each phone is, and its activation state.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use station_protocol::usbmux::DeviceInfo;
+
+use crate::error::StationError;
+use crate::models::marketing_name;
+use crate::phone::Bench;
+
+/// Bound on identifying one phone, so one stuck phone cannot stall the listing.
+const PER_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceRow {
+    pub udid: String,
+    pub serial: Option<String>,
+    pub product_type: Option<String>,
+    pub model: Option<String>,
+    pub product_version: Option<String>,
+    pub build_version: Option<String>,
+    pub device_name: Option<String>,
+    pub activation_state: Option<String>,
+    pub paired: bool,
+    pub connection: String,
+    /// usbmuxd `LocationID` as hex: `(bus << 16) | address`, i.e. the hub port.
+    pub location: String,
+    pub device_id: u32,
+    /// Why some fields are missing, and what to do about it.
+    pub note: Option<String>,
+}
+
+impl DeviceRow {
+    fn new(device: &DeviceInfo) -> Self {
+        DeviceRow {
+            udid: device.udid.clone(),
+            serial: None,
+            product_type: None,
+            model: None,
+            product_version: None,
+            build_version: None,
+            device_name: None,
+            activation_state: None,
+            paired: false,
+            connection: device.connection_type.clone(),
+            location: format!("0x{:08x}", device.location_id),
+            device_id: device.device_id,
+            note: None,
+        }
+    }
+
+    fn absorb(&mut self, values: &plist::Value) {
+        let Some(d) = values.as_dictionary() else {
+            return;
+        };
+        let text = |key: &str| d.get(key).and_then(|v| v.as_string()).map(str::to_string);
+        let keep = |slot: &mut Option<String>, key: &str| {
+            if let Some(v) = text(key) {
+                *slot = Some(v);
+            }
+        };
+        keep(&mut self.serial, "SerialNumber");
+        keep(&mut self.product_type, "ProductType");
+        keep(&mut self.product_version, "ProductVersion");
+        keep(&mut self.build_version, "BuildVersion");
+        keep(&mut self.device_name, "DeviceName");
+        keep(&mut self.activation_state, "ActivationState");
+        self.model = self
+            .product_type
+            .as_deref()
+            .map(|t| marketing_name(t).unwrap_or(t).to_string());
+    }
+}
+
+/// Identifies one phone with as little intrusion as possible: values readable without
+/// pairing first; a session when a pair record exists; and silent pairing for a phone at
+/// Setup Assistant (it pairs without a trust prompt). An activated phone we are not paired
+/// with is never asked to pair here, since that would pop the trust prompt.
+pub async fn identify(bench: &Bench, device: &DeviceInfo) -> DeviceRow {
+    let mut row = DeviceRow::new(device);
+    match tokio::time::timeout(PER_DEVICE_TIMEOUT, identify_into(bench, device, &mut row)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => row.note = Some(note_for(&e)),
+        Err(_) => {
+            row.note = Some(format!(
+                "no answer within {PER_DEVICE_TIMEOUT:?}: replug the phone"
+            ))
+        }
+    }
+    row
+}
+
+fn note_for(e: &StationError) -> String {
+    match &e.help {
+        Some(help) => format!("{}: {}", e.message, help),
+        None => e.message.clone(),
+    }
+}
+
+async fn identify_into(
+    bench: &Bench,
+    device: &DeviceInfo,
+    row: &mut DeviceRow,
+) -> Result<(), StationError> {
+    let udid = device.udid.as_str();
+    let mut lockdown = bench.lockdown(device).await?;
+    let public = lockdown
+        .get_value(None, None)
+        .await
+        .map_err(|e| StationError::from_lockdown(udid, e))?;
+    row.absorb(&public);
+    if row.activation_state.is_none() {
+        // Not in the unpaired dump, but phones answer it when asked by key.
+        if let Ok(state) = lockdown.get_value(None, Some("ActivationState")).await {
+            row.absorb(&station_protocol::frame::dict([("ActivationState", state)]));
+        }
+    }
+    drop(lockdown);
+
+    let session = match bench.session(device).await {
+        Ok(Some(session)) => Some(session),
+        Ok(None) if row.activation_state.as_deref() == Some("Unactivated") => {
+            let record = bench.pair(device, Duration::ZERO).await?;
+            Some(bench.session_with(device, record).await?)
+        }
+        Ok(None) => {
+            row.note = Some(note_for(&StationError::not_paired(udid)));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(mut session) = session {
+        row.paired = true;
+        let values = session
+            .get_value(None, None)
+            .await
+            .map_err(|e| StationError::from_lockdown(udid, e))?;
+        row.absorb(&values);
+        session.close().await;
+    }
+    Ok(())
+}
+
+pub async fn list(bench: &Bench) -> Result<Vec<DeviceRow>, StationError> {
+    let devices = bench.usbmuxd.list_devices().await?;
+    Ok(futures_util::future::join_all(devices.iter().map(|d| identify(bench, d))).await)
+}
+
+pub fn render_table(rows: &[DeviceRow]) -> String {
+    if rows.is_empty() {
+        return "No phones attached.\n".to_string();
+    }
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".to_string());
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.udid.clone(),
+                dash(&r.serial),
+                dash(&r.model),
+                dash(&r.product_version),
+                dash(&r.activation_state),
+                r.connection.clone(),
+                r.location.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "UDID", "SERIAL", "MODEL", "iOS", "STATE", "CONN", "LOCATION",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for line in &table {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let format_line = |cells: &[String]| {
+        let mut line = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect::<Vec<_>>()
+            .join("  ");
+        line.truncate(line.trim_end().len());
+        line.push('\n');
+        line
+    };
+    let mut out = format_line(&header.map(str::to_string));
+    for line in &table {
+        out.push_str(&format_line(line));
+    }
+    for r in rows {
+        if let Some(note) = &r.note {
+            out.push_str(&format!("note {}: {note}\n", r.udid));
+        }
+    }
+    out
+}

@@ -1,0 +1,23 @@
+//! `station info`: lockdown values through a paired TLS session, like `ideviceinfo`.
+
+use std::time::Duration;
+
+use crate::error::StationError;
+use crate::phone::Bench;
+
+pub async fn values(
+    bench: &Bench,
+    udid: &str,
+    domain: Option<&str>,
+    key: Option<&str>,
+    trust_wait: Duration,
+) -> Result<plist::Value, StationError> {
+    let device = bench.usbmuxd.find(udid).await?;
+    let mut session = bench.session_or_pair(&device, trust_wait).await?;
+    let value = session
+        .get_value(domain, key)
+        .await
+        .map_err(|e| StationError::from_lockdown(&device.udid, e));
+    session.close().await;
+    value
+}

@@ -1,0 +1,41 @@
+//! `station pair` / `station unpair`.
+
+use std::time::Duration;
+
+use crate::error::StationError;
+use crate::phone::Bench;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairOutcome {
+    /// A new pairing was made (and its record stored).
+    Paired,
+    /// The stored record still opens a session.
+    AlreadyPaired,
+}
+
+pub async fn pair(bench: &Bench, udid: &str, wait: Duration) -> Result<PairOutcome, StationError> {
+    let device = bench.usbmuxd.find(udid).await?;
+    if let Some(record) = bench.pair_record(&device.udid).await? {
+        match bench.session_with(&device, record).await {
+            Ok(session) => {
+                session.close().await;
+                return Ok(PairOutcome::AlreadyPaired);
+            }
+            // The phone forgot us (erased): pair again below.
+            Err(e) if e.code == "pair-record-stale" => {
+                tracing::info!(udid, "stored pair record is stale; pairing again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let record = bench.pair(&device, wait).await?;
+    // Prove the new record works before saying so.
+    bench.session_with(&device, record).await?.close().await;
+    Ok(PairOutcome::Paired)
+}
+
+pub async fn unpair(bench: &Bench, udid: &str) -> Result<bool, StationError> {
+    let device = bench.usbmuxd.find(udid).await?;
+    bench.unpair(&device).await
+}

@@ -1,0 +1,194 @@
+//! `station`: the provisioning station's command-line program.
+
+mod cli;
+mod commands;
+mod error;
+mod models;
+mod phone;
+mod render;
+mod usbmuxd;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use station_config::StationConfig;
+use station_protocol::pairing::{DirPairStore, UsbmuxdPairStore};
+use station_protocol::usbmux::Address;
+
+use crate::cli::{Cli, Command};
+use crate::error::{exit, StationError};
+use crate::phone::{Bench, PairStore};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e, json);
+            ExitCode::from(e.exit)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let default = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+        .init();
+}
+
+fn report(e: &StationError, json: bool) {
+    if json {
+        let value = serde_json::json!({
+            "error": { "code": e.code, "message": e.message, "help": e.help }
+        });
+        println!("{value}");
+    }
+    eprintln!("error[{}]: {}", e.code, e.message);
+    if let Some(help) = &e.help {
+        eprintln!("  help: {help}");
+    }
+}
+
+fn bench(cli: &Cli, config: &StationConfig) -> Result<Bench, StationError> {
+    let address = match cli.usbmuxd.as_deref().or(config.usbmuxd.address.as_deref()) {
+        Some(text) => Address::parse(text)?,
+        None => Address::from_env()?,
+    };
+    let timeout = Duration::from_secs(cli.timeout.unwrap_or(config.station.timeout_secs).max(1));
+    let store = match cli
+        .pair_records
+        .clone()
+        .or_else(|| config.pairing.records_dir.clone())
+    {
+        Some(dir) => PairStore::Dir(DirPairStore::new(dir)),
+        None => PairStore::Usbmuxd(UsbmuxdPairStore::new(address.clone(), timeout)),
+    };
+    Ok(Bench::new(usbmuxd::Usbmuxd::new(address, timeout), store))
+}
+
+fn load_config(cli: &Cli) -> Result<StationConfig, StationError> {
+    match &cli.config {
+        Some(path) => StationConfig::load(path).map_err(|e| {
+            StationError::new("config-invalid", exit::USAGE, e.to_string())
+                .help("run `station config check` once it exists, or fix the line named above")
+        }),
+        None => Ok(StationConfig::default()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), StationError> {
+    let config = load_config(&cli)?;
+    let bench = bench(&cli, &config)?;
+    let mut out = std::io::stdout().lock();
+    let written = match &cli.command {
+        Command::Devices => {
+            let rows = commands::devices::list(&bench).await?;
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                )
+            } else {
+                write!(out, "{}", commands::devices::render_table(&rows))
+            }
+        }
+        Command::Info {
+            udid,
+            domain,
+            key,
+            wait,
+        } => {
+            let value = commands::info::values(
+                &bench,
+                udid,
+                domain.as_deref(),
+                key.as_deref(),
+                Duration::from_secs(*wait),
+            )
+            .await?;
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&render::to_json(&value)).unwrap_or_default()
+                )
+            } else {
+                write!(out, "{}", render::to_text(&value))
+            }
+        }
+        Command::Pair { udid, wait } => {
+            let outcome = commands::pair::pair(&bench, udid, Duration::from_secs(*wait)).await?;
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "udid": udid, "outcome": outcome })
+                )
+            } else {
+                match outcome {
+                    commands::pair::PairOutcome::Paired => {
+                        writeln!(out, "SUCCESS: paired with {udid}")
+                    }
+                    commands::pair::PairOutcome::AlreadyPaired => {
+                        writeln!(out, "SUCCESS: already paired with {udid}")
+                    }
+                }
+            }
+        }
+        Command::Unpair { udid } => {
+            let existed = commands::pair::unpair(&bench, udid).await?;
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "udid": udid, "outcome": if existed { "unpaired" } else { "not_paired" } })
+                )
+            } else if existed {
+                writeln!(out, "SUCCESS: unpaired {udid}")
+            } else {
+                writeln!(out, "{udid} was not paired with this station")
+            }
+        }
+    };
+    // A closed pipe (`station devices | head`) is not a failure.
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(StationError::new(
+            "output",
+            exit::FAILURE,
+            format!("cannot write output: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}

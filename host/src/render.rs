@@ -1,0 +1,113 @@
+//! Rendering plist values for people (ideviceinfo-style text) and machines (JSON).
+
+use base64::Engine;
+
+/// JSON for a plist value: data becomes base64, dates RFC 3339 strings.
+pub fn to_json(value: &plist::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        plist::Value::Array(items) => J::Array(items.iter().map(to_json).collect()),
+        plist::Value::Dictionary(d) => {
+            J::Object(d.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
+        plist::Value::Boolean(b) => J::Bool(*b),
+        plist::Value::Data(bytes) => {
+            J::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        plist::Value::Date(date) => J::String(date.to_xml_format()),
+        plist::Value::Real(r) => serde_json::Number::from_f64(*r).map_or(J::Null, J::Number),
+        plist::Value::Integer(i) => i
+            .as_unsigned()
+            .map(J::from)
+            .or_else(|| i.as_signed().map(J::from))
+            .unwrap_or(J::Null),
+        plist::Value::String(s) => J::String(s.clone()),
+        plist::Value::Uid(uid) => J::from(uid.get()),
+        _ => J::Null,
+    }
+}
+
+/// A scalar as text; containers are handled by [`to_text`].
+fn scalar_text(value: &plist::Value) -> String {
+    match value {
+        plist::Value::Boolean(b) => b.to_string(),
+        plist::Value::Data(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+        plist::Value::Date(date) => date.to_xml_format(),
+        plist::Value::Real(r) => r.to_string(),
+        plist::Value::Integer(i) => i.to_string(),
+        plist::Value::String(s) => s.clone(),
+        plist::Value::Uid(uid) => uid.get().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `Key: value` lines like ideviceinfo, nested containers indented.
+pub fn to_text(value: &plist::Value) -> String {
+    let mut out = String::new();
+    write_text(&mut out, value, 0);
+    out
+}
+
+fn write_text(out: &mut String, value: &plist::Value, depth: usize) {
+    let indent = "  ".repeat(depth);
+    match value {
+        plist::Value::Dictionary(d) => {
+            for (key, item) in d {
+                match item {
+                    plist::Value::Dictionary(_) | plist::Value::Array(_) => {
+                        out.push_str(&format!("{indent}{key}:\n"));
+                        write_text(out, item, depth + 1);
+                    }
+                    scalar => out.push_str(&format!("{indent}{key}: {}\n", scalar_text(scalar))),
+                }
+            }
+        }
+        plist::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    plist::Value::Dictionary(_) | plist::Value::Array(_) => {
+                        out.push_str(&format!("{indent}[{i}]:\n"));
+                        write_text(out, item, depth + 1);
+                    }
+                    scalar => out.push_str(&format!("{indent}{}\n", scalar_text(scalar))),
+                }
+            }
+        }
+        scalar => out.push_str(&format!("{indent}{}\n", scalar_text(scalar))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use station_protocol::frame::dict;
+
+    fn sample() -> plist::Value {
+        dict([
+            ("ActivationState", plist::Value::from("Unactivated")),
+            ("BrickState", plist::Value::Boolean(true)),
+            ("UniqueChipID", plist::Value::from(1234u64)),
+            ("Blob", plist::Value::Data(vec![0xde, 0xad])),
+            ("Nested", dict([("Inner", plist::Value::from("x"))])),
+        ])
+    }
+
+    #[test]
+    fn json_keeps_types_and_encodes_data_as_base64() {
+        let json = to_json(&sample());
+        assert_eq!(json["ActivationState"], "Unactivated");
+        assert_eq!(json["BrickState"], true);
+        assert_eq!(json["UniqueChipID"], 1234);
+        assert_eq!(json["Blob"], "3q0=");
+        assert_eq!(json["Nested"]["Inner"], "x");
+    }
+
+    #[test]
+    fn text_is_key_colon_value_with_nesting_indented() {
+        let text = to_text(&sample());
+        assert!(text.contains("ActivationState: Unactivated\n"));
+        assert!(text.contains("BrickState: true\n"));
+        assert!(text.contains("Nested:\n  Inner: x\n"));
+        assert_eq!(to_text(&plist::Value::from("Activated")), "Activated\n");
+    }
+}

@@ -1,0 +1,61 @@
+//! The station's view of usbmuxd: one short-lived connection per request, as usbmuxd wants.
+
+use std::time::Duration;
+
+use station_protocol::usbmux::{connect_address, Address, DeviceInfo, UsbmuxClient, UsbmuxStream};
+
+use crate::error::StationError;
+
+#[derive(Debug, Clone)]
+pub struct Usbmuxd {
+    address: Address,
+    timeout: Duration,
+}
+
+impl Usbmuxd {
+    pub fn new(address: Address, timeout: Duration) -> Self {
+        Usbmuxd { address, timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn client(&self) -> Result<UsbmuxClient<UsbmuxStream>, StationError> {
+        let stream = connect_address(&self.address, self.timeout).await?;
+        Ok(UsbmuxClient::new(stream).with_timeout(self.timeout))
+    }
+
+    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, StationError> {
+        let mut devices = self.client().await?.list_devices().await?;
+        devices.sort_by_key(|d| d.device_id);
+        Ok(devices)
+    }
+
+    /// The attached phone with this UDID; dashes are ignored because some usbmuxd builds
+    /// report the modern form without its dash.
+    pub async fn find(&self, udid: &str) -> Result<DeviceInfo, StationError> {
+        let wanted = normalise_udid(udid);
+        self.list_devices()
+            .await?
+            .into_iter()
+            .find(|d| normalise_udid(&d.udid) == wanted)
+            .ok_or_else(|| StationError::device_not_found(udid))
+    }
+
+    /// A raw stream to `port` on the phone.
+    pub async fn connect(
+        &self,
+        device: &DeviceInfo,
+        port: u16,
+    ) -> Result<UsbmuxStream, StationError> {
+        Ok(self.client().await?.connect(device.device_id, port).await?)
+    }
+}
+
+pub fn normalise_udid(udid: &str) -> String {
+    udid.chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}

@@ -1,0 +1,200 @@
+//! Plist framing used by lockdownd and every lockdown service: a 4-byte big-endian length
+//! followed by a plist (XML or binary).
+
+use std::io::Cursor;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame body accepted, checked before any allocation. Lockdown messages are a few
+/// KiB; activation-info with its `CollectionBlob` is ~30 KiB and activation records a few
+/// KiB, so 4 MiB leaves a wide margin while bounding what a hostile peer can make us hold.
+pub const MAX_FRAME_LEN: u32 = 4 * 1024 * 1024;
+
+/// How a plist is serialised on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlistFormat {
+    /// XML plist: what libimobiledevice sends to lockdownd.
+    Xml,
+    /// `bplist00`: what libimobiledevice sends to mobileactivationd.
+    Binary,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the {max}-byte cap")]
+    TooLarge { len: u64, max: u32 },
+    #[error("frame is empty")]
+    Empty,
+    #[error("invalid plist: {0}")]
+    Plist(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serialises a plist without the length prefix.
+pub fn encode_plist(value: &plist::Value, format: PlistFormat) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    let result = match format {
+        PlistFormat::Xml => value.to_writer_xml(&mut out),
+        PlistFormat::Binary => value.to_writer_binary(&mut out),
+    };
+    result.map_err(|e| FrameError::Plist(e.to_string()))?;
+    Ok(out)
+}
+
+/// Serialises a plist with its 4-byte big-endian length prefix.
+pub fn encode_frame(value: &plist::Value, format: PlistFormat) -> Result<Vec<u8>, FrameError> {
+    let body = encode_plist(value, format)?;
+    let len = checked_len(body.len())?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn checked_len(len: usize) -> Result<u32, FrameError> {
+    match u32::try_from(len) {
+        Ok(n) if n <= MAX_FRAME_LEN => Ok(n),
+        _ => Err(FrameError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME_LEN,
+        }),
+    }
+}
+
+/// Parses an XML or binary plist. Control characters below 0x20 (other than tab, newline and
+/// carriage return) are blanked in XML first: iOS has been seen to emit them in strings.
+pub fn decode_plist(bytes: &[u8]) -> Result<plist::Value, FrameError> {
+    if bytes.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    if bytes.starts_with(b"bplist00") {
+        return plist::Value::from_reader(Cursor::new(bytes))
+            .map_err(|e| FrameError::Plist(e.to_string()));
+    }
+    let cleaned: Vec<u8> = bytes
+        .iter()
+        .map(|&b| {
+            if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') {
+                b' '
+            } else {
+                b
+            }
+        })
+        .collect();
+    plist::Value::from_reader_xml(Cursor::new(cleaned))
+        .map_err(|e| FrameError::Plist(e.to_string()))
+}
+
+/// Reads one length-prefixed plist. The cap is enforced before the body is allocated.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<plist::Value, FrameError> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let mut body = vec![0u8; len as usize];
+    reader.read_exact(&mut body).await?;
+    decode_plist(&body)
+}
+
+/// Writes one length-prefixed plist and flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    value: &plist::Value,
+    format: PlistFormat,
+) -> Result<(), FrameError> {
+    let bytes = encode_frame(value, format)?;
+    writer.write_all(&bytes).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Builds a plist dictionary from `(key, value)` pairs; keeps request construction terse.
+pub fn dict<I, K>(entries: I) -> plist::Value
+where
+    I: IntoIterator<Item = (K, plist::Value)>,
+    K: Into<String>,
+{
+    let mut d = plist::Dictionary::new();
+    for (k, v) in entries {
+        d.insert(k.into(), v);
+    }
+    plist::Value::Dictionary(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> plist::Value {
+        dict([
+            ("Request", plist::Value::from("QueryType")),
+            ("Label", plist::Value::from("station")),
+        ])
+    }
+
+    #[test]
+    fn frame_starts_with_big_endian_body_length() {
+        let frame = encode_frame(&sample(), PlistFormat::Xml).expect("encode");
+        let body_len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        assert_eq!(body_len as usize, frame.len() - 4);
+        assert!(frame[4..].starts_with(b"<?xml"));
+    }
+
+    #[test]
+    fn binary_frames_carry_bplist_magic() {
+        let frame = encode_frame(&sample(), PlistFormat::Binary).expect("encode");
+        assert!(frame[4..].starts_with(b"bplist00"));
+    }
+
+    #[tokio::test]
+    async fn xml_and_binary_frames_decode_to_the_same_value() {
+        for format in [PlistFormat::Xml, PlistFormat::Binary] {
+            let bytes = encode_frame(&sample(), format).expect("encode");
+            let value = read_frame(&mut Cursor::new(bytes)).await.expect("decode");
+            assert_eq!(value, sample());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_refused_before_reading_the_body() {
+        let mut bytes = (MAX_FRAME_LEN + 1).to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"<plist>");
+        let err = read_frame(&mut Cursor::new(bytes)).await.expect_err("cap");
+        assert!(
+            matches!(err, FrameError::TooLarge { len, .. } if len == u64::from(MAX_FRAME_LEN) + 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_body_is_an_io_error() {
+        let mut bytes = 100u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"<?xml");
+        let err = read_frame(&mut Cursor::new(bytes))
+            .await
+            .expect_err("short");
+        assert!(matches!(err, FrameError::Io(_)));
+    }
+
+    #[test]
+    fn control_characters_in_xml_are_tolerated() {
+        let xml = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><plist version=\"1.0\"><dict><key>DeviceName</key><string>Bob\x01s phone</string></dict></plist>";
+        let value = decode_plist(xml).expect("decode");
+        let name = value
+            .as_dictionary()
+            .and_then(|d| d.get("DeviceName"))
+            .and_then(|v| v.as_string());
+        assert_eq!(name, Some("Bob s phone"));
+    }
+
+    #[test]
+    fn garbage_is_a_plist_error() {
+        assert!(matches!(decode_plist(b"hello"), Err(FrameError::Plist(_))));
+        assert!(matches!(decode_plist(b""), Err(FrameError::Empty)));
+    }
+}

@@ -1,0 +1,10 @@
+//! Apple's wire protocols as the provisioning station needs them: plist framing, the usbmuxd
+//! client protocol, lockdown, pairing certificates and TLS sessions. No policy and no
+//! configuration live here; the station (`host/`) and the simulator (`sim/`) both build on it.
+
+pub mod channel;
+pub mod frame;
+pub mod lockdown;
+pub mod pairing;
+pub mod tls;
+pub mod usbmux;

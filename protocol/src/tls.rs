@@ -1,0 +1,213 @@
+//! TLS configuration for lockdown sessions and service connections.
+//!
+//! The host is the TLS client and presents a certificate from the pair record; the phone is
+//! the server and presents its DeviceCertificate. Phones use certificates issued by the
+//! host's own pairing root, so the host does not verify the server chain (no OSS client
+//! does); handshake signatures are still checked.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no certificate found in the PEM data")]
+    NoCertificate,
+    #[error("invalid PEM {what}: {reason}")]
+    Pem { what: &'static str, reason: String },
+    #[error("TLS configuration rejected: {0}")]
+    Config(String),
+}
+
+/// SNI name sent to the phone; the phone ignores it, but rustls needs one.
+pub const SERVER_NAME: &str = "Device";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Parses the first certificate of a PEM blob.
+pub fn certificate_from_pem(pem: &[u8]) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or(TlsError::NoCertificate)?
+        .map_err(|e| TlsError::Pem {
+            what: "certificate",
+            reason: e.to_string(),
+        })
+}
+
+fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::Pem {
+        what: "private key",
+        reason: e.to_string(),
+    })
+}
+
+/// Client (host) configuration presenting `cert_pem`/`key_pem` (host or root cert of the
+/// pair record). TLS 1.2 and 1.3: every iOS since 5 speaks 1.2.
+pub fn client_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let cert = certificate_from_pem(cert_pem)?;
+    let key = private_key_from_pem(key_pem)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyPhoneCertificate { provider }))
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// Server (phone) configuration: presents `cert_pem` with `key_pem` and requires the client
+/// to present a certificate byte-equal to one of `accepted_client_certs` (a phone trusts the
+/// host and root certificates of the pair records it accepted).
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    accepted_client_certs: Vec<CertificateDer<'static>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let cert = certificate_from_pem(cert_pem)?;
+    let key = private_key_from_pem(key_pem)?;
+    let verifier = PairedHostCertificate {
+        provider: provider.clone(),
+        accepted: accepted_client_certs,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    // Session tickets are useless here (every session is a fresh handshake) and only add
+    // records a minimal client has to skip.
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AnyPhoneCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyPhoneCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct PairedHostCertificate {
+    provider: Arc<CryptoProvider>,
+    accepted: Vec<CertificateDer<'static>>,
+}
+
+impl ClientCertVerifier for PairedHostCertificate {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self
+            .accepted
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+        {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
