@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod frame;
 pub mod lockdown;
+pub mod mobileactivation;
 pub mod pairing;
 pub mod tls;
 pub mod usbmux;

@@ -371,6 +371,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
         })
     }
 
+    /// Legacy activation (phones without mobileactivationd): hands the record to lockdown.
+    /// Needs a session. iOS ≥ 9.3 may answer an error even when it worked, so callers
+    /// re-read `ActivationState` afterwards.
+    pub async fn activate(&mut self, record: plist::Value) -> Result<(), LockdownError> {
+        self.request("Activate", vec![("ActivationRecord", record)])
+            .await
+            .map(drop)
+    }
+
+    /// The legacy `ActivationInfo` dict the pre-mobileactivationd flow posts to Albert.
+    pub async fn activation_info(&mut self) -> Result<plist::Value, LockdownError> {
+        self.get_value(None, Some("ActivationInfo")).await
+    }
+
+    pub async fn deactivate(&mut self) -> Result<(), LockdownError> {
+        self.request("Deactivate", vec![]).await.map(drop)
+    }
+
     /// Polite close: `Goodbye`, then shut the stream.
     pub async fn goodbye(mut self) -> Result<(), LockdownError> {
         self.request("Goodbye", vec![]).await?;
