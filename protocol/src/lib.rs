@@ -2,6 +2,8 @@
 //! client protocol, lockdown, pairing certificates and TLS sessions. No policy and no
 //! configuration live here; the station (`host/`) and the simulator (`sim/`) both build on it.
 
+pub mod activation;
+pub mod bypass_code;
 pub mod channel;
 pub mod frame;
 pub mod lockdown;
