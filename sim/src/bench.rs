@@ -1,0 +1,325 @@
+//! A running bench: the usbmuxd socket, the phones behind it, their plug/unplug schedule.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::error::SimError;
+use crate::hub::Hub;
+use crate::lockdownd::LockdownContext;
+use crate::phone::Phone;
+use crate::ready::{ReadyDevice, ReadyInfo};
+use crate::services::ServiceRegistry;
+use crate::state::StateDir;
+use crate::usbmuxd::Listeners;
+use crate::world::{default_world, Trust, World};
+
+/// A real phone drops an idle lockdown connection after about 10 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run a bench.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Unix socket to serve usbmuxd on (clients: `USBMUXD_SOCKET_ADDRESS=UNIX:<path>`).
+    pub socket: PathBuf,
+    pub world: World,
+    /// SystemBUID, host pair records, phone keys and phone pairings live here.
+    pub state_dir: PathBuf,
+    /// Lockdown closes a connection without a request for this long.
+    pub idle_timeout: Duration,
+    /// Services every phone can start.
+    pub services: ServiceRegistry,
+    /// Keep each phone's RSA key in `<state_dir>/keys` so restarts need no key generation
+    /// (and pairings remembered across restarts stay valid).
+    pub cache_keys: bool,
+}
+
+impl BenchConfig {
+    pub fn new(socket: impl Into<PathBuf>, world: World, state_dir: impl Into<PathBuf>) -> Self {
+        BenchConfig {
+            socket: socket.into(),
+            world,
+            state_dir: state_dir.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            services: ServiceRegistry::new(),
+            cache_keys: true,
+        }
+    }
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        let base = std::env::temp_dir().join("station-sim");
+        BenchConfig::new(
+            base.join("usbmuxd.sock"),
+            default_world(3, 0),
+            base.join("state"),
+        )
+    }
+}
+
+/// What the connection tasks share.
+pub(crate) struct Shared {
+    pub hub: Hub,
+    pub state: StateDir,
+    pub system_buid: String,
+    pub lockdown: Arc<LockdownContext>,
+    pub listeners: Listeners,
+}
+
+/// A running bench. Dropping it stops everything too; [`Bench::shutdown`] also waits.
+pub struct Bench {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    state_dir: PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    socket_removed: bool,
+}
+
+impl std::fmt::Debug for Bench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bench")
+            .field("socket", &self.socket)
+            .field("phones", &self.shared.hub.phones().len())
+            .finish()
+    }
+}
+
+impl Bench {
+    /// Resolves the world, binds the socket and starts serving. Phones without
+    /// `plug_at_ms` are plugged in before this returns.
+    pub async fn start(cfg: BenchConfig) -> Result<Bench, SimError> {
+        let profiles = cfg.world.resolve()?;
+        let state = StateDir::new(&cfg.state_dir);
+        let setup = {
+            let state = state.clone();
+            let cache_keys = cfg.cache_keys;
+            tokio::task::spawn_blocking(move || -> Result<(String, Vec<Arc<Phone>>), SimError> {
+                state.create()?;
+                let buid = state.system_buid()?;
+                let phones = profiles
+                    .into_iter()
+                    .map(|p| Phone::new(p, &state, cache_keys).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((buid, phones))
+            })
+        };
+        let (system_buid, phones) = setup.await.map_err(|e| SimError::State {
+            path: cfg.state_dir.clone(),
+            reason: e.to_string(),
+        })??;
+
+        let listener = bind(&cfg.socket)?;
+        let shared = Arc::new(Shared {
+            hub: Hub::new(phones),
+            state,
+            system_buid,
+            lockdown: Arc::new(LockdownContext {
+                idle_timeout: cfg.idle_timeout,
+                services: cfg.services.clone(),
+            }),
+            listeners: Listeners::default(),
+        });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for phone in shared.hub.phones() {
+            let p = phone.profile();
+            if p.plug_at_ms.is_none() {
+                shared.hub.plug(&p.udid)?;
+            }
+            for (at, plug) in [(p.plug_at_ms, true), (p.unplug_at_ms, false)] {
+                let Some(at) = at else { continue };
+                let shared = shared.clone();
+                let udid = p.udid.clone();
+                tasks.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(at)).await;
+                    let result = if plug {
+                        shared.hub.plug(&udid).map(|_| ())
+                    } else {
+                        shared.hub.unplug(&udid).map(|_| ())
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "scheduled plug/unplug failed");
+                    }
+                });
+            }
+        }
+        tasks.spawn(
+            accept_loop(listener, shared.clone(), stop_rx)
+                .instrument(tracing::info_span!("usbmuxd", socket = %cfg.socket.display())),
+        );
+        tracing::info!(
+            socket = %cfg.socket.display(),
+            phones = shared.hub.phones().len(),
+            "bench listening"
+        );
+        Ok(Bench {
+            shared,
+            socket: cfg.socket,
+            state_dir: cfg.state_dir,
+            stop,
+            tasks,
+            socket_removed: false,
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn system_buid(&self) -> &str {
+        &self.shared.system_buid
+    }
+
+    /// The bench as the `--ready` file describes it (current plug state included).
+    pub fn ready_info(&self) -> ReadyInfo {
+        let devices = self
+            .shared
+            .hub
+            .phones()
+            .iter()
+            .map(|phone| {
+                let p = phone.profile();
+                let device_id = self.shared.hub.device_id(&p.udid);
+                ReadyDevice {
+                    udid: p.udid.clone(),
+                    serial: p.serial.clone(),
+                    product_type: p.product_type.clone(),
+                    product_version: p.product_version.clone(),
+                    build_version: p.build_version.clone(),
+                    hardware_model: p.hardware_model.clone(),
+                    marketing_name: p.marketing_name.clone(),
+                    device_class: p.device_class.clone(),
+                    device_name: p.device_name.clone(),
+                    activation_state: phone.activation_state().as_str().to_string(),
+                    trust: p.trust.as_str().to_string(),
+                    trust_delay_ms: p.trust_delay_ms,
+                    passcode_locked: phone.passcode_locked(),
+                    imei: p.imei.clone(),
+                    imei2: p.imei2.clone(),
+                    wifi_address: p.wifi_address.clone(),
+                    unique_chip_id: p.unique_chip_id,
+                    location_id: p.location_id,
+                    product_id: p.product_id,
+                    plug_at_ms: p.plug_at_ms,
+                    unplug_at_ms: p.unplug_at_ms,
+                    attached: device_id.is_some(),
+                    device_id,
+                }
+            })
+            .collect();
+        ReadyInfo {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            system_buid: self.shared.system_buid.clone(),
+            pid: std::process::id(),
+            devices,
+        }
+    }
+
+    /// Plugs a phone in (listeners see `Attached`); returns its new DeviceID.
+    pub fn plug(&self, udid: &str) -> Result<u32, SimError> {
+        self.shared.hub.plug(udid)
+    }
+
+    /// Pulls a phone out (listeners see `Detached`, its connections close).
+    pub fn unplug(&self, udid: &str) -> Result<(), SimError> {
+        self.shared.hub.unplug(udid).map(|_| ())
+    }
+
+    fn phone(&self, udid: &str) -> Result<&Arc<Phone>, SimError> {
+        self.shared
+            .hub
+            .phones()
+            .iter()
+            .find(|p| p.udid() == udid)
+            .ok_or_else(|| SimError::UnknownDevice {
+                udid: udid.to_string(),
+            })
+    }
+
+    /// Locks or unlocks a phone's passcode (an operator unlocking it).
+    pub fn set_passcode_locked(&self, udid: &str, locked: bool) -> Result<(), SimError> {
+        self.phone(udid)?.set_passcode_locked(locked);
+        Ok(())
+    }
+
+    /// Changes how the virtual user answers the trust dialog from now on.
+    pub fn set_trust(&self, udid: &str, trust: Trust, delay: Duration) -> Result<(), SimError> {
+        self.phone(udid)?.set_trust(trust, delay);
+        Ok(())
+    }
+
+    /// Stops serving, closes every connection and removes the socket.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        self.shared.hub.unplug_all();
+        self.tasks.shutdown().await;
+        self.remove_socket();
+        tracing::info!(socket = %self.socket.display(), "bench stopped");
+    }
+
+    fn remove_socket(&mut self) {
+        if !self.socket_removed {
+            self.socket_removed = true;
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.shared.hub.unplug_all();
+        self.tasks.abort_all();
+        self.remove_socket();
+    }
+}
+
+/// Binds the socket, replacing a stale socket file but never a live server.
+fn bind(path: &Path) -> Result<UnixListener, SimError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| SimError::io("create directory", parent, e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(SimError::SocketInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(|e| SimError::io("remove stale socket", path, e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| SimError::io("listen on", path, e))?;
+    // usbmuxd makes its socket world-accessible; tools run as other users too.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
+    Ok(listener)
+}
+
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut clients = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    clients.spawn(crate::usbmuxd::serve_client(shared.clone(), stream));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+        }
+    }
+    clients.shutdown().await;
+}

@@ -1,0 +1,36 @@
+//! Errors of the bench as a whole (starting, state directory, runtime control).
+
+use std::path::PathBuf;
+
+use crate::world::WorldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    World(#[from] WorldError),
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another usbmuxd (or bench) already listens on {}", path.display())]
+    SocketInUse { path: PathBuf },
+    #[error("state directory {}: {reason}", path.display())]
+    State { path: PathBuf, reason: String },
+    #[error("no device with UDID {udid} on this bench")]
+    UnknownDevice { udid: String },
+    #[error("device key for {udid}: {reason}")]
+    DeviceKey { udid: String, reason: String },
+}
+
+impl SimError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SimError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

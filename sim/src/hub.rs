@@ -1,0 +1,190 @@
+//! The USB side of the bench: which phones are plugged in, under which usbmuxd DeviceID,
+//! and the Attached/Detached/Paired events listeners see.
+//!
+//! State changes and event broadcasts happen under one lock, and a new listener takes its
+//! snapshot and subscribes under the same lock, so it never misses nor doubles an event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use station_protocol::usbmux::{DeviceInfo, Event};
+use tokio::sync::{broadcast, watch};
+
+use crate::error::SimError;
+use crate::phone::Phone;
+use crate::world::USB2_SPEED;
+
+/// Events a slow listener may fall behind by before it is dropped.
+const EVENT_BACKLOG: usize = 4096;
+
+struct Attachment {
+    phone: usize,
+    /// Dropped (or set) on unplug: every open connection to the phone ends.
+    unplugged: watch::Sender<bool>,
+}
+
+struct HubState {
+    next_device_id: u32,
+    attached: BTreeMap<u32, Attachment>,
+}
+
+pub(crate) struct Hub {
+    phones: Vec<Arc<Phone>>,
+    by_udid: HashMap<String, usize>,
+    state: Mutex<HubState>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Hub {
+    pub fn new(phones: Vec<Arc<Phone>>) -> Hub {
+        let by_udid = phones
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.udid().to_string(), i))
+            .collect();
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        Hub {
+            phones,
+            by_udid,
+            state: Mutex::new(HubState {
+                next_device_id: 1,
+                attached: BTreeMap::new(),
+            }),
+            events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn phones(&self) -> &[Arc<Phone>] {
+        &self.phones
+    }
+
+    fn index(&self, udid: &str) -> Result<usize, SimError> {
+        self.by_udid
+            .get(udid)
+            .copied()
+            .ok_or_else(|| SimError::UnknownDevice {
+                udid: udid.to_string(),
+            })
+    }
+
+    fn info(&self, device_id: u32, phone: usize) -> DeviceInfo {
+        let p = self.phones[phone].profile();
+        DeviceInfo {
+            device_id,
+            udid: p.udid.clone(),
+            product_id: p.product_id,
+            location_id: p.location_id,
+            connection_speed: USB2_SPEED,
+            connection_type: "USB".to_string(),
+        }
+    }
+
+    /// The DeviceID of a plugged phone.
+    pub fn device_id(&self, udid: &str) -> Option<u32> {
+        let index = self.by_udid.get(udid).copied()?;
+        self.lock()
+            .attached
+            .iter()
+            .find(|(_, a)| a.phone == index)
+            .map(|(id, _)| *id)
+    }
+
+    /// Plugs a phone in: it gets the next DeviceID (a replugged phone gets a new one, as
+    /// with usbmuxd) and listeners see `Attached`. Plugging a plugged phone is a no-op.
+    pub fn plug(&self, udid: &str) -> Result<u32, SimError> {
+        let index = self.index(udid)?;
+        let mut s = self.lock();
+        if let Some((id, _)) = s.attached.iter().find(|(_, a)| a.phone == index) {
+            return Ok(*id);
+        }
+        let id = s.next_device_id;
+        s.next_device_id = s.next_device_id.wrapping_add(1).max(1);
+        let (unplugged, _) = watch::channel(false);
+        s.attached.insert(
+            id,
+            Attachment {
+                phone: index,
+                unplugged,
+            },
+        );
+        let _ = self.events.send(Event::Attached(self.info(id, index)));
+        tracing::info!(%udid, device_id = id, "plugged in");
+        Ok(id)
+    }
+
+    /// Pulls a phone out: listeners see `Detached`, its connections are closed.
+    /// `Ok(false)` if it was not plugged.
+    pub fn unplug(&self, udid: &str) -> Result<bool, SimError> {
+        let index = self.index(udid)?;
+        let mut s = self.lock();
+        let Some(id) = s
+            .attached
+            .iter()
+            .find(|(_, a)| a.phone == index)
+            .map(|(id, _)| *id)
+        else {
+            return Ok(false);
+        };
+        if let Some(a) = s.attached.remove(&id) {
+            let _ = a.unplugged.send(true);
+        }
+        let _ = self.events.send(Event::Detached { device_id: id });
+        tracing::info!(%udid, device_id = id, "unplugged");
+        Ok(true)
+    }
+
+    /// Sends `Paired` when a record was saved for a plugged phone with that DeviceID.
+    pub fn paired(&self, udid: &str, device_id: u32) -> bool {
+        let Some(&index) = self.by_udid.get(udid) else {
+            return false;
+        };
+        let s = self.lock();
+        match s.attached.get(&device_id) {
+            Some(a) if a.phone == index => {
+                let _ = self.events.send(Event::Paired { device_id });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The plugged phones, in DeviceID order.
+    pub fn list(&self) -> Vec<DeviceInfo> {
+        let s = self.lock();
+        s.attached
+            .iter()
+            .map(|(id, a)| self.info(*id, a.phone))
+            .collect()
+    }
+
+    /// The current devices and a subscription to every later event, atomically.
+    pub fn subscribe(&self) -> (Vec<DeviceInfo>, broadcast::Receiver<Event>) {
+        let s = self.lock();
+        let rx = self.events.subscribe();
+        let list = s
+            .attached
+            .iter()
+            .map(|(id, a)| self.info(*id, a.phone))
+            .collect();
+        (list, rx)
+    }
+
+    /// The phone behind a DeviceID and a receiver that fires when it is unplugged.
+    pub fn connect(&self, device_id: u32) -> Option<(Arc<Phone>, watch::Receiver<bool>)> {
+        let s = self.lock();
+        let a = s.attached.get(&device_id)?;
+        Some((self.phones[a.phone].clone(), a.unplugged.subscribe()))
+    }
+
+    /// Unplugs everything (bench shutdown).
+    pub fn unplug_all(&self) {
+        let mut s = self.lock();
+        for (_, a) in std::mem::take(&mut s.attached) {
+            let _ = a.unplugged.send(true);
+        }
+    }
+}

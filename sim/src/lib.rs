@@ -1,0 +1,39 @@
+//! `station-sim`: a virtual bench of iPhones behind a usbmuxd-compatible unix socket.
+//!
+//! Real clients — libimobiledevice's `idevice_id`, `ideviceinfo`, `idevicepair`,
+//! pymobiledevice3 — work against it unchanged: the socket speaks usbmuxd's protocol
+//! (plist and binary), and every virtual phone answers lockdown (port 62078) the way a
+//! real one does, pairing and TLS sessions included.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), station_sim::SimError> {
+//! use station_sim::{default_world, Bench, BenchConfig};
+//! let bench = Bench::start(BenchConfig::new("/tmp/bench.sock", default_world(4, 1), "/tmp/bench-state")).await?;
+//! println!("{}", bench.ready_info().to_json());
+//! bench.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`world`] (what phones exist), `phone` (one phone's state and lockdown values),
+//! `hub` (plugged phones, DeviceIDs, events), `usbmuxd` (socket protocol), `lockdownd`
+//! (port 62078), [`services`] (StartService), `state` (what survives a restart),
+//! [`bench`] (putting it together), [`ready`] (the `--ready` file).
+
+pub mod bench;
+mod error;
+mod hub;
+mod lockdownd;
+pub mod phone;
+pub mod ready;
+pub mod services;
+mod state;
+mod usbmuxd;
+pub mod world;
+
+pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
+pub use error::SimError;
+pub use ready::{ReadyDevice, ReadyInfo};
+pub use services::{LockdownService, ServiceConnection, ServiceRegistry};
+pub use world::{
+    default_world, ActivationState, DeviceProfile, DeviceSpec, Trust, World, WorldError,
+};

@@ -1,0 +1,174 @@
+//! `station-sim`: serve a virtual bench of iPhones on a usbmuxd-compatible socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use station_sim::{default_world, Bench, BenchConfig, World};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "station-sim",
+    version,
+    about = "A virtual bench of iPhones behind a usbmuxd-compatible socket"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the bench until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Print a generated world as TOML (a starting point for a world file).
+    World(WorldArgs),
+}
+
+#[derive(Debug, Args)]
+struct WorldSource {
+    /// Number of phones of the generated world.
+    #[arg(long, short = 'n', conflicts_with = "world")]
+    devices: Option<usize>,
+    /// World file (TOML, see docs/world.md).
+    #[arg(long)]
+    world: Option<PathBuf>,
+    /// Seed for generated values (overrides the world file's `seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    source: WorldSource,
+    /// Unix socket to serve; point clients at it with USBMUXD_SOCKET_ADDRESS=UNIX:<path>.
+    #[arg(long, default_value_os_t = default_socket())]
+    socket: PathBuf,
+    /// Write a JSON description of the bench here once the socket listens.
+    #[arg(long)]
+    ready: Option<PathBuf>,
+    /// Where pairings, keys and the SystemBUID persist [default: <socket>.state].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Close lockdown connections idle for this long (a real phone: ~10 s).
+    #[arg(long, default_value_t = 10_000)]
+    idle_timeout_ms: u64,
+    /// Generate phone keys afresh each run instead of caching them in the state dir.
+    #[arg(long)]
+    no_key_cache: bool,
+}
+
+#[derive(Debug, Args)]
+struct WorldArgs {
+    #[command(flatten)]
+    source: WorldSource,
+}
+
+fn default_socket() -> PathBuf {
+    std::env::temp_dir().join("station-sim.sock")
+}
+
+fn load_world(source: &WorldSource) -> Result<World, String> {
+    let mut world = match &source.world {
+        Some(path) => World::load(path).map_err(|e| e.to_string())?,
+        None => default_world(source.devices.unwrap_or(3), source.seed.unwrap_or(0)),
+    };
+    if let Some(seed) = source.seed {
+        world.seed = seed;
+    }
+    Ok(world)
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "station_sim=info",
+        (false, 1) => "station_sim=debug,station_protocol=debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let world = load_world(&args.source)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        let mut s = args.socket.clone().into_os_string();
+        s.push(".state");
+        PathBuf::from(s)
+    });
+    if let Some(path) = &args.ready {
+        // A file left by an earlier run must not be mistaken for this one being ready.
+        let _ = std::fs::remove_file(path);
+    }
+    let mut cfg = BenchConfig::new(args.socket.clone(), world, state_dir);
+    cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
+    cfg.cache_keys = !args.no_key_cache;
+    let bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
+    if let Some(path) = &args.ready {
+        if let Err(e) = bench.ready_info().write(path) {
+            bench.shutdown().await;
+            return Err(e.to_string());
+        }
+    }
+    wait_for_signal().await;
+    bench.shutdown().await;
+    if let Some(path) = &args.ready {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::World(args) => load_world(&args.source).and_then(|world| {
+            let pinned = world.pinned().map_err(|e| e.to_string())?;
+            print!("{}", pinned.to_toml());
+            Ok(())
+        }),
+        Command::Serve(args) => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(serve(args)),
+            Err(e) => Err(format!("cannot start the async runtime: {e}")),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("station-sim: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

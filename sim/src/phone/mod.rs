@@ -1,0 +1,540 @@
+//! One virtual iPhone: its identity, its lockdown key, the hosts it trusts, the state of
+//! its trust dialog, and the values lockdown reports.
+//!
+//! Everything that changes sits behind a `std::sync::Mutex` that is never held across an
+//! await; the pairings a phone remembers are written to the state directory so a bench
+//! restart keeps them, as a phone keeps them across reboots.
+
+pub(crate) mod values;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use station_protocol::pairing::{DeviceKeyPair, PairRequestCerts};
+use tokio::sync::OnceCell;
+
+use crate::error::SimError;
+use crate::state::{write_atomic, StateDir};
+use crate::world::{ActivationState, DeviceProfile, Trust};
+
+/// A pairing the phone accepted: what `StartSession` and the TLS handshake check against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairing {
+    pub host_id: String,
+    pub system_buid: String,
+    pub host_certificate_der: Vec<u8>,
+    pub root_certificate_der: Vec<u8>,
+    pub device_certificate_der: Vec<u8>,
+    pub escrow_bag: Vec<u8>,
+}
+
+impl Pairing {
+    pub fn from_request(certs: PairRequestCerts, escrow_bag: Vec<u8>) -> Self {
+        Pairing {
+            host_id: certs.host_id,
+            system_buid: certs.system_buid,
+            host_certificate_der: certs.host_certificate_der,
+            root_certificate_der: certs.root_certificate_der,
+            device_certificate_der: certs.device_certificate_der,
+            escrow_bag,
+        }
+    }
+}
+
+/// What the phone answers to `Pair` right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustDecision {
+    Trusted,
+    Pending,
+    Denied,
+    PasswordProtected,
+}
+
+/// The "Trust this computer?" dialog while it is on screen.
+#[derive(Debug, Clone)]
+struct TrustDialog {
+    system_buid: String,
+    shown_at: Instant,
+}
+
+#[derive(Debug)]
+struct PhoneState {
+    activation_state: ActivationState,
+    passcode_locked: bool,
+    trust: Trust,
+    trust_delay: Duration,
+    dialog: Option<TrustDialog>,
+    pairings: BTreeMap<String, Pairing>,
+    /// Values written with SetValue, by (domain, key); `None` marks a removed value.
+    overrides: BTreeMap<(String, String), Option<plist::Value>>,
+    /// Service ports opened by StartService, waiting for their usbmuxd Connect.
+    open_ports: HashMap<u16, crate::services::PendingService>,
+    next_port: u16,
+}
+
+/// First dynamic port handed out by StartService (real phones use the 49152+ range too).
+const FIRST_SERVICE_PORT: u16 = 49152;
+
+pub struct Phone {
+    profile: DeviceProfile,
+    keys: OnceCell<Arc<DeviceKeyPair>>,
+    key_path: Option<PathBuf>,
+    pairings_path: PathBuf,
+    state: Mutex<PhoneState>,
+    /// Serialises snapshot+write of the pairings file so writes land in order.
+    persist: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Phone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phone")
+            .field("udid", &self.profile.udid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Phone {
+    /// A phone from its profile, with the pairings it remembers from an earlier run.
+    pub(crate) fn new(
+        profile: DeviceProfile,
+        state_dir: &StateDir,
+        cache_keys: bool,
+    ) -> Result<Phone, SimError> {
+        let pairings_path = state_dir
+            .phones_dir()
+            .join(format!("{}.plist", profile.udid));
+        let pairings = load_pairings(&pairings_path)?;
+        let key_path =
+            cache_keys.then(|| state_dir.keys_dir().join(format!("{}.pem", profile.udid)));
+        let state = PhoneState {
+            activation_state: profile.activation_state,
+            passcode_locked: profile.passcode_locked,
+            trust: profile.trust,
+            trust_delay: Duration::from_millis(profile.trust_delay_ms),
+            dialog: None,
+            pairings,
+            overrides: BTreeMap::new(),
+            open_ports: HashMap::new(),
+            next_port: FIRST_SERVICE_PORT,
+        };
+        Ok(Phone {
+            profile,
+            keys: OnceCell::new(),
+            key_path,
+            pairings_path,
+            state: Mutex::new(state),
+            persist: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn profile(&self) -> &DeviceProfile {
+        &self.profile
+    }
+
+    pub fn udid(&self) -> &str {
+        &self.profile.udid
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PhoneState> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters for a simulator; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn activation_state(&self) -> ActivationState {
+        self.lock().activation_state
+    }
+
+    /// For services (mobileactivationd) and tests.
+    pub fn set_activation_state(&self, state: ActivationState) {
+        self.lock().activation_state = state;
+    }
+
+    pub fn passcode_locked(&self) -> bool {
+        self.lock().passcode_locked
+    }
+
+    pub fn set_passcode_locked(&self, locked: bool) {
+        self.lock().passcode_locked = locked;
+    }
+
+    pub fn set_trust(&self, trust: Trust, delay: Duration) {
+        let mut s = self.lock();
+        s.trust = trust;
+        s.trust_delay = delay;
+        s.dialog = None;
+    }
+
+    /// The phone's RSA key pair: loaded from the key cache, or generated on first use
+    /// (~150 ms, on the blocking pool) so a bench of 64 phones starts at once.
+    pub async fn keys(&self) -> Result<Arc<DeviceKeyPair>, SimError> {
+        self.keys
+            .get_or_try_init(|| async {
+                let udid = self.profile.udid.clone();
+                let path = self.key_path.clone();
+                tokio::task::spawn_blocking(move || load_or_generate_key(&udid, path.as_deref()))
+                    .await
+                    .map_err(|e| SimError::DeviceKey {
+                        udid: self.profile.udid.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+    }
+
+    /// What `Pair` from a host with `system_buid` gets now. Opens the trust dialog if
+    /// needed; the virtual user answers it `trust_delay` later.
+    pub fn trust_decision(&self, system_buid: &str) -> TrustDecision {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if s.activation_state == ActivationState::Unactivated {
+            // At Setup Assistant there is nobody to ask: the phone pairs silently.
+            return TrustDecision::Trusted;
+        }
+        if s.passcode_locked {
+            return TrustDecision::PasswordProtected;
+        }
+        if s.pairings.values().any(|p| p.system_buid == system_buid) {
+            // This computer was trusted before (the dialog is per computer, not per HostID).
+            return TrustDecision::Trusted;
+        }
+        let delay = s.trust_delay;
+        let shown_at = match &s.dialog {
+            Some(d) if d.system_buid == system_buid => d.shown_at,
+            _ => {
+                s.dialog = Some(TrustDialog {
+                    system_buid: system_buid.to_string(),
+                    shown_at: now,
+                });
+                now
+            }
+        };
+        if now.duration_since(shown_at) < delay {
+            return TrustDecision::Pending;
+        }
+        match s.trust {
+            Trust::Accept => {
+                s.dialog = None;
+                TrustDecision::Trusted
+            }
+            Trust::Deny => {
+                // The user dismissed it; the next Pair shows a new dialog.
+                s.dialog = None;
+                TrustDecision::Denied
+            }
+            Trust::Pending => TrustDecision::Pending,
+        }
+    }
+
+    pub fn pairing(&self, host_id: &str) -> Option<Pairing> {
+        self.lock().pairings.get(host_id).cloned()
+    }
+
+    pub fn pairings(&self) -> Vec<Pairing> {
+        self.lock().pairings.values().cloned().collect()
+    }
+
+    /// Remembers a pairing (replacing an earlier one with the same HostID) and persists.
+    pub async fn add_pairing(&self, pairing: Pairing) {
+        self.lock()
+            .pairings
+            .insert(pairing.host_id.clone(), pairing);
+        self.persist_pairings().await;
+    }
+
+    /// Forgets a HostID; `false` if it was not known.
+    pub async fn remove_pairing(&self, host_id: &str) -> bool {
+        let removed = self.lock().pairings.remove(host_id).is_some();
+        if removed {
+            self.persist_pairings().await;
+        }
+        removed
+    }
+
+    async fn persist_pairings(&self) {
+        let _guard = self.persist.lock().await;
+        let snapshot: Vec<Pairing> = self.lock().pairings.values().cloned().collect();
+        let bytes = pairings_to_xml(&snapshot);
+        if let Err(e) = write_atomic(self.pairings_path.clone(), bytes).await {
+            tracing::warn!(udid = %self.profile.udid, error = %e, "cannot persist pairings");
+        }
+    }
+
+    /// A value written with SetValue/RemoveValue: `Some(None)` if removed.
+    pub fn override_value(&self, domain: &str, key: &str) -> Option<Option<plist::Value>> {
+        self.lock()
+            .overrides
+            .get(&(domain.to_string(), key.to_string()))
+            .cloned()
+    }
+
+    pub fn overrides_in(&self, domain: &str) -> Vec<(String, Option<plist::Value>)> {
+        self.lock()
+            .overrides
+            .iter()
+            .filter(|((d, _), _)| d == domain)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn set_override(&self, domain: &str, key: &str, value: Option<plist::Value>) {
+        self.lock()
+            .overrides
+            .insert((domain.to_string(), key.to_string()), value);
+    }
+
+    /// Opens a port for a started service; the next usbmuxd Connect to it reaches the
+    /// service.
+    pub(crate) fn open_service_port(&self, pending: crate::services::PendingService) -> u16 {
+        let mut s = self.lock();
+        s.open_ports.retain(|_, p| !p.expired());
+        let mut port = s.next_port;
+        while s.open_ports.contains_key(&port) {
+            port = port.checked_add(1).unwrap_or(FIRST_SERVICE_PORT);
+        }
+        s.next_port = port.checked_add(1).unwrap_or(FIRST_SERVICE_PORT);
+        s.open_ports.insert(port, pending);
+        port
+    }
+
+    /// Whether a started service waits on `port`.
+    pub(crate) fn has_service_port(&self, port: u16) -> bool {
+        let mut s = self.lock();
+        s.open_ports.retain(|_, p| !p.expired());
+        s.open_ports.contains_key(&port)
+    }
+
+    /// Takes the service waiting on `port`, if any (each start serves one connection).
+    pub(crate) fn take_service_port(&self, port: u16) -> Option<crate::services::PendingService> {
+        let mut s = self.lock();
+        s.open_ports.retain(|_, p| !p.expired());
+        s.open_ports.remove(&port)
+    }
+}
+
+fn load_or_generate_key(
+    udid: &str,
+    path: Option<&std::path::Path>,
+) -> Result<DeviceKeyPair, SimError> {
+    let key_error = |reason: String| SimError::DeviceKey {
+        udid: udid.to_string(),
+        reason,
+    };
+    if let Some(path) = path {
+        match std::fs::read(path) {
+            Ok(bytes) => match parse_key_file(&bytes) {
+                Some(keys) => return Ok(keys),
+                None => {
+                    tracing::warn!(path = %path.display(), "unusable cached key, generating a new one")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SimError::io("read", path, e)),
+        }
+    }
+    let keys = DeviceKeyPair::generate().map_err(|e| key_error(e.to_string()))?;
+    if let Some(path) = path {
+        let text = format!("{}{}", keys.private_key_pem, keys.public_key_pem);
+        if let Err(e) = crate::state::write_atomic_blocking(path, text.as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cache device key");
+        }
+    }
+    Ok(keys)
+}
+
+/// A cached key file: the PKCS#8 private key PEM followed by the PKCS#1 public key PEM,
+/// kept byte for byte.
+fn parse_key_file(bytes: &[u8]) -> Option<DeviceKeyPair> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let split = text.find("-----BEGIN RSA PUBLIC KEY-----")?;
+    let (private, public) = text.split_at(split);
+    let ok = |s: &str, tag: &str| pem::parse(s).map(|p| p.tag() == tag).unwrap_or(false);
+    if !ok(private, "PRIVATE KEY") || !ok(public, "RSA PUBLIC KEY") {
+        return None;
+    }
+    Some(DeviceKeyPair {
+        private_key_pem: private.to_string(),
+        public_key_pem: public.to_string(),
+    })
+}
+
+const HOST_CERTIFICATE: &str = "HostCertificate";
+const ROOT_CERTIFICATE: &str = "RootCertificate";
+const DEVICE_CERTIFICATE: &str = "DeviceCertificate";
+const SYSTEM_BUID: &str = "SystemBUID";
+const ESCROW_BAG: &str = "EscrowBag";
+
+fn pairings_to_xml(pairings: &[Pairing]) -> Vec<u8> {
+    let mut all = plist::Dictionary::new();
+    for p in pairings {
+        let mut d = plist::Dictionary::new();
+        d.insert(SYSTEM_BUID.into(), p.system_buid.clone().into());
+        d.insert(
+            HOST_CERTIFICATE.into(),
+            plist::Value::Data(p.host_certificate_der.clone()),
+        );
+        d.insert(
+            ROOT_CERTIFICATE.into(),
+            plist::Value::Data(p.root_certificate_der.clone()),
+        );
+        d.insert(
+            DEVICE_CERTIFICATE.into(),
+            plist::Value::Data(p.device_certificate_der.clone()),
+        );
+        d.insert(ESCROW_BAG.into(), plist::Value::Data(p.escrow_bag.clone()));
+        all.insert(p.host_id.clone(), plist::Value::Dictionary(d));
+    }
+    let mut root = plist::Dictionary::new();
+    root.insert("Pairings".into(), plist::Value::Dictionary(all));
+    let mut out = Vec::new();
+    // Writing an in-memory dictionary of strings and data to a Vec cannot fail.
+    let _ = plist::Value::Dictionary(root).to_writer_xml(&mut out);
+    out
+}
+
+fn load_pairings(path: &std::path::Path) -> Result<BTreeMap<String, Pairing>, SimError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(SimError::io("read", path, e)),
+    };
+    let bad = |reason: &str| SimError::State {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let value =
+        plist::Value::from_reader(std::io::Cursor::new(bytes)).map_err(|e| bad(&e.to_string()))?;
+    let all = value
+        .as_dictionary()
+        .and_then(|d| d.get("Pairings"))
+        .and_then(|v| v.as_dictionary())
+        .ok_or_else(|| bad("no Pairings dictionary"))?;
+    let mut out = BTreeMap::new();
+    for (host_id, entry) in all {
+        let d = entry
+            .as_dictionary()
+            .ok_or_else(|| bad("pairing is not a dictionary"))?;
+        let data = |key: &str| {
+            d.get(key)
+                .and_then(|v| v.as_data())
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| bad(&format!("pairing {host_id} has no {key}")))
+        };
+        out.insert(
+            host_id.clone(),
+            Pairing {
+                host_id: host_id.clone(),
+                system_buid: d
+                    .get(SYSTEM_BUID)
+                    .and_then(|v| v.as_string())
+                    .unwrap_or_default()
+                    .to_string(),
+                host_certificate_der: data(HOST_CERTIFICATE)?,
+                root_certificate_der: data(ROOT_CERTIFICATE)?,
+                device_certificate_der: data(DEVICE_CERTIFICATE)?,
+                escrow_bag: data(ESCROW_BAG).unwrap_or_default(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::default_world;
+
+    fn phone_with(
+        state: ActivationState,
+        trust: Trust,
+        delay_ms: u64,
+        locked: bool,
+    ) -> (Phone, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(dir.path());
+        sd.create().expect("create");
+        let mut profile = default_world(1, 1).resolve().expect("world").remove(0);
+        profile.activation_state = state;
+        profile.trust = trust;
+        profile.trust_delay_ms = delay_ms;
+        profile.passcode_locked = locked;
+        (Phone::new(profile, &sd, false).expect("phone"), dir)
+    }
+
+    #[test]
+    fn unactivated_pairs_silently() {
+        let (p, _d) = phone_with(ActivationState::Unactivated, Trust::Pending, 0, false);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Trusted);
+    }
+
+    #[test]
+    fn passcode_comes_first() {
+        let (p, _d) = phone_with(ActivationState::Activated, Trust::Accept, 0, true);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::PasswordProtected);
+        p.set_passcode_locked(false);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Trusted);
+    }
+
+    #[test]
+    fn accept_after_delay() {
+        let (p, _d) = phone_with(ActivationState::Activated, Trust::Accept, 150, false);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Pending);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Pending);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Trusted);
+    }
+
+    #[test]
+    fn deny_after_delay_then_new_dialog() {
+        let (p, _d) = phone_with(ActivationState::Activated, Trust::Deny, 100, false);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Pending);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Denied);
+        assert_eq!(p.trust_decision("BUID"), TrustDecision::Pending);
+    }
+
+    #[test]
+    fn pending_forever() {
+        let (p, _d) = phone_with(ActivationState::Activated, Trust::Pending, 0, false);
+        for _ in 0..3 {
+            assert_eq!(p.trust_decision("BUID"), TrustDecision::Pending);
+        }
+    }
+
+    #[tokio::test]
+    async fn pairings_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(dir.path());
+        sd.create().expect("create");
+        let profile = default_world(1, 1).resolve().expect("world").remove(0);
+        let p = Phone::new(profile.clone(), &sd, false).expect("phone");
+        let pairing = Pairing {
+            host_id: "HOST".into(),
+            system_buid: "BUID".into(),
+            host_certificate_der: vec![1, 2],
+            root_certificate_der: vec![3],
+            device_certificate_der: vec![4],
+            escrow_bag: vec![5; 32],
+        };
+        p.add_pairing(pairing.clone()).await;
+        let again = Phone::new(profile.clone(), &sd, false).expect("phone");
+        assert_eq!(again.pairing("HOST"), Some(pairing));
+        assert!(again.remove_pairing("HOST").await);
+        assert!(!again.remove_pairing("HOST").await);
+        let third = Phone::new(profile, &sd, false).expect("phone");
+        assert!(third.pairings().is_empty());
+    }
+
+    #[test]
+    fn key_file_round_trip() {
+        let keys = DeviceKeyPair::generate().expect("generate");
+        let text = format!("{}{}", keys.private_key_pem, keys.public_key_pem);
+        let parsed = parse_key_file(text.as_bytes()).expect("parse");
+        assert_eq!(parsed, keys);
+        assert!(parse_key_file(b"garbage").is_none());
+    }
+}

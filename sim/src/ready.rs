@@ -1,0 +1,81 @@
+//! The `--ready` file: written once the socket listens, read by tests and the station's
+//! demo to learn the socket and the phones. New fields may be added at any time; readers
+//! must ignore fields they do not know.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SimError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyInfo {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// The bench's usbmuxd SystemBUID (`ReadBUID`).
+    pub system_buid: String,
+    pub pid: u32,
+    pub devices: Vec<ReadyDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyDevice {
+    pub udid: String,
+    pub serial: String,
+    pub product_type: String,
+    pub product_version: String,
+    pub build_version: String,
+    pub hardware_model: String,
+    pub marketing_name: String,
+    pub device_class: String,
+    pub device_name: String,
+    /// `Unactivated` or `Activated`, as lockdown reports it.
+    pub activation_state: String,
+    /// `accept`, `deny` or `pending`: how the trust dialog will be answered.
+    pub trust: String,
+    pub trust_delay_ms: u64,
+    pub passcode_locked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imei: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imei2: Option<String>,
+    pub wifi_address: String,
+    pub unique_chip_id: u64,
+    pub location_id: u32,
+    pub product_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plug_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplug_at_ms: Option<u64>,
+    /// Plugged in when the file was written.
+    pub attached: bool,
+    /// usbmuxd DeviceID while plugged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<u32>,
+}
+
+impl ReadyInfo {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Writes the file atomically (temporary file + rename) so a poller never reads half.
+    pub fn write(&self, path: &Path) -> Result<(), SimError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| SimError::io("create directory", parent, e))?;
+        }
+        let mut text = self.to_json();
+        text.push('\n');
+        crate::state::write_atomic_blocking(path, text.as_bytes())
+            .map_err(|e| SimError::io("write ready file", path, e))
+    }
+
+    pub fn read(path: &Path) -> Result<ReadyInfo, SimError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::io("read", path, e))?;
+        serde_json::from_str(&text).map_err(|e| SimError::State {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! Real iPhone models the generator draws from.
+//!
+//! ProductType / HardwareModel / chip (CPID) / board pairs are Apple's; the per-model
+//! ModelNumber, RegulatoryModelNumber and IMEI TAC are plausible values in the right format
+//! (a virtual phone only has to look like a real one to the tools that read it).
+
+/// How the serial number of a model is formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialStyle {
+    /// 12 characters: factory, year, week, unit, model code (devices made before 2021).
+    Legacy,
+    /// 10 random characters (Apple's scheme since 2021).
+    Randomized,
+}
+
+/// One iOS release: ProductVersion and its BuildVersion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OsRelease {
+    pub version: &'static str,
+    pub build: &'static str,
+}
+
+/// A model of iPhone as lockdown describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Model {
+    pub product_type: &'static str,
+    pub hardware_model: &'static str,
+    pub marketing_name: &'static str,
+    /// Chip id (CPID); also the first half of the UDID from the A12 on.
+    pub chip_id: u32,
+    pub board_id: u32,
+    pub hardware_platform: &'static str,
+    pub cpu_architecture: &'static str,
+    /// Legacy models (before the A12) have a 40-hex-digit UDID instead of `CPID-ECID`.
+    pub legacy_udid: bool,
+    pub serial_style: SerialStyle,
+    /// Last 4 characters of a legacy serial (the model/colour/capacity code).
+    pub serial_config_code: &'static str,
+    /// First 8 digits of the IMEI (type allocation code).
+    pub imei_tac: &'static str,
+    /// Two IMEIs (physical SIM + eSIM).
+    pub dual_imei: bool,
+    pub model_numbers: &'static [&'static str],
+    pub regulatory_model_number: &'static str,
+    pub storage_gb: &'static [u32],
+    /// Releases this model can run, oldest first.
+    pub releases: &'static [OsRelease],
+    /// Year codes (4th serial character) for when the model was built.
+    pub serial_year_codes: &'static str,
+}
+
+const IOS16: &[OsRelease] = &[
+    OsRelease {
+        version: "16.7.8",
+        build: "20H343",
+    },
+    OsRelease {
+        version: "16.7.10",
+        build: "20H350",
+    },
+];
+
+const IOS17_18: &[OsRelease] = &[
+    OsRelease {
+        version: "17.6.1",
+        build: "21G93",
+    },
+    OsRelease {
+        version: "17.7",
+        build: "21H16",
+    },
+    OsRelease {
+        version: "18.5",
+        build: "22F76",
+    },
+    OsRelease {
+        version: "18.6",
+        build: "22G86",
+    },
+    OsRelease {
+        version: "18.6.2",
+        build: "22G100",
+    },
+];
+
+const IOS18: &[OsRelease] = &[
+    OsRelease {
+        version: "18.5",
+        build: "22F76",
+    },
+    OsRelease {
+        version: "18.6",
+        build: "22G86",
+    },
+    OsRelease {
+        version: "18.6.2",
+        build: "22G100",
+    },
+];
+
+pub const MODELS: &[Model] = &[
+    Model {
+        product_type: "iPhone10,4",
+        hardware_model: "D201AP",
+        marketing_name: "iPhone 8",
+        chip_id: 0x8015,
+        board_id: 0x0a,
+        hardware_platform: "t8015",
+        cpu_architecture: "arm64",
+        legacy_udid: true,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "JC67",
+        imei_tac: "35299209",
+        dual_imei: false,
+        model_numbers: &["MQ6K2", "MQ6L2", "MQ6M2"],
+        regulatory_model_number: "A1905",
+        storage_gb: &[64, 256],
+        releases: IOS16,
+        serial_year_codes: "HJKL",
+    },
+    Model {
+        product_type: "iPhone11,8",
+        hardware_model: "N841AP",
+        marketing_name: "iPhone XR",
+        chip_id: 0x8020,
+        board_id: 0x0c,
+        hardware_platform: "t8020",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "KXKN",
+        imei_tac: "35730710",
+        dual_imei: true,
+        model_numbers: &["MRY42", "MRY52", "MT0G2"],
+        regulatory_model_number: "A1984",
+        storage_gb: &[64, 128],
+        releases: IOS17_18,
+        serial_year_codes: "JKLM",
+    },
+    Model {
+        product_type: "iPhone12,1",
+        hardware_model: "N104AP",
+        marketing_name: "iPhone 11",
+        chip_id: 0x8030,
+        board_id: 0x04,
+        hardware_platform: "t8030",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "N72J",
+        imei_tac: "35391110",
+        dual_imei: true,
+        model_numbers: &["MWL72", "MWLT2", "MHDA3"],
+        regulatory_model_number: "A2111",
+        storage_gb: &[64, 128, 256],
+        releases: IOS17_18,
+        serial_year_codes: "LMNP",
+    },
+    Model {
+        product_type: "iPhone13,2",
+        hardware_model: "D53gAP",
+        marketing_name: "iPhone 12",
+        chip_id: 0x8101,
+        board_id: 0x0c,
+        hardware_platform: "t8101",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "0DXR",
+        imei_tac: "35297211",
+        dual_imei: true,
+        model_numbers: &["MGJ53", "MGJ93", "MGJE3"],
+        regulatory_model_number: "A2172",
+        storage_gb: &[64, 128, 256],
+        releases: IOS17_18,
+        serial_year_codes: "NPQR",
+    },
+    Model {
+        product_type: "iPhone14,5",
+        hardware_model: "D63AP",
+        marketing_name: "iPhone 13",
+        chip_id: 0x8110,
+        board_id: 0x0e,
+        hardware_platform: "t8110",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Randomized,
+        serial_config_code: "",
+        imei_tac: "35065332",
+        dual_imei: true,
+        model_numbers: &["MLMT3", "MLPF3", "MLPG3"],
+        regulatory_model_number: "A2482",
+        storage_gb: &[128, 256, 512],
+        releases: IOS17_18,
+        serial_year_codes: "",
+    },
+    Model {
+        product_type: "iPhone15,2",
+        hardware_model: "D73AP",
+        marketing_name: "iPhone 14 Pro",
+        chip_id: 0x8120,
+        board_id: 0x0c,
+        hardware_platform: "t8120",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Randomized,
+        serial_config_code: "",
+        imei_tac: "35067419",
+        dual_imei: true,
+        model_numbers: &["MQ0G3", "MPXT3", "MQ1E3"],
+        regulatory_model_number: "A2650",
+        storage_gb: &[128, 256, 512, 1024],
+        releases: IOS17_18,
+        serial_year_codes: "",
+    },
+    Model {
+        product_type: "iPhone16,1",
+        hardware_model: "D83AP",
+        marketing_name: "iPhone 15 Pro",
+        chip_id: 0x8130,
+        board_id: 0x04,
+        hardware_platform: "t8130",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Randomized,
+        serial_config_code: "",
+        imei_tac: "35016436",
+        dual_imei: true,
+        model_numbers: &["MTUV3", "MTUX3", "MTV03"],
+        regulatory_model_number: "A2848",
+        storage_gb: &[128, 256, 512, 1024],
+        releases: IOS17_18,
+        serial_year_codes: "",
+    },
+    Model {
+        product_type: "iPhone17,3",
+        hardware_model: "D47AP",
+        marketing_name: "iPhone 16",
+        chip_id: 0x8140,
+        board_id: 0x0c,
+        hardware_platform: "t8140",
+        cpu_architecture: "arm64e",
+        legacy_udid: false,
+        serial_style: SerialStyle::Randomized,
+        serial_config_code: "",
+        imei_tac: "35042758",
+        dual_imei: true,
+        model_numbers: &["MYE73", "MYEA3", "MYED3"],
+        regulatory_model_number: "A3081",
+        storage_gb: &[128, 256, 512],
+        releases: IOS18,
+        serial_year_codes: "",
+    },
+];
+
+/// The catalogue entry for `product_type`, if it is one we know.
+pub fn model(product_type: &str) -> Option<&'static Model> {
+    MODELS.iter().find(|m| m.product_type == product_type)
+}
+
+/// All product types, for error messages.
+pub fn product_types() -> Vec<&'static str> {
+    MODELS.iter().map(|m| m.product_type).collect()
+}
+
+impl Model {
+    /// The release with this ProductVersion, if the model runs it.
+    pub fn release(&self, version: &str) -> Option<&'static OsRelease> {
+        self.releases.iter().find(|r| r.version == version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_is_consistent() {
+        for m in MODELS {
+            assert!(!m.releases.is_empty(), "{} has no release", m.product_type);
+            assert_eq!(m.imei_tac.len(), 8, "{}", m.product_type);
+            assert!(m.imei_tac.bytes().all(|b| b.is_ascii_digit()));
+            assert_eq!(m.legacy_udid, m.chip_id < 0x8020, "{}", m.product_type);
+            if m.serial_style == SerialStyle::Legacy {
+                assert_eq!(m.serial_config_code.len(), 4, "{}", m.product_type);
+                assert!(!m.serial_year_codes.is_empty(), "{}", m.product_type);
+            }
+            assert!(model(m.product_type).is_some());
+        }
+    }
+
+    #[test]
+    fn known_builds() {
+        let m = model("iPhone12,1").expect("iPhone 11 in catalogue");
+        assert_eq!(m.release("17.7").map(|r| r.build), Some("21H16"));
+        assert_eq!(m.release("18.6").map(|r| r.build), Some("22G86"));
+        assert!(m.release("9.3").is_none());
+    }
+}

@@ -1,0 +1,797 @@
+//! The bench's world: which virtual iPhones exist, who they are and what state they are in.
+//!
+//! A [`World`] is what a TOML world file holds (format in `docs/world.md`). Device entries
+//! may leave any field out; [`World::resolve`] fills the gaps deterministically from the
+//! world's seed and checks the result, giving one [`DeviceProfile`] per phone.
+
+pub mod catalog;
+pub mod gen;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use catalog::{Model, MODELS};
+
+/// Default USB product id of an iPhone in normal mode (0x12a8).
+pub const IPHONE_PRODUCT_ID: u32 = 0x12a8;
+/// High-speed USB, what usbmuxd reports for an iPhone (also its value for "unknown").
+pub const USB2_SPEED: u64 = 480_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("cannot read world file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown fields (named by serde) and wrong types.
+    #[error("world file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("device #{index} ({who}): `{field}` {reason}")]
+    Invalid {
+        index: usize,
+        who: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("devices #{first} and #{second} have the same {field} {value}")]
+    Duplicate {
+        field: &'static str,
+        value: String,
+        first: usize,
+        second: usize,
+    },
+}
+
+/// What lockdown reports as `ActivationState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActivationState {
+    /// Erased, at Setup Assistant: pairs without a trust prompt.
+    Unactivated,
+    /// Set up and in use: pairing asks "Trust this computer?".
+    Activated,
+}
+
+impl ActivationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationState::Unactivated => "Unactivated",
+            ActivationState::Activated => "Activated",
+        }
+    }
+}
+
+impl fmt::Display for ActivationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the (virtual) user answers "Trust this computer?" on an activated phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// Taps Trust `trust_delay_ms` after the dialog appears.
+    Accept,
+    /// Taps Don't Trust `trust_delay_ms` after the dialog appears.
+    Deny,
+    /// Never answers.
+    Pending,
+}
+
+impl Trust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Accept => "accept",
+            Trust::Deny => "deny",
+            Trust::Pending => "pending",
+        }
+    }
+}
+
+/// A world file: a seed and a list of devices.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct World {
+    /// Seed for every value a device entry leaves out.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, rename = "device", skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// One `[[device]]` entry. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceSpec {
+    // --- identity ---
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region_info: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imei: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imei2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wifi_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bluetooth_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_chip_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_gb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_percent: Option<u8>,
+    // --- USB ---
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<u32>,
+    // --- state ---
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_state: Option<ActivationState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<Trust>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passcode_locked: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plug_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unplug_at_ms: Option<u64>,
+}
+
+/// A fully resolved virtual iPhone: every identity value lockdown reports, and its state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceProfile {
+    pub udid: String,
+    pub serial: String,
+    pub product_type: String,
+    pub product_version: String,
+    pub build_version: String,
+    pub hardware_model: String,
+    pub hardware_platform: String,
+    pub marketing_name: String,
+    pub model_number: String,
+    pub region_info: String,
+    pub regulatory_model_number: String,
+    pub device_class: String,
+    pub device_name: String,
+    pub cpu_architecture: String,
+    pub chip_id: u32,
+    pub board_id: u32,
+    pub unique_chip_id: u64,
+    pub die_id: u64,
+    pub imei: Option<String>,
+    pub imei2: Option<String>,
+    /// MEID: the first 14 digits of the IMEI on cellular iPhones.
+    pub meid: Option<String>,
+    pub wifi_address: String,
+    pub bluetooth_address: String,
+    pub ethernet_address: String,
+    pub mlb_serial: String,
+    pub storage_gb: u32,
+    pub battery_percent: u8,
+    pub location_id: u32,
+    pub product_id: u32,
+    pub activation_state: ActivationState,
+    pub trust: Trust,
+    pub trust_delay_ms: u64,
+    pub passcode_locked: bool,
+    pub plug_at_ms: Option<u64>,
+    pub unplug_at_ms: Option<u64>,
+}
+
+impl DeviceProfile {
+    pub fn telephony(&self) -> bool {
+        self.imei.is_some()
+    }
+}
+
+impl World {
+    /// Parses a world from TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<World, WorldError> {
+        toml::from_str(text).map_err(|e| WorldError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<World, WorldError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WorldError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        World::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The world as TOML (what `station-sim world` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The same world with every generated value written out (what `station-sim world`
+    /// prints): editing one field of it changes nothing else.
+    pub fn pinned(&self) -> Result<World, WorldError> {
+        Ok(World {
+            seed: self.seed,
+            devices: self.resolve()?.iter().map(spec_from_profile).collect(),
+        })
+    }
+
+    /// Fills every omitted value from the seed and validates the devices.
+    pub fn resolve(&self) -> Result<Vec<DeviceProfile>, WorldError> {
+        let mut out: Vec<DeviceProfile> = Vec::with_capacity(self.devices.len());
+        for (index, spec) in self.devices.iter().enumerate() {
+            let profile = resolve_device(self.seed, index, spec)?;
+            for (first, other) in out.iter().enumerate() {
+                let dup = |field: &'static str, value: &str| WorldError::Duplicate {
+                    field,
+                    value: value.to_string(),
+                    first,
+                    second: index,
+                };
+                if other.udid.eq_ignore_ascii_case(&profile.udid) {
+                    return Err(dup("udid", &profile.udid));
+                }
+                if other.serial == profile.serial {
+                    return Err(dup("serial", &profile.serial));
+                }
+                if other.location_id == profile.location_id {
+                    return Err(dup("location_id", &format!("{:#x}", profile.location_id)));
+                }
+            }
+            out.push(profile);
+        }
+        Ok(out)
+    }
+}
+
+/// `n` phones, deterministic from `seed`, with realistic identities and a mix of states:
+/// devices cycle through Unactivated; Activated (trust accepted at once); Unactivated;
+/// Activated (trust accepted after 2.5 s). So with `n >= 4` there is at least one of each,
+/// and the first three are usable by every tool without waiting.
+pub fn default_world(n: usize, seed: u64) -> World {
+    let mut devices = Vec::with_capacity(n);
+    let mut udids = HashSet::new();
+    let mut serials = HashSet::new();
+    for index in 0..n {
+        let mut rng = gen::device_rng(seed, index);
+        let model = MODELS[rng.random_range(0..MODELS.len())];
+        // Re-draw on the (astronomically unlikely) collision so identities stay unique.
+        let (spec_udid, spec_serial, ecid) = loop {
+            let ecid = gen::ecid(&mut rng);
+            let udid = gen::udid(&model, ecid, &mut rng);
+            let serial = gen::serial(&model, &mut rng);
+            if !udids.contains(&udid) && !serials.contains(&serial) {
+                break (udid, serial, ecid);
+            }
+        };
+        udids.insert(spec_udid.clone());
+        serials.insert(spec_serial.clone());
+        let (activation_state, trust_delay_ms) = match index % 4 {
+            0 | 2 => (ActivationState::Unactivated, 0),
+            1 => (ActivationState::Activated, 0),
+            _ => (ActivationState::Activated, 2500),
+        };
+        let spec = DeviceSpec {
+            udid: Some(spec_udid),
+            serial: Some(spec_serial),
+            product_type: Some(model.product_type.to_string()),
+            unique_chip_id: Some(ecid),
+            activation_state: Some(activation_state),
+            trust: Some(Trust::Accept),
+            trust_delay_ms: Some(trust_delay_ms),
+            passcode_locked: Some(false),
+            ..DeviceSpec::default()
+        };
+        // Fill the remaining identity from the same per-device stream, then pin it in the
+        // spec so a printed default world reproduces exactly.
+        let profile = match resolve_device(seed, index, &spec) {
+            Ok(p) => p,
+            // Only catalogue values went in, so this cannot fail; keep the partial spec.
+            Err(_) => {
+                devices.push(spec);
+                continue;
+            }
+        };
+        devices.push(spec_from_profile(&profile));
+    }
+    World { seed, devices }
+}
+
+/// A spec that pins every value of `p`.
+fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
+    DeviceSpec {
+        udid: Some(p.udid.clone()),
+        serial: Some(p.serial.clone()),
+        product_type: Some(p.product_type.clone()),
+        product_version: Some(p.product_version.clone()),
+        build_version: Some(p.build_version.clone()),
+        hardware_model: Some(p.hardware_model.clone()),
+        model_number: Some(p.model_number.clone()),
+        region_info: Some(p.region_info.clone()),
+        device_class: Some(p.device_class.clone()),
+        device_name: Some(p.device_name.clone()),
+        imei: p.imei.clone(),
+        imei2: p.imei2.clone(),
+        wifi_address: Some(p.wifi_address.clone()),
+        bluetooth_address: Some(p.bluetooth_address.clone()),
+        unique_chip_id: Some(p.unique_chip_id),
+        storage_gb: Some(p.storage_gb),
+        battery_percent: Some(p.battery_percent),
+        location_id: Some(p.location_id),
+        product_id: Some(p.product_id),
+        activation_state: Some(p.activation_state),
+        trust: Some(p.trust),
+        trust_delay_ms: Some(p.trust_delay_ms),
+        passcode_locked: Some(p.passcode_locked),
+        plug_at_ms: p.plug_at_ms,
+        unplug_at_ms: p.unplug_at_ms,
+    }
+}
+
+/// Default hub position of device `index`: `(bus << 16) | address` as usbmuxd computes it.
+fn default_location(index: usize) -> u32 {
+    let bus = 1 + (index / 120) as u32;
+    let address = 2 + (index % 120) as u32;
+    (bus << 16) | address
+}
+
+fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DeviceProfile, WorldError> {
+    let who = spec
+        .udid
+        .clone()
+        .or_else(|| spec.serial.clone())
+        .unwrap_or_else(|| "generated".to_string());
+    let invalid = |field: &'static str, reason: String| WorldError::Invalid {
+        index,
+        who: who.clone(),
+        field,
+        reason,
+    };
+    let mut rng = gen::device_rng(seed, index);
+    // Draw the model first in every case so specs that only pin state stay stable.
+    let drawn = MODELS[rng.random_range(0..MODELS.len())];
+    let model: Model = match &spec.product_type {
+        Some(pt) => *catalog::model(pt).ok_or_else(|| {
+            invalid(
+                "product_type",
+                format!(
+                    "{pt:?} is not in the catalogue (known: {})",
+                    catalog::product_types().join(", ")
+                ),
+            )
+        })?,
+        None => drawn,
+    };
+    // Every value is drawn whether or not the spec pins it, so pinning one field never
+    // shifts the stream and changes the others.
+    let drawn_release = model.releases[rng.random_range(0..model.releases.len())];
+    let drawn_model_number = model.model_numbers[rng.random_range(0..model.model_numbers.len())];
+    let drawn_storage = model.storage_gb[rng.random_range(0..model.storage_gb.len())];
+    let drawn_battery: u8 = rng.random_range(35..=100);
+    let die_id = rng.random::<u64>() & 0x00FF_FFFF_FFFF_FFFF;
+    let mlb_serial = gen::mlb_serial(&mut rng);
+    let release = match (&spec.product_version, &spec.build_version) {
+        (Some(v), Some(b)) => (v.clone(), b.clone()),
+        (Some(v), None) => model
+            .release(v)
+            .map(|r| (r.version.to_string(), r.build.to_string()))
+            .ok_or_else(|| {
+                invalid(
+                    "product_version",
+                    format!(
+                        "{v} has no known build for {}: give build_version too (known: {})",
+                        model.product_type,
+                        model
+                            .releases
+                            .iter()
+                            .map(|r| r.version)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?,
+        (None, Some(_)) => {
+            return Err(invalid(
+                "build_version",
+                "needs product_version as well".to_string(),
+            ))
+        }
+        (None, None) => (
+            drawn_release.version.to_string(),
+            drawn_release.build.to_string(),
+        ),
+    };
+    let (product_version, build_version) = release;
+
+    let generated_ecid = gen::ecid(&mut rng);
+    let generated_udid = gen::udid(&model, generated_ecid, &mut rng);
+    let udid = spec.udid.clone().unwrap_or(generated_udid);
+    validate_udid(&udid).map_err(|reason| invalid("udid", reason))?;
+    let unique_chip_id = spec
+        .unique_chip_id
+        .or_else(|| gen::ecid_from_udid(&udid))
+        .unwrap_or(generated_ecid);
+
+    let generated_serial = gen::serial(&model, &mut rng);
+    let serial = spec.serial.clone().unwrap_or(generated_serial);
+    if !(8..=14).contains(&serial.len()) || !serial.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(invalid(
+            "serial",
+            format!("{serial:?} is not 8 to 14 letters and digits"),
+        ));
+    }
+
+    let generated_imei = gen::imei(model.imei_tac, &mut rng);
+    let generated_imei2 = gen::imei(model.imei_tac, &mut rng);
+    let imei = spec.imei.clone().unwrap_or(generated_imei);
+    if !gen::imei_is_valid(&imei) {
+        return Err(invalid(
+            "imei",
+            format!("{imei:?} is not 15 digits with a valid Luhn check digit"),
+        ));
+    }
+    let imei2 = match &spec.imei2 {
+        Some(i) => Some(i.clone()),
+        None if model.dual_imei => Some(generated_imei2),
+        None => None,
+    };
+    if let Some(i2) = &imei2 {
+        if !gen::imei_is_valid(i2) {
+            return Err(invalid(
+                "imei2",
+                format!("{i2:?} is not 15 digits with a valid Luhn check digit"),
+            ));
+        }
+    }
+
+    let generated_mac = gen::mac(&mut rng);
+    let wifi = match &spec.wifi_address {
+        Some(text) => gen::parse_mac(text).ok_or_else(|| {
+            invalid(
+                "wifi_address",
+                format!("{text:?} is not a MAC address like 3c:22:fb:01:02:03"),
+            )
+        })?,
+        None => generated_mac,
+    };
+    let bluetooth_address = match &spec.bluetooth_address {
+        Some(text) => {
+            gen::parse_mac(text).ok_or_else(|| {
+                invalid(
+                    "bluetooth_address",
+                    format!("{text:?} is not a MAC address like 3c:22:fb:01:02:04"),
+                )
+            })?;
+            text.to_lowercase()
+        }
+        None => gen::format_mac(gen::next_mac(wifi, 1)),
+    };
+
+    let model_number = spec
+        .model_number
+        .clone()
+        .unwrap_or_else(|| drawn_model_number.to_string());
+    let storage_gb = spec.storage_gb.unwrap_or(drawn_storage);
+    let battery_percent = spec.battery_percent.unwrap_or(drawn_battery);
+    if battery_percent > 100 {
+        return Err(invalid(
+            "battery_percent",
+            format!("{battery_percent} is above 100"),
+        ));
+    }
+
+    let activation_state = spec
+        .activation_state
+        .unwrap_or(ActivationState::Unactivated);
+    let passcode_locked = spec.passcode_locked.unwrap_or(false);
+    if passcode_locked && activation_state == ActivationState::Unactivated {
+        return Err(invalid(
+            "passcode_locked",
+            "needs activation_state = \"Activated\" (an erased phone has no passcode)".to_string(),
+        ));
+    }
+    if let (Some(plug), Some(unplug)) = (spec.plug_at_ms, spec.unplug_at_ms) {
+        if unplug <= plug {
+            return Err(invalid(
+                "unplug_at_ms",
+                format!("{unplug} is not after plug_at_ms {plug}"),
+            ));
+        }
+    }
+    let location_id = spec.location_id.unwrap_or_else(|| default_location(index));
+    let product_id = spec.product_id.unwrap_or(IPHONE_PRODUCT_ID);
+    if product_id > 0xffff {
+        return Err(invalid(
+            "product_id",
+            format!("{product_id:#x} is not a 16-bit USB id"),
+        ));
+    }
+
+    Ok(DeviceProfile {
+        udid,
+        serial,
+        product_type: model.product_type.to_string(),
+        product_version,
+        build_version,
+        hardware_model: spec
+            .hardware_model
+            .clone()
+            .unwrap_or_else(|| model.hardware_model.to_string()),
+        hardware_platform: model.hardware_platform.to_string(),
+        marketing_name: model.marketing_name.to_string(),
+        model_number,
+        region_info: spec
+            .region_info
+            .clone()
+            .unwrap_or_else(|| "LL/A".to_string()),
+        regulatory_model_number: model.regulatory_model_number.to_string(),
+        device_class: spec
+            .device_class
+            .clone()
+            .unwrap_or_else(|| "iPhone".to_string()),
+        device_name: spec
+            .device_name
+            .clone()
+            .unwrap_or_else(|| "iPhone".to_string()),
+        cpu_architecture: model.cpu_architecture.to_string(),
+        chip_id: model.chip_id,
+        board_id: model.board_id,
+        unique_chip_id,
+        die_id,
+        meid: Some(imei[..14].to_string()),
+        imei: Some(imei),
+        imei2,
+        wifi_address: gen::format_mac(wifi),
+        bluetooth_address,
+        ethernet_address: gen::format_mac(gen::next_mac(wifi, 2)),
+        mlb_serial,
+        storage_gb,
+        battery_percent,
+        location_id,
+        product_id,
+        activation_state,
+        trust: spec.trust.unwrap_or(Trust::Accept),
+        trust_delay_ms: spec.trust_delay_ms.unwrap_or(0),
+        passcode_locked,
+        plug_at_ms: spec.plug_at_ms,
+        unplug_at_ms: spec.unplug_at_ms,
+    })
+}
+
+/// A UDID as usbmuxd reports it: 40 hex digits, or 8 + `-` + 16 hex digits.
+fn validate_udid(udid: &str) -> Result<(), String> {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = match udid.split_once('-') {
+        None => udid.len() == 40 && hex(udid),
+        Some((a, b)) => a.len() == 8 && b.len() == 16 && hex(a) && hex(b),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{udid:?} is neither 40 hex digits nor the 00008030-001A2C3E0E90802E form"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profiles(n: usize, seed: u64) -> Vec<DeviceProfile> {
+        default_world(n, seed)
+            .resolve()
+            .expect("default world resolves")
+    }
+
+    #[test]
+    fn default_world_is_deterministic() {
+        assert_eq!(default_world(8, 42), default_world(8, 42));
+        assert_eq!(profiles(8, 42), profiles(8, 42));
+        assert_ne!(profiles(8, 42)[0].udid, profiles(8, 43)[0].udid);
+    }
+
+    #[test]
+    fn smaller_world_is_a_prefix_of_a_larger_one() {
+        let small = profiles(3, 9);
+        let large = profiles(64, 9);
+        assert_eq!(small[..], large[..3]);
+    }
+
+    #[test]
+    fn default_world_identities_are_realistic_and_unique() {
+        let all = profiles(64, 1);
+        let udids: HashSet<_> = all.iter().map(|p| p.udid.clone()).collect();
+        let serials: HashSet<_> = all.iter().map(|p| p.serial.clone()).collect();
+        let locations: HashSet<_> = all.iter().map(|p| p.location_id).collect();
+        assert_eq!(udids.len(), 64);
+        assert_eq!(serials.len(), 64);
+        assert_eq!(locations.len(), 64);
+        for p in &all {
+            let model = catalog::model(&p.product_type).expect("catalogue model");
+            if model.legacy_udid {
+                assert_eq!(p.udid.len(), 40, "{}", p.udid);
+            } else {
+                assert_eq!(
+                    p.udid,
+                    format!("{:08X}-{:016X}", model.chip_id, p.unique_chip_id)
+                );
+            }
+            let serial_len = match model.serial_style {
+                catalog::SerialStyle::Legacy => 12,
+                catalog::SerialStyle::Randomized => 10,
+            };
+            assert_eq!(p.serial.len(), serial_len, "{}", p.serial);
+            let imei = p.imei.as_deref().expect("iPhones are cellular");
+            assert!(gen::imei_is_valid(imei), "{imei}");
+            assert!(imei.starts_with(model.imei_tac));
+            if let Some(imei2) = &p.imei2 {
+                assert!(gen::imei_is_valid(imei2), "{imei2}");
+            }
+            assert!(gen::parse_mac(&p.wifi_address).is_some());
+            assert_eq!(p.wifi_address, p.wifi_address.to_lowercase());
+            assert_eq!(p.device_name, "iPhone");
+            assert_eq!(p.device_class, "iPhone");
+            assert!(model.release(&p.product_version).is_some());
+            assert_eq!(
+                model.release(&p.product_version).map(|r| r.build),
+                Some(p.build_version.as_str())
+            );
+            assert_eq!(p.product_id, 0x12a8);
+        }
+    }
+
+    #[test]
+    fn default_world_mixes_states() {
+        let all = profiles(4, 5);
+        assert!(all
+            .iter()
+            .any(|p| p.activation_state == ActivationState::Unactivated));
+        assert!(all
+            .iter()
+            .any(|p| p.activation_state == ActivationState::Activated
+                && p.trust == Trust::Accept
+                && p.trust_delay_ms == 0));
+        assert!(all.iter().all(|p| !p.passcode_locked));
+        // The first three are usable by tools that pair once without retrying.
+        assert!(all[..3]
+            .iter()
+            .all(|p| p.activation_state == ActivationState::Unactivated || p.trust_delay_ms == 0));
+    }
+
+    #[test]
+    fn printed_default_world_reloads_identically() {
+        let world = default_world(5, 77);
+        let text = world.to_toml();
+        let again = World::from_toml(&text, "printed").expect("reload");
+        assert_eq!(
+            again.resolve().expect("resolve"),
+            world.resolve().expect("resolve")
+        );
+    }
+
+    #[test]
+    fn example_world_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worlds/example.toml");
+        let world = World::load(&path).expect("example.toml parses");
+        let devices = world.resolve().expect("example.toml resolves");
+        assert!(devices.len() >= 6);
+        assert!(devices.iter().any(|d| d.trust == Trust::Deny));
+        assert!(devices.iter().any(|d| d.trust == Trust::Pending));
+        assert!(devices.iter().any(|d| d.passcode_locked));
+        assert!(devices.iter().any(|d| d.plug_at_ms.is_some()));
+        assert!(devices.iter().any(|d| d.unplug_at_ms.is_some()));
+        let first = &devices[0];
+        assert_eq!(first.udid, "00008030-001A2C3E0E90802E");
+        assert_eq!(first.product_type, "iPhone12,1");
+        assert_eq!(first.build_version, "21H16");
+    }
+
+    #[test]
+    fn pinned_world_resolves_to_the_same_phones() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worlds/example.toml");
+        let world = World::load(&path).expect("example.toml parses");
+        let pinned = world.pinned().expect("pinned");
+        assert!(pinned
+            .devices
+            .iter()
+            .all(|d| d.serial.is_some() && d.imei.is_some()));
+        let reparsed = World::from_toml(&pinned.to_toml(), "pinned").expect("reparse");
+        assert_eq!(
+            reparsed.resolve().expect("resolve"),
+            world.resolve().expect("resolve")
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = World::from_toml("[[device]]\nudid = \"x\"\ncolour = \"red\"\n", "t.toml")
+            .expect_err("unknown field");
+        let text = err.to_string();
+        assert!(text.contains("colour"), "{text}");
+        assert!(text.contains("t.toml"), "{text}");
+        let err = World::from_toml("sead = 3\n", "t.toml").expect_err("unknown top-level field");
+        assert!(err.to_string().contains("sead"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_field() {
+        let cases = [
+            ("imei = \"490154203237517\"", "imei"),
+            ("udid = \"not-a-udid\"", "udid"),
+            ("product_type = \"iPhone99,1\"", "product_type"),
+            (
+                "product_type = \"iPhone12,1\"\nproduct_version = \"9.0\"",
+                "product_version",
+            ),
+            ("passcode_locked = true", "passcode_locked"),
+            ("plug_at_ms = 500\nunplug_at_ms = 100", "unplug_at_ms"),
+            ("wifi_address = \"3c:22\"", "wifi_address"),
+        ];
+        for (body, field) in cases {
+            let world = World::from_toml(&format!("[[device]]\n{body}\n"), "t").expect("parses");
+            let err = world.resolve().expect_err(body);
+            assert!(
+                matches!(&err, WorldError::Invalid { field: f, .. } if *f == field),
+                "{body}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        let text = "[[device]]\nudid = \"00008030-001A2C3E0E90802E\"\n\
+                    [[device]]\nudid = \"00008030-001A2C3E0E90802E\"\n";
+        let err = World::from_toml(text, "t")
+            .expect("parses")
+            .resolve()
+            .expect_err("duplicate udid");
+        assert!(
+            matches!(err, WorldError::Duplicate { field: "udid", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn partial_specs_are_filled_from_the_seed() {
+        let text = "seed = 3\n[[device]]\nactivation_state = \"Activated\"\ntrust = \"deny\"\n";
+        let a = World::from_toml(text, "t")
+            .expect("parses")
+            .resolve()
+            .expect("resolves");
+        let b = World::from_toml(text, "t")
+            .expect("parses")
+            .resolve()
+            .expect("resolves");
+        assert_eq!(a, b);
+        assert_eq!(a[0].activation_state, ActivationState::Activated);
+        assert_eq!(a[0].trust, Trust::Deny);
+        assert!(catalog::model(&a[0].product_type).is_some());
+    }
+}

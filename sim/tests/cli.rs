@@ -1,0 +1,129 @@
+//! The `station-sim` binary: serve, the ready file, SIGTERM, `world`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use plist::Value;
+use station_sim::ReadyInfo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_station-sim");
+
+/// Kills the child if a test fails half-way.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_writes_ready_file_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("bench.sock");
+    let ready = dir.path().join("ready.json");
+    std::fs::write(&ready, "stale").expect("stale ready file");
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["serve", "--devices", "2", "--seed", "5", "-q"])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--ready")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn station-sim"),
+    );
+
+    let started = Instant::now();
+    let info = loop {
+        if let Ok(info) = ReadyInfo::read(&ready) {
+            break info;
+        }
+        assert!(started.elapsed() < STEP, "no ready file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(info.socket, socket);
+    assert_eq!(info.devices.len(), 2);
+    assert!(info
+        .devices
+        .iter()
+        .all(|d| d.attached && d.device_id.is_some()));
+    assert_eq!(info.state_dir, dir.path().join("bench.sock.state"));
+    let expected: Vec<String> = station_sim::default_world(2, 5)
+        .resolve()
+        .expect("world")
+        .into_iter()
+        .map(|p| p.udid)
+        .collect();
+    let got: Vec<String> = info.devices.iter().map(|d| d.udid.clone()).collect();
+    assert_eq!(
+        got, expected,
+        "--devices/--seed give default_world(n, seed)"
+    );
+
+    let p = mux_call(&socket, &request("ListDevices", vec![])).await;
+    let n = p
+        .plist()
+        .expect("plist")
+        .as_dictionary()
+        .and_then(|d| d.get("DeviceList"))
+        .and_then(Value::as_array)
+        .map(Vec::len);
+    assert_eq!(n, Some(2));
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(started.elapsed() < STEP, "did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(!socket.exists(), "socket removed");
+    assert!(!ready.exists(), "ready file removed");
+}
+
+#[test]
+fn world_command_prints_a_loadable_world() {
+    let out = Command::new(BIN)
+        .args(["world", "--devices", "3", "--seed", "9"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let world = station_sim::World::from_toml(&text, "stdout").expect("parses");
+    assert_eq!(
+        world.resolve().expect("resolves"),
+        station_sim::default_world(3, 9)
+            .resolve()
+            .expect("resolves")
+    );
+}
+
+#[test]
+fn bad_world_file_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, "[[device]]\ncolour = \"red\"\n").expect("write");
+    let out = Command::new(BIN)
+        .arg("world")
+        .arg("--world")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("colour"), "{err}");
+}
