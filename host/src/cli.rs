@@ -79,6 +79,20 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+    /// Activate a phone; release an Activation Lock with the organisation's bypass code.
+    Activate {
+        #[arg(short, long)]
+        udid: String,
+        /// Bypass codes CSV: serial_number,udid,bypass_code,code_kind,source,retrieved_at.
+        #[arg(long)]
+        codes: Option<PathBuf>,
+        /// Activation server (default Apple's: https://albert.apple.com).
+        #[arg(long, env = "STATION_ACTIVATION_URL")]
+        activation_url: Option<String>,
+        /// Post activation-info as multipart/form-data instead of form-urlencoded.
+        #[arg(long)]
+        multipart: bool,
+    },
     /// Forget the pairing on the phone and delete the stored record.
     Unpair {
         #[arg(short, long)]

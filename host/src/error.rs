@@ -16,6 +16,11 @@ pub mod exit {
     pub const NO_DEVICE: u8 = 4;
     pub const NEEDS_OPERATOR: u8 = 5;
     pub const DEVICE_ERROR: u8 = 6;
+    /// Activation-Locked and not released (no code, codes rejected, personal account).
+    pub const LOCKED: u8 = 7;
+    pub const SERVER_ERROR: u8 = 8;
+    /// The phone was unplugged mid-way.
+    pub const INTERRUPTED: u8 = 9;
 }
 
 #[derive(Debug)]

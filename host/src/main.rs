@@ -1,6 +1,8 @@
 //! `station`: the provisioning station's command-line program.
 
+mod activation;
 mod cli;
+mod codes;
 mod commands;
 mod error;
 mod models;
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             report(&e, json);
             ExitCode::from(e.exit)
@@ -107,10 +109,11 @@ fn load_config(cli: &Cli) -> Result<StationConfig, StationError> {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), StationError> {
+async fn run(cli: Cli) -> Result<u8, StationError> {
     let config = load_config(&cli)?;
     let bench = bench(&cli, &config)?;
     let mut out = std::io::stdout().lock();
+    let mut code = 0;
     let written = match &cli.command {
         Command::Devices => {
             let rows = commands::devices::list(&bench).await?;
@@ -167,6 +170,37 @@ async fn run(cli: Cli) -> Result<(), StationError> {
                 }
             }
         }
+        Command::Activate {
+            udid,
+            codes,
+            activation_url,
+            multipart,
+        } => {
+            let report = commands::activate::activate(
+                &bench,
+                commands::activate::ActivateArgs {
+                    udid,
+                    codes: codes.as_deref(),
+                    activation_url: activation_url.as_deref(),
+                    multipart: *multipart,
+                },
+            )
+            .await?;
+            code = commands::activate::exit_code(report.outcome);
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                )
+            } else {
+                let outcome = serde_json::to_value(report.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                writeln!(out, "{udid}: {outcome}: {}", report.message)
+            }
+        }
         Command::Unpair { udid } => {
             let existed = commands::pair::unpair(&bench, udid).await?;
             if cli.json {
@@ -189,6 +223,6 @@ async fn run(cli: Cli) -> Result<(), StationError> {
             exit::FAILURE,
             format!("cannot write output: {e}"),
         )),
-        _ => Ok(()),
+        _ => Ok(code),
     }
 }

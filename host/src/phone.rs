@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use station_protocol::channel::PlistChannel;
 use station_protocol::lockdown::{LockdownClient, LockdownError, LockdownErrorKind, LOCKDOWN_PORT};
 use station_protocol::pairing::{
     generate_pair_record, PairRecord, PairRecordStore, UsbmuxdPairStore,
@@ -47,6 +48,8 @@ pub struct Bench {
 /// A paired, TLS-protected lockdown session.
 pub struct Session {
     pub lockdown: Lockdown,
+    /// The record the session was opened with; services use its certificates too.
+    pub record: PairRecord,
 }
 
 impl Bench {
@@ -167,6 +170,11 @@ impl Bench {
         Ok(self.store.store().delete(udid).await?)
     }
 
+    /// Deletes the stored record (the phone no longer knows it).
+    pub async fn forget(&self, udid: &str) -> Result<bool, StationError> {
+        Ok(self.store.store().delete(udid).await?)
+    }
+
     /// A TLS session from the stored record; `None` when there is no record.
     pub async fn session(&self, device: &DeviceInfo) -> Result<Option<Session>, StationError> {
         let Some(record) = self.pair_record(&device.udid).await? else {
@@ -186,7 +194,7 @@ impl Bench {
             .start_session(&record.host_id, &record.system_buid, tls)
             .await
             .map_err(|e| StationError::from_lockdown(&device.udid, e))?;
-        Ok(Session { lockdown })
+        Ok(Session { lockdown, record })
     }
 
     /// A session, pairing first if needed. Pairing is only attempted when `may_pair` says
@@ -201,6 +209,36 @@ impl Bench {
         }
         let record = self.pair(device, wait).await?;
         self.session_with(device, record).await
+    }
+}
+
+impl Bench {
+    /// Starts `service` through the session and opens its connection (TLS when the phone
+    /// asks for it, with the session's certificates).
+    pub async fn service(
+        &self,
+        device: &DeviceInfo,
+        session: &mut Session,
+        service: &str,
+    ) -> Result<PlistChannel<UsbmuxStream>, StationError> {
+        let info = session
+            .lockdown
+            .start_service(service, None)
+            .await
+            .map_err(|e| StationError::from_lockdown(&device.udid, e))?;
+        let stream = self.usbmuxd.connect(device, info.port).await?;
+        let mut channel = PlistChannel::new(stream);
+        channel.set_timeout(Some(self.usbmuxd.timeout()));
+        if info.ssl {
+            let tls = client_config(
+                &session.record.host_certificate,
+                &session.record.host_private_key,
+            )?;
+            channel.start_tls_client(tls).await.map_err(|e| {
+                StationError::from_lockdown(&device.udid, LockdownError::Channel(e))
+            })?;
+        }
+        Ok(channel)
     }
 }
 

@@ -1,3 +1,4 @@
+pub mod activate;
 pub mod devices;
 pub mod info;
 pub mod pair;

@@ -1,0 +1,739 @@
+//! Activating one phone (reference/protocol.md §5.7): pair, read the state, run the
+//! session-mode exchange with the activation server, release an Activation Lock with the
+//! organisation's bypass code (blank username, code as password), hand the record to the
+//! phone, acknowledge, and re-read the state. Every failure ends in a named outcome.
+
+pub mod http;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use station_protocol::activation::{
+    self, classify_response, device_activation_request, drm_handshake_request,
+    lock_form_submission, ActivationResponse, BuddyPage, Endpoint, FormEncoding, HttpRequestParts,
+};
+use station_protocol::mobileactivation::{self, Command};
+use station_protocol::usbmux::DeviceInfo;
+
+use crate::codes::{CodeKind, CodeLookup, SourcedCode};
+use crate::error::StationError;
+use crate::phone::{Bench, Session};
+use http::{HttpClient, HttpError, RetryPolicy};
+
+/// Stable outcome names (`--json`, ledger, reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Activated,
+    AlreadyActivated,
+    LockedNoCode,
+    CodeRejected,
+    UserLocked,
+    ServerError,
+    DeviceError,
+    Interrupted,
+}
+
+impl Outcome {
+    /// Whether the phone needs nothing more from the station.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Activated | Outcome::AlreadyActivated)
+    }
+}
+
+/// Where a phone is in the workflow; reported when it stops early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Pair,
+    Identify,
+    Handshake,
+    ActivationInfo,
+    ActivationRequest,
+    Bypass,
+    ApplyRecord,
+    Verify,
+}
+
+impl Step {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Pair => "pairing",
+            Step::Identify => "reading its identity",
+            Step::Handshake => "the activation handshake",
+            Step::ActivationInfo => "building activation info",
+            Step::ActivationRequest => "the activation request",
+            Step::Bypass => "the Activation Lock bypass",
+            Step::ApplyRecord => "handing the activation record to the phone",
+            Step::Verify => "verifying the activation",
+        }
+    }
+}
+
+/// Which code released the lock; the code itself only masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    pub source: String,
+    pub kind: CodeKind,
+    pub code: String,
+}
+
+impl From<&SourcedCode> for Release {
+    fn from(c: &SourcedCode) -> Self {
+        Release {
+            source: c.source.clone(),
+            kind: c.kind,
+            code: c.code.masked(),
+        }
+    }
+}
+
+/// The result for one phone.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationReport {
+    pub udid: String,
+    pub serial: Option<String>,
+    pub product_type: Option<String>,
+    pub product_version: Option<String>,
+    pub outcome: Outcome,
+    /// One line for the operator: what happened and the next step.
+    pub message: String,
+    /// The phone's state at the end, when it could be read.
+    pub activation_state: Option<String>,
+    /// Apple answered with the Activation Lock form.
+    pub activation_locked: bool,
+    pub codes_tried: usize,
+    pub released_by: Option<Release>,
+    /// Where the workflow stopped, for anything but success.
+    pub step: Option<Step>,
+    pub elapsed_ms: u64,
+}
+
+/// Apple's activation server, or a stand-in at another base URL.
+#[derive(Debug, Clone)]
+pub struct ActivationServer {
+    http: HttpClient,
+    /// `scheme://host[:port]`; endpoints live under `/deviceservices/`.
+    base: String,
+    encoding: RequestEncoding,
+}
+
+/// How `activation-info` is posted: both are accepted by Apple (protocol.md §5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEncoding {
+    UrlEncoded,
+    Multipart,
+}
+
+/// Apple's server.
+pub const APPLE_BASE_URL: &str = "https://albert.apple.com";
+
+impl ActivationServer {
+    /// `url` may be a base (`https://host`), the `…/deviceservices` prefix or a full
+    /// endpoint URL (`…/deviceservices/deviceActivation`, as `ideviceactivation -s` takes).
+    pub fn new(url: &str, timeout: Duration, retry: RetryPolicy) -> Result<Self, StationError> {
+        let base = normalise_base(url);
+        let parsed = reqwest::Url::parse(&base).map_err(|e| {
+            StationError::new(
+                "activation-url",
+                crate::error::exit::USAGE,
+                format!("invalid activation server URL {url:?}: {e}"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(StationError::new(
+                "activation-url",
+                crate::error::exit::USAGE,
+                format!("activation server URL {url:?} must be http(s)"),
+            ));
+        }
+        let http = HttpClient::new(activation::USER_AGENT, timeout, retry).map_err(|e| {
+            StationError::new(
+                "activation-client",
+                crate::error::exit::FAILURE,
+                e.to_string(),
+            )
+        })?;
+        Ok(ActivationServer {
+            http,
+            base,
+            encoding: RequestEncoding::UrlEncoded,
+        })
+    }
+
+    pub fn with_encoding(mut self, encoding: RequestEncoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    fn url(&self, endpoint: Endpoint) -> String {
+        endpoint.url_on(&self.base)
+    }
+
+    /// Where a form goes: the page's own target when it is on this server (a page must not
+    /// send a bypass code elsewhere), else `deviceActivation`.
+    fn submit_url(&self, page_target: Option<&str>) -> String {
+        let default = self.url(Endpoint::DeviceActivation);
+        let Some(target) = page_target else {
+            return default;
+        };
+        let (Ok(base), Ok(joined)) = (
+            reqwest::Url::parse(&default),
+            reqwest::Url::parse(&default).and_then(|b| b.join(target)),
+        ) else {
+            return default;
+        };
+        if joined.origin() == base.origin() {
+            joined.to_string()
+        } else {
+            tracing::warn!(
+                target,
+                "lock form points at another host; submitting to the activation server instead"
+            );
+            default
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        request: &HttpRequestParts,
+    ) -> Result<ActivationResponse, HttpError> {
+        let response = self.http.post(url, &request.headers, &request.body).await?;
+        Ok(classify_response(
+            response.status,
+            &response.headers,
+            &response.body,
+        ))
+    }
+}
+
+fn normalise_base(url: &str) -> String {
+    let mut base = url.trim().trim_end_matches('/').to_string();
+    for suffix in [
+        Endpoint::DeviceActivation.path(),
+        Endpoint::DrmHandshake.path(),
+        "/deviceservices",
+    ] {
+        if let Some(stripped) = base.strip_suffix(suffix) {
+            base = stripped.to_string();
+            break;
+        }
+    }
+    base
+}
+
+/// Why the workflow stopped before the end.
+struct Stop {
+    outcome: Outcome,
+    message: String,
+}
+
+impl Stop {
+    fn new(outcome: Outcome, message: impl Into<String>) -> Self {
+        Stop {
+            outcome,
+            message: message.into(),
+        }
+    }
+
+    fn device(e: StationError) -> Self {
+        let message = match e.help {
+            Some(help) => format!("{}: {help}", e.message),
+            None => e.message,
+        };
+        Stop::new(Outcome::DeviceError, message)
+    }
+}
+
+impl From<StationError> for Stop {
+    fn from(e: StationError) -> Self {
+        Stop::device(e)
+    }
+}
+
+struct Identity {
+    serial: String,
+    state: String,
+    product_type: Option<String>,
+    product_version: Option<String>,
+}
+
+/// Runs the workflow for phones of one bench.
+pub struct Activator<'a> {
+    pub bench: &'a Bench,
+    pub server: &'a ActivationServer,
+    pub codes: &'a dyn CodeLookup,
+}
+
+struct Progress {
+    report: ActivationReport,
+    step: Step,
+}
+
+impl Activator<'_> {
+    pub async fn activate(&self, device: &DeviceInfo) -> ActivationReport {
+        let started = Instant::now();
+        let mut progress = Progress {
+            report: ActivationReport {
+                udid: device.udid.clone(),
+                serial: None,
+                product_type: None,
+                product_version: None,
+                outcome: Outcome::DeviceError,
+                message: String::new(),
+                activation_state: None,
+                activation_locked: false,
+                codes_tried: 0,
+                released_by: None,
+                step: None,
+                elapsed_ms: 0,
+            },
+            step: Step::Pair,
+        };
+        let span = tracing::info_span!("phone", udid = %device.udid, location = %format!("0x{:08x}", device.location_id));
+        let result = tracing::Instrument::instrument(self.run(device, &mut progress), span).await;
+        let mut report = progress.report;
+        match result {
+            Ok(()) => report.step = None,
+            Err(stop) => {
+                report.step = Some(progress.step);
+                let unplugged =
+                    stop.outcome == Outcome::DeviceError && !self.still_attached(device).await;
+                if unplugged {
+                    report.outcome = Outcome::Interrupted;
+                    report.message = format!(
+                        "unplugged during {}: plug it back in and run again",
+                        progress.step.describe()
+                    );
+                } else {
+                    report.outcome = stop.outcome;
+                    report.message = stop.message;
+                }
+            }
+        }
+        report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(udid = %report.udid, outcome = ?report.outcome, "{}", report.message);
+        report
+    }
+
+    async fn still_attached(&self, device: &DeviceInfo) -> bool {
+        // Same usbmuxd DeviceID: a replugged phone gets a new one, and is a new attempt.
+        match self.bench.usbmuxd.list_devices().await {
+            Ok(devices) => devices.iter().any(|d| d.device_id == device.device_id),
+            Err(_) => true,
+        }
+    }
+
+    async fn run(&self, device: &DeviceInfo, progress: &mut Progress) -> Result<(), Stop> {
+        progress.step = Step::Pair;
+        let mut session = self.session(device).await?;
+
+        progress.step = Step::Identify;
+        let identity = self.identify(device, &mut session).await;
+        session.close().await;
+        let identity = identity?;
+        let report = &mut progress.report;
+        report.serial = Some(identity.serial.clone());
+        report.product_type = identity.product_type;
+        report.product_version = identity.product_version;
+        report.activation_state = Some(identity.state.clone());
+        let (serial, state) = (identity.serial, identity.state);
+        if mobileactivation::is_activated(&state) {
+            report.outcome = Outcome::AlreadyActivated;
+            report.message = format!("already activated (state {state}): nothing to do");
+            return Ok(());
+        }
+
+        progress.step = Step::Handshake;
+        let session_info = self
+            .mobileactivation(device, Command::CreateTunnel1SessionInfo)
+            .await?;
+        let session_info =
+            mobileactivation::dictionary(&Command::CreateTunnel1SessionInfo, session_info)
+                .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))?;
+        let request =
+            drm_handshake_request(&plist::Value::Dictionary(session_info)).map_err(|e| {
+                Stop::new(
+                    Outcome::DeviceError,
+                    format!("cannot encode the handshake: {e}"),
+                )
+            })?;
+        let handshake = match self.post(Endpoint::DrmHandshake, &request).await? {
+            ActivationResponse::HandshakeReply { raw_body, .. } => raw_body,
+            other => return Err(unexpected_answer("drmHandshake", other)),
+        };
+
+        progress.step = Step::ActivationInfo;
+        let command = Command::CreateTunnel1ActivationInfo {
+            handshake_response: handshake,
+        };
+        let info = self.mobileactivation(device, command.clone()).await?;
+        let info = mobileactivation::dictionary(&command, info)
+            .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))?;
+
+        progress.step = Step::ActivationRequest;
+        let encoding = match self.server.encoding {
+            RequestEncoding::UrlEncoded => FormEncoding::UrlEncoded,
+            RequestEncoding::Multipart => FormEncoding::multipart(),
+        };
+        let request = device_activation_request(&plist::Value::Dictionary(info), encoding)
+            .map_err(|e| {
+                Stop::new(
+                    Outcome::DeviceError,
+                    format!("cannot encode the activation request: {e}"),
+                )
+            })?;
+        let answer = self.post(Endpoint::DeviceActivation, &request).await?;
+        let (raw_body, headers) = match answer {
+            ActivationResponse::Record {
+                raw_body, headers, ..
+            } => (raw_body, headers),
+            ActivationResponse::Acknowledged => {
+                progress.report.outcome = Outcome::AlreadyActivated;
+                progress.report.message =
+                    "the activation server says this phone is already activated".into();
+                return Ok(());
+            }
+            ActivationResponse::LockForm(page) | ActivationResponse::AuthAlert { page, .. } => {
+                progress.step = Step::Bypass;
+                progress.report.activation_locked = true;
+                self.bypass(device, &serial, page, &mut progress.report)
+                    .await?
+            }
+            other => return Err(unexpected_answer("deviceActivation", other)),
+        };
+
+        progress.step = Step::ApplyRecord;
+        let command = Command::HandleActivationInfoWithSession {
+            body: raw_body,
+            headers,
+        };
+        self.mobileactivation(device, command).await?;
+
+        progress.step = Step::Verify;
+        let mut session = self.session(device).await?;
+        let verified = self.acknowledge(device, &mut session).await;
+        session.close().await;
+        let state = verified?;
+        let report = &mut progress.report;
+        report.activation_state = Some(state.clone());
+        if !mobileactivation::is_activated(&state) {
+            return Err(Stop::new(
+                Outcome::DeviceError,
+                format!("the phone accepted the activation record but still reports {state}: replug it and run again"),
+            ));
+        }
+        report.outcome = Outcome::Activated;
+        report.message = match &report.released_by {
+            Some(release) => format!(
+                "activated: Activation Lock released with code {} from {}",
+                release.code, release.source
+            ),
+            None => "activated".to_string(),
+        };
+        Ok(())
+    }
+
+    /// A session, pairing if needed. A phone at Setup Assistant pairs without a prompt; a
+    /// record the phone forgot (it was erased) is replaced.
+    async fn session(&self, device: &DeviceInfo) -> Result<Session, Stop> {
+        match self.bench.session(device).await {
+            Ok(Some(session)) => return Ok(session),
+            Ok(None) => {}
+            Err(e) if e.code == "pair-record-stale" => {
+                tracing::info!(udid = %device.udid, "phone forgot this station (erased); pairing again");
+                self.bench.forget(&device.udid).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let record = self.bench.pair(device, Duration::ZERO).await?;
+        Ok(self.bench.session_with(device, record).await?)
+    }
+
+    async fn identify(&self, device: &DeviceInfo, session: &mut Session) -> Result<Identity, Stop> {
+        let udid = device.udid.as_str();
+        let text = |value: plist::Value| value.as_string().map(str::to_string);
+        let values = session
+            .get_value(None, None)
+            .await
+            .map_err(|e| StationError::from_lockdown(udid, e))?;
+        let get = |key: &str| {
+            values
+                .as_dictionary()
+                .and_then(|d| d.get(key))
+                .cloned()
+                .and_then(text)
+        };
+        let serial = get("SerialNumber").ok_or_else(|| {
+            Stop::new(
+                Outcome::DeviceError,
+                format!("{udid} did not report its SerialNumber"),
+            )
+        })?;
+        let state = get("ActivationState").ok_or_else(|| {
+            Stop::new(
+                Outcome::DeviceError,
+                format!("{udid} did not report its ActivationState"),
+            )
+        })?;
+        Ok(Identity {
+            serial,
+            state,
+            product_type: get("ProductType"),
+            product_version: get("ProductVersion"),
+        })
+    }
+
+    async fn acknowledge(
+        &self,
+        device: &DeviceInfo,
+        session: &mut Session,
+    ) -> Result<String, Stop> {
+        let udid = device.udid.as_str();
+        session
+            .lockdown
+            .set_value(
+                None,
+                "ActivationStateAcknowledged",
+                plist::Value::Boolean(true),
+            )
+            .await
+            .map_err(|e| StationError::from_lockdown(udid, e))?;
+        let state = session
+            .get_value(None, Some("ActivationState"))
+            .await
+            .map_err(|e| StationError::from_lockdown(udid, e))?;
+        state.as_string().map(str::to_string).ok_or_else(|| {
+            Stop::new(
+                Outcome::DeviceError,
+                format!("{udid}: ActivationState is not a string"),
+            )
+        })
+    }
+
+    /// One mobileactivationd command: a fresh session and a fresh service connection each
+    /// time (the daemon wants one connection per command, and lockdown drops sessions left
+    /// idle during the HTTP round trips).
+    async fn mobileactivation(
+        &self,
+        device: &DeviceInfo,
+        command: Command,
+    ) -> Result<Option<plist::Value>, Stop> {
+        let mut session = self.session(device).await?;
+        let result = async {
+            let mut channel = self
+                .bench
+                .service(device, &mut session, mobileactivation::SERVICE)
+                .await?;
+            mobileactivation::send_command(&mut channel, &command)
+                .await
+                .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))
+        }
+        .await;
+        session.close().await;
+        result
+    }
+
+    async fn post(
+        &self,
+        endpoint: Endpoint,
+        request: &HttpRequestParts,
+    ) -> Result<ActivationResponse, Stop> {
+        self.post_to(&self.server.url(endpoint), request).await
+    }
+
+    async fn post_to(
+        &self,
+        url: &str,
+        request: &HttpRequestParts,
+    ) -> Result<ActivationResponse, Stop> {
+        match self.server.send(url, request).await {
+            Ok(ActivationResponse::ServerError { status }) => Err(Stop::new(
+                Outcome::ServerError,
+                format!(
+                    "activation server answered HTTP {status} after {} attempts: retry later",
+                    self.server.http_attempts()
+                ),
+            )),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(Stop::new(
+                Outcome::ServerError,
+                format!("{e}: check the network, retry later"),
+            )),
+        }
+    }
+
+    /// Answers the Activation Lock form with each known code once: blank username, the code
+    /// in the secure field, every hidden field echoed. Returns the record on success.
+    async fn bypass(
+        &self,
+        device: &DeviceInfo,
+        serial: &str,
+        mut page: BuddyPage,
+        report: &mut ActivationReport,
+    ) -> Result<(Vec<u8>, Vec<(String, String)>), Stop> {
+        let lookup = match self.codes.lookup(serial, &device.udid).await {
+            Ok(lookup) => lookup,
+            Err(reason) => {
+                return Err(Stop::new(
+                    Outcome::LockedNoCode,
+                    format!("Activation-Locked; the bypass-code sources failed for serial {serial}: {reason}"),
+                ))
+            }
+        };
+        if lookup.codes.is_empty() {
+            return Err(if lookup.known {
+                Stop::new(
+                    Outcome::LockedNoCode,
+                    format!("Activation-Locked and no bypass code for serial {serial}: device not supervised or code expired in the MDM; ask the customer's IT for the code"),
+                )
+            } else {
+                Stop::new(
+                    Outcome::UserLocked,
+                    format!("Activation-Locked to an Apple Account no code source knows (serial {serial}): the owner must remove it from Find My, or the customer must release it in Apple Business Manager"),
+                )
+            });
+        }
+        for code in &lookup.codes {
+            let submission = lock_form_submission(&page, "", &code.code.reveal()).map_err(|e| {
+                Stop::new(
+                    Outcome::ServerError,
+                    format!("cannot answer the Activation Lock form: {e}"),
+                )
+            })?;
+            let request = submission
+                .to_request(FormEncoding::UrlEncoded)
+                .map_err(|e| {
+                    Stop::new(Outcome::ServerError, format!("cannot encode the form: {e}"))
+                })?;
+            let url = self.server.submit_url(submission.submit_url());
+            report.codes_tried += 1;
+            tracing::info!(code = %code.code.masked(), source = %code.source, "submitting bypass code");
+            match self.post_to(&url, &request).await? {
+                ActivationResponse::Record {
+                    raw_body, headers, ..
+                } => {
+                    report.released_by = Some(Release::from(code));
+                    return Ok((raw_body, headers));
+                }
+                ActivationResponse::AuthAlert { page: next, .. }
+                | ActivationResponse::LockForm(next) => {
+                    tracing::info!(code = %code.code.masked(), "bypass code rejected");
+                    page = next;
+                }
+                other => return Err(unexpected_answer("the Activation Lock form", other)),
+            }
+        }
+        Err(Stop::new(
+            Outcome::CodeRejected,
+            format!(
+                "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: codes are stale (phone re-supervised or erased after the export); fetch a fresh code from the MDM",
+                report.codes_tried
+            ),
+        ))
+    }
+}
+
+impl ActivationServer {
+    fn http_attempts(&self) -> u32 {
+        self.http.attempts()
+    }
+}
+
+fn unexpected_answer(what: &str, answer: ActivationResponse) -> Stop {
+    let detail = match answer {
+        ActivationResponse::ErrorPage { title, description } => format!(
+            "{}{}",
+            title.unwrap_or_else(|| "error page".into()),
+            description.map(|d| format!(" — {d}")).unwrap_or_default()
+        ),
+        ActivationResponse::Malformed {
+            content_type,
+            status,
+            reason,
+        } => {
+            format!("unreadable {content_type} answer (HTTP {status}): {reason}")
+        }
+        ActivationResponse::Unknown {
+            content_type,
+            status,
+        } => format!(
+            "unexpected answer (HTTP {status}, {})",
+            content_type.unwrap_or_else(|| "no content type".into())
+        ),
+        ActivationResponse::HtmlAuthRequired { .. } => {
+            "an HTML credentials page (wrong User-Agent?)".into()
+        }
+        other => format!("unexpected {}", answer_name(&other)),
+    };
+    Stop::new(
+        Outcome::ServerError,
+        format!("activation server refused {what}: {detail}"),
+    )
+}
+
+fn answer_name(answer: &ActivationResponse) -> &'static str {
+    match answer {
+        ActivationResponse::Record { .. } => "activation record",
+        ActivationResponse::HandshakeReply { .. } => "handshake reply",
+        ActivationResponse::Acknowledged => "acknowledgement",
+        ActivationResponse::LockForm(_) => "Activation Lock form",
+        ActivationResponse::ContinueForm(_) => "form without input fields",
+        ActivationResponse::AuthAlert { .. } => "credentials alert",
+        ActivationResponse::ErrorPage { .. } => "error page",
+        ActivationResponse::HtmlAuthRequired { .. } => "HTML credentials page",
+        ActivationResponse::ServerError { .. } => "server error",
+        ActivationResponse::Malformed { .. } => "malformed answer",
+        ActivationResponse::Unknown { .. } => "unknown answer",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_accepts_every_usual_form() {
+        for url in [
+            "https://albert.apple.com",
+            "https://albert.apple.com/",
+            "https://albert.apple.com/deviceservices",
+            "https://albert.apple.com/deviceservices/deviceActivation",
+            "https://albert.apple.com/deviceservices/drmHandshake",
+        ] {
+            assert_eq!(normalise_base(url), "https://albert.apple.com", "{url}");
+        }
+    }
+
+    #[test]
+    fn forms_may_only_post_back_to_the_activation_server() {
+        let server = ActivationServer::new(
+            "http://127.0.0.1:9/deviceservices",
+            Duration::from_secs(1),
+            RetryPolicy::default(),
+        )
+        .expect("server");
+        let default = "http://127.0.0.1:9/deviceservices/deviceActivation";
+        assert_eq!(server.submit_url(None), default);
+        assert_eq!(
+            server.submit_url(Some("https://evil.example/steal")),
+            default
+        );
+        assert_eq!(
+            server.submit_url(Some("/deviceservices/deviceActivation?x=1")),
+            "http://127.0.0.1:9/deviceservices/deviceActivation?x=1"
+        );
+    }
+
+    #[test]
+    fn only_activated_outcomes_are_success() {
+        assert!(Outcome::Activated.is_success());
+        assert!(Outcome::AlreadyActivated.is_success());
+        assert!(!Outcome::CodeRejected.is_success());
+        assert_eq!(
+            serde_json::to_string(&Outcome::LockedNoCode).expect("json"),
+            "\"locked_no_code\""
+        );
+    }
+}
