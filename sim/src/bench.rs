@@ -10,6 +10,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::activation::albert::{self, Albert};
+use crate::activation::device::MobileActivationd;
+use crate::activation::Authority;
 use crate::error::SimError;
 use crate::hub::Hub;
 use crate::lockdownd::LockdownContext;
@@ -18,7 +21,7 @@ use crate::ready::{ReadyDevice, ReadyInfo};
 use crate::services::ServiceRegistry;
 use crate::state::StateDir;
 use crate::usbmuxd::Listeners;
-use crate::world::{default_world, Trust, World};
+use crate::world::{default_world, ActivationState, Trust, World};
 
 /// A real phone drops an idle lockdown connection after about 10 s.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,8 +36,11 @@ pub struct BenchConfig {
     pub state_dir: PathBuf,
     /// Lockdown closes a connection without a request for this long.
     pub idle_timeout: Duration,
-    /// Services every phone can start.
+    /// Services every phone can start, on top of `com.apple.mobileactivationd` (which a
+    /// service registered here under that name replaces).
     pub services: ServiceRegistry,
+    /// Loopback port of the stand-in activation server (0: any free port).
+    pub activation_port: u16,
     /// Keep each phone's RSA key in `<state_dir>/keys` so restarts need no key generation
     /// (and pairings remembered across restarts stay valid).
     pub cache_keys: bool,
@@ -48,6 +54,7 @@ impl BenchConfig {
             state_dir: state_dir.into(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             services: ServiceRegistry::new(),
+            activation_port: 0,
             cache_keys: true,
         }
     }
@@ -76,6 +83,7 @@ pub(crate) struct Shared {
 /// A running bench. Dropping it stops everything too; [`Bench::shutdown`] also waits.
 pub struct Bench {
     shared: Arc<Shared>,
+    albert: Albert,
     socket: PathBuf,
     state_dir: PathBuf,
     stop: watch::Sender<bool>,
@@ -116,6 +124,25 @@ impl Bench {
             reason: e.to_string(),
         })??;
 
+        // The phones and the stand-in server share one signing authority (see activation).
+        let authority = Arc::new(Authority::generate());
+        let (http, addr) = albert::bind(cfg.activation_port).await.map_err(|source| {
+            SimError::ActivationServer {
+                port: cfg.activation_port,
+                source,
+            }
+        })?;
+        let albert = Albert::new(
+            addr,
+            authority.clone(),
+            &phones,
+            &cfg.world.activation_server,
+            cfg.world.seed,
+        );
+        let mut services = ServiceRegistry::new();
+        services.register(MobileActivationd::new(authority.clone(), cfg.idle_timeout));
+        services.extend(&cfg.services);
+
         let listener = bind(&cfg.socket)?;
         let shared = Arc::new(Shared {
             hub: Hub::new(phones),
@@ -123,13 +150,18 @@ impl Bench {
             system_buid,
             lockdown: Arc::new(LockdownContext {
                 idle_timeout: cfg.idle_timeout,
-                services: cfg.services.clone(),
+                services,
+                authority,
             }),
             listeners: Listeners::default(),
         });
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(
+            albert::serve(albert.clone(), http, stop_rx.clone())
+                .instrument(tracing::info_span!("albert", url = %albert.url())),
+        );
         for phone in shared.hub.phones() {
             let p = phone.profile();
             if p.plug_at_ms.is_none() {
@@ -159,10 +191,12 @@ impl Bench {
         tracing::info!(
             socket = %cfg.socket.display(),
             phones = shared.hub.phones().len(),
+            activation_url = %albert.url(),
             "bench listening"
         );
         Ok(Bench {
             shared,
+            albert,
             socket: cfg.socket,
             state_dir: cfg.state_dir,
             stop,
@@ -177,6 +211,17 @@ impl Bench {
 
     pub fn system_buid(&self) -> &str {
         &self.shared.system_buid
+    }
+
+    /// The stand-in activation server: its URL, runtime controls (latency, injected
+    /// failures) and the log of what it received.
+    pub fn albert(&self) -> &Albert {
+        &self.albert
+    }
+
+    /// `http://127.0.0.1:PORT/deviceservices`: the base of the activation endpoints.
+    pub fn activation_url(&self) -> &str {
+        self.albert.url()
     }
 
     /// The bench as the `--ready` file describes it (current plug state included).
@@ -213,6 +258,9 @@ impl Bench {
                     unplug_at_ms: p.unplug_at_ms,
                     attached: device_id.is_some(),
                     device_id,
+                    lock: p.lock.as_str().to_string(),
+                    codes: p.codes.clone(),
+                    stale_codes: p.stale_codes.clone(),
                 }
             })
             .collect();
@@ -221,6 +269,7 @@ impl Bench {
             state_dir: self.state_dir.clone(),
             system_buid: self.shared.system_buid.clone(),
             pid: std::process::id(),
+            activation_url: self.albert.url().to_string(),
             devices,
         }
     }
@@ -249,6 +298,21 @@ impl Bench {
     /// Locks or unlocks a phone's passcode (an operator unlocking it).
     pub fn set_passcode_locked(&self, udid: &str, locked: bool) -> Result<(), SimError> {
         self.phone(udid)?.set_passcode_locked(locked);
+        Ok(())
+    }
+
+    /// The activation state lockdown reports for a phone right now.
+    pub fn activation_state(&self, udid: &str) -> Result<ActivationState, SimError> {
+        Ok(self.phone(udid)?.activation_state())
+    }
+
+    /// Sets a phone's activation state as if it had been set up that way (persisted).
+    pub async fn set_activation_state(
+        &self,
+        udid: &str,
+        state: ActivationState,
+    ) -> Result<(), SimError> {
+        self.phone(udid)?.set_activation_state(state).await;
         Ok(())
     }
 

@@ -23,6 +23,12 @@ pub enum SimError {
     UnknownDevice { udid: String },
     #[error("device key for {udid}: {reason}")]
     DeviceKey { udid: String, reason: String },
+    #[error("cannot serve the activation server on 127.0.0.1:{port}: {source}")]
+    ActivationServer {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SimError {

@@ -132,6 +132,7 @@ impl Hub {
         if let Some(a) = s.attached.remove(&id) {
             let _ = a.unplugged.send(true);
         }
+        self.phones[index].unplugged();
         let _ = self.events.send(Event::Detached { device_id: id });
         tracing::info!(%udid, device_id = id, "unplugged");
         Ok(true)

@@ -14,11 +14,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Each bench also runs a stand-in of Apple's activation server on loopback HTTP
+//! ([`Albert`], at [`Bench::albert`]) and `com.apple.mobileactivationd` on every phone, so
+//! the whole activation exchange, Activation Lock and bypass codes included, can be driven
+//! against it.
+//!
 //! Layout: [`world`] (what phones exist), `phone` (one phone's state and lockdown values),
 //! `hub` (plugged phones, DeviceIDs, events), `usbmuxd` (socket protocol), `lockdownd`
-//! (port 62078), [`services`] (StartService), `state` (what survives a restart),
-//! [`bench`] (putting it together), [`ready`] (the `--ready` file).
+//! (port 62078), [`services`] (StartService), [`activation`] (mobileactivationd and the
+//! stand-in activation server), `state` (what survives a restart), [`bench`] (putting it
+//! together), [`ready`] (the `--ready` file).
 
+pub mod activation;
 pub mod bench;
 mod error;
 mod hub;
@@ -30,10 +37,12 @@ mod state;
 mod usbmuxd;
 pub mod world;
 
+pub use activation::albert::{Albert, AlbertOutcome, AlbertRequest, Endpoint};
 pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
 pub use error::SimError;
 pub use ready::{ReadyDevice, ReadyInfo};
 pub use services::{LockdownService, ServiceConnection, ServiceRegistry};
 pub use world::{
-    default_world, ActivationState, DeviceProfile, DeviceSpec, Trust, World, WorldError,
+    default_world, ActivationServerSpec, ActivationState, DeviceProfile, DeviceSpec, FaultSpec,
+    Lock, Trust, World, WorldError,
 };

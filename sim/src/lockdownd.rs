@@ -23,11 +23,14 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::activation::device::check_record_value;
+use crate::activation::Authority;
 use crate::phone::values::{
     self, PUBLIC_KEYS, PUBLIC_SINGLE_KEYS, WRITABLE_DOMAINS, WRITABLE_GLOBAL_KEYS,
 };
 use crate::phone::{Pairing, Phone, TrustDecision};
 use crate::services::{PendingService, ServiceRegistry};
+use crate::world::ActivationState;
 
 /// Size of the EscrowBag a phone returns from `Pair` (real ones are keybag blobs).
 const ESCROW_BAG_LEN: usize = 160;
@@ -38,6 +41,8 @@ pub(crate) struct LockdownContext {
     /// A connection without a request for this long is closed (real phones: ~10 s).
     pub idle_timeout: Duration,
     pub services: ServiceRegistry,
+    /// Checks activation records handed to the legacy `Activate`.
+    pub authority: Arc<Authority>,
 }
 
 struct Session {
@@ -170,7 +175,7 @@ impl Connection {
                 r
             }
             "GetValue" => self.get_value(&name, &d).await,
-            "SetValue" => self.set_value(&name, &d),
+            "SetValue" => self.set_value(&name, &d).await,
             "RemoveValue" => self.remove_value(&name, &d),
             "Pair" => self.pair(&name, &d).await,
             "ValidatePair" => self.validate_pair(&name, &d).await,
@@ -182,9 +187,16 @@ impl Connection {
                 self.send(reply(&name)).await?;
                 return Ok(Flow::Close);
             }
-            // Real but not simulated; they need a session like every state change.
+            // State changes need a session.
             "EnterRecovery" | "Activate" | "Deactivate" if self.session.is_none() => {
                 error_reply(&name, LockdownErrorKind::SessionInactive)
+            }
+            "Activate" => self.activate(&name, &d).await,
+            "Deactivate" => {
+                self.phone
+                    .record_activation(ActivationState::Unactivated, false)
+                    .await;
+                reply(&name)
             }
             _ => error_reply(&name, LockdownErrorKind::Other("InvalidRequest".into())),
         };
@@ -274,7 +286,27 @@ impl Connection {
         }
     }
 
-    fn set_value(&mut self, name: &str, d: &Dictionary) -> Dictionary {
+    /// The legacy path (protocol.md §5.3 C): `Activate {ActivationRecord}` with a record
+    /// the activation server issued for this phone's current request.
+    async fn activate(&mut self, name: &str, d: &Dictionary) -> Dictionary {
+        let Some(record) = d.get("ActivationRecord") else {
+            return error_reply(name, LockdownErrorKind::MissingActivationRecord);
+        };
+        match check_record_value(&self.phone, &self.ctx.authority, record) {
+            Ok(()) => {
+                self.phone
+                    .record_activation(ActivationState::Activated, false)
+                    .await;
+                reply(name)
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "activation record refused");
+                error_reply(name, LockdownErrorKind::InvalidActivationRecord)
+            }
+        }
+    }
+
+    async fn set_value(&mut self, name: &str, d: &Dictionary) -> Dictionary {
         let domain = non_empty(d, "Domain");
         let key = non_empty(d, "Key");
         // usbmuxd's preflight sets this before any pairing exists.
@@ -291,8 +323,15 @@ impl Connection {
         if !Self::writable(domain, key) {
             return error_reply(name, LockdownErrorKind::SetProhibited);
         }
-        self.phone
-            .set_override(domain.unwrap_or(""), key, Some(value.clone()));
+        match (domain, key, value) {
+            // Part of the activation state: kept by the phone and persisted with it.
+            (None, "ActivationStateAcknowledged", Value::Boolean(b)) => {
+                self.phone.set_acknowledged(*b).await;
+            }
+            _ => self
+                .phone
+                .set_override(domain.unwrap_or(""), key, Some(value.clone())),
+        }
         let mut r = reply(name);
         if let Some(domain) = domain {
             r.insert("Domain".into(), domain.into());

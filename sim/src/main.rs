@@ -65,6 +65,10 @@ struct ServeArgs {
     /// Generate phone keys afresh each run instead of caching them in the state dir.
     #[arg(long)]
     no_key_cache: bool,
+    /// Loopback port of the stand-in activation server [default: any free port; the
+    /// ready file's `activation_url` tells which].
+    #[arg(long, default_value_t = 0)]
+    activation_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +123,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut cfg = BenchConfig::new(args.socket.clone(), world, state_dir);
     cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
     cfg.cache_keys = !args.no_key_cache;
+    cfg.activation_port = args.activation_port;
     let bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
     if let Some(path) = &args.ready {
         if let Err(e) = bench.ready_info().write(path) {

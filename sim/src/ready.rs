@@ -15,6 +15,10 @@ pub struct ReadyInfo {
     /// The bench's usbmuxd SystemBUID (`ReadBUID`).
     pub system_buid: String,
     pub pid: u32,
+    /// Base URL of the stand-in activation server, `http://127.0.0.1:PORT/deviceservices`;
+    /// the endpoints are `<activation_url>/drmHandshake` and `<activation_url>/deviceActivation`.
+    #[serde(default)]
+    pub activation_url: String,
     pub devices: Vec<ReadyDevice>,
 }
 
@@ -52,6 +56,19 @@ pub struct ReadyDevice {
     /// usbmuxd DeviceID while plugged in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<u32>,
+    /// Activation Lock as the stand-in activation server sees it: `none`, `mdm` or `user`.
+    #[serde(default = "no_lock")]
+    pub lock: String,
+    /// Bypass codes that release an `mdm` lock, dashed (test data, not secrets).
+    #[serde(default)]
+    pub codes: Vec<String>,
+    /// Codes an MDM would still list for the phone but the server rejects.
+    #[serde(default)]
+    pub stale_codes: Vec<String>,
+}
+
+fn no_lock() -> String {
+    "none".to_string()
 }
 
 impl ReadyInfo {

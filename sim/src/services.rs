@@ -3,8 +3,8 @@
 //!
 //! As on a real phone, `StartService` opens a fresh port for one connection; the host then
 //! makes a new usbmuxd `Connect` to that port and, if `EnableServiceSSL`, does a TLS
-//! handshake with its pair-record credentials. No service is registered yet; later issues
-//! add `com.apple.mobileactivationd`.
+//! handshake with its pair-record credentials. Every bench runs
+//! `com.apple.mobileactivationd` (`activation::device`); tests register more.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -76,6 +76,13 @@ impl ServiceRegistry {
     pub fn register(&mut self, service: impl LockdownService) {
         self.by_name
             .insert(service.name().to_string(), Arc::new(service));
+    }
+
+    /// Adds every service of `other`, replacing same-named ones.
+    pub fn extend(&mut self, other: &ServiceRegistry) {
+        for (name, service) in &other.by_name {
+            self.by_name.insert(name.clone(), service.clone());
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn LockdownService>> {

@@ -2,8 +2,9 @@
 //! its trust dialog, and the values lockdown reports.
 //!
 //! Everything that changes sits behind a `std::sync::Mutex` that is never held across an
-//! await; the pairings a phone remembers are written to the state directory so a bench
-//! restart keeps them, as a phone keeps them across reboots.
+//! await; the pairings a phone remembers and an activation state changed on the bench are
+//! written to the state directory so a bench restart keeps them, as a phone keeps them
+//! across reboots.
 
 pub(crate) mod values;
 
@@ -59,9 +60,25 @@ struct TrustDialog {
     shown_at: Instant,
 }
 
+/// mobileactivationd's tunnel session: what the current handshake and activation request
+/// were, so only answers to them are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ActivationSession {
+    /// The `HandshakeRequestMessage` of the latest `CreateTunnel1SessionInfoRequest`.
+    pub handshake_request: Vec<u8>,
+    /// The `ActivationRandomness` of the latest activation info built in this session.
+    pub randomness: Option<String>,
+}
+
 #[derive(Debug)]
 struct PhoneState {
     activation_state: ActivationState,
+    /// `ActivationStateAcknowledged`: set by the host after it handed over a record.
+    acknowledged: bool,
+    /// The activation state was changed on the bench (activation, deactivation,
+    /// acknowledgement): persisted, and it wins over the world file after a restart.
+    activation_changed: bool,
+    activation_session: Option<ActivationSession>,
     passcode_locked: bool,
     trust: Trust,
     trust_delay: Duration,
@@ -105,16 +122,23 @@ impl Phone {
         let pairings_path = state_dir
             .phones_dir()
             .join(format!("{}.plist", profile.udid));
-        let pairings = load_pairings(&pairings_path)?;
+        let stored = load_phone_file(&pairings_path)?;
         let key_path =
             cache_keys.then(|| state_dir.keys_dir().join(format!("{}.pem", profile.udid)));
+        let (activation_state, acknowledged) = stored.activation.unwrap_or((
+            profile.activation_state,
+            profile.activation_state != ActivationState::Unactivated,
+        ));
         let state = PhoneState {
-            activation_state: profile.activation_state,
+            activation_state,
+            acknowledged,
+            activation_changed: stored.activation.is_some(),
+            activation_session: None,
             passcode_locked: profile.passcode_locked,
             trust: profile.trust,
             trust_delay: Duration::from_millis(profile.trust_delay_ms),
             dialog: None,
-            pairings,
+            pairings: stored.pairings,
             overrides: BTreeMap::new(),
             open_ports: HashMap::new(),
             next_port: FIRST_SERVICE_PORT,
@@ -147,9 +171,81 @@ impl Phone {
         self.lock().activation_state
     }
 
-    /// For services (mobileactivationd) and tests.
-    pub fn set_activation_state(&self, state: ActivationState) {
-        self.lock().activation_state = state;
+    /// `ActivationStateAcknowledged` as lockdown reports it.
+    pub fn activation_acknowledged(&self) -> bool {
+        self.lock().acknowledged
+    }
+
+    /// Sets the state as if the phone had been set up that way (acknowledged when
+    /// activated) and persists it; for tests and tools. The end of a session's
+    /// activation exchange goes through [`Phone::record_activation`].
+    pub async fn set_activation_state(&self, state: ActivationState) {
+        self.record_activation(state, state != ActivationState::Unactivated)
+            .await;
+    }
+
+    /// A new activation state (a record accepted: `Activated`, not yet acknowledged; a
+    /// deactivation: `Unactivated`), persisted so a bench restart keeps it. Ends the tunnel
+    /// session either way.
+    pub(crate) async fn record_activation(&self, state: ActivationState, acknowledged: bool) {
+        {
+            let mut s = self.lock();
+            s.activation_state = state;
+            s.acknowledged = acknowledged;
+            s.activation_changed = true;
+            s.activation_session = None;
+        }
+        tracing::info!(udid = %self.profile.udid, state = %state, "activation state changed");
+        self.persist().await;
+    }
+
+    /// The host's `SetValue ActivationStateAcknowledged`.
+    pub(crate) async fn set_acknowledged(&self, acknowledged: bool) {
+        {
+            let mut s = self.lock();
+            s.acknowledged = acknowledged;
+            s.activation_changed = true;
+        }
+        self.persist().await;
+    }
+
+    /// Starts a new tunnel session with this handshake request (replacing any earlier one,
+    /// as a new `CreateTunnel1SessionInfoRequest` does on a phone).
+    pub(crate) fn begin_activation_session(&self, handshake_request: Vec<u8>) {
+        self.lock().activation_session = Some(ActivationSession {
+            handshake_request,
+            randomness: None,
+        });
+    }
+
+    pub(crate) fn activation_session(&self) -> Option<ActivationSession> {
+        self.lock().activation_session.clone()
+    }
+
+    /// Remembers the randomness of the activation info just built, if the session is still
+    /// the one with `handshake_request` (another host may have started a new one meanwhile).
+    pub(crate) fn set_activation_randomness(
+        &self,
+        handshake_request: &[u8],
+        randomness: String,
+    ) -> bool {
+        let mut s = self.lock();
+        match s.activation_session.as_mut() {
+            Some(session) if session.handshake_request == handshake_request => {
+                session.randomness = Some(randomness);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The cable was pulled: started service ports close, and the activation exchange in
+    /// progress is abandoned (its handshake and request are forgotten), so a record obtained
+    /// for it can never be handed over later.
+    pub(crate) fn unplugged(&self) {
+        let mut s = self.lock();
+        s.open_ports.clear();
+        s.activation_session = None;
     }
 
     pub fn passcode_locked(&self) -> bool {
@@ -191,8 +287,11 @@ impl Phone {
     pub fn trust_decision(&self, system_buid: &str) -> TrustDecision {
         let now = Instant::now();
         let mut s = self.lock();
-        if s.activation_state == ActivationState::Unactivated {
-            // At Setup Assistant there is nobody to ask: the phone pairs silently.
+        // At Setup Assistant there is nobody to ask: the phone pairs silently. An erased
+        // phone activated on the bench is still there (activation does not finish setup).
+        if s.activation_state == ActivationState::Unactivated
+            || self.profile.activation_state == ActivationState::Unactivated
+        {
             return TrustDecision::Trusted;
         }
         if s.passcode_locked {
@@ -243,24 +342,32 @@ impl Phone {
         self.lock()
             .pairings
             .insert(pairing.host_id.clone(), pairing);
-        self.persist_pairings().await;
+        self.persist().await;
     }
 
     /// Forgets a HostID; `false` if it was not known.
     pub async fn remove_pairing(&self, host_id: &str) -> bool {
         let removed = self.lock().pairings.remove(host_id).is_some();
         if removed {
-            self.persist_pairings().await;
+            self.persist().await;
         }
         removed
     }
 
-    async fn persist_pairings(&self) {
+    /// Writes what the phone remembers (pairings, a changed activation state).
+    async fn persist(&self) {
         let _guard = self.persist.lock().await;
-        let snapshot: Vec<Pairing> = self.lock().pairings.values().cloned().collect();
-        let bytes = pairings_to_xml(&snapshot);
+        let (snapshot, activation) = {
+            let s = self.lock();
+            let pairings: Vec<Pairing> = s.pairings.values().cloned().collect();
+            let activation = s
+                .activation_changed
+                .then_some((s.activation_state, s.acknowledged));
+            (pairings, activation)
+        };
+        let bytes = phone_file_to_xml(&snapshot, activation);
         if let Err(e) = write_atomic(self.pairings_path.clone(), bytes).await {
-            tracing::warn!(udid = %self.profile.udid, error = %e, "cannot persist pairings");
+            tracing::warn!(udid = %self.profile.udid, error = %e, "cannot persist phone state");
         }
     }
 
@@ -367,8 +474,12 @@ const ROOT_CERTIFICATE: &str = "RootCertificate";
 const DEVICE_CERTIFICATE: &str = "DeviceCertificate";
 const SYSTEM_BUID: &str = "SystemBUID";
 const ESCROW_BAG: &str = "EscrowBag";
+const ACTIVATION: &str = "Activation";
+const ACTIVATION_STATE: &str = "ActivationState";
+const ACKNOWLEDGED: &str = "ActivationStateAcknowledged";
 
-fn pairings_to_xml(pairings: &[Pairing]) -> Vec<u8> {
+/// `<state_dir>/phones/<UDID>.plist`: `{Pairings: {HostID: {…}}, Activation?: {…}}`.
+fn phone_file_to_xml(pairings: &[Pairing], activation: Option<(ActivationState, bool)>) -> Vec<u8> {
     let mut all = plist::Dictionary::new();
     for p in pairings {
         let mut d = plist::Dictionary::new();
@@ -390,16 +501,29 @@ fn pairings_to_xml(pairings: &[Pairing]) -> Vec<u8> {
     }
     let mut root = plist::Dictionary::new();
     root.insert("Pairings".into(), plist::Value::Dictionary(all));
+    if let Some((state, acknowledged)) = activation {
+        let mut d = plist::Dictionary::new();
+        d.insert(ACTIVATION_STATE.into(), state.as_str().into());
+        d.insert(ACKNOWLEDGED.into(), plist::Value::Boolean(acknowledged));
+        root.insert(ACTIVATION.into(), plist::Value::Dictionary(d));
+    }
     let mut out = Vec::new();
     // Writing an in-memory dictionary of strings and data to a Vec cannot fail.
     let _ = plist::Value::Dictionary(root).to_writer_xml(&mut out);
     out
 }
 
-fn load_pairings(path: &std::path::Path) -> Result<BTreeMap<String, Pairing>, SimError> {
+/// What a phone file holds.
+#[derive(Debug, Default)]
+struct StoredPhone {
+    pairings: BTreeMap<String, Pairing>,
+    activation: Option<(ActivationState, bool)>,
+}
+
+fn load_phone_file(path: &std::path::Path) -> Result<StoredPhone, SimError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoredPhone::default()),
         Err(e) => return Err(SimError::io("read", path, e)),
     };
     let bad = |reason: &str| SimError::State {
@@ -408,6 +532,25 @@ fn load_pairings(path: &std::path::Path) -> Result<BTreeMap<String, Pairing>, Si
     };
     let value =
         plist::Value::from_reader(std::io::Cursor::new(bytes)).map_err(|e| bad(&e.to_string()))?;
+    let activation = match value
+        .as_dictionary()
+        .and_then(|d| d.get(ACTIVATION))
+        .and_then(|v| v.as_dictionary())
+    {
+        None => None,
+        Some(d) => {
+            let state = match d.get(ACTIVATION_STATE).and_then(|v| v.as_string()) {
+                Some("Activated") => ActivationState::Activated,
+                Some("Unactivated") => ActivationState::Unactivated,
+                _ => return Err(bad("Activation has no known ActivationState")),
+            };
+            let acknowledged = d
+                .get(ACKNOWLEDGED)
+                .and_then(|v| v.as_boolean())
+                .unwrap_or(state == ActivationState::Activated);
+            Some((state, acknowledged))
+        }
+    };
     let all = value
         .as_dictionary()
         .and_then(|d| d.get("Pairings"))
@@ -440,7 +583,10 @@ fn load_pairings(path: &std::path::Path) -> Result<BTreeMap<String, Pairing>, Si
             },
         );
     }
-    Ok(out)
+    Ok(StoredPhone {
+        pairings: out,
+        activation,
+    })
 }
 
 #[cfg(test)]
@@ -527,6 +673,44 @@ mod tests {
         assert!(!again.remove_pairing("HOST").await);
         let third = Phone::new(profile, &sd, false).expect("phone");
         assert!(third.pairings().is_empty());
+    }
+
+    #[tokio::test]
+    async fn activation_state_persists_and_wins_over_the_world() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(dir.path());
+        sd.create().expect("create");
+        let mut profile = default_world(1, 1).resolve().expect("world").remove(0);
+        profile.activation_state = ActivationState::Unactivated;
+        let p = Phone::new(profile.clone(), &sd, false).expect("phone");
+        assert!(!p.activation_acknowledged());
+        p.begin_activation_session(vec![1; 21]);
+        assert!(p.set_activation_randomness(&[1; 21], "R".into()));
+        assert!(
+            !p.set_activation_randomness(&[2; 21], "R".into()),
+            "other session"
+        );
+        p.record_activation(ActivationState::Activated, false).await;
+        assert!(
+            p.activation_session().is_none(),
+            "a record ends the session"
+        );
+
+        let again = Phone::new(profile.clone(), &sd, false).expect("phone");
+        assert_eq!(again.activation_state(), ActivationState::Activated);
+        assert!(!again.activation_acknowledged());
+        again.set_acknowledged(true).await;
+        let third = Phone::new(profile.clone(), &sd, false).expect("phone");
+        assert!(third.activation_acknowledged());
+        // Still at Setup Assistant: pairs without a dialog.
+        assert_eq!(third.trust_decision("BUID"), TrustDecision::Trusted);
+
+        third.begin_activation_session(vec![3; 21]);
+        third.unplugged();
+        assert!(
+            third.activation_session().is_none(),
+            "an unplug abandons the exchange"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn string(s: &str) -> Value {
 
 /// Stable pseudo-random bytes derived from the phone's identity, for blobs such as
 /// `BasebandSerialNumber` (same phone, same bytes, every run).
-fn blob(phone: &Phone, label: &str, len: usize) -> Vec<u8> {
+pub(crate) fn blob(phone: &Phone, label: &str, len: usize) -> Vec<u8> {
     let mut state = phone.profile().unique_chip_id ^ 0xA076_1D64_78BD_642F;
     for b in label.bytes() {
         state = state.rotate_left(5) ^ u64::from(b);
@@ -99,7 +99,7 @@ pub fn global_domain(phone: &Phone, public_key_pem: Option<&str>) -> Dictionary 
     d.insert("ActivationState".into(), string(activation.as_str()));
     d.insert(
         "ActivationStateAcknowledged".into(),
-        Value::Boolean(activated),
+        Value::Boolean(phone.activation_acknowledged()),
     );
     d.insert("BasebandActivationTicketVersion".into(), string("V2"));
     d.insert("BasebandCertId".into(), uint(2_315_222_105));
@@ -220,6 +220,9 @@ pub fn public_global_domain(phone: &Phone) -> Dictionary {
 pub fn domain(phone: &Phone, name: &str) -> Option<Dictionary> {
     let p = phone.profile();
     let activated = phone.activation_state() != ActivationState::Unactivated;
+    // Activating an erased phone does not finish Setup Assistant: only a phone that was in
+    // use in the world file reports setup as done.
+    let set_up = activated && p.activation_state != ActivationState::Unactivated;
     let mut d = Dictionary::new();
     match name {
         "com.apple.mobile.battery" => {
@@ -260,8 +263,8 @@ pub fn domain(phone: &Phone, name: &str) -> Option<Dictionary> {
         // EnableWifiConnections as "off").
         "com.apple.mobile.wireless_lockdown" => {}
         "com.apple.PurpleBuddy" | "com.apple.purplebuddy" => {
-            d.insert("SetupDone".into(), Value::Boolean(activated));
-            d.insert("SetupFinishedAllSteps".into(), Value::Boolean(activated));
+            d.insert("SetupDone".into(), Value::Boolean(set_up));
+            d.insert("SetupFinishedAllSteps".into(), Value::Boolean(set_up));
             d.insert("ForceNoBuddy".into(), Value::Boolean(false));
         }
         // On an erased phone Find My reports not associated even when Activation Lock is on
@@ -289,7 +292,7 @@ pub fn domain(phone: &Phone, name: &str) -> Option<Dictionary> {
         "com.apple.mobile.iTunes" => {
             d.insert("MinITunesVersion".into(), string("12.10.10"));
             d.insert("MinMacOSVersion".into(), string("10.5.8"));
-            d.insert("iTunesSetupComplete".into(), Value::Boolean(activated));
+            d.insert("iTunesSetupComplete".into(), Value::Boolean(set_up));
         }
         "com.apple.mobile.backup" => {
             d.insert("WillEncrypt".into(), Value::Boolean(false));

@@ -162,6 +162,13 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// An Activation Lock bypass code in display form, from 16 drawn bytes as an MDM makes one.
+pub fn bypass_code(rng: &mut StdRng) -> String {
+    let mut raw = [0u8; 16];
+    rng.fill(&mut raw);
+    station_protocol::bypass_code::BypassCode::from_raw(&raw).reveal()
+}
+
 /// A logic-board serial (17 characters).
 pub fn mlb_serial(rng: &mut StdRng) -> String {
     random_chars(rng, SERIAL_CHARS, 17)

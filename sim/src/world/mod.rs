@@ -13,6 +13,7 @@ use std::path::Path;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use station_protocol::bypass_code::BypassCode;
 
 use catalog::{Model, MODELS};
 
@@ -39,6 +40,8 @@ pub enum WorldError {
         field: &'static str,
         reason: String,
     },
+    #[error("[activation_server] `{field}` {reason}")]
+    InvalidServer { field: &'static str, reason: String },
     #[error("devices #{first} and #{second} have the same {field} {value}")]
     Duplicate {
         field: &'static str,
@@ -94,15 +97,136 @@ impl Trust {
     }
 }
 
-/// A world file: a seed and a list of devices.
+/// Activation Lock as Apple's activation server sees the phone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lock {
+    /// Not locked: `deviceActivation` answers an activation record.
+    #[default]
+    None,
+    /// Locked to the organisation (supervised, MDM): a blank Apple Account and one of the
+    /// phone's bypass `codes` as password release it.
+    Mdm,
+    /// Locked to a person's Apple Account: no bypass code ever releases it.
+    User,
+}
+
+impl Lock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lock::None => "none",
+            Lock::Mdm => "mdm",
+            Lock::User => "user",
+        }
+    }
+}
+
+impl fmt::Display for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A world file: a seed, the stand-in activation server and a list of devices.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct World {
     /// Seed for every value a device entry leaves out.
     #[serde(default)]
     pub seed: u64,
+    /// Latency and injected failures of the stand-in activation server.
+    #[serde(default, skip_serializing_if = "ActivationServerSpec::is_default")]
+    pub activation_server: ActivationServerSpec,
     #[serde(default, rename = "device", skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSpec>,
+}
+
+/// HTTP status the stand-in activation server answers injected failures with by default.
+pub const DEFAULT_FAILURE_STATUS: u16 = 503;
+
+/// `[activation_server]`: how the stand-in of Apple's activation server misbehaves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActivationServerSpec {
+    /// Added before every answer.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub latency_ms: u64,
+    /// Status of injected failures (5xx) [default 503].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_status: Option<u16>,
+    #[serde(skip_serializing_if = "FaultSpec::is_default")]
+    pub drm_handshake: FaultSpec,
+    #[serde(skip_serializing_if = "FaultSpec::is_default")]
+    pub device_activation: FaultSpec,
+}
+
+/// Injected failures of one endpoint. A request fails if any rule says so; `fail_next`
+/// counts down first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSpec {
+    /// The next N requests fail.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub fail_next: u32,
+    /// Every request fails.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fail_always: bool,
+    /// Each request fails with this probability (0.0–1.0), drawn from the world's seed.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub fail_rate: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
+}
+
+impl FaultSpec {
+    pub fn is_default(&self) -> bool {
+        *self == FaultSpec::default()
+    }
+}
+
+impl ActivationServerSpec {
+    pub fn is_default(&self) -> bool {
+        *self == ActivationServerSpec::default()
+    }
+
+    pub fn failure_status(&self) -> u16 {
+        self.failure_status.unwrap_or(DEFAULT_FAILURE_STATUS)
+    }
+
+    fn validate(&self) -> Result<(), WorldError> {
+        let invalid =
+            |field: &'static str, reason: String| WorldError::InvalidServer { field, reason };
+        if let Some(status) = self.failure_status {
+            if !(500..=599).contains(&status) {
+                return Err(invalid(
+                    "failure_status",
+                    format!("{status} is not a 5xx status"),
+                ));
+            }
+        }
+        for (field, fault) in [
+            ("drm_handshake.fail_rate", &self.drm_handshake),
+            ("device_activation.fail_rate", &self.device_activation),
+        ] {
+            if !(0.0..=1.0).contains(&fault.fail_rate) {
+                return Err(invalid(
+                    field,
+                    format!("{} is not between 0.0 and 1.0", fault.fail_rate),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One `[[device]]` entry. Every field is optional.
@@ -162,6 +286,18 @@ pub struct DeviceSpec {
     pub plug_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unplug_at_ms: Option<u64>,
+    // --- Activation Lock (what Apple's activation server knows) ---
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<Lock>,
+    /// Bypass codes that release an `mdm` lock (any case, dashes optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<String>>,
+    /// Codes the MDM still lists for the phone but Apple rejects (superseded ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_codes: Option<Vec<String>>,
+    /// The masked owner account the lock page shows, e.g. `j•••@icloud.com`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_hint: Option<String>,
 }
 
 /// A fully resolved virtual iPhone: every identity value lockdown reports, and its state.
@@ -203,6 +339,11 @@ pub struct DeviceProfile {
     pub passcode_locked: bool,
     pub plug_at_ms: Option<u64>,
     pub unplug_at_ms: Option<u64>,
+    pub lock: Lock,
+    /// Dashed display form (`XXXXX-XXXXX-XXXX-XXXX-XXXX-XXXX`); test data, not secrets.
+    pub codes: Vec<String>,
+    pub stale_codes: Vec<String>,
+    pub owner_hint: String,
 }
 
 impl DeviceProfile {
@@ -238,12 +379,15 @@ impl World {
     pub fn pinned(&self) -> Result<World, WorldError> {
         Ok(World {
             seed: self.seed,
+            activation_server: self.activation_server.clone(),
             devices: self.resolve()?.iter().map(spec_from_profile).collect(),
         })
     }
 
-    /// Fills every omitted value from the seed and validates the devices.
+    /// Fills every omitted value from the seed and validates the devices (and the
+    /// `[activation_server]` table).
     pub fn resolve(&self) -> Result<Vec<DeviceProfile>, WorldError> {
+        self.activation_server.validate()?;
         let mut out: Vec<DeviceProfile> = Vec::with_capacity(self.devices.len());
         for (index, spec) in self.devices.iter().enumerate() {
             let profile = resolve_device(self.seed, index, spec)?;
@@ -270,10 +414,17 @@ impl World {
     }
 }
 
-/// `n` phones, deterministic from `seed`, with realistic identities and a mix of states:
-/// devices cycle through Unactivated; Activated (trust accepted at once); Unactivated;
-/// Activated (trust accepted after 2.5 s). So with `n >= 4` there is at least one of each,
-/// and the first three are usable by every tool without waiting.
+/// `n` phones, deterministic from `seed`, with realistic identities and a mix of states.
+/// Devices cycle through five kinds:
+///
+/// 0. Unactivated, not locked (a clean erased phone);
+/// 1. Activated, trust accepted at once;
+/// 2. Unactivated, MDM-locked, with a bypass code (and a stale one the MDM still lists);
+/// 3. Unactivated, locked to a person's Apple Account;
+/// 4. Activated, trust accepted after 2.5 s.
+///
+/// So with `n >= 4` there is one of each activation case, and the first three are usable by
+/// every tool without waiting.
 pub fn default_world(n: usize, seed: u64) -> World {
     let mut devices = Vec::with_capacity(n);
     let mut udids = HashSet::new();
@@ -292,11 +443,16 @@ pub fn default_world(n: usize, seed: u64) -> World {
         };
         udids.insert(spec_udid.clone());
         serials.insert(spec_serial.clone());
-        let (activation_state, trust_delay_ms) = match index % 4 {
-            0 | 2 => (ActivationState::Unactivated, 0),
-            1 => (ActivationState::Activated, 0),
-            _ => (ActivationState::Activated, 2500),
+        let (activation_state, trust_delay_ms, lock) = match index % 5 {
+            0 => (ActivationState::Unactivated, 0, Lock::None),
+            1 => (ActivationState::Activated, 0, Lock::None),
+            2 => (ActivationState::Unactivated, 0, Lock::Mdm),
+            3 => (ActivationState::Unactivated, 0, Lock::User),
+            _ => (ActivationState::Activated, 2500, Lock::None),
         };
+        // A separate stream, so the stale code does not shift any other generated value.
+        let stale_codes =
+            (lock == Lock::Mdm).then(|| vec![gen::bypass_code(&mut gen::device_rng(!seed, index))]);
         let spec = DeviceSpec {
             udid: Some(spec_udid),
             serial: Some(spec_serial),
@@ -306,6 +462,8 @@ pub fn default_world(n: usize, seed: u64) -> World {
             trust: Some(Trust::Accept),
             trust_delay_ms: Some(trust_delay_ms),
             passcode_locked: Some(false),
+            lock: Some(lock),
+            stale_codes,
             ..DeviceSpec::default()
         };
         // Fill the remaining identity from the same per-device stream, then pin it in the
@@ -320,7 +478,11 @@ pub fn default_world(n: usize, seed: u64) -> World {
         };
         devices.push(spec_from_profile(&profile));
     }
-    World { seed, devices }
+    World {
+        seed,
+        activation_server: ActivationServerSpec::default(),
+        devices,
+    }
 }
 
 /// A spec that pins every value of `p`.
@@ -351,6 +513,36 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         passcode_locked: Some(p.passcode_locked),
         plug_at_ms: p.plug_at_ms,
         unplug_at_ms: p.unplug_at_ms,
+        lock: Some(p.lock),
+        // A phone that is not MDM-locked has no codes: leave the empty list out.
+        codes: (p.lock == Lock::Mdm || !p.codes.is_empty()).then(|| p.codes.clone()),
+        stale_codes: (!p.stale_codes.is_empty()).then(|| p.stale_codes.clone()),
+        owner_hint: (!p.owner_hint.is_empty()).then(|| p.owner_hint.clone()),
+    }
+}
+
+/// Reads a world's list of codes into display form; the error names the entry, never the code.
+fn parse_codes(
+    list: &[String],
+    invalid: &dyn Fn(&'static str, String) -> WorldError,
+    field: &'static str,
+) -> Result<Vec<String>, WorldError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, text)| {
+            BypassCode::parse(text)
+                .map(|c| c.reveal())
+                .map_err(|e| invalid(field, format!("entry {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// The masked owner account a lock page shows when the world names none.
+fn default_owner_hint(lock: Lock) -> &'static str {
+    match lock {
+        Lock::None => "",
+        Lock::Mdm => "d\u{2022}\u{2022}\u{2022}\u{2022}\u{2022}@example.com",
+        Lock::User => "j\u{2022}\u{2022}\u{2022}\u{2022}\u{2022}@icloud.com",
     }
 }
 
@@ -524,6 +716,36 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
             ));
         }
     }
+    // Drawn last so worlds written before locks existed keep every other value.
+    let generated_code = gen::bypass_code(&mut rng);
+    let lock = spec.lock.unwrap_or_default();
+    let codes = match &spec.codes {
+        Some(list) => parse_codes(list, &invalid, "codes")?,
+        None if lock == Lock::Mdm => vec![generated_code],
+        None => Vec::new(),
+    };
+    if lock != Lock::Mdm && !codes.is_empty() {
+        return Err(invalid(
+            "codes",
+            format!("only an `mdm` lock is released by codes (lock = \"{lock}\"); list the MDM's codes Apple rejects as stale_codes"),
+        ));
+    }
+    let stale_codes = parse_codes(
+        spec.stale_codes.as_deref().unwrap_or_default(),
+        &invalid,
+        "stale_codes",
+    )?;
+    if let Some(i) = stale_codes.iter().position(|c| codes.contains(c)) {
+        return Err(invalid(
+            "stale_codes",
+            format!("entry {} is also in codes", i + 1),
+        ));
+    }
+    let owner_hint = spec
+        .owner_hint
+        .clone()
+        .unwrap_or_else(|| default_owner_hint(lock).to_string());
+
     let location_id = spec.location_id.unwrap_or_else(|| default_location(index));
     let product_id = spec.product_id.unwrap_or(IPHONE_PRODUCT_ID);
     if product_id > 0xffff {
@@ -581,6 +803,10 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         passcode_locked,
         plug_at_ms: spec.plug_at_ms,
         unplug_at_ms: spec.unplug_at_ms,
+        lock,
+        codes,
+        stale_codes,
+        owner_hint,
     })
 }
 
@@ -683,6 +909,121 @@ mod tests {
         assert!(all[..3]
             .iter()
             .all(|p| p.activation_state == ActivationState::Unactivated || p.trust_delay_ms == 0));
+        // Every activation case of the station.
+        let unactivated = |p: &&DeviceProfile| p.activation_state == ActivationState::Unactivated;
+        assert!(all.iter().filter(unactivated).any(|p| p.lock == Lock::None));
+        assert!(all
+            .iter()
+            .filter(unactivated)
+            .any(|p| p.lock == Lock::Mdm && !p.codes.is_empty() && !p.stale_codes.is_empty()));
+        assert!(all.iter().filter(unactivated).any(|p| p.lock == Lock::User));
+        for n in [4, 9, 23] {
+            for seed in [0, 1, 99] {
+                let all = profiles(n, seed);
+                assert!(all.iter().filter(unactivated).any(|p| p.lock == Lock::Mdm));
+                assert!(all.iter().filter(unactivated).any(|p| p.lock == Lock::User));
+                assert!(all.iter().filter(unactivated).any(|p| p.lock == Lock::None));
+                assert!(all
+                    .iter()
+                    .any(|p| p.activation_state == ActivationState::Activated));
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_generated_for_mdm_phones_and_validated() {
+        let w = World::from_toml(
+            "seed = 4\n[[device]]\nlock = \"mdm\"\n[[device]]\nlock = \"user\"\n[[device]]\n",
+            "t",
+        )
+        .expect("parses");
+        let all = w.resolve().expect("resolves");
+        assert_eq!(all[0].codes.len(), 1);
+        assert!(BypassCode::parse(&all[0].codes[0]).is_ok());
+        assert_eq!(all[0].codes, w.resolve().expect("again")[0].codes, "stable");
+        assert!(all[1].codes.is_empty() && all[2].codes.is_empty());
+        assert_eq!(all[2].lock, Lock::None);
+        assert!(all[0].owner_hint.contains('@') && all[1].owner_hint.contains('@'));
+
+        // Pinning a lock changes no other generated value.
+        let plain = World::from_toml("seed = 4\n[[device]]\n", "t")
+            .expect("parses")
+            .resolve()
+            .expect("resolves");
+        assert_eq!(plain[0].serial, all[0].serial);
+        assert_eq!(plain[0].imei, all[0].imei);
+
+        // Codes are normalised to the dashed form.
+        let w = World::from_toml(
+            "[[device]]\nlock = \"mdm\"\ncodes = [\"3um43 puyvy qyd1 uvcc hehj fka4\"]\n",
+            "t",
+        )
+        .expect("parses");
+        assert_eq!(
+            w.resolve().expect("resolves")[0].codes,
+            ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+        );
+
+        let cases = [
+            ("lock = \"mdm\"\ncodes = [\"3UM43-PUYVY\"]", "codes"),
+            ("lock = \"user\"\ncodes = [\"3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4\"]", "codes"),
+            ("codes = [\"3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4\"]", "codes"),
+            ("lock = \"mdm\"\nstale_codes = [\"nope\"]", "stale_codes"),
+            (
+                "lock = \"mdm\"\ncodes = [\"3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4\"]\nstale_codes = [\"3um43puyvyqyd1uvcchehjfka4\"]",
+                "stale_codes",
+            ),
+        ];
+        for (body, field) in cases {
+            let world = World::from_toml(&format!("[[device]]\n{body}\n"), "t").expect("parses");
+            let err = world.resolve().expect_err(body);
+            assert!(
+                matches!(&err, WorldError::Invalid { field: f, .. } if *f == field),
+                "{body}: {err}"
+            );
+            assert!(!err.to_string().contains("PUYVY"), "no code in {err}");
+        }
+        let err = World::from_toml("[[device]]\nlock = \"stolen\"\n", "t").expect_err("bad lock");
+        assert!(err.to_string().contains("stolen"), "{err}");
+    }
+
+    #[test]
+    fn activation_server_table_is_checked() {
+        let w = World::from_toml(
+            "[activation_server]\nlatency_ms = 50\nfailure_status = 502\n\
+             [activation_server.device_activation]\nfail_next = 2\nfail_rate = 0.5\n",
+            "t",
+        )
+        .expect("parses");
+        assert_eq!(w.activation_server.latency_ms, 50);
+        assert_eq!(w.activation_server.failure_status(), 502);
+        assert_eq!(w.activation_server.device_activation.fail_next, 2);
+        assert!(w.activation_server.drm_handshake.is_default());
+        w.resolve().expect("valid");
+        let again = World::from_toml(&w.to_toml(), "printed").expect("reparse");
+        assert_eq!(again, w);
+        for (text, field) in [
+            (
+                "[activation_server]\nfailure_status = 404\n",
+                "failure_status",
+            ),
+            (
+                "[activation_server.drm_handshake]\nfail_rate = 1.5\n",
+                "drm_handshake.fail_rate",
+            ),
+        ] {
+            let err = World::from_toml(text, "t")
+                .expect("parses")
+                .resolve()
+                .expect_err(text);
+            assert!(
+                matches!(&err, WorldError::InvalidServer { field: f, .. } if *f == field),
+                "{err}"
+            );
+        }
+        let err = World::from_toml("[activation_server]\nlatncy_ms = 1\n", "t")
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("latncy_ms"), "{err}");
     }
 
     #[test]
@@ -707,6 +1048,13 @@ mod tests {
         assert!(devices.iter().any(|d| d.passcode_locked));
         assert!(devices.iter().any(|d| d.plug_at_ms.is_some()));
         assert!(devices.iter().any(|d| d.unplug_at_ms.is_some()));
+        assert!(devices
+            .iter()
+            .any(|d| d.lock == Lock::Mdm && d.codes.len() == 2));
+        assert!(devices
+            .iter()
+            .any(|d| d.lock == Lock::Mdm && !d.stale_codes.is_empty()));
+        assert!(devices.iter().any(|d| d.lock == Lock::User));
         let first = &devices[0];
         assert_eq!(first.udid, "00008030-001A2C3E0E90802E");
         assert_eq!(first.product_type, "iPhone12,1");

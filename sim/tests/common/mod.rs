@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod flow;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -97,7 +99,11 @@ pub async fn start_in(
 
 /// A world of explicit device specs (the rest generated from `seed`).
 pub fn world(seed: u64, devices: Vec<DeviceSpec>) -> World {
-    World { seed, devices }
+    World {
+        seed,
+        devices,
+        ..World::default()
+    }
 }
 
 pub async fn mux(socket: &std::path::Path) -> UnixStream {

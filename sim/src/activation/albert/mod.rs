@@ -1,0 +1,492 @@
+//! A stand-in of Apple's activation server ("Albert") on loopback HTTP:
+//! `POST <base>/drmHandshake` and `POST <base>/deviceActivation`, where `<base>` is
+//! [`Albert::url`] (`http://127.0.0.1:PORT/deviceservices`).
+//!
+//! It behaves as protocol.md §5.4–5.6 describes Apple's server (see [`exchange`] for the
+//! answers) and adds what tests need: latency and injected 5xx failures, set in the world
+//! file and changeable at run time, and a log of what it received (secrets masked).
+//!
+//! hyper's bare HTTP/1 server is used: it is already in the tree through the station's
+//! HTTP client, and two fixed routes need no framework.
+
+mod exchange;
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+pub use exchange::{CHALLENGE_FIELD, LOGIN_FIELD, PASSWORD_FIELD};
+pub use station_protocol::activation::Endpoint;
+
+use crate::activation::Authority;
+use crate::phone::Phone;
+use crate::world::{ActivationServerSpec, FaultSpec};
+
+/// Largest request body read; activation-info is ~10–30 KiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// A client must send its headers within this time…
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// …and its body within this time.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer, idle keep-alive included.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Requests kept in the log (oldest dropped first).
+const LOG_LIMIT: usize = 10_000;
+
+/// What the server answered a request with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlbertOutcome {
+    /// `drmHandshake`: a handshake reply.
+    HandshakeReply,
+    /// An activation record (`text/xml`).
+    Record,
+    /// The Activation Lock form.
+    LockForm,
+    /// The wrong-credentials alert over the lock form.
+    AuthAlert,
+    /// A buddyml error page (HTTP 200), e.g. "Verification Failed", "Device Unknown".
+    ErrorPage {
+        title: String,
+    },
+    /// A failure injected by the world file or [`Albert::set_failures`] & co.
+    InjectedFailure,
+    /// 4xx: unreadable request, wrong content type, body too large or too slow.
+    BadRequest {
+        reason: String,
+    },
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// One request as the server saw it. Secrets are never kept: `password` is masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlbertRequest {
+    pub endpoint: Option<Endpoint>,
+    pub method: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    pub user_agent: Option<String>,
+    /// The phone the request was for, once the server could tell.
+    pub udid: Option<String>,
+    /// `deviceActivation` form field names: the activation-info field first
+    /// (`activation-info` or `activation-info-base64`), then the others in request order.
+    pub fields: Vec<String>,
+    /// The Apple Account row's value (the station sends it blank with a bypass code).
+    pub login: Option<String>,
+    /// The password row's value, masked: `3UM43-…-FKA4` for a bypass code,
+    /// `<N characters>` otherwise, empty if blank.
+    pub password: Option<String>,
+    pub status: u16,
+    pub outcome: AlbertOutcome,
+}
+
+struct Controls {
+    latency: Duration,
+    failure_status: u16,
+    drm_handshake: FaultSpec,
+    device_activation: FaultSpec,
+    rng: StdRng,
+}
+
+impl Controls {
+    fn faults(&mut self, endpoint: Endpoint) -> &mut FaultSpec {
+        match endpoint {
+            Endpoint::DrmHandshake => &mut self.drm_handshake,
+            Endpoint::DeviceActivation => &mut self.device_activation,
+        }
+    }
+
+    /// Whether this request fails: `fail_next` counts down first, then `fail_always`, then
+    /// a draw against `fail_rate`.
+    fn should_fail(&mut self, endpoint: Endpoint) -> bool {
+        let faults = *self.faults(endpoint);
+        if faults.fail_next > 0 {
+            self.faults(endpoint).fail_next -= 1;
+            return true;
+        }
+        faults.fail_always || (faults.fail_rate > 0.0 && self.rng.random_bool(faults.fail_rate))
+    }
+}
+
+struct Inner {
+    exchange: exchange::Exchange,
+    url: String,
+    addr: SocketAddr,
+    controls: Mutex<Controls>,
+    log: Mutex<VecDeque<AlbertRequest>>,
+}
+
+/// The running stand-in server: its address, runtime controls and request log. Cheap to
+/// clone; every clone controls the same server.
+#[derive(Clone)]
+pub struct Albert {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Albert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Albert")
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Albert {
+    /// A server for `phones` on an already bound listener; [`serve`] runs it.
+    pub(crate) fn new(
+        addr: SocketAddr,
+        authority: Arc<Authority>,
+        phones: &[Arc<Phone>],
+        spec: &ActivationServerSpec,
+        seed: u64,
+    ) -> Albert {
+        let url = format!("http://{addr}/deviceservices");
+        let phones: HashMap<String, Arc<Phone>> = phones
+            .iter()
+            .map(|p| (p.udid().to_string(), p.clone()))
+            .collect();
+        Albert {
+            inner: Arc::new(Inner {
+                exchange: exchange::Exchange {
+                    authority,
+                    phones,
+                    submit_url: Endpoint::DeviceActivation.url_on(&format!("http://{addr}")),
+                },
+                url,
+                addr,
+                controls: Mutex::new(Controls {
+                    latency: Duration::from_millis(spec.latency_ms),
+                    failure_status: spec.failure_status(),
+                    drm_handshake: spec.drm_handshake,
+                    device_activation: spec.device_activation,
+                    rng: StdRng::seed_from_u64(seed ^ 0xA1BE_7000_0000_0000),
+                }),
+                log: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/deviceservices`; the endpoints are `<url>/drmHandshake` and
+    /// `<url>/deviceActivation`.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The full URL of one endpoint.
+    pub fn endpoint_url(&self, endpoint: Endpoint) -> String {
+        endpoint.url_on(&format!("http://{}", self.inner.addr))
+    }
+
+    /// Delay added before every answer from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.inner.controls).latency = latency;
+    }
+
+    /// The next `n` requests to `endpoint` fail with the failure status (503 unless set).
+    pub fn set_failures(&self, endpoint: Endpoint, n: u32) {
+        lock(&self.inner.controls).faults(endpoint).fail_next = n;
+    }
+
+    /// Every request to `endpoint` fails while `on`.
+    pub fn set_fail_always(&self, endpoint: Endpoint, on: bool) {
+        lock(&self.inner.controls).faults(endpoint).fail_always = on;
+    }
+
+    /// Each request to `endpoint` fails with probability `rate` (clamped to 0–1), drawn
+    /// from a generator seeded by the world's seed.
+    pub fn set_fail_rate(&self, endpoint: Endpoint, rate: f64) {
+        let rate = if rate.is_finite() {
+            rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        lock(&self.inner.controls).faults(endpoint).fail_rate = rate;
+    }
+
+    /// The status injected failures answer with (a 5xx; others are ignored).
+    pub fn set_failure_status(&self, status: u16) {
+        if (500..=599).contains(&status) {
+            lock(&self.inner.controls).failure_status = status;
+        }
+    }
+
+    /// Ends every injected failure on both endpoints.
+    pub fn clear_failures(&self) {
+        let mut c = lock(&self.inner.controls);
+        c.drm_handshake = FaultSpec::default();
+        c.device_activation = FaultSpec::default();
+    }
+
+    /// Every request received so far (the last 10 000), oldest first.
+    pub fn requests(&self) -> Vec<AlbertRequest> {
+        lock(&self.inner.log).iter().cloned().collect()
+    }
+
+    /// The requests received for one phone.
+    pub fn requests_for(&self, udid: &str) -> Vec<AlbertRequest> {
+        lock(&self.inner.log)
+            .iter()
+            .filter(|r| r.udid.as_deref() == Some(udid))
+            .cloned()
+            .collect()
+    }
+
+    pub fn clear_requests(&self) {
+        lock(&self.inner.log).clear();
+    }
+
+    fn push_log(&self, entry: AlbertRequest) {
+        let mut log = lock(&self.inner.log);
+        if log.len() >= LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(CONTENT_TYPE);
+        let user_agent = header(USER_AGENT);
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let endpoint = Endpoint::from_path(&path);
+        let mut seen = exchange::Seen::default();
+
+        let answer = match endpoint {
+            None => plain(404, "Not Found", AlbertOutcome::NotFound),
+            Some(_) if method != Method::POST => {
+                let mut a = plain(405, "Method Not Allowed", AlbertOutcome::MethodNotAllowed);
+                a.headers.push(("Allow", "POST".to_string()));
+                a
+            }
+            Some(endpoint) => match read_body(req.into_body()).await {
+                Err(answer) => answer,
+                Ok(body) => {
+                    let (fail, status) = {
+                        let mut c = lock(&self.inner.controls);
+                        (c.should_fail(endpoint), c.failure_status)
+                    };
+                    if fail {
+                        plain(
+                            status,
+                            "Service Unavailable",
+                            AlbertOutcome::InjectedFailure,
+                        )
+                    } else {
+                        let x = &self.inner.exchange;
+                        let ct = content_type.as_deref();
+                        match endpoint {
+                            Endpoint::DrmHandshake => x.drm_handshake(ct, &body, &mut seen),
+                            Endpoint::DeviceActivation => x.device_activation(ct, &body, &mut seen),
+                        }
+                    }
+                }
+            },
+        };
+        let latency = lock(&self.inner.controls).latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        tracing::info!(status = answer.status, outcome = ?answer.outcome, "answered");
+        self.push_log(AlbertRequest {
+            endpoint,
+            method: method.to_string(),
+            path,
+            content_type,
+            user_agent,
+            udid: seen.udid,
+            fields: seen.fields,
+            login: seen.login,
+            password: seen.password,
+            status: answer.status,
+            outcome: answer.outcome,
+        });
+        let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+        *response.status_mut() =
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+        for (name, value) in answer.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        response
+    }
+}
+
+fn plain(status: u16, text: &str, outcome: AlbertOutcome) -> exchange::Answer {
+    exchange::Answer {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("{text}\n").into_bytes(),
+        headers: Vec::new(),
+        outcome,
+    }
+}
+
+/// The whole body, within [`MAX_BODY`] and [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, exchange::Answer> {
+    let bad = |status, text: &str, reason: String| {
+        Err(plain(status, text, AlbertOutcome::BadRequest { reason }))
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => bad(
+            413,
+            "Payload Too Large",
+            format!("body over {MAX_BODY} bytes"),
+        ),
+        Ok(Err(e)) => bad(400, "Bad Request", format!("body not read: {e}")),
+        Err(_) => bad(
+            408,
+            "Request Timeout",
+            format!("body not received within {BODY_TIMEOUT:?}"),
+        ),
+    }
+}
+
+/// Binds the server's listener on loopback (`port` 0: any free port).
+pub(crate) async fn bind(port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Accepts connections until `stop`, each served by hyper's HTTP/1 server with a header
+/// timeout and a lifetime cap.
+pub(crate) async fn serve(albert: Albert, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let albert = albert.clone();
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let albert = albert.clone();
+                            let span = tracing::info_span!(
+                                "albert",
+                                endpoint = %req.uri().path(),
+                                udid = tracing::field::Empty,
+                            );
+                            async move { Ok::<_, Infallible>(albert.handle(req).await) }
+                                .instrument(span)
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service);
+                        match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
+                            Err(_) => tracing::debug!(%peer, "HTTP connection closed after its lifetime"),
+                            Ok(Ok(())) => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "activation server accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controls(drm: FaultSpec, activation: FaultSpec) -> Controls {
+        Controls {
+            latency: Duration::ZERO,
+            failure_status: 503,
+            drm_handshake: drm,
+            device_activation: activation,
+            rng: StdRng::seed_from_u64(1),
+        }
+    }
+
+    #[test]
+    fn fail_next_counts_down_per_endpoint() {
+        let mut c = controls(
+            FaultSpec {
+                fail_next: 2,
+                ..FaultSpec::default()
+            },
+            FaultSpec::default(),
+        );
+        assert!(c.should_fail(Endpoint::DrmHandshake));
+        assert!(!c.should_fail(Endpoint::DeviceActivation));
+        assert!(c.should_fail(Endpoint::DrmHandshake));
+        assert!(!c.should_fail(Endpoint::DrmHandshake));
+    }
+
+    #[test]
+    fn fail_rate_is_seeded() {
+        let half = FaultSpec {
+            fail_rate: 0.5,
+            ..FaultSpec::default()
+        };
+        let draws = |seed| {
+            let mut c = controls(half, half);
+            c.rng = StdRng::seed_from_u64(seed);
+            (0..64)
+                .map(|_| c.should_fail(Endpoint::DeviceActivation))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        let failed = draws(7).iter().filter(|f| **f).count();
+        assert!((10..54).contains(&failed), "{failed}");
+        let always = FaultSpec {
+            fail_always: true,
+            ..FaultSpec::default()
+        };
+        let mut c = controls(always, FaultSpec::default());
+        assert!((0..10).all(|_| c.should_fail(Endpoint::DrmHandshake)));
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            exchange::mask_password("3um43puyvyqyd1uvcchehjfka4"),
+            "3UM43-\u{2026}-FKA4"
+        );
+        assert_eq!(exchange::mask_password(""), "");
+        assert_eq!(exchange::mask_password("hunter2"), "<7 characters>");
+    }
+}

@@ -1,0 +1,963 @@
+//! The activation exchange against the bench: mobileactivationd on the phones and the
+//! stand-in activation server, driven with the protocol crate's codecs and a plain HTTP
+//! client (tests/common/flow.rs), as the station drives them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::flow::{Driver, HttpAnswer};
+use common::*;
+use plist::Value;
+use station_protocol::activation::{
+    classify_response, lock_form_submission, ActivationResponse, BuddyPage, Endpoint, FormEncoding,
+    HttpRequestParts, RecordContainer, USER_AGENT,
+};
+use station_protocol::bypass_code::BypassCode;
+use station_protocol::lockdown::LockdownErrorKind;
+use station_protocol::mobileactivation::{Command, MobileActivationError};
+use station_sim::{
+    default_world, ActivationState, AlbertOutcome, DeviceSpec, Lock, ReadyDevice, World,
+};
+
+async fn driver(tb: &TestBench, udid: &str) -> Driver {
+    let url = tb.bench.ready_info().activation_url;
+    within(Driver::connect(&tb.socket, udid, &url))
+        .await
+        .expect("paired session")
+}
+
+fn device(tb: &TestBench, pred: impl Fn(&ReadyDevice) -> bool) -> ReadyDevice {
+    tb.bench
+        .ready_info()
+        .devices
+        .into_iter()
+        .find(|d| pred(d))
+        .expect("the world has such a phone")
+}
+
+fn clean(d: &ReadyDevice) -> bool {
+    d.lock == "none" && d.activation_state == "Unactivated"
+}
+
+async fn info(d: &mut Driver) -> Value {
+    within(d.activation_info()).await.expect("activation info")
+}
+
+async fn first_request(d: &mut Driver, info: &Value, encoding: FormEncoding) -> HttpAnswer {
+    within(d.request_activation(info, encoding))
+        .await
+        .expect("deviceActivation")
+}
+
+async fn post(d: &Driver, req: &HttpRequestParts) -> HttpAnswer {
+    within(d.post(req)).await.expect("HTTP request")
+}
+
+/// The record parts a host hands back to the phone.
+fn record_of(answer: &HttpAnswer) -> (Vec<u8>, Vec<(String, String)>) {
+    match answer.classify() {
+        ActivationResponse::Record {
+            raw_body,
+            headers,
+            container,
+            ..
+        } => {
+            assert_eq!(container, RecordContainer::ActivationRecord);
+            (raw_body, headers)
+        }
+        other => panic!("expected a record, got {other:?}"),
+    }
+}
+
+fn lock_page(answer: &HttpAnswer) -> BuddyPage {
+    match answer.classify() {
+        ActivationResponse::LockForm(page) => page,
+        other => panic!("expected the lock form, got {other:?}"),
+    }
+}
+
+/// Submits the lock form with a username and password, as the station does.
+async fn submit(d: &Driver, page: &BuddyPage, username: &str, password: &str) -> HttpAnswer {
+    let sub = lock_form_submission(page, username, password).expect("fillable form");
+    post(
+        d,
+        &sub.to_request(FormEncoding::UrlEncoded).expect("request"),
+    )
+    .await
+}
+
+fn alert_page(answer: &HttpAnswer) -> BuddyPage {
+    match answer.classify() {
+        ActivationResponse::AuthAlert {
+            title,
+            message,
+            page,
+        } => {
+            assert_eq!(title.as_deref(), Some("Activation Lock"));
+            assert_eq!(
+                message.as_deref(),
+                Some("Incorrect Apple Account or password.")
+            );
+            assert_eq!(page.fields.len(), 2, "the form comes again");
+            page
+        }
+        other => panic!("expected the wrong-credentials alert, got {other:?}"),
+    }
+}
+
+fn error_title(answer: &HttpAnswer) -> String {
+    match answer.classify() {
+        ActivationResponse::ErrorPage { title, .. } => title.unwrap_or_default(),
+        other => panic!("expected an error page, got {other:?}"),
+    }
+}
+
+fn refused(result: Result<Option<Value>, MobileActivationError>) -> String {
+    match result {
+        Err(MobileActivationError::Refused { message, .. }) => message,
+        other => panic!("expected mobileactivationd to refuse, got {other:?}"),
+    }
+}
+
+async fn hand_over(
+    d: &mut Driver,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+) -> Result<Option<Value>, MobileActivationError> {
+    within(d.hand_over(body, headers))
+        .await
+        .expect("service reachable")
+}
+
+async fn state(d: &mut Driver) -> String {
+    within(d.activation_state()).await.expect("state")
+}
+
+async fn value(d: &mut Driver, key: &str) -> Value {
+    within(d.get_value(key)).await.expect("GetValue")
+}
+
+fn world_of(specs: Vec<DeviceSpec>) -> World {
+    world(41, specs)
+}
+
+fn spec(lock: Lock) -> DeviceSpec {
+    DeviceSpec {
+        activation_state: Some(ActivationState::Unactivated),
+        lock: Some(lock),
+        ..DeviceSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn clean_phone_activates_and_every_client_sees_it() {
+    let tb = start(default_world(4, 31)).await;
+    let dev = device(&tb, clean);
+    let mut d = driver(&tb, &dev.udid).await;
+    assert_eq!(state(&mut d).await, "Unactivated");
+    assert_eq!(value(&mut d, "BrickState").await, Value::Boolean(true));
+
+    // Session info: protocol.md §5.2.
+    let command = Command::CreateTunnel1SessionInfo;
+    let session = within(d.command(&command))
+        .await
+        .expect("service")
+        .expect("session info");
+    let session = station_protocol::mobileactivation::dictionary(&command, session).expect("dict");
+    let msg = session
+        .get("HandshakeRequestMessage")
+        .and_then(Value::as_data)
+        .expect("HandshakeRequestMessage");
+    assert_eq!(msg.len(), 21);
+    assert_eq!(
+        session.get("UniqueDeviceID").and_then(Value::as_string),
+        Some(dev.udid.as_str())
+    );
+    assert!(session
+        .get("CollectionBlob")
+        .and_then(Value::as_data)
+        .is_some());
+
+    // Activation info: its keys and the XML inside.
+    let info = info(&mut d).await;
+    let dict = info.as_dictionary().expect("dict");
+    for key in [
+        "ActivationInfoXML",
+        "FairPlayCertChain",
+        "FairPlaySignature",
+        "RKCertification",
+        "RKSignature",
+        "serverKP",
+        "signActRequest",
+    ] {
+        assert!(
+            dict.get(key).and_then(Value::as_data).is_some(),
+            "{key} is data"
+        );
+    }
+    let xml = dict
+        .get("ActivationInfoXML")
+        .and_then(Value::as_data)
+        .expect("xml");
+    let inner = Value::from_reader_xml(xml).expect("ActivationInfoXML is an XML plist");
+    let section = |name: &str| {
+        inner
+            .as_dictionary()
+            .and_then(|d| d.get(name))
+            .and_then(Value::as_dictionary)
+            .cloned()
+            .unwrap_or_else(|| panic!("section {name}"))
+    };
+    let request = section("ActivationRequestInfo");
+    assert_eq!(
+        request.get("ActivationState").and_then(Value::as_string),
+        Some("Unactivated")
+    );
+    assert_eq!(
+        request.get("FMiPAccountExists"),
+        Some(&Value::Boolean(false))
+    );
+    assert!(request.get("ActivationRandomness").is_some());
+    let id = section("DeviceID");
+    assert_eq!(
+        id.get("SerialNumber").and_then(Value::as_string),
+        Some(dev.serial.as_str())
+    );
+    assert_eq!(
+        id.get("UniqueDeviceID").and_then(Value::as_string),
+        Some(dev.udid.as_str())
+    );
+    let device_info = section("DeviceInfo");
+    for (key, expected) in [
+        ("ProductType", &dev.product_type),
+        ("ProductVersion", &dev.product_version),
+        ("BuildVersion", &dev.build_version),
+    ] {
+        assert_eq!(
+            device_info.get(key).and_then(Value::as_string),
+            Some(expected.as_str())
+        );
+    }
+
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("text/xml"));
+    assert!(answer.header("x-apple-activation-signature").is_some());
+    let (body, headers) = record_of(&answer);
+    hand_over(&mut d, body, headers)
+        .await
+        .expect("record accepted");
+
+    assert_eq!(state(&mut d).await, "Activated");
+    assert_eq!(
+        value(&mut d, "ActivationState").await,
+        Value::from("Activated")
+    );
+    assert_eq!(value(&mut d, "BrickState").await, Value::Boolean(false));
+    assert_eq!(
+        value(&mut d, "ActivationStateAcknowledged").await,
+        Value::Boolean(false),
+        "not acknowledged until the host says so"
+    );
+    within(d.set_value("ActivationStateAcknowledged", Value::Boolean(true)))
+        .await
+        .expect("SetValue");
+    assert_eq!(
+        value(&mut d, "ActivationStateAcknowledged").await,
+        Value::Boolean(true)
+    );
+    assert_eq!(
+        tb.bench.activation_state(&dev.udid).expect("phone"),
+        ActivationState::Activated
+    );
+    let ready = device(&tb, |r| r.udid == dev.udid);
+    assert_eq!(ready.activation_state, "Activated");
+
+    // What the server saw.
+    let log = tb.bench.albert().requests_for(&dev.udid);
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].endpoint, Some(Endpoint::DrmHandshake));
+    assert_eq!(log[0].outcome, AlbertOutcome::HandshakeReply);
+    assert_eq!(
+        log[0].content_type.as_deref(),
+        Some("application/x-apple-plist")
+    );
+    assert_eq!(log[1].endpoint, Some(Endpoint::DeviceActivation));
+    assert_eq!(log[1].outcome, AlbertOutcome::Record);
+    assert_eq!(log[1].fields, ["activation-info"]);
+    assert!(log
+        .iter()
+        .all(|r| r.user_agent.as_deref() == Some(USER_AGENT)));
+
+    // A restart keeps the state, as a phone keeps it across reboots.
+    let udid = dev.udid.clone();
+    let dir = tb.shutdown().await;
+    let tb = start_in(dir, default_world(4, 31), |_| {}).await;
+    assert_eq!(
+        tb.bench.activation_state(&udid).expect("phone"),
+        ActivationState::Activated
+    );
+    let mut d = driver(&tb, &udid).await;
+    assert_eq!(
+        value(&mut d, "ActivationState").await,
+        Value::from("Activated")
+    );
+    assert_eq!(
+        value(&mut d, "ActivationStateAcknowledged").await,
+        Value::Boolean(true)
+    );
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn multipart_activation_info_is_accepted_too() {
+    let tb = start(default_world(1, 32)).await;
+    let dev = device(&tb, clean);
+    let mut d = driver(&tb, &dev.udid).await;
+    let info = info(&mut d).await;
+    let answer = first_request(&mut d, &info, FormEncoding::multipart()).await;
+    let (body, headers) = record_of(&answer);
+    hand_over(&mut d, body, headers).await.expect("accepted");
+    assert_eq!(state(&mut d).await, "Activated");
+    let log = tb.bench.albert().requests_for(&dev.udid);
+    assert!(log[1]
+        .content_type
+        .as_deref()
+        .is_some_and(|ct| ct.starts_with("multipart/form-data; boundary=")));
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn mdm_locked_phone_is_released_by_its_code_only() {
+    let tb = start(default_world(4, 33)).await;
+    let dev = device(&tb, |d| d.lock == "mdm");
+    assert_eq!(dev.activation_state, "Unactivated");
+    assert_eq!(dev.codes.len(), 1);
+    assert_eq!(dev.stale_codes.len(), 1);
+    let good = BypassCode::parse(&dev.codes[0]).expect("a valid code");
+    let stale = dev.stale_codes[0].clone();
+    let mut d = driver(&tb, &dev.udid).await;
+    let info = info(&mut d).await;
+
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/x-buddyml"));
+    // protocol.md §5.6: the page's structure, as rendered.
+    let text = String::from_utf8(answer.body.clone()).expect("utf8");
+    for needle in [
+        "<xmlui",
+        "<page name=\"FMIPLockChallenge\"",
+        "<navigationBar title=\"Activation Lock\"",
+        "<tableView>",
+        "<section>",
+        "<footer>",
+        "<editableTextRow id=\"login\"",
+        "<editableTextRow id=\"password\"",
+        "secure=\"true\"",
+        "<serverInfo",
+        "activation-info-base64=\"",
+        "isAuthRequired=\"true\"",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let page = lock_page(&answer);
+    assert_eq!(page.page_title.as_deref(), Some("Activation Lock"));
+    let description = page.description.clone().expect("description");
+    assert!(description.contains("d\u{2022}"), "{description}");
+    assert_eq!(page.fields[0].id, "login");
+    assert!(!page.fields[0].secure);
+    assert_eq!(page.fields[0].label.as_deref(), Some("Apple Account"));
+    assert_eq!(page.fields[1].id, "password");
+    assert!(page.fields[1].secure);
+    assert!(page.is_auth_required());
+    assert!(page.hidden_field("activation-info-base64").is_some());
+    assert!(page.hidden_field("challenge").is_some());
+    assert_eq!(
+        page.submit.as_ref().map(|s| s.url.clone()),
+        Some(d.endpoint_url(Endpoint::DeviceActivation))
+    );
+
+    // A wrong code, the stale one, the right one with a username: the alert, form again.
+    let wrong = BypassCode::from_raw(&[7; 16]).reveal();
+    let page = alert_page(&submit(&d, &page, "", &wrong).await);
+    let page = alert_page(&submit(&d, &page, "", &stale).await);
+    let page = alert_page(&submit(&d, &page, "someone@example.com", &good.reveal()).await);
+    assert_eq!(state(&mut d).await, "Unactivated");
+
+    // The right code, lower case and without dashes: a record.
+    let typed = good.reveal_compact().to_lowercase();
+    let answer = submit(&d, &page, "", &typed).await;
+    let (body, headers) = record_of(&answer);
+    hand_over(&mut d, body, headers).await.expect("accepted");
+    assert_eq!(state(&mut d).await, "Activated");
+
+    // What the server saw: blank username, every hidden field echoed, codes masked.
+    let log = tb.bench.albert().requests_for(&dev.udid);
+    let activations: Vec<_> = log
+        .iter()
+        .filter(|r| r.endpoint == Some(Endpoint::DeviceActivation))
+        .collect();
+    assert_eq!(activations.len(), 5);
+    assert_eq!(activations[0].outcome, AlbertOutcome::LockForm);
+    for r in &activations[1..] {
+        assert_eq!(r.fields[0], "activation-info-base64");
+        for f in ["login", "password", "isAuthRequired", "challenge"] {
+            assert!(r.fields.iter().any(|x| x == f), "{f} in {:?}", r.fields);
+        }
+        assert!(!r.fields.iter().any(|x| x == "activation-info"));
+    }
+    assert_eq!(activations[1].login.as_deref(), Some(""));
+    assert_eq!(activations[3].login.as_deref(), Some("someone@example.com"));
+    assert_eq!(
+        activations[4].password.as_deref(),
+        Some(good.masked().as_str())
+    );
+    assert_eq!(activations[4].outcome, AlbertOutcome::Record);
+    let everything = format!("{:?}", tb.bench.albert().requests());
+    for code in [good.reveal(), good.reveal_compact(), stale.clone(), wrong] {
+        assert!(!everything.contains(&code), "a whole code in the log");
+    }
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_locked_phone_is_never_released_by_a_code() {
+    let stale = BypassCode::from_raw(&[0x42; 16]).reveal();
+    let tb = start(world_of(vec![DeviceSpec {
+        stale_codes: Some(vec![stale.clone()]),
+        ..spec(Lock::User)
+    }]))
+    .await;
+    let dev = device(&tb, |d| d.lock == "user");
+    assert!(dev.codes.is_empty());
+    let mut d = driver(&tb, &dev.udid).await;
+    let info = info(&mut d).await;
+    let mut page = lock_page(&first_request(&mut d, &info, FormEncoding::UrlEncoded).await);
+    for (user, password) in [
+        ("", stale.as_str()),
+        ("", "not a code"),
+        ("", ""),
+        ("owner@icloud.com", "hunter2"),
+    ] {
+        page = alert_page(&submit(&d, &page, user, password).await);
+    }
+    assert_eq!(state(&mut d).await, "Unactivated");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn mdm_lock_with_explicit_codes_from_the_world_file() {
+    let a = BypassCode::from_raw(&[1; 16]);
+    let b = BypassCode::from_raw(&[2; 16]);
+    let tb = start(world_of(vec![DeviceSpec {
+        // Any case and spacing in the file; the ready file lists them dashed.
+        codes: Some(vec![a.reveal_compact().to_lowercase(), b.reveal()]),
+        ..spec(Lock::Mdm)
+    }]))
+    .await;
+    let dev = device(&tb, |d| d.lock == "mdm");
+    assert_eq!(dev.codes, [a.reveal(), b.reveal()]);
+    let mut d = driver(&tb, &dev.udid).await;
+    let info = info(&mut d).await;
+    let page = lock_page(&first_request(&mut d, &info, FormEncoding::UrlEncoded).await);
+    // The second code works as well as the first.
+    let answer = submit(&d, &page, "", &b.reveal()).await;
+    let (body, headers) = record_of(&answer);
+    hand_over(&mut d, body, headers).await.expect("accepted");
+    assert_eq!(state(&mut d).await, "Activated");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn both_activation_info_fields_get_verification_failed() {
+    let tb = start(default_world(1, 34)).await;
+    let dev = device(&tb, clean);
+    let mut d = driver(&tb, &dev.udid).await;
+    let info = info(&mut d).await;
+    let mut xml = Vec::new();
+    info.to_writer_xml(&mut xml).expect("xml");
+    let b64 = station_protocol::activation::activation_info_base64(&info).expect("b64");
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("activation-info", &String::from_utf8(xml).expect("utf8"))
+        .append_pair("activation-info-base64", &b64)
+        .finish()
+        .into_bytes();
+    let req = HttpRequestParts {
+        method: "POST",
+        endpoint: Endpoint::DeviceActivation,
+        headers: vec![
+            ("User-Agent".into(), USER_AGENT.into()),
+            (
+                "Content-Type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+        ],
+        body,
+    };
+    let answer = post(&d, &req).await;
+    assert_eq!(answer.status, 200);
+    match answer.classify() {
+        ActivationResponse::ErrorPage { title, description } => {
+            assert_eq!(title.as_deref(), Some("Verification Failed"));
+            assert_eq!(description.as_deref(), Some("Please retry activation."));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        answer.body.len() < 400,
+        "a short page: {} bytes",
+        answer.body.len()
+    );
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn resubmission_without_the_hidden_fields_is_an_error() {
+    let tb = start(default_world(4, 35)).await;
+    let dev = device(&tb, |d| d.lock == "mdm");
+    let code = dev.codes[0].clone();
+    let mut d = driver(&tb, &dev.udid).await;
+    let info = info(&mut d).await;
+    let page = lock_page(&first_request(&mut d, &info, FormEncoding::UrlEncoded).await);
+    let sub = lock_form_submission(&page, "", &code).expect("submission");
+
+    // Each hidden field left out in turn.
+    for missing in ["challenge", "isAuthRequired", "activation-info-base64"] {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for f in sub.fields().iter().filter(|f| f.name != missing) {
+            ser.append_pair(&f.name, f.value.expose());
+        }
+        if missing == "activation-info-base64" {
+            // The info comes as activation-info instead: still not what the page asked.
+            let mut xml = Vec::new();
+            info.to_writer_xml(&mut xml).expect("xml");
+            ser.append_pair("activation-info", &String::from_utf8(xml).expect("utf8"));
+        }
+        let req = HttpRequestParts {
+            method: "POST",
+            endpoint: Endpoint::DeviceActivation,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/x-www-form-urlencoded".into(),
+            )],
+            body: ser.finish().into_bytes(),
+        };
+        let answer = post(&d, &req).await;
+        assert_eq!(
+            error_title(&answer),
+            "Activation Error",
+            "without {missing}"
+        );
+    }
+    // A tampered challenge is no better.
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for f in sub.fields() {
+        let v = if f.name == "challenge" {
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        } else {
+            f.value.expose()
+        };
+        ser.append_pair(&f.name, v);
+    }
+    let req = HttpRequestParts {
+        method: "POST",
+        endpoint: Endpoint::DeviceActivation,
+        headers: vec![(
+            "Content-Type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )],
+        body: ser.finish().into_bytes(),
+    };
+    assert_eq!(error_title(&post(&d, &req).await), "Activation Error");
+    assert_eq!(state(&mut d).await, "Unactivated");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_record_is_accepted_only_by_its_phone_with_its_headers() {
+    let tb = start(world_of(vec![spec(Lock::None), spec(Lock::None)])).await;
+    let udids = tb.udids();
+    let mut a = driver(&tb, &udids[0]).await;
+    let mut b = driver(&tb, &udids[1]).await;
+    let info_a = info(&mut a).await;
+    let (body, headers) =
+        record_of(&first_request(&mut a, &info_a, FormEncoding::UrlEncoded).await);
+    // B has an exchange of its own going.
+    let _ = info(&mut b).await;
+
+    let msg = refused(hand_over(&mut b, body.clone(), headers.clone()).await);
+    assert!(msg.contains("Invalid activation record"), "{msg}");
+    assert!(msg.contains("another device"), "{msg}");
+    assert_eq!(state(&mut b).await, "Unactivated");
+
+    let msg = refused(hand_over(&mut a, body.clone(), Vec::new()).await);
+    assert!(msg.contains("headers are missing"), "{msg}");
+    let mut other_headers = headers.clone();
+    other_headers.retain(|(n, _)| !n.eq_ignore_ascii_case("x-apple-activation-signature"));
+    let msg = refused(hand_over(&mut a, body.clone(), other_headers).await);
+    assert!(msg.contains("not signed"), "{msg}");
+    // Re-serialised or otherwise changed bytes are not the body the server signed.
+    let mut changed = body.clone();
+    changed.extend_from_slice(b"\n");
+    let msg = refused(hand_over(&mut a, changed, headers.clone()).await);
+    assert!(msg.contains("not signed"), "{msg}");
+    assert_eq!(state(&mut a).await, "Unactivated");
+
+    hand_over(&mut a, body, headers).await.expect("accepted");
+    assert_eq!(state(&mut a).await, "Activated");
+    assert_eq!(state(&mut b).await, "Unactivated");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn handshake_replies_are_bound_to_the_phone_and_its_session() {
+    let tb = start(world_of(vec![spec(Lock::None), spec(Lock::None)])).await;
+    let udids = tb.udids();
+    let mut a = driver(&tb, &udids[0]).await;
+    let mut b = driver(&tb, &udids[1]).await;
+
+    // No session yet.
+    let msg = refused(
+        within(a.command(&Command::CreateTunnel1ActivationInfo {
+            handshake_response: b"<plist/>".to_vec(),
+        }))
+        .await
+        .expect("service"),
+    );
+    assert!(msg.contains("Failed to retrieve activation info."), "{msg}");
+    assert!(msg.contains("Failed to establish session."), "{msg}");
+
+    let reply_a = within(a.handshake()).await.expect("handshake");
+    assert_eq!(reply_a.status, 200);
+    assert!(matches!(
+        reply_a.classify(),
+        ActivationResponse::HandshakeReply { .. }
+    ));
+    let _ = within(b.handshake()).await.expect("handshake");
+    let msg = refused(
+        within(b.command(&Command::CreateTunnel1ActivationInfo {
+            handshake_response: reply_a.body.clone(),
+        }))
+        .await
+        .expect("service"),
+    );
+    assert!(msg.contains("Invalid session response"), "{msg}");
+
+    // A newer session on A makes the older reply stale.
+    let _ = within(a.handshake()).await.expect("handshake");
+    let msg = refused(
+        within(a.command(&Command::CreateTunnel1ActivationInfo {
+            handshake_response: reply_a.body.clone(),
+        }))
+        .await
+        .expect("service"),
+    );
+    assert!(msg.contains("Invalid session response"), "{msg}");
+
+    // Garbled handshakes never get a reply.
+    for (ct, body) in [
+        ("application/x-apple-plist", b"garbage".to_vec()),
+        (
+            "application/x-apple-plist",
+            b"<plist><dict><key>UniqueDeviceID</key><string>x</string></dict></plist>".to_vec(),
+        ),
+        ("text/plain", reply_a.body.clone()),
+    ] {
+        let req = HttpRequestParts {
+            method: "POST",
+            endpoint: Endpoint::DrmHandshake,
+            headers: vec![("Content-Type".into(), ct.into())],
+            body,
+        };
+        let answer = post(&a, &req).await;
+        assert!(
+            answer.status == 400 || answer.status == 415,
+            "{}",
+            answer.status
+        );
+    }
+
+    // Activation info that was not built on a completed handshake (tampered XML).
+    let mut info = info(&mut a).await;
+    if let Some(Value::Data(xml)) = info
+        .as_dictionary_mut()
+        .and_then(|d| d.get_mut("ActivationInfoXML"))
+    {
+        let text = String::from_utf8(xml.clone()).expect("utf8");
+        *xml = text.replace("Unactivated", "Activated").into_bytes();
+    }
+    let answer = first_request(&mut a, &info, FormEncoding::UrlEncoded).await;
+    assert_eq!(error_title(&answer), "Activation Error");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_failures_and_latency() {
+    let mut w = world_of(vec![spec(Lock::None)]);
+    w.activation_server.device_activation.fail_next = 1;
+    w.activation_server.failure_status = Some(502);
+    let tb = start(w).await;
+    let udid = tb.udids()[0].clone();
+    let albert = tb.bench.albert().clone();
+    let mut d = driver(&tb, &udid).await;
+
+    // Two 503s, then the handshake goes through.
+    albert.set_failure_status(503);
+    albert.set_failures(Endpoint::DrmHandshake, 2);
+    for _ in 0..2 {
+        let answer = within(d.handshake()).await.expect("answer");
+        assert_eq!(answer.status, 503);
+        assert_eq!(
+            answer.classify(),
+            ActivationResponse::ServerError { status: 503 }
+        );
+    }
+    let info = info(&mut d).await;
+
+    // The world file's one failure (its status was 502, now 503), then "always".
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    assert_eq!(answer.status, 503);
+    albert.set_fail_always(Endpoint::DeviceActivation, true);
+    for _ in 0..3 {
+        let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+        assert_eq!(answer.status, 503);
+    }
+    albert.set_fail_rate(Endpoint::DeviceActivation, 1.0);
+    albert.set_fail_always(Endpoint::DeviceActivation, false);
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    assert_eq!(answer.status, 503, "rate 1.0 always fails");
+    albert.clear_failures();
+
+    albert.set_latency(Duration::from_millis(300));
+    let started = Instant::now();
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    albert.set_latency(Duration::ZERO);
+    let (body, headers) = record_of(&answer);
+    hand_over(&mut d, body, headers).await.expect("accepted");
+
+    let injected = albert
+        .requests()
+        .iter()
+        .filter(|r| r.outcome == AlbertOutcome::InjectedFailure)
+        .count();
+    assert_eq!(injected, 2 + 1 + 3 + 1);
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn world_file_failure_status_applies() {
+    let mut w = world_of(vec![spec(Lock::None)]);
+    w.activation_server.drm_handshake.fail_always = true;
+    w.activation_server.failure_status = Some(500);
+    let tb = start(w).await;
+    let udid = tb.udids()[0].clone();
+    let mut d = driver(&tb, &udid).await;
+    let answer = within(d.handshake()).await.expect("answer");
+    assert_eq!(answer.status, 500);
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_activated_phone_gets_no_new_record() {
+    let tb = start(default_world(4, 36)).await;
+    let dev = device(&tb, |d| {
+        d.activation_state == "Activated" && d.trust_delay_ms == 0
+    });
+    let mut d = driver(&tb, &dev.udid).await;
+    assert_eq!(state(&mut d).await, "Activated");
+    let info = info(&mut d).await;
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    assert_eq!(error_title(&answer), "Device Unknown");
+    assert!(!tb
+        .bench
+        .albert()
+        .requests()
+        .iter()
+        .any(|r| r.outcome == AlbertOutcome::Record));
+    assert_eq!(state(&mut d).await, "Activated");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unplugged_phone_never_takes_the_record_of_its_exchange() {
+    let tb = start(world_of(vec![spec(Lock::None)])).await;
+    let udid = tb.udids()[0].clone();
+    let mut d = driver(&tb, &udid).await;
+    let info = info(&mut d).await;
+    // A service started before the cable is pulled.
+    let started = within(
+        d.lockdown()
+            .start_service(station_protocol::mobileactivation::SERVICE, None),
+    )
+    .await
+    .expect("StartService");
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    let (body, headers) = record_of(&answer);
+
+    tb.bench.unplug(&udid).expect("unplug");
+    assert!(
+        within(d.hand_over(body.clone(), headers.clone()))
+            .await
+            .is_err(),
+        "the old connection and DeviceID are gone"
+    );
+
+    let new_id = tb.bench.plug(&udid).expect("plug");
+    assert_eq!(
+        connect(&tb.socket, new_id, started.port).await.err(),
+        Some(3),
+        "ports opened before the unplug are closed"
+    );
+    let mut again = driver(&tb, &udid).await;
+    let msg = refused(hand_over(&mut again, body, headers).await);
+    assert!(msg.contains("does not answer"), "{msg}");
+    assert_eq!(state(&mut again).await, "Unactivated");
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn legacy_activate_and_deactivate() {
+    let tb = start(world_of(vec![spec(Lock::None)])).await;
+    let udid = tb.udids()[0].clone();
+    let mut d = driver(&tb, &udid).await;
+    let info = info(&mut d).await;
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    let record = match answer.classify() {
+        ActivationResponse::Record { record, .. } => record,
+        other => panic!("{other:?}"),
+    };
+
+    let err = within(d.lockdown().activate(Value::from("garbage")))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.kind(),
+        Some(&LockdownErrorKind::InvalidActivationRecord)
+    );
+    within(d.lockdown().activate(Value::Dictionary(record)))
+        .await
+        .expect("Activate");
+    assert_eq!(state(&mut d).await, "Activated");
+
+    // mobileactivationd's DeactivateRequest: back to the activation screen.
+    within(d.command(&Command::Deactivate))
+        .await
+        .expect("service")
+        .expect("deactivated");
+    assert_eq!(state(&mut d).await, "Unactivated");
+    assert_eq!(
+        value(&mut d, "ActivationState").await,
+        Value::from("Unactivated")
+    );
+
+    // Without a session, lockdown refuses.
+    let mut plain = lockdown(&tb, &udid).await;
+    let r = call(
+        &mut plain,
+        "Activate",
+        vec![("ActivationRecord", Value::Dictionary(Default::default()))],
+    )
+    .await;
+    assert_eq!(error_of(&r), Some("SessionInactive"));
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_limits_and_routes() {
+    let tb = start(default_world(1, 37)).await;
+    let albert = tb.bench.albert().clone();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .expect("client");
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let big = vec![b'a'; station_sim::activation::albert::MAX_BODY + 1];
+    let r = within(
+        client
+            .post(albert.endpoint_url(Endpoint::DeviceActivation))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(big)
+            .send(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status(r), 413);
+    let r = within(
+        client
+            .get(albert.endpoint_url(Endpoint::DrmHandshake))
+            .send(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status(r), 405);
+    let r = within(client.post(format!("{}/other", albert.url())).send())
+        .await
+        .expect("answer");
+    assert_eq!(status(r), 404);
+    let r = within(
+        client
+            .post(albert.endpoint_url(Endpoint::DeviceActivation))
+            .header("Content-Type", "text/plain")
+            .body("x")
+            .send(),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status(r), 400);
+
+    let headers = vec![("Content-Type".to_string(), "text/plain".to_string())];
+    assert!(matches!(
+        classify_response(404, &headers, b""),
+        ActivationResponse::Unknown { .. }
+    ));
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn ready_info_describes_the_activation_side() {
+    let tb = start(default_world(5, 38)).await;
+    let ready = tb.bench.ready_info();
+    assert!(
+        ready.activation_url.starts_with("http://127.0.0.1:")
+            && ready.activation_url.ends_with("/deviceservices"),
+        "{}",
+        ready.activation_url
+    );
+    assert_eq!(ready.activation_url, tb.bench.activation_url());
+    assert_eq!(
+        format!("{}/deviceActivation", ready.activation_url),
+        tb.bench.albert().endpoint_url(Endpoint::DeviceActivation)
+    );
+    let locks: Vec<&str> = ready.devices.iter().map(|d| d.lock.as_str()).collect();
+    assert_eq!(locks, ["none", "none", "mdm", "user", "none"]);
+    let states: Vec<&str> = ready
+        .devices
+        .iter()
+        .map(|d| d.activation_state.as_str())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "Unactivated",
+            "Activated",
+            "Unactivated",
+            "Unactivated",
+            "Activated"
+        ]
+    );
+    let mdm = &ready.devices[2];
+    for code in mdm.codes.iter().chain(&mdm.stale_codes) {
+        assert_eq!(code.len(), 31);
+        assert!(BypassCode::parse(code).is_ok());
+    }
+    let json = ready.to_json();
+    assert!(json.contains("\"activation_url\""));
+    assert!(json.contains("\"lock\": \"mdm\""));
+    assert!(json.contains(&mdm.codes[0]));
+    assert!(json.contains("\"stale_codes\""));
+    tb.shutdown().await;
+}
