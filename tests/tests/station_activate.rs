@@ -1,0 +1,432 @@
+//! `station activate` end to end against the virtual bench: every outcome of issue 3,
+//! asserted through the station's JSON, the stand-in activation server's request log and
+//! libimobiledevice's view of the phone afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use station_sim::{Bench, BenchConfig, Endpoint, World};
+use station_tests::{require_tool, run_with_timeout, workspace_bin, Output, TOOL_TIMEOUT};
+
+const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
+const SECOND_GOOD: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+const UNKNOWN_TO_CSV: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
+const WRONG: &str = "PXH8M-QYJZA-2H1J-H9CV-HN5U-KDN7";
+const FOR_WRONG_TEST: &str = "D08HY-EJDEX-X91Q-8YYA-25YD-K857";
+
+/// One phone per case; indexes below.
+const WORLD: &str = r#"
+seed = 11
+
+[[device]]
+activation_state = "Unactivated"
+
+[[device]]
+lock = "mdm"
+codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+
+[[device]]
+lock = "mdm"
+codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
+stale_codes = ["TF27L-31WN1-E6FH-DMAM-52X5-NFV0"]
+
+[[device]]
+lock = "mdm"
+codes = ["J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17"]
+
+[[device]]
+lock = "user"
+
+[[device]]
+activation_state = "Activated"
+
+[[device]]
+lock = "mdm"
+codes = ["D08HY-EJDEX-X91Q-8YYA-25YD-K857"]
+"#;
+
+const CLEAN: usize = 0;
+const MDM: usize = 1;
+const STALE_AND_GOOD: usize = 2;
+const MDM_NO_CODE: usize = 3;
+const USER_LOCKED: usize = 4;
+const ACTIVATED: usize = 5;
+const MDM_WRONG_CODE: usize = 6;
+
+struct Fixture {
+    bench: Bench,
+    dir: tempfile::TempDir,
+    udids: Vec<String>,
+    serials: Vec<String>,
+}
+
+impl Fixture {
+    async fn start(world: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let world = World::from_toml(world, "test world").expect("world");
+        let mut config = BenchConfig::new(
+            dir.path().join("usbmuxd.sock"),
+            world,
+            dir.path().join("state"),
+        );
+        config.idle_timeout = Duration::from_secs(10);
+        let bench = tokio::time::timeout(Duration::from_secs(30), Bench::start(config))
+            .await
+            .expect("bench start in time")
+            .expect("bench");
+        let info = bench.ready_info();
+        let udids = info.devices.iter().map(|d| d.udid.clone()).collect();
+        let serials = info.devices.iter().map(|d| d.serial.clone()).collect();
+        Fixture {
+            bench,
+            dir,
+            udids,
+            serials,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("usbmuxd.sock")
+    }
+
+    /// A codes CSV in the bench's directory.
+    fn codes_csv(&self, rows: &[(usize, &str, &str)]) -> PathBuf {
+        let mut text =
+            String::from("serial_number,udid,bypass_code,code_kind,source,retrieved_at\n");
+        for (index, code, kind) in rows {
+            text.push_str(&format!(
+                "{},,{code},{kind},intune,2026-11-01T10:00:00Z\n",
+                self.serials[*index]
+            ));
+        }
+        let path = self.dir.path().join(format!("codes-{}.csv", rand_suffix()));
+        std::fs::write(&path, text).expect("write csv");
+        path
+    }
+
+    fn station_command(&self, args: &[&str], verbose: bool) -> Command {
+        let mut cmd = Command::new(workspace_bin("station"));
+        cmd.args(args)
+            .env(
+                "USBMUXD_SOCKET_ADDRESS",
+                format!("UNIX:{}", self.socket().display()),
+            )
+            .env("HOME", self.dir.path())
+            .env_remove("STATION_CONFIG")
+            .env("NO_COLOR", "1");
+        if verbose {
+            cmd.env("RUST_LOG", "trace");
+        } else {
+            cmd.env_remove("RUST_LOG");
+        }
+        cmd
+    }
+
+    async fn activate(&self, index: usize, codes: Option<&Path>, verbose: bool) -> (Output, Value) {
+        let udid = self.udids[index].clone();
+        let url = self.bench.activation_url().to_string();
+        let mut args = vec![
+            "--json".to_string(),
+            "activate".into(),
+            "--udid".into(),
+            udid,
+            "--activation-url".into(),
+            url,
+        ];
+        if let Some(path) = codes {
+            args.push("--codes".into());
+            args.push(path.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cmd = self.station_command(&args, verbose);
+        let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
+            .await
+            .expect("join");
+        let json: Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        (out, json)
+    }
+
+    /// What libimobiledevice's ideviceinfo reads as the phone's ActivationState.
+    async fn ideviceinfo_state(&self, index: usize) -> String {
+        let mut cmd = Command::new(require_tool("ideviceinfo"));
+        cmd.args(["-u", &self.udids[index], "-k", "ActivationState"])
+            .env(
+                "USBMUXD_SOCKET_ADDRESS",
+                format!("UNIX:{}", self.socket().display()),
+            )
+            .env("HOME", self.dir.path());
+        let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
+            .await
+            .expect("join");
+        out.assert_success();
+        out.stdout.trim().to_string()
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+fn outcome(json: &Value) -> &str {
+    json["outcome"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_of_a_single_phone() {
+    let f = Fixture::start(WORLD).await;
+    let csv = f.codes_csv(&[
+        (MDM, GOOD, "device"),
+        (STALE_AND_GOOD, STALE, "device"),
+        (STALE_AND_GOOD, SECOND_GOOD, "server"),
+        (MDM_NO_CODE, "", "unknown"),
+        (MDM_WRONG_CODE, WRONG, "device"),
+    ]);
+
+    // A clean phone activates; no lock form, no code.
+    let (out, json) = f.activate(CLEAN, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json["activation_locked"], false);
+    assert_eq!(json["serial"], f.serials[CLEAN]);
+    assert_eq!(f.ideviceinfo_state(CLEAN).await, "Activated");
+
+    // A locked phone with its code in the CSV: blank username, the code as password.
+    let (out, json) = f.activate(MDM, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(json["activation_locked"], true);
+    assert_eq!(json["codes_tried"], 1);
+    assert_eq!(json["released_by"]["code"], "3UM43-…-FKA4");
+    assert_eq!(json["released_by"]["kind"], "device");
+    assert_eq!(f.ideviceinfo_state(MDM).await, "Activated");
+    let submissions: Vec<_> = f
+        .bench
+        .albert()
+        .requests_for(&f.udids[MDM])
+        .into_iter()
+        .filter(|r| r.endpoint == Some(Endpoint::DeviceActivation) && r.password.is_some())
+        .collect();
+    assert_eq!(submissions.len(), 1, "{submissions:?}");
+    assert_eq!(
+        submissions[0].login.as_deref(),
+        Some(""),
+        "username must be blank"
+    );
+    assert_eq!(submissions[0].password.as_deref(), Some("3UM43-…-FKA4"));
+    assert!(
+        !submissions[0].fields.iter().any(|f| f == "activation-info"),
+        "resubmission must not resend activation-info: {:?}",
+        submissions[0].fields
+    );
+    assert!(submissions[0]
+        .fields
+        .iter()
+        .any(|f| f == "activation-info-base64"));
+    for request in f.bench.albert().requests() {
+        assert_eq!(
+            request.user_agent.as_deref(),
+            Some("iOS Device Activator (MobileActivation-592.103.2)")
+        );
+    }
+
+    // A stale and a good code: both tried, each once, in file order.
+    let (out, json) = f.activate(STALE_AND_GOOD, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(json["codes_tried"], 2);
+    assert_eq!(json["released_by"]["code"], "8LNYD-…-CT86");
+    let tried: Vec<String> = f
+        .bench
+        .albert()
+        .requests_for(&f.udids[STALE_AND_GOOD])
+        .into_iter()
+        .filter_map(|r| r.password)
+        .filter(|p| !p.is_empty())
+        .collect();
+    assert_eq!(
+        tried,
+        vec!["TF27L-…-NFV0".to_string(), "8LNYD-…-CT86".to_string()]
+    );
+
+    // Known to the MDM export, but no code: locked_no_code, and the phone stays locked.
+    let (out, json) = f.activate(MDM_NO_CODE, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "locked_no_code", "{out}");
+    assert_eq!(out.status.code(), Some(7));
+    assert!(json["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&f.serials[MDM_NO_CODE]));
+    assert_eq!(f.ideviceinfo_state(MDM_NO_CODE).await, "Unactivated");
+
+    // A wrong code: code_rejected after one try.
+    let (out, json) = f.activate(MDM_WRONG_CODE, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "code_rejected", "{out}");
+    assert_eq!(json["codes_tried"], 1);
+    assert_eq!(f.ideviceinfo_state(MDM_WRONG_CODE).await, "Unactivated");
+
+    // Locked to a personal account no source knows: user_locked, nothing submitted.
+    let (out, json) = f.activate(USER_LOCKED, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "user_locked", "{out}");
+    assert_eq!(json["codes_tried"], 0);
+
+    // Already activated: nothing asked of the server.
+    let before = f.bench.albert().requests_for(&f.udids[ACTIVATED]).len();
+    let (out, json) = f.activate(ACTIVATED, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "already_activated", "{out}");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        f.bench.albert().requests_for(&f.udids[ACTIVATED]).len(),
+        before
+    );
+
+    // No codes file at all: the lock cannot be released, and the message says why.
+    let (out, json) = f.activate(MDM_WRONG_CODE, None, false).await;
+    assert_eq!(outcome(&json), "locked_no_code", "{out}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--codes"),
+        "{out}"
+    );
+    f.bench.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_then_reported() {
+    let f = Fixture::start(WORLD).await;
+    let csv = f.codes_csv(&[(MDM, GOOD, "device")]);
+
+    // Two 503s on each endpoint, then success.
+    f.bench.albert().set_failures(Endpoint::DrmHandshake, 2);
+    f.bench.albert().set_failures(Endpoint::DeviceActivation, 2);
+    let (out, json) = f.activate(MDM, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+
+    // A server that keeps failing: server_error after bounded retries, phone untouched.
+    f.bench
+        .albert()
+        .set_fail_always(Endpoint::DrmHandshake, true);
+    let before = f.bench.albert().requests().len();
+    let (out, json) = f.activate(CLEAN, Some(&csv), false).await;
+    assert_eq!(outcome(&json), "server_error", "{out}");
+    assert_eq!(out.status.code(), Some(8));
+    assert!(
+        json["message"].as_str().unwrap_or_default().contains("503"),
+        "{out}"
+    );
+    let attempts = f.bench.albert().requests().len() - before;
+    assert_eq!(attempts, 4, "bounded retries");
+    assert_eq!(f.ideviceinfo_state(CLEAN).await, "Unactivated");
+    f.bench.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplugging_during_the_exchange_ends_interrupted() {
+    let f = Fixture::start(WORLD).await;
+    // Slow server: the phone is pulled while the station waits for it.
+    f.bench.albert().set_latency(Duration::from_millis(1500));
+    let udid = f.udids[CLEAN].clone();
+    let run = f.activate(CLEAN, None, false);
+    let unplug = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // The log fills as answers go out: after the handshake answer the station still has
+        // the deviceActivation round trip (another 1.5 s) ahead of it.
+        while f.bench.albert().requests().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the station never reached the server"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f.bench.unplug(&udid).expect("unplug");
+    };
+    let ((out, json), ()) = tokio::join!(run, unplug);
+    assert_eq!(outcome(&json), "interrupted", "{out}");
+    assert_eq!(out.status.code(), Some(9));
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("plug it back in"),
+        "{out}"
+    );
+    f.bench.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_bypass_code_is_ever_printed_whole() {
+    let f = Fixture::start(WORLD).await;
+    let csv = f.codes_csv(&[
+        (MDM, GOOD, "device"),
+        (STALE_AND_GOOD, STALE, "device"),
+        (STALE_AND_GOOD, SECOND_GOOD, "server"),
+        (MDM_WRONG_CODE, WRONG, "device"),
+    ]);
+    let mut written = String::new();
+    for index in [MDM, STALE_AND_GOOD, MDM_WRONG_CODE, USER_LOCKED] {
+        let (out, _) = f.activate(index, Some(&csv), true).await;
+        written.push_str(&out.stdout);
+        written.push_str(&out.stderr);
+    }
+    // A codes file with a bad row: the error names the line, not the code.
+    let bad = f.dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!(
+            "serial_number,udid,bypass_code,code_kind,source,retrieved_at\n{},,{}O,device,,\n",
+            f.serials[MDM],
+            &GOOD[..30]
+        ),
+    )
+    .expect("write");
+    let cmd = f.station_command(
+        &[
+            "activate",
+            "--udid",
+            &f.udids[MDM],
+            "--codes",
+            bad.to_str().expect("utf-8"),
+        ],
+        true,
+    );
+    let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
+        .await
+        .expect("join");
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("line 2"), "{out}");
+    written.push_str(&out.stdout);
+    written.push_str(&out.stderr);
+
+    assert!(
+        written.contains("TRACE") || written.contains("trace"),
+        "trace logging was on"
+    );
+    for code in [
+        GOOD,
+        STALE,
+        SECOND_GOOD,
+        WRONG,
+        UNKNOWN_TO_CSV,
+        FOR_WRONG_TEST,
+    ] {
+        let compact = code.replace('-', "");
+        for form in [
+            code.to_string(),
+            compact.clone(),
+            code.to_lowercase(),
+            compact.to_lowercase(),
+            code[..30].to_string(),
+        ] {
+            assert!(
+                !written.contains(&form),
+                "a bypass code appeared whole ({form})"
+            );
+        }
+    }
+    f.bench.shutdown().await;
+}
