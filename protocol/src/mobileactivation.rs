@@ -16,7 +16,9 @@ pub enum Command {
     /// Starts the session-mode handshake; answers `HandshakeRequestMessage` & co.
     CreateTunnel1SessionInfo,
     /// `handshake_response`: the drmHandshake HTTP response body, passed as data.
-    CreateTunnel1ActivationInfo { handshake_response: Vec<u8> },
+    CreateTunnel1ActivationInfo {
+        handshake_response: Vec<u8>,
+    },
     /// `body`: the raw deviceActivation response; `headers`: its HTTP response headers
     /// (mandatory since iOS 11.2).
     HandleActivationInfoWithSession {
@@ -25,7 +27,9 @@ pub enum Command {
     },
     /// Pre-iOS 10 (non-session) forms.
     CreateActivationInfo,
-    HandleActivationInfo { record: plist::Value },
+    HandleActivationInfo {
+        record: plist::Value,
+    },
     Deactivate,
 }
 
@@ -42,7 +46,9 @@ impl Command {
             Command::GetActivationState => "GetActivationStateRequest",
             Command::CreateTunnel1SessionInfo => "CreateTunnel1SessionInfoRequest",
             Command::CreateTunnel1ActivationInfo { .. } => "CreateTunnel1ActivationInfoRequest",
-            Command::HandleActivationInfoWithSession { .. } => "HandleActivationInfoWithSessionRequest",
+            Command::HandleActivationInfoWithSession { .. } => {
+                "HandleActivationInfoWithSessionRequest"
+            }
             Command::CreateActivationInfo => "CreateActivationInfoRequest",
             Command::HandleActivationInfo { .. } => "HandleActivationInfoRequest",
             Command::Deactivate => "DeactivateRequest",
@@ -54,7 +60,10 @@ impl Command {
         d.insert("Command".into(), self.name().into());
         match self {
             Command::CreateTunnel1ActivationInfo { handshake_response } => {
-                d.insert("Value".into(), plist::Value::Data(handshake_response.clone()));
+                d.insert(
+                    "Value".into(),
+                    plist::Value::Data(handshake_response.clone()),
+                );
             }
             Command::HandleActivationInfoWithSession { body, headers } => {
                 d.insert("Value".into(), plist::Value::Data(body.clone()));
@@ -62,7 +71,10 @@ impl Command {
                     .iter()
                     .map(|(k, v)| (k.clone(), plist::Value::from(v.clone())))
                     .collect();
-                d.insert("ActivationResponseHeaders".into(), plist::Value::Dictionary(headers));
+                d.insert(
+                    "ActivationResponseHeaders".into(),
+                    plist::Value::Dictionary(headers),
+                );
             }
             Command::HandleActivationInfo { record } => {
                 d.insert("Value".into(), record.clone());
@@ -74,9 +86,9 @@ impl Command {
 
     /// Parses a request (the phone's side, used by the simulator).
     pub fn from_plist(value: &plist::Value) -> Result<Self, MobileActivationError> {
-        let d = value
-            .as_dictionary()
-            .ok_or_else(|| MobileActivationError::Malformed("request is not a dictionary".into()))?;
+        let d = value.as_dictionary().ok_or_else(|| {
+            MobileActivationError::Malformed("request is not a dictionary".into())
+        })?;
         let name = d
             .get("Command")
             .and_then(|v| v.as_string())
@@ -85,7 +97,9 @@ impl Command {
             d.get("Value")
                 .and_then(|v| v.as_data())
                 .map(<[u8]>::to_vec)
-                .ok_or_else(|| MobileActivationError::Malformed(format!("{what} without data Value")))
+                .ok_or_else(|| {
+                    MobileActivationError::Malformed(format!("{what} without data Value"))
+                })
         };
         Ok(match name {
             "GetActivationStateRequest" => Command::GetActivationState,
@@ -107,10 +121,9 @@ impl Command {
             },
             "CreateActivationInfoRequest" => Command::CreateActivationInfo,
             "HandleActivationInfoRequest" => Command::HandleActivationInfo {
-                record: d
-                    .get("Value")
-                    .cloned()
-                    .ok_or_else(|| MobileActivationError::Malformed(format!("{name} without Value")))?,
+                record: d.get("Value").cloned().ok_or_else(|| {
+                    MobileActivationError::Malformed(format!("{name} without Value"))
+                })?,
             },
             "DeactivateRequest" => Command::Deactivate,
             other => return Err(MobileActivationError::UnknownCommand(other.to_string())),
@@ -122,7 +135,10 @@ impl Command {
 pub enum MobileActivationError {
     /// The daemon's own `Error` text (an NSError description).
     #[error("mobileactivationd refused {command}: {message}")]
-    Refused { command: &'static str, message: String },
+    Refused {
+        command: &'static str,
+        message: String,
+    },
     #[error("malformed mobileactivationd message: {0}")]
     Malformed(String),
     #[error("unknown mobileactivationd command {0:?}")]
@@ -137,11 +153,17 @@ pub async fn send_command<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut PlistChannel<S>,
     command: &Command,
 ) -> Result<Option<plist::Value>, MobileActivationError> {
-    channel.send_as(&command.to_plist(), PlistFormat::Binary).await?;
+    channel
+        .send_as(&command.to_plist(), PlistFormat::Binary)
+        .await?;
     let reply = channel.recv().await?;
     let mut reply = match reply {
         plist::Value::Dictionary(d) => d,
-        _ => return Err(MobileActivationError::Malformed("reply is not a dictionary".into())),
+        _ => {
+            return Err(MobileActivationError::Malformed(
+                "reply is not a dictionary".into(),
+            ))
+        }
     };
     if let Some(message) = reply.get("Error").and_then(|v| v.as_string()) {
         return Err(MobileActivationError::Refused {
@@ -168,7 +190,10 @@ pub fn dictionary(
 ) -> Result<plist::Dictionary, MobileActivationError> {
     match value {
         Some(plist::Value::Dictionary(d)) => Ok(d),
-        _ => Err(MobileActivationError::Malformed(format!("{} did not answer a dictionary", command.name()))),
+        _ => Err(MobileActivationError::Malformed(format!(
+            "{} did not answer a dictionary",
+            command.name()
+        ))),
     }
 }
 
@@ -187,17 +212,24 @@ mod tests {
         let commands = [
             Command::GetActivationState,
             Command::CreateTunnel1SessionInfo,
-            Command::CreateTunnel1ActivationInfo { handshake_response: b"<plist/>".to_vec() },
+            Command::CreateTunnel1ActivationInfo {
+                handshake_response: b"<plist/>".to_vec(),
+            },
             Command::HandleActivationInfoWithSession {
                 body: b"record".to_vec(),
                 headers: vec![("Content-Type".into(), "text/xml".into())],
             },
             Command::CreateActivationInfo,
-            Command::HandleActivationInfo { record: dict([("A", plist::Value::from("b"))]) },
+            Command::HandleActivationInfo {
+                record: dict([("A", plist::Value::from("b"))]),
+            },
             Command::Deactivate,
         ];
         for command in commands {
-            assert_eq!(Command::from_plist(&command.to_plist()).expect("parse"), command);
+            assert_eq!(
+                Command::from_plist(&command.to_plist()).expect("parse"),
+                command
+            );
         }
     }
 
@@ -209,9 +241,18 @@ mod tests {
         }
         .to_plist();
         let d = value.as_dictionary().expect("dict");
-        assert_eq!(d.get("Value").and_then(|v| v.as_data()), Some(&[1u8, 2][..]));
-        let headers = d.get("ActivationResponseHeaders").and_then(|v| v.as_dictionary()).expect("headers");
-        assert_eq!(headers.get("X-Apple-Header").and_then(|v| v.as_string()), Some("v"));
+        assert_eq!(
+            d.get("Value").and_then(|v| v.as_data()),
+            Some(&[1u8, 2][..])
+        );
+        let headers = d
+            .get("ActivationResponseHeaders")
+            .and_then(|v| v.as_dictionary())
+            .expect("headers");
+        assert_eq!(
+            headers.get("X-Apple-Header").and_then(|v| v.as_string()),
+            Some("v")
+        );
     }
 
     #[tokio::test]
@@ -219,30 +260,53 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let phone = tokio::spawn(async move {
             let mut raw_len = [0u8; 4];
-            tokio::io::AsyncReadExt::read_exact(&mut b, &mut raw_len).await.expect("len");
+            tokio::io::AsyncReadExt::read_exact(&mut b, &mut raw_len)
+                .await
+                .expect("len");
             let mut body = vec![0u8; u32::from_be_bytes(raw_len) as usize];
-            tokio::io::AsyncReadExt::read_exact(&mut b, &mut body).await.expect("body");
+            tokio::io::AsyncReadExt::read_exact(&mut b, &mut body)
+                .await
+                .expect("body");
             assert!(body.starts_with(b"bplist00"));
-            write_frame(&mut b, &dict([("Value", plist::Value::from("Unactivated"))]), PlistFormat::Xml)
-                .await
-                .expect("reply");
+            write_frame(
+                &mut b,
+                &dict([("Value", plist::Value::from("Unactivated"))]),
+                PlistFormat::Xml,
+            )
+            .await
+            .expect("reply");
             let _ = read_frame(&mut b).await.expect("second");
-            write_frame(&mut b, &dict([("Error", plist::Value::from("Failed to establish session."))]), PlistFormat::Xml)
-                .await
-                .expect("error");
+            write_frame(
+                &mut b,
+                &dict([("Error", plist::Value::from("Failed to establish session."))]),
+                PlistFormat::Xml,
+            )
+            .await
+            .expect("error");
         });
         let mut channel = PlistChannel::new(a);
-        let state = send_command(&mut channel, &Command::GetActivationState).await.expect("state");
+        let state = send_command(&mut channel, &Command::GetActivationState)
+            .await
+            .expect("state");
         assert_eq!(activation_state(state).expect("string"), "Unactivated");
-        let err = send_command(&mut channel, &Command::CreateTunnel1SessionInfo).await.expect_err("refused");
-        assert!(matches!(err, MobileActivationError::Refused { command: "CreateTunnel1SessionInfoRequest", ref message } if message == "Failed to establish session."));
+        let err = send_command(&mut channel, &Command::CreateTunnel1SessionInfo)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, MobileActivationError::Refused { command: "CreateTunnel1SessionInfoRequest", ref message } if message == "Failed to establish session.")
+        );
         phone.await.expect("phone");
     }
 
     #[test]
     fn only_unactivated_needs_activation() {
         assert!(!is_activated("Unactivated"));
-        for s in ["Activated", "FactoryActivated", "SoftActivation", "MismatchedICCID"] {
+        for s in [
+            "Activated",
+            "FactoryActivated",
+            "SoftActivation",
+            "MismatchedICCID",
+        ] {
             assert!(is_activated(s));
         }
     }
