@@ -93,9 +93,22 @@ pub enum Command {
         #[arg(long)]
         multipart: bool,
     },
+    /// Check or print the station's configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Forget the pairing on the phone and delete the stored record.
     Unpair {
         #[arg(short, long)]
         udid: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the configuration file and say what the station would do with it.
+    Check,
+    /// Print a commented example configuration (it passes `config check`).
+    Example,
 }

@@ -100,16 +100,17 @@ fn bench(cli: &Cli, config: &StationConfig) -> Result<Bench, StationError> {
 }
 
 fn load_config(cli: &Cli) -> Result<StationConfig, StationError> {
-    match &cli.config {
-        Some(path) => StationConfig::load(path).map_err(|e| {
-            StationError::new("config-invalid", exit::USAGE, e.to_string())
-                .help("run `station config check` once it exists, or fix the line named above")
-        }),
+    match StationConfig::discover(cli.config.as_deref()) {
+        Some(path) => StationConfig::load(&path).map_err(commands::config::invalid),
         None => Ok(StationConfig::default()),
     }
 }
 
 async fn run(cli: Cli) -> Result<u8, StationError> {
+    // Config commands work on a broken file: that is what they are for.
+    if let Command::Config { action } = &cli.command {
+        return commands::config::run(action, cli.config.as_deref(), cli.json);
+    }
     let config = load_config(&cli)?;
     let bench = bench(&cli, &config)?;
     let mut out = std::io::stdout().lock();
@@ -201,6 +202,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                 writeln!(out, "{udid}: {outcome}: {}", report.message)
             }
         }
+        Command::Config { .. } => Ok(()),
         Command::Unpair { udid } => {
             let existed = commands::pair::unpair(&bench, udid).await?;
             if cli.json {

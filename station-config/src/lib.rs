@@ -1,64 +1,21 @@
-//! The station's configuration file (TOML). Strict: unknown keys are errors, so a typo never
-//! silently falls back to a default.
+//! The station's configuration file (TOML). Strict: an unknown key is an error that names
+//! the nearest valid key, and a wrong type or value names the file, line and column, so a
+//! typo never silently falls back to a default. Secrets are references, never inline.
+
+mod schema;
+mod secret;
+mod suggest;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+pub use schema::*;
+pub use secret::{read_private_file, Secret, SecretError, SecretString};
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StationConfig {
-    #[serde(default)]
-    pub station: Station,
-    #[serde(default)]
-    pub usbmuxd: Usbmuxd,
-    #[serde(default)]
-    pub pairing: Pairing,
-}
+/// A commented configuration that passes the check (`station config example`).
+pub const EXAMPLE: &str = include_str!("../example.toml");
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Station {
-    /// Names this station in the ledger and reports.
-    #[serde(default = "default_station_id")]
-    pub id: String,
-    /// Seconds to wait for usbmuxd and for each answer of a phone.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-}
-
-impl Default for Station {
-    fn default() -> Self {
-        Station {
-            id: default_station_id(),
-            timeout_secs: default_timeout_secs(),
-        }
-    }
-}
-
-fn default_station_id() -> String {
-    "station-1".to_string()
-}
-
-fn default_timeout_secs() -> u64 {
-    10
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Usbmuxd {
-    /// `UNIX:/path`, `/path` or `host:port`; `USBMUXD_SOCKET_ADDRESS` and the default
-    /// `/var/run/usbmuxd` apply when absent.
-    pub address: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Pairing {
-    /// Keep pair records in this directory (`/var/lib/lockdown` layout) instead of asking
-    /// usbmuxd to store them.
-    pub records_dir: Option<PathBuf>,
-}
+/// Environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "STATION_CONFIG";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,17 +24,33 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// `location` is `path:line:column` when known.
+    #[error("{location}: {message}")]
+    Invalid { location: String, message: String },
 }
 
 impl StationConfig {
+    /// Parses `text`; `path` names the file in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: StationConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        let config: StationConfig = toml::from_str(text).map_err(|e| {
+            let location = match e.span() {
+                Some(span) => {
+                    let (line, column) = line_column(text, span.start);
+                    format!("{}:{line}:{column}", path.display())
+                }
+                None => path.display().to_string(),
+            };
+            ConfigError::Invalid {
+                location,
+                message: suggest::explain(e.message()),
+            }
         })?;
-        config.validate(path)?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                location: locate_key(text, path, &key),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -89,66 +62,74 @@ impl StationConfig {
         Self::parse(&text, path)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        if self.station.id.trim().is_empty() {
-            return Err(invalid("station.id must not be empty".into()));
+    /// The file to use: `explicit` (`--config`), else `STATION_CONFIG`, else the first that
+    /// exists of `$XDG_CONFIG_HOME/station/station.toml` (or `~/.config/…`) and
+    /// `/etc/station/station.toml`. `None`: run on defaults.
+    pub fn discover(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_path_buf());
         }
-        if !(1..=600).contains(&self.station.timeout_secs) {
-            return Err(invalid(format!(
-                "station.timeout_secs = {} is out of range 1..=600",
-                self.station.timeout_secs
-            )));
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+            return Some(PathBuf::from(path));
         }
-        Ok(())
+        let user = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .map(|dir| dir.join("station").join("station.toml"));
+        user.into_iter()
+            .chain([PathBuf::from("/etc/station/station.toml")])
+            .find(|p| p.is_file())
     }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// `path:line:column` of a dotted key such as `station.concurrency` or
+/// `codes.sources[1].tenant`, found by a plain scan of the document (good enough for
+/// pointing an operator at the line).
+fn locate_key(text: &str, path: &Path, key: &str) -> String {
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let (table, index) = match table.split_once('[') {
+        Some((t, rest)) => (t, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let mut current = String::new();
+    let mut seen = 0usize;
+    for (number, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed
+            .strip_prefix("[[")
+            .and_then(|h| h.split("]]").next())
+        {
+            current = header.trim().to_string();
+            if current == table {
+                seen += 1;
+            }
+            continue;
+        }
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            current = header.trim().to_string();
+            continue;
+        }
+        let in_table = current == table && index.is_none_or(|i| seen == i + 1);
+        let key_here = trimmed
+            .split('=')
+            .next()
+            .map(|k| k.trim().trim_matches('"'))
+            == Some(leaf);
+        if in_table && key_here {
+            let column = line.len() - line.trim_start().len() + 1;
+            return format!("{}:{}:{column}", path.display(), number + 1);
+        }
+    }
+    format!("{} ({key})", path.display())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<StationConfig, ConfigError> {
-        StationConfig::parse(text, Path::new("station.toml"))
-    }
-
-    #[test]
-    fn empty_file_gives_defaults() {
-        let config = parse("").expect("defaults");
-        assert_eq!(config.station.id, "station-1");
-        assert_eq!(config.station.timeout_secs, 10);
-        assert_eq!(config.usbmuxd.address, None);
-    }
-
-    #[test]
-    fn full_file_parses() {
-        let config = parse(
-            "[station]\nid = \"bench-7\"\ntimeout_secs = 20\n[usbmuxd]\naddress = \"UNIX:/run/x.sock\"\n[pairing]\nrecords_dir = \"/var/lib/station/lockdown\"\n",
-        )
-        .expect("parse");
-        assert_eq!(config.station.id, "bench-7");
-        assert_eq!(config.usbmuxd.address.as_deref(), Some("UNIX:/run/x.sock"));
-        assert_eq!(
-            config.pairing.records_dir,
-            Some(PathBuf::from("/var/lib/station/lockdown"))
-        );
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_with_their_name_and_line() {
-        let err = parse("[station]\nid = \"a\"\ntimeout_sec = 3\n").expect_err("typo");
-        let text = err.to_string();
-        assert!(text.contains("timeout_sec"), "{text}");
-        assert!(text.contains("line 3"), "{text}");
-    }
-
-    #[test]
-    fn bad_values_are_rejected() {
-        assert!(parse("[station]\ntimeout_secs = 0\n").is_err());
-        assert!(parse("[station]\nid = \"  \"\n").is_err());
-        assert!(parse("[station]\ntimeout_secs = \"ten\"\n").is_err());
-    }
-}
+mod tests;

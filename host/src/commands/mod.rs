@@ -1,4 +1,5 @@
 pub mod activate;
+pub mod config;
 pub mod devices;
 pub mod info;
 pub mod pair;

@@ -1,0 +1,482 @@
+//! The configuration's types, their defaults and their checks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::secret::Secret;
+
+/// The whole file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    #[serde(default)]
+    pub station: Station,
+    #[serde(default)]
+    pub usbmuxd: Usbmuxd,
+    #[serde(default)]
+    pub pairing: Pairing,
+    #[serde(default)]
+    pub activation: Activation,
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default)]
+    pub ui: Ui,
+    /// usbmuxd `LocationID` (`0x00010002` or decimal) or USB port path (`1-1.4.2`) → the
+    /// label printed on the bench (`A3`).
+    #[serde(default, deserialize_with = "slots")]
+    pub slots: BTreeMap<SlotKey, String>,
+    #[serde(default)]
+    pub codes: Codes,
+}
+
+/// A key of the slot map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SlotKey {
+    Location(u32),
+    PortPath(String),
+}
+
+impl SlotKey {
+    pub fn parse(text: &str) -> Option<SlotKey> {
+        let text = text.trim();
+        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            return u32::from_str_radix(hex, 16).ok().map(SlotKey::Location);
+        }
+        if let Ok(n) = text.parse::<u32>() {
+            return Some(SlotKey::Location(n));
+        }
+        // `bus-port[.port…]`, as in /sys/bus/usb/devices.
+        let (bus, ports) = text.split_once('-')?;
+        let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        (numeric(bus) && ports.split('.').all(numeric)).then(|| SlotKey::PortPath(text.to_string()))
+    }
+}
+
+fn slots<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<SlotKey, String>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    for (key, label) in raw {
+        let parsed = SlotKey::parse(&key).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "slot `{key}`: expected a usbmuxd LocationID (0x00010002 or 65538) or a USB port path (1-1.4.2)"
+            ))
+        })?;
+        if label.trim().is_empty() || label.len() > 16 {
+            return Err(serde::de::Error::custom(format!(
+                "slot `{key}`: label must be 1 to 16 characters"
+            )));
+        }
+        out.insert(parsed, label);
+    }
+    Ok(out)
+}
+
+impl StationConfig {
+    /// The bench label of the phone at `location_id`, if the slot map names it.
+    pub fn slot_label(&self, location_id: u32) -> Option<&str> {
+        self.slots
+            .get(&SlotKey::Location(location_id))
+            .map(String::as_str)
+    }
+
+    /// Checks that need more than one field. Returns the dotted key at fault.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        if self.station.id.trim().is_empty() || self.station.id.len() > 64 {
+            return Err((
+                "station.id".into(),
+                "station.id must be 1 to 64 characters".into(),
+            ));
+        }
+        if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
+            return Err((
+                "retry.initial_backoff_ms".into(),
+                "retry.initial_backoff_ms must not exceed retry.max_backoff_ms".into(),
+            ));
+        }
+        if !(self.activation.url.starts_with("https://")
+            || self.activation.url.starts_with("http://"))
+        {
+            return Err((
+                "activation.url".into(),
+                "activation.url must be an http(s) URL".into(),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (index, source) in self.codes.sources.iter().enumerate() {
+            let at = |key: &str| format!("codes.sources[{index}].{key}");
+            if !names.insert(source.name().to_string()) {
+                return Err((
+                    at("name"),
+                    format!(
+                        "two code sources are named `{}`: give each a distinct `name`",
+                        source.name()
+                    ),
+                ));
+            }
+            if let SourceConfig::Intune(intune) = source {
+                match (&intune.client_secret, &intune.certificate) {
+                    (None, None) => {
+                        return Err((
+                            at("client_id"),
+                            "an intune source needs `client_secret` or `certificate`".into(),
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err((
+                            at("certificate"),
+                            "give either `client_secret` or `certificate`, not both".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+                for (key, url) in [
+                    ("token_url", &intune.token_url),
+                    ("graph_url", &intune.graph_url),
+                ] {
+                    if url
+                        .as_deref()
+                        .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
+                    {
+                        return Err((at(key), format!("{key} must be an http(s) URL")));
+                    }
+                }
+            }
+            if let SourceConfig::Kandji(kandji) = source {
+                if !(kandji.api_url.starts_with("https://")
+                    || kandji.api_url.starts_with("http://"))
+                {
+                    return Err((at("api_url"), "api_url must be an http(s) URL".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+macro_rules! ranged {
+    ($name:ident, $ty:ty, $min:expr, $max:expr) => {
+        fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+            let value = <$ty>::deserialize(d)?;
+            if !($min..=$max).contains(&value) {
+                return Err(serde::de::Error::custom(format!(
+                    "{value} is out of range {}..={}",
+                    $min, $max
+                )));
+            }
+            Ok(value)
+        }
+    };
+}
+
+ranged!(concurrency_range, u32, 1, 256);
+ranged!(timeout_range, u64, 1, 600);
+ranged!(attempts_range, u32, 1, 20);
+ranged!(backoff_range, u64, 0, 600_000);
+ranged!(hook_timeout_range, u64, 1, 300);
+ranged!(wait_range, u64, 0, 3600);
+
+fn rate_range<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if !(0.1..=50.0).contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "{value} is out of range 0.1..=50"
+        )));
+    }
+    Ok(value)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Station {
+    /// Names this station in the ledger and reports.
+    pub id: String,
+    /// Ledger and caches.
+    pub data_dir: PathBuf,
+    /// Phones worked on at once; the rest wait in a queue.
+    #[serde(deserialize_with = "concurrency_range")]
+    pub concurrency: u32,
+    /// Seconds to wait for usbmuxd and for each answer of a phone.
+    #[serde(deserialize_with = "timeout_range")]
+    pub timeout_secs: u64,
+}
+
+impl Default for Station {
+    fn default() -> Self {
+        Station {
+            id: "station-1".to_string(),
+            data_dir: default_data_dir(),
+            concurrency: 10,
+            timeout_secs: 10,
+        }
+    }
+}
+
+/// `/var/lib/station` for root (a bench box), else `$XDG_DATA_HOME/station`.
+fn default_data_dir() -> PathBuf {
+    let root = std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::env::var_os("HOME").is_some_and(|h| h == "/root");
+    if root {
+        return PathBuf::from("/var/lib/station");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map_or_else(|| PathBuf::from("station-data"), |d| d.join("station"))
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Usbmuxd {
+    /// `UNIX:/path`, `/path` or `host:port`; `USBMUXD_SOCKET_ADDRESS` and then
+    /// `/var/run/usbmuxd` apply when absent.
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pairing {
+    /// Keep pair records in this directory (`/var/lib/lockdown` layout) instead of usbmuxd.
+    pub records_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Urlencoded,
+    Multipart,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Activation {
+    /// Apple's server by default; a stand-in's base URL for the virtual bench.
+    pub url: String,
+    #[serde(deserialize_with = "timeout_range")]
+    pub timeout_secs: u64,
+    pub encoding: Encoding,
+}
+
+impl Default for Activation {
+    fn default() -> Self {
+        Activation {
+            url: "https://albert.apple.com".to_string(),
+            timeout_secs: 30,
+            encoding: Encoding::Urlencoded,
+        }
+    }
+}
+
+/// Bounded retries with exponential backoff for transient failures.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    #[serde(deserialize_with = "attempts_range")]
+    pub attempts: u32,
+    #[serde(deserialize_with = "backoff_range")]
+    pub initial_backoff_ms: u64,
+    #[serde(deserialize_with = "backoff_range")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 4,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 8000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ui {
+    #[serde(default)]
+    pub color: ColorMode,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Codes {
+    /// Tried in order; codes from all sources that answer are merged.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One bypass-code source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Csv(CsvSource),
+    Intune(IntuneSource),
+    Kandji(KandjiSource),
+    Command(CommandSource),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Csv(_) => "csv",
+            SourceConfig::Intune(_) => "intune",
+            SourceConfig::Kandji(_) => "kandji",
+            SourceConfig::Command(_) => "command",
+        }
+    }
+
+    /// The label in reports: `name`, or the type.
+    pub fn name(&self) -> &str {
+        let name = match self {
+            SourceConfig::Csv(s) => &s.name,
+            SourceConfig::Intune(s) => &s.name,
+            SourceConfig::Kandji(s) => &s.name,
+            SourceConfig::Command(s) => &s.name,
+        };
+        name.as_deref().unwrap_or(self.kind())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSource {
+    pub name: Option<String>,
+    pub path: PathBuf,
+}
+
+/// Microsoft national clouds (mdm.md §1.6).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    #[default]
+    Global,
+    Usgov,
+    Dod,
+    China,
+}
+
+impl Cloud {
+    /// Entra token host.
+    pub fn login_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::Usgov | Cloud::Dod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// Graph root (without `/v1.0`).
+    pub fn graph_root(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::Dod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+}
+
+/// An app registration's certificate credential (PEM files; the key file must be private).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateCredential {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+fn default_rate() -> f64 {
+    5.0
+}
+
+fn default_action_wait() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntuneSource {
+    pub name: Option<String>,
+    /// Tenant GUID or verified domain.
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub certificate: Option<CertificateCredential>,
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Overrides for stand-ins: the token endpoint URL and the Graph root.
+    pub token_url: Option<String>,
+    pub graph_url: Option<String>,
+    /// Request budget, below Graph's Intune limits.
+    #[serde(default = "default_rate", deserialize_with = "rate_range")]
+    pub max_requests_per_second: f64,
+    /// Opt-in: trigger `bypassActivationLock` when no code is available.
+    #[serde(default)]
+    pub bypass_action: bool,
+    /// Seconds to wait after the action before activating again.
+    #[serde(default = "default_action_wait", deserialize_with = "wait_range")]
+    pub bypass_action_wait_secs: u64,
+}
+
+impl IntuneSource {
+    pub fn token_url(&self) -> String {
+        self.token_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/{}/oauth2/v2.0/token",
+                self.cloud.login_host(),
+                self.tenant
+            )
+        })
+    }
+
+    pub fn graph_root(&self) -> String {
+        self.graph_url
+            .clone()
+            .unwrap_or_else(|| self.cloud.graph_root().to_string())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// OAuth scope: the cloud's Graph root + `/.default` (the real cloud even with a
+    /// stand-in URL, as a token for the real audience is what Graph expects).
+    pub fn scope(&self) -> String {
+        format!("{}/.default", self.cloud.graph_root())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KandjiSource {
+    pub name: Option<String>,
+    /// `https://<subdomain>.api.kandji.io` or `.api.eu.kandji.io`.
+    pub api_url: String,
+    pub token: Secret,
+}
+
+fn default_hook_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSource {
+    pub name: Option<String>,
+    /// Run directly (no shell) with STATION_SERIAL / STATION_UDID in its environment.
+    pub program: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(
+        default = "default_hook_timeout",
+        deserialize_with = "hook_timeout_range"
+    )]
+    pub timeout_secs: u64,
+}

@@ -1,0 +1,128 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<StationConfig, ConfigError> {
+    StationConfig::parse(text, Path::new("station.toml"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("should be refused").to_string()
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let config = parse("").expect("defaults");
+    assert_eq!(config.station.id, "station-1");
+    assert_eq!(config.station.concurrency, 10);
+    assert_eq!(config.station.timeout_secs, 10);
+    assert_eq!(config.activation.url, "https://albert.apple.com");
+    assert_eq!(config.retry.attempts, 4);
+    assert!(config.codes.sources.is_empty());
+}
+
+#[test]
+fn the_example_passes_and_says_what_it_does() {
+    let config = parse(EXAMPLE).expect("example must pass the check");
+    assert_eq!(config.station.id, "bench-1");
+    assert_eq!(config.codes.sources.len(), 1);
+    assert_eq!(config.slot_label(0x0001_0002), Some("A1"));
+    assert_eq!(
+        config
+            .slots
+            .get(&SlotKey::PortPath("1-1.4.2".into()))
+            .map(String::as_str),
+        Some("B1")
+    );
+    // The commented sources are valid too once uncommented.
+    let start = EXAMPLE
+        .find("# [[codes.sources]]")
+        .expect("commented sources");
+    let (head, tail) = EXAMPLE.split_at(start);
+    let tail: Vec<&str> = tail
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|r| !r.starts_with('#'))
+                .unwrap_or(l)
+        })
+        .collect();
+    let uncommented = format!("{head}{}", tail.join("\n"));
+    let all = parse(&uncommented).expect("all sources");
+    let kinds: Vec<&str> = all.codes.sources.iter().map(SourceConfig::kind).collect();
+    assert_eq!(kinds, vec!["csv", "intune", "kandji", "command"]);
+}
+
+#[test]
+fn unknown_keys_name_the_nearest_valid_key_and_the_line() {
+    let text = error("[station]\nid = \"a\"\nconcurency = 3\n");
+    assert!(text.starts_with("station.toml:3:1:"), "{text}");
+    assert!(text.contains("did you mean `concurrency`?"), "{text}");
+    let text = error("[stations]\nid = \"a\"\n");
+    assert!(text.contains("did you mean `station`?"), "{text}");
+}
+
+#[test]
+fn wrong_types_and_values_point_at_the_value() {
+    let text = error("[station]\nconcurrency = \"ten\"\n");
+    assert!(text.starts_with("station.toml:2:15:"), "{text}");
+    let text = error("[station]\n\nconcurrency = 0\n");
+    assert!(text.starts_with("station.toml:3:15:"), "{text}");
+    assert!(text.contains("out of range 1..=256"), "{text}");
+    let text = error("[activation]\nencoding = \"xml\"\n");
+    assert!(text.contains("station.toml:2:"), "{text}");
+    let text = error("[retry]\ninitial_backoff_ms = 9000\nmax_backoff_ms = 10\n");
+    assert!(text.starts_with("station.toml:2:1:"), "{text}");
+}
+
+#[test]
+fn sources_are_checked() {
+    let text = error("[[codes.sources]]\ntype = \"intune\"\ntenant = \"t\"\nclient_id = \"c\"\n");
+    assert!(
+        text.contains("needs `client_secret` or `certificate`"),
+        "{text}"
+    );
+    assert!(text.starts_with("station.toml:4:1:"), "{text}");
+    let text = error("[[codes.sources]]\ntype = \"intune\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-value\"\n");
+    assert!(text.contains("never written inline"), "{text}");
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+    let text = error("[[codes.sources]]\ntype = \"jamf\"\n");
+    assert!(text.contains("jamf"), "{text}");
+    let text = error("[[codes.sources]]\ntype = \"csv\"\npath = \"/a\"\n[[codes.sources]]\ntype = \"csv\"\npath = \"/b\"\n");
+    assert!(text.contains("two code sources are named `csv`"), "{text}");
+    let text = error("[[codes.sources]]\ntype = \"kandji\"\napi_url = \"https://a\"\ntoken = { file = \"/t\" }\ntokn = 1\n");
+    assert!(text.contains("tokn"), "{text}");
+}
+
+#[test]
+fn intune_urls_follow_the_cloud() {
+    let config = parse(
+        "[[codes.sources]]\ntype = \"intune\"\ntenant = \"contoso.onmicrosoft.us\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\ncloud = \"dod\"\n",
+    )
+    .expect("parse");
+    let SourceConfig::Intune(intune) = &config.codes.sources[0] else {
+        panic!("intune");
+    };
+    assert_eq!(
+        intune.token_url(),
+        "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token"
+    );
+    assert_eq!(intune.graph_root(), "https://dod-graph.microsoft.us");
+    assert_eq!(intune.scope(), "https://dod-graph.microsoft.us/.default");
+    assert_eq!(intune.max_requests_per_second, 5.0);
+}
+
+#[test]
+fn slot_keys() {
+    assert_eq!(
+        SlotKey::parse("0x00010002"),
+        Some(SlotKey::Location(0x0001_0002))
+    );
+    assert_eq!(SlotKey::parse("65538"), Some(SlotKey::Location(65538)));
+    assert_eq!(
+        SlotKey::parse("1-1.4.2"),
+        Some(SlotKey::PortPath("1-1.4.2".into()))
+    );
+    assert_eq!(SlotKey::parse("A3"), None);
+    assert!(error("[slots]\n\"usb3\" = \"A1\"\n").contains("slot `usb3`"));
+}
