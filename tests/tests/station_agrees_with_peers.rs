@@ -1,0 +1,116 @@
+//! `station devices --json` and `station info --json` against the virtual bench agree with the
+//! ready file and with what libimobiledevice's tools read from the same phones.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use station_tests::{json_find, json_text, parse_ideviceinfo, Bench};
+
+#[test]
+fn station_devices_json_agrees_with_idevice_id_and_the_ready_file() {
+    let bench = Bench::start(3);
+    let out = bench.station(&["devices", "--json"]);
+    out.assert_success();
+    let json = out.json();
+    let entries: Vec<&Value> = match &json {
+        Value::Array(items) => items.iter().collect(),
+        other => json_find(other, "devices")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().collect())
+            .unwrap_or_else(|| panic!("station devices --json is not a list of phones: {out}")),
+    };
+    let listed: BTreeSet<String> = entries
+        .iter()
+        .filter_map(|e| e.get("udid").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        listed.len(),
+        entries.len(),
+        "entries without a distinct udid: {out}"
+    );
+    assert_eq!(
+        listed,
+        bench.udids(),
+        "station devices vs the ready file: {out}"
+    );
+
+    let idevice_id = bench.idevice("idevice_id", &["-l"]);
+    idevice_id.assert_success();
+    let peer: BTreeSet<String> = idevice_id
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        listed, peer,
+        "station devices vs idevice_id -l: {out}\n{idevice_id}"
+    );
+
+    for entry in entries {
+        let udid = entry
+            .get("udid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let dev = bench.device(udid);
+        for (field, expected) in [
+            ("serial", &dev.serial),
+            ("product_type", &dev.product_type),
+            ("product_version", &dev.product_version),
+            ("activation_state", &dev.activation_state),
+        ] {
+            let value = entry.get(field).filter(|v| !v.is_null());
+            // A phone that needs a trust prompt is not paired just to list it, so what only a
+            // paired session tells (the serial number) may be missing; a phone at Setup
+            // Assistant pairs silently and shows everything. What is shown must be right.
+            if value.is_none() && dev.activation_state != "Unactivated" {
+                continue;
+            }
+            assert_eq!(
+                value.map(json_text).as_ref(),
+                Some(expected),
+                "station devices' {field} of {udid} disagrees with the ready file ({}): {out}",
+                dev.raw
+            );
+        }
+    }
+}
+
+#[test]
+fn station_info_json_agrees_with_ideviceinfo() {
+    let bench = Bench::start(3);
+    for dev in bench.pairable_devices() {
+        let out = bench.station(&["info", "--udid", &dev.udid, "--json"]);
+        out.assert_success();
+        let info = out.json();
+        let peer = bench.idevice("ideviceinfo", &["-u", &dev.udid]);
+        peer.assert_success();
+        let dump = parse_ideviceinfo(&peer.stdout);
+        for key in [
+            "UniqueDeviceID",
+            "SerialNumber",
+            "ProductType",
+            "ProductVersion",
+            "BuildVersion",
+            "ActivationState",
+            "HardwareModel",
+            "DeviceClass",
+            "WiFiAddress",
+            "UniqueChipID",
+        ] {
+            assert_eq!(
+                info.get(key).map(json_text).as_ref(),
+                dump.get(key),
+                "station info and ideviceinfo disagree on {key} of {}: {out}\n{peer}",
+                dev.udid
+            );
+        }
+
+        // One key, one domain, like `ideviceinfo -k` / `-q`.
+        let out = bench.station(&["info", "--udid", &dev.udid, "--key", "ActivationState"]);
+        out.assert_success();
+        assert_eq!(out.stdout.trim(), dev.activation_state, "{out}");
+    }
+}
