@@ -49,6 +49,15 @@ pub struct Cli {
     #[arg(long, global = true, help_heading = "Global options")]
     pub timeout: Option<u64>,
 
+    /// Data directory: the ledger lives here [config: station.data_dir].
+    #[arg(
+        long,
+        global = true,
+        env = "STATION_DATA_DIR",
+        help_heading = "Global options"
+    )]
+    pub data_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -93,6 +102,31 @@ pub enum Command {
         #[arg(long)]
         multipart: bool,
     },
+    /// Bypass codes from the configured sources ([[codes.sources]]).
+    Codes {
+        #[command(subcommand)]
+        command: CodesCommand,
+    },
+    /// Line mode: every phone plugged in is identified, paired and activated; one live row
+    /// per phone (NDJSON events when not a terminal or with --json, see docs/events.md).
+    Run {
+        /// Handle the phones attached now, then exit with a summary (exit 1 if any phone
+        /// needs attention).
+        #[arg(long)]
+        once: bool,
+        /// Work on a phone again when it is replugged after it was handled in this run.
+        #[arg(long)]
+        redo: bool,
+        /// Phones worked on at once [config: station.concurrency, default 10].
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Seconds to wait for the operator to tap Trust on an activated phone.
+        #[arg(long, default_value_t = 60)]
+        trust_wait: u64,
+        /// With --once: seconds an unplugged phone may stay away before it counts as interrupted.
+        #[arg(long, default_value_t = 30)]
+        replug_grace: u64,
+    },
     /// Check or print the station's configuration.
     Config {
         #[command(subcommand)]
@@ -103,6 +137,8 @@ pub enum Command {
         #[arg(short, long)]
         udid: String,
     },
+    /// What the station processed, from its ledger: a table, CSV or JSON.
+    Report(crate::commands::report::ReportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,4 +147,21 @@ pub enum ConfigAction {
     Check,
     /// Print a commented example configuration (it passes `config check`).
     Example,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Look up a phone's bypass codes by serial number; masked unless --reveal.
+    #[command(long_about = crate::commands::codes::LOOKUP_HELP)]
+    Lookup {
+        /// The phone's serial number (as `station devices` shows it).
+        #[arg(long)]
+        serial: String,
+        /// The phone's UDID: the record of this very phone comes first.
+        #[arg(long)]
+        udid: Option<String>,
+        /// Print the codes whole, to type one on the phone (never logged).
+        #[arg(long)]
+        reveal: bool,
+    },
 }

@@ -5,6 +5,8 @@ mod cli;
 mod codes;
 mod commands;
 mod error;
+mod ledger;
+mod line;
 mod models;
 mod phone;
 mod render;
@@ -61,7 +63,7 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| line::render::LogWriter)
         .with_ansi(
             std::env::var_os("NO_COLOR").is_none()
                 && std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -184,6 +186,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                     codes: codes.as_deref(),
                     activation_url: activation_url.as_deref(),
                     multipart: *multipart,
+                    config: &config,
                 },
             )
             .await?;
@@ -203,6 +206,65 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
             }
         }
         Command::Config { .. } => Ok(()),
+        Command::Run {
+            once,
+            redo,
+            concurrency,
+            trust_wait,
+            replug_grace,
+        } => {
+            let data_dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| config.station.data_dir.clone());
+            let codes = commands::run::code_lookup(&config)?;
+            let args = commands::run::RunArgs {
+                once: *once,
+                redo: *redo,
+                concurrency: *concurrency,
+                trust_wait: Duration::from_secs(*trust_wait),
+                replug_grace: Duration::from_secs(*replug_grace),
+            };
+            drop(out);
+            let summary = commands::run::run(
+                bench,
+                &config,
+                &data_dir,
+                codes,
+                args,
+                commands::run::mode(cli.json),
+            )
+            .await?;
+            return Ok(commands::run::exit_code(&summary));
+        }
+        Command::Codes {
+            command:
+                cli::CodesCommand::Lookup {
+                    serial,
+                    udid,
+                    reveal,
+                },
+        } => {
+            let text = commands::codes::lookup(
+                &config,
+                commands::codes::LookupArgs {
+                    serial,
+                    udid: udid.as_deref(),
+                    reveal: *reveal,
+                    json: cli.json,
+                },
+            )
+            .await?;
+            write!(out, "{text}")
+        }
+        Command::Report(args) => {
+            let data_dir = cli.data_dir.as_deref().unwrap_or(&config.station.data_dir);
+            write!(
+                out,
+                "{}",
+                commands::report::report(args, data_dir, cli.json)?
+            )
+        }
         Command::Unpair { udid } => {
             let existed = commands::pair::unpair(&bench, udid).await?;
             if cli.json {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use station_protocol::usbmux::{connect_address, Address, DeviceInfo, UsbmuxClient, UsbmuxStream};
+use station_protocol::usbmux::{
+    connect_address, Address, DeviceInfo, EventStream, UsbmuxClient, UsbmuxStream,
+};
 
 use crate::error::StationError;
 
@@ -41,6 +43,11 @@ impl Usbmuxd {
             .into_iter()
             .find(|d| normalise_udid(&d.udid) == wanted)
             .ok_or_else(|| StationError::device_not_found(udid))
+    }
+
+    /// Attach/detach events; the first ones repeat the phones attached now.
+    pub async fn listen(&self) -> Result<EventStream<UsbmuxStream>, StationError> {
+        Ok(self.client().await?.listen().await?)
     }
 
     /// A raw stream to `port` on the phone.

@@ -1,11 +1,19 @@
-//! HTTP to Apple's activation server (or the bench's stand-in): bounded in time and size,
-//! TLS verified for https, redirects followed, 5xx and transport failures retried with
-//! exponential backoff.
+//! HTTP to Apple's activation server (or the bench's stand-in) and to the MDM APIs the
+//! bypass-code sources call: bounded in time and size, TLS verified for https, redirects
+//! followed, 5xx / 429 / transport failures retried with exponential backoff, `Retry-After`
+//! honoured, and optionally a request-rate bound shared by every request of one client.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-/// Largest response body accepted; activation records are a few KiB, lock pages less.
+use tokio::time::Instant;
+
+/// Largest response body accepted; activation records are a few KiB, lock pages less, an MDM
+/// page of 1000 devices a few hundred KiB.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest `Retry-After` waited for; a longer one ends the request with the 429.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -26,7 +34,8 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The wait before attempt `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32
             .checked_shl(attempt.saturating_sub(1))
             .unwrap_or(u32::MAX);
@@ -44,24 +53,141 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+impl HttpResponse {
+    /// The first header of that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `Retry-After` as a delay from now: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+    pub fn retry_after(&self) -> Option<Duration> {
+        parse_retry_after(self.header("retry-after")?, SystemTime::now())
+    }
+}
+
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    // A date in the past means "now"; round up so we never ask a second too early.
+    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(if wait.subsec_nanos() > 0 {
+        Duration::from_secs(wait.as_secs() + 1)
+    } else {
+        wait
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("activation server unreachable at {url}: {reason}")]
-    Transport { url: String, reason: String },
-    #[error("activation server sent more than {MAX_RESPONSE_BYTES} bytes")]
-    TooLarge,
-    #[error("invalid activation server URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
+    #[error("{service} unreachable at {url}: {reason}")]
+    Transport {
+        service: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("{service} sent more than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge { service: &'static str },
+    #[error("invalid {service} URL {url:?}: {reason}")]
+    BadUrl {
+        service: &'static str,
+        url: String,
+        reason: String,
+    },
+}
+
+/// A token bucket: at most `per_second` requests per second on average, bursts of up to
+/// `per_second` (at least one). A `Retry-After` pauses every request of the client.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    paused_until: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// `per_second` must be positive; anything else is taken as one request a second.
+    pub fn new(per_second: f64) -> Self {
+        let per_second = if per_second.is_finite() && per_second > 0.0 {
+            per_second
+        } else {
+            1.0
+        };
+        let burst = per_second.max(1.0);
+        RateLimiter {
+            per_second,
+            burst,
+            state: Mutex::new(Bucket {
+                tokens: burst,
+                updated: Instant::now(),
+                paused_until: None,
+            }),
+        }
+    }
+
+    /// Waits until a request may be sent, and takes its token.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+                bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+                bucket.updated = now;
+                match bucket.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ if bucket.tokens >= 1.0 => {
+                        bucket.tokens -= 1.0;
+                        return;
+                    }
+                    _ => Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second),
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// No request of this client before `until` (a server's `Retry-After`).
+    pub fn pause_until(&self, until: Instant) {
+        let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if bucket.paused_until.is_none_or(|p| p < until) {
+            bucket.paused_until = Some(until);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
     retry: RetryPolicy,
+    /// Names the server in errors and logs.
+    service: &'static str,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl HttpClient {
     pub fn new(user_agent: &str, timeout: Duration, retry: RetryPolicy) -> Result<Self, HttpError> {
+        Self::for_service("activation server", user_agent, timeout, retry)
+    }
+
+    pub fn for_service(
+        service: &'static str,
+        user_agent: &str,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Result<Self, HttpError> {
         let client = reqwest::Client::builder()
             .user_agent(user_agent)
             .timeout(timeout)
@@ -69,71 +195,142 @@ impl HttpClient {
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
             .map_err(|e| HttpError::Transport {
+                service,
                 url: String::new(),
                 reason: e.to_string(),
             })?;
-        Ok(HttpClient { client, retry })
+        Ok(HttpClient {
+            client,
+            retry,
+            service,
+            limiter: None,
+        })
+    }
+
+    /// Bounds the request rate of this client (and its clones) to `per_second`.
+    pub fn with_rate_limit(mut self, per_second: f64) -> Self {
+        self.limiter = Some(Arc::new(RateLimiter::new(per_second)));
+        self
     }
 
     pub fn attempts(&self) -> u32 {
         self.retry.attempts
     }
 
-    /// POSTs `body`; retries transport failures and 5xx answers. After the last attempt a
-    /// 5xx response is returned as is (the caller classifies it), a transport failure as
-    /// an error.
+    /// POSTs `body`; see [`HttpClient::send`].
     pub async fn post(
         &self,
         url: &str,
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<HttpResponse, HttpError> {
+        self.send(reqwest::Method::POST, url, headers, body).await
+    }
+
+    /// GETs `url`; see [`HttpClient::send`].
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<HttpResponse, HttpError> {
+        self.send(reqwest::Method::GET, url, headers, &[]).await
+    }
+
+    /// Sends one request; retries transport failures, 5xx and 429 answers (waiting at least
+    /// the server's `Retry-After`). After the last attempt a 5xx / 429 response is returned as
+    /// is (the caller classifies it), a transport failure as an error. An `Authorization`
+    /// header is marked sensitive so that no layer below logs it.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<HttpResponse, HttpError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| HttpError::BadUrl {
+            service: self.service,
             url: url.to_string(),
             reason: e.to_string(),
         })?;
+        let service = self.service;
         let mut attempt = 1;
         loop {
-            let result = self.post_once(parsed.clone(), headers, body).await;
-            let retryable = match &result {
-                Ok(response) => response.status >= 500,
-                Err(HttpError::Transport { .. }) => true,
-                Err(_) => false,
-            };
-            if !retryable || attempt >= self.retry.attempts {
-                return result;
+            if let Some(limiter) = &self.limiter {
+                limiter.acquire().await;
             }
-            let wait = self.retry.backoff(attempt);
-            match &result {
-                Ok(response) => tracing::warn!(
-                    url,
-                    status = response.status,
-                    attempt,
-                    ?wait,
-                    "activation server error; retrying"
-                ),
-                Err(e) => {
-                    tracing::warn!(url, error = %e, attempt, ?wait, "activation server unreachable; retrying")
+            let result = self
+                .send_once(method.clone(), parsed.clone(), headers, body)
+                .await;
+            let wait = match &result {
+                Ok(response) if response.status == 429 || response.status >= 500 => {
+                    let backoff = self.retry.backoff(attempt);
+                    match response.retry_after() {
+                        Some(after) if after > MAX_RETRY_AFTER => None,
+                        Some(after) => Some(after.max(backoff)),
+                        None => Some(backoff),
+                    }
                 }
+                Ok(_) => None,
+                Err(HttpError::Transport { .. }) => Some(self.retry.backoff(attempt)),
+                Err(_) => None,
+            };
+            let Some(wait) = wait.filter(|_| attempt < self.retry.attempts) else {
+                return result;
+            };
+            match &result {
+                Ok(response) => {
+                    tracing::warn!(
+                        service,
+                        url,
+                        status = response.status,
+                        attempt,
+                        ?wait,
+                        "{service} answered HTTP {}; retrying",
+                        response.status
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(service, url, error = %e, attempt, ?wait, "{service} unreachable; retrying")
+                }
+            }
+            if let Some(limiter) = &self.limiter {
+                limiter.pause_until(Instant::now() + wait);
             }
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }
 
-    async fn post_once(
+    async fn send_once(
         &self,
+        method: reqwest::Method,
         url: reqwest::Url,
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<HttpResponse, HttpError> {
+        let service = self.service;
         let transport = |e: reqwest::Error| HttpError::Transport {
+            service,
             url: url.to_string(),
             reason: error_chain(&e),
         };
-        let mut request = self.client.post(url.clone()).body(body.to_vec());
+        let mut request = self.client.request(method, url.clone());
+        if !body.is_empty() {
+            request = request.body(body.to_vec());
+        }
         for (name, value) in headers {
-            request = request.header(name, value);
+            let Ok(mut value) = reqwest::header::HeaderValue::from_str(value) else {
+                // Never echo the value: it may be a credential.
+                return Err(HttpError::BadUrl {
+                    service,
+                    url: url.to_string(),
+                    reason: format!("header {name} has an invalid value"),
+                });
+            };
+            if name.eq_ignore_ascii_case("authorization") {
+                value.set_sensitive(true);
+            }
+            request = request.header(name.as_str(), value);
         }
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
@@ -150,7 +347,7 @@ impl HttpClient {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(HttpError::TooLarge);
+                return Err(HttpError::TooLarge { service });
             }
             body.extend_from_slice(&chunk);
         }
@@ -177,6 +374,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codes::test_server::{Reply, TestServer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A loopback HTTP server answering each connection with the next canned status.
@@ -254,6 +452,83 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(matches!(err, HttpError::Transport { .. }), "{err}");
+    }
+
+    /// Answers with the canned replies in turn, then 200.
+    async fn replaying(replies: Vec<Reply>) -> TestServer {
+        let replies = std::sync::Mutex::new(replies);
+        TestServer::start(move |_| {
+            let mut replies = replies.lock().expect("replies");
+            if replies.is_empty() {
+                Reply::empty(200)
+            } else {
+                replies.remove(0)
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn throttling_waits_for_retry_after_and_pauses_the_whole_client() {
+        let server = replaying(vec![Reply::empty(429).with_header("Retry-After", "1")]).await;
+        let client =
+            HttpClient::for_service("test", "test", Duration::from_secs(5), quick_retry(3))
+                .expect("client")
+                .with_rate_limit(100.0);
+        let other = client.clone();
+        let url = format!("{}/a", server.url);
+        let (first, second) = tokio::join!(client.get(&url, &[]), async {
+            // Sent while the first waits out its Retry-After: it must wait too.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            other.get(&url, &[]).await
+        });
+        assert_eq!(first.expect("first").status, 200);
+        assert_eq!(second.expect("second").status, 200);
+        let requests = server.requests();
+        assert_eq!(requests.len(), 3);
+        for later in &requests[1..] {
+            let gap = later.at.duration_since(requests[0].at);
+            assert!(gap >= Duration::from_millis(990), "a request after {gap:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_limit_is_not_waited_for() {
+        let server = replaying(vec![Reply::empty(429).with_header("Retry-After", "3600")]).await;
+        let client =
+            HttpClient::for_service("test", "test", Duration::from_secs(5), quick_retry(3))
+                .expect("client");
+        let response = client.get(&server.url, &[]).await.expect("get");
+        assert_eq!(response.status, 429);
+        assert_eq!(response.retry_after(), Some(Duration::from_secs(3600)));
+        assert_eq!(server.requests().len(), 1);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limiter_spaces_requests() {
+        let limiter = RateLimiter::new(20.0);
+        let started = Instant::now();
+        for _ in 0..30 {
+            limiter.acquire().await;
+        }
+        // 20 at once, then 20 a second.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(480), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use station_protocol::activation::{
 use station_protocol::mobileactivation::{self, Command};
 use station_protocol::usbmux::DeviceInfo;
 
-use crate::codes::{CodeKind, CodeLookup, SourcedCode};
+use crate::codes::{CodeKind, CodeLookup, RemoteRelease, SourcedCode};
 use crate::error::StationError;
 use crate::phone::{Bench, Session};
 use http::{HttpClient, HttpError, RetryPolicy};
@@ -46,6 +46,8 @@ impl Outcome {
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Pair,
+    /// "Trust This Computer?" is showing; the operator has to tap Trust.
+    WaitingForTrust,
     Identify,
     Handshake,
     ActivationInfo,
@@ -59,6 +61,7 @@ impl Step {
     pub fn describe(self) -> &'static str {
         match self {
             Step::Pair => "pairing",
+            Step::WaitingForTrust => "waiting for Trust on the phone",
             Step::Identify => "reading its identity",
             Step::Handshake => "the activation handshake",
             Step::ActivationInfo => "building activation info",
@@ -104,8 +107,14 @@ pub struct ActivationReport {
     pub activation_locked: bool,
     pub codes_tried: usize,
     pub released_by: Option<Release>,
+    /// An MDM was asked to release the lock itself (Intune `bypassActivationLock`), as no
+    /// code did; with `activated`, that is what released it.
+    pub remote_release: Option<RemoteRelease>,
     /// Where the workflow stopped, for anything but success.
     pub step: Option<Step>,
+    /// The failure may pass on its own (5xx, a timeout, a trust prompt not yet answered):
+    /// worth another attempt after a backoff.
+    pub retryable: bool,
     pub elapsed_ms: u64,
 }
 
@@ -223,10 +232,19 @@ fn normalise_base(url: &str) -> String {
     base
 }
 
+/// How the lock form was answered.
+enum Bypassed {
+    /// A code released the lock: Apple's activation record and its headers.
+    Record(Vec<u8>, Vec<(String, String)>),
+    /// No code did; an MDM was asked to release the lock itself.
+    Released(RemoteRelease),
+}
+
 /// Why the workflow stopped before the end.
 struct Stop {
     outcome: Outcome,
     message: String,
+    retryable: bool,
 }
 
 impl Stop {
@@ -234,15 +252,23 @@ impl Stop {
         Stop {
             outcome,
             message: message.into(),
+            retryable: outcome == Outcome::ServerError,
         }
     }
 
     fn device(e: StationError) -> Self {
+        let retryable = matches!(
+            e.code,
+            "trust-pending" | "device-timeout" | "device-disconnected"
+        );
         let message = match e.help {
             Some(help) => format!("{}: {help}", e.message),
             None => e.message,
         };
-        Stop::new(Outcome::DeviceError, message)
+        Stop {
+            retryable,
+            ..Stop::new(Outcome::DeviceError, message)
+        }
     }
 }
 
@@ -259,11 +285,32 @@ struct Identity {
     product_version: Option<String>,
 }
 
+/// Hears where each phone is; the line turns this into events. Defaults do nothing.
+pub trait Observer: Send + Sync {
+    fn step(&self, _udid: &str, _step: Step) {}
+    fn identified(
+        &self,
+        _udid: &str,
+        _serial: &str,
+        _product_type: Option<&str>,
+        _product_version: Option<&str>,
+    ) {
+    }
+}
+
+/// An observer for single-phone commands: the log is enough there.
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
 /// Runs the workflow for phones of one bench.
 pub struct Activator<'a> {
     pub bench: &'a Bench,
     pub server: &'a ActivationServer,
     pub codes: &'a dyn CodeLookup,
+    pub observer: &'a dyn Observer,
+    /// How long to wait for the operator to tap Trust on an activated phone.
+    pub trust_wait: Duration,
 }
 
 struct Progress {
@@ -286,7 +333,9 @@ impl Activator<'_> {
                 activation_locked: false,
                 codes_tried: 0,
                 released_by: None,
+                remote_release: None,
                 step: None,
+                retryable: false,
                 elapsed_ms: 0,
             },
             step: Step::Pair,
@@ -309,12 +358,18 @@ impl Activator<'_> {
                 } else {
                     report.outcome = stop.outcome;
                     report.message = stop.message;
+                    report.retryable = stop.retryable;
                 }
             }
         }
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(udid = %report.udid, outcome = ?report.outcome, "{}", report.message);
         report
+    }
+
+    fn enter(&self, device: &DeviceInfo, progress: &mut Progress, step: Step) {
+        progress.step = step;
+        self.observer.step(&device.udid, step);
     }
 
     async fn still_attached(&self, device: &DeviceInfo) -> bool {
@@ -326,10 +381,10 @@ impl Activator<'_> {
     }
 
     async fn run(&self, device: &DeviceInfo, progress: &mut Progress) -> Result<(), Stop> {
-        progress.step = Step::Pair;
+        self.enter(device, progress, Step::Pair);
         let mut session = self.session(device).await?;
 
-        progress.step = Step::Identify;
+        self.enter(device, progress, Step::Identify);
         let identity = self.identify(device, &mut session).await;
         session.close().await;
         let identity = identity?;
@@ -338,6 +393,12 @@ impl Activator<'_> {
         report.product_type = identity.product_type;
         report.product_version = identity.product_version;
         report.activation_state = Some(identity.state.clone());
+        self.observer.identified(
+            &device.udid,
+            &identity.serial,
+            report.product_type.as_deref(),
+            report.product_version.as_deref(),
+        );
         let (serial, state) = (identity.serial, identity.state);
         if mobileactivation::is_activated(&state) {
             report.outcome = Outcome::AlreadyActivated;
@@ -345,7 +406,76 @@ impl Activator<'_> {
             return Ok(());
         }
 
-        progress.step = Step::Handshake;
+        let answer = self.request_activation(device, progress).await?;
+        let (raw_body, headers) = match answer {
+            ActivationResponse::Record {
+                raw_body, headers, ..
+            } => (raw_body, headers),
+            ActivationResponse::Acknowledged => {
+                progress.report.outcome = Outcome::AlreadyActivated;
+                progress.report.message =
+                    "the activation server says this phone is already activated".into();
+                return Ok(());
+            }
+            ActivationResponse::LockForm(page) | ActivationResponse::AuthAlert { page, .. } => {
+                self.enter(device, progress, Step::Bypass);
+                progress.report.activation_locked = true;
+                match self
+                    .bypass(device, &serial, page, &mut progress.report)
+                    .await?
+                {
+                    Bypassed::Record(body, headers) => (body, headers),
+                    Bypassed::Released(release) => {
+                        self.after_release(device, &serial, &release, progress)
+                            .await?
+                    }
+                }
+            }
+            other => return Err(unexpected_answer("deviceActivation", other)),
+        };
+
+        self.enter(device, progress, Step::ApplyRecord);
+        let command = Command::HandleActivationInfoWithSession {
+            body: raw_body,
+            headers,
+        };
+        self.mobileactivation(device, command).await?;
+
+        self.enter(device, progress, Step::Verify);
+        let mut session = self.session(device).await?;
+        let verified = self.acknowledge(device, &mut session).await;
+        session.close().await;
+        let state = verified?;
+        let report = &mut progress.report;
+        report.activation_state = Some(state.clone());
+        if !mobileactivation::is_activated(&state) {
+            return Err(Stop::new(
+                Outcome::DeviceError,
+                format!("the phone accepted the activation record but still reports {state}: replug it and run again"),
+            ));
+        }
+        report.outcome = Outcome::Activated;
+        report.message = match (&report.released_by, &report.remote_release) {
+            (Some(release), _) => format!(
+                "activated: Activation Lock released with code {} from {}",
+                release.code, release.source
+            ),
+            (None, Some(remote)) => format!(
+                "activated: Activation Lock released by {}'s {} action",
+                remote.source, remote.action
+            ),
+            (None, None) => "activated".to_string(),
+        };
+        Ok(())
+    }
+
+    /// Handshake, activation info and the activation request: Apple's first answer.
+    async fn request_activation(
+        &self,
+        device: &DeviceInfo,
+        progress: &mut Progress,
+    ) -> Result<ActivationResponse, Stop> {
+        self.enter(device, progress, Step::Handshake);
         let session_info = self
             .mobileactivation(device, Command::CreateTunnel1SessionInfo)
             .await?;
@@ -364,7 +494,7 @@ impl Activator<'_> {
             other => return Err(unexpected_answer("drmHandshake", other)),
         };
 
-        progress.step = Step::ActivationInfo;
+        self.enter(device, progress, Step::ActivationInfo);
         let command = Command::CreateTunnel1ActivationInfo {
             handshake_response: handshake,
         };
@@ -372,7 +502,7 @@ impl Activator<'_> {
         let info = mobileactivation::dictionary(&command, info)
             .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))?;
 
-        progress.step = Step::ActivationRequest;
+        self.enter(device, progress, Step::ActivationRequest);
         let encoding = match self.server.encoding {
             RequestEncoding::UrlEncoded => FormEncoding::UrlEncoded,
             RequestEncoding::Multipart => FormEncoding::multipart(),
@@ -384,55 +514,62 @@ impl Activator<'_> {
                     format!("cannot encode the activation request: {e}"),
                 )
             })?;
-        let answer = self.post(Endpoint::DeviceActivation, &request).await?;
-        let (raw_body, headers) = match answer {
+        self.post(Endpoint::DeviceActivation, &request).await
+    }
+
+    /// An MDM released the lock without a code: wait as configured, then ask Apple once more.
+    async fn after_release(
+        &self,
+        device: &DeviceInfo,
+        serial: &str,
+        release: &RemoteRelease,
+        progress: &mut Progress,
+    ) -> Result<(Vec<u8>, Vec<(String, String)>), Stop> {
+        tracing::info!(source = %release.source, action = %release.action, wait = ?release.wait, "waiting for the MDM's release, then activating again");
+        tokio::time::sleep(release.wait).await;
+        match self.request_activation(device, progress).await? {
             ActivationResponse::Record {
                 raw_body, headers, ..
-            } => (raw_body, headers),
-            ActivationResponse::Acknowledged => {
-                progress.report.outcome = Outcome::AlreadyActivated;
-                progress.report.message =
-                    "the activation server says this phone is already activated".into();
-                return Ok(());
+            } => Ok((raw_body, headers)),
+            ActivationResponse::LockForm(_) | ActivationResponse::AuthAlert { .. } => {
+                Err(Stop::new(
+                    Outcome::LockedNoCode,
+                    format!(
+                        "Activation-Locked: {}'s {} was sent for serial {serial}, but Apple still asks for the lock after {} s: run again later (the release can take a while), or ask the customer's IT for the code",
+                        release.source,
+                        release.action,
+                        release.wait.as_secs()
+                    ),
+                ))
             }
-            ActivationResponse::LockForm(page) | ActivationResponse::AuthAlert { page, .. } => {
-                progress.step = Step::Bypass;
-                progress.report.activation_locked = true;
-                self.bypass(device, &serial, page, &mut progress.report)
-                    .await?
-            }
-            other => return Err(unexpected_answer("deviceActivation", other)),
-        };
-
-        progress.step = Step::ApplyRecord;
-        let command = Command::HandleActivationInfoWithSession {
-            body: raw_body,
-            headers,
-        };
-        self.mobileactivation(device, command).await?;
-
-        progress.step = Step::Verify;
-        let mut session = self.session(device).await?;
-        let verified = self.acknowledge(device, &mut session).await;
-        session.close().await;
-        let state = verified?;
-        let report = &mut progress.report;
-        report.activation_state = Some(state.clone());
-        if !mobileactivation::is_activated(&state) {
-            return Err(Stop::new(
-                Outcome::DeviceError,
-                format!("the phone accepted the activation record but still reports {state}: replug it and run again"),
-            ));
+            other => Err(unexpected_answer("deviceActivation", other)),
         }
-        report.outcome = Outcome::Activated;
-        report.message = match &report.released_by {
-            Some(release) => format!(
-                "activated: Activation Lock released with code {} from {}",
-                release.code, release.source
-            ),
-            None => "activated".to_string(),
-        };
-        Ok(())
+    }
+
+    /// No code released the lock: where a source is configured to, the MDM is asked to
+    /// release it itself; otherwise `stop` stands.
+    async fn try_release(
+        &self,
+        device: &DeviceInfo,
+        serial: &str,
+        report: &mut ActivationReport,
+        stop: Stop,
+    ) -> Result<Bypassed, Stop> {
+        match self.codes.release(serial, &device.udid).await {
+            Ok(Some(release)) => {
+                tracing::info!(source = %release.source, action = %release.action, serial, "asked the MDM to release the Activation Lock");
+                report.remote_release = Some(release.clone());
+                Ok(Bypassed::Released(release))
+            }
+            Ok(None) => Err(stop),
+            Err(reason) => Err(Stop {
+                message: format!(
+                    "{}; the MDM's release action failed too: {reason}",
+                    stop.message
+                ),
+                ..stop
+            }),
+        }
     }
 
     /// A session, pairing if needed. A phone at Setup Assistant pairs without a prompt; a
@@ -447,7 +584,16 @@ impl Activator<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        let record = self.bench.pair(device, Duration::ZERO).await?;
+        let record = match self.bench.pair(device, Duration::ZERO).await {
+            Ok(record) => record,
+            Err(e) if e.code == "trust-pending" && !self.trust_wait.is_zero() => {
+                self.observer.step(&device.udid, Step::WaitingForTrust);
+                let record = self.bench.pair(device, self.trust_wait).await?;
+                self.observer.step(&device.udid, Step::Pair);
+                record
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(self.bench.session_with(device, record).await?)
     }
 
@@ -572,7 +718,7 @@ impl Activator<'_> {
         serial: &str,
         mut page: BuddyPage,
         report: &mut ActivationReport,
-    ) -> Result<(Vec<u8>, Vec<(String, String)>), Stop> {
+    ) -> Result<Bypassed, Stop> {
         let lookup = match self.codes.lookup(serial, &device.udid).await {
             Ok(lookup) => lookup,
             Err(reason) => {
@@ -583,7 +729,7 @@ impl Activator<'_> {
             }
         };
         if lookup.codes.is_empty() {
-            return Err(if lookup.known {
+            let stop = if lookup.known {
                 Stop::new(
                     Outcome::LockedNoCode,
                     format!("Activation-Locked and no bypass code for serial {serial}: device not supervised or code expired in the MDM; ask the customer's IT for the code"),
@@ -593,7 +739,8 @@ impl Activator<'_> {
                     Outcome::UserLocked,
                     format!("Activation-Locked to an Apple Account no code source knows (serial {serial}): the owner must remove it from Find My, or the customer must release it in Apple Business Manager"),
                 )
-            });
+            };
+            return self.try_release(device, serial, report, stop).await;
         }
         for code in &lookup.codes {
             let submission = lock_form_submission(&page, "", &code.code.reveal()).map_err(|e| {
@@ -615,7 +762,7 @@ impl Activator<'_> {
                     raw_body, headers, ..
                 } => {
                     report.released_by = Some(Release::from(code));
-                    return Ok((raw_body, headers));
+                    return Ok(Bypassed::Record(raw_body, headers));
                 }
                 ActivationResponse::AuthAlert { page: next, .. }
                 | ActivationResponse::LockForm(next) => {
@@ -625,13 +772,14 @@ impl Activator<'_> {
                 other => return Err(unexpected_answer("the Activation Lock form", other)),
             }
         }
-        Err(Stop::new(
+        let stop = Stop::new(
             Outcome::CodeRejected,
             format!(
                 "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: codes are stale (phone re-supervised or erased after the export); fetch a fresh code from the MDM",
                 report.codes_tried
             ),
-        ))
+        );
+        self.try_release(device, serial, report, stop).await
     }
 }
 

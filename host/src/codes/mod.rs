@@ -1,11 +1,22 @@
 //! Bypass codes for a phone, by serial number, from the station's code sources.
 
+pub mod chain;
 pub mod csv_file;
+pub mod hook;
+pub mod intune;
+pub mod kandji;
+mod redact;
+#[cfg(test)]
+pub(crate) mod test_server;
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 use station_protocol::bypass_code::BypassCode;
+
+/// `User-Agent` of the requests to MDM APIs.
+pub const USER_AGENT: &str = concat!("station/", env!("CARGO_PKG_VERSION"));
 
 /// Which of a device's two possible codes this is (mdm.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,6 +69,31 @@ pub struct Lookup {
     pub known: bool,
     /// Codes to try, without duplicates, in source order.
     pub codes: Vec<SourcedCode>,
+    /// The sources that answered, in order (filled by the chain).
+    pub answered: Vec<SourceAnswer>,
+    /// The sources that failed, in order, and why (filled by the chain).
+    pub failures: Vec<SourceFailure>,
+}
+
+/// One source's answer in a chained lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceAnswer {
+    pub source: String,
+    /// The source's type: `csv`, `intune`, `kandji`, `command`.
+    pub kind: &'static str,
+    pub known: bool,
+    /// Codes this source gave, duplicates of earlier sources included.
+    pub codes: usize,
+    /// Answered from this run's cache, without asking the source again.
+    pub cached: bool,
+}
+
+/// A source that could not answer, and why (never a secret or a code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceFailure {
+    pub source: String,
+    pub kind: &'static str,
+    pub reason: String,
 }
 
 impl Lookup {
@@ -70,6 +106,18 @@ impl Lookup {
     }
 }
 
+/// An MDM told to release a phone's Activation Lock itself (Intune `bypassActivationLock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteRelease {
+    /// The source's name.
+    pub source: String,
+    /// The MDM action, e.g. `bypassActivationLock`.
+    pub action: String,
+    /// How long to wait before activating again (the action is asynchronous).
+    #[serde(skip)]
+    pub wait: Duration,
+}
+
 /// Something that can name the bypass codes of a phone.
 pub trait CodeLookup: Send + Sync {
     fn lookup<'a>(
@@ -77,4 +125,14 @@ pub trait CodeLookup: Send + Sync {
         serial: &'a str,
         udid: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<Lookup, String>>;
+
+    /// Asks an MDM to release the lock without a code, where a source is configured to;
+    /// `Ok(None)` when no source can (the default).
+    fn release<'a>(
+        &'a self,
+        _serial: &'a str,
+        _udid: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
+        Box::pin(async { Ok(None) })
+    }
 }

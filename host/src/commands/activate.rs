@@ -5,18 +5,22 @@ use std::time::Duration;
 
 use crate::activation::http::RetryPolicy;
 use crate::activation::{
-    ActivationReport, ActivationServer, Activator, Outcome, RequestEncoding, APPLE_BASE_URL,
+    ActivationReport, ActivationServer, Activator, Outcome, Quiet, RequestEncoding, APPLE_BASE_URL,
 };
 use crate::codes::csv_file::CsvCodes;
 use crate::codes::{CodeLookup, Lookup};
 use crate::error::{exit, StationError};
 use crate::phone::Bench;
+use station_config::StationConfig;
 
 /// HTTP timeout per request; Albert can be slow, go-ios' 5 s is known to be tight.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `station activate` waits for the operator to tap Trust on an activated phone.
+const TRUST_WAIT: Duration = Duration::from_secs(30);
+
 /// No source configured: every lock ends `locked_no_code` with that reason.
-struct NoSources;
+pub struct NoSources;
 
 impl CodeLookup for NoSources {
     fn lookup<'a>(
@@ -25,7 +29,7 @@ impl CodeLookup for NoSources {
         _udid: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<Lookup, String>> {
         Box::pin(async {
-            Err("no bypass-code source is configured (pass --codes FILE.csv)".to_string())
+            Err("no bypass-code source is configured (pass --codes FILE.csv, or add [[codes.sources]] to the configuration)".to_string())
         })
     }
 }
@@ -35,6 +39,8 @@ pub struct ActivateArgs<'a> {
     pub codes: Option<&'a Path>,
     pub activation_url: Option<&'a str>,
     pub multipart: bool,
+    /// Its `[[codes.sources]]` are used when no `--codes` file is given.
+    pub config: &'a StationConfig,
 }
 
 pub async fn activate(
@@ -50,7 +56,13 @@ pub async fn activate(
             tracing::info!(rows = codes.rows(), file = %path.display(), "bypass codes loaded");
             Box::new(codes)
         }
-        None => Box::new(NoSources),
+        None => match super::codes::chain_from_config(args.config)? {
+            Some(chain) => {
+                tracing::info!(sources = ?chain.sources(), "bypass codes from the configured sources");
+                Box::new(chain)
+            }
+            None => Box::new(NoSources),
+        },
     };
     let encoding = if args.multipart {
         RequestEncoding::Multipart
@@ -68,6 +80,8 @@ pub async fn activate(
         bench,
         server: &server,
         codes: codes.as_ref(),
+        observer: &Quiet,
+        trust_wait: TRUST_WAIT,
     };
     Ok(activator.activate(&device).await)
 }

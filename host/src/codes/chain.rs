@@ -1,0 +1,625 @@
+//! The configured code sources, asked together and merged in configuration order: codes
+//! without duplicates, each tagged with the name of the source that gave it first. A source
+//! that fails is reported and the others still count; only when every source failed is the
+//! lookup an error. Answers are kept for the length of a run (one chain per run), per source
+//! and per serial + UDID, so a replugged phone costs no new API calls; a source that failed is
+//! asked again next time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::{join_all, BoxFuture};
+use station_config::{SourceConfig, StationConfig};
+
+use super::csv_file::CsvCodes;
+use super::hook::{Hook, HookSettings};
+use super::intune::{Certificate, Credential, Intune, IntuneSettings};
+use super::kandji::{Kandji, KandjiSettings};
+use super::{CodeLookup, Lookup, RemoteRelease, SourceAnswer, SourceFailure};
+use crate::activation::http::RetryPolicy;
+
+/// Time limit of one request to an MDM API.
+pub const MDM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("code source `{source_name}` ({kind}): {reason}")]
+    Build {
+        source_name: String,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("no bypass-code source is configured")]
+    NoSources,
+    #[error("every bypass-code source failed: {}", summarise(.failures))]
+    AllFailed { failures: Vec<SourceFailure> },
+    #[error("the Activation Lock release action failed: {}", summarise(.failures))]
+    ReleaseFailed { failures: Vec<SourceFailure> },
+}
+
+fn summarise(failures: &[SourceFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{}: {}", f.source, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+struct Link {
+    name: String,
+    kind: &'static str,
+    source: Box<dyn CodeLookup>,
+}
+
+/// (upper-case serial, normalised UDID)
+type Key = (String, String);
+
+#[derive(Default)]
+pub struct Chain {
+    links: Vec<Link>,
+    /// Answers per (link index, key).
+    cache: Mutex<HashMap<(usize, Key), Lookup>>,
+    /// One lookup per key at a time, so a second one for the same phone waits and reads the
+    /// cache instead of asking again.
+    busy: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Chain {
+    pub fn new() -> Self {
+        Chain::default()
+    }
+
+    /// Appends a source; `kind` is its type (`csv`, `intune`, …).
+    pub fn with(
+        mut self,
+        name: impl Into<String>,
+        kind: &'static str,
+        source: impl CodeLookup + 'static,
+    ) -> Self {
+        self.links.push(Link {
+            name: name.into(),
+            kind,
+            source: Box::new(source),
+        });
+        self
+    }
+
+    /// Builds every configured source: reads CSV files, loads secrets and keys. Any source
+    /// that cannot be built stops here, before the first phone.
+    pub fn from_config(config: &StationConfig) -> Result<Self, ChainError> {
+        let retry = RetryPolicy {
+            attempts: config.retry.attempts.max(1),
+            initial_backoff: Duration::from_millis(config.retry.initial_backoff_ms),
+            max_backoff: Duration::from_millis(config.retry.max_backoff_ms),
+        };
+        let mut chain = Chain::new();
+        for source in &config.codes.sources {
+            let name = source.name().to_string();
+            let kind = source.kind();
+            let build_error = |reason: String| ChainError::Build {
+                source_name: name.clone(),
+                kind,
+                reason,
+            };
+            chain = match source {
+                SourceConfig::Csv(csv) => {
+                    let codes =
+                        CsvCodes::load(&csv.path).map_err(|e| build_error(e.to_string()))?;
+                    tracing::info!(source = %name, rows = codes.rows(), "bypass codes loaded");
+                    chain.with(name.clone(), kind, codes)
+                }
+                SourceConfig::Intune(intune) => {
+                    let credential = match (&intune.client_secret, &intune.certificate) {
+                        (Some(secret), _) => Credential::Secret(
+                            secret
+                                .load()
+                                .map_err(|e| build_error(format!("client_secret: {e}")))?,
+                        ),
+                        (None, Some(cert)) => {
+                            let cert_pem =
+                                std::fs::read_to_string(&cert.cert_file).map_err(|e| {
+                                    build_error(format!(
+                                        "cannot read {}: {e}",
+                                        cert.cert_file.display()
+                                    ))
+                                })?;
+                            let key_pem = station_config::read_private_file(&cert.key_file)
+                                .map_err(|e| build_error(e.to_string()))?;
+                            Credential::Certificate(
+                                Certificate::from_pem(&cert_pem, &key_pem)
+                                    .map_err(|e| build_error(e.to_string()))?,
+                            )
+                        }
+                        (None, None) => {
+                            return Err(build_error("needs client_secret or certificate".into()))
+                        }
+                    };
+                    let source = Intune::new(IntuneSettings {
+                        name: name.clone(),
+                        client_id: intune.client_id.clone(),
+                        credential,
+                        token_url: intune.token_url(),
+                        graph_root: intune.graph_root(),
+                        scope: intune.scope(),
+                        max_requests_per_second: intune.max_requests_per_second,
+                        timeout: MDM_REQUEST_TIMEOUT,
+                        retry,
+                        bypass_action: intune
+                            .bypass_action
+                            .then(|| Duration::from_secs(intune.bypass_action_wait_secs)),
+                    })
+                    .map_err(|e| build_error(e.to_string()))?;
+                    chain.with(name.clone(), kind, source)
+                }
+                SourceConfig::Kandji(kandji) => {
+                    let source = Kandji::new(KandjiSettings {
+                        name: name.clone(),
+                        api_url: kandji.api_url.clone(),
+                        token: kandji
+                            .token
+                            .load()
+                            .map_err(|e| build_error(format!("token: {e}")))?,
+                        timeout: MDM_REQUEST_TIMEOUT,
+                        retry,
+                    })
+                    .map_err(|e| build_error(e.to_string()))?;
+                    chain.with(name.clone(), kind, source)
+                }
+                SourceConfig::Command(command) => chain.with(
+                    name.clone(),
+                    kind,
+                    Hook::new(HookSettings {
+                        name: name.clone(),
+                        program: command.program.clone(),
+                        args: command.args.clone(),
+                        timeout: Duration::from_secs(command.timeout_secs),
+                    }),
+                ),
+            };
+        }
+        Ok(chain)
+    }
+
+    /// The sources' names and types, in order.
+    pub fn sources(&self) -> Vec<(&str, &'static str)> {
+        self.links
+            .iter()
+            .map(|l| (l.name.as_str(), l.kind))
+            .collect()
+    }
+
+    /// Asks every source (or its cached answer) and merges the answers in order.
+    pub async fn lookup_all(&self, serial: &str, udid: &str) -> Result<Lookup, ChainError> {
+        if self.links.is_empty() {
+            return Err(ChainError::NoSources);
+        }
+        let key = (
+            serial.trim().to_ascii_uppercase(),
+            crate::usbmuxd::normalise_udid(udid),
+        );
+        let busy = {
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            busy.entry(key.clone()).or_default().clone()
+        };
+        let _one_at_a_time = busy.lock().await;
+        let answers = join_all(
+            self.links
+                .iter()
+                .enumerate()
+                .map(|(index, link)| self.ask(index, link, &key, serial, udid)),
+        )
+        .await;
+        let mut merged = Lookup::default();
+        for (link, answer) in self.links.iter().zip(answers) {
+            match answer {
+                Ok((lookup, cached)) => {
+                    merged.known |= lookup.known;
+                    merged.answered.push(SourceAnswer {
+                        source: link.name.clone(),
+                        kind: link.kind,
+                        known: lookup.known,
+                        codes: lookup.codes.len(),
+                        cached,
+                    });
+                    for mut code in lookup.codes {
+                        code.source = link.name.clone();
+                        merged.push(code);
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(source = %link.name, kind = link.kind, %reason, "bypass-code source failed");
+                    merged.failures.push(SourceFailure {
+                        source: link.name.clone(),
+                        kind: link.kind,
+                        reason,
+                    });
+                }
+            }
+        }
+        if merged.answered.is_empty() {
+            return Err(ChainError::AllFailed {
+                failures: merged.failures,
+            });
+        }
+        tracing::info!(
+            serial = %key.0,
+            known = merged.known,
+            codes = merged.codes.len(),
+            answered = merged.answered.len(),
+            failed = merged.failures.len(),
+            "bypass codes looked up"
+        );
+        Ok(merged)
+    }
+
+    /// One source's answer: from the cache, or asked and then cached.
+    async fn ask(
+        &self,
+        index: usize,
+        link: &Link,
+        key: &Key,
+        serial: &str,
+        udid: &str,
+    ) -> Result<(Lookup, bool), String> {
+        let slot = (index, key.clone());
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&slot)
+            .cloned();
+        if let Some(lookup) = cached {
+            tracing::debug!(source = %link.name, "bypass codes from this run's cache");
+            return Ok((lookup, true));
+        }
+        let lookup = link.source.lookup(serial, udid).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, lookup.clone());
+        Ok((lookup, false))
+    }
+
+    /// The first source able to release the lock itself does so; `Ok(None)` when none is
+    /// configured to, or none knows the phone.
+    pub async fn release_lock(
+        &self,
+        serial: &str,
+        udid: &str,
+    ) -> Result<Option<RemoteRelease>, ChainError> {
+        let mut failures = Vec::new();
+        for link in &self.links {
+            match link.source.release(serial, udid).await {
+                Ok(Some(release)) => return Ok(Some(release)),
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(source = %link.name, %reason, "Activation Lock release action failed");
+                    failures.push(SourceFailure {
+                        source: link.name.clone(),
+                        kind: link.kind,
+                        reason,
+                    });
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(None)
+        } else {
+            Err(ChainError::ReleaseFailed { failures })
+        }
+    }
+}
+
+impl CodeLookup for Chain {
+    fn lookup<'a>(
+        &'a self,
+        serial: &'a str,
+        udid: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, String>> {
+        Box::pin(async move {
+            self.lookup_all(serial, udid)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        serial: &'a str,
+        udid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
+        Box::pin(async move {
+            self.release_lock(serial, udid)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl CodeLookup for Intune {
+    fn lookup<'a>(
+        &'a self,
+        serial: &'a str,
+        udid: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, String>> {
+        Box::pin(async move { self.fetch(serial, udid).await.map_err(|e| e.to_string()) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        serial: &'a str,
+        udid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
+        Box::pin(async move {
+            let Some(wait) = self.bypass_action_wait() else {
+                return Ok(None);
+            };
+            let device = self
+                .bypass_activation_lock(serial, udid)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(device.map(|_| RemoteRelease {
+                source: self.name().to_string(),
+                action: super::intune::ACTION.to_string(),
+                wait,
+            }))
+        })
+    }
+}
+
+impl CodeLookup for Kandji {
+    fn lookup<'a>(
+        &'a self,
+        serial: &'a str,
+        _udid: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, String>> {
+        Box::pin(async move { self.fetch(serial).await.map_err(|e| e.to_string()) })
+    }
+}
+
+impl CodeLookup for Hook {
+    fn lookup<'a>(
+        &'a self,
+        serial: &'a str,
+        udid: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, String>> {
+        Box::pin(async move { self.fetch(serial, udid).await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use station_protocol::bypass_code::BypassCode;
+
+    use super::*;
+    use crate::codes::{CodeKind, SourcedCode};
+
+    const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+    const OTHER: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+    const THIRD: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
+
+    /// A source answering fixed codes (or failing), counting its calls.
+    struct Fixed {
+        codes: Vec<(&'static str, CodeKind)>,
+        known: bool,
+        fail: Option<&'static str>,
+        release: bool,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Fixed {
+        fn new(codes: Vec<(&'static str, CodeKind)>) -> (Self, Arc<AtomicUsize>) {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let known = !codes.is_empty();
+            (
+                Fixed {
+                    codes,
+                    known,
+                    fail: None,
+                    release: false,
+                    calls: calls.clone(),
+                },
+                calls,
+            )
+        }
+
+        fn failing(reason: &'static str) -> (Self, Arc<AtomicUsize>) {
+            let (mut source, calls) = Fixed::new(Vec::new());
+            source.fail = Some(reason);
+            (source, calls)
+        }
+    }
+
+    impl CodeLookup for Fixed {
+        fn lookup<'a>(
+            &'a self,
+            _serial: &'a str,
+            _udid: &'a str,
+        ) -> BoxFuture<'a, Result<Lookup, String>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if let Some(reason) = self.fail {
+                    return Err(reason.to_string());
+                }
+                let mut lookup = Lookup {
+                    known: self.known,
+                    ..Lookup::default()
+                };
+                for (code, kind) in &self.codes {
+                    lookup.push(SourcedCode {
+                        code: BypassCode::parse(code).expect("code"),
+                        kind: *kind,
+                        source: "inner-tag".into(),
+                    });
+                }
+                Ok(lookup)
+            })
+        }
+
+        fn release<'a>(
+            &'a self,
+            _serial: &'a str,
+            _udid: &'a str,
+        ) -> BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
+            Box::pin(async move {
+                if !self.release {
+                    return Ok(None);
+                }
+                match self.fail {
+                    Some(reason) => Err(reason.to_string()),
+                    None => Ok(Some(RemoteRelease {
+                        source: "intune".into(),
+                        action: "bypassActivationLock".into(),
+                        wait: Duration::from_millis(1),
+                    })),
+                }
+            })
+        }
+    }
+
+    fn tagged(lookup: &Lookup) -> Vec<(String, CodeKind, String)> {
+        lookup
+            .codes
+            .iter()
+            .map(|c| (c.code.reveal(), c.kind, c.source.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answers_merge_in_order_without_duplicates_and_failures_do_not_stop_the_chain() {
+        let (csv, _) = Fixed::new(vec![(OTHER, CodeKind::Unknown)]);
+        let (broken, _) = Fixed::failing("Kandji refused the API token (HTTP 401)");
+        let (intune, _) = Fixed::new(vec![(GOOD, CodeKind::Device), (OTHER, CodeKind::Device)]);
+        let (empty, _) = Fixed::new(Vec::new());
+        let chain = Chain::new()
+            .with("codes.csv", "csv", csv)
+            .with("kandji", "kandji", broken)
+            .with("contoso", "intune", intune)
+            .with("hook", "command", empty);
+        let lookup = chain.lookup_all("c8tj500qf1mn", "U").await.expect("lookup");
+        assert!(lookup.known);
+        assert_eq!(
+            tagged(&lookup),
+            vec![
+                (
+                    OTHER.to_string(),
+                    CodeKind::Unknown,
+                    "codes.csv".to_string()
+                ),
+                (GOOD.to_string(), CodeKind::Device, "contoso".to_string()),
+            ]
+        );
+        let answered: Vec<(&str, usize, bool)> = lookup
+            .answered
+            .iter()
+            .map(|a| (a.source.as_str(), a.codes, a.known))
+            .collect();
+        assert_eq!(
+            answered,
+            vec![
+                ("codes.csv", 1, true),
+                ("contoso", 2, true),
+                ("hook", 0, false)
+            ]
+        );
+        assert_eq!(
+            lookup.failures,
+            vec![SourceFailure {
+                source: "kandji".into(),
+                kind: "kandji",
+                reason: "Kandji refused the API token (HTTP 401)".into(),
+            }]
+        );
+        assert_eq!(chain.sources()[1], ("kandji", "kandji"));
+    }
+
+    #[tokio::test]
+    async fn every_source_failing_is_an_error() {
+        let (a, _) = Fixed::failing("token refused");
+        let (b, _) = Fixed::failing("hook timed out after 10s");
+        let chain = Chain::new()
+            .with("contoso", "intune", a)
+            .with("hook", "command", b);
+        let err = chain.lookup_all("S", "U").await.expect_err("all failed");
+        assert_eq!(
+            err.to_string(),
+            "every bypass-code source failed: contoso: token refused; hook: hook timed out after 10s"
+        );
+        assert!(matches!(
+            Chain::new().lookup_all("S", "U").await,
+            Err(ChainError::NoSources)
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_for_the_run_but_failures_are_asked_again() {
+        let (intune, intune_calls) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
+        let (broken, broken_calls) = Fixed::failing("Graph answered HTTP 503");
+        let chain = Chain::new()
+            .with("contoso", "intune", intune)
+            .with("kandji", "kandji", broken);
+        let first = chain
+            .lookup_all("C8TJ500QF1MN", "00008030-00AA")
+            .await
+            .expect("first");
+        assert!(!first.answered[0].cached);
+        // Replugged: same serial and UDID (written differently).
+        let again = chain
+            .lookup_all(" c8tj500qf1mn", "00008030-00aa")
+            .await
+            .expect("again");
+        assert!(again.answered[0].cached);
+        assert_eq!(tagged(&again), tagged(&first));
+        assert_eq!(intune_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(broken_calls.load(Ordering::SeqCst), 2);
+        // Another phone is another lookup.
+        chain
+            .lookup_all("F2L000000001", "00008030-00BB")
+            .await
+            .expect("other");
+        assert_eq!(intune_calls.load(Ordering::SeqCst), 2);
+        // Concurrent lookups of one phone ask once.
+        let (slow, slow_calls) = Fixed::new(vec![(THIRD, CodeKind::Server)]);
+        let chain = Chain::new().with("kandji", "kandji", slow);
+        let (a, b) = tokio::join!(chain.lookup_all("S1", "U"), chain.lookup_all("S1", "U"));
+        assert_eq!(tagged(&a.expect("a")), tagged(&b.expect("b")));
+        assert_eq!(slow_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_source_able_to_release_does() {
+        let (csv, _) = Fixed::new(Vec::new());
+        let (mut intune, _) = Fixed::new(Vec::new());
+        intune.release = true;
+        let chain = Chain::new()
+            .with("codes.csv", "csv", csv)
+            .with("contoso", "intune", intune);
+        let release = chain.release_lock("S", "U").await.expect("release");
+        assert_eq!(
+            release.map(|r| r.action),
+            Some("bypassActivationLock".to_string())
+        );
+
+        let (csv, _) = Fixed::new(Vec::new());
+        assert_eq!(
+            Chain::new()
+                .with("codes.csv", "csv", csv)
+                .release_lock("S", "U")
+                .await
+                .expect("none"),
+            None
+        );
+
+        let (mut broken, _) = Fixed::failing("Graph refused the request (HTTP 403 Forbidden)");
+        broken.release = true;
+        let err = Chain::new()
+            .with("contoso", "intune", broken)
+            .release_lock("S", "U")
+            .await
+            .expect_err("failed");
+        assert!(err.to_string().contains("HTTP 403"), "{err}");
+    }
+}

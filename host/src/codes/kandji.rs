@@ -1,0 +1,339 @@
+//! Kandji (mdm.md §3.1): the device by serial number (the API matches partial serials, so the
+//! exact serial is checked here), then `secrets/bypasscode`, which holds both codes:
+//! `user_based_albc` (device-generated) and `device_based_albc` (server-generated).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use station_config::SecretString;
+use station_protocol::bypass_code::BypassCode;
+use zeroize::Zeroizing;
+
+use super::redact::{encode_component, parse_json, scrubbed};
+use super::{CodeKind, Lookup, SourcedCode};
+use crate::activation::http::{HttpClient, HttpError, HttpResponse, RetryPolicy};
+
+/// Kandji's page size limit for the device list.
+const PAGE_SIZE: usize = 300;
+/// Pages followed at most: partial matches of a short serial could list a large fleet.
+const MAX_PAGES: usize = 20;
+/// Kandji allows about 10 000 requests an hour per tenant; a bench needs far fewer.
+const REQUESTS_PER_SECOND: f64 = 5.0;
+
+#[derive(Debug)]
+pub struct KandjiSettings {
+    pub name: String,
+    /// `https://<subdomain>.api.kandji.io` (or `.api.eu.kandji.io`), or a stand-in.
+    pub api_url: String,
+    pub token: SecretString,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KandjiError {
+    #[error("Kandji refused the API token (HTTP 401): check the token and api_url")]
+    Unauthorized,
+    #[error(
+        "the Kandji API token may not read {what} (HTTP 403): give it the {permission} permission"
+    )]
+    Forbidden {
+        what: &'static str,
+        permission: &'static str,
+    },
+    #[error("Kandji is throttling this token (HTTP 429): retry later")]
+    Throttled,
+    #[error("Kandji answered HTTP {status} for {what}{}", if .message.is_empty() { String::new() } else { format!(": {message}") })]
+    Service {
+        status: u16,
+        what: &'static str,
+        message: String,
+    },
+    #[error("unreadable answer from Kandji for {what}: {reason}")]
+    BadAnswer { what: &'static str, reason: String },
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+#[derive(Deserialize)]
+struct Device {
+    device_id: Option<String>,
+    serial_number: Option<String>,
+}
+
+/// The list is a bare array; some API versions wrap it as `{"results": [...]}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeviceList {
+    Bare(Vec<Device>),
+    Wrapped { results: Vec<Device> },
+}
+
+#[derive(Deserialize)]
+struct Secrets {
+    user_based_albc: Option<String>,
+    device_based_albc: Option<String>,
+}
+
+pub struct Kandji {
+    settings: KandjiSettings,
+    http: HttpClient,
+}
+
+impl Kandji {
+    pub fn new(settings: KandjiSettings) -> Result<Self, KandjiError> {
+        let http = HttpClient::for_service(
+            "Kandji",
+            super::USER_AGENT,
+            settings.timeout,
+            settings.retry,
+        )?
+        .with_rate_limit(REQUESTS_PER_SECOND);
+        Ok(Kandji { settings, http })
+    }
+
+    pub async fn fetch(&self, serial: &str) -> Result<Lookup, KandjiError> {
+        let serial = serial.trim();
+        let mut lookup = Lookup::default();
+        for id in self.devices(serial).await? {
+            let url = format!(
+                "{}/api/v1/devices/{}/secrets/bypasscode",
+                self.base(),
+                encode_component(&id)
+            );
+            let response = self.get(&url).await?;
+            match response.status {
+                200 => {}
+                404 => continue,
+                _ => return Err(failure(&response, "device secrets", "Device secrets")),
+            }
+            lookup.known = true;
+            let secrets: Secrets =
+                parse_json(&response.body).map_err(|reason| KandjiError::BadAnswer {
+                    what: "device secrets",
+                    reason,
+                })?;
+            for (field, text, kind) in [
+                ("user_based_albc", secrets.user_based_albc, CodeKind::Device),
+                (
+                    "device_based_albc",
+                    secrets.device_based_albc,
+                    CodeKind::Server,
+                ),
+            ] {
+                let Some(text) = text.map(Zeroizing::new).filter(|t| !t.trim().is_empty()) else {
+                    continue;
+                };
+                match BypassCode::parse(&text) {
+                    Ok(code) => lookup.push(SourcedCode {
+                        code,
+                        kind,
+                        source: self.settings.name.clone(),
+                    }),
+                    Err(e) => tracing::warn!(
+                        source = %self.settings.name,
+                        device = %id,
+                        field,
+                        error = %e,
+                        "Kandji holds an unreadable bypass code; skipped"
+                    ),
+                }
+            }
+        }
+        Ok(lookup)
+    }
+
+    /// Ids of the devices whose serial is exactly `serial`.
+    async fn devices(&self, serial: &str) -> Result<Vec<String>, KandjiError> {
+        let mut ids = Vec::new();
+        for page in 0..MAX_PAGES {
+            let url = format!(
+                "{}/api/v1/devices?serial_number={}&limit={PAGE_SIZE}&offset={}",
+                self.base(),
+                encode_component(serial),
+                page * PAGE_SIZE
+            );
+            let response = self.get(&url).await?;
+            if response.status != 200 {
+                return Err(failure(&response, "the device list", "Device list"));
+            }
+            let devices =
+                match parse_json(&response.body).map_err(|reason| KandjiError::BadAnswer {
+                    what: "the device list",
+                    reason,
+                })? {
+                    DeviceList::Bare(d) | DeviceList::Wrapped { results: d } => d,
+                };
+            let full_page = devices.len() == PAGE_SIZE;
+            ids.extend(devices.into_iter().filter_map(|d| {
+                let exact = d
+                    .serial_number
+                    .as_deref()
+                    .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial));
+                d.device_id.filter(|_| exact)
+            }));
+            if !full_page {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    fn base(&self) -> &str {
+        self.settings.api_url.trim_end_matches('/')
+    }
+
+    async fn get(&self, url: &str) -> Result<HttpResponse, KandjiError> {
+        let authorization = Zeroizing::new(format!("Bearer {}", self.settings.token.expose()));
+        let headers = [
+            ("authorization".to_string(), authorization.to_string()),
+            ("accept".to_string(), "application/json".to_string()),
+        ];
+        Ok(self.http.get(url, &headers).await?)
+    }
+}
+
+fn failure(response: &HttpResponse, what: &'static str, permission: &'static str) -> KandjiError {
+    match response.status {
+        401 => KandjiError::Unauthorized,
+        403 => KandjiError::Forbidden { what, permission },
+        429 => KandjiError::Throttled,
+        status => {
+            // Kandji errors are `{"detail": "..."}`; anything else is not quoted.
+            let message = serde_json::from_slice::<serde_json::Value>(&response.body)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(scrubbed))
+                .unwrap_or_default();
+            KandjiError::Service {
+                status,
+                what,
+                message,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::test_server::{Reply, TestServer};
+
+    const TOKEN: &str = "kandji-token-0123456789abcdef";
+    const SERIAL: &str = "C8TJ500QF1MN";
+    const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+    const OTHER: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+
+    /// A stand-in Kandji API: partial serial matches, like the real one.
+    async fn server(forbid_secrets: bool) -> TestServer {
+        let devices = [
+            ("dev-partial", "C8TJ500QF1MNX"),
+            ("dev-1", SERIAL),
+            ("dev-other", "F2L000000001"),
+        ];
+        TestServer::start(move |request| {
+            if request.bearer() != Some(TOKEN) {
+                return Reply::json(401, serde_json::json!({ "detail": "Incorrect authentication credentials." }));
+            }
+            if request.path() == "/api/v1/devices" {
+                let wanted = request.query("serial_number").unwrap_or_default();
+                let list: Vec<serde_json::Value> = devices
+                    .iter()
+                    .filter(|(_, s)| s.contains(wanted.as_str()))
+                    .map(|(id, s)| serde_json::json!({ "device_id": id, "serial_number": s }))
+                    .collect();
+                return Reply::json(200, list.into());
+            }
+            if forbid_secrets {
+                return Reply::json(403, serde_json::json!({ "detail": "You do not have permission." }));
+            }
+            match request.path() {
+                "/api/v1/devices/dev-1/secrets/bypasscode" => Reply::json(
+                    200,
+                    serde_json::json!({ "user_based_albc": GOOD, "device_based_albc": OTHER }),
+                ),
+                "/api/v1/devices/dev-partial/secrets/bypasscode" => Reply::json(
+                    200,
+                    serde_json::json!({ "user_based_albc": "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17", "device_based_albc": "" }),
+                ),
+                _ => Reply::empty(404),
+            }
+        })
+        .await
+    }
+
+    fn client(url: &str, token: &str) -> Kandji {
+        Kandji::new(KandjiSettings {
+            name: "acme-kandji".into(),
+            api_url: format!("{url}/"),
+            token: SecretString::new(token),
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                attempts: 2,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+            },
+        })
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn both_code_kinds_of_the_exact_serial() {
+        let server = server(false).await;
+        let lookup = client(&server.url, TOKEN)
+            .fetch(SERIAL)
+            .await
+            .expect("lookup");
+        let codes: Vec<(String, CodeKind, &str)> = lookup
+            .codes
+            .iter()
+            .map(|c| (c.code.reveal(), c.kind, c.source.as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                (GOOD.to_string(), CodeKind::Device, "acme-kandji"),
+                (OTHER.to_string(), CodeKind::Server, "acme-kandji"),
+            ]
+        );
+        // The partial match was never asked for its secrets.
+        let asked: Vec<String> = server
+            .requests()
+            .iter()
+            .map(|r| r.path().to_string())
+            .collect();
+        assert_eq!(
+            asked,
+            vec![
+                "/api/v1/devices",
+                "/api/v1/devices/dev-1/secrets/bypasscode"
+            ]
+        );
+        assert_eq!(
+            server.requests()[0].query("serial_number").as_deref(),
+            Some(SERIAL)
+        );
+
+        let lookup = client(&server.url, TOKEN)
+            .fetch("F2LNOTKNOWN1")
+            .await
+            .expect("lookup");
+        assert_eq!(lookup, Lookup::default());
+    }
+
+    #[tokio::test]
+    async fn a_bad_token_and_a_missing_permission_are_named() {
+        let server = server(false).await;
+        let err = client(&server.url, "wrong-token-abcdef0123456789")
+            .fetch(SERIAL)
+            .await
+            .expect_err("401");
+        assert!(matches!(err, KandjiError::Unauthorized), "{err}");
+        assert!(!err.to_string().contains("wrong-token"));
+        let server = self::server(true).await;
+        let err = client(&server.url, TOKEN)
+            .fetch(SERIAL)
+            .await
+            .expect_err("403");
+        assert!(err.to_string().contains("Device secrets"), "{err}");
+    }
+}

@@ -1,0 +1,576 @@
+//! `station report`: the attempts in the ledger, filtered, as an aligned table, CSV or
+//! JSON. Field names and meanings: docs/report.md.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime, Time};
+
+use crate::error::{exit, StationError};
+use crate::ledger::{after_millisecond, AttemptRecord, Filter, LedgerReader, Status};
+
+/// What `station report` takes.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_long_help = "Rows are attempts, oldest first. A DATE is a UTC day \
+(2026-11-27) or an RFC 3339 timestamp (2026-11-27T14:00:00+01:00); --since and --until \
+both include the day or instant they name and filter on when the attempt started.\n\n\
+Formats: table (default on a terminal), csv (default otherwise; RFC 4180 with a header \
+row), json (an array of objects; the same as --json). Fields: see docs/report.md.\n\n\
+An empty result, or no ledger yet, is not an error: exit status 0."
+)]
+pub struct ReportArgs {
+    /// Attempts started on or after DATE (UTC day or RFC 3339 timestamp).
+    #[arg(long, value_name = "DATE", value_parser = since_bound)]
+    pub since: Option<OffsetDateTime>,
+    /// Attempts started on or before DATE (a day counts whole).
+    #[arg(long, value_name = "DATE", value_parser = until_bound)]
+    pub until: Option<OffsetDateTime>,
+    /// Only attempts that ended so; repeat for several. `in_progress`: not ended.
+    #[arg(long = "outcome", value_name = "OUTCOME", value_parser = outcome_arg)]
+    pub outcomes: Vec<Status>,
+    /// Only phones found Activation-Locked, with how each ended.
+    #[arg(long)]
+    pub locked: bool,
+    /// One row per phone: its newest matching attempt.
+    #[arg(long)]
+    pub latest: bool,
+    /// Only the attempts of this run.
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: Option<String>,
+    /// Output format [default: table on a terminal, else csv; `--json` means json].
+    #[arg(long, value_enum)]
+    pub format: Option<ReportFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// `2026-11-27` (that UTC day from midnight) or an RFC 3339 timestamp; `true` for a day.
+fn date_or_timestamp(text: &str) -> Result<(OffsetDateTime, bool), String> {
+    let text = text.trim();
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((at, false));
+    }
+    Date::parse(text, format_description!("[year]-[month]-[day]"))
+        .map(|day| (day.with_time(Time::MIDNIGHT).assume_utc(), true))
+        .map_err(|_| {
+            format!("expected a date (2026-11-27) or an RFC 3339 timestamp (2026-11-27T14:00:00Z), got {text:?}")
+        })
+}
+
+fn since_bound(text: &str) -> Result<OffsetDateTime, String> {
+    date_or_timestamp(text).map(|(at, _)| at)
+}
+
+/// The exclusive bound: the next midnight for a day, the next millisecond for an instant.
+fn until_bound(text: &str) -> Result<OffsetDateTime, String> {
+    let (at, day) = date_or_timestamp(text)?;
+    Ok(if day {
+        at + time::Duration::DAY
+    } else {
+        after_millisecond(at)
+    })
+}
+
+fn outcome_arg(text: &str) -> Result<Status, String> {
+    Status::parse(text).ok_or_else(|| {
+        format!(
+            "unknown outcome {text:?}; valid outcomes: {}",
+            Status::names().join(", ")
+        )
+    })
+}
+
+impl ReportArgs {
+    fn filter(&self) -> Result<Filter, StationError> {
+        if let (Some(since), Some(before)) = (self.since, self.until) {
+            if since >= before {
+                return Err(StationError::new(
+                    "report-range",
+                    exit::USAGE,
+                    "--since is after --until: nothing can match",
+                ));
+            }
+        }
+        Ok(Filter {
+            since: self.since,
+            before: self.until,
+            statuses: self.outcomes.clone(),
+            locked_only: self.locked,
+            run_id: self.run.clone(),
+            udid: None,
+            latest_per_phone: self.latest,
+        })
+    }
+
+    fn resolved_format(&self, json: bool) -> ReportFormat {
+        match (self.format, json) {
+            (Some(format), _) => format,
+            (None, true) => ReportFormat::Json,
+            (None, false) if std::io::stdout().is_terminal() => ReportFormat::Table,
+            (None, false) => ReportFormat::Csv,
+        }
+    }
+}
+
+/// The report's text. No ledger in `data_dir` yet is said on stderr and gives an empty
+/// report (exit 0): nothing was processed, which is an answer, not a failure.
+pub fn report(args: &ReportArgs, data_dir: &Path, json: bool) -> Result<String, StationError> {
+    let filter = args.filter()?;
+    let records = match LedgerReader::open(data_dir)? {
+        Some(reader) => reader.attempts(&filter)?,
+        None => {
+            eprintln!(
+                "no ledger at {}: nothing processed yet",
+                crate::ledger::ledger_path(data_dir).display()
+            );
+            Vec::new()
+        }
+    };
+    render(&records, args.resolved_format(json))
+}
+
+pub fn render(records: &[AttemptRecord], format: ReportFormat) -> Result<String, StationError> {
+    match format {
+        ReportFormat::Table => Ok(table(records)),
+        ReportFormat::Csv => csv(records),
+        ReportFormat::Json => serde_json::to_string_pretty(records)
+            .map(|mut text| {
+                text.push('\n');
+                text
+            })
+            .map_err(|e| {
+                StationError::new(
+                    "report-output",
+                    exit::FAILURE,
+                    format!("cannot encode JSON: {e}"),
+                )
+            }),
+    }
+}
+
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("—").to_string()
+}
+
+/// `2026-11-27T14:03:12.345Z` → `2026-11-27 14:03:12`.
+fn short_time(stamp: &str) -> String {
+    stamp
+        .get(..19)
+        .map_or_else(|| stamp.to_string(), |s| s.replacen('T', " ", 1))
+}
+
+fn short_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs < 60 {
+        format!("{}.{}s", secs, (ms % 1000) / 100)
+    } else {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+/// How it ended, in a few words: the code source for a released lock, else the reason.
+fn how_it_ended(r: &AttemptRecord) -> String {
+    let success = matches!(r.outcome, Status::Finished(o) if o.is_success());
+    match (&r.released_by, &r.remote_release) {
+        (Some(release), _) if success => format!(
+            "released by {} with {}",
+            release.source,
+            release.code.as_deref().unwrap_or("a code")
+        ),
+        (None, Some(remote)) if success => format!(
+            "released by {} ({})",
+            remote.source,
+            remote.action.as_deref().unwrap_or("remote release")
+        ),
+        _ if r.outcome == Status::InProgress => match &r.stopped_at {
+            Some(step) => format!("in progress at step {step}"),
+            None => "in progress".to_string(),
+        },
+        _ => or_dash(r.reason.as_deref()),
+    }
+}
+
+fn table(records: &[AttemptRecord]) -> String {
+    if records.is_empty() {
+        return "No attempts match.\n".to_string();
+    }
+    const HEADER: [&str; 8] = [
+        "FINISHED (UTC)",
+        "SLOT",
+        "SERIAL",
+        "MODEL",
+        "iOS",
+        "OUTCOME",
+        "TIME",
+        "REASON / RELEASED BY",
+    ];
+    let rows: Vec<[String; 8]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.finished_at
+                    .as_deref()
+                    .map_or_else(|| "—".into(), short_time),
+                r.slot.clone().unwrap_or_else(|| r.location_id.clone()),
+                or_dash(r.serial.as_deref()),
+                or_dash(r.model.as_deref()),
+                or_dash(r.product_version.as_deref()),
+                r.outcome.name(),
+                r.duration_ms.map_or_else(|| "—".into(), short_duration),
+                how_it_ended(r),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut text = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        text.truncate(text.trim_end().len());
+        text.push('\n');
+        text
+    };
+    let mut out = line(&HEADER.map(str::to_string));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// CSV columns, in order; [`csv_row`] fills them (same length, checked by the type).
+pub const CSV_COLUMNS: [&str; 26] = [
+    "attempt_id",
+    "run_id",
+    "station_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "slot",
+    "location_id",
+    "udid",
+    "serial",
+    "product_type",
+    "model",
+    "product_version",
+    "outcome",
+    "reason",
+    "stopped_at",
+    "activation_state",
+    "activation_locked",
+    "codes_tried",
+    "released_by_source",
+    "released_by_kind",
+    "released_code",
+    "remote_release_source",
+    "remote_release_action",
+    "recovered_at",
+    "steps",
+];
+
+fn csv_row(r: &AttemptRecord) -> [String; 26] {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (release, remote) = (r.released_by.as_ref(), r.remote_release.as_ref());
+    // `pair=120;identify=45`: milliseconds per step, `?` for one cut short.
+    let steps = r
+        .steps
+        .iter()
+        .map(|s| match s.duration_ms {
+            Some(ms) => format!("{}={ms}", s.step),
+            None => format!("{}=?", s.step),
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    [
+        r.attempt_id.get().to_string(),
+        r.run_id.clone(),
+        r.station_id.clone(),
+        r.started_at.clone(),
+        text(&r.finished_at),
+        r.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
+        text(&r.slot),
+        r.location_id.clone(),
+        r.udid.clone(),
+        text(&r.serial),
+        text(&r.product_type),
+        text(&r.model),
+        text(&r.product_version),
+        r.outcome.name(),
+        text(&r.reason),
+        text(&r.stopped_at),
+        text(&r.activation_state),
+        r.activation_locked.to_string(),
+        r.codes_tried.to_string(),
+        release.map(|x| x.source.clone()).unwrap_or_default(),
+        release.and_then(|x| x.kind.clone()).unwrap_or_default(),
+        release.and_then(|x| x.code.clone()).unwrap_or_default(),
+        remote.map(|x| x.source.clone()).unwrap_or_default(),
+        remote.and_then(|x| x.action.clone()).unwrap_or_default(),
+        text(&r.recovered_at),
+        steps,
+    ]
+}
+
+fn csv(records: &[AttemptRecord]) -> Result<String, StationError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        StationError::new(
+            "report-output",
+            exit::FAILURE,
+            format!("cannot write CSV: {e}"),
+        )
+    };
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_COLUMNS).map_err(|e| failed(&e))?;
+    for record in records {
+        writer
+            .write_record(csv_row(record))
+            .map_err(|e| failed(&e))?;
+    }
+    let bytes = writer.into_inner().map_err(|e| failed(&e))?;
+    String::from_utf8(bytes).map_err(|e| failed(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::Outcome;
+    use clap::Parser;
+    use time::macros::datetime;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReportArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ReportArgs, String> {
+        Cli::try_parse_from(std::iter::once("report").chain(args.iter().copied()))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    fn rows(dir: &Path, args: &[&str]) -> Vec<AttemptRecord> {
+        let args = parse(args).expect("arguments");
+        LedgerReader::open(dir)
+            .expect("reader")
+            .expect("ledger")
+            .attempts(&args.filter().expect("filter"))
+            .expect("attempts")
+    }
+
+    fn udids(records: &[AttemptRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| format!("{}:{}", r.udid, r.outcome.name()))
+            .collect()
+    }
+
+    #[test]
+    fn dates_and_timestamps_bound_the_start() {
+        let args = parse(&["--since", "2026-11-27", "--until", "2026-11-27"]).expect("parse");
+        assert_eq!(args.since, Some(datetime!(2026-11-27 00:00 UTC)));
+        assert_eq!(args.until, Some(datetime!(2026-11-28 00:00 UTC)));
+        let args = parse(&["--until", "2026-11-27T14:00:00+01:00"]).expect("parse");
+        assert_eq!(args.until, Some(datetime!(2026-11-27 13:00:00.001 UTC)));
+        let error = parse(&["--since", "27/11/2026"]).expect_err("refused");
+        assert!(error.contains("expected a date (2026-11-27)"), "{error}");
+        let args = parse(&["--since", "2026-11-28", "--until", "2026-11-27"]).expect("parse");
+        assert!(args.filter().is_err());
+    }
+
+    #[test]
+    fn unknown_outcomes_are_refused_with_the_valid_names() {
+        let error = parse(&["--outcome", "locked"]).expect_err("refused");
+        assert!(error.contains("unknown outcome \"locked\""), "{error}");
+        assert!(
+            error.contains("activated, already_activated, locked_no_code"),
+            "{error}"
+        );
+        let args = parse(&["--outcome", "user_locked", "--outcome", "in_progress"]).expect("parse");
+        assert_eq!(
+            args.outcomes,
+            [Status::Finished(Outcome::UserLocked), Status::InProgress]
+        );
+    }
+
+    #[tokio::test]
+    async fn filters_from_the_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::ledger::tests::sample_ledger(dir.path()).await;
+        assert_eq!(
+            udids(&rows(
+                dir.path(),
+                &["--since", "2026-11-27", "--until", "2026-11-27T10:59:59Z"]
+            )),
+            ["c:already_activated", "d:code_rejected"]
+        );
+        assert_eq!(
+            udids(&rows(dir.path(), &["--until", "2026-11-26"])),
+            ["a:activated", "b:locked_no_code"]
+        );
+        assert_eq!(
+            udids(&rows(
+                dir.path(),
+                &["--outcome", "activated", "--outcome", "user_locked"]
+            )),
+            ["a:activated", "b:user_locked"]
+        );
+        assert_eq!(
+            udids(&rows(dir.path(), &["--locked"])),
+            [
+                "a:activated",
+                "b:locked_no_code",
+                "d:code_rejected",
+                "b:user_locked"
+            ]
+        );
+        assert_eq!(
+            udids(&rows(dir.path(), &["--locked", "--latest", "--run", "r2"])),
+            ["d:code_rejected", "b:user_locked"]
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_parses_back_with_a_header_and_one_row_per_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::ledger::tests::sample_ledger(dir.path()).await;
+        let records = rows(dir.path(), &[]);
+        let text = render(&records, ReportFormat::Csv).expect("csv");
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(header, CSV_COLUMNS);
+        let parsed: Vec<csv::StringRecord> =
+            reader.records().collect::<Result<_, _>>().expect("rows");
+        assert_eq!(parsed.len(), records.len());
+        let column = |name: &str| CSV_COLUMNS.iter().position(|c| *c == name).expect("column");
+        let a = &parsed[0];
+        assert_eq!(&a[column("udid")], "a");
+        assert_eq!(&a[column("outcome")], "activated");
+        assert_eq!(&a[column("released_by_source")], "intune");
+        assert_eq!(&a[column("released_code")], "3UM43-\u{2026}-FKA4");
+        assert_eq!(&a[column("activation_locked")], "true");
+        assert_eq!(&a[column("steps")], "pair=500;activation_request=1400");
+        // The reason has a comma and a colon: quoting keeps it one field.
+        assert!(a[column("reason")].starts_with("activated: Activation Lock released"));
+        assert_eq!(&parsed[5][column("outcome")], "in_progress");
+        assert_eq!(&parsed[5][column("finished_at")], "");
+
+        let empty = render(&[], ReportFormat::Csv).expect("csv");
+        assert_eq!(empty.lines().count(), 1, "just the header");
+    }
+
+    #[tokio::test]
+    async fn json_is_an_array_of_objects_with_stable_fields() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::ledger::tests::sample_ledger(dir.path()).await;
+        let records = rows(dir.path(), &["--locked"]);
+        let text = render(&records, ReportFormat::Json).expect("json");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("parses");
+        let array = value.as_array().expect("an array");
+        assert_eq!(array.len(), 4);
+        let first = &array[0];
+        for field in [
+            "attempt_id",
+            "run_id",
+            "station_id",
+            "udid",
+            "serial",
+            "product_type",
+            "model",
+            "product_version",
+            "slot",
+            "location_id",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "outcome",
+            "reason",
+            "stopped_at",
+            "activation_state",
+            "activation_locked",
+            "codes_tried",
+            "released_by",
+            "remote_release",
+            "recovered_at",
+            "steps",
+        ] {
+            assert!(first.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(first["outcome"], "activated");
+        assert_eq!(first["released_by"]["source"], "intune");
+        assert_eq!(first["released_by"]["code"], "3UM43-\u{2026}-FKA4");
+        assert_eq!(first["steps"][0]["step"], "pair");
+        assert_eq!(first["steps"][0]["duration_ms"], 500);
+        assert_eq!(array[1]["outcome"], "locked_no_code");
+        assert_eq!(array[1]["released_by"], serde_json::Value::Null);
+        assert_eq!(render(&[], ReportFormat::Json).expect("json").trim(), "[]");
+    }
+
+    #[tokio::test]
+    async fn the_table_aligns_its_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::ledger::tests::sample_ledger(dir.path()).await;
+        let text = render(&rows(dir.path(), &[]), ReportFormat::Table).expect("table");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7);
+        assert!(lines[0].starts_with("FINISHED (UTC)"));
+        // Each cell starts where its header does.
+        let column = |name: &str| {
+            let byte = lines[0].find(name).expect("column");
+            lines[0][..byte].chars().count()
+        };
+        let cell = |line: &str, at: usize| line.chars().skip(at).collect::<String>();
+        for line in &lines[1..] {
+            assert!(cell(line, column("SLOT")).starts_with("S-"), "{line}");
+            let outcome = cell(line, column("OUTCOME"));
+            assert!(
+                Status::names()
+                    .iter()
+                    .any(|n| outcome.starts_with(n.as_str())),
+                "{line}"
+            );
+        }
+        assert!(lines[1].contains("released by intune with 3UM43-\u{2026}-FKA4"));
+        assert!(lines[1].starts_with("2026-11-26 10:00:02  S-a"));
+        assert!(lines[6].starts_with("—"), "in progress: not finished");
+        assert!(lines[6].ends_with("in progress at step activation_request"));
+        assert_eq!(
+            render(&[], ReportFormat::Table).expect("table"),
+            "No attempts match.\n"
+        );
+    }
+
+    #[test]
+    fn a_missing_ledger_is_an_empty_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = parse(&["--format", "json"]).expect("parse");
+        assert_eq!(
+            report(&args, dir.path(), false).expect("report").trim(),
+            "[]"
+        );
+        assert!(
+            !crate::ledger::ledger_path(dir.path()).exists(),
+            "report creates nothing"
+        );
+    }
+}

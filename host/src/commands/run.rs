@@ -1,0 +1,201 @@
+//! `station run`: line mode. Also the engine of `station demo`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use station_config::{Encoding, StationConfig};
+use tokio::sync::watch;
+
+use crate::activation::http::RetryPolicy;
+use crate::activation::{ActivationServer, RequestEncoding};
+use crate::codes::CodeLookup;
+use crate::error::{exit, StationError};
+use crate::ledger::Ledger;
+use crate::line::events::{EventKind, EventSink, PhoneRef, Summary};
+use crate::line::render::{self, Mode};
+use crate::line::{Line, LineOptions, RunLog, Shutdown};
+use crate::phone::Bench;
+
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    pub once: bool,
+    pub redo: bool,
+    /// Overrides `[station] concurrency`.
+    pub concurrency: Option<u32>,
+    /// How long to wait for the operator to tap Trust on an activated phone.
+    pub trust_wait: Duration,
+    /// `--once`: how long an unplugged phone may stay away before it counts as interrupted.
+    pub replug_grace: Duration,
+}
+
+pub fn retry_policy(config: &StationConfig) -> RetryPolicy {
+    RetryPolicy {
+        attempts: config.retry.attempts.max(1),
+        initial_backoff: Duration::from_millis(config.retry.initial_backoff_ms),
+        max_backoff: Duration::from_millis(config.retry.max_backoff_ms),
+    }
+}
+
+pub fn activation_server(config: &StationConfig) -> Result<ActivationServer, StationError> {
+    let encoding = match config.activation.encoding {
+        Encoding::Urlencoded => RequestEncoding::UrlEncoded,
+        Encoding::Multipart => RequestEncoding::Multipart,
+    };
+    Ok(ActivationServer::new(
+        &config.activation.url,
+        Duration::from_secs(config.activation.timeout_secs),
+        retry_policy(config),
+    )?
+    .with_encoding(encoding))
+}
+
+/// A run id that sorts by time: `run-20261127T061502Z-3f9a`.
+fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("run-{stamp}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
+}
+
+/// Ctrl-C (or SIGTERM) once: drain; twice: abort.
+fn watch_signals() -> watch::Receiver<Shutdown> {
+    let (tx, rx) = watch::channel(Shutdown::Running);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut level = Shutdown::Running;
+        loop {
+            let terminate = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminate => {}
+            }
+            level = if level == Shutdown::Running {
+                Shutdown::Drain
+            } else {
+                Shutdown::Abort
+            };
+            if tx.send(level).is_err() || level == Shutdown::Abort {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the line with everything built from the configuration; renders to the terminal or
+/// as NDJSON; returns the summary once the ledger has the run closed.
+pub async fn run(
+    bench: Bench,
+    config: &StationConfig,
+    data_dir: &Path,
+    codes: Arc<dyn CodeLookup>,
+    args: RunArgs,
+    mode: Mode,
+) -> Result<Summary, StationError> {
+    let station_id = config.station.id.clone();
+    let (ledger, recovered) = {
+        let data_dir = data_dir.to_path_buf();
+        let id = station_id.clone();
+        tokio::task::spawn_blocking(move || Ledger::open(&data_dir, &id))
+            .await
+            .map_err(|e| {
+                StationError::new(
+                    "internal",
+                    exit::FAILURE,
+                    format!("ledger task failed: {e}"),
+                )
+            })??
+    };
+    let run_id = new_run_id();
+    ledger.start_run(&run_id, SystemTime::now()).await?;
+    tracing::info!(ledger = %ledger.path().display(), run_id, "run started");
+
+    let (events, rx) = EventSink::channel();
+    let renderer = tokio::spawn(render::render(rx, mode));
+    for r in recovered {
+        events.send(EventKind::Recovered {
+            phone: PhoneRef {
+                slot: r
+                    .slot
+                    .clone()
+                    .unwrap_or_else(|| format!("0x{:08x}", r.location_id)),
+                udid: r.udid.clone(),
+            },
+            step: r.step.clone(),
+        });
+    }
+
+    let slot_config = config.clone();
+    let line = Line {
+        bench: Arc::new(bench),
+        server: Arc::new(activation_server(config)?),
+        codes,
+        log: Arc::new(RunLog {
+            ledger: ledger.clone(),
+            run_id: run_id.clone(),
+        }),
+        slots: Arc::new(move |location| slot_config.slot_label(location).map(str::to_string)),
+        events,
+        options: LineOptions {
+            run_id: run_id.clone(),
+            station_id,
+            once: args.once,
+            redo: args.redo,
+            concurrency: args
+                .concurrency
+                .unwrap_or(config.station.concurrency)
+                .max(1) as usize,
+            retry: retry_policy(config),
+            trust_wait: args.trust_wait,
+            replug_grace: args.replug_grace,
+        },
+    };
+    let result = line.run(watch_signals()).await;
+    // The line's sink is gone with it: the renderer drains what is left and stops.
+    let _ = renderer.await;
+    if let Err(e) = ledger.finish_run(&run_id, SystemTime::now()).await {
+        tracing::error!("could not close the run in the ledger: {e}");
+    }
+    ledger.close().await;
+    result
+}
+
+/// The exit code of a run: 0 when every phone is done, 1 when any needs attention.
+pub fn exit_code(summary: &Summary) -> u8 {
+    if summary.failed() == 0 && !summary.stopped_early {
+        0
+    } else {
+        exit::FAILURE
+    }
+}
+
+pub fn mode(json: bool) -> Mode {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Mode::Ndjson
+    } else {
+        Mode::Terminal
+    }
+}
+
+/// The configured sources as one chain, or a lookup that explains none is configured.
+pub fn code_lookup(config: &StationConfig) -> Result<Arc<dyn CodeLookup>, StationError> {
+    Ok(match super::codes::chain_from_config(config)? {
+        Some(chain) => Arc::new(chain),
+        None => Arc::new(super::activate::NoSources),
+    })
+}

@@ -1,0 +1,205 @@
+//! The line's typed events: what the terminal UI and the NDJSON stream render.
+//! The NDJSON form is a contract, versioned by `v` (docs/events.md).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::activation::{Outcome, Release, Step};
+
+/// Version of the event schema; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub v: u32,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// A phone as every event names it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PhoneRef {
+    pub udid: String,
+    /// The bench label from the slot map, else the usbmuxd LocationID in hex.
+    pub slot: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    RunStarted {
+        run_id: String,
+        station_id: String,
+        concurrency: usize,
+        once: bool,
+    },
+    /// An attempt the previous station process left unfinished, now recorded `interrupted`.
+    Recovered {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        step: Option<String>,
+    },
+    Attached {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        location_id: u32,
+    },
+    Detached {
+        #[serde(flatten)]
+        phone: PhoneRef,
+    },
+    /// Waiting for a free worker (the concurrency limit).
+    Queued {
+        #[serde(flatten)]
+        phone: PhoneRef,
+    },
+    Started {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        attempt: u32,
+        /// Phones being worked on now, this one included.
+        in_flight: usize,
+    },
+    Identified {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        serial: String,
+        product_type: Option<String>,
+        model: Option<String>,
+        product_version: Option<String>,
+    },
+    Step {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        step: Step,
+    },
+    Retrying {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        attempt: u32,
+        wait_ms: u64,
+        reason: String,
+    },
+    /// The attempt's outcome, committed to the ledger before this event is sent.
+    Finished {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        outcome: Outcome,
+        message: String,
+        serial: Option<String>,
+        model: Option<String>,
+        activation_locked: bool,
+        codes_tried: usize,
+        released_by: Option<Release>,
+        step: Option<Step>,
+        elapsed_ms: u64,
+    },
+    /// Replugged after it was already handled in this run.
+    Skipped {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        outcome: Outcome,
+        reason: String,
+    },
+    Summary(Summary),
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub run_id: String,
+    pub phones: usize,
+    /// Final outcome per phone, counted.
+    pub counts: BTreeMap<String, usize>,
+    /// Phones that need the operator (anything but activated / already activated).
+    pub attention: Vec<Attention>,
+    /// The operator stopped the run (Ctrl-C) before every phone was done.
+    pub stopped_early: bool,
+    pub elapsed_ms: u64,
+}
+
+impl Summary {
+    pub fn failed(&self) -> usize {
+        self.attention.len()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attention {
+    #[serde(flatten)]
+    pub phone: PhoneRef,
+    pub serial: Option<String>,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// Where events go. Cloned into every worker; sending never blocks.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl EventSink {
+    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink { tx }, rx)
+    }
+
+    pub fn send(&self, kind: EventKind) {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // A closed renderer means the process is ending; nothing to do about it.
+        let _ = self.tx.send(Event {
+            v: SCHEMA_VERSION,
+            ts_ms,
+            kind,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_flat_with_version_and_phone() {
+        let (sink, mut rx) = EventSink::channel();
+        sink.send(EventKind::Step {
+            phone: PhoneRef {
+                udid: "U".into(),
+                slot: "A1".into(),
+            },
+            step: Step::Handshake,
+        });
+        let event = rx.try_recv().expect("event");
+        let json = serde_json::to_value(&event).expect("json");
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["event"], "step");
+        assert_eq!(json["udid"], "U");
+        assert_eq!(json["slot"], "A1");
+        assert_eq!(json["step"], "handshake");
+        assert!(json["ts_ms"].as_u64().is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn summary_is_an_event_too() {
+        let summary = Summary {
+            run_id: "r".into(),
+            phones: 2,
+            ..Summary::default()
+        };
+        let json = serde_json::to_value(Event {
+            v: 1,
+            ts_ms: 1,
+            kind: EventKind::Summary(summary),
+        })
+        .expect("json");
+        assert_eq!(json["event"], "summary");
+        assert_eq!(json["phones"], 2);
+    }
+}
