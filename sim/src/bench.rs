@@ -10,16 +10,18 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::activation::albert::{self, Albert};
+use crate::activation::albert::Albert;
 use crate::activation::device::MobileActivationd;
 use crate::activation::Authority;
 use crate::error::SimError;
 use crate::hub::Hub;
 use crate::lockdownd::LockdownContext;
+use crate::mdm::{Graph, Kandji, MdmServices};
 use crate::phone::Phone;
-use crate::ready::{ReadyDevice, ReadyInfo};
+use crate::ready::{ReadyDevice, ReadyInfo, ReadyIntune, ReadyKandji, ReadyMdm};
 use crate::services::ServiceRegistry;
 use crate::state::StateDir;
+use crate::station_config::{self, ConfigPaths, ConfigSource};
 use crate::usbmuxd::Listeners;
 use crate::world::{default_world, ActivationState, Trust, World};
 
@@ -44,6 +46,9 @@ pub struct BenchConfig {
     /// Keep each phone's RSA key in `<state_dir>/keys` so restarts need no key generation
     /// (and pairings remembered across restarts stay valid).
     pub cache_keys: bool,
+    /// The bypass-code sources the ready-made station configuration lists, in order
+    /// (default: Intune, then Kandji).
+    pub station_config_sources: Vec<ConfigSource>,
 }
 
 impl BenchConfig {
@@ -56,6 +61,7 @@ impl BenchConfig {
             services: ServiceRegistry::new(),
             activation_port: 0,
             cache_keys: true,
+            station_config_sources: station_config::DEFAULT_SOURCES.to_vec(),
         }
     }
 }
@@ -84,6 +90,8 @@ pub(crate) struct Shared {
 pub struct Bench {
     shared: Arc<Shared>,
     albert: Albert,
+    mdm: MdmServices,
+    station_config: PathBuf,
     socket: PathBuf,
     state_dir: PathBuf,
     stop: watch::Sender<bool>,
@@ -126,12 +134,14 @@ impl Bench {
 
         // The phones and the stand-in server share one signing authority (see activation).
         let authority = Arc::new(Authority::generate());
-        let (http, addr) = albert::bind(cfg.activation_port).await.map_err(|source| {
-            SimError::ActivationServer {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let (http, addr) = crate::http::bind(cfg.activation_port)
+            .await
+            .map_err(|source| SimError::ActivationServer {
                 port: cfg.activation_port,
                 source,
-            }
-        })?;
+            })?;
         let albert = Albert::new(
             addr,
             authority.clone(),
@@ -139,6 +149,7 @@ impl Bench {
             &cfg.world.activation_server,
             cfg.world.seed,
         );
+        let mdm = crate::mdm::start(&cfg.world, &phones, &mut tasks, &stop_rx).await?;
         let mut services = ServiceRegistry::new();
         services.register(MobileActivationd::new(authority.clone(), cfg.idle_timeout));
         services.extend(&cfg.services);
@@ -156,10 +167,8 @@ impl Bench {
             listeners: Listeners::default(),
         });
 
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
         tasks.spawn(
-            albert::serve(albert.clone(), http, stop_rx.clone())
+            crate::http::serve(albert.clone(), http, stop_rx.clone())
                 .instrument(tracing::info_span!("albert", url = %albert.url())),
         );
         for phone in shared.hub.phones() {
@@ -188,15 +197,21 @@ impl Bench {
             accept_loop(listener, shared.clone(), stop_rx)
                 .instrument(tracing::info_span!("usbmuxd", socket = %cfg.socket.display())),
         );
+        let station_config = write_station_config(&cfg, &albert, &mdm).await?;
         tracing::info!(
             socket = %cfg.socket.display(),
             phones = shared.hub.phones().len(),
             activation_url = %albert.url(),
+            graph_url = %mdm.graph.url(),
+            kandji_url = %mdm.kandji.url(),
+            station_config = %station_config.display(),
             "bench listening"
         );
         Ok(Bench {
             shared,
             albert,
+            mdm,
+            station_config,
             socket: cfg.socket,
             state_dir: cfg.state_dir,
             stop,
@@ -217,6 +232,22 @@ impl Bench {
     /// failures) and the log of what it received.
     pub fn albert(&self) -> &Albert {
         &self.albert
+    }
+
+    /// The stand-in Intune: Microsoft Entra token endpoint and Graph `managedDevices`, with
+    /// run-time controls (throttling, failures, permissions, filters) and its request log.
+    pub fn graph(&self) -> &Graph {
+        &self.mdm.graph
+    }
+
+    /// The stand-in Kandji API: run-time controls and its request log.
+    pub fn kandji(&self) -> &Kandji {
+        &self.mdm.kandji
+    }
+
+    /// The ready-made station configuration pointing at this bench (in the state dir).
+    pub fn station_config(&self) -> &Path {
+        &self.station_config
     }
 
     /// `http://127.0.0.1:PORT/deviceservices`: the base of the activation endpoints.
@@ -261,15 +292,32 @@ impl Bench {
                     lock: p.lock.as_str().to_string(),
                     codes: p.codes.clone(),
                     stale_codes: p.stale_codes.clone(),
+                    enrollments: p.enrollments.clone(),
+                    lock_released: phone.activation_lock_released(),
                 }
             })
             .collect();
+        let graph = &self.mdm.graph;
         ReadyInfo {
             socket: self.socket.clone(),
             state_dir: self.state_dir.clone(),
             system_buid: self.shared.system_buid.clone(),
             pid: std::process::id(),
             activation_url: self.albert.url().to_string(),
+            mdm: Some(ReadyMdm {
+                intune: ReadyIntune {
+                    token_url_base: graph.token_url_base().to_string(),
+                    token_url: graph.token_url(),
+                    graph_url: graph.url().to_string(),
+                    tenant: graph.tenant().to_string(),
+                    client_id: graph.client_id().to_string(),
+                    scope: graph.scope().to_string(),
+                },
+                kandji: ReadyKandji {
+                    api_url: self.mdm.kandji.url().to_string(),
+                },
+            }),
+            station_config: Some(self.station_config.clone()),
             devices,
         }
     }
@@ -346,6 +394,37 @@ impl Drop for Bench {
         self.tasks.abort_all();
         self.remove_socket();
     }
+}
+
+/// Writes the station configuration and its secret files into the state directory, with
+/// absolute paths so it works from any directory.
+async fn write_station_config(
+    cfg: &BenchConfig,
+    albert: &Albert,
+    mdm: &MdmServices,
+) -> Result<PathBuf, SimError> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let paths = ConfigPaths::in_state_dir(&absolute(&cfg.state_dir));
+    let socket = absolute(&cfg.socket);
+    let activation_url = albert.url().to_string();
+    let (graph, kandji) = (mdm.graph.clone(), mdm.kandji.clone());
+    let sources = cfg.station_config_sources.clone();
+    let config = paths.config.clone();
+    tokio::task::spawn_blocking(move || {
+        let at = station_config::Endpoints {
+            socket: &socket,
+            activation_url: &activation_url,
+            graph: &graph,
+            kandji: &kandji,
+        };
+        station_config::write(&paths, &at, &sources)
+    })
+    .await
+    .map_err(|e| SimError::State {
+        path: config.clone(),
+        reason: e.to_string(),
+    })??;
+    Ok(config)
 }
 
 /// Binds the socket, replacing a stale socket file but never a live server.

@@ -23,6 +23,14 @@ pub enum SimError {
     UnknownDevice { udid: String },
     #[error("device key for {udid}: {reason}")]
     DeviceKey { udid: String, reason: String },
+    #[error("cannot serve the stand-in {service} on 127.0.0.1: {source}")]
+    MdmServer {
+        service: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate {}: {reason}", path.display())]
+    Certificate { path: PathBuf, reason: String },
     #[error("cannot serve the activation server on 127.0.0.1:{port}: {source}")]
     ActivationServer {
         port: u16,

@@ -19,30 +19,42 @@
 //! the whole activation exchange, Activation Lock and bypass codes included, can be driven
 //! against it.
 //!
-//! Layout: [`world`] (what phones exist), `phone` (one phone's state and lockdown values),
-//! `hub` (plugged phones, DeviceIDs, events), `usbmuxd` (socket protocol), `lockdownd`
-//! (port 62078), [`services`] (StartService), [`activation`] (mobileactivationd and the
-//! stand-in activation server), `state` (what survives a restart), [`bench`] (putting it
-//! together), [`ready`] (the `--ready` file).
+//! It also runs stand-in MDM services ([`mdm`]): a Microsoft Entra token endpoint and
+//! Graph's Intune `managedDevices` ([`Graph`], at [`Bench::graph`]) and the Kandji API
+//! ([`Kandji`], at [`Bench::kandji`]), holding the phones' bypass codes; and it writes a
+//! station configuration pointing at all of them ([`station_config`]).
+//!
+//! Layout: [`world`] (what phones exist, and what their MDMs hold), `phone` (one phone's
+//! state and lockdown values), `hub` (plugged phones, DeviceIDs, events), `usbmuxd` (socket
+//! protocol), `lockdownd` (port 62078), [`services`] (StartService), [`activation`]
+//! (mobileactivationd and the stand-in activation server), `http` (the loopback HTTP
+//! servers), [`mdm`] (the MDM stand-ins), `state` (what survives a restart), [`bench`]
+//! (putting it together), [`ready`] (the `--ready` file).
 
 pub mod activation;
 pub mod bench;
 mod error;
+mod http;
 mod hub;
 mod lockdownd;
+pub mod mdm;
 pub mod phone;
 pub mod ready;
 pub mod services;
 mod state;
+pub mod station_config;
 mod usbmuxd;
 pub mod world;
 
 pub use activation::albert::{Albert, AlbertOutcome, AlbertRequest, Endpoint};
 pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
 pub use error::SimError;
-pub use ready::{ReadyDevice, ReadyInfo};
+pub use mdm::{Graph, Kandji, MdmOutcome, MdmRequest, MdmService};
+pub use ready::{ReadyDevice, ReadyInfo, ReadyIntune, ReadyKandji, ReadyMdm};
 pub use services::{LockdownService, ServiceConnection, ServiceRegistry};
+pub use station_config::ConfigSource;
 pub use world::{
-    default_world, ActivationServerSpec, ActivationState, DeviceProfile, DeviceSpec, FaultSpec,
-    Lock, Trust, World, WorldError,
+    default_world, ActivationServerSpec, ActivationState, DeviceProfile, DeviceSpec, Enrollment,
+    EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm, Trust, World,
+    WorldError,
 };

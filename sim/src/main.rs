@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use station_sim::{default_world, Bench, BenchConfig, World};
+use station_sim::{default_world, Bench, BenchConfig, ConfigSource, World};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -69,6 +69,15 @@ struct ServeArgs {
     /// ready file's `activation_url` tells which].
     #[arg(long, default_value_t = 0)]
     activation_port: u16,
+    /// Bypass-code sources the ready-made station configuration lists, in order (the ready
+    /// file's `station_config` names it).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [ConfigSource::Intune, ConfigSource::Kandji]
+    )]
+    station_config_sources: Vec<ConfigSource>,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +133,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
     cfg.cache_keys = !args.no_key_cache;
     cfg.activation_port = args.activation_port;
+    cfg.station_config_sources = args.station_config_sources.clone();
     let bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
     if let Some(path) = &args.ready {
         if let Err(e) = bench.ready_info().write(path) {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
+use crate::world::Enrollment;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadyInfo {
@@ -19,7 +20,40 @@ pub struct ReadyInfo {
     /// the endpoints are `<activation_url>/drmHandshake` and `<activation_url>/deviceActivation`.
     #[serde(default)]
     pub activation_url: String,
+    /// The stand-in MDM services (no secrets: those are in the files `station_config` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdm: Option<ReadyMdm>,
+    /// A ready-made station configuration (TOML) pointing every source at this bench.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station_config: Option<PathBuf>,
     pub devices: Vec<ReadyDevice>,
+}
+
+/// `mdm` in the ready file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyMdm {
+    pub intune: ReadyIntune,
+    pub kandji: ReadyKandji,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyIntune {
+    /// Stands for `https://login.microsoftonline.com`.
+    pub token_url_base: String,
+    /// `<token_url_base>/<tenant>/oauth2/v2.0/token`.
+    pub token_url: String,
+    /// Graph's root (stands for `https://graph.microsoft.com`; `/v1.0` and `/beta` below).
+    pub graph_url: String,
+    pub tenant: String,
+    pub client_id: String,
+    /// The scope a token request must name.
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyKandji {
+    /// Stands for `https://<subdomain>.api.kandji.io`.
+    pub api_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +99,12 @@ pub struct ReadyDevice {
     /// Codes an MDM would still list for the phone but the server rejects.
     #[serde(default)]
     pub stale_codes: Vec<String>,
+    /// The phone's Intune records and Kandji devices, with the codes they hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enrollments: Vec<Enrollment>,
+    /// Its `mdm` lock was released through the MDM (Intune's bypassActivationLock).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lock_released: bool,
 }
 
 fn no_lock() -> String {

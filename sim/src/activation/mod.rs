@@ -57,7 +57,7 @@ impl std::fmt::Debug for Authority {
 }
 
 /// Whether two byte strings are equal, in constant time with respect to their contents.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::SimError;
 use crate::state::{write_atomic, StateDir};
-use crate::world::{ActivationState, DeviceProfile, Trust};
+use crate::world::{ActivationState, DeviceProfile, Lock, Trust};
 
 /// A pairing the phone accepted: what `StartSession` and the TLS handshake check against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +89,9 @@ struct PhoneState {
     /// Service ports opened by StartService, waiting for their usbmuxd Connect.
     open_ports: HashMap<u16, crate::services::PendingService>,
     next_port: u16,
+    /// When the organisation's MDM had Apple drop the `mdm` lock (Intune's
+    /// bypassActivationLock); Apple's server answers a record from then on. Not persisted.
+    lock_released_at: Option<Instant>,
 }
 
 /// First dynamic port handed out by StartService (real phones use the 49152+ range too).
@@ -142,6 +145,7 @@ impl Phone {
             overrides: BTreeMap::new(),
             open_ports: HashMap::new(),
             next_port: FIRST_SERVICE_PORT,
+            lock_released_at: None,
         };
         Ok(Phone {
             profile,
@@ -169,6 +173,34 @@ impl Phone {
 
     pub fn activation_state(&self) -> ActivationState {
         self.lock().activation_state
+    }
+
+    /// Activation Lock as Apple's server sees the phone now: the world's lock, except an
+    /// `mdm` lock its MDM has released.
+    pub fn activation_lock(&self) -> Lock {
+        match self.profile.lock {
+            Lock::Mdm if self.activation_lock_released() => Lock::None,
+            lock => lock,
+        }
+    }
+
+    /// Whether an MDM released the phone's `mdm` lock (and the release has taken effect).
+    pub fn activation_lock_released(&self) -> bool {
+        self.lock()
+            .lock_released_at
+            .is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// The MDM asks Apple to drop the lock; it takes effect `after` this long (an earlier
+    /// request that takes effect sooner wins). Only an `mdm` lock can be released.
+    pub(crate) fn release_activation_lock(&self, after: Duration) -> bool {
+        if self.profile.lock != Lock::Mdm {
+            return false;
+        }
+        let at = Instant::now() + after;
+        let mut s = self.lock();
+        s.lock_released_at = Some(s.lock_released_at.map_or(at, |earlier| earlier.min(at)));
+        true
     }
 
     /// `ActivationStateAcknowledged` as lockdown reports it.

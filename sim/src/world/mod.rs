@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod gen;
+pub mod mdm;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use station_protocol::bypass_code::BypassCode;
 
 use catalog::{Model, MODELS};
+pub use mdm::{Cloud, Enrollment, EnrollmentSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Mdm};
 
 /// Default USB product id of an iPhone in normal mode (0x12a8).
 pub const IPHONE_PRODUCT_ID: u32 = 0x12a8;
@@ -42,6 +44,12 @@ pub enum WorldError {
     },
     #[error("[activation_server] `{field}` {reason}")]
     InvalidServer { field: &'static str, reason: String },
+    #[error("[{table}] `{field}` {reason}")]
+    InvalidMdm {
+        table: &'static str,
+        field: &'static str,
+        reason: String,
+    },
     #[error("devices #{first} and #{second} have the same {field} {value}")]
     Duplicate {
         field: &'static str,
@@ -137,6 +145,12 @@ pub struct World {
     /// Latency and injected failures of the stand-in activation server.
     #[serde(default, skip_serializing_if = "ActivationServerSpec::is_default")]
     pub activation_server: ActivationServerSpec,
+    /// The stand-in Microsoft Entra token endpoint and Graph (Intune).
+    #[serde(default, skip_serializing_if = "IntuneSpec::is_default")]
+    pub intune: IntuneSpec,
+    /// The stand-in Kandji API.
+    #[serde(default, skip_serializing_if = "KandjiSpec::is_default")]
+    pub kandji: KandjiSpec,
     #[serde(default, rename = "device", skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSpec>,
 }
@@ -298,6 +312,16 @@ pub struct DeviceSpec {
     /// The masked owner account the lock page shows, e.g. `j•••@icloud.com`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_hint: Option<String>,
+    // --- MDM enrolments (what the organisation's MDMs hold) ---
+    /// `false` keeps an `mdm` phone out of Intune; `true` enrols any phone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intune: Option<bool>,
+    /// `true` makes the phone a Kandji device (and, unless `intune = true`, not an Intune one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kandji: Option<bool>,
+    /// The phone's MDM records, each with its own codes; replaces `intune`/`kandji`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollments: Option<Vec<EnrollmentSpec>>,
 }
 
 /// A fully resolved virtual iPhone: every identity value lockdown reports, and its state.
@@ -344,6 +368,8 @@ pub struct DeviceProfile {
     pub codes: Vec<String>,
     pub stale_codes: Vec<String>,
     pub owner_hint: String,
+    /// Intune records and Kandji devices for this phone, in enrolment order.
+    pub enrollments: Vec<Enrollment>,
 }
 
 impl DeviceProfile {
@@ -366,7 +392,14 @@ impl World {
             path: path.display().to_string(),
             source,
         })?;
-        World::from_toml(&text, &path.display().to_string())
+        let mut world = World::from_toml(&text, &path.display().to_string())?;
+        // A relative certificate path means: next to the world file.
+        if let (Some(cert), Some(dir)) = (&world.intune.certificate_file, path.parent()) {
+            if cert.is_relative() {
+                world.intune.certificate_file = Some(dir.join(cert));
+            }
+        }
+        Ok(world)
     }
 
     /// The world as TOML (what `station-sim world` prints).
@@ -380,6 +413,8 @@ impl World {
         Ok(World {
             seed: self.seed,
             activation_server: self.activation_server.clone(),
+            intune: self.intune.clone(),
+            kandji: self.kandji.clone(),
             devices: self.resolve()?.iter().map(spec_from_profile).collect(),
         })
     }
@@ -388,6 +423,8 @@ impl World {
     /// `[activation_server]` table).
     pub fn resolve(&self) -> Result<Vec<DeviceProfile>, WorldError> {
         self.activation_server.validate()?;
+        self.intune.validate()?;
+        self.kandji.validate()?;
         let mut out: Vec<DeviceProfile> = Vec::with_capacity(self.devices.len());
         for (index, spec) in self.devices.iter().enumerate() {
             let profile = resolve_device(self.seed, index, spec)?;
@@ -407,6 +444,11 @@ impl World {
                 if other.location_id == profile.location_id {
                     return Err(dup("location_id", &format!("{:#x}", profile.location_id)));
                 }
+                for e in &profile.enrollments {
+                    if other.enrollments.iter().any(|o| o.id == e.id) {
+                        return Err(dup("enrollment id", &e.id));
+                    }
+                }
             }
             out.push(profile);
         }
@@ -415,16 +457,24 @@ impl World {
 }
 
 /// `n` phones, deterministic from `seed`, with realistic identities and a mix of states.
-/// Devices cycle through five kinds:
+/// Devices cycle through ten kinds:
 ///
 /// 0. Unactivated, not locked (a clean erased phone);
 /// 1. Activated, trust accepted at once;
-/// 2. Unactivated, MDM-locked, with a bypass code (and a stale one the MDM still lists);
-/// 3. Unactivated, locked to a person's Apple Account;
-/// 4. Activated, trust accepted after 2.5 s.
+/// 2. Unactivated, MDM-locked, with a bypass code and a stale one: enrolled in Intune
+///    twice (an older record with the stale code, the newer one with the good code and
+///    the UDID);
+/// 3. Unactivated, locked to a person's Apple Account (enrolled nowhere);
+/// 4. Activated, trust accepted after 2.5 s;
+/// 5. Unactivated, MDM-locked with two codes, only in Kandji (device- and user-based);
+/// 6. Unactivated, MDM-locked, one Intune record with its code;
+/// 7. Unactivated, MDM-locked, no code anywhere: one Intune record whose code is null
+///    (only Intune's `bypassActivationLock` releases it);
+/// 8. Unactivated, not locked, enrolled in Intune (its code is never asked for);
+/// 9. Unactivated, MDM-locked, one code held by both Intune and Kandji.
 ///
-/// So with `n >= 4` there is one of each activation case, and the first three are usable by
-/// every tool without waiting.
+/// So with `n >= 4` there is one of each activation case, the first three are usable by
+/// every tool without waiting, and from `n >= 6` every MDM case appears in turn.
 pub fn default_world(n: usize, seed: u64) -> World {
     let mut devices = Vec::with_capacity(n);
     let mut udids = HashSet::new();
@@ -443,16 +493,34 @@ pub fn default_world(n: usize, seed: u64) -> World {
         };
         udids.insert(spec_udid.clone());
         serials.insert(spec_serial.clone());
-        let (activation_state, trust_delay_ms, lock) = match index % 5 {
-            0 => (ActivationState::Unactivated, 0, Lock::None),
+        let kind = index % 10;
+        let (activation_state, trust_delay_ms, lock) = match kind {
             1 => (ActivationState::Activated, 0, Lock::None),
-            2 => (ActivationState::Unactivated, 0, Lock::Mdm),
+            4 => (ActivationState::Activated, 2500, Lock::None),
+            2 | 5 | 6 | 7 | 9 => (ActivationState::Unactivated, 0, Lock::Mdm),
             3 => (ActivationState::Unactivated, 0, Lock::User),
-            _ => (ActivationState::Activated, 2500, Lock::None),
+            _ => (ActivationState::Unactivated, 0, Lock::None),
         };
-        // A separate stream, so the stale code does not shift any other generated value.
-        let stale_codes =
-            (lock == Lock::Mdm).then(|| vec![gen::bypass_code(&mut gen::device_rng(!seed, index))]);
+        // A separate stream, so extra codes do not shift any other generated value.
+        let mut codes_rng = gen::device_rng(!seed, index);
+        let (codes, stale_codes) = match kind {
+            2 => (None, Some(vec![gen::bypass_code(&mut codes_rng)])),
+            5 => (
+                Some(vec![
+                    gen::bypass_code(&mut codes_rng),
+                    gen::bypass_code(&mut codes_rng),
+                ]),
+                None,
+            ),
+            7 => (Some(Vec::new()), None),
+            _ => (None, None),
+        };
+        let (intune, kandji) = match kind {
+            5 => (None, Some(true)),
+            8 => (Some(true), None),
+            9 => (Some(true), Some(true)),
+            _ => (None, None),
+        };
         let spec = DeviceSpec {
             udid: Some(spec_udid),
             serial: Some(spec_serial),
@@ -463,7 +531,10 @@ pub fn default_world(n: usize, seed: u64) -> World {
             trust_delay_ms: Some(trust_delay_ms),
             passcode_locked: Some(false),
             lock: Some(lock),
+            codes,
             stale_codes,
+            intune,
+            kandji,
             ..DeviceSpec::default()
         };
         // Fill the remaining identity from the same per-device stream, then pin it in the
@@ -480,8 +551,8 @@ pub fn default_world(n: usize, seed: u64) -> World {
     }
     World {
         seed,
-        activation_server: ActivationServerSpec::default(),
         devices,
+        ..World::default()
     }
 }
 
@@ -518,6 +589,11 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         codes: (p.lock == Lock::Mdm || !p.codes.is_empty()).then(|| p.codes.clone()),
         stale_codes: (!p.stale_codes.is_empty()).then(|| p.stale_codes.clone()),
         owner_hint: (!p.owner_hint.is_empty()).then(|| p.owner_hint.clone()),
+        intune: None,
+        kandji: None,
+        // An `mdm` phone is enrolled by default: an empty list keeps it out.
+        enrollments: (p.lock == Lock::Mdm || !p.enrollments.is_empty())
+            .then(|| mdm::pinned(&p.enrollments)),
     }
 }
 
@@ -745,6 +821,8 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         .owner_hint
         .clone()
         .unwrap_or_else(|| default_owner_hint(lock).to_string());
+    let enrollments =
+        mdm::resolve_enrollments(seed, index, spec, lock, &codes, &stale_codes, &invalid)?;
 
     let location_id = spec.location_id.unwrap_or_else(|| default_location(index));
     let product_id = spec.product_id.unwrap_or(IPHONE_PRODUCT_ID);
@@ -807,6 +885,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         codes,
         stale_codes,
         owner_hint,
+        enrollments,
     })
 }
 
@@ -988,6 +1067,140 @@ mod tests {
     }
 
     #[test]
+    fn enrollments_are_checked_without_naming_codes() {
+        let good = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+        let stale = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
+        let other = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+        let mdm = format!("lock = \"mdm\"\ncodes = [\"{good}\"]\nstale_codes = [\"{stale}\"]\n");
+        let cases = [
+            // A code Apple does not know about (neither good nor stale).
+            format!("{mdm}[[device.enrollments]]\ncode = \"{other}\"\n"),
+            // A user-locked phone's MDM can only hold codes Apple rejects.
+            format!("lock = \"user\"\n[[device.enrollments]]\ncode = \"{good}\"\n"),
+            format!("{mdm}[[device.enrollments]]\ncode = \"3UM43\"\n"),
+            format!("{mdm}[[device.enrollments]]\nmdm = \"kandji\"\ncode = \"{good}\"\n"),
+            format!("{mdm}[[device.enrollments]]\ndevice_based_albc = \"{good}\"\n"),
+            format!("{mdm}intune = false\n[[device.enrollments]]\ncode = \"{good}\"\n"),
+            format!("{mdm}[[device.enrollments]]\nid = \"not-a-guid\"\n"),
+            format!("{mdm}[[device.enrollments]]\nenrolled_at = \"yesterday\"\n"),
+        ];
+        for body in cases {
+            let world = World::from_toml(&format!("[[device]]\n{body}"), "t").expect("parses");
+            let err = world.resolve().expect_err(&body);
+            assert!(
+                matches!(
+                    &err,
+                    WorldError::Invalid {
+                        field: "enrollments",
+                        ..
+                    }
+                ),
+                "{body}: {err}"
+            );
+            for code in [good, stale, other] {
+                assert!(!err.to_string().contains(&code[..11]), "no code in {err}");
+            }
+        }
+        let err = World::from_toml("[[device]]\n[[device.enrollments]]\nmdm = \"jamf\"\n", "t")
+            .expect_err("unknown MDM");
+        assert!(err.to_string().contains("jamf"), "{err}");
+
+        // Switches: an `mdm` phone kept out of Intune, a clean phone put in Kandji.
+        let w = World::from_toml(
+            "[[device]]\nlock = \"mdm\"\nintune = false\n[[device]]\nkandji = true\n",
+            "t",
+        )
+        .expect("parses");
+        let all = w.resolve().expect("resolves");
+        assert!(all[0].enrollments.is_empty());
+        assert_eq!(all[1].enrollments.len(), 1);
+        assert_eq!(all[1].enrollments[0].mdm, Mdm::Kandji);
+        assert!(
+            all[1].enrollments[0].device_based_albc.is_some(),
+            "harmless"
+        );
+        // Pinned worlds keep an `mdm` phone out of Intune with an empty list.
+        let again = World::from_toml(&w.pinned().expect("pinned").to_toml(), "p")
+            .expect("reparse")
+            .resolve()
+            .expect("resolves");
+        assert_eq!(again, all);
+
+        // The same id twice.
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let text = format!(
+            "[[device]]\nintune = true\n[[device]]\n[[device.enrollments]]\nid = \"{id}\"\n[[device]]\n[[device.enrollments]]\nid = \"{id}\"\n"
+        );
+        let err = World::from_toml(&text, "t")
+            .expect("parses")
+            .resolve()
+            .expect_err("duplicate");
+        assert!(
+            matches!(
+                err,
+                WorldError::Duplicate {
+                    field: "enrollment id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mdm_tables_are_checked() {
+        let w = World::from_toml(
+            "[intune]\ntenant = \"contoso.example\"\npage_size = 5\nignore_filters = true\n\
+             permissions = [\"DeviceManagementManagedDevices.Read.All\"]\n\
+             [intune.graph]\nthrottle_next = 2\nretry_after_secs = 3\n\
+             [kandji]\nlookalikes = true\n[kandji.api]\nfail_next = 1\n",
+            "t",
+        )
+        .expect("parses");
+        w.resolve().expect("valid");
+        assert_eq!(w.intune.graph.throttle_next, 2);
+        assert!(w.kandji.lookalikes);
+        let again = World::from_toml(&w.to_toml(), "printed").expect("reparse");
+        assert_eq!(again, w);
+        for (text, table, field) in [
+            (
+                "[intune.graph]\nfailure_status = 404\n",
+                "intune.graph",
+                "failure_status",
+            ),
+            (
+                "[intune.token]\nthrottle_rate = 2.0\n",
+                "intune.token",
+                "throttle_rate",
+            ),
+            ("[intune]\npage_size = 0\n", "intune", "page_size"),
+            ("[intune]\ntenant = \"a/b\"\n", "intune", "tenant"),
+            (
+                "[intune]\nclient_secret = \"has space\"\n",
+                "intune",
+                "client_secret",
+            ),
+            (
+                "[kandji.api]\nfail_rate = -1.0\n",
+                "kandji.api",
+                "fail_rate",
+            ),
+        ] {
+            let err = World::from_toml(text, "t")
+                .expect("parses")
+                .resolve()
+                .expect_err(text);
+            assert!(
+                matches!(&err, WorldError::InvalidMdm { table: t, field: f, .. } if *t == table && *f == field),
+                "{text}: {err}"
+            );
+            assert!(!err.to_string().contains("has space"), "{err}");
+        }
+        let err = World::from_toml("[intune]\npage_sise = 3\n", "t").expect_err("unknown");
+        assert!(err.to_string().contains("page_sise"), "{err}");
+    }
+
+    #[test]
     fn activation_server_table_is_checked() {
         let w = World::from_toml(
             "[activation_server]\nlatency_ms = 50\nfailure_status = 502\n\
@@ -1055,6 +1268,25 @@ mod tests {
             .iter()
             .any(|d| d.lock == Lock::Mdm && !d.stale_codes.is_empty()));
         assert!(devices.iter().any(|d| d.lock == Lock::User));
+        let intune = |d: &DeviceProfile| {
+            d.enrollments
+                .iter()
+                .filter(|e| e.mdm == Mdm::Intune)
+                .count()
+        };
+        assert!(devices.iter().any(|d| intune(d) == 2));
+        assert!(devices.iter().any(|d| d
+            .enrollments
+            .iter()
+            .any(|e| e.mdm == Mdm::Intune && e.code.is_none())));
+        assert!(devices.iter().any(|d| intune(d) == 0
+            && d.enrollments.iter().any(|e| e.mdm == Mdm::Kandji
+                && e.device_based_albc.is_some()
+                && e.user_based_albc.is_some())));
+        assert!(devices
+            .iter()
+            .filter(|d| d.lock != Lock::Mdm)
+            .all(|d| d.enrollments.is_empty()));
         let first = &devices[0];
         assert_eq!(first.udid, "00008030-001A2C3E0E90802E");
         assert_eq!(first.product_type, "iPhone12,1");

@@ -221,7 +221,8 @@ impl Exchange {
             );
         }
 
-        let lock = phone.profile().lock;
+        // The world's lock, unless the phone's MDM has had it released since.
+        let lock = phone.activation_lock();
         if !is_resubmission(&form) {
             return match lock {
                 Lock::None => self.record(&info),

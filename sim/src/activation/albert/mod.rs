@@ -6,28 +6,22 @@
 //! answers) and adds what tests need: latency and injected 5xx failures, set in the world
 //! file and changeable at run time, and a log of what it received (secrets masked).
 //!
-//! hyper's bare HTTP/1 server is used: it is already in the tree through the station's
-//! HTTP client, and two fixed routes need no framework.
+//! It runs on the bench's shared loopback HTTP server ([`crate::http`]).
 
 mod exchange;
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use exchange::{CHALLENGE_FIELD, LOGIN_FIELD, PASSWORD_FIELD};
@@ -39,12 +33,6 @@ use crate::world::{ActivationServerSpec, FaultSpec};
 
 /// Largest request body read; activation-info is ~10–30 KiB.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// A client must send its headers within this time…
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// …and its body within this time.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// No connection lives longer, idle keep-alive included.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// Requests kept in the log (oldest dropped first).
 const LOG_LIMIT: usize = 10_000;
 
@@ -266,7 +254,7 @@ impl Albert {
         log.push_back(entry);
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let header = |name| {
             req.headers()
                 .get(name)
@@ -329,20 +317,31 @@ impl Albert {
             status: answer.status,
             outcome: answer.outcome,
         });
-        let mut response = Response::new(Full::new(Bytes::from(answer.body)));
-        *response.status_mut() =
-            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
-        for (name, value) in answer.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-        response
+        let headers = answer
+            .headers
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        crate::http::response(
+            answer.status,
+            Some(answer.content_type),
+            headers,
+            answer.body,
+        )
+    }
+}
+
+impl crate::http::Handler for Albert {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+        let span = tracing::info_span!(
+            "albert",
+            endpoint = %req.uri().path(),
+            udid = tracing::field::Empty,
+        );
+        self.answer(req).instrument(span)
     }
 }
 
@@ -356,75 +355,22 @@ fn plain(status: u16, text: &str, outcome: AlbertOutcome) -> exchange::Answer {
     }
 }
 
-/// The whole body, within [`MAX_BODY`] and [`BODY_TIMEOUT`].
+/// The whole body, within [`MAX_BODY`] and the server's body timeout.
 async fn read_body(body: Incoming) -> Result<Bytes, exchange::Answer> {
-    let bad = |status, text: &str, reason: String| {
-        Err(plain(status, text, AlbertOutcome::BadRequest { reason }))
-    };
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => bad(
-            413,
-            "Payload Too Large",
-            format!("body over {MAX_BODY} bytes"),
-        ),
-        Ok(Err(e)) => bad(400, "Bad Request", format!("body not read: {e}")),
-        Err(_) => bad(
-            408,
-            "Request Timeout",
-            format!("body not received within {BODY_TIMEOUT:?}"),
-        ),
-    }
-}
-
-/// Binds the server's listener on loopback (`port` 0: any free port).
-pub(crate) async fn bind(port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = listener.local_addr()?;
-    Ok((listener, addr))
-}
-
-/// Accepts connections until `stop`, each served by hyper's HTTP/1 server with a header
-/// timeout and a lifetime cap.
-pub(crate) async fn serve(albert: Albert, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let albert = albert.clone();
-                    connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let albert = albert.clone();
-                            let span = tracing::info_span!(
-                                "albert",
-                                endpoint = %req.uri().path(),
-                                udid = tracing::field::Empty,
-                            );
-                            async move { Ok::<_, Infallible>(albert.handle(req).await) }
-                                .instrument(span)
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service);
-                        match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
-                            Err(_) => tracing::debug!(%peer, "HTTP connection closed after its lifetime"),
-                            Ok(Ok(())) => {}
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "activation server accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+    crate::http::read_body(body, MAX_BODY).await.map_err(|e| {
+        let text = match e.status() {
+            413 => "Payload Too Large",
+            408 => "Request Timeout",
+            _ => "Bad Request",
+        };
+        plain(
+            e.status(),
+            text,
+            AlbertOutcome::BadRequest {
+                reason: e.to_string(),
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
+        )
+    })
 }
 
 #[cfg(test)]

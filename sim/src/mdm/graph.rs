@@ -1,0 +1,684 @@
+//! The stand-in Microsoft Graph: `deviceManagement/managedDevices` under `/v1.0` and
+//! `/beta` (mdm.md §1.1–1.4, §1.7).
+//!
+//! - list: `$filter=serialNumber eq '…'` (and `operatingSystem eq '…'`, joined by `and`)
+//!   is honoured; any other filter is silently ignored and everything is returned, as Graph
+//!   does; `$select` and `$top` are honoured; pages link on with `@odata.nextLink`;
+//!   `activationLockBypassCode` is always null here, even when selected;
+//! - `GET managedDevices/{id}` (or `managedDevices('{id}')`): the code only when
+//!   `$select` names it;
+//! - `POST managedDevices/{id}/bypassActivationLock`: 204, and the phone's `mdm` lock is
+//!   released (the stand-in Albert answers a record from then on).
+//!
+//! `udid` and a few other properties are `$select`-only: null unless selected.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::intune::{IntuneInner, IntuneRecord};
+use super::service::{outcome_for, unix_now, utc_timestamp, Answer, MdmOutcome, Req};
+use crate::world::mdm::{PRIVILEGED_PERMISSION, READ_PERMISSIONS};
+
+const JSON: &str =
+    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// Graph's largest `$top` for managed devices.
+const MAX_TOP: usize = 1000;
+
+/// A Graph error answer: `{"error": {"code", "message", "innerError"}}`.
+fn graph_error(status: u16, code: &str, message: &str, outcome: MdmOutcome) -> Answer {
+    let body = json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": utc_timestamp(unix_now()),
+                "request-id": uuid::Uuid::new_v4().hyphenated().to_string(),
+                "client-request-id": uuid::Uuid::new_v4().hyphenated().to_string(),
+            }
+        }
+    });
+    Answer::json(status, JSON, &body, outcome)
+}
+
+fn bad_request(message: &str) -> Answer {
+    graph_error(
+        400,
+        "BadRequest",
+        message,
+        MdmOutcome::BadRequest {
+            reason: message.to_string(),
+        },
+    )
+}
+
+/// Throttling and injected failures.
+pub(crate) fn error_answer(status: u16, message: &str) -> Answer {
+    let code = match status {
+        429 => "TooManyRequests",
+        503 => "ServiceNotAvailable",
+        504 => "GatewayTimeout",
+        _ => "InternalServerError",
+    };
+    graph_error(status, code, message, outcome_for(status, message))
+}
+
+/// Which resource a path names.
+enum Resource<'a> {
+    List,
+    One(&'a str),
+    BypassActivationLock(&'a str),
+}
+
+/// `/{v1.0|beta}/deviceManagement/managedDevices[/{id}|('{id}')][/bypassActivationLock]`;
+/// segment names compare case-insensitively, as Graph's do.
+/// Errors are boxed: an answer is large, and these are the rare path.
+fn resource(path: &str) -> Result<(&str, Resource<'_>), Box<Answer>> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let not_found = |segment: &str| {
+        Box::new(bad_request(&format!(
+            "Resource not found for the segment '{segment}'."
+        )))
+    };
+    let Some((&version, rest)) = segments.split_first() else {
+        return Err(not_found(""));
+    };
+    if version != "v1.0" && version != "beta" {
+        return Err(Box::new(graph_error(
+            404,
+            "NotFound",
+            &format!("Invalid version: {version}"),
+            MdmOutcome::NotFound,
+        )));
+    }
+    match rest {
+        [dm, ..] if !dm.eq_ignore_ascii_case("deviceManagement") => Err(not_found(dm)),
+        [_, devices, tail @ ..] => {
+            let lower = devices.to_ascii_lowercase();
+            // `managedDevices('id')` puts the key in the same segment.
+            let (key, tail) = if let Some(inner) = lower
+                .strip_prefix("manageddevices(")
+                .and_then(|k| k.strip_suffix(')'))
+            {
+                let start = "manageddevices(".len();
+                let raw = &devices[start..start + inner.len()];
+                (Some(raw.trim_matches('\'')), tail)
+            } else if lower == "manageddevices" {
+                match tail {
+                    [] => (None, tail),
+                    [id, tail @ ..] => (Some(*id), tail),
+                }
+            } else {
+                return Err(not_found(devices));
+            };
+            match (key, tail) {
+                (None, []) => Ok((version, Resource::List)),
+                (Some(id), []) if !id.is_empty() => Ok((version, Resource::One(id))),
+                (Some(id), [action])
+                    if action.eq_ignore_ascii_case("bypassActivationLock")
+                        || action.eq_ignore_ascii_case("microsoft.graph.bypassActivationLock") =>
+                {
+                    Ok((version, Resource::BypassActivationLock(id)))
+                }
+                (_, [other, ..]) => Err(not_found(other)),
+                _ => Err(not_found(devices)),
+            }
+        }
+        [other] => Err(not_found(other)),
+        [] => Err(not_found("")),
+    }
+}
+
+pub(crate) fn route(inner: &IntuneInner, req: &Req) -> Answer {
+    let (version, resource) = match resource(req.path) {
+        Ok(r) => r,
+        Err(answer) => return *answer,
+    };
+    let wanted = match resource {
+        Resource::List | Resource::One(_) => "GET",
+        Resource::BypassActivationLock(_) => "POST",
+    };
+    if req.method != wanted {
+        return graph_error(
+            405,
+            "BadRequest",
+            &format!("The HTTP method '{}' is not allowed here.", req.method),
+            MdmOutcome::MethodNotAllowed,
+        )
+        .with_header("Allow", wanted);
+    }
+    let roles = match authorize(inner, req) {
+        Ok(roles) => roles,
+        Err(answer) => return *answer,
+    };
+    match resource {
+        Resource::List | Resource::One(_) => {
+            if !roles.iter().any(|r| READ_PERMISSIONS.contains(&r.as_str())) {
+                return forbidden(&READ_PERMISSIONS);
+            }
+            match resource {
+                Resource::One(id) => one(inner, req, version, id),
+                _ => list(inner, req, version),
+            }
+        }
+        Resource::BypassActivationLock(id) => {
+            if !roles.iter().any(|r| r == PRIVILEGED_PERMISSION) {
+                return forbidden(&[PRIVILEGED_PERMISSION]);
+            }
+            let Some(record) = find(inner, id) else {
+                return not_found(id);
+            };
+            let delay = inner.settings().bypass_delay;
+            let udid = record.phone.udid();
+            if record.enrollment.action_releases && record.phone.release_activation_lock(delay) {
+                tracing::info!(%udid, ?delay, "bypassActivationLock: Activation Lock released");
+            } else {
+                tracing::info!(%udid, "bypassActivationLock accepted; the lock stays");
+            }
+            Answer::empty(204, MdmOutcome::Ok)
+        }
+    }
+}
+
+/// The bearer token's permissions, or the 401 Graph answers.
+fn authorize(inner: &IntuneInner, req: &Req) -> Result<Vec<String>, Box<Answer>> {
+    let unauthorized = |message: &str| {
+        Box::new(graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            message,
+            MdmOutcome::Unauthorized {
+                reason: message.to_string(),
+            },
+        )
+        .with_header(
+            "WWW-Authenticate",
+            "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"",
+        ))
+    };
+    let Some(token) = req.bearer() else {
+        return Err(unauthorized("Access token is empty."));
+    };
+    match inner.token(token) {
+        None => Err(unauthorized(
+            "Access token validation failure. Invalid audience.",
+        )),
+        Some(t) if t.expires_at <= std::time::Instant::now() => Err(unauthorized(
+            "Lifetime validation failed, the token is expired.",
+        )),
+        Some(t) => Ok(t.roles),
+    }
+}
+
+fn forbidden(any_of: &[&str]) -> Answer {
+    let message = format!(
+        "Application is not authorized to perform this operation. Application must have one of the following scopes: {}",
+        any_of.join(", ")
+    );
+    graph_error(
+        403,
+        "Forbidden",
+        &message,
+        MdmOutcome::Forbidden {
+            missing: any_of.join(" or "),
+        },
+    )
+}
+
+fn not_found(id: &str) -> Answer {
+    graph_error(
+        404,
+        "ResourceNotFound",
+        &format!("Resource not found: no managedDevice with id '{id}'."),
+        MdmOutcome::NotFound,
+    )
+}
+
+fn find<'a>(inner: &'a IntuneInner, id: &str) -> Option<&'a IntuneRecord> {
+    inner
+        .records
+        .iter()
+        .find(|r| r.enrollment.id.eq_ignore_ascii_case(id))
+}
+
+/// The managedDevice properties the stand-in serves, in Graph's order.
+const PROPERTIES: &[&str] = &[
+    "id",
+    "userId",
+    "deviceName",
+    "managedDeviceOwnerType",
+    "enrolledDateTime",
+    "lastSyncDateTime",
+    "operatingSystem",
+    "complianceState",
+    "jailBroken",
+    "managementAgent",
+    "osVersion",
+    "easActivated",
+    "easDeviceId",
+    "easActivationDateTime",
+    "azureADRegistered",
+    "deviceEnrollmentType",
+    "activationLockBypassCode",
+    "emailAddress",
+    "azureADDeviceId",
+    "deviceRegistrationState",
+    "deviceCategoryDisplayName",
+    "isSupervised",
+    "exchangeLastSuccessfulSyncDateTime",
+    "exchangeAccessState",
+    "exchangeAccessStateReason",
+    "remoteAssistanceSessionUrl",
+    "remoteAssistanceSessionErrorDetails",
+    "isEncrypted",
+    "userPrincipalName",
+    "model",
+    "manufacturer",
+    "imei",
+    "complianceGracePeriodExpirationDateTime",
+    "serialNumber",
+    "phoneNumber",
+    "androidSecurityPatchLevel",
+    "userDisplayName",
+    "configurationManagerClientEnabledFeatures",
+    "wiFiMacAddress",
+    "deviceHealthAttestationState",
+    "subscriberCarrier",
+    "meid",
+    "totalStorageSpaceInBytes",
+    "freeStorageSpaceInBytes",
+    "managedDeviceName",
+    "partnerReportedThreatState",
+    "iccid",
+    "udid",
+    "notes",
+    "ethernetMacAddress",
+    "physicalMemoryInBytes",
+];
+
+/// How a record is being read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    List,
+    Single,
+}
+
+/// One property of a record. `selected`: named by `$select`.
+fn property(rec: &IntuneRecord, name: &str, selected: bool, read: Read) -> Value {
+    let p = rec.phone.profile();
+    let e = &rec.enrollment;
+    const NEVER: &str = "0001-01-01T00:00:00Z";
+    match name {
+        "id" => e.id.clone().into(),
+        "deviceName" | "managedDeviceName" => p.device_name.clone().into(),
+        "managedDeviceOwnerType" => "company".into(),
+        "enrolledDateTime" => e.enrolled_at.clone().into(),
+        "lastSyncDateTime" => e.last_sync_at().into(),
+        "operatingSystem" => "iOS".into(),
+        "complianceState" => "compliant".into(),
+        "jailBroken" => "False".into(),
+        "managementAgent" => "mdm".into(),
+        "osVersion" => p.product_version.clone().into(),
+        "easActivated" | "azureADRegistered" => false.into(),
+        "easActivationDateTime" | "exchangeLastSuccessfulSyncDateTime" => NEVER.into(),
+        "deviceEnrollmentType" => "appleBulkWithoutUser".into(),
+        // mdm.md §1.1: null in every list call, even when selected.
+        "activationLockBypassCode" if selected && read == Read::Single => {
+            e.code.clone().map_or(Value::Null, Value::from)
+        }
+        "azureADDeviceId" => "00000000-0000-0000-0000-000000000000".into(),
+        "deviceRegistrationState" => "notRegistered".into(),
+        "deviceCategoryDisplayName" => "Unknown".into(),
+        "isSupervised" | "isEncrypted" => true.into(),
+        "exchangeAccessState" | "exchangeAccessStateReason" => "none".into(),
+        "model" => p.marketing_name.clone().into(),
+        "manufacturer" => "Apple".into(),
+        "imei" => p.imei.clone().unwrap_or_default().into(),
+        "meid" => p.meid.clone().unwrap_or_default().into(),
+        "complianceGracePeriodExpirationDateTime" => "9999-12-31T23:59:59Z".into(),
+        "serialNumber" => p.serial.clone().into(),
+        "wiFiMacAddress" => p.wifi_address.replace(':', "").into(),
+        "totalStorageSpaceInBytes" => (u64::from(p.storage_gb) * 1_000_000_000).into(),
+        "freeStorageSpaceInBytes" => (u64::from(p.storage_gb) * 600_000_000).into(),
+        "partnerReportedThreatState" => "unknown".into(),
+        "udid" if selected && e.udid => p.udid.clone().into(),
+        "physicalMemoryInBytes" => 0.into(),
+        "userId"
+        | "easDeviceId"
+        | "emailAddress"
+        | "userPrincipalName"
+        | "phoneNumber"
+        | "androidSecurityPatchLevel"
+        | "userDisplayName"
+        | "subscriberCarrier" => "".into(),
+        _ => Value::Null,
+    }
+}
+
+fn record_json(rec: &IntuneRecord, select: Option<&[String]>, read: Read) -> Map<String, Value> {
+    let mut out = Map::new();
+    match select {
+        None => {
+            for name in PROPERTIES {
+                out.insert((*name).to_string(), property(rec, name, false, read));
+            }
+        }
+        Some(names) => {
+            for name in names {
+                out.insert(name.clone(), property(rec, name, true, read));
+            }
+        }
+    }
+    out
+}
+
+/// `$select`: canonical property names, or the 400 Graph answers for an unknown one.
+fn parse_select(text: Option<&str>) -> Result<Option<Vec<String>>, Box<Answer>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let mut out: Vec<String> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some(name) = PROPERTIES.iter().find(|p| p.eq_ignore_ascii_case(part)) else {
+            return Err(Box::new(bad_request(&format!(
+                "Could not find a property named '{part}' on type 'microsoft.graph.managedDevice'."
+            ))));
+        };
+        if !out.iter().any(|n| n == name) {
+            out.push((*name).to_string());
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn context(inner: &IntuneInner, version: &str, select: Option<&[String]>, entity: bool) -> String {
+    let selected = select
+        .map(|s| format!("({})", s.join(",")))
+        .unwrap_or_default();
+    let entity = if entity { "/$entity" } else { "" };
+    format!(
+        "{}/{version}/$metadata#deviceManagement/managedDevices{selected}{entity}",
+        inner.graph_base
+    )
+}
+
+fn one(inner: &IntuneInner, req: &Req, version: &str, id: &str) -> Answer {
+    let select = match parse_select(req.query_value("$select")) {
+        Ok(s) => s,
+        Err(answer) => return *answer,
+    };
+    let Some(record) = find(inner, id) else {
+        return not_found(id);
+    };
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        context(inner, version, select.as_deref(), true).into(),
+    );
+    body.extend(record_json(record, select.as_deref(), Read::Single));
+    Answer::json(200, JSON, &Value::Object(body), MdmOutcome::Ok)
+}
+
+/// One `$filter` clause the stand-in honours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Clause {
+    Serial(String),
+    OperatingSystem(String),
+}
+
+impl Clause {
+    fn matches(&self, rec: &IntuneRecord) -> bool {
+        match self {
+            // Graph compares strings case-insensitively.
+            Clause::Serial(s) => rec.phone.profile().serial.eq_ignore_ascii_case(s),
+            Clause::OperatingSystem(os) => os.eq_ignore_ascii_case("iOS"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Word(String),
+    Text(String),
+    Open,
+    Close,
+    Comma,
+}
+
+/// OData tokens; `Err` only for an unterminated string literal (`''` is a quote inside one).
+fn tokens(text: &str) -> Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                chars.next();
+            }
+            '(' | ')' | ',' => {
+                chars.next();
+                out.push(match c {
+                    '(' => Token::Open,
+                    ')' => Token::Close,
+                    _ => Token::Comma,
+                });
+            }
+            '\'' => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err("unterminated string literal".to_string()),
+                        Some('\'') if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                            s.push('\'');
+                        }
+                        Some('\'') => break,
+                        Some(c) => s.push(c),
+                    }
+                }
+                out.push(Token::Text(s));
+            }
+            _ => {
+                let mut w = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() || matches!(c, '(' | ')' | ',' | '\'') {
+                        break;
+                    }
+                    w.push(c);
+                    chars.next();
+                }
+                out.push(Token::Word(w));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The clauses of a filter the stand-in honours (`prop eq 'text'` joined by `and`), `None`
+/// for any other filter (which Graph ignores), `Err` for one that does not parse.
+fn parse_filter(text: &str) -> Result<Option<Vec<Clause>>, String> {
+    let tokens = tokens(text)?;
+    let mut clauses = Vec::new();
+    let mut rest = tokens.as_slice();
+    loop {
+        let [Token::Word(prop), Token::Word(op), Token::Text(value), tail @ ..] = rest else {
+            return Ok(None);
+        };
+        if !op.eq_ignore_ascii_case("eq") {
+            return Ok(None);
+        }
+        let clause = if prop.eq_ignore_ascii_case("serialNumber") {
+            Clause::Serial(value.clone())
+        } else if prop.eq_ignore_ascii_case("operatingSystem") {
+            Clause::OperatingSystem(value.clone())
+        } else {
+            return Ok(None);
+        };
+        clauses.push(clause);
+        match tail {
+            [] => return Ok(Some(clauses)),
+            [Token::Word(and), tail @ ..] if and.eq_ignore_ascii_case("and") => rest = tail,
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Where a listing is: everything `@odata.nextLink` must carry (opaque to clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    /// The honoured filter's text; `None`: everything.
+    f: Option<String>,
+    s: Option<Vec<String>>,
+    n: usize,
+    o: usize,
+}
+
+fn list(inner: &IntuneInner, req: &Req, version: &str) -> Answer {
+    let cursor = match req.query_value("$skiptoken") {
+        Some(token) => match B64URL
+            .decode(token)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Cursor>(&raw).ok())
+        {
+            Some(c) => c,
+            None => return bad_request("The $skiptoken is not valid."),
+        },
+        None => {
+            let select = match parse_select(req.query_value("$select")) {
+                Ok(s) => s,
+                Err(answer) => return *answer,
+            };
+            let (ignore, default_size) = {
+                let s = inner.settings();
+                (s.ignore_filters, s.page_size as usize)
+            };
+            let filter = match req.query_value("$filter") {
+                None => None,
+                Some(text) => match parse_filter(text) {
+                    Err(why) => return bad_request(&format!("Invalid filter clause: {why}.")),
+                    // Unsupported filters are silently ignored, as Graph does (mdm.md §1.2).
+                    Ok(None) => None,
+                    Ok(Some(_)) if ignore => None,
+                    Ok(Some(_)) => Some(text.to_string()),
+                },
+            };
+            let size = match req.query_value("$top") {
+                None => default_size,
+                Some(top) => match top.trim().parse::<usize>() {
+                    Ok(n) => n.clamp(1, MAX_TOP),
+                    Err(_) => return bad_request(&format!("Invalid value '{top}' for $top.")),
+                },
+            };
+            Cursor {
+                f: filter,
+                s: select,
+                n: size.max(1),
+                o: 0,
+            }
+        }
+    };
+    let clauses = match cursor.f.as_deref().map(parse_filter) {
+        Some(Ok(Some(c))) => c,
+        Some(_) => return bad_request("The $skiptoken is not valid."),
+        None => Vec::new(),
+    };
+    let matching: Vec<&IntuneRecord> = inner
+        .records
+        .iter()
+        .filter(|r| clauses.iter().all(|c| c.matches(r)))
+        .collect();
+    let end = cursor.o.saturating_add(cursor.n).min(matching.len());
+    let page = matching.get(cursor.o.min(end)..end).unwrap_or_default();
+    let value: Vec<Value> = page
+        .iter()
+        .map(|r| Value::Object(record_json(r, cursor.s.as_deref(), Read::List)))
+        .collect();
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        context(inner, version, cursor.s.as_deref(), false).into(),
+    );
+    if end < matching.len() {
+        let next = Cursor {
+            o: end,
+            ..cursor.clone()
+        };
+        let token = B64URL.encode(serde_json::to_vec(&next).unwrap_or_default());
+        body.insert(
+            "@odata.nextLink".into(),
+            format!(
+                "{}/{version}/deviceManagement/managedDevices?$skiptoken={token}",
+                inner.graph_base
+            )
+            .into(),
+        );
+    }
+    body.insert("value".into(), Value::Array(value));
+    Answer::json(200, JSON, &Value::Object(body), MdmOutcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert_eq!(
+            parse_filter("serialNumber eq 'F2LZK0ABN72J'"),
+            Ok(Some(vec![Clause::Serial("F2LZK0ABN72J".into())]))
+        );
+        assert_eq!(
+            parse_filter("serialnumber EQ 'it''s' and operatingSystem eq 'iOS'"),
+            Ok(Some(vec![
+                Clause::Serial("it's".into()),
+                Clause::OperatingSystem("iOS".into())
+            ]))
+        );
+        for ignored in [
+            "udid eq 'x'",
+            "serialNumber ne 'x'",
+            "startswith(serialNumber,'F2L')",
+            "serialNumber eq 'a' or serialNumber eq 'b'",
+            "(serialNumber eq 'a')",
+            "serialNumber eq 'a' and",
+            "",
+        ] {
+            assert_eq!(parse_filter(ignored), Ok(None), "{ignored}");
+        }
+        assert!(parse_filter("serialNumber eq 'open").is_err());
+    }
+
+    #[test]
+    fn paths() {
+        let kind = |p: &str| match resource(p) {
+            Ok((_, Resource::List)) => "list".to_string(),
+            Ok((_, Resource::One(id))) => format!("one {id}"),
+            Ok((_, Resource::BypassActivationLock(id))) => format!("bypass {id}"),
+            Err(a) => format!("error {}", a.status),
+        };
+        assert_eq!(kind("/v1.0/deviceManagement/managedDevices"), "list");
+        assert_eq!(kind("/beta/devicemanagement/manageddevices"), "list");
+        assert_eq!(kind("/v1.0/deviceManagement/managedDevices/abc"), "one abc");
+        assert_eq!(
+            kind("/beta/deviceManagement/managedDevices('abc')"),
+            "one abc"
+        );
+        assert_eq!(
+            kind("/v1.0/deviceManagement/managedDevices/abc/bypassActivationLock"),
+            "bypass abc"
+        );
+        assert_eq!(
+            kind(
+                "/v1.0/deviceManagement/managedDevices('abc')/microsoft.graph.bypassActivationLock"
+            ),
+            "bypass abc"
+        );
+        assert_eq!(
+            kind("/v1.0/deviceManagement/managedDevices/abc/retire"),
+            "error 400"
+        );
+        assert_eq!(kind("/v2.0/deviceManagement/managedDevices"), "error 404");
+        assert_eq!(kind("/v1.0/users"), "error 400");
+    }
+}

@@ -1,0 +1,319 @@
+//! The stand-in Kandji API (mdm.md §3.1), Bearer-token authenticated:
+//!
+//! - `GET /api/v1/devices?serial_number=…&limit=…&offset=…`: a JSON array of devices; the
+//!   serial filter is a case-insensitive *partial* match, as Kandji documents it, so with
+//!   look-alikes on a host that does not check the exact serial picks the wrong device;
+//! - `GET /api/v1/devices/{device_id}`: one device;
+//! - `GET /api/v1/devices/{device_id}/secrets/bypasscode`:
+//!   `{"user_based_albc": …, "device_based_albc": …}`, an absent code being `""` for the
+//!   user-based one and `null` for the device-based one (hosts must take both as "none").
+//!
+//! Errors are Django REST framework's `{"detail": "…"}`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+
+use super::service::{
+    outcome_for, rate, Answer, MdmOutcome, MdmRequest, MdmService, Req, ServiceCore,
+};
+use crate::phone::Phone;
+use crate::world::mdm::guid;
+use crate::world::{gen, KandjiSpec, Mdm};
+
+const JSON: &str = "application/json";
+/// Kandji's largest `limit`.
+const MAX_LIMIT: usize = 300;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One device Kandji holds: a bench phone's enrolment, or a look-alike.
+struct KandjiDevice {
+    device_id: String,
+    serial: String,
+    name: String,
+    model: String,
+    os_version: String,
+    enrolled_at: String,
+    last_check_in: String,
+    user_based_albc: Option<String>,
+    device_based_albc: Option<String>,
+    lookalike: bool,
+}
+
+impl KandjiDevice {
+    fn json(&self) -> Value {
+        json!({
+            "device_id": self.device_id,
+            "device_name": self.name,
+            "model": self.model,
+            "serial_number": self.serial,
+            "platform": "iPhone",
+            "os_version": self.os_version,
+            "last_check_in": self.last_check_in,
+            "user": "",
+            "asset_tag": "",
+            "blueprint_id": "5e0a2a8c-2a1d-4c3e-9b1f-5ba1d0c0ffee",
+            "blueprint_name": "Bench returns",
+            "mdm_enabled": true,
+            "agent_installed": false,
+            "is_missing": false,
+            "is_removed": false,
+            "agent_version": "",
+            "first_enrollment": self.enrolled_at,
+            "last_enrollment": self.enrolled_at,
+        })
+    }
+}
+
+struct KandjiInner {
+    core: ServiceCore,
+    url: String,
+    token: Mutex<String>,
+    lookalikes: Mutex<bool>,
+    devices: Vec<KandjiDevice>,
+}
+
+/// The stand-in Kandji API: its URL, run-time controls and request log. Cheap to clone.
+#[derive(Clone)]
+pub struct Kandji {
+    inner: Arc<KandjiInner>,
+}
+
+impl std::fmt::Debug for Kandji {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kandji")
+            .field("api_url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kandji {
+    pub(crate) fn new(spec: &KandjiSpec, seed: u64, url: String, phones: &[Arc<Phone>]) -> Kandji {
+        let mut rng = gen::device_rng(seed ^ 0x0CA4_D1E0, usize::MAX);
+        let token = spec.token.clone().unwrap_or_else(|| guid(&mut rng));
+        let mut devices = Vec::new();
+        for phone in phones {
+            let p = phone.profile();
+            for e in p.enrollments.iter().filter(|e| e.mdm == Mdm::Kandji) {
+                // The look-alike: another device whose serial contains this one's, with
+                // codes of its own that release nothing. Listed first, so a host that takes
+                // the first hit gets it wrong.
+                devices.push(KandjiDevice {
+                    device_id: guid(&mut rng),
+                    serial: format!("{}7", p.serial),
+                    name: format!("{} (2)", p.device_name),
+                    model: p.marketing_name.clone(),
+                    os_version: p.product_version.clone(),
+                    enrolled_at: e.enrolled_at.clone(),
+                    last_check_in: e.last_sync_at(),
+                    user_based_albc: Some(gen::bypass_code(&mut rng)),
+                    device_based_albc: Some(gen::bypass_code(&mut rng)),
+                    lookalike: true,
+                });
+                devices.push(KandjiDevice {
+                    device_id: e.id.clone(),
+                    serial: p.serial.clone(),
+                    name: p.device_name.clone(),
+                    model: p.marketing_name.clone(),
+                    os_version: p.product_version.clone(),
+                    enrolled_at: e.enrolled_at.clone(),
+                    last_check_in: e.last_sync_at(),
+                    user_based_albc: e.user_based_albc.clone(),
+                    device_based_albc: e.device_based_albc.clone(),
+                    lookalike: false,
+                });
+            }
+        }
+        Kandji {
+            inner: Arc::new(KandjiInner {
+                core: ServiceCore::new(MdmService::Kandji, &spec.api, seed ^ 0x0CA4_D100),
+                url,
+                token: Mutex::new(token),
+                lookalikes: Mutex::new(spec.lookalikes),
+                devices,
+            }),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: the API root (stands for `https://<sub>.api.kandji.io`).
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The API token (test data: what the station's token file holds).
+    pub fn token(&self) -> String {
+        lock(&self.inner.token).clone()
+    }
+
+    /// Replaces the API token (the old one is refused from now on).
+    pub fn set_token(&self, token: &str) {
+        *lock(&self.inner.token) = token.to_string();
+    }
+
+    /// Serve a look-alike device (serial containing the phone's) before each Kandji phone.
+    pub fn set_lookalikes(&self, on: bool) {
+        *lock(&self.inner.lookalikes) = on;
+    }
+
+    /// The next `n` requests are answered `429` with `Retry-After`.
+    pub fn set_throttle_next(&self, n: u32, retry_after: Duration) {
+        let mut f = self.inner.core.faults();
+        f.throttle_next = n;
+        f.retry_after_secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    }
+
+    /// The next `n` requests fail with the failure status (503 unless set).
+    pub fn set_fail_next(&self, n: u32) {
+        self.inner.core.faults().fail_next = n;
+    }
+
+    /// Each request fails with probability `rate`.
+    pub fn set_fail_rate(&self, rate_: f64) {
+        self.inner.core.faults().fail_rate = rate(rate_);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.core.faults().latency = latency;
+    }
+
+    pub fn clear_faults(&self) {
+        self.inner.core.faults().clear();
+    }
+
+    /// Every request received (the last 10 000), oldest first; never a token or code.
+    pub fn requests(&self) -> Vec<MdmRequest> {
+        self.inner.core.requests()
+    }
+
+    pub fn clear_requests(&self) {
+        self.inner.core.clear_requests();
+    }
+}
+
+fn detail(status: u16, text: &str, outcome: MdmOutcome) -> Answer {
+    Answer::json(status, JSON, &json!({ "detail": text }), outcome)
+}
+
+/// Throttling and injected failures.
+fn error_answer(status: u16, message: &str) -> Answer {
+    detail(status, message, outcome_for(status, message))
+}
+
+fn route(inner: &KandjiInner, req: &Req) -> Answer {
+    let segments: Vec<&str> = req
+        .path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
+    let resource = match segments.as_slice() {
+        ["api", "v1", "devices"] => None,
+        ["api", "v1", "devices", id] => Some((*id, false)),
+        ["api", "v1", "devices", id, "secrets", "bypasscode"] => Some((*id, true)),
+        _ => return detail(404, "Not found.", MdmOutcome::NotFound),
+    };
+    if req.method != "GET" {
+        return detail(
+            405,
+            &format!("Method \"{}\" not allowed.", req.method),
+            MdmOutcome::MethodNotAllowed,
+        )
+        .with_header("Allow", "GET");
+    }
+    let Some(token) = req.bearer() else {
+        return detail(
+            401,
+            "Authentication credentials were not provided.",
+            MdmOutcome::Unauthorized {
+                reason: "no token".to_string(),
+            },
+        );
+    };
+    let expected = lock(&inner.token).clone();
+    if !crate::activation::same(token.as_bytes(), expected.as_bytes()) {
+        return detail(
+            401,
+            "Invalid token.",
+            MdmOutcome::Unauthorized {
+                reason: "invalid token".to_string(),
+            },
+        );
+    }
+    let lookalikes = *lock(&inner.lookalikes);
+    let visible = inner.devices.iter().filter(|d| lookalikes || !d.lookalike);
+    match resource {
+        None => {
+            let number = |name: &str, default: usize| match req.query_value(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("A valid integer is required for {name}.")),
+            };
+            let (limit, offset) = match (number("limit", MAX_LIMIT), number("offset", 0)) {
+                (Ok(l), Ok(o)) => (l.clamp(1, MAX_LIMIT), o),
+                (Err(why), _) | (_, Err(why)) => {
+                    return detail(
+                        400,
+                        &why,
+                        MdmOutcome::BadRequest {
+                            reason: why.clone(),
+                        },
+                    )
+                }
+            };
+            let wanted = req
+                .query_value("serial_number")
+                .map(str::to_ascii_uppercase);
+            let list: Vec<Value> = visible
+                .filter(|d| {
+                    wanted
+                        .as_deref()
+                        .is_none_or(|w| d.serial.to_ascii_uppercase().contains(w))
+                })
+                .skip(offset)
+                .take(limit)
+                .map(KandjiDevice::json)
+                .collect();
+            Answer::json(200, JSON, &Value::Array(list), MdmOutcome::Ok)
+        }
+        Some((id, secrets)) => {
+            let Some(device) = visible
+                .into_iter()
+                .find(|d| d.device_id.eq_ignore_ascii_case(id))
+            else {
+                return detail(404, "Not found.", MdmOutcome::NotFound);
+            };
+            if !secrets {
+                return Answer::json(200, JSON, &device.json(), MdmOutcome::Ok);
+            }
+            let body = json!({
+                "user_based_albc": device.user_based_albc.clone().unwrap_or_default(),
+                "device_based_albc": device.device_based_albc,
+            });
+            Answer::json(200, JSON, &body, MdmOutcome::Ok)
+        }
+    }
+}
+
+/// Serves the API.
+#[derive(Clone)]
+pub(crate) struct KandjiHandler(pub Kandji);
+
+impl crate::http::Handler for KandjiHandler {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let inner = &self.0.inner;
+        inner
+            .core
+            .serve(req, |r| route(inner, r), error_answer)
+            .await
+    }
+}

@@ -1,0 +1,513 @@
+//! What the MDM stand-ins share: injected throttling and failures, the request log (never a
+//! secret in it), the request as a handler sees it, and answers.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Request, Response};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::world::HttpFaultSpec;
+
+/// Requests kept in each log (oldest dropped first).
+const LOG_LIMIT: usize = 10_000;
+/// Largest request body read: a token request with a client assertion is ~2 KiB.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// Query parameters whose values the log never keeps (a client may misplace a secret).
+const SECRET_PARAMS: &[&str] = &[
+    "access_token",
+    "client_secret",
+    "client_assertion",
+    "token",
+    "code",
+    "password",
+];
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which stand-in answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MdmService {
+    /// The Microsoft Entra token endpoint.
+    Token,
+    /// Microsoft Graph (Intune managed devices).
+    Graph,
+    /// The Kandji API.
+    Kandji,
+}
+
+/// How a stand-in answered a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MdmOutcome {
+    /// 2xx.
+    Ok,
+    /// 401: no, a wrong, an unknown or an expired credential.
+    Unauthorized {
+        reason: String,
+    },
+    /// 403: the app lacks the permission.
+    Forbidden {
+        missing: String,
+    },
+    /// 429 with `Retry-After`; `early` when the client came back before an earlier
+    /// `Retry-After` ran out.
+    Throttled {
+        early: bool,
+    },
+    /// An injected 5xx.
+    InjectedFailure,
+    NotFound,
+    /// 4xx other than the above.
+    BadRequest {
+        reason: String,
+    },
+    MethodNotAllowed,
+}
+
+/// One request as a stand-in saw it. Never a secret: no header values, no bodies, and the
+/// values of secret-looking query parameters are replaced by `<redacted>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdmRequest {
+    pub service: MdmService,
+    pub method: String,
+    pub path: String,
+    /// Decoded query parameters, in request order.
+    pub query: Vec<(String, String)>,
+    /// Form field names of a token request (values never kept).
+    pub fields: Vec<String>,
+    /// An `Authorization` header was sent.
+    pub authorization: bool,
+    pub status: u16,
+    pub outcome: MdmOutcome,
+    /// `Retry-After` seconds of a 429.
+    pub retry_after: Option<u64>,
+    /// When the request arrived (headers read).
+    pub at: Instant,
+}
+
+impl MdmRequest {
+    /// The first value of a query parameter.
+    pub fn query_value(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Run-time fault controls of one service, seeded from the world.
+#[derive(Debug)]
+pub(crate) struct Faults {
+    pub latency: Duration,
+    pub throttle_next: u32,
+    pub throttle_rate: f64,
+    pub retry_after_secs: u64,
+    pub fail_next: u32,
+    pub fail_rate: f64,
+    pub failure_status: u16,
+    /// A throttled client must not come back before this.
+    throttled_until: Option<Instant>,
+    rng: StdRng,
+}
+
+/// What the fault controls decide for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Pass,
+    Throttle { retry_after: u64, early: bool },
+    Fail { status: u16 },
+}
+
+impl Faults {
+    pub fn new(spec: &HttpFaultSpec, seed: u64) -> Self {
+        Faults {
+            latency: Duration::from_millis(spec.latency_ms),
+            throttle_next: spec.throttle_next,
+            throttle_rate: spec.throttle_rate,
+            retry_after_secs: spec.retry_after_secs(),
+            fail_next: spec.fail_next,
+            fail_rate: spec.fail_rate,
+            failure_status: spec.failure_status(),
+            throttled_until: None,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Throttling first (an early return is throttled again for what is left of the wait),
+    /// then injected failures; `*_next` counters count down before rates are drawn.
+    pub fn decide(&mut self, now: Instant) -> Verdict {
+        if let Some(until) = self.throttled_until {
+            if now < until {
+                let left = until - now;
+                // Whole seconds, rounded up: never tell a client it may come back early.
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                return Verdict::Throttle {
+                    retry_after: secs,
+                    early: true,
+                };
+            }
+            self.throttled_until = None;
+        }
+        let throttle = if self.throttle_next > 0 {
+            self.throttle_next -= 1;
+            true
+        } else {
+            self.throttle_rate > 0.0 && self.rng.random_bool(self.throttle_rate.clamp(0.0, 1.0))
+        };
+        if throttle {
+            let secs = self.retry_after_secs;
+            if secs > 0 {
+                self.throttled_until = Some(now + Duration::from_secs(secs));
+            }
+            return Verdict::Throttle {
+                retry_after: secs,
+                early: false,
+            };
+        }
+        let fail = if self.fail_next > 0 {
+            self.fail_next -= 1;
+            true
+        } else {
+            self.fail_rate > 0.0 && self.rng.random_bool(self.fail_rate.clamp(0.0, 1.0))
+        };
+        if fail {
+            Verdict::Fail {
+                status: self.failure_status,
+            }
+        } else {
+            Verdict::Pass
+        }
+    }
+
+    /// Ends every injected fault (and a throttling window in progress).
+    pub fn clear(&mut self) {
+        self.throttle_next = 0;
+        self.throttle_rate = 0.0;
+        self.fail_next = 0;
+        self.fail_rate = 0.0;
+        self.throttled_until = None;
+    }
+}
+
+/// Clamps a run-time rate to 0–1 (NaN: 0).
+pub(crate) fn rate(rate: f64) -> f64 {
+    if rate.is_finite() {
+        rate.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Faults and log of one service.
+#[derive(Debug)]
+pub(crate) struct ServiceCore {
+    pub service: MdmService,
+    pub faults: Mutex<Faults>,
+    log: Mutex<VecDeque<MdmRequest>>,
+}
+
+impl ServiceCore {
+    pub fn new(service: MdmService, spec: &HttpFaultSpec, seed: u64) -> Self {
+        ServiceCore {
+            service,
+            faults: Mutex::new(Faults::new(spec, seed)),
+            log: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.faults)
+    }
+
+    pub fn requests(&self) -> Vec<MdmRequest> {
+        lock(&self.log).iter().cloned().collect()
+    }
+
+    pub fn clear_requests(&self) {
+        lock(&self.log).clear();
+    }
+
+    fn push(&self, entry: MdmRequest) {
+        let mut log = lock(&self.log);
+        if log.len() >= LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
+
+    /// Reads the request, applies the fault controls, lets `route` answer, adds the latency,
+    /// logs it (without secrets) and builds the response. `route` sees a bounded body.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        route: impl FnOnce(&Req) -> Answer,
+        error_body: impl Fn(u16, &str) -> Answer,
+    ) -> Response<Full<Bytes>> {
+        let at = Instant::now();
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let query: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let authorization = header(AUTHORIZATION);
+        let content_type = header(CONTENT_TYPE);
+        let verdict = self.faults().decide(at);
+        let answer = match verdict {
+            Verdict::Throttle { retry_after, early } => {
+                let mut a = error_body(429, "Too many requests: retry after the advised delay.");
+                a.outcome = MdmOutcome::Throttled { early };
+                a.headers
+                    .push(("Retry-After".to_string(), retry_after.to_string()));
+                a.retry_after = Some(retry_after);
+                a
+            }
+            Verdict::Fail { status } => {
+                let mut a = error_body(status, "The service is temporarily unavailable.");
+                a.outcome = MdmOutcome::InjectedFailure;
+                a
+            }
+            Verdict::Pass => match crate::http::read_body(req.into_body(), MAX_BODY).await {
+                Err(e) => {
+                    let mut a = error_body(e.status(), &e.to_string());
+                    a.outcome = MdmOutcome::BadRequest {
+                        reason: e.to_string(),
+                    };
+                    a
+                }
+                Ok(body) => route(&Req {
+                    method: &method,
+                    path: &path,
+                    query: &query,
+                    authorization: authorization.as_deref(),
+                    content_type: content_type.as_deref(),
+                    body: &body,
+                }),
+            },
+        };
+        let latency = self.faults().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        // Paths and statuses only: queries may be long, and headers and bodies hold secrets.
+        tracing::info!(
+            service = ?self.service,
+            %method,
+            %path,
+            status = answer.status,
+            outcome = ?answer.outcome,
+            "answered"
+        );
+        self.push(MdmRequest {
+            service: self.service,
+            method,
+            path,
+            query: query
+                .into_iter()
+                .map(|(k, v)| {
+                    let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                    let v = if secret { "<redacted>".to_string() } else { v };
+                    (k, v)
+                })
+                .collect(),
+            fields: answer.fields.clone(),
+            authorization: authorization.is_some(),
+            status: answer.status,
+            outcome: answer.outcome.clone(),
+            retry_after: answer.retry_after,
+            at,
+        });
+        let mut headers = answer.headers;
+        headers.push((
+            "request-id".to_string(),
+            uuid::Uuid::new_v4().hyphenated().to_string(),
+        ));
+        crate::http::response(answer.status, answer.content_type, headers, answer.body)
+    }
+}
+
+/// A request as a route sees it: the body read in full (bounded).
+pub(crate) struct Req<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a [(String, String)],
+    pub authorization: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl Req<'_> {
+    /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+    pub fn bearer(&self) -> Option<&str> {
+        let (scheme, token) = self.authorization?.trim().split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
+    pub fn query_value(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One answer, before HTTP.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub outcome: MdmOutcome,
+    /// Token requests: the form's field names, for the log.
+    pub fields: Vec<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl Answer {
+    pub fn json(
+        status: u16,
+        content_type: &'static str,
+        value: &Value,
+        outcome: MdmOutcome,
+    ) -> Self {
+        Answer {
+            status,
+            content_type: Some(content_type),
+            body: serde_json::to_vec(value).unwrap_or_default(),
+            headers: Vec::new(),
+            outcome,
+            fields: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn empty(status: u16, outcome: MdmOutcome) -> Self {
+        Answer {
+            status,
+            content_type: None,
+            body: Vec::new(),
+            headers: Vec::new(),
+            outcome,
+            fields: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// The outcome an error status stands for when a route does not say more.
+pub(crate) fn outcome_for(status: u16, reason: &str) -> MdmOutcome {
+    match status {
+        401 => MdmOutcome::Unauthorized {
+            reason: reason.to_string(),
+        },
+        404 => MdmOutcome::NotFound,
+        405 => MdmOutcome::MethodNotAllowed,
+        500..=599 => MdmOutcome::InjectedFailure,
+        _ => MdmOutcome::BadRequest {
+            reason: reason.to_string(),
+        },
+    }
+}
+
+/// Seconds since the Unix epoch now.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (proleptic Gregorian, UTC).
+pub(crate) fn utc_timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(1_767_225_599), "2025-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn throttling_window_and_counters() {
+        let spec = HttpFaultSpec {
+            throttle_next: 1,
+            retry_after_secs: Some(2),
+            fail_next: 1,
+            ..HttpFaultSpec::default()
+        };
+        let mut f = Faults::new(&spec, 1);
+        let t0 = Instant::now();
+        assert_eq!(
+            f.decide(t0),
+            Verdict::Throttle {
+                retry_after: 2,
+                early: false
+            }
+        );
+        assert_eq!(
+            f.decide(t0 + Duration::from_millis(500)),
+            Verdict::Throttle {
+                retry_after: 2,
+                early: true
+            }
+        );
+        assert_eq!(
+            f.decide(t0 + Duration::from_millis(1500)),
+            Verdict::Throttle {
+                retry_after: 1,
+                early: true
+            }
+        );
+        assert_eq!(
+            f.decide(t0 + Duration::from_secs(2)),
+            Verdict::Fail { status: 503 }
+        );
+        assert_eq!(f.decide(t0 + Duration::from_secs(3)), Verdict::Pass);
+    }
+}
