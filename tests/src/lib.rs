@@ -17,6 +17,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod inproc;
+
 use serde_json::Value;
 use station_protocol::usbmux::{connect_address, Address, UsbmuxClient};
 

@@ -3,12 +3,12 @@
 //! libimobiledevice's view of the phone afterwards.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use station_sim::{Bench, BenchConfig, Endpoint, World};
-use station_tests::{require_tool, run_with_timeout, workspace_bin, Output, TOOL_TIMEOUT};
+use station_sim::Endpoint;
+use station_tests::inproc::InProcBench;
+use station_tests::Output;
 
 const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
 const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
@@ -56,76 +56,27 @@ const USER_LOCKED: usize = 4;
 const ACTIVATED: usize = 5;
 const MDM_WRONG_CODE: usize = 6;
 
-struct Fixture {
-    bench: Bench,
-    dir: tempfile::TempDir,
-    udids: Vec<String>,
-    serials: Vec<String>,
+/// The bench of these tests plus `station activate --json` against it.
+struct Fixture(InProcBench);
+
+impl std::ops::Deref for Fixture {
+    type Target = InProcBench;
+    fn deref(&self) -> &InProcBench {
+        &self.0
+    }
 }
 
 impl Fixture {
     async fn start(world: &str) -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let world = World::from_toml(world, "test world").expect("world");
-        let mut config = BenchConfig::new(
-            dir.path().join("usbmuxd.sock"),
-            world,
-            dir.path().join("state"),
-        );
-        config.idle_timeout = Duration::from_secs(10);
-        let bench = tokio::time::timeout(Duration::from_secs(30), Bench::start(config))
-            .await
-            .expect("bench start in time")
-            .expect("bench");
-        let info = bench.ready_info();
-        let udids = info.devices.iter().map(|d| d.udid.clone()).collect();
-        let serials = info.devices.iter().map(|d| d.serial.clone()).collect();
-        Fixture {
-            bench,
-            dir,
-            udids,
-            serials,
-        }
+        Fixture(InProcBench::start(world).await)
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("usbmuxd.sock")
-    }
-
-    /// A codes CSV in the bench's directory.
     fn codes_csv(&self, rows: &[(usize, &str, &str)]) -> PathBuf {
-        let mut text =
-            String::from("serial_number,udid,bypass_code,code_kind,source,retrieved_at\n");
-        for (index, code, kind) in rows {
-            text.push_str(&format!(
-                "{},,{code},{kind},intune,2026-11-01T10:00:00Z\n",
-                self.serials[*index]
-            ));
-        }
-        let path = self.dir.path().join(format!("codes-{}.csv", rand_suffix()));
-        std::fs::write(&path, text).expect("write csv");
-        path
+        self.0
+            .codes_csv(&format!("codes-{}.csv", next_suffix()), rows)
     }
 
-    fn station_command(&self, args: &[&str], verbose: bool) -> Command {
-        let mut cmd = Command::new(workspace_bin("station"));
-        cmd.args(args)
-            .env(
-                "USBMUXD_SOCKET_ADDRESS",
-                format!("UNIX:{}", self.socket().display()),
-            )
-            .env("HOME", self.dir.path())
-            .env_remove("STATION_CONFIG")
-            .env("NO_COLOR", "1");
-        if verbose {
-            cmd.env("RUST_LOG", "trace");
-        } else {
-            cmd.env_remove("RUST_LOG");
-        }
-        cmd
-    }
-
-    async fn activate(&self, index: usize, codes: Option<&Path>, verbose: bool) -> (Output, Value) {
+    async fn activate(&self, index: usize, codes: Option<&Path>, trace: bool) -> (Output, Value) {
         let udid = self.udids[index].clone();
         let url = self.bench.activation_url().to_string();
         let mut args = vec![
@@ -141,36 +92,17 @@ impl Fixture {
             args.push(path.display().to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let cmd = self.station_command(&args, verbose);
-        let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
-            .await
-            .expect("join");
+        let out = self.station(&args, trace).await;
         let json: Value = serde_json::from_str(out.stdout.trim())
             .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
         (out, json)
     }
-
-    /// What libimobiledevice's ideviceinfo reads as the phone's ActivationState.
-    async fn ideviceinfo_state(&self, index: usize) -> String {
-        let mut cmd = Command::new(require_tool("ideviceinfo"));
-        cmd.args(["-u", &self.udids[index], "-k", "ActivationState"])
-            .env(
-                "USBMUXD_SOCKET_ADDRESS",
-                format!("UNIX:{}", self.socket().display()),
-            )
-            .env("HOME", self.dir.path());
-        let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
-            .await
-            .expect("join");
-        out.assert_success();
-        out.stdout.trim().to_string()
-    }
 }
 
-fn rand_suffix() -> String {
+fn next_suffix() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed).to_string()
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn outcome(json: &Value) -> &str {
@@ -293,7 +225,6 @@ async fn every_outcome_of_a_single_phone() {
             .contains("--codes"),
         "{out}"
     );
-    f.bench.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +253,6 @@ async fn server_errors_are_retried_then_reported() {
     let attempts = f.bench.albert().requests().len() - before;
     assert_eq!(attempts, 4, "bounded retries");
     assert_eq!(f.ideviceinfo_state(CLEAN).await, "Unactivated");
-    f.bench.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +285,6 @@ async fn unplugging_during_the_exchange_ends_interrupted() {
             .contains("plug it back in"),
         "{out}"
     );
-    f.bench.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,19 +313,18 @@ async fn no_bypass_code_is_ever_printed_whole() {
         ),
     )
     .expect("write");
-    let cmd = f.station_command(
-        &[
-            "activate",
-            "--udid",
-            &f.udids[MDM],
-            "--codes",
-            bad.to_str().expect("utf-8"),
-        ],
-        true,
-    );
-    let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
-        .await
-        .expect("join");
+    let out = f
+        .station(
+            &[
+                "activate",
+                "--udid",
+                &f.udids[MDM],
+                "--codes",
+                bad.to_str().expect("utf-8"),
+            ],
+            true,
+        )
+        .await;
     assert_eq!(out.status.code(), Some(2), "{out}");
     assert!(out.stderr.contains("line 2"), "{out}");
     written.push_str(&out.stdout);
@@ -428,5 +356,4 @@ async fn no_bypass_code_is_ever_printed_whole() {
             );
         }
     }
-    f.bench.shutdown().await;
 }

@@ -99,6 +99,9 @@ pub enum HttpError {
         url: String,
         reason: String,
     },
+    /// The value is never shown: it may be a credential.
+    #[error("invalid value of header {name} for {service}")]
+    BadHeader { service: &'static str, name: String },
 }
 
 /// A token bucket: at most `per_second` requests per second on average, bursts of up to
@@ -320,11 +323,9 @@ impl HttpClient {
         }
         for (name, value) in headers {
             let Ok(mut value) = reqwest::header::HeaderValue::from_str(value) else {
-                // Never echo the value: it may be a credential.
-                return Err(HttpError::BadUrl {
+                return Err(HttpError::BadHeader {
                     service,
-                    url: url.to_string(),
-                    reason: format!("header {name} has an invalid value"),
+                    name: name.clone(),
                 });
             };
             if name.eq_ignore_ascii_case("authorization") {

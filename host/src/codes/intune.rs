@@ -498,9 +498,11 @@ impl Intune {
         let mut renewed = false;
         loop {
             let token = self.token().await?;
-            let authorization = Zeroizing::new(format!("Bearer {}", token.expose()));
             let headers = [
-                ("authorization".to_string(), authorization.to_string()),
+                (
+                    "authorization".to_string(),
+                    format!("Bearer {}", token.expose()),
+                ),
                 ("accept".to_string(), "application/json".to_string()),
             ];
             let response = self.http.send(method.clone(), url, &headers, &[]).await?;

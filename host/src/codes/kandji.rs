@@ -184,9 +184,11 @@ impl Kandji {
     }
 
     async fn get(&self, url: &str) -> Result<HttpResponse, KandjiError> {
-        let authorization = Zeroizing::new(format!("Bearer {}", self.settings.token.expose()));
         let headers = [
-            ("authorization".to_string(), authorization.to_string()),
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", self.settings.token.expose()),
+            ),
             ("accept".to_string(), "application/json".to_string()),
         ];
         Ok(self.http.get(url, &headers).await?)

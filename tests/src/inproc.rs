@@ -1,0 +1,260 @@
+//! An in-process virtual bench (`station_sim::Bench`) for tests that steer it while the real
+//! `station` binary runs against it: unplug a phone at the right moment, slow the
+//! activation server down, read what the server received.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use station_sim::{Bench, BenchConfig, World};
+
+use crate::{require_tool, run_with_timeout, workspace_bin, Output, TOOL_TIMEOUT};
+
+pub struct InProcBench {
+    pub bench: Bench,
+    pub dir: tempfile::TempDir,
+    pub udids: Vec<String>,
+    pub serials: Vec<String>,
+}
+
+impl InProcBench {
+    /// Starts a bench serving `world` (TOML) in a fresh temporary directory.
+    pub async fn start(world: &str) -> InProcBench {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let world = World::from_toml(world, "test world").expect("world");
+        let config = BenchConfig::new(
+            dir.path().join("usbmuxd.sock"),
+            world,
+            dir.path().join("state"),
+        );
+        let bench = tokio::time::timeout(Duration::from_secs(30), Bench::start(config))
+            .await
+            .expect("bench start in time")
+            .expect("bench");
+        let info = bench.ready_info();
+        let udids = info.devices.iter().map(|d| d.udid.clone()).collect();
+        let serials = info.devices.iter().map(|d| d.serial.clone()).collect();
+        InProcBench {
+            bench,
+            dir,
+            udids,
+            serials,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("usbmuxd.sock")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a codes CSV: `(phone index, code, kind)` rows.
+    pub fn codes_csv(&self, name: &str, rows: &[(usize, &str, &str)]) -> PathBuf {
+        let mut text =
+            String::from("serial_number,udid,bypass_code,code_kind,source,retrieved_at\n");
+        for (index, code, kind) in rows {
+            text.push_str(&format!(
+                "{},,{code},{kind},intune,2026-11-01T10:00:00Z\n",
+                self.serials[*index]
+            ));
+        }
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write csv");
+        path
+    }
+
+    /// A station configuration for this bench: its socket, its activation server, the
+    /// given codes file, a ledger in `data`, quick retries. `extra` is appended.
+    pub fn station_config(&self, codes: Option<&Path>, concurrency: u32, extra: &str) -> PathBuf {
+        let mut text = format!(
+            "[station]\nid = \"test-bench\"\ndata_dir = \"{}\"\nconcurrency = {concurrency}\n\n[usbmuxd]\naddress = \"UNIX:{}\"\n\n[activation]\nurl = \"{}\"\n\n[retry]\nattempts = 3\ninitial_backoff_ms = 100\nmax_backoff_ms = 400\n",
+            self.path("data").display(),
+            self.socket().display(),
+            self.bench.activation_url(),
+        );
+        if let Some(codes) = codes {
+            text.push_str(&format!(
+                "\n[[codes.sources]]\ntype = \"csv\"\npath = \"{}\"\n",
+                codes.display()
+            ));
+        }
+        text.push_str(extra);
+        let path = self.path("station.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// The `station` binary pointed at this bench (and nothing of the developer's own).
+    pub fn station_command(&self, args: &[&str], trace: bool) -> Command {
+        let mut cmd = Command::new(workspace_bin("station"));
+        cmd.args(args)
+            .env(
+                "USBMUXD_SOCKET_ADDRESS",
+                format!("UNIX:{}", self.socket().display()),
+            )
+            .env("HOME", self.dir.path())
+            .env_remove("STATION_CONFIG")
+            .env_remove("STATION_DATA_DIR")
+            .env("NO_COLOR", "1");
+        if trace {
+            cmd.env("RUST_LOG", "trace");
+        } else {
+            cmd.env_remove("RUST_LOG");
+        }
+        cmd
+    }
+
+    pub async fn station(&self, args: &[&str], trace: bool) -> Output {
+        let cmd = self.station_command(args, trace);
+        tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT * 2))
+            .await
+            .expect("join")
+    }
+
+    /// What libimobiledevice's ideviceinfo reads as the phone's ActivationState.
+    pub async fn ideviceinfo_state(&self, index: usize) -> String {
+        let mut cmd = Command::new(require_tool("ideviceinfo"));
+        cmd.args(["-u", &self.udids[index], "-k", "ActivationState"])
+            .env(
+                "USBMUXD_SOCKET_ADDRESS",
+                format!("UNIX:{}", self.socket().display()),
+            )
+            .env("HOME", self.dir.path());
+        let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
+            .await
+            .expect("join");
+        out.assert_success();
+        out.stdout.trim().to_string()
+    }
+}
+
+/// The JSON lines of an NDJSON stream; panics on a line that is not JSON.
+pub fn ndjson(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not an NDJSON line ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// A `station` child whose stdout lines arrive on a channel as they are written; killed
+/// when dropped.
+pub struct StreamingStation {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl InProcBench {
+    pub fn spawn_station(&self, args: &[&str]) -> StreamingStation {
+        let mut cmd = self.station_command(args, false);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn station");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        StreamingStation {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl StreamingStation {
+    /// Waits (up to `timeout`) for an event matching `pred`; every event read is kept in
+    /// `seen`. Panics on timeout with what was seen.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    let event: serde_json::Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not NDJSON ({e}): {line}"));
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return event;
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "event not seen in {timeout:?}; saw {:#?}",
+                        self.seen
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    panic!("station ended before the event; saw {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Reads the rest of the stream and the exit status (bounded by `timeout`).
+    pub async fn finish(
+        mut self,
+        timeout: Duration,
+    ) -> (Vec<serde_json::Value>, std::process::ExitStatus) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => self.seen.push(
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not NDJSON ({e}): {line}")),
+                ),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "station did not finish in {timeout:?}; saw {:#?}",
+                        self.seen
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (std::mem::take(&mut self.seen), status);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "station did not exit in {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for StreamingStation {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}

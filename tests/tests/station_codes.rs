@@ -1,0 +1,547 @@
+//! Bypass-code sources end to end: the real `station` binary against the virtual bench's
+//! stand-in Entra ID, Graph and Kandji, configured by the ready-made station configuration
+//! the bench writes. `station codes lookup` for every kind of record and fault, `station
+//! activate` with only Intune configured, the `bypassActivationLock` action, and no secret,
+//! token or code in any output (at trace level) unless `--reveal` asks for the codes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use station_sim::{Bench, BenchConfig, ConfigSource, MdmOutcome, ReadyDevice, World};
+use station_tests::{run_with_timeout, workspace_bin, Output, TOOL_TIMEOUT};
+
+const INTUNE_CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+const GOOD: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
+const KANDJI_A: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
+const KANDJI_B: &str = "D08HY-EJDEX-X91Q-8YYA-25YD-K857";
+
+const WORLD: &str = r#"
+seed = 21
+
+[[device]]
+lock = "mdm"
+codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+
+[[device]]
+lock = "mdm"
+codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
+stale_codes = ["TF27L-31WN1-E6FH-DMAM-52X5-NFV0"]
+
+[[device]]
+lock = "mdm"
+codes = []
+
+[[device]]
+lock = "mdm"
+kandji = true
+codes = ["J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17", "D08HY-EJDEX-X91Q-8YYA-25YD-K857"]
+
+[[device]]
+lock = "user"
+"#;
+
+/// Indexes into WORLD.
+const SINGLE: usize = 0;
+const TWO_RECORDS: usize = 1;
+const NO_CODE: usize = 2;
+const KANDJI: usize = 3;
+const USER_LOCKED: usize = 4;
+
+struct Fixture {
+    bench: Bench,
+    dir: tempfile::TempDir,
+    devices: Vec<ReadyDevice>,
+}
+
+impl Fixture {
+    async fn start(sources: &[ConfigSource]) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let world = World::from_toml(WORLD, "station_codes world").expect("world");
+        let mut config = BenchConfig::new(
+            dir.path().join("usbmuxd.sock"),
+            world,
+            dir.path().join("state"),
+        );
+        config.idle_timeout = Duration::from_secs(10);
+        config.station_config_sources = sources.to_vec();
+        let bench = tokio::time::timeout(Duration::from_secs(30), Bench::start(config))
+            .await
+            .expect("bench start in time")
+            .expect("bench");
+        let devices = bench.ready_info().devices;
+        Fixture {
+            bench,
+            dir,
+            devices,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.bench.station_config().to_path_buf()
+    }
+
+    /// The bench's configuration with the Intune action turned on (1 s wait).
+    fn config_with_action(&self) -> PathBuf {
+        let text = std::fs::read_to_string(self.config()).expect("read config");
+        assert!(text.contains("bypass_action = false"), "{text}");
+        let text = text.replace(
+            "bypass_action = false",
+            "bypass_action = true\nbypass_action_wait_secs = 1",
+        );
+        let path = self.dir.path().join("station-action.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    async fn station(&self, config: &Path, args: &[&str], trace: bool) -> Output {
+        let mut cmd = Command::new(workspace_bin("station"));
+        cmd.arg("--config")
+            .arg(config)
+            .args(args)
+            .env(
+                "USBMUXD_SOCKET_ADDRESS",
+                format!("UNIX:{}", self.dir.path().join("usbmuxd.sock").display()),
+            )
+            .env("HOME", self.dir.path())
+            .env_remove("STATION_CONFIG")
+            .env("NO_COLOR", "1");
+        if trace {
+            cmd.env("RUST_LOG", "trace");
+        } else {
+            cmd.env_remove("RUST_LOG");
+        }
+        tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
+            .await
+            .expect("join")
+    }
+
+    /// `station --json codes lookup` for device `index`; its JSON.
+    async fn lookup(&self, index: usize) -> (Output, Value) {
+        let d = &self.devices[index];
+        let out = self
+            .station(
+                &self.config(),
+                &[
+                    "--json", "codes", "lookup", "--serial", &d.serial, "--udid", &d.udid,
+                ],
+                false,
+            )
+            .await;
+        let json = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        (out, json)
+    }
+
+    async fn activate(&self, config: &Path, index: usize, trace: bool) -> (Output, Value) {
+        let url = self.bench.activation_url().to_string();
+        let out = self
+            .station(
+                config,
+                &[
+                    "--json",
+                    "activate",
+                    "--udid",
+                    &self.devices[index].udid,
+                    "--activation-url",
+                    &url,
+                ],
+                trace,
+            )
+            .await;
+        let json = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        (out, json)
+    }
+
+    /// Everything no output may show: the client secret, the Kandji token, any JWT (the
+    /// stand-in's tokens are JWT-shaped) and every code of the world, whole or compact.
+    fn secrets(&self) -> Vec<String> {
+        let state = self.dir.path().join("state").join("secrets");
+        let mut secrets = vec![
+            std::fs::read_to_string(state.join("intune.secret")).expect("intune secret"),
+            std::fs::read_to_string(state.join("kandji.token")).expect("kandji token"),
+            "eyJ".to_string(),
+        ];
+        for code in [INTUNE_CODE, GOOD, STALE, KANDJI_A, KANDJI_B] {
+            secrets.push(code.to_string());
+            secrets.push(code.replace('-', ""));
+            // The middle groups alone: a masked code shows only the first and last.
+            secrets.push(code[6..11].to_string());
+        }
+        secrets
+    }
+}
+
+#[track_caller]
+fn assert_no_secrets(out: &Output, secrets: &[String]) {
+    for secret in secrets {
+        assert!(!secret.trim().is_empty());
+        for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !text.contains(secret.trim()),
+                "{stream} of `{}` shows a secret or a code ({} chars, starting {:?})",
+                out.command,
+                secret.len(),
+                &secret[..3.min(secret.len())]
+            );
+        }
+    }
+}
+
+fn codes(json: &Value) -> Vec<(String, String, String)> {
+    json["codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| {
+            (
+                c["code"].as_str().unwrap_or_default().to_string(),
+                c["kind"].as_str().unwrap_or_default().to_string(),
+                c["source"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn masked(code: &str) -> String {
+    format!("{}-…-{}", &code[..5], &code[code.len() - 4..])
+}
+
+fn graph_outcomes(f: &Fixture) -> Vec<MdmOutcome> {
+    f.bench
+        .graph()
+        .graph_requests()
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_of_every_kind_of_record() {
+    let f = Fixture::start(&[ConfigSource::Intune, ConfigSource::Kandji]).await;
+
+    // A single Intune record.
+    let (out, json) = f.lookup(SINGLE).await;
+    out.assert_success();
+    assert_eq!(
+        codes(&json),
+        vec![(masked(INTUNE_CODE), "device".into(), "intune".into())]
+    );
+    assert_eq!(json["known"], true);
+    assert_eq!(json["sources"][0]["status"], "answered");
+    assert_eq!(json["sources"][0]["codes"], 1);
+    assert_eq!(json["sources"][1]["source"], "kandji");
+    assert_eq!(json["sources"][1]["known"], false);
+
+    // Two records for one serial: both codes, this phone's record first.
+    let (out, json) = f.lookup(TWO_RECORDS).await;
+    out.assert_success();
+    let found: Vec<String> = codes(&json).into_iter().map(|c| c.0).collect();
+    assert_eq!(found, vec![masked(GOOD), masked(STALE)]);
+
+    // A record without a code: known, no code.
+    let (out, json) = f.lookup(NO_CODE).await;
+    out.assert_success();
+    assert_eq!(json["known"], true);
+    assert!(codes(&json).is_empty());
+
+    // Kandji: both kinds, from the Kandji source.
+    let (out, json) = f.lookup(KANDJI).await;
+    out.assert_success();
+    let mut kandji = codes(&json);
+    kandji.sort();
+    let mut expected = vec![masked(KANDJI_A), masked(KANDJI_B)];
+    expected.sort();
+    assert_eq!(
+        kandji.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(kandji.iter().all(|c| c.2 == "kandji"));
+    let kinds: Vec<&str> = kandji.iter().map(|c| c.1.as_str()).collect();
+    assert!(
+        kinds.contains(&"device") && kinds.contains(&"server"),
+        "{kinds:?}"
+    );
+
+    // A serial the filter does not match: nobody knows it.
+    let (out, json) = f.lookup(USER_LOCKED).await;
+    out.assert_success();
+    assert_eq!(json["known"], false);
+    assert!(codes(&json).is_empty());
+
+    // --reveal prints the whole code, for the operator to type.
+    let d = &f.devices[SINGLE];
+    let out = f
+        .station(
+            &f.config(),
+            &["codes", "lookup", "--serial", &d.serial, "--reveal"],
+            false,
+        )
+        .await;
+    out.assert_success();
+    assert!(out.stdout.contains(INTUNE_CODE), "{out}");
+    let out = f
+        .station(
+            &f.config(),
+            &["codes", "lookup", "--serial", &d.serial],
+            false,
+        )
+        .await;
+    assert!(out.stdout.contains(&masked(INTUNE_CODE)), "{out}");
+    assert!(!out.stdout.contains(INTUNE_CODE), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_faults_ignored_filters_paging_throttling_and_tokens() {
+    let f = Fixture::start(&[ConfigSource::Intune]).await;
+    let graph = f.bench.graph();
+
+    // Graph ignores the filter and pages one record at a time: every record of the tenant
+    // is listed, only this serial's are read.
+    graph.set_ignore_filters(true);
+    graph.set_page_size(1);
+    graph.clear_requests();
+    let (out, json) = f.lookup(TWO_RECORDS).await;
+    out.assert_success();
+    let found: Vec<String> = codes(&json).into_iter().map(|c| c.0).collect();
+    assert_eq!(found, vec![masked(GOOD), masked(STALE)]);
+    let requests = graph.graph_requests();
+    let pages = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/managedDevices"))
+        .count();
+    let singles = requests.len() - pages;
+    // The world holds four Intune records: one a page.
+    assert_eq!(pages, 4, "{pages} pages");
+    assert_eq!(singles, 2, "one GET per record of this serial");
+    graph.set_ignore_filters(false);
+    graph.set_page_size(3);
+
+    // 429 with Retry-After: honoured, never asked again early.
+    graph.clear_requests();
+    graph.set_throttle_next(2, Duration::from_secs(1));
+    let (out, json) = f.lookup(SINGLE).await;
+    out.assert_success();
+    assert_eq!(codes(&json).len(), 1);
+    let outcomes = graph_outcomes(&f);
+    assert!(
+        outcomes.contains(&MdmOutcome::Throttled { early: false }),
+        "{outcomes:?}"
+    );
+    assert!(
+        !outcomes.contains(&MdmOutcome::Throttled { early: true }),
+        "asked before Retry-After ran out: {outcomes:?}"
+    );
+
+    // 5xx, then success.
+    graph.clear_faults();
+    graph.clear_requests();
+    graph.set_fail_next(2);
+    let (out, json) = f.lookup(SINGLE).await;
+    out.assert_success();
+    assert_eq!(codes(&json).len(), 1);
+    assert!(graph_outcomes(&f).contains(&MdmOutcome::InjectedFailure));
+
+    // A token about to expire is renewed within one run.
+    graph.clear_faults();
+    graph.set_token_lifetime(Duration::from_secs(1));
+    graph.set_latency(Duration::from_millis(400));
+    graph.clear_requests();
+    let (out, json) = f.lookup(TWO_RECORDS).await;
+    out.assert_success();
+    assert_eq!(codes(&json).len(), 2);
+    assert!(
+        graph.token_requests().len() >= 2,
+        "token not renewed: {:?}",
+        graph.token_requests().len()
+    );
+    assert!(!graph_outcomes(&f)
+        .iter()
+        .any(|o| matches!(o, MdmOutcome::Unauthorized { .. })));
+    graph.clear_faults();
+    graph.set_latency(Duration::ZERO);
+    graph.set_token_lifetime(Duration::from_secs(3599));
+
+    // A bad secret: the lookup fails (Intune is the only source) naming the reason, not the
+    // secret.
+    let real = graph.client_secret();
+    graph.set_client_secret("a-different-secret-0123456789");
+    let (out, json) = f.lookup(SINGLE).await;
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert_eq!(json["error"]["code"], "codes-sources-failed");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("invalid_client"), "{message}");
+    assert_no_secrets(&out, &f.secrets());
+    graph.set_client_secret(&real);
+
+    // A missing permission is named.
+    graph.set_permissions(&[]);
+    let (out, json) = f.lookup(SINGLE).await;
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("DeviceManagementManagedDevices.Read.All"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activate_with_only_intune_and_with_the_remote_action() {
+    let f = Fixture::start(&[ConfigSource::Intune]).await;
+
+    // The chain stands in for --codes: a locked phone with its code in Intune activates.
+    let (out, json) = f.activate(&f.config(), SINGLE, false).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["released_by"]["source"], "intune");
+    assert_eq!(json["released_by"]["code"], masked(INTUNE_CODE).as_str());
+
+    // Two records: this phone's (good) code is tried first.
+    let (out, json) = f.activate(&f.config(), TWO_RECORDS, false).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["codes_tried"], 1);
+
+    // No code and no action: locked_no_code, nothing sent to Intune.
+    let (out, json) = f.activate(&f.config(), NO_CODE, false).await;
+    assert_eq!(json["outcome"], "locked_no_code", "{out}");
+    assert_eq!(out.status.code(), Some(7));
+    assert!(json["remote_release"].is_null());
+
+    // With the action enabled: Intune's bypassActivationLock releases it, then Apple
+    // answers an activation record.
+    let (out, json) = f.activate(&f.config_with_action(), NO_CODE, true).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["remote_release"]["source"], "intune");
+    assert_eq!(json["remote_release"]["action"], "bypassActivationLock");
+    assert_eq!(json["codes_tried"], 0);
+    assert!(
+        out.stderr
+            .contains("asked the MDM to release the Activation Lock"),
+        "{out}"
+    );
+    let posts: Vec<_> = f
+        .bench
+        .graph()
+        .graph_requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].path.ends_with("/bypassActivationLock"));
+    assert_no_secrets(&out, &f.secrets());
+
+    // A personal Apple Account: no source knows it, the action has nothing to act on.
+    let (out, json) = f
+        .activate(&f.config_with_action(), USER_LOCKED, false)
+        .await;
+    assert_eq!(json["outcome"], "user_locked", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_credential_instead_of_a_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::start(&[ConfigSource::Intune]).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec!["station".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    f.bench
+        .graph()
+        .add_certificate_pem(&cert.pem())
+        .expect("the stand-in takes the certificate");
+    let cert_file = f.dir.path().join("intune.pem");
+    let key_file = f.dir.path().join("intune.key");
+    std::fs::write(&cert_file, cert.pem()).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+
+    // A key file others can read is refused before any request.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = std::fs::read_to_string(f.config()).expect("config");
+    let secret_line = text
+        .lines()
+        .find(|l| l.starts_with("client_secret"))
+        .expect("client_secret line")
+        .to_string();
+    let config = f.dir.path().join("station-cert.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            &secret_line,
+            &format!(
+                "certificate = {{ cert_file = {:?}, key_file = {:?} }}",
+                cert_file.display().to_string(),
+                key_file.display().to_string()
+            ),
+        ),
+    )
+    .expect("write config");
+    let d = &f.devices[SINGLE];
+    let args = ["--json", "codes", "lookup", "--serial", &d.serial];
+    let out = f.station(&config, &args, false).await;
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stdout.contains("chmod 600"), "{out}");
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = f.station(&config, &args, true).await;
+    out.assert_success();
+    let json: Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(
+        codes(&json),
+        vec![(masked(INTUNE_CODE), "device".into(), "intune".into())]
+    );
+    let token = &f.bench.graph().token_requests()[0];
+    assert!(token.fields.iter().any(|n| n == "client_assertion"));
+    assert!(!token.fields.iter().any(|n| n == "client_secret"));
+    let mut secrets = f.secrets();
+    secrets.push(
+        key.serialize_pem()
+            .lines()
+            .nth(1)
+            .expect("a key line")
+            .to_string(),
+    );
+    assert_no_secrets(&out, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_token_or_code_in_any_output_at_trace_level() {
+    let f = Fixture::start(&[ConfigSource::Intune, ConfigSource::Kandji]).await;
+    let secrets = f.secrets();
+    for index in [SINGLE, TWO_RECORDS, KANDJI, USER_LOCKED] {
+        let d = &f.devices[index];
+        for json in [true, false] {
+            let mut args = vec!["codes", "lookup", "--serial", &d.serial, "--udid", &d.udid];
+            if json {
+                args.insert(0, "--json");
+            }
+            let out = f.station(&f.config(), &args, true).await;
+            out.assert_success();
+            assert!(out.stderr.contains("TRACE"), "not at trace level: {out}");
+            assert_no_secrets(&out, &secrets);
+        }
+    }
+    // Activations release locks with the codes: still nothing in the output.
+    for index in [SINGLE, TWO_RECORDS, KANDJI] {
+        let (out, json) = f.activate(&f.config(), index, true).await;
+        assert_eq!(json["outcome"], "activated", "{out}");
+        assert_no_secrets(&out, &secrets);
+    }
+    // The check would catch a leak: --reveal shows the code.
+    let d = &f.devices[SINGLE];
+    let out = f
+        .station(
+            &f.config(),
+            &["codes", "lookup", "--serial", &d.serial, "--reveal"],
+            true,
+        )
+        .await;
+    assert!(out.stdout.contains(INTUNE_CODE));
+    assert!(
+        !out.stderr.contains(INTUNE_CODE),
+        "a revealed code was logged"
+    );
+}

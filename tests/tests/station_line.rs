@@ -1,0 +1,426 @@
+//! `station run` end to end against the virtual bench: a mixed bench handled by `--once`,
+//! unplug and replug, the concurrency limit, a crash and restart, and configuration errors.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use station_sim::Endpoint;
+use station_tests::inproc::{ndjson, InProcBench};
+
+const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
+const SECOND: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+const NO_CODE_KNOWN: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
+
+const MIXED: &str = r#"
+seed = 21
+
+[[device]]
+activation_state = "Unactivated"
+
+[[device]]
+lock = "mdm"
+codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+
+[[device]]
+lock = "mdm"
+codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
+stale_codes = ["TF27L-31WN1-E6FH-DMAM-52X5-NFV0"]
+
+[[device]]
+lock = "user"
+
+[[device]]
+activation_state = "Activated"
+
+[[device]]
+activation_state = "Activated"
+trust = "accept"
+trust_delay_ms = 1500
+
+[[device]]
+lock = "mdm"
+codes = ["J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17"]
+
+[[device]]
+activation_state = "Unactivated"
+"#;
+
+/// The outcome each phone of MIXED must end with.
+const EXPECTED: [&str; 8] = [
+    "activated",
+    "activated",
+    "activated",
+    "user_locked",
+    "already_activated",
+    "already_activated",
+    "locked_no_code",
+    "activated",
+];
+
+async fn mixed_bench() -> (InProcBench, std::path::PathBuf) {
+    let bench = InProcBench::start(MIXED).await;
+    let codes = bench.codes_csv(
+        "codes.csv",
+        &[
+            (1, GOOD, "device"),
+            (2, STALE, "device"),
+            (2, SECOND, "server"),
+            (6, "", "unknown"),
+        ],
+    );
+    let config = bench.station_config(Some(&codes), 3, "");
+    (bench, config)
+}
+
+/// Final `finished` outcome per UDID.
+fn outcomes(events: &[Value]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for e in events.iter().filter(|e| e["event"] == "finished") {
+        out.insert(
+            e["udid"].as_str().unwrap_or_default().to_string(),
+            e["outcome"].as_str().unwrap_or_default().to_string(),
+        );
+    }
+    out
+}
+
+/// Phones in flight at once, replayed from started/finished events.
+fn max_in_flight(events: &[Value]) -> usize {
+    let (mut now, mut max) = (0usize, 0usize);
+    for e in events {
+        match e["event"].as_str() {
+            Some("started") => {
+                now += 1;
+                max = max.max(now);
+                assert!(
+                    e["in_flight"].as_u64().is_some_and(|n| n as usize <= 3),
+                    "{e}"
+                );
+            }
+            Some("finished") => now = now.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
+    let (f, config) = mixed_bench().await;
+    // Slow answers make the phones overlap, so the limit is exercised.
+    f.bench.albert().set_latency(Duration::from_millis(150));
+    let config = config.to_str().expect("utf-8");
+    let out = f
+        .station(
+            &["--config", config, "run", "--once", "--trust-wait", "20"],
+            false,
+        )
+        .await;
+    let events = ndjson(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "two phones need attention: {out}"
+    );
+
+    assert_eq!(
+        events.first().map(|e| e["event"].clone()),
+        Some(Value::from("run_started"))
+    );
+    for e in &events {
+        assert_eq!(e["v"], 1, "{e}");
+        if e["event"] != "run_started" && e["event"] != "summary" {
+            assert!(
+                e["udid"].is_string() && e["slot"].is_string(),
+                "every phone event names udid and slot: {e}"
+            );
+        }
+    }
+    let finals = outcomes(&events);
+    for (index, expected) in EXPECTED.iter().enumerate() {
+        assert_eq!(
+            finals.get(&f.udids[index]).map(String::as_str),
+            Some(*expected),
+            "phone {index}: {}",
+            out.stdout
+        );
+    }
+    let in_flight = max_in_flight(&events);
+    assert!(
+        (1..=3).contains(&in_flight),
+        "in flight at most 3, saw {in_flight}"
+    );
+
+    let summary = events.last().expect("summary");
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["phones"], 8);
+    assert_eq!(summary["counts"]["activated"], 4);
+    assert_eq!(summary["counts"]["already_activated"], 2);
+    let attention: Vec<&str> = summary["attention"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["udid"].as_str())
+        .collect();
+    assert_eq!(attention.len(), 2, "{summary}");
+    assert!(attention.contains(&f.udids[3].as_str()) && attention.contains(&f.udids[6].as_str()));
+
+    // The ledger says the same, and the locked report lists the four locked phones.
+    let report = f
+        .station(&["--config", config, "report", "--format", "json"], false)
+        .await;
+    report.assert_success();
+    let rows: Vec<Value> = serde_json::from_str(&report.stdout).expect("report json");
+    for (index, expected) in EXPECTED.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|r| r["udid"] == f.udids[index].as_str())
+            .expect("row per phone");
+        assert_eq!(row["outcome"], *expected, "{row}");
+        assert_eq!(row["station_id"], "test-bench");
+    }
+    let locked = f
+        .station(
+            &["--config", config, "report", "--locked", "--format", "json"],
+            false,
+        )
+        .await;
+    let locked: Vec<Value> = serde_json::from_str(&locked.stdout).expect("locked json");
+    let mut locked_udids: Vec<&str> = locked.iter().filter_map(|r| r["udid"].as_str()).collect();
+    locked_udids.sort_unstable();
+    let mut want: Vec<&str> = [1, 2, 3, 6].iter().map(|i| f.udids[*i].as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(locked_udids, want);
+    let released = locked
+        .iter()
+        .find(|r| r["udid"] == f.udids[1].as_str())
+        .expect("released row");
+    assert_eq!(
+        released["released_by"]["code"], "3UM43-…-FKA4",
+        "{released}"
+    );
+
+    // No code whole anywhere the station wrote.
+    let ledger = std::fs::read(f.path("data").join("ledger.sqlite3")).unwrap_or_default();
+    let written = format!(
+        "{}{}{}",
+        out.stdout,
+        out.stderr,
+        String::from_utf8_lossy(&ledger)
+    );
+    for code in [GOOD, STALE, SECOND, NO_CODE_KNOWN] {
+        assert!(
+            !written.contains(code) && !written.contains(&code.replace('-', "")),
+            "a code leaked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_phone_is_interrupted_and_resumes_when_plugged_back() {
+    let (f, config) = mixed_bench().await;
+    f.bench.albert().set_latency(Duration::from_millis(600));
+    let udid = f.udids[0].clone();
+    let mut station = f.spawn_station(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "run",
+        "--once",
+        "--trust-wait",
+        "20",
+        "--replug-grace",
+        "20",
+    ]);
+    station
+        .wait_for(Duration::from_secs(30), |e| {
+            e["event"] == "step" && e["udid"] == udid.as_str() && e["step"] == "handshake"
+        })
+        .await;
+    f.bench.unplug(&udid).expect("unplug");
+    station
+        .wait_for(Duration::from_secs(30), |e| {
+            e["event"] == "finished" && e["udid"] == udid.as_str()
+        })
+        .await;
+    f.bench.plug(&udid).expect("plug back");
+    let (events, status) = station.finish(Duration::from_secs(90)).await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the user-locked and no-code phones need attention"
+    );
+    let mine: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["udid"] == udid.as_str() && e["event"] == "finished")
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:#?}");
+    assert_eq!(mine[0]["outcome"], "interrupted");
+    assert!(mine[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("plug it back in"));
+    assert_eq!(mine[1]["outcome"], "activated");
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "detached" && e["udid"] == udid.as_str()));
+    assert_eq!(f.ideviceinfo_state(0).await, "Activated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_station_loses_no_committed_outcome() {
+    let (f, config) = mixed_bench().await;
+    let config = config.to_str().expect("utf-8").to_string();
+    // Phone 4 (already activated) finishes fast; the server is slow for the others.
+    f.bench.albert().set_latency(Duration::from_millis(2500));
+    let mut station =
+        f.spawn_station(&["--config", &config, "run", "--once", "--trust-wait", "20"]);
+    let first = station
+        .wait_for(Duration::from_secs(30), |e| e["event"] == "finished")
+        .await;
+    station
+        .wait_for(Duration::from_secs(30), |e| {
+            e["event"] == "step" && e["step"] == "handshake"
+        })
+        .await;
+    station.kill(); // SIGKILL: no chance to clean up
+    let committed: Vec<(String, String)> = station
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "finished")
+        .map(|e| {
+            (
+                e["udid"].as_str().unwrap_or_default().to_string(),
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(!committed.is_empty(), "{first}");
+    let in_progress: Vec<String> = station
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .filter_map(|e| e["udid"].as_str().map(str::to_string))
+        .filter(|u| !committed.iter().any(|(c, _)| c == u))
+        .collect();
+    assert!(!in_progress.is_empty());
+
+    // Restart: the unfinished attempts are recovered as interrupted, then the phones are done.
+    f.bench.albert().set_latency(Duration::from_millis(0));
+    let out = f
+        .station(
+            &["--config", &config, "run", "--once", "--trust-wait", "20"],
+            false,
+        )
+        .await;
+    let events = ndjson(&out.stdout);
+    let recovered: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "recovered")
+        .filter_map(|e| e["udid"].as_str())
+        .collect();
+    for udid in &in_progress {
+        assert!(
+            recovered.contains(&udid.as_str()),
+            "{udid} not recovered: {}",
+            out.stdout
+        );
+    }
+
+    let report = f
+        .station(&["--config", &config, "report", "--format", "json"], false)
+        .await;
+    let rows: Vec<Value> = serde_json::from_str(&report.stdout).expect("json");
+    for (udid, outcome) in &committed {
+        assert!(
+            rows.iter()
+                .any(|r| r["udid"] == udid.as_str() && r["outcome"] == outcome.as_str()),
+            "committed outcome of {udid} lost: {}",
+            report.stdout
+        );
+    }
+    for udid in &in_progress {
+        let row = rows
+            .iter()
+            .find(|r| r["udid"] == udid.as_str() && r["outcome"] == "interrupted")
+            .expect("interrupted row");
+        assert!(
+            row["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("station stopped"),
+            "{row}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_by_the_line() {
+    let f = InProcBench::start("seed = 3\n[[device]]\nactivation_state = \"Unactivated\"\n").await;
+    let config = f.station_config(None, 2, "");
+    f.bench.albert().set_failures(Endpoint::DrmHandshake, 5);
+    let out = f
+        .station(
+            &["--config", config.to_str().expect("utf-8"), "run", "--once"],
+            false,
+        )
+        .await;
+    let events = ndjson(&out.stdout);
+    assert!(
+        events.iter().any(|e| e["event"] == "retrying"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        outcomes(&events).get(&f.udids[0]).map(String::as_str),
+        Some("activated"),
+        "{}",
+        out.stdout
+    );
+    out.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_point_at_the_line() {
+    let f = InProcBench::start("seed = 3\n[[device]]\n").await;
+    let path = f.path("bad.toml");
+    std::fs::write(&path, "[station]\nid = \"x\"\nconcurency = 4\n").expect("write");
+    let out = f
+        .station(
+            &["--config", path.to_str().expect("utf-8"), "run", "--once"],
+            false,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("bad.toml:3:1: unknown key `concurency`: did you mean `concurrency`?"),
+        "{out}"
+    );
+
+    std::fs::write(&path, "[station]\nconcurrency = 0\n").expect("write");
+    let out = f
+        .station(
+            &["--config", path.to_str().expect("utf-8"), "config", "check"],
+            false,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains("bad.toml:2:15:") && out.stderr.contains("out of range"),
+        "{out}"
+    );
+
+    let example = f.station(&["config", "example"], false).await;
+    example.assert_success();
+    std::fs::write(&path, &example.stdout).expect("write");
+    let check = f
+        .station(
+            &["--config", path.to_str().expect("utf-8"), "config", "check"],
+            false,
+        )
+        .await;
+    check.assert_success();
+    assert!(check.stdout.contains(": valid"), "{check}");
+}
