@@ -5,6 +5,7 @@ mod cli;
 mod codes;
 mod commands;
 mod error;
+mod identity;
 mod ledger;
 mod line;
 mod models;
@@ -98,7 +99,16 @@ fn bench(cli: &Cli, config: &StationConfig) -> Result<Bench, StationError> {
         Some(dir) => PairStore::Dir(DirPairStore::new(dir)),
         None => PairStore::Usbmuxd(UsbmuxdPairStore::new(address.clone(), timeout)),
     };
-    Ok(Bench::new(usbmuxd::Usbmuxd::new(address, timeout), store))
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.station.data_dir.clone());
+    let identity = data_dir.join(identity::IDENTITY_FILE);
+    Ok(Bench::new(
+        usbmuxd::Usbmuxd::new(address, timeout),
+        store,
+        Some(identity),
+    ))
 }
 
 fn load_config(cli: &Cli) -> Result<StationConfig, StationError> {

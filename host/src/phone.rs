@@ -43,6 +43,7 @@ impl PairStore {
 pub struct Bench {
     pub usbmuxd: Usbmuxd,
     pub store: Arc<PairStore>,
+    identity: crate::identity::IdentityStore,
 }
 
 /// A paired, TLS-protected lockdown session.
@@ -53,10 +54,16 @@ pub struct Session {
 }
 
 impl Bench {
-    pub fn new(usbmuxd: Usbmuxd, store: PairStore) -> Self {
+    /// `identity_file`: where the station's pairing identity is kept (in memory if `None`).
+    pub fn new(
+        usbmuxd: Usbmuxd,
+        store: PairStore,
+        identity_file: Option<std::path::PathBuf>,
+    ) -> Self {
         Bench {
             usbmuxd,
             store: Arc::new(store),
+            identity: crate::identity::IdentityStore::new(identity_file),
         }
     }
 
@@ -104,8 +111,9 @@ impl Bench {
             .ok()
             .and_then(|v| v.as_string().map(str::to_string));
         let system_buid = self.store.store().system_buid().await?;
+        let identity = self.identity.get().await?;
         let mut record = tokio::task::spawn_blocking(move || {
-            generate_pair_record(&public_key, &system_buid, wifi.as_deref(), None)
+            generate_pair_record(&public_key, &system_buid, wifi.as_deref(), Some(&identity))
         })
         .await
         .map_err(|e| {

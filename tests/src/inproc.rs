@@ -20,13 +20,19 @@ pub struct InProcBench {
 impl InProcBench {
     /// Starts a bench serving `world` (TOML) in a fresh temporary directory.
     pub async fn start(world: &str) -> InProcBench {
+        Self::start_with(world, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with the bench configuration adjusted first.
+    pub async fn start_with(world: &str, configure: impl FnOnce(&mut BenchConfig)) -> InProcBench {
         let dir = tempfile::tempdir().expect("temp dir");
         let world = World::from_toml(world, "test world").expect("world");
-        let config = BenchConfig::new(
+        let mut config = BenchConfig::new(
             dir.path().join("usbmuxd.sock"),
             world,
             dir.path().join("state"),
         );
+        configure(&mut config);
         let bench = tokio::time::timeout(Duration::from_secs(30), Bench::start(config))
             .await
             .expect("bench start in time")
@@ -96,7 +102,7 @@ impl InProcBench {
             )
             .env("HOME", self.dir.path())
             .env_remove("STATION_CONFIG")
-            .env_remove("STATION_DATA_DIR")
+            .env("STATION_DATA_DIR", self.path("data"))
             .env("NO_COLOR", "1");
         if trace {
             cmd.env("RUST_LOG", "trace");

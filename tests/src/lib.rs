@@ -598,9 +598,14 @@ impl Bench {
     pub fn station(&self, args: &[&str]) -> Output {
         let home = self.home().display().to_string();
         let address = self.libusbmuxd_address();
+        let data = self.dir().join("station-data").display().to_string();
         self.annotate(run_station(
             args,
-            &[("USBMUXD_SOCKET_ADDRESS", &address), ("HOME", &home)],
+            &[
+                ("USBMUXD_SOCKET_ADDRESS", &address),
+                ("HOME", &home),
+                ("STATION_DATA_DIR", &data),
+            ],
         ))
     }
 

@@ -5,12 +5,12 @@
 //! token or code in any output (at trace level) unless `--reveal` asks for the codes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use station_sim::{Bench, BenchConfig, ConfigSource, MdmOutcome, ReadyDevice, World};
-use station_tests::{run_with_timeout, workspace_bin, Output, TOOL_TIMEOUT};
+use station_sim::{ConfigSource, MdmOutcome, ReadyDevice};
+use station_tests::inproc::InProcBench;
+use station_tests::Output;
 
 const INTUNE_CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
 const GOOD: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
@@ -51,32 +51,25 @@ const KANDJI: usize = 3;
 const USER_LOCKED: usize = 4;
 
 struct Fixture {
-    bench: Bench,
-    dir: tempfile::TempDir,
+    inner: InProcBench,
     devices: Vec<ReadyDevice>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = InProcBench;
+    fn deref(&self) -> &InProcBench {
+        &self.inner
+    }
 }
 
 impl Fixture {
     async fn start(sources: &[ConfigSource]) -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let world = World::from_toml(WORLD, "station_codes world").expect("world");
-        let mut config = BenchConfig::new(
-            dir.path().join("usbmuxd.sock"),
-            world,
-            dir.path().join("state"),
-        );
-        config.idle_timeout = Duration::from_secs(10);
-        config.station_config_sources = sources.to_vec();
-        let bench = tokio::time::timeout(Duration::from_secs(30), Bench::start(config))
-            .await
-            .expect("bench start in time")
-            .expect("bench");
-        let devices = bench.ready_info().devices;
-        Fixture {
-            bench,
-            dir,
-            devices,
-        }
+        let inner = InProcBench::start_with(WORLD, |config| {
+            config.station_config_sources = sources.to_vec();
+        })
+        .await;
+        let devices = inner.bench.ready_info().devices;
+        Fixture { inner, devices }
     }
 
     fn config(&self) -> PathBuf {
@@ -91,31 +84,16 @@ impl Fixture {
             "bypass_action = false",
             "bypass_action = true\nbypass_action_wait_secs = 1",
         );
-        let path = self.dir.path().join("station-action.toml");
+        let path = self.path("station-action.toml");
         std::fs::write(&path, text).expect("write config");
         path
     }
 
     async fn station(&self, config: &Path, args: &[&str], trace: bool) -> Output {
-        let mut cmd = Command::new(workspace_bin("station"));
-        cmd.arg("--config")
-            .arg(config)
-            .args(args)
-            .env(
-                "USBMUXD_SOCKET_ADDRESS",
-                format!("UNIX:{}", self.dir.path().join("usbmuxd.sock").display()),
-            )
-            .env("HOME", self.dir.path())
-            .env_remove("STATION_CONFIG")
-            .env("NO_COLOR", "1");
-        if trace {
-            cmd.env("RUST_LOG", "trace");
-        } else {
-            cmd.env_remove("RUST_LOG");
-        }
-        tokio::task::spawn_blocking(move || run_with_timeout(cmd, TOOL_TIMEOUT))
-            .await
-            .expect("join")
+        let config = config.display().to_string();
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        self.inner.station(&full, trace).await
     }
 
     /// `station --json codes lookup` for device `index`; its JSON.
