@@ -163,8 +163,7 @@ mod tests {
         let err = IdentityStore::new(Some(path))
             .get()
             .await
-            .err()
-            .expect("unusable");
+            .expect_err("unusable");
         assert!(err.message.contains("delete it"), "{}", err.message);
     }
 }
