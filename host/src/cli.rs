@@ -127,6 +127,9 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         replug_grace: u64,
     },
+    /// The whole line on a built-in virtual bench: realistic phones, stand-in Apple and
+    /// Intune servers, live rows, then the report. Leaves nothing behind.
+    Demo(crate::commands::demo::DemoArgs),
     /// Check or print the station's configuration.
     Config {
         #[command(subcommand)]

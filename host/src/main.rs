@@ -119,6 +119,10 @@ fn load_config(cli: &Cli) -> Result<StationConfig, StationError> {
 }
 
 async fn run(cli: Cli) -> Result<u8, StationError> {
+    // The demo brings its own bench and configuration.
+    if let Command::Demo(args) = &cli.command {
+        return commands::demo::demo(args, cli.json).await;
+    }
     // Config commands work on a broken file: that is what they are for.
     if let Command::Config { action } = &cli.command {
         return commands::config::run(action, cli.config.as_deref(), cli.json);
@@ -215,7 +219,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                 writeln!(out, "{udid}: {outcome}: {}", report.message)
             }
         }
-        Command::Config { .. } => Ok(()),
+        Command::Config { .. } | Command::Demo(_) => Ok(()),
         Command::Run {
             once,
             redo,

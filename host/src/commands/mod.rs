@@ -1,6 +1,7 @@
 pub mod activate;
 pub mod codes;
 pub mod config;
+pub mod demo;
 pub mod devices;
 pub mod info;
 pub mod pair;

@@ -67,6 +67,8 @@ struct Row {
     bar: ProgressBar,
     model: String,
     serial: String,
+    /// Pulled out during this run: its final row says it was resumed.
+    unplugged: bool,
 }
 
 struct Screen {
@@ -112,6 +114,7 @@ impl Screen {
                     bar,
                     model: String::new(),
                     serial: String::new(),
+                    unplugged: false,
                 },
             );
         }
@@ -190,7 +193,12 @@ impl Screen {
             }
             EventKind::Detached { phone } => {
                 let row = self.row(phone);
-                row.bar.set_message(style("unplugged").yellow().to_string());
+                row.unplugged = true;
+                row.bar.set_message(
+                    style("unplugged: plug it back in to resume")
+                        .yellow()
+                        .to_string(),
+                );
             }
             EventKind::Finished {
                 phone,
@@ -211,8 +219,13 @@ impl Screen {
                 row.bar.set_prefix(prefix(phone, &row.model, &row.serial));
                 row.bar.set_style(done_style());
                 row.bar.disable_steady_tick();
+                let resumed = if row.unplugged && *outcome != Outcome::Interrupted {
+                    " (resumed after replug)"
+                } else {
+                    ""
+                };
                 row.bar.set_message(format!(
-                    "{} {:>6} {}",
+                    "{} {:>6} {}{resumed}",
                     coloured(*outcome),
                     format!("{:.1}s", *elapsed_ms as f64 / 1000.0),
                     style(message).dim()

@@ -5,6 +5,7 @@
 //! world's seed and checks the result, giving one [`DeviceProfile`] per phone.
 
 pub mod catalog;
+pub mod demo;
 pub mod gen;
 pub mod mdm;
 
