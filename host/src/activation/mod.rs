@@ -134,9 +134,6 @@ pub enum RequestEncoding {
     Multipart,
 }
 
-/// Apple's server.
-pub const APPLE_BASE_URL: &str = "https://albert.apple.com";
-
 impl ActivationServer {
     /// `url` may be a base (`https://host`), the `…/deviceservices` prefix or a full
     /// endpoint URL (`…/deviceservices/deviceActivation`, as `ideviceactivation -s` takes).

@@ -3,18 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::activation::http::RetryPolicy;
-use crate::activation::{
-    ActivationReport, ActivationServer, Activator, Outcome, Quiet, RequestEncoding, APPLE_BASE_URL,
-};
+use crate::activation::{ActivationReport, Activator, Outcome, Quiet};
 use crate::codes::csv_file::CsvCodes;
 use crate::codes::{CodeLookup, Lookup};
 use crate::error::{exit, StationError};
 use crate::phone::Bench;
 use station_config::StationConfig;
-
-/// HTTP timeout per request; Albert can be slow, go-ios' 5 s is known to be tight.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long `station activate` waits for the operator to tap Trust on an activated phone.
 const TRUST_WAIT: Duration = Duration::from_secs(30);
@@ -64,17 +58,15 @@ pub async fn activate(
             None => Box::new(NoSources),
         },
     };
-    let encoding = if args.multipart {
-        RequestEncoding::Multipart
-    } else {
-        RequestEncoding::UrlEncoded
-    };
-    let server = ActivationServer::new(
-        args.activation_url.unwrap_or(APPLE_BASE_URL),
-        HTTP_TIMEOUT,
-        RetryPolicy::default(),
-    )?
-    .with_encoding(encoding);
+    // The configuration's server, retries and encoding, unless the command line says otherwise.
+    let mut config = args.config.clone();
+    if let Some(url) = args.activation_url {
+        config.activation.url = url.to_string();
+    }
+    if args.multipart {
+        config.activation.encoding = station_config::Encoding::Multipart;
+    }
+    let server = super::run::activation_server(&config)?;
     let device = bench.usbmuxd.find(args.udid).await?;
     let activator = Activator {
         bench,
@@ -88,9 +80,6 @@ pub async fn activate(
 
 /// Exit code for an outcome: 0 only when the phone needs nothing more.
 pub fn exit_code(outcome: Outcome) -> u8 {
-    if outcome.is_success() {
-        return 0;
-    }
     match outcome {
         Outcome::Activated | Outcome::AlreadyActivated => 0,
         Outcome::LockedNoCode | Outcome::CodeRejected | Outcome::UserLocked => exit::LOCKED,
