@@ -424,3 +424,47 @@ async fn configuration_errors_point_at_the_line() {
     check.assert_success();
     assert!(check.stdout.contains(": valid"), "{check}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_lets_phones_in_flight_finish_and_writes_the_summary() {
+    let (f, config) = mixed_bench().await;
+    f.bench.albert().set_latency(Duration::from_millis(800));
+    // Line mode without --once: it would run until stopped.
+    let mut station = f.spawn_station(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "run",
+        "--trust-wait",
+        "20",
+    ]);
+    station
+        .wait_for(Duration::from_secs(30), |e| {
+            e["event"] == "step" && e["step"] == "handshake"
+        })
+        .await;
+    let pid = station.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let (events, status) = station.finish(Duration::from_secs(60)).await;
+    let summary = events.last().expect("summary");
+    assert_eq!(summary["event"], "summary", "{events:#?}");
+    assert_eq!(summary["stopped_early"], true);
+    // Every phone that had started got its outcome recorded, none was cut off mid-step.
+    let started: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .filter_map(|e| e["udid"].as_str())
+        .collect();
+    for udid in started {
+        assert!(
+            events.iter().any(|e| e["event"] == "finished"
+                && e["udid"] == udid
+                && e["outcome"] != "interrupted"),
+            "{udid} did not finish its steps"
+        );
+    }
+    assert_eq!(status.code(), Some(1), "a stopped run is not a clean one");
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use station_config::{Encoding, StationConfig};
+use station_config::{ColorMode, Encoding, StationConfig};
 use tokio::sync::watch;
 
 use crate::activation::http::RetryPolicy;
@@ -107,6 +107,7 @@ pub async fn run(
     args: RunArgs,
     mode: Mode,
 ) -> Result<Summary, StationError> {
+    apply_colour(config.ui.color);
     let station_id = config.station.id.clone();
     let (ledger, recovered) = {
         let data_dir = data_dir.to_path_buf();
@@ -173,6 +174,17 @@ pub async fn run(
     }
     ledger.close().await;
     result
+}
+
+/// `[ui] color` for the live screen; `NO_COLOR` always wins.
+fn apply_colour(mode: ColorMode) {
+    let enabled = std::env::var_os("NO_COLOR").is_none()
+        && match mode {
+            ColorMode::Always => true,
+            ColorMode::Never => false,
+            ColorMode::Auto => console::colors_enabled(),
+        };
+    console::set_colors_enabled(enabled);
 }
 
 /// The exit code of a run: 0 when every phone is done, 1 when any needs attention.
