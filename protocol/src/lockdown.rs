@@ -598,6 +598,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn legacy_activation_hands_the_record_to_lockdown() {
+        let record = dict([("AccountToken", plist::Value::Data(vec![1, 2, 3]))]);
+        let (mut client, phone) = phone(vec![
+            (
+                "GetValue",
+                dict([
+                    ("Request", "GetValue".into()),
+                    (
+                        "Value",
+                        dict([("ActivationInfoXML", plist::Value::Data(vec![7]))]),
+                    ),
+                ]),
+            ),
+            ("Activate", dict([("Request", "Activate".into())])),
+            (
+                "Deactivate",
+                dict([
+                    ("Request", "Deactivate".into()),
+                    ("Error", "SessionInactive".into()),
+                ]),
+            ),
+        ]);
+        let info = client.activation_info().await.expect("info");
+        assert!(info
+            .as_dictionary()
+            .is_some_and(|d| d.contains_key("ActivationInfoXML")));
+        client.activate(record.clone()).await.expect("activate");
+        let err = client.deactivate().await.expect_err("no session");
+        assert_eq!(err.kind(), Some(&LockdownErrorKind::SessionInactive));
+        let seen = phone.await.expect("phone");
+        assert_eq!(
+            seen[0].get("Key").and_then(|v| v.as_string()),
+            Some("ActivationInfo")
+        );
+        assert_eq!(seen[1].get("ActivationRecord"), Some(&record));
+    }
+
+    #[tokio::test]
     async fn silent_phone_times_out() {
         let (client_side, _phone_side) = tokio::io::duplex(1024);
         let mut client = LockdownClient::new(client_side, "t");

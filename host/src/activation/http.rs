@@ -408,6 +408,43 @@ mod tests {
         )
     }
 
+    #[tokio::test]
+    async fn redirects_are_followed_keeping_the_post() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut request_lines = Vec::new();
+            for reply in [
+                "HTTP/1.1 307 Moved\r\nLocation: /deviceservices/moved\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            ] {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.expect("read");
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                request_lines.push(text.lines().next().unwrap_or_default().to_string());
+                socket.write_all(reply.as_bytes()).await.expect("write");
+            }
+            request_lines
+        });
+        let client =
+            HttpClient::new("test", Duration::from_secs(5), quick_retry(1)).expect("client");
+        let response = client
+            .post(
+                &format!("http://{addr}/deviceservices/deviceActivation"),
+                &[],
+                b"x",
+            )
+            .await
+            .expect("post");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"ok");
+        let lines = server.await.expect("server");
+        assert_eq!(lines[1], "POST /deviceservices/moved HTTP/1.1");
+    }
+
     fn quick_retry(attempts: u32) -> RetryPolicy {
         RetryPolicy {
             attempts,
