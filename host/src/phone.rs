@@ -39,11 +39,18 @@ impl PairStore {
     }
 }
 
+/// A TLS client configuration and the host certificate it presents.
+type CachedTls = (Vec<u8>, Arc<rustls::ClientConfig>);
+
 /// Access to the phones behind one usbmuxd.
 pub struct Bench {
     pub usbmuxd: Usbmuxd,
     pub store: Arc<PairStore>,
     identity: crate::identity::IdentityStore,
+    /// The TLS client configuration of the last host certificate used: every record of
+    /// this station shares one, and parsing its key per connection is most of a
+    /// handshake's cost.
+    tls: std::sync::Mutex<Option<CachedTls>>,
 }
 
 /// A paired, TLS-protected lockdown session.
@@ -64,6 +71,7 @@ impl Bench {
             usbmuxd,
             store: Arc::new(store),
             identity: crate::identity::IdentityStore::new(identity_file),
+            tls: std::sync::Mutex::new(None),
         }
     }
 
@@ -178,6 +186,22 @@ impl Bench {
         Ok(self.store.store().delete(udid).await?)
     }
 
+    /// The TLS client configuration for a record's host certificate, built once.
+    fn tls_config(&self, record: &PairRecord) -> Result<Arc<rustls::ClientConfig>, StationError> {
+        if let Ok(cache) = self.tls.lock() {
+            if let Some((cert, config)) = cache.as_ref() {
+                if *cert == record.host_certificate {
+                    return Ok(Arc::clone(config));
+                }
+            }
+        }
+        let config = client_config(&record.host_certificate, &record.host_private_key)?;
+        if let Ok(mut cache) = self.tls.lock() {
+            *cache = Some((record.host_certificate.clone(), Arc::clone(&config)));
+        }
+        Ok(config)
+    }
+
     /// Deletes the stored record (the phone no longer knows it).
     pub async fn forget(&self, udid: &str) -> Result<bool, StationError> {
         Ok(self.store.store().delete(udid).await?)
@@ -197,7 +221,7 @@ impl Bench {
         record: PairRecord,
     ) -> Result<Session, StationError> {
         let mut lockdown = self.lockdown(device).await?;
-        let tls = client_config(&record.host_certificate, &record.host_private_key)?;
+        let tls = self.tls_config(&record)?;
         lockdown
             .start_session(&record.host_id, &record.system_buid, tls)
             .await
@@ -238,10 +262,7 @@ impl Bench {
         let mut channel = PlistChannel::new(stream);
         channel.set_timeout(Some(self.usbmuxd.timeout()));
         if info.ssl {
-            let tls = client_config(
-                &session.record.host_certificate,
-                &session.record.host_private_key,
-            )?;
+            let tls = self.tls_config(&session.record)?;
             channel.start_tls_client(tls).await.map_err(|e| {
                 StationError::from_lockdown(&device.udid, LockdownError::Channel(e))
             })?;

@@ -499,6 +499,12 @@ impl Connection {
     /// TLS as the phone: its DeviceCertificate from the pairing, its own key; the host may
     /// present the host or the root certificate of that pairing.
     async fn session_tls(&self, pairing: &Pairing) -> Option<Arc<rustls::ServerConfig>> {
+        if let Some(config) = self
+            .phone
+            .cached_tls(&pairing.host_id, &pairing.device_certificate_der)
+        {
+            return Some(config);
+        }
         let keys = match self.phone.keys().await {
             Ok(k) => k,
             Err(e) => {
@@ -519,7 +525,14 @@ impl Connection {
             keys.private_key_pem.as_bytes(),
             accepted,
         ) {
-            Ok(config) => Some(config),
+            Ok(config) => {
+                self.phone.cache_tls(
+                    &pairing.host_id,
+                    &pairing.device_certificate_der,
+                    Arc::clone(&config),
+                );
+                Some(config)
+            }
             Err(e) => {
                 // E.g. a pairing remembered from a run whose key was not cached.
                 tracing::warn!(error = %e, "cannot build session TLS from this pairing");

@@ -97,6 +97,9 @@ struct PhoneState {
 /// First dynamic port handed out by StartService (real phones use the 49152+ range too).
 const FIRST_SERVICE_PORT: u16 = 49152;
 
+/// A session TLS configuration and the device certificate it was built for.
+type CachedTls = (Vec<u8>, Arc<rustls::ServerConfig>);
+
 pub struct Phone {
     profile: DeviceProfile,
     keys: OnceCell<Arc<DeviceKeyPair>>,
@@ -105,6 +108,9 @@ pub struct Phone {
     state: Mutex<PhoneState>,
     /// Serialises snapshot+write of the pairings file so writes land in order.
     persist: tokio::sync::Mutex<()>,
+    /// Session TLS configurations by HostID (with the device certificate they were built
+    /// for): parsing the phone's key for every session costs more than the handshake.
+    tls_configs: Mutex<HashMap<String, CachedTls>>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -154,6 +160,7 @@ impl Phone {
             pairings_path,
             state: Mutex::new(state),
             persist: tokio::sync::Mutex::new(()),
+            tls_configs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -297,6 +304,33 @@ impl Phone {
 
     /// The phone's RSA key pair: loaded from the key cache, or generated on first use
     /// (~150 ms, on the blocking pool) so a bench of 64 phones starts at once.
+    /// The session TLS configuration built earlier for this pairing, if any.
+    pub fn cached_tls(
+        &self,
+        host_id: &str,
+        device_certificate_der: &[u8],
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        let cache = self.tls_configs.lock().ok()?;
+        cache
+            .get(host_id)
+            .filter(|(cert, _)| cert.as_slice() == device_certificate_der)
+            .map(|(_, config)| Arc::clone(config))
+    }
+
+    pub fn cache_tls(
+        &self,
+        host_id: &str,
+        device_certificate_der: &[u8],
+        config: Arc<rustls::ServerConfig>,
+    ) {
+        if let Ok(mut cache) = self.tls_configs.lock() {
+            cache.insert(
+                host_id.to_string(),
+                (device_certificate_der.to_vec(), config),
+            );
+        }
+    }
+
     pub async fn keys(&self) -> Result<Arc<DeviceKeyPair>, SimError> {
         self.keys
             .get_or_try_init(|| async {
