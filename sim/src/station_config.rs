@@ -1,4 +1,4 @@
-//! A ready-made station configuration (docs/dev/config-schema.md) pointing every source at
+//! A ready-made station configuration (docs/config.md) pointing every source at
 //! this bench: written into the state directory at start, named by the ready file's
 //! `station_config`. The secrets go to files of their own (mode 0600, in a 0700 directory),
 //! written before the configuration that names them; the configuration holds none.
