@@ -77,6 +77,32 @@ fn write_text(out: &mut String, value: &plist::Value, depth: usize) {
     }
 }
 
+/// Left-aligned columns separated by two spaces, header first, trailing blanks trimmed.
+pub fn aligned_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String; N]| {
+        let mut text = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        text.truncate(text.trim_end().len());
+        text.push('\n');
+        text
+    };
+    let mut out = line(&header.map(str::to_string));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +116,18 @@ mod tests {
             ("Blob", plist::Value::Data(vec![0xde, 0xad])),
             ("Nested", dict([("Inner", plist::Value::from("x"))])),
         ])
+    }
+
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let rows = [
+            ["a".to_string(), "longer".to_string()],
+            ["bbb".to_string(), String::new()],
+        ];
+        assert_eq!(
+            aligned_table(["X", "Y"], &rows),
+            "X    Y\na    longer\nbbb\n"
+        );
     }
 
     #[test]

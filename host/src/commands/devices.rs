@@ -169,27 +169,7 @@ pub fn render_table(rows: &[DeviceRow]) -> String {
     let header = [
         "UDID", "SERIAL", "MODEL", "iOS", "STATE", "CONN", "LOCATION",
     ];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for line in &table {
-        for (w, cell) in widths.iter_mut().zip(line) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let format_line = |cells: &[String]| {
-        let mut line = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
-            .collect::<Vec<_>>()
-            .join("  ");
-        line.truncate(line.trim_end().len());
-        line.push('\n');
-        line
-    };
-    let mut out = format_line(&header.map(str::to_string));
-    for line in &table {
-        out.push_str(&format_line(line));
-    }
+    let mut out = crate::render::aligned_table(header, &table);
     for r in rows {
         if let Some(note) = &r.note {
             out.push_str(&format!("note {}: {note}\n", r.udid));

@@ -229,28 +229,7 @@ fn table(records: &[AttemptRecord]) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADER.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut text = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        text.truncate(text.trim_end().len());
-        text.push('\n');
-        text
-    };
-    let mut out = line(&HEADER.map(str::to_string));
-    for row in &rows {
-        out.push_str(&line(row));
-    }
-    out
+    crate::render::aligned_table(HEADER, &rows)
 }
 
 /// CSV columns, in order; [`csv_row`] fills them (same length, checked by the type).
