@@ -34,6 +34,15 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The configuration's `[retry]` table (at least one attempt).
+    pub fn from_config(retry: &station_config::Retry) -> Self {
+        RetryPolicy {
+            attempts: retry.attempts.max(1),
+            initial_backoff: Duration::from_millis(retry.initial_backoff_ms),
+            max_backoff: Duration::from_millis(retry.max_backoff_ms),
+        }
+    }
+
     /// The wait before attempt `attempt + 1`.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32

@@ -88,11 +88,7 @@ impl Chain {
     /// Builds every configured source: reads CSV files, loads secrets and keys. Any source
     /// that cannot be built stops here, before the first phone.
     pub fn from_config(config: &StationConfig) -> Result<Self, ChainError> {
-        let retry = RetryPolicy {
-            attempts: config.retry.attempts.max(1),
-            initial_backoff: Duration::from_millis(config.retry.initial_backoff_ms),
-            max_backoff: Duration::from_millis(config.retry.max_backoff_ms),
-        };
+        let retry = RetryPolicy::from_config(&config.retry);
         let mut chain = Chain::new();
         for source in &config.codes.sources {
             let name = source.name().to_string();

@@ -29,14 +29,6 @@ pub struct RunArgs {
     pub replug_grace: Duration,
 }
 
-pub fn retry_policy(config: &StationConfig) -> RetryPolicy {
-    RetryPolicy {
-        attempts: config.retry.attempts.max(1),
-        initial_backoff: Duration::from_millis(config.retry.initial_backoff_ms),
-        max_backoff: Duration::from_millis(config.retry.max_backoff_ms),
-    }
-}
-
 pub fn activation_server(config: &StationConfig) -> Result<ActivationServer, StationError> {
     let encoding = match config.activation.encoding {
         Encoding::Urlencoded => RequestEncoding::UrlEncoded,
@@ -45,7 +37,7 @@ pub fn activation_server(config: &StationConfig) -> Result<ActivationServer, Sta
     Ok(ActivationServer::new(
         &config.activation.url,
         Duration::from_secs(config.activation.timeout_secs),
-        retry_policy(config),
+        RetryPolicy::from_config(&config.retry),
     )?
     .with_encoding(encoding))
 }
@@ -161,7 +153,7 @@ pub async fn run(
                 .concurrency
                 .unwrap_or(config.station.concurrency)
                 .max(1) as usize,
-            retry: retry_policy(config),
+            retry: RetryPolicy::from_config(&config.retry),
             trust_wait: args.trust_wait,
             replug_grace: args.replug_grace,
         },
