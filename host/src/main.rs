@@ -212,10 +212,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                     serde_json::to_string(&report).unwrap_or_default()
                 )
             } else {
-                let outcome = serde_json::to_value(report.outcome)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let outcome = render::wire_name(&report.outcome);
                 writeln!(out, "{udid}: {outcome}: {}", report.message)
             }
         }

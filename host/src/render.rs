@@ -77,6 +77,14 @@ fn write_text(out: &mut String, value: &plist::Value, depth: usize) {
     }
 }
 
+/// The serde name of a unit enum variant (`activated`, `activation_request`, `server`).
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 /// Left-aligned columns separated by two spaces, header first, trailing blanks trimmed.
 pub fn aligned_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(|h| h.chars().count());

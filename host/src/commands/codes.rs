@@ -212,10 +212,7 @@ fn render_text(output: &LookupOutput<'_>) -> String {
     }
     text.push_str("codes, in the order `station activate` tries them:\n");
     for code in &output.codes {
-        let kind = serde_json::to_value(code.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let kind = crate::render::wire_name(&code.kind);
         let _ = writeln!(text, "  {}  {kind:<7}  {}", code.code, code.source);
     }
     if !output.revealed {

@@ -135,13 +135,7 @@ fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError 
     move |source| LedgerError::Sqlite { context, source }
 }
 
-/// The serde name of a unit enum variant (`activated`, `activation_request`, `server`).
-pub fn wire_name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => String::new(),
-    }
-}
+use crate::render::wire_name;
 
 /// The line's handle on the ledger: cheap to clone, safe to share between tasks. Every
 /// method queues its work when called and returns a future that resolves once the work is

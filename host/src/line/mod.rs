@@ -507,7 +507,9 @@ impl Line {
                 Status::Done(done) => done,
                 _ => outcome,
             };
-            *counts.entry(outcome_name(outcome)).or_default() += 1;
+            *counts
+                .entry(crate::render::wire_name(&outcome))
+                .or_default() += 1;
             if !outcome.is_success() {
                 attention.push(Attention {
                     phone: state.phone.clone(),
@@ -558,7 +560,7 @@ impl AttemptLog for RunLog {
         // Queued now, committed in order; the write does not need awaiting.
         drop(self.ledger.record_step(
             id,
-            &crate::ledger::wire_name(&step),
+            &crate::render::wire_name(&step),
             std::time::SystemTime::now(),
         ));
     }
@@ -588,13 +590,6 @@ impl AttemptLog for RunLog {
                 .map_err(|e| e.to_string())
         })
     }
-}
-
-pub fn outcome_name(outcome: Outcome) -> String {
-    serde_json::to_value(outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn interrupted_report(device: &DeviceInfo, step: Step, elapsed: Duration) -> ActivationReport {

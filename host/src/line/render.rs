@@ -11,8 +11,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::events::{Event, EventKind, PhoneRef, Summary};
-use super::outcome_name;
 use crate::activation::Outcome;
+use crate::render::wire_name;
 
 /// The live screen, once there is one: log lines are printed above its rows.
 static SCREEN: OnceLock<MultiProgress> = OnceLock::new();
@@ -285,7 +285,7 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// The outcome name, padded before colouring so columns stay aligned.
 fn coloured(outcome: Outcome) -> String {
-    let name = format!("{:<17}", outcome_name(outcome));
+    let name = format!("{:<17}", wire_name(&outcome));
     match outcome {
         Outcome::Activated | Outcome::AlreadyActivated => style(name).green().bold().to_string(),
         Outcome::Interrupted | Outcome::ServerError => style(name).yellow().bold().to_string(),
@@ -317,7 +317,7 @@ pub fn summary_table(summary: &Summary) -> String {
                 "  {:<6} {:<14} {:<16} {}\n",
                 a.phone.slot,
                 a.serial.as_deref().unwrap_or(&a.phone.udid),
-                outcome_name(a.outcome),
+                wire_name(&a.outcome),
                 a.message
             ));
         }
