@@ -21,6 +21,8 @@ pub mod exit {
     pub const SERVER_ERROR: u8 = 8;
     /// The phone was unplugged mid-way.
     pub const INTERRUPTED: u8 = 9;
+    /// The phone's iOS is older than the station serves.
+    pub const UNSUPPORTED: u8 = 10;
 }
 
 #[derive(Debug)]
@@ -105,6 +107,20 @@ impl StationError {
         ))
     }
 
+    /// The phone took `StartSession` but then failed the TLS handshake with the stored record:
+    /// like an erased phone, it no longer trusts these certificates (libimobiledevice sees
+    /// "SSL error -5" here; usbmuxd's preflight deletes such a record).
+    pub fn session_tls_rejected(udid: &str, reason: &ChannelError) -> Self {
+        StationError::new(
+            "session-tls-rejected",
+            exit::NEEDS_OPERATOR,
+            format!("{udid} rejected the TLS session with this station's pair record ({reason})"),
+        )
+        .help(format!(
+            "the phone was erased or paired elsewhere since: run `station unpair --udid {udid}` then `station pair --udid {udid}`"
+        ))
+    }
+
     /// Maps a lockdown refusal to the operator's next step.
     pub fn from_lockdown(udid: &str, err: LockdownError) -> Self {
         match err.kind() {
@@ -125,6 +141,13 @@ impl StationError {
                     format!("{udid} did not answer within {after:?}"),
                 )
                 .help("replug the phone; if it persists, restart it"),
+                LockdownError::SessionTls(ChannelError::Timeout(after)) => StationError::new(
+                    "device-timeout",
+                    exit::DEVICE_ERROR,
+                    format!("{udid} did not finish the TLS handshake within {after:?}"),
+                )
+                .help("replug the phone; if it persists, restart it"),
+                LockdownError::SessionTls(reason) => Self::session_tls_rejected(udid, &reason),
                 other => StationError::new(
                     "device-error",
                     exit::DEVICE_ERROR,

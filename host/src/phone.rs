@@ -154,7 +154,11 @@ impl Bench {
                 Err(e) => return Err(StationError::from_lockdown(udid, e)),
             }
         };
-        record.escrow_bag = Some(escrow_bag);
+        if escrow_bag.is_none() {
+            // As libimobiledevice does: the pairing stands; only a backup would need the bag.
+            tracing::info!(udid, "paired without an EscrowBag (the phone is locked?)");
+        }
+        record.escrow_bag = escrow_bag;
         record.udid = Some(device.udid.clone());
         match self.store.as_ref() {
             PairStore::Usbmuxd(store) => {

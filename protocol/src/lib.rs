@@ -6,6 +6,7 @@ pub mod activation;
 pub mod bypass_code;
 pub mod channel;
 pub mod frame;
+pub mod ios;
 pub mod lockdown;
 pub mod mobileactivation;
 pub mod pairing;

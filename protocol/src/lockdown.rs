@@ -95,6 +95,11 @@ pub enum LockdownError {
     NotLockdown(String),
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    /// The phone accepted `StartSession` but the TLS handshake that follows failed: the
+    /// phone no longer trusts this pair record's certificates (erased, or re-paired under
+    /// the same HostID), or it speaks a TLS the station does not.
+    #[error("the session's TLS handshake failed: {0}")]
+    SessionTls(ChannelError),
 }
 
 impl LockdownError {
@@ -249,8 +254,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
     }
 
     /// `Pair` with the record as sent to the phone (no private keys), ProtocolVersion 2.
-    /// Returns the phone's `EscrowBag`.
-    pub async fn pair(&mut self, pair_record: plist::Value) -> Result<Vec<u8>, LockdownError> {
+    /// Returns the phone's `EscrowBag`, which a phone may leave out of a success (a locked
+    /// phone cannot unwrap its keybag); libimobiledevice and go-ios accept that pairing.
+    pub async fn pair(
+        &mut self,
+        pair_record: plist::Value,
+    ) -> Result<Option<Vec<u8>>, LockdownError> {
         let options = crate::frame::dict([("ExtendedPairingErrors", plist::Value::Boolean(true))]);
         let reply = self
             .request(
@@ -262,14 +271,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
                 ],
             )
             .await?;
-        reply
+        Ok(reply
             .get("EscrowBag")
             .and_then(|v| v.as_data())
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| LockdownError::UnexpectedReply {
-                request: "Pair".into(),
-                detail: "success without EscrowBag (phone locked? unlock it and retry)".into(),
-            })
+            .map(<[u8]>::to_vec))
     }
 
     pub async fn validate_pair(&mut self, pair_record: plist::Value) -> Result<(), LockdownError> {
@@ -319,7 +324,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
             .and_then(|v| v.as_boolean())
             .unwrap_or(false);
         if ssl {
-            self.channel.start_tls_client(tls).await?;
+            self.channel
+                .start_tls_client(tls)
+                .await
+                .map_err(LockdownError::SessionTls)?;
         }
         let info = SessionInfo { session_id, ssl };
         self.session = Some(info.clone());
@@ -540,7 +548,7 @@ mod tests {
             .pair(dict([("HostID", "H".into())]))
             .await
             .expect("pair");
-        assert_eq!(bag, vec![9; 8]);
+        assert_eq!(bag, Some(vec![9; 8]));
         let seen = phone.await.expect("phone");
         assert_eq!(
             seen[0].get("ProtocolVersion").and_then(|v| v.as_string()),
@@ -556,6 +564,18 @@ mod tests {
                 .and_then(|v| v.as_boolean()),
             Some(true)
         );
+    }
+
+    #[tokio::test]
+    async fn pair_success_without_escrow_bag_is_still_a_pairing() {
+        // libimobiledevice and go-ios keep such a pairing (a locked phone cannot hand out
+        // its keybag); refusing it would leave a paired phone the station cannot use.
+        let (mut client, _phone) = phone(vec![("Pair", dict([("Request", "Pair".into())]))]);
+        let bag = client
+            .pair(dict([("HostID", "H".into())]))
+            .await
+            .expect("a success without EscrowBag is a success");
+        assert_eq!(bag, None);
     }
 
     #[tokio::test]

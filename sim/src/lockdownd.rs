@@ -410,7 +410,9 @@ impl Connection {
             .await;
         tracing::info!(host_id = %host_id, "paired");
         let mut r = reply(name);
-        r.insert("EscrowBag".into(), Value::Data(escrow_bag));
+        if self.phone.profile().pair_escrow_bag {
+            r.insert("EscrowBag".into(), Value::Data(escrow_bag));
+        }
         r
     }
 

@@ -700,7 +700,8 @@ async fn protocol_clients_drive_the_bench() {
     .expect("record");
     let escrow = within(client.pair(record.pair_request_value()))
         .await
-        .expect("pair");
+        .expect("pair")
+        .expect("the virtual phone hands out its EscrowBag");
     assert!(escrow.len() >= 32);
     let tls =
         station_protocol::tls::client_config(&record.host_certificate, &record.host_private_key)

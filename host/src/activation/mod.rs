@@ -12,6 +12,7 @@ use station_protocol::activation::{
     self, classify_response, device_activation_request, drm_handshake_request,
     lock_form_submission, ActivationResponse, BuddyPage, Endpoint, FormEncoding, HttpRequestParts,
 };
+use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FROM};
 use station_protocol::mobileactivation::{self, Command};
 use station_protocol::usbmux::DeviceInfo;
 
@@ -30,6 +31,8 @@ pub enum Outcome {
     CodeRejected,
     UserLocked,
     ServerError,
+    /// The phone's iOS is older than the station serves (it needs a Mac or Configurator).
+    Unsupported,
     DeviceError,
     Interrupted,
 }
@@ -242,6 +245,8 @@ struct Stop {
     outcome: Outcome,
     message: String,
     retryable: bool,
+    /// The station error behind a device failure, to name its cause afterwards.
+    cause: Option<&'static str>,
 }
 
 impl Stop {
@@ -250,6 +255,7 @@ impl Stop {
             outcome,
             message: message.into(),
             retryable: outcome == Outcome::ServerError,
+            cause: None,
         }
     }
 
@@ -264,7 +270,30 @@ impl Stop {
         };
         Stop {
             retryable,
+            cause: Some(e.code),
             ..Stop::new(Outcome::DeviceError, message)
+        }
+    }
+
+    /// A phone of an iOS the station does not serve; `why` says what failed.
+    fn unsupported(version: IosVersion, why: &str) -> Self {
+        Stop::new(
+            Outcome::Unsupported,
+            format!(
+                "iOS {version} {why}: the station serves iOS {FULLY_SUPPORTED_FROM} and later (iOS {TRIED_FROM}–{} are tried); activate this phone with a Mac (Finder) or Apple Configurator, or update its iOS first",
+                FULLY_SUPPORTED_FROM - 1
+            ),
+        )
+    }
+
+    /// A TLS failure on a phone the station only tries (iOS 10–11) is the version's fault
+    /// as far as the operator can act on it; anything else stands.
+    fn naming_the_ios(self, version: Option<IosVersion>) -> Self {
+        match (self.cause, version) {
+            (Some("session-tls-rejected"), Some(v)) if v.support() == Support::Tried => {
+                Stop::unsupported(v, "failed the TLS handshake with the station")
+            }
+            _ => self,
         }
     }
 }
@@ -353,6 +382,8 @@ impl Activator<'_> {
                         progress.step.describe()
                     );
                 } else {
+                    let version = report.product_version.as_deref().and_then(IosVersion::parse);
+                    let stop = stop.naming_the_ios(version);
                     report.outcome = stop.outcome;
                     report.message = stop.message;
                     report.retryable = stop.retryable;
@@ -379,6 +410,7 @@ impl Activator<'_> {
 
     async fn run(&self, device: &DeviceInfo, progress: &mut Progress) -> Result<(), Stop> {
         self.enter(device, progress, Step::Pair);
+        self.check_ios(device, &mut progress.report).await?;
         let mut session = self.session(device).await?;
 
         self.enter(device, progress, Step::Identify);
@@ -388,7 +420,7 @@ impl Activator<'_> {
         let report = &mut progress.report;
         report.serial = Some(identity.serial.clone());
         report.product_type = identity.product_type;
-        report.product_version = identity.product_version;
+        report.product_version = identity.product_version.or(report.product_version.take());
         report.activation_state = Some(identity.state.clone());
         self.observer.identified(
             &device.udid,
@@ -569,14 +601,41 @@ impl Activator<'_> {
         }
     }
 
+    /// Reads `ProductVersion` before pairing (lockdown tells anyone, as usbmuxd's preflight
+    /// relies on) and refuses a phone older than the station serves before anything is
+    /// written to it. A phone that does not say goes on: the TLS handshake will tell.
+    async fn check_ios(&self, device: &DeviceInfo, report: &mut ActivationReport) -> Result<(), Stop> {
+        let mut lockdown = self.bench.lockdown(device).await?;
+        let version = lockdown.get_value(None, Some("ProductVersion")).await;
+        let _ = lockdown.goodbye().await;
+        let Some(text) = version.ok().and_then(|v| v.as_string().map(str::to_string)) else {
+            tracing::info!(udid = %device.udid, "ProductVersion not readable before pairing");
+            return Ok(());
+        };
+        let parsed = IosVersion::parse(&text);
+        report.product_version = Some(text);
+        match parsed {
+            Some(v) if v.support() == Support::Unsupported => Err(Stop::unsupported(
+                v,
+                "speaks only TLS 1.0 and has no session-mode activation",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A session, pairing if needed. A phone at Setup Assistant pairs without a prompt; a
-    /// record the phone forgot (it was erased) is replaced.
+    /// record the phone forgot (it was erased) or whose certificates it now rejects in the
+    /// TLS handshake is replaced, once.
     async fn session(&self, device: &DeviceInfo) -> Result<Session, Stop> {
         match self.bench.session(device).await {
             Ok(Some(session)) => return Ok(session),
             Ok(None) => {}
-            Err(e) if e.code == "pair-record-stale" => {
-                tracing::info!(udid = %device.udid, "phone forgot this station (erased); pairing again");
+            Err(e) if e.code == "pair-record-stale" || e.code == "session-tls-rejected" => {
+                // An unplug mid-handshake looks the same; keep the record for the replug.
+                if !self.still_attached(device).await {
+                    return Err(e.into());
+                }
+                tracing::info!(udid = %device.udid, reason = %e.message, "phone no longer trusts this station's pair record; pairing again");
                 self.bench.forget(&device.udid).await?;
             }
             Err(e) => return Err(e.into()),

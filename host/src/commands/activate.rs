@@ -85,6 +85,7 @@ pub fn exit_code(outcome: Outcome) -> u8 {
         Outcome::LockedNoCode | Outcome::CodeRejected | Outcome::UserLocked => exit::LOCKED,
         Outcome::ServerError => exit::SERVER_ERROR,
         Outcome::DeviceError => exit::DEVICE_ERROR,
+        Outcome::Unsupported => exit::UNSUPPORTED,
         Outcome::Interrupted => exit::INTERRUPTED,
     }
 }

@@ -11,13 +11,14 @@ use crate::activation::Outcome;
 use crate::models::marketing_name;
 
 /// Every outcome, in the order reports list them.
-pub const OUTCOMES: [Outcome; 8] = [
+pub const OUTCOMES: [Outcome; 9] = [
     Outcome::Activated,
     Outcome::AlreadyActivated,
     Outcome::LockedNoCode,
     Outcome::CodeRejected,
     Outcome::UserLocked,
     Outcome::ServerError,
+    Outcome::Unsupported,
     Outcome::DeviceError,
     Outcome::Interrupted,
 ];
@@ -30,6 +31,7 @@ const _: fn(Outcome) = |outcome| match outcome {
     | Outcome::CodeRejected
     | Outcome::UserLocked
     | Outcome::ServerError
+    | Outcome::Unsupported
     | Outcome::DeviceError
     | Outcome::Interrupted => {}
 };

@@ -297,6 +297,10 @@ pub struct DeviceSpec {
     pub trust_delay_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passcode_locked: Option<bool>,
+    /// `false`: `Pair` succeeds without an `EscrowBag`, as a phone that cannot unwrap its
+    /// keybag answers (go-ios documents such replies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair_escrow_bag: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plug_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -362,6 +366,7 @@ pub struct DeviceProfile {
     pub trust: Trust,
     pub trust_delay_ms: u64,
     pub passcode_locked: bool,
+    pub pair_escrow_bag: bool,
     pub plug_at_ms: Option<u64>,
     pub unplug_at_ms: Option<u64>,
     pub lock: Lock,
@@ -583,6 +588,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         trust: Some(p.trust),
         trust_delay_ms: Some(p.trust_delay_ms),
         passcode_locked: Some(p.passcode_locked),
+        pair_escrow_bag: (!p.pair_escrow_bag).then_some(false),
         plug_at_ms: p.plug_at_ms,
         unplug_at_ms: p.unplug_at_ms,
         lock: Some(p.lock),
@@ -880,6 +886,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         trust: spec.trust.unwrap_or(Trust::Accept),
         trust_delay_ms: spec.trust_delay_ms.unwrap_or(0),
         passcode_locked,
+        pair_escrow_bag: spec.pair_escrow_bag.unwrap_or(true),
         plug_at_ms: spec.plug_at_ms,
         unplug_at_ms: spec.unplug_at_ms,
         lock,

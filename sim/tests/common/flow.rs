@@ -123,7 +123,7 @@ impl Driver {
         })
         .await??;
         let bag = step("Pair", lockdown.pair(record.pair_request_value())).await?;
-        record.escrow_bag = Some(bag);
+        record.escrow_bag = bag;
         step(
             "SavePairRecord",
             mux()
