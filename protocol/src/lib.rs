@@ -10,4 +10,5 @@ pub mod lockdown;
 pub mod mobileactivation;
 pub mod pairing;
 pub mod tls;
+pub mod tls_engine;
 pub mod usbmux;
