@@ -493,7 +493,14 @@ impl Connection {
             tracing::info!(error = %e, "session TLS handshake failed");
             return Ok(Flow::Close);
         }
-        tracing::debug!(session = %session_id, host_id = %host_id, "session started");
+        let negotiated = self.channel.negotiated_tls();
+        tracing::debug!(
+            session = %session_id,
+            host_id = %host_id,
+            tls = ?negotiated.as_ref().map(|t| t.version),
+            suite = negotiated.as_ref().map_or("", |t| t.cipher_suite_name.as_str()),
+            "session started"
+        );
         self.session = Some(Session {
             id: session_id,
             tls,
