@@ -255,6 +255,7 @@ impl TlsEngine for OpenSslEngine {
             v if v == SslVersion::TLS1_1 => TlsVersion::Tls1_1,
             v if v == SslVersion::TLS1_2 => TlsVersion::Tls1_2,
             v if v == SslVersion::TLS1_3 => TlsVersion::Tls1_3,
+            v if v == SslVersion::SSL3 => TlsVersion::Other(0x0300),
             _ => TlsVersion::Other(0),
         };
         let cipher = ssl.current_cipher()?;

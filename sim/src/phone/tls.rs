@@ -39,6 +39,21 @@ impl TlsGeneration {
     }
 }
 
+/// Why a phone cannot build its server TLS for a pairing.
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneTlsError {
+    #[error(transparent)]
+    Rustls(#[from] station_protocol::tls::TlsError),
+    #[cfg(feature = "legacy-tls")]
+    #[error("OpenSSL: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+    #[cfg(not(feature = "legacy-tls"))]
+    #[error(
+        "a phone before iOS 12 speaks TLS 1.0/1.1: build station-sim with the `legacy-tls` feature"
+    )]
+    LegacyTlsNotBuilt,
+}
+
 /// A phone's server side of TLS for one pairing (built once, then cached per pairing).
 #[derive(Clone)]
 pub enum ServerTls {
@@ -65,7 +80,7 @@ impl ServerTls {
         device_certificate_der: &[u8],
         private_key_pem: &[u8],
         accepted_client_certs: Vec<Vec<u8>>,
-    ) -> Result<ServerTls, String> {
+    ) -> Result<ServerTls, PhoneTlsError> {
         match generation {
             TlsGeneration::Tls12 => {
                 let cert_pem = pem::encode(&pem::Pem::new(
@@ -73,9 +88,12 @@ impl ServerTls {
                     device_certificate_der.to_vec(),
                 ));
                 let accepted = accepted_client_certs.into_iter().map(Into::into).collect();
-                station_protocol::tls::server_config(cert_pem.as_bytes(), private_key_pem, accepted)
-                    .map(ServerTls::Rustls)
-                    .map_err(|e| e.to_string())
+                let config = station_protocol::tls::server_config(
+                    cert_pem.as_bytes(),
+                    private_key_pem,
+                    accepted,
+                )?;
+                Ok(ServerTls::Rustls(config))
             }
             #[cfg(feature = "legacy-tls")]
             TlsGeneration::Tls10To12 | TlsGeneration::Tls10Only => {
@@ -85,21 +103,18 @@ impl ServerTls {
                 } else {
                     LegacyVersions::Tls10To12
                 };
-                server_context(
+                let context = server_context(
                     versions,
                     device_certificate_der,
                     private_key_pem,
                     accepted_client_certs,
-                )
-                .map(ServerTls::OpenSsl)
-                .map_err(|e| e.to_string())
+                )?;
+                Ok(ServerTls::OpenSsl(context))
             }
             #[cfg(not(feature = "legacy-tls"))]
-            TlsGeneration::Tls10To12 | TlsGeneration::Tls10Only => Err(
-                "phones before iOS 12 need TLS 1.0/1.1: build station-sim with the `legacy-tls` \
-                 feature"
-                    .to_string(),
-            ),
+            TlsGeneration::Tls10To12 | TlsGeneration::Tls10Only => {
+                Err(PhoneTlsError::LegacyTlsNotBuilt)
+            }
         }
     }
 
