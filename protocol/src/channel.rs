@@ -1,19 +1,19 @@
 //! A stream of length-prefixed plists that can switch to TLS and back on the same
 //! connection, as lockdown sessions do (`StartSession` → TLS, `StopSession` → plaintext).
 //!
-//! TLS is driven through rustls' sans-IO API and the stream is read exactly one TLS record
-//! at a time. That way no byte that follows the peer's `close_notify` is swallowed into a
-//! TLS buffer: after `StopSession` the next plaintext frame is still on the stream.
+//! TLS is driven sans-IO through a [`TlsEngine`] (rustls for the station) and the stream is
+//! read exactly one TLS record at a time. That way no byte that follows the peer's
+//! `close_notify` is swallowed into a TLS buffer: after `StopSession` the next plaintext
+//! frame is still on the stream.
 
-use std::io::{Cursor, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{self, FrameError, PlistFormat, MAX_FRAME_LEN};
-use crate::tls::SERVER_NAME;
+use crate::tls_engine::{NegotiatedTls, RustlsEngine, TlsEngine};
 
 /// TLS record header: type (1), version (2), length (2).
 const RECORD_HEADER_LEN: usize = 5;
@@ -30,6 +30,12 @@ pub enum ChannelError {
     Timeout(Duration),
     #[error("TLS error: {0}")]
     Tls(String),
+    /// The peer speaks only TLS older than 1.2 (phones on iOS 9 and earlier); the
+    /// station's TLS (1.2 and 1.3) cannot talk to it. Never a stale pairing.
+    #[error(
+        "the peer offers only TLS 1.0/1.1, older than the TLS 1.2 the station needs ({reason})"
+    )]
+    PeerTlsTooOld { reason: String },
     #[error(transparent)]
     Frame(FrameError),
     #[error("i/o error: {0}")]
@@ -55,16 +61,10 @@ impl From<FrameError> for ChannelError {
     }
 }
 
-impl From<rustls::Error> for ChannelError {
-    fn from(e: rustls::Error) -> Self {
-        ChannelError::Tls(e.to_string())
-    }
-}
-
 /// Length-prefixed plist messages over `S`, plaintext or TLS.
 pub struct PlistChannel<S> {
     stream: S,
-    tls: Option<rustls::Connection>,
+    tls: Option<Box<dyn TlsEngine>>,
     /// Decrypted bytes received but not yet consumed by a frame.
     plaintext: Vec<u8>,
     /// Set once TLS was stopped: the peer's own close_notify may still be on the wire.
@@ -106,10 +106,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
     }
 
     pub fn peer_certificates(&self) -> Option<Vec<CertificateDer<'static>>> {
-        self.tls
-            .as_ref()
-            .and_then(|c| c.peer_certificates())
-            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        self.tls.as_ref().and_then(|c| c.peer_certificates())
+    }
+
+    /// Version and cipher suite of the TLS in use (`None` in plaintext).
+    pub fn negotiated_tls(&self) -> Option<NegotiatedTls> {
+        self.tls.as_ref().and_then(|c| c.negotiated())
     }
 
     pub fn get_ref(&self) -> &S {
@@ -166,11 +168,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
         &mut self,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<(), ChannelError> {
-        let name = ServerName::try_from(SERVER_NAME)
-            .map_err(|e| ChannelError::Tls(e.to_string()))?
-            .to_owned();
-        let conn = rustls::ClientConnection::new(config, name)?;
-        self.handshake(rustls::Connection::Client(conn)).await
+        let engine = RustlsEngine::client(config)?;
+        self.start_tls(Box::new(engine)).await
     }
 
     /// Starts TLS as the server (phone side) on this stream.
@@ -178,12 +177,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
         &mut self,
         config: Arc<rustls::ServerConfig>,
     ) -> Result<(), ChannelError> {
-        let conn = rustls::ServerConnection::new(config)?;
-        self.handshake(rustls::Connection::Server(conn)).await
+        let engine = RustlsEngine::server(config)?;
+        self.start_tls(Box::new(engine)).await
     }
 
-    async fn handshake(&mut self, conn: rustls::Connection) -> Result<(), ChannelError> {
-        self.tls = Some(conn);
+    /// Starts TLS with any engine, in the role it was made for.
+    pub async fn start_tls(&mut self, engine: Box<dyn TlsEngine>) -> Result<(), ChannelError> {
+        self.tls = Some(engine);
         self.plaintext.clear();
         let timeout = self.timeout;
         let result = with_timeout(timeout, self.drive_handshake()).await;
@@ -237,7 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
                 Ok(())
             }
             Some(conn) => {
-                conn.writer().write_all(bytes)?;
+                conn.write_plaintext(bytes)?;
                 self.flush_tls().await
             }
         }
@@ -248,9 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
             return Ok(());
         };
         let mut out = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut out)?;
-        }
+        conn.take_outgoing(&mut out)?;
         if !out.is_empty() {
             self.stream.write_all(&out).await?;
             self.stream.flush().await?;
@@ -295,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
                 return Err(ChannelError::Tls("TLS not active".into()));
             };
             let mut chunk = [0u8; 4096];
-            match conn.reader().read(&mut chunk) {
+            match conn.read_plaintext(&mut chunk) {
                 Ok(0) => return Err(ChannelError::Closed),
                 Ok(n) => {
                     self.plaintext.extend_from_slice(&chunk[..n]);
@@ -328,14 +326,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
         let Some(conn) = self.tls.as_mut() else {
             return Err(ChannelError::Tls("TLS not active".into()));
         };
-        let mut cursor = Cursor::new(record.as_slice());
-        while (cursor.position() as usize) < record.len() {
-            conn.read_tls(&mut cursor)?;
-            if let Err(e) = conn.process_new_packets() {
-                // Let the peer learn why (an alert), then fail.
-                let _ = self.flush_tls().await;
-                return Err(e.into());
-            }
+        if let Err(e) = conn.read_record(&record) {
+            // Let the peer learn why (an alert), then fail.
+            let _ = self.flush_tls().await;
+            return Err(e);
         }
         // Post-handshake messages (key updates, alerts) may need an answer.
         self.flush_tls().await
@@ -365,15 +359,16 @@ mod tests {
     use super::*;
     use crate::frame::dict;
     use crate::tls::{certificate_from_pem, client_config, server_config};
+    use crate::tls_engine::{TlsVersion, ECDHE_RSA_AES_256_GCM_SHA384, SECP256R1};
 
     struct Identity {
         cert_pem: String,
         key_pem: String,
     }
 
-    /// ECDSA keeps the tests fast; the TLS code does not care about the key type.
+    /// RSA, as pairing keys are: the phone's only suite is ECDHE_RSA.
     fn identity() -> Identity {
-        let key = rcgen::KeyPair::generate().expect("key");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("key");
         let cert = rcgen::CertificateParams::new(Vec::<String>::new())
             .expect("params")
             .self_signed(&key)
@@ -498,6 +493,73 @@ mod tests {
             "{err:?}"
         );
         drop(writer);
+    }
+
+    #[tokio::test]
+    async fn host_and_phone_agree_on_what_a_real_phone_negotiates() {
+        let (client_cfg, server_cfg) = configs(true);
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut host = PlistChannel::new(a);
+        let mut phone = PlistChannel::new(b);
+        host.set_timeout(Some(Duration::from_secs(5)));
+        phone.set_timeout(Some(Duration::from_secs(5)));
+        assert_eq!(
+            host.negotiated_tls(),
+            None,
+            "plaintext has no TLS parameters"
+        );
+        let phone_task = tokio::spawn(async move {
+            phone.start_tls_server(server_cfg).await.expect("server");
+            phone.negotiated_tls()
+        });
+        host.start_tls_client(client_cfg).await.expect("client");
+        let expected = NegotiatedTls {
+            version: TlsVersion::Tls1_2,
+            cipher_suite: ECDHE_RSA_AES_256_GCM_SHA384,
+            cipher_suite_name: "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".into(),
+            key_exchange_group: Some(SECP256R1),
+        };
+        assert_eq!(host.negotiated_tls(), Some(expected.clone()));
+        assert_eq!(phone_task.await.expect("join"), Some(expected));
+    }
+
+    /// What an iOS 9 phone's TLS stack would answer a ClientHello with: a ServerHello
+    /// choosing TLS 1.0 (record and hello version 0x0301, suite ECDHE-RSA-AES256-SHA).
+    fn server_hello_tls_1_0() -> Vec<u8> {
+        let mut hello = vec![0x03, 0x01];
+        hello.extend_from_slice(&[0x42; 32]); // random
+        hello.push(0); // no session id
+        hello.extend_from_slice(&[0xc0, 0x14, 0x00]); // suite, null compression
+        let mut handshake = vec![0x02, 0x00, 0x00, hello.len() as u8];
+        handshake.extend_from_slice(&hello);
+        let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+        record.extend_from_slice(&handshake);
+        record
+    }
+
+    #[tokio::test]
+    async fn a_tls_1_0_server_hello_is_an_old_peer_not_a_tls_failure() {
+        let (client_cfg, _) = configs(true);
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut host = PlistChannel::new(a);
+        host.set_timeout(Some(Duration::from_secs(5)));
+        let peer = tokio::spawn(async move {
+            let mut hello = vec![0u8; 4096];
+            let _ = b.read(&mut hello).await;
+            b.write_all(&server_hello_tls_1_0()).await.expect("write");
+            // Hold the stream open: the host must fail on the hello, not on an EOF.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(b);
+        });
+        let started = std::time::Instant::now();
+        let err = host
+            .start_tls_client(client_cfg)
+            .await
+            .expect_err("TLS 1.0 must be refused");
+        assert!(matches!(err, ChannelError::PeerTlsTooOld { .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+        assert!(err.to_string().contains("TLS 1.0"), "{err}");
+        peer.abort();
     }
 
     #[tokio::test]

@@ -11,4 +11,5 @@ pub mod lockdown;
 pub mod mobileactivation;
 pub mod pairing;
 pub mod tls;
+pub mod tls_engine;
 pub mod usbmux;

@@ -151,6 +151,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
         self.channel.set_timeout(Some(timeout));
     }
 
+    /// Version and cipher suite of the session's TLS, while a TLS session is up.
+    pub fn negotiated_tls(&self) -> Option<crate::tls_engine::NegotiatedTls> {
+        self.channel.negotiated_tls()
+    }
+
     pub fn session(&self) -> Option<&SessionInfo> {
         self.session.as_ref()
     }

@@ -4,6 +4,11 @@
 //! the server and presents its DeviceCertificate. Phones use certificates issued by the
 //! host's own pairing root, so the host does not verify the server chain (no OSS client
 //! does); handshake signatures are still checked.
+//!
+//! The phone side ([`server_config`]) speaks TLS as a real phone on iOS 12 or later does
+//! (protocol.md §4.6, a rustls client's log against a real phone): TLS 1.2 only, the single
+//! suite `TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384`, ECDHE over secp256r1, and a
+//! CertificateRequest listing [`PHONE_CLIENT_SIGNATURE_SCHEMES`].
 
 use std::sync::Arc;
 
@@ -29,6 +34,29 @@ pub const SERVER_NAME: &str = "Device";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The signature schemes a modern phone's CertificateRequest lists, in its order: the RSA
+/// ones as observed (SHA-256 first, then SHA-1), then ECDSA (the observed log elides them;
+/// these three are our choice).
+pub const PHONE_CLIENT_SIGNATURE_SCHEMES: [SignatureScheme; 7] = [
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA1,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+];
+
+/// The crypto a modern phone negotiates with: one suite, one group.
+fn phone_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384],
+        kx_groups: vec![kx_group::SECP256R1],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
 }
 
 /// Parses the first certificate of a PEM blob.
@@ -68,15 +96,16 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Server (phone) configuration: presents `cert_pem` with `key_pem` and requires the client
-/// to present a certificate byte-equal to one of `accepted_client_certs` (a phone trusts the
-/// host and root certificates of the pair records it accepted).
+/// Server (phone) configuration, as a phone on iOS 12 or later negotiates: presents
+/// `cert_pem` (an RSA DeviceCertificate) with `key_pem` and requires the client to present a
+/// certificate byte-equal to one of `accepted_client_certs` (a phone trusts the host and
+/// root certificates of the pair records it accepted).
 pub fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
     accepted_client_certs: Vec<CertificateDer<'static>>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = provider();
+    let provider = phone_provider();
     let cert = certificate_from_pem(cert_pem)?;
     let key = private_key_from_pem(key_pem)?;
     let verifier = PairedHostCertificate {
@@ -84,7 +113,7 @@ pub fn server_config(
         accepted: accepted_client_certs,
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(vec![cert], key)
@@ -183,6 +212,10 @@ impl ClientCertVerifier for PairedHostCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Listed by real phones, but not among rustls' own verification algorithms.
+        if dss.scheme == SignatureScheme::RSA_PKCS1_SHA1 {
+            return verify_rsa_pkcs1_sha1(message, cert, dss.signature());
+        }
         verify_tls12_signature(
             message,
             cert,
@@ -206,8 +239,24 @@ impl ClientCertVerifier for PairedHostCertificate {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        // The order a phone's CertificateRequest lists them in.
+        PHONE_CLIENT_SIGNATURE_SCHEMES.to_vec()
     }
+}
+
+/// Checks a TLS 1.2 CertificateVerify signed with RSA PKCS#1 v1.5 over SHA-1.
+fn verify_rsa_pkcs1_sha1(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    signature: &[u8],
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    use aws_lc_rs::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY};
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    // For RSA the subjectPublicKey bit string is the PKCS#1 RSAPublicKey aws-lc expects.
+    let key = &parsed.tbs_certificate.subject_pki.subject_public_key.data;
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, key.as_ref())
+        .verify(message, signature)
+        .map(|()| HandshakeSignatureValid::assertion())
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature))
 }

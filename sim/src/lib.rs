@@ -28,7 +28,8 @@
 //! state and lockdown values), `hub` (plugged phones, DeviceIDs, events), `usbmuxd` (socket
 //! protocol), `lockdownd` (port 62078), [`services`] (StartService), [`activation`]
 //! (mobileactivationd and the stand-in activation server), `http` (the loopback HTTP
-//! servers), [`mdm`] (the MDM stand-ins), `state` (what survives a restart), [`bench`]
+//! servers), [`mdm`] (the MDM stand-ins), `phone::tls` (the TLS of each iOS version) and
+//! `legacy_tls` (OpenSSL for iOS 11 and earlier, feature `legacy-tls`), `state` (what survives a restart), [`bench`]
 //! (putting it together), [`ready`] (the `--ready` file).
 
 pub mod activation;
@@ -36,6 +37,8 @@ pub mod bench;
 mod error;
 mod http;
 mod hub;
+#[cfg(feature = "legacy-tls")]
+pub mod legacy_tls;
 mod lockdownd;
 pub mod mdm;
 pub mod phone;

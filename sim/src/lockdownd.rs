@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::activation::device::check_record_value;
 use crate::activation::Authority;
+use crate::phone::tls::ServerTls;
 use crate::phone::values::{
     self, PUBLIC_KEYS, PUBLIC_SINGLE_KEYS, WRITABLE_DOMAINS, WRITABLE_GLOBAL_KEYS,
 };
@@ -47,7 +48,7 @@ pub(crate) struct LockdownContext {
 
 struct Session {
     id: String,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
 }
 
 enum Flow {
@@ -485,12 +486,23 @@ impl Connection {
         r.insert("SessionID".into(), session_id.clone().into());
         r.insert("EnableSessionSSL".into(), Value::Boolean(true));
         self.send(r).await?;
-        if let Err(e) = self.channel.start_tls_server(tls.clone()).await {
+        let started = match tls.engine() {
+            Ok(engine) => self.channel.start_tls(engine).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             // A wrong client certificate or a client that gave up: the phone drops it.
             tracing::info!(error = %e, "session TLS handshake failed");
             return Ok(Flow::Close);
         }
-        tracing::debug!(session = %session_id, host_id = %host_id, "session started");
+        let negotiated = self.channel.negotiated_tls();
+        tracing::debug!(
+            session = %session_id,
+            host_id = %host_id,
+            tls = ?negotiated.as_ref().map(|t| t.version),
+            suite = negotiated.as_ref().map_or("", |t| t.cipher_suite_name.as_str()),
+            "session started"
+        );
         self.session = Some(Session {
             id: session_id,
             tls,
@@ -498,9 +510,9 @@ impl Connection {
         Ok(Flow::Continue)
     }
 
-    /// TLS as the phone: its DeviceCertificate from the pairing, its own key; the host may
-    /// present the host or the root certificate of that pairing.
-    async fn session_tls(&self, pairing: &Pairing) -> Option<Arc<rustls::ServerConfig>> {
+    /// TLS as the phone: its DeviceCertificate from the pairing, its own key, the TLS of its
+    /// iOS version; the host may present the host or the root certificate of that pairing.
+    async fn session_tls(&self, pairing: &Pairing) -> Option<ServerTls> {
         if let Some(config) = self
             .phone
             .cached_tls(&pairing.host_id, &pairing.device_certificate_der)
@@ -514,16 +526,13 @@ impl Connection {
                 return None;
             }
         };
-        let device_cert_pem = pem::encode(&pem::Pem::new(
-            "CERTIFICATE",
-            pairing.device_certificate_der.clone(),
-        ));
         let accepted = vec![
-            pairing.host_certificate_der.clone().into(),
-            pairing.root_certificate_der.clone().into(),
+            pairing.host_certificate_der.clone(),
+            pairing.root_certificate_der.clone(),
         ];
-        match station_protocol::tls::server_config(
-            device_cert_pem.as_bytes(),
+        match ServerTls::build(
+            self.phone.tls_generation(),
+            &pairing.device_certificate_der,
             keys.private_key_pem.as_bytes(),
             accepted,
         ) {
@@ -531,7 +540,7 @@ impl Connection {
                 self.phone.cache_tls(
                     &pairing.host_id,
                     &pairing.device_certificate_der,
-                    Arc::clone(&config),
+                    config.clone(),
                 );
                 Some(config)
             }

@@ -17,6 +17,7 @@ use station_protocol::lockdown::LockdownErrorKind;
 use tokio::net::UnixStream;
 use tracing::Instrument;
 
+use crate::phone::tls::ServerTls;
 use crate::phone::Phone;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -98,7 +99,7 @@ impl ServiceRegistry {
 pub(crate) struct PendingService {
     pub service: Arc<dyn LockdownService>,
     /// TLS configuration of the session that started it (same credentials).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<ServerTls>,
     opened_at: Instant,
 }
 
@@ -112,7 +113,7 @@ impl std::fmt::Debug for PendingService {
 }
 
 impl PendingService {
-    pub fn new(service: Arc<dyn LockdownService>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    pub fn new(service: Arc<dyn LockdownService>, tls: Option<ServerTls>) -> Self {
         PendingService {
             service,
             tls,
@@ -138,7 +139,11 @@ pub(crate) async fn run(
         let mut channel = PlistChannel::new(stream);
         if let Some(config) = pending.tls {
             channel.set_timeout(Some(handshake_timeout));
-            if let Err(e) = channel.start_tls_server(config).await {
+            let started = match config.engine() {
+                Ok(engine) => channel.start_tls(engine).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
                 tracing::debug!(error = %e, "service TLS handshake failed");
                 return;
             }

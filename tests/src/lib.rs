@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod inproc;
+pub mod sha1_records;
 
 use serde_json::Value;
 use station_protocol::usbmux::{connect_address, Address, UsbmuxClient};

@@ -174,3 +174,49 @@ fn idevicepair_pair_then_validate_succeed() {
         dev.udid
     );
 }
+
+/// Debian's libimobiledevice (OpenSSL 3) caps TLS at 1.0 below iOS 10 and lets 1.2 through
+/// from iOS 10 on (protocol.md §4.6): it must pair with and read the old phones a world file
+/// pins, the iOS 9 one over the TLS 1.0 only that phone speaks.
+#[test]
+fn idevicepair_and_ideviceinfo_work_with_ios_9_and_ios_11_phones() {
+    let world_dir = tempfile::tempdir().expect("tempdir");
+    let world = world_dir.path().join("old-phones.toml");
+    std::fs::write(
+        &world,
+        "seed = 4\n\n\
+         [[device]]\nproduct_type = \"iPhone8,1\"\nproduct_version = \"9.3.5\"\n\
+         activation_state = \"Unactivated\"\n\n\
+         [[device]]\nproduct_type = \"iPhone9,3\"\nproduct_version = \"11.4.1\"\n\
+         activation_state = \"Unactivated\"\n",
+    )
+    .expect("write world");
+    let world = world.to_string_lossy().into_owned();
+    let bench = Bench::start_with(&["--world", &world]);
+    for (product_version, build) in [("9.3.5", "13G36"), ("11.4.1", "15G77")] {
+        let dev = bench
+            .ready
+            .devices
+            .iter()
+            .find(|d| d.product_version == product_version)
+            .unwrap_or_else(|| panic!("no {product_version} phone: {}", bench.ready.raw))
+            .clone();
+        bench
+            .idevice("idevicepair", &["-u", &dev.udid, "pair"])
+            .assert_success();
+        // A full dump needs the TLS session.
+        let out = bench.idevice("ideviceinfo", &["-u", &dev.udid]);
+        out.assert_success();
+        let info = parse_ideviceinfo(&out.stdout);
+        assert_eq!(
+            info.get("BuildVersion").map(String::as_str),
+            Some(build),
+            "{out}"
+        );
+        assert_eq!(
+            info.get("SerialNumber").map(String::as_str),
+            Some(dev.serial.as_str()),
+            "{out}"
+        );
+    }
+}

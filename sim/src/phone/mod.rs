@@ -6,6 +6,7 @@
 //! written to the state directory so a bench restart keeps them, as a phone keeps them
 //! across reboots.
 
+pub mod tls;
 pub(crate) mod values;
 
 use std::collections::{BTreeMap, HashMap};
@@ -98,7 +99,7 @@ struct PhoneState {
 const FIRST_SERVICE_PORT: u16 = 49152;
 
 /// A session TLS configuration and the device certificate it was built for.
-type CachedTls = (Vec<u8>, Arc<rustls::ServerConfig>);
+type CachedTls = (Vec<u8>, tls::ServerTls);
 
 pub struct Phone {
     profile: DeviceProfile,
@@ -162,6 +163,11 @@ impl Phone {
             persist: tokio::sync::Mutex::new(()),
             tls_configs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The TLS this phone speaks, from its iOS version.
+    pub fn tls_generation(&self) -> tls::TlsGeneration {
+        tls::TlsGeneration::for_ios(&self.profile.product_version)
     }
 
     pub fn profile(&self) -> &DeviceProfile {
@@ -309,20 +315,15 @@ impl Phone {
         &self,
         host_id: &str,
         device_certificate_der: &[u8],
-    ) -> Option<Arc<rustls::ServerConfig>> {
+    ) -> Option<tls::ServerTls> {
         let cache = self.tls_configs.lock().ok()?;
         cache
             .get(host_id)
             .filter(|(cert, _)| cert.as_slice() == device_certificate_der)
-            .map(|(_, config)| Arc::clone(config))
+            .map(|(_, config)| config.clone())
     }
 
-    pub fn cache_tls(
-        &self,
-        host_id: &str,
-        device_certificate_der: &[u8],
-        config: Arc<rustls::ServerConfig>,
-    ) {
+    pub fn cache_tls(&self, host_id: &str, device_certificate_der: &[u8], config: tls::ServerTls) {
         if let Ok(mut cache) = self.tls_configs.lock() {
             cache.insert(
                 host_id.to_string(),

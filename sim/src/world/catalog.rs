@@ -3,6 +3,11 @@
 //! ProductType / HardwareModel / chip (CPID) / board pairs are Apple's; the per-model
 //! ModelNumber, RegulatoryModelNumber and IMEI TAC are plausible values in the right format
 //! (a virtual phone only has to look like a real one to the tools that read it).
+//!
+//! [`MODELS`] is what generated worlds draw from: phones on iOS 12 or later, which speak TLS
+//! 1.2 with the station. [`OLDER_MODELS`] (iPhone 6s, iPhone 7) are there for world files that
+//! pin them, down to the iOS they shipped with; they are never drawn, so a generated world
+//! stays modern and its seeds keep producing the same phones.
 
 /// How the serial number of a model is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,99 @@ const IOS18: &[OsRelease] = &[
     OsRelease {
         version: "18.6.2",
         build: "22G100",
+    },
+];
+
+/// iPhone 6s (shipped with iOS 9.0) and iPhone 7 (iOS 10.0) up to iOS 15, their last.
+const IOS9_TO_15: &[OsRelease] = &[
+    OsRelease {
+        version: "9.3.5",
+        build: "13G36",
+    },
+    OsRelease {
+        version: "10.3.3",
+        build: "14G60",
+    },
+    OsRelease {
+        version: "11.4.1",
+        build: "15G77",
+    },
+    OsRelease {
+        version: "12.4.1",
+        build: "16G102",
+    },
+    OsRelease {
+        version: "15.8",
+        build: "19H370",
+    },
+    OsRelease {
+        version: "15.8.1",
+        build: "19H380",
+    },
+];
+
+const IOS10_TO_15: &[OsRelease] = IOS9_TO_15.split_at(1).1;
+
+/// Models a world file may name but generated worlds never draw (see the module docs).
+/// ProductType, HardwareModel and CPID are Apple's; board ids as The iPhone Wiki lists them.
+pub const OLDER_MODELS: &[Model] = &[
+    Model {
+        product_type: "iPhone8,1",
+        // The Samsung-A9 board; the TSMC one is N71mAP (CPID 0x8003), same ProductType.
+        hardware_model: "N71AP",
+        marketing_name: "iPhone 6s",
+        chip_id: 0x8000,
+        board_id: 0x04,
+        hardware_platform: "s8000",
+        cpu_architecture: "arm64",
+        legacy_udid: true,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "GRY5",
+        imei_tac: "35325807",
+        dual_imei: false,
+        model_numbers: &["MKQJ2", "MKQK2", "MKQL2"],
+        regulatory_model_number: "A1688",
+        storage_gb: &[16, 64, 128],
+        releases: IOS9_TO_15,
+        serial_year_codes: "DFGH",
+    },
+    Model {
+        product_type: "iPhone9,1",
+        hardware_model: "D10AP",
+        marketing_name: "iPhone 7",
+        chip_id: 0x8010,
+        board_id: 0x08,
+        hardware_platform: "t8010",
+        cpu_architecture: "arm64",
+        legacy_udid: true,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "HG7F",
+        imei_tac: "35533608",
+        dual_imei: false,
+        model_numbers: &["MN8G2", "MN8J2", "MN8L2"],
+        regulatory_model_number: "A1660",
+        storage_gb: &[32, 128, 256],
+        releases: IOS10_TO_15,
+        serial_year_codes: "FGHJ",
+    },
+    Model {
+        product_type: "iPhone9,3",
+        hardware_model: "D101AP",
+        marketing_name: "iPhone 7",
+        chip_id: 0x8010,
+        board_id: 0x0c,
+        hardware_platform: "t8010",
+        cpu_architecture: "arm64",
+        legacy_udid: true,
+        serial_style: SerialStyle::Legacy,
+        serial_config_code: "HG7H",
+        imei_tac: "35533708",
+        dual_imei: false,
+        model_numbers: &["MN8H2", "MN8K2", "MN8Q2"],
+        regulatory_model_number: "A1778",
+        storage_gb: &[32, 128, 256],
+        releases: IOS10_TO_15,
+        serial_year_codes: "FGHJ",
     },
 ];
 
@@ -253,14 +351,18 @@ pub const MODELS: &[Model] = &[
     },
 ];
 
+fn all_models() -> impl Iterator<Item = &'static Model> {
+    OLDER_MODELS.iter().chain(MODELS)
+}
+
 /// The catalogue entry for `product_type`, if it is one we know.
 pub fn model(product_type: &str) -> Option<&'static Model> {
-    MODELS.iter().find(|m| m.product_type == product_type)
+    all_models().find(|m| m.product_type == product_type)
 }
 
 /// All product types, for error messages.
 pub fn product_types() -> Vec<&'static str> {
-    MODELS.iter().map(|m| m.product_type).collect()
+    all_models().map(|m| m.product_type).collect()
 }
 
 impl Model {
@@ -276,7 +378,7 @@ mod tests {
 
     #[test]
     fn every_model_is_consistent() {
-        for m in MODELS {
+        for m in all_models() {
             assert!(!m.releases.is_empty(), "{} has no release", m.product_type);
             assert_eq!(m.imei_tac.len(), 8, "{}", m.product_type);
             assert!(m.imei_tac.bytes().all(|b| b.is_ascii_digit()));
@@ -295,5 +397,31 @@ mod tests {
         assert_eq!(m.release("17.7").map(|r| r.build), Some("21H16"));
         assert_eq!(m.release("18.6").map(|r| r.build), Some("22G86"));
         assert!(m.release("9.3").is_none());
+        let six_s = model("iPhone8,1").expect("iPhone 6s in catalogue");
+        assert_eq!(six_s.release("9.3.5").map(|r| r.build), Some("13G36"));
+        assert_eq!(six_s.release("10.3.3").map(|r| r.build), Some("14G60"));
+        assert_eq!(six_s.release("11.4.1").map(|r| r.build), Some("15G77"));
+        // The iPhone 7 shipped with iOS 10: no iOS 9 for it.
+        let seven = model("iPhone9,3").expect("iPhone 7 in catalogue");
+        assert!(seven.release("9.3.5").is_none());
+        assert_eq!(seven.release("15.8").map(|r| r.build), Some("19H370"));
+    }
+
+    #[test]
+    fn generated_models_all_run_ios_12_or_later() {
+        for m in MODELS {
+            for r in m.releases {
+                let major: u32 = r
+                    .version
+                    .split('.')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("numeric major version");
+                assert!(major >= 12, "{} {}", m.product_type, r.version);
+            }
+        }
+        for m in OLDER_MODELS {
+            assert!(MODELS.iter().all(|g| g.product_type != m.product_type));
+        }
     }
 }
