@@ -121,6 +121,16 @@ impl StationError {
         ))
     }
 
+    /// The phone offers only TLS 1.0/1.1: an iOS older than the station serves.
+    pub fn tls_too_old(udid: &str, reason: &str) -> Self {
+        StationError::new(
+            "tls-too-old",
+            exit::UNSUPPORTED,
+            format!("{udid} speaks only TLS 1.0/1.1, older than the TLS 1.2 the station needs ({reason})"),
+        )
+        .help("phones before iOS 10 speak only old TLS: activate this one with a Mac (Finder) or Apple Configurator")
+    }
+
     /// Maps a lockdown refusal to the operator's next step.
     pub fn from_lockdown(udid: &str, err: LockdownError) -> Self {
         match err.kind() {
@@ -147,6 +157,9 @@ impl StationError {
                     format!("{udid} did not finish the TLS handshake within {after:?}"),
                 )
                 .help("replug the phone; if it persists, restart it"),
+                LockdownError::SessionTls(ChannelError::PeerTlsTooOld { reason }) => {
+                    Self::tls_too_old(udid, &reason)
+                }
                 LockdownError::SessionTls(reason) => Self::session_tls_rejected(udid, &reason),
                 other => StationError::new(
                     "device-error",

@@ -93,7 +93,10 @@ mod tests {
                 patch: 5
             })
         );
-        assert_eq!(IosVersion::parse("18.6").map(|v| v.to_string()), Some("18.6".into()));
+        assert_eq!(
+            IosVersion::parse("18.6").map(|v| v.to_string()),
+            Some("18.6".into())
+        );
         for bad in ["", "18", "18.", "a.b", "18.6.1.2", "-1.0", "18.6 beta"] {
             assert_eq!(IosVersion::parse(bad), None, "{bad:?}");
         }

@@ -62,11 +62,24 @@ async fn a_record_the_phone_rejects_in_the_tls_handshake_is_replaced_once() {
     out.assert_success();
     let first = read_record(&bench, &udid);
     let tampered = replace_certificates(&bench, &udid);
-    assert_eq!(tampered.host_id, first.host_id, "the phone still knows this HostID");
+    assert_eq!(
+        tampered.host_id, first.host_id,
+        "the phone still knows this HostID"
+    );
 
     // A single-phone command that only reads says what happened and what to do.
     let out = bench
-        .station(&["--json", "info", "--udid", &udid, "--key", "ActivationState"], false)
+        .station(
+            &[
+                "--json",
+                "info",
+                "--udid",
+                &udid,
+                "--key",
+                "ActivationState",
+            ],
+            false,
+        )
         .await;
     out.assert_failure();
     assert_eq!(json(&out)["error"]["code"], "session-tls-rejected", "{out}");
@@ -76,7 +89,14 @@ async fn a_record_the_phone_rejects_in_the_tls_handshake_is_replaced_once() {
     let url = bench.bench.activation_url().to_string();
     let out = bench
         .station(
-            &["--json", "activate", "--udid", &udid, "--activation-url", &url],
+            &[
+                "--json",
+                "activate",
+                "--udid",
+                &udid,
+                "--activation-url",
+                &url,
+            ],
             false,
         )
         .await;
@@ -96,7 +116,14 @@ async fn a_pairing_without_escrow_bag_is_kept_and_used() {
     let url = bench.bench.activation_url().to_string();
     let out = bench
         .station(
-            &["--json", "activate", "--udid", &udid, "--activation-url", &url],
+            &[
+                "--json",
+                "activate",
+                "--udid",
+                &udid,
+                "--activation-url",
+                &url,
+            ],
             false,
         )
         .await;

@@ -72,7 +72,7 @@ async fn pair_with_sha1_record(bench: &InProcBench, udid: &str) -> PairRecord {
         .pair(record.pair_request_value())
         .await
         .expect("the phone accepts a SHA-1 pair record");
-    record.escrow_bag = Some(escrow);
+    record.escrow_bag = escrow;
 
     let tls =
         station_protocol::tls::client_config(&record.host_certificate, &record.host_private_key)

@@ -293,6 +293,13 @@ impl Stop {
             (Some("session-tls-rejected"), Some(v)) if v.support() == Support::Tried => {
                 Stop::unsupported(v, "failed the TLS handshake with the station")
             }
+            (Some("tls-too-old"), Some(v)) => {
+                Stop::unsupported(v, "offers only TLS 1.0/1.1 to the station")
+            }
+            (Some("tls-too-old"), None) => Stop {
+                outcome: Outcome::Unsupported,
+                ..self
+            },
             _ => self,
         }
     }
@@ -382,7 +389,10 @@ impl Activator<'_> {
                         progress.step.describe()
                     );
                 } else {
-                    let version = report.product_version.as_deref().and_then(IosVersion::parse);
+                    let version = report
+                        .product_version
+                        .as_deref()
+                        .and_then(IosVersion::parse);
                     let stop = stop.naming_the_ios(version);
                     report.outcome = stop.outcome;
                     report.message = stop.message;
@@ -604,7 +614,11 @@ impl Activator<'_> {
     /// Reads `ProductVersion` before pairing (lockdown tells anyone, as usbmuxd's preflight
     /// relies on) and refuses a phone older than the station serves before anything is
     /// written to it. A phone that does not say goes on: the TLS handshake will tell.
-    async fn check_ios(&self, device: &DeviceInfo, report: &mut ActivationReport) -> Result<(), Stop> {
+    async fn check_ios(
+        &self,
+        device: &DeviceInfo,
+        report: &mut ActivationReport,
+    ) -> Result<(), Stop> {
         let mut lockdown = self.bench.lockdown(device).await?;
         let version = lockdown.get_value(None, Some("ProductVersion")).await;
         let _ = lockdown.goodbye().await;
@@ -896,6 +910,41 @@ fn answer_name(answer: &ActivationResponse) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_failures_on_old_phones_name_the_ios_version() {
+        use station_protocol::channel::ChannelError;
+        let udid = "00008030-001A2C3E0E90802E";
+        let rejected = || {
+            Stop::device(StationError::session_tls_rejected(
+                udid,
+                &ChannelError::Tls("received fatal alert: HandshakeFailure".into()),
+            ))
+        };
+        let version = |v: &str| IosVersion::parse(v);
+
+        // iOS 10–11 are only tried: a failed handshake is the version's.
+        let stop = rejected().naming_the_ios(version("10.3.3"));
+        assert_eq!(stop.outcome, Outcome::Unsupported);
+        assert!(stop.message.contains("iOS 10.3.3"), "{}", stop.message);
+        assert!(
+            stop.message.contains("Apple Configurator"),
+            "{}",
+            stop.message
+        );
+        assert!(!stop.retryable);
+
+        // On a modern phone the same failure is a device error (a pairing problem).
+        let stop = rejected().naming_the_ios(version("18.6"));
+        assert_eq!(stop.outcome, Outcome::DeviceError);
+
+        // Old TLS is unsupported whatever the phone claims, and says so.
+        let old = || Stop::device(StationError::tls_too_old(udid, "ProtocolVersion alert"));
+        let stop = old().naming_the_ios(version("11.4.1"));
+        assert_eq!(stop.outcome, Outcome::Unsupported);
+        assert!(stop.message.contains("iOS 11.4.1"), "{}", stop.message);
+        assert_eq!(old().naming_the_ios(None).outcome, Outcome::Unsupported);
+    }
 
     #[test]
     fn base_url_accepts_every_usual_form() {

@@ -1,0 +1,111 @@
+//! Old phones as a line meets them (issue 8 §1): iOS 9 is refused before pairing with a
+//! reason naming the version and the way out; iOS 11 and iOS 12 phones, each speaking the
+//! TLS of its version, activate.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use station_tests::inproc::InProcBench;
+use station_tests::Output;
+
+const WORLD: &str = r#"
+seed = 31
+
+[[device]]
+product_type = "iPhone8,1"
+product_version = "9.3.5"
+activation_state = "Unactivated"
+
+[[device]]
+product_type = "iPhone9,1"
+product_version = "11.4.1"
+activation_state = "Unactivated"
+
+[[device]]
+product_type = "iPhone8,1"
+product_version = "12.4.1"
+lock = "mdm"
+codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+"#;
+
+const IOS_9: usize = 0;
+const IOS_11: usize = 1;
+const IOS_12_LOCKED: usize = 2;
+
+/// The exit code of an `unsupported` phone.
+const UNSUPPORTED: i32 = 10;
+
+async fn activate(bench: &InProcBench, index: usize, codes: Option<&str>) -> (Output, Value) {
+    let udid = bench.udids[index].clone();
+    let url = bench.bench.activation_url().to_string();
+    let mut args = vec![
+        "--json",
+        "activate",
+        "--udid",
+        &udid,
+        "--activation-url",
+        &url,
+    ];
+    if let Some(codes) = codes {
+        args.extend(["--codes", codes]);
+    }
+    let out = bench.station(&args, false).await;
+    let json =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    (out, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
+    let bench = InProcBench::start(WORLD).await;
+
+    let started = Instant::now();
+    let (out, json) = activate(&bench, IOS_9, None).await;
+    assert_eq!(json["outcome"], "unsupported", "{out}");
+    assert_eq!(out.status.code(), Some(UNSUPPORTED), "{out}");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("iOS 9.3.5"),
+        "names the version: {message}"
+    );
+    assert!(
+        message.contains("Finder") && message.contains("Apple Configurator"),
+        "names the way out: {message}"
+    );
+    assert_eq!(json["product_version"], "9.3.5", "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refused at once, not after a timeout"
+    );
+    let record = bench
+        .dir
+        .path()
+        .join("state/lockdown")
+        .join(format!("{}.plist", bench.udids[IOS_9]));
+    assert!(!record.exists(), "nothing was written: no pairing");
+    assert!(
+        bench
+            .bench
+            .albert()
+            .requests_for(&bench.udids[IOS_9])
+            .is_empty(),
+        "the activation server was never asked"
+    );
+    assert_eq!(bench.ideviceinfo_state(IOS_9).await, "Unactivated");
+
+    // iOS 11 is tried: its phone offers TLS 1.0–1.2 and the station gets TLS 1.2.
+    let (out, json) = activate(&bench, IOS_11, None).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(bench.ideviceinfo_state(IOS_11).await, "Activated");
+
+    // An iOS 12 iPhone 6s speaks TLS 1.2 only, and its lock is released by its code.
+    let csv = bench.codes_csv(
+        "codes.csv",
+        &[(IOS_12_LOCKED, "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4", "device")],
+    );
+    let csv = csv.display().to_string();
+    let (out, json) = activate(&bench, IOS_12_LOCKED, Some(&csv)).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["activation_locked"], true, "{out}");
+    assert_eq!(bench.ideviceinfo_state(IOS_12_LOCKED).await, "Activated");
+}
