@@ -264,3 +264,103 @@ fn station_client_names_a_tls_1_0_only_server_at_once() {
     );
     drop(server);
 }
+
+/// A virtual phone's server TLS (exactly what its lockdown uses) on a loopback port, for one
+/// connection; resolves to what the handshake negotiated.
+async fn serve_phone_tls_once(
+    tls: station_sim::phone::tls::ServerTls,
+) -> (
+    u16,
+    tokio::task::JoinHandle<Result<NegotiatedTls, ChannelError>>,
+) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local address").port();
+    let task = tokio::spawn(async move {
+        let (stream, _) = tokio::time::timeout(STEP, listener.accept())
+            .await
+            .map_err(|_| ChannelError::Timeout(STEP))??;
+        let mut channel = PlistChannel::new(stream);
+        channel.set_timeout(Some(STEP));
+        channel.start_tls(tls.engine()?).await?;
+        channel.negotiated_tls().ok_or(ChannelError::Closed)
+    });
+    (port, task)
+}
+
+/// `openssl s_client` presenting the record's host certificate; returns what it printed.
+async fn s_client(dir: &Path, port: u16, extra: &[&str]) -> String {
+    let mut cmd = Command::new(openssl_bin());
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-cert", "host.pem", "-key", "host.key"])
+        .args(extra)
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || run_with_timeout(cmd, STEP).combined())
+        .await
+        .expect("join")
+}
+
+fn phone_tls_fixture(
+    generation: station_sim::phone::tls::TlsGeneration,
+) -> (tempfile::TempDir, station_sim::phone::tls::ServerTls) {
+    let (record, phone) = record_and_phone_key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("host.pem"), &record.host_certificate).expect("write");
+    std::fs::write(dir.path().join("host.key"), &record.host_private_key).expect("write");
+    let device_der = pem::parse(&record.device_certificate)
+        .expect("PEM")
+        .into_contents();
+    let host_der = pem::parse(&record.host_certificate)
+        .expect("PEM")
+        .into_contents();
+    let tls = station_sim::phone::tls::ServerTls::build(
+        generation,
+        &device_der,
+        phone.private_key_pem.as_bytes(),
+        vec![host_der],
+    )
+    .expect("phone TLS");
+    (dir, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_client_sees_what_a_real_modern_phone_offers() {
+    use station_sim::phone::tls::TlsGeneration;
+    let (dir, tls) = phone_tls_fixture(TlsGeneration::Tls12);
+    let (port, phone) = serve_phone_tls_once(tls).await;
+    // s_client offers TLS 1.3 and 1.2, every group and many suites, like any modern host.
+    let out = s_client(dir.path(), port, &[]).await;
+    let negotiated = phone.await.expect("join").expect("phone handshake");
+    assert_eq!(negotiated.version, TlsVersion::Tls1_2);
+    assert_eq!(negotiated.cipher_suite, ECDHE_RSA_AES_256_GCM_SHA384);
+    for seen in [
+        "New, TLSv1.2, Cipher is ECDHE-RSA-AES256-GCM-SHA384",
+        "Server Temp Key: ECDH, prime256v1, 256 bits",
+        // The CertificateRequest of a real phone, in its order.
+        "Requested Signature Algorithms: RSA+SHA256:RSA+SHA1:RSA+SHA384:RSA+SHA512:\
+         ECDSA+SHA256:ECDSA+SHA384:ECDSA+SHA512",
+    ] {
+        assert!(
+            out.contains(seen),
+            "s_client did not print {seen:?}:\n{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_tls_1_0_client_completes_a_handshake_with_an_ios_9_phone() {
+    use station_sim::phone::tls::TlsGeneration;
+    let (dir, tls) = phone_tls_fixture(TlsGeneration::Tls10Only);
+    let (port, phone) = serve_phone_tls_once(tls).await;
+    let out = s_client(
+        dir.path(),
+        port,
+        &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+    )
+    .await;
+    let negotiated = phone.await.expect("join").expect("phone handshake");
+    assert_eq!(negotiated.version, TlsVersion::Tls1_0, "{out}");
+    assert!(out.contains("Protocol  : TLSv1\n"), "{out}");
+}
