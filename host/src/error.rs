@@ -157,7 +157,8 @@ impl StationError {
                     format!("{udid} did not finish the TLS handshake within {after:?}"),
                 )
                 .help("replug the phone; if it persists, restart it"),
-                LockdownError::SessionTls(ChannelError::PeerTlsTooOld { reason }) => {
+                LockdownError::SessionTls(ChannelError::PeerTlsTooOld { reason })
+                | LockdownError::Channel(ChannelError::PeerTlsTooOld { reason }) => {
                     Self::tls_too_old(udid, &reason)
                 }
                 LockdownError::SessionTls(reason) => Self::session_tls_rejected(udid, &reason),

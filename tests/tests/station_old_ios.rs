@@ -26,11 +26,19 @@ product_type = "iPhone8,1"
 product_version = "12.4.1"
 lock = "mdm"
 codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+
+# An iOS 10 phone whose TLS stops at 1.0, as some reports for iOS 10–11 describe.
+[[device]]
+product_type = "iPhone9,3"
+product_version = "10.3.3"
+activation_state = "Unactivated"
+tls = "tls1.0"
 "#;
 
 const IOS_9: usize = 0;
 const IOS_11: usize = 1;
 const IOS_12_LOCKED: usize = 2;
+const IOS_10_OLD_TLS: usize = 3;
 
 /// The exit code of an `unsupported` phone.
 const UNSUPPORTED: i32 = 10;
@@ -108,4 +116,23 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
     assert_eq!(json["outcome"], "activated", "{out}");
     assert_eq!(json["activation_locked"], true, "{out}");
     assert_eq!(bench.ideviceinfo_state(IOS_12_LOCKED).await, "Activated");
+
+    // iOS 10 is tried; when its handshake fails the reason names the version.
+    let (out, json) = activate(&bench, IOS_10_OLD_TLS, None).await;
+    assert_eq!(json["outcome"], "unsupported", "{out}");
+    assert_eq!(out.status.code(), Some(UNSUPPORTED), "{out}");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("iOS 10.3.3"),
+        "names the version: {message}"
+    );
+    assert!(message.contains("TLS"), "says what failed: {message}");
+    assert!(
+        bench
+            .bench
+            .albert()
+            .requests_for(&bench.udids[IOS_10_OLD_TLS])
+            .is_empty(),
+        "the activation server was never asked"
+    );
 }

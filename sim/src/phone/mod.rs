@@ -165,9 +165,11 @@ impl Phone {
         })
     }
 
-    /// The TLS this phone speaks, from its iOS version.
+    /// The TLS this phone speaks: pinned by its world entry, else its iOS version's.
     pub fn tls_generation(&self) -> tls::TlsGeneration {
-        tls::TlsGeneration::for_ios(&self.profile.product_version)
+        self.profile
+            .tls
+            .unwrap_or_else(|| tls::TlsGeneration::for_ios(&self.profile.product_version))
     }
 
     pub fn profile(&self) -> &DeviceProfile {

@@ -17,6 +17,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use station_protocol::bypass_code::BypassCode;
 
+use crate::phone::tls::TlsGeneration;
+
 use catalog::{Model, MODELS};
 pub use mdm::{Cloud, Enrollment, EnrollmentSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Mdm};
 
@@ -301,6 +303,9 @@ pub struct DeviceSpec {
     /// keybag answers (go-ios documents such replies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair_escrow_bag: Option<bool>,
+    /// The TLS the phone speaks when not its iOS version's (see docs/world.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsGeneration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plug_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -367,6 +372,8 @@ pub struct DeviceProfile {
     pub trust_delay_ms: u64,
     pub passcode_locked: bool,
     pub pair_escrow_bag: bool,
+    /// `None`: the TLS of `product_version`.
+    pub tls: Option<TlsGeneration>,
     pub plug_at_ms: Option<u64>,
     pub unplug_at_ms: Option<u64>,
     pub lock: Lock,
@@ -589,6 +596,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         trust_delay_ms: Some(p.trust_delay_ms),
         passcode_locked: Some(p.passcode_locked),
         pair_escrow_bag: (!p.pair_escrow_bag).then_some(false),
+        tls: p.tls,
         plug_at_ms: p.plug_at_ms,
         unplug_at_ms: p.unplug_at_ms,
         lock: Some(p.lock),
@@ -887,6 +895,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         trust_delay_ms: spec.trust_delay_ms.unwrap_or(0),
         passcode_locked,
         pair_escrow_bag: spec.pair_escrow_bag.unwrap_or(true),
+        tls: spec.tls,
         plug_at_ms: spec.plug_at_ms,
         unplug_at_ms: spec.unplug_at_ms,
         lock,
