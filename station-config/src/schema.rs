@@ -176,7 +176,7 @@ ranged!(attempts_range, u32, 1, 20);
 ranged!(backoff_range, u64, 0, 600_000);
 ranged!(hook_timeout_range, u64, 1, 300);
 ranged!(wait_range, u64, 0, 3600);
-ranged!(session_age_range, u64, 10, 3600);
+ranged!(session_age_range, u64, 1, 3600);
 
 fn rate_range<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let value = f64::deserialize(d)?;

@@ -13,7 +13,7 @@ mod exchange;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -83,6 +83,8 @@ pub struct AlbertRequest {
     pub password: Option<String>,
     pub status: u16,
     pub outcome: AlbertOutcome,
+    /// When the request arrived (so a test can order it against other services' requests).
+    pub at: Instant,
 }
 
 struct Controls {
@@ -285,6 +287,7 @@ impl Albert {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let endpoint = Endpoint::from_path(&path);
+        let at = Instant::now();
         let mut seen = exchange::Seen::default();
 
         let answer = match endpoint {
@@ -337,6 +340,7 @@ impl Albert {
             password: seen.password,
             status: answer.status,
             outcome: answer.outcome,
+            at,
         });
         let headers = server_headers()
             .into_iter()
