@@ -1403,6 +1403,15 @@ mod tests {
             ("passcode_locked = true", "passcode_locked"),
             ("plug_at_ms = 500\nunplug_at_ms = 100", "unplug_at_ms"),
             ("wifi_address = \"3c:22\"", "wifi_address"),
+            (
+                "activation_info_delay_ms = 600001",
+                "activation_info_delay_ms",
+            ),
+            ("handle_record_delay_ms = 3600000", "handle_record_delay_ms"),
+            (
+                "activation_session_lifetime_ms = 0",
+                "activation_session_lifetime_ms",
+            ),
         ];
         for (body, field) in cases {
             let world = World::from_toml(&format!("[[device]]\n{body}\n"), "t").expect("parses");
