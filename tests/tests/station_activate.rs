@@ -431,9 +431,11 @@ async fn a_phone_slow_to_build_its_activation_info_is_released_and_activated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_that_says_ack_received_is_applied_and_verified() {
+async fn a_record_that_says_ack_received_is_applied_and_the_state_polled() {
+    // The record comes with ack-received; the phone takes 1.5 s over it and says
+    // Activated 2 s after that. A second phone never says so within the station's wait.
     let b = InProcBench::start(
-        "seed = 14\n\n[activation_server]\nrecord_ack = true\n\n[[device]]\nhandle_record_delay_ms = 1500\n",
+        "seed = 14\n\n[activation_server]\nrecord_ack = true\n\n[[device]]\nhandle_record_delay_ms = 1500\nactivated_after_ms = 2000\n\n[[device]]\nactivated_after_ms = 30000\n",
     )
     .await;
     let (out, json) = activate_configured(&b, 0, None, "").await;
@@ -444,6 +446,12 @@ async fn a_record_that_says_ack_received_is_applied_and_verified() {
         outcomes_of(&b, 0, Endpoint::DeviceActivation),
         [AlbertOutcome::Record]
     );
+
+    // Success only when the phone says so.
+    let (out, json) = activate_configured(&b, 1, None, "").await;
+    assert_eq!(outcome(&json), "device_error", "{out}");
+    assert_eq!(json["step"], "verify", "{out}");
+    assert_eq!(json["activation_state"], "Unactivated", "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,7 +75,7 @@ fn error_reply(text: String) -> Dictionary {
     d
 }
 
-async fn handle(phone: &Phone, authority: &Authority, request: &Value) -> Dictionary {
+async fn handle(phone: &Arc<Phone>, authority: &Authority, request: &Value) -> Dictionary {
     let command = match Command::from_plist(request) {
         Ok(c) => c,
         Err(e) => {
@@ -97,9 +97,7 @@ async fn handle(phone: &Phone, authority: &Authority, request: &Value) -> Dictio
             computing(phone.profile().handle_record_delay_ms).await;
             match check_record_body(phone, authority, &body, &headers) {
                 Ok(()) => {
-                    phone
-                        .record_activation(ActivationState::Activated, false)
-                        .await;
+                    activate_after(phone, phone.profile().activated_after_ms).await;
                     Ok(Dictionary::new())
                 }
                 Err(e) => Err(ns_error(INVALID_RECORD, Some(&e.to_string()))),
@@ -132,6 +130,24 @@ async fn handle(phone: &Phone, authority: &Authority, request: &Value) -> Dictio
         tracing::info!(error = %text, "command refused");
         error_reply(text)
     })
+}
+
+/// Takes the record: the state reads `Activated` now, or only `delay_ms` after the reply
+/// (`activated_after_ms`).
+async fn activate_after(phone: &Arc<Phone>, delay_ms: u64) {
+    if delay_ms == 0 {
+        phone
+            .record_activation(ActivationState::Activated, false)
+            .await;
+        return;
+    }
+    let phone = Arc::clone(phone);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        phone
+            .record_activation(ActivationState::Activated, false)
+            .await;
+    });
 }
 
 /// The world's delay for a command, before its reply.

@@ -342,6 +342,9 @@ pub struct DeviceSpec {
     /// The handshake session ends this long after `CreateTunnel1SessionInfoRequest`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation_session_lifetime_ms: Option<u64>,
+    /// After taking a record the phone reports `Activated` only this much later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_after_ms: Option<u64>,
     // --- Activation Lock (what Apple's activation server knows) ---
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<Lock>,
@@ -409,6 +412,7 @@ pub struct DeviceProfile {
     pub handle_record_delay_ms: u64,
     /// `None`: the session lasts until the next `CreateTunnel1SessionInfoRequest`.
     pub activation_session_lifetime_ms: Option<u64>,
+    pub activated_after_ms: u64,
     pub lock: Lock,
     /// Dashed display form (`XXXXX-XXXXX-XXXX-XXXX-XXXX-XXXX`); test data, not secrets.
     pub codes: Vec<String>,
@@ -634,6 +638,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
             .then_some(p.activation_info_delay_ms),
         handle_record_delay_ms: (p.handle_record_delay_ms != 0).then_some(p.handle_record_delay_ms),
         activation_session_lifetime_ms: p.activation_session_lifetime_ms,
+        activated_after_ms: (p.activated_after_ms != 0).then_some(p.activated_after_ms),
         lock: Some(p.lock),
         // A phone that is not MDM-locked has no codes: leave the empty list out.
         codes: (p.lock == Lock::Mdm || !p.codes.is_empty()).then(|| p.codes.clone()),
@@ -845,6 +850,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
     for (field, delay) in [
         ("activation_info_delay_ms", spec.activation_info_delay_ms),
         ("handle_record_delay_ms", spec.handle_record_delay_ms),
+        ("activated_after_ms", spec.activated_after_ms),
     ] {
         if delay.is_some_and(|d| d > MAX_COMMAND_DELAY_MS) {
             return Err(invalid(
@@ -951,6 +957,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         activation_info_delay_ms: spec.activation_info_delay_ms.unwrap_or(0),
         handle_record_delay_ms: spec.handle_record_delay_ms.unwrap_or(0),
         activation_session_lifetime_ms: spec.activation_session_lifetime_ms,
+        activated_after_ms: spec.activated_after_ms.unwrap_or(0),
         lock,
         codes,
         stale_codes,
@@ -1408,6 +1415,7 @@ mod tests {
                 "activation_info_delay_ms",
             ),
             ("handle_record_delay_ms = 3600000", "handle_record_delay_ms"),
+            ("activated_after_ms = 600001", "activated_after_ms"),
             (
                 "activation_session_lifetime_ms = 0",
                 "activation_session_lifetime_ms",
