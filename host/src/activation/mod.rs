@@ -1104,6 +1104,48 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_code_lookup_runs_alongside_the_exchange_and_is_awaited_only_when_needed() {
+        let slow = |after_ms: u64| -> BoxFuture<'static, Result<Lookup, String>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                Ok(Lookup {
+                    known: true,
+                    ..Lookup::default()
+                })
+            })
+        };
+        // The look-up (1.5 s) overlaps the exchange (1 s): about 1.5 s in all, not 2.5.
+        let started = Instant::now();
+        let mut lookup = PendingLookup::Running(slow(1500));
+        let exchange = lookup
+            .alongside(async {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                "lock form"
+            })
+            .await;
+        assert_eq!(exchange, "lock form");
+        let result = lookup.take().await;
+        assert!(matches!(result, Some(Ok(Lookup { known: true, .. }))));
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(2300),
+            "{elapsed:?}"
+        );
+        // Taken once; later work alongside it is harmless.
+        assert!(lookup.take().await.is_none());
+        assert_eq!(lookup.alongside(async { 7 }).await, 7);
+
+        // A clean phone: the exchange ends first and nobody waits for the look-up.
+        let started = Instant::now();
+        let mut lookup = PendingLookup::Running(slow(60_000));
+        lookup
+            .alongside(tokio::time::sleep(Duration::from_millis(100)))
+            .await;
+        drop(lookup);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
     #[test]
     fn only_activated_outcomes_are_success() {
         assert!(Outcome::Activated.is_success());
