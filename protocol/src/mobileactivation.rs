@@ -20,7 +20,8 @@ pub enum Command {
         handshake_response: Vec<u8>,
     },
     /// `body`: the raw deviceActivation response; `headers`: its HTTP response headers
-    /// (mandatory since iOS 11.2).
+    /// (mandatory since iOS 11.2), sent under their canonical spelling
+    /// ([`canonical_header_name`]).
     HandleActivationInfoWithSession {
         body: Vec<u8>,
         headers: Vec<(String, String)>,
@@ -67,9 +68,11 @@ impl Command {
             }
             Command::HandleActivationInfoWithSession { body, headers } => {
                 d.insert("Value".into(), plist::Value::Data(body.clone()));
+                // The phone looks names up as dictionary keys (case-sensitively); HTTP
+                // clients may hand them over lower-cased (protocol.md §5.9).
                 let headers: plist::Dictionary = headers
                     .iter()
-                    .map(|(k, v)| (k.clone(), plist::Value::from(v.clone())))
+                    .map(|(k, v)| (canonical_header_name(k), plist::Value::from(v.clone())))
                     .collect();
                 d.insert(
                     "ActivationResponseHeaders".into(),
@@ -129,6 +132,23 @@ impl Command {
             other => return Err(MobileActivationError::UnknownCommand(other.to_string())),
         })
     }
+}
+
+/// A header name as HTTP/1.1 servers spell it and every peer passes it on (`Content-Type`,
+/// `X-Client-Request-Id`: Go's canonical form): the first letter and each letter after a
+/// `-` upper-case, the rest lower-case.
+pub fn canonical_header_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        upper = c == '-';
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +257,10 @@ mod tests {
     fn session_request_carries_response_headers_as_a_dictionary() {
         let value = Command::HandleActivationInfoWithSession {
             body: vec![1, 2],
-            headers: vec![("X-Apple-Header".into(), "v".into())],
+            headers: vec![
+                ("x-apple-header".into(), "v".into()),
+                ("content-type".into(), "text/xml".into()),
+            ],
         }
         .to_plist();
         let d = value.as_dictionary().expect("dict");
@@ -253,6 +276,26 @@ mod tests {
             headers.get("X-Apple-Header").and_then(|v| v.as_string()),
             Some("v")
         );
+        assert_eq!(
+            headers.get("Content-Type").and_then(|v| v.as_string()),
+            Some("text/xml")
+        );
+        assert!(headers.get("content-type").is_none());
+    }
+
+    #[test]
+    fn header_names_take_the_canonical_spelling() {
+        for (name, canonical) in [
+            ("content-type", "Content-Type"),
+            ("CONTENT-TYPE", "Content-Type"),
+            ("x-client-request-id", "X-Client-Request-Id"),
+            ("X-XSS-Protection", "X-Xss-Protection"),
+            ("etag", "Etag"),
+            ("x--y", "X--Y"),
+            ("", ""),
+        ] {
+            assert_eq!(canonical_header_name(name), canonical, "{name}");
+        }
     }
 
     #[tokio::test]

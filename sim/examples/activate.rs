@@ -18,7 +18,9 @@ use std::process::ExitCode;
 
 use flow::{BoxError, Driver};
 use plist::Value;
-use station_protocol::activation::{lock_form_submission, ActivationResponse, FormEncoding};
+use station_protocol::activation::{
+    continue_form_submission, lock_form_submission, ActivationResponse, FormEncoding,
+};
 use station_sim::ReadyInfo;
 
 /// Retries of a 5xx answer.
@@ -64,7 +66,7 @@ async fn run() -> Result<(), BoxError> {
         println!("already activated");
         return Ok(());
     }
-    let activation_info = d.activation_info().await?;
+    let mut activation_info = d.activation_info().await?;
     let mut answer = d
         .request_activation(&activation_info, FormEncoding::UrlEncoded)
         .await?;
@@ -90,6 +92,19 @@ async fn run() -> Result<(), BoxError> {
                     d.get_value("ActivationState").await?
                 );
                 return Ok(());
+            }
+            ActivationResponse::ContinueForm(page) => {
+                println!("a page of hidden fields: posting it back");
+                let sub = continue_form_submission(&page);
+                answer = d.post(&sub.to_request(FormEncoding::UrlEncoded)?).await?;
+            }
+            // An alert alone: that code was wrong, and the exchange starts over.
+            ActivationResponse::AuthAlert { page, .. } if page.fields.is_empty() => {
+                println!("code rejected: starting over");
+                activation_info = d.activation_info().await?;
+                answer = d
+                    .request_activation(&activation_info, FormEncoding::UrlEncoded)
+                    .await?;
             }
             ActivationResponse::LockForm(page) | ActivationResponse::AuthAlert { page, .. } => {
                 let Some(code) = codes.next() else {

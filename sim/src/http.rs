@@ -28,6 +28,10 @@ pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 /// What a server does with one request. Handlers never fail: every problem is an answer.
 pub(crate) trait Handler: Clone + Send + Sync + 'static {
+    /// Header names go out as `Content-Type` rather than hyper's `content-type`: what an
+    /// HTTP/1.1 server like Albert sends, and what clients then pass on as received.
+    const TITLE_CASE_HEADERS: bool = false;
+
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
@@ -119,6 +123,7 @@ pub(crate) async fn serve<H: Handler>(
                         let conn = hyper::server::conn::http1::Builder::new()
                             .timer(TokioTimer::new())
                             .header_read_timeout(HEADER_TIMEOUT)
+                            .title_case_headers(H::TITLE_CASE_HEADERS)
                             .serve_connection(TokioIo::new(stream), service);
                         match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),

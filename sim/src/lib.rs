@@ -59,5 +59,5 @@ pub use station_config::ConfigSource;
 pub use world::{
     default_world, ActivationServerSpec, ActivationState, DeviceProfile, DeviceSpec, Enrollment,
     EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm, Trust, World,
-    WorldError,
+    WorldError, WrongCredentials,
 };

@@ -10,14 +10,15 @@ use common::flow::{Driver, HttpAnswer};
 use common::*;
 use plist::Value;
 use station_protocol::activation::{
-    classify_response, lock_form_submission, ActivationResponse, BuddyPage, Endpoint, FormEncoding,
-    HttpRequestParts, RecordContainer, USER_AGENT,
+    classify_response, continue_form_submission, lock_form_submission, ActivationResponse,
+    BuddyPage, Endpoint, FormEncoding, HttpRequestParts, RecordContainer, USER_AGENT,
 };
 use station_protocol::bypass_code::BypassCode;
 use station_protocol::lockdown::LockdownErrorKind;
 use station_protocol::mobileactivation::{Command, MobileActivationError};
 use station_sim::{
     default_world, ActivationState, AlbertOutcome, DeviceSpec, Lock, ReadyDevice, World,
+    WrongCredentials,
 };
 
 async fn driver(tb: &TestBench, udid: &str) -> Driver {
@@ -87,7 +88,9 @@ async fn submit(d: &Driver, page: &BuddyPage, username: &str, password: &str) ->
     .await
 }
 
-fn alert_page(answer: &HttpAnswer) -> BuddyPage {
+/// The wrong-credentials alert; its page (empty by default, the form with
+/// `wrong_credentials = "alert_over_form"`).
+fn alert(answer: &HttpAnswer) -> BuddyPage {
     match answer.classify() {
         ActivationResponse::AuthAlert {
             title,
@@ -95,15 +98,25 @@ fn alert_page(answer: &HttpAnswer) -> BuddyPage {
             page,
         } => {
             assert_eq!(title.as_deref(), Some("Activation Lock"));
-            assert_eq!(
-                message.as_deref(),
-                Some("Incorrect Apple Account or password.")
-            );
-            assert_eq!(page.fields.len(), 2, "the form comes again");
+            assert_eq!(message.as_deref(), Some("Incorrect Apple ID or password."));
             page
         }
         other => panic!("expected the wrong-credentials alert, got {other:?}"),
     }
+}
+
+/// The default answer to wrong credentials: an alert and nothing to fill in again.
+fn alert_only(answer: &HttpAnswer) {
+    let page = alert(answer);
+    assert!(page.fields.is_empty() && page.hidden.is_empty(), "{page:?}");
+    let text = String::from_utf8_lossy(&answer.body);
+    assert!(!text.contains("<page"), "{text}");
+}
+
+/// A new exchange up to the lock form, as after an alert.
+async fn lock_form_again(d: &mut Driver) -> BuddyPage {
+    let info = info(d).await;
+    lock_page(&first_request(d, &info, FormEncoding::UrlEncoded).await)
 }
 
 fn error_title(answer: &HttpAnswer) -> String {
@@ -346,16 +359,21 @@ async fn mdm_locked_phone_is_released_by_its_code_only() {
     // protocol.md §5.6: the page's structure, as rendered.
     let text = String::from_utf8(answer.body.clone()).expect("utf8");
     for needle in [
-        "<xmlui",
-        "<page name=\"FMIPLockChallenge\"",
-        "<navigationBar title=\"Activation Lock\"",
+        "<xmlui style=\"setupAssistant\">",
+        "<page name=\"FMIPLockChallenge\">",
+        "<script><![CDATA[",
+        "function enableNext()",
+        "<navigationBar title=\"Activation Lock\" hidesBackButton=\"false\" loadingTitle=\"Activating...\">",
+        "<linkBarItem id=\"next\" url=\"/deviceservices/deviceActivation\" position=\"right\" label=\"Next\" enabledFunction=\"enableNext\" httpMethod=\"POST\"/>",
         "<tableView>",
         "<section>",
         "<footer>",
-        "<editableTextRow id=\"login\"",
-        "<editableTextRow id=\"password\"",
-        "secure=\"true\"",
-        "<serverInfo",
+        "<section/>",
+        "<editableTextRow id=\"login\" label=\"Apple ID\" keyboardType=\"email\"",
+        "value=\"\"",
+        "<editableTextRow id=\"password\" label=\"Password\" placeholder=\"Required\" secure=\"true\"/>",
+        "<footer url=\"https://",
+        "</page>\n  <serverInfo",
         "activation-info-base64=\"",
         "isAuthRequired=\"true\"",
     ] {
@@ -367,7 +385,7 @@ async fn mdm_locked_phone_is_released_by_its_code_only() {
     assert!(description.contains("d\u{2022}"), "{description}");
     assert_eq!(page.fields[0].id, "login");
     assert!(!page.fields[0].secure);
-    assert_eq!(page.fields[0].label.as_deref(), Some("Apple Account"));
+    assert_eq!(page.fields[0].label.as_deref(), Some("Apple ID"));
     assert_eq!(page.fields[1].id, "password");
     assert!(page.fields[1].secure);
     assert!(page.is_auth_required());
@@ -375,14 +393,18 @@ async fn mdm_locked_phone_is_released_by_its_code_only() {
     assert!(page.hidden_field("challenge").is_some());
     assert_eq!(
         page.submit.as_ref().map(|s| s.url.clone()),
-        Some(d.endpoint_url(Endpoint::DeviceActivation))
+        Some("/deviceservices/deviceActivation".to_string())
     );
 
-    // A wrong code, the stale one, the right one with a username: the alert, form again.
+    // A wrong code, the stale one, the right one with a username: an alert alone, and the
+    // exchange starts over for the next try.
     let wrong = BypassCode::from_raw(&[7; 16]).reveal();
-    let page = alert_page(&submit(&d, &page, "", &wrong).await);
-    let page = alert_page(&submit(&d, &page, "", &stale).await);
-    let page = alert_page(&submit(&d, &page, "someone@example.com", &good.reveal()).await);
+    alert_only(&submit(&d, &page, "", &wrong).await);
+    let page = lock_form_again(&mut d).await;
+    alert_only(&submit(&d, &page, "", &stale).await);
+    let page = lock_form_again(&mut d).await;
+    alert_only(&submit(&d, &page, "someone@example.com", &good.reveal()).await);
+    let page = lock_form_again(&mut d).await;
     assert_eq!(state(&mut d).await, "Unactivated");
 
     // The right code, lower case and without dashes: a record.
@@ -398,9 +420,13 @@ async fn mdm_locked_phone_is_released_by_its_code_only() {
         .iter()
         .filter(|r| r.endpoint == Some(Endpoint::DeviceActivation))
         .collect();
-    assert_eq!(activations.len(), 5);
-    assert_eq!(activations[0].outcome, AlbertOutcome::LockForm);
-    for r in &activations[1..] {
+    assert_eq!(activations.len(), 8);
+    for (i, r) in activations.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(r.outcome, AlbertOutcome::LockForm);
+            assert_eq!(r.fields, ["activation-info"]);
+            continue;
+        }
         assert_eq!(r.fields[0], "activation-info-base64");
         for f in ["login", "password", "isAuthRequired", "challenge"] {
             assert!(r.fields.iter().any(|x| x == f), "{f} in {:?}", r.fields);
@@ -408,12 +434,13 @@ async fn mdm_locked_phone_is_released_by_its_code_only() {
         assert!(!r.fields.iter().any(|x| x == "activation-info"));
     }
     assert_eq!(activations[1].login.as_deref(), Some(""));
-    assert_eq!(activations[3].login.as_deref(), Some("someone@example.com"));
+    assert_eq!(activations[1].outcome, AlbertOutcome::AuthAlert);
+    assert_eq!(activations[5].login.as_deref(), Some("someone@example.com"));
     assert_eq!(
-        activations[4].password.as_deref(),
+        activations[7].password.as_deref(),
         Some(good.masked().as_str())
     );
-    assert_eq!(activations[4].outcome, AlbertOutcome::Record);
+    assert_eq!(activations[7].outcome, AlbertOutcome::Record);
     let everything = format!("{:?}", tb.bench.albert().requests());
     for code in [good.reveal(), good.reveal_compact(), stale.clone(), wrong] {
         assert!(!everything.contains(&code), "a whole code in the log");
@@ -432,6 +459,10 @@ async fn user_locked_phone_is_never_released_by_a_code() {
     let dev = device(&tb, |d| d.lock == "user");
     assert!(dev.codes.is_empty());
     let mut d = driver(&tb, &dev.udid).await;
+    // The alert over the form, to try again on the same page.
+    tb.bench
+        .albert()
+        .set_wrong_credentials(WrongCredentials::AlertOverForm);
     let info = info(&mut d).await;
     let mut page = lock_page(&first_request(&mut d, &info, FormEncoding::UrlEncoded).await);
     for (user, password) in [
@@ -440,7 +471,8 @@ async fn user_locked_phone_is_never_released_by_a_code() {
         ("", ""),
         ("owner@icloud.com", "hunter2"),
     ] {
-        page = alert_page(&submit(&d, &page, user, password).await);
+        page = alert(&submit(&d, &page, user, password).await);
+        assert_eq!(page.fields.len(), 2, "the form comes again");
     }
     assert_eq!(state(&mut d).await, "Unactivated");
     tb.shutdown().await;
@@ -604,7 +636,36 @@ async fn a_record_is_accepted_only_by_its_phone_with_its_headers() {
     assert!(msg.contains("not signed"), "{msg}");
     assert_eq!(state(&mut a).await, "Unactivated");
 
-    hand_over(&mut a, body, headers).await.expect("accepted");
+    // The phone reads the headers as a dictionary: names under another spelling than the
+    // server's (`content-type`, as HTTP libraries hand them out) are not found.
+    let lower: plist::Dictionary = headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), Value::String(v.clone())))
+        .collect();
+    let mut request = plist::Dictionary::new();
+    request.insert(
+        "Command".into(),
+        "HandleActivationInfoWithSessionRequest".into(),
+    );
+    request.insert("Value".into(), Value::Data(body.clone()));
+    request.insert("ActivationResponseHeaders".into(), Value::Dictionary(lower));
+    let reply = within(a.raw_command(&Value::Dictionary(request)))
+        .await
+        .expect("reply");
+    let error = reply
+        .as_dictionary()
+        .and_then(|d| d.get("Error"))
+        .and_then(Value::as_string)
+        .expect("an Error reply");
+    assert!(error.contains("no Content-Type"), "{error}");
+    assert_eq!(state(&mut a).await, "Unactivated");
+
+    // The protocol crate's command restores the canonical spelling.
+    let lowered = headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+    hand_over(&mut a, body, lowered).await.expect("accepted");
     assert_eq!(state(&mut a).await, "Activated");
     assert_eq!(state(&mut b).await, "Unactivated");
     tb.shutdown().await;
@@ -864,6 +925,20 @@ async fn legacy_activate_and_deactivate() {
     tb.shutdown().await;
 }
 
+/// The status line and headers of one raw HTTP/1.1 exchange, as sent.
+async fn raw_http_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test]
 async fn http_limits_and_routes() {
     let tb = start(default_world(1, 37)).await;
@@ -908,6 +983,39 @@ async fn http_limits_and_routes() {
     .await
     .expect("answer");
     assert_eq!(status(r), 400);
+
+    // On the wire: HTTP/1.1 with Albert's header set under its spelling (protocol.md §5.6).
+    let head = within(raw_http_head(
+        albert.addr(),
+        "GET /deviceservices/drmHandshake HTTP/1.1\r\nHost: albert\r\nConnection: close\r\n\r\n",
+    ))
+    .await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    for line in [
+        "Cache-Control: private, no-cache, no-store, must-revalidate, max-age=0",
+        "Content-Type: text/plain",
+        "Server: Apple",
+        "X-Content-Type-Options: nosniff",
+        "X-Frame-Options: SAMEORIGIN",
+        "X-Xss-Protection: 1; mode=block",
+    ] {
+        assert!(
+            head.contains(&format!("\r\n{line}")),
+            "{line} missing:\n{head}"
+        );
+    }
+    for name in [
+        "Connection",
+        "Content-Length",
+        "Date",
+        "Strict-Transport-Security",
+        "X-Client-Request-Id",
+    ] {
+        assert!(
+            head.contains(&format!("\r\n{name}: ")),
+            "{name} missing:\n{head}"
+        );
+    }
 
     let headers = vec![("Content-Type".to_string(), "text/plain".to_string())];
     assert!(matches!(
@@ -959,5 +1067,100 @@ async fn ready_info_describes_the_activation_side() {
     assert!(json.contains("\"lock\": \"mdm\""));
     assert!(json.contains(&mdm.codes[0]));
     assert!(json.contains("\"stale_codes\""));
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_page_of_hidden_fields_and_a_record_with_its_ack() {
+    let mut w = world_of(vec![spec(Lock::None)]);
+    w.activation_server.continue_page = true;
+    w.activation_server.record_ack = true;
+    let tb = start(w).await;
+    let udid = tb.udids()[0].clone();
+    let mut d = driver(&tb, &udid).await;
+    let info = info(&mut d).await;
+    let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
+    let page = match answer.classify() {
+        ActivationResponse::ContinueForm(page) => page,
+        other => panic!("expected a page of hidden fields, got {other:?}"),
+    };
+    assert!(page.fields.is_empty());
+    // Posted back as it is: the record, which also says ack-received.
+    let sub = continue_form_submission(&page);
+    let answer = post(
+        &d,
+        &sub.to_request(FormEncoding::UrlEncoded).expect("request"),
+    )
+    .await;
+    let (body, headers) = match answer.classify() {
+        ActivationResponse::Record {
+            raw_body,
+            headers,
+            acknowledged,
+            ..
+        } => {
+            assert!(acknowledged, "record_ack");
+            (raw_body, headers)
+        }
+        other => panic!("expected a record, got {other:?}"),
+    };
+    hand_over(&mut d, body, headers).await.expect("applied");
+    assert_eq!(state(&mut d).await, "Activated");
+    let outcomes: Vec<AlbertOutcome> = tb
+        .bench
+        .albert()
+        .requests_for(&udid)
+        .into_iter()
+        .filter(|r| r.endpoint == Some(Endpoint::DeviceActivation))
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [AlbertOutcome::ContinuePage, AlbertOutcome::Record]
+    );
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_commands_keep_their_connection_and_sessions_can_expire() {
+    let tb = start(world_of(vec![
+        DeviceSpec {
+            activation_info_delay_ms: Some(1500),
+            handle_record_delay_ms: Some(800),
+            ..spec(Lock::None)
+        },
+        DeviceSpec {
+            activation_session_lifetime_ms: Some(1000),
+            ..spec(Lock::None)
+        },
+    ]))
+    .await;
+    let udids = tb.udids();
+
+    // The phone answers late, on the same connection.
+    let mut slow = driver(&tb, &udids[0]).await;
+    let started = Instant::now();
+    let info_a = info(&mut slow).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let (body, headers) =
+        record_of(&first_request(&mut slow, &info_a, FormEncoding::UrlEncoded).await);
+    let started = Instant::now();
+    hand_over(&mut slow, body, headers).await.expect("applied");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(state(&mut slow).await, "Activated");
+
+    // A handshake older than the session lifetime is refused.
+    let mut expiring = driver(&tb, &udids[1]).await;
+    let handshake = within(expiring.handshake()).await.expect("handshake");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let refused = within(expiring.activation_info_from(handshake.body))
+        .await
+        .expect_err("session over");
+    assert!(
+        refused.to_string().contains("Failed to establish session."),
+        "{refused}"
+    );
+    // A fresh one goes through.
+    let _ = info(&mut expiring).await;
     tb.shutdown().await;
 }

@@ -176,6 +176,7 @@ ranged!(attempts_range, u32, 1, 20);
 ranged!(backoff_range, u64, 0, 600_000);
 ranged!(hook_timeout_range, u64, 1, 300);
 ranged!(wait_range, u64, 0, 3600);
+ranged!(session_age_range, u64, 1, 3600);
 
 fn rate_range<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let value = f64::deserialize(d)?;
@@ -257,6 +258,18 @@ pub struct Activation {
     #[serde(deserialize_with = "timeout_range")]
     pub timeout_secs: u64,
     pub encoding: Encoding,
+    /// Seconds a phone may take to answer one mobileactivationd command: building the
+    /// activation info runs FairPlay on the phone (libimobiledevice allows 30 s).
+    #[serde(deserialize_with = "timeout_range")]
+    pub command_timeout_secs: u64,
+    /// Seconds after the handshake beyond which the exchange is started again before a
+    /// bypass code is submitted (a slow code look-up must not answer a stale session).
+    #[serde(deserialize_with = "session_age_range")]
+    pub session_max_age_secs: u64,
+    /// The User-Agent sent to the activation server; the station's built-in device-style
+    /// one when absent.
+    #[serde(deserialize_with = "user_agent")]
+    pub user_agent: Option<String>,
 }
 
 impl Default for Activation {
@@ -265,8 +278,23 @@ impl Default for Activation {
             url: "https://albert.apple.com".to_string(),
             timeout_secs: 30,
             encoding: Encoding::Urlencoded,
+            command_timeout_secs: 60,
+            session_max_age_secs: 120,
+            user_agent: None,
         }
     }
+}
+
+/// A User-Agent that is a valid, printable header value.
+fn user_agent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = String::deserialize(d)?;
+    let printable = value.chars().all(|c| c == ' ' || c.is_ascii_graphic());
+    if value.trim().is_empty() || value.len() > 256 || !printable {
+        return Err(serde::de::Error::custom(
+            "user_agent must be 1 to 256 printable ASCII characters",
+        ));
+    }
+    Ok(Some(value))
 }
 
 /// Bounded retries with exponential backoff for transient failures.

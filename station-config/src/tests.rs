@@ -17,6 +17,9 @@ fn empty_file_gives_defaults() {
     assert_eq!(config.station.concurrency, 10);
     assert_eq!(config.station.timeout_secs, 10);
     assert_eq!(config.activation.url, "https://albert.apple.com");
+    assert_eq!(config.activation.command_timeout_secs, 60);
+    assert_eq!(config.activation.session_max_age_secs, 120);
+    assert_eq!(config.activation.user_agent, None);
     assert_eq!(config.retry.attempts, 4);
     assert!(config.codes.sources.is_empty());
 }
@@ -71,6 +74,23 @@ fn wrong_types_and_values_point_at_the_value() {
     assert!(text.contains("out of range 1..=256"), "{text}");
     let text = error("[activation]\nencoding = \"xml\"\n");
     assert!(text.contains("station.toml:2:"), "{text}");
+    let text = error("[activation]\ncommand_timeout_secs = 0\n");
+    assert!(text.starts_with("station.toml:2:"), "{text}");
+    assert!(text.contains("out of range 1..=600"), "{text}");
+    let text = error("[activation]\nsession_max_age_secs = 0\n");
+    assert!(text.contains("out of range 1..=3600"), "{text}");
+    let text = error("[activation]\nuser_agent = \"\"\n");
+    assert!(text.contains("printable ASCII"), "{text}");
+    let text = error("[activation]\nuser_agent = \"a\\nb\"\n");
+    assert!(text.contains("printable ASCII"), "{text}");
+    let config = parse("[activation]\ncommand_timeout_secs = 90\nsession_max_age_secs = 60\nuser_agent = \"iOS Device Activator (MobileActivation-20 built on Jan 15 2012 at 19:07:28)\"\n")
+        .expect("valid activation keys");
+    assert_eq!(config.activation.command_timeout_secs, 90);
+    assert_eq!(config.activation.session_max_age_secs, 60);
+    assert_eq!(
+        config.activation.user_agent.as_deref(),
+        Some("iOS Device Activator (MobileActivation-20 built on Jan 15 2012 at 19:07:28)")
+    );
     let text = error("[retry]\ninitial_backoff_ms = 9000\nmax_backoff_ms = 10\n");
     assert!(text.starts_with("station.toml:2:1:"), "{text}");
 }

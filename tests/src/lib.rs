@@ -594,6 +594,22 @@ impl Bench {
         self.annotate(run_with_timeout(cmd, PMD3_TIMEOUT))
     }
 
+    /// A Python script run by pymobiledevice3's own interpreter (its virtualenv), with the
+    /// same environment as [`Bench::pmd3`]: for library calls the command line does not offer.
+    #[track_caller]
+    pub fn pmd3_python(&self, script: &str, args: &[&str]) -> Output {
+        let pmd3 = require_pmd3();
+        let python = pmd3.with_file_name("python");
+        assert!(
+            is_executable(&python),
+            "no python next to {}: run `scripts/test`",
+            pmd3.display()
+        );
+        let mut cmd = self.tool_command(&python, self.socket().display().to_string());
+        cmd.arg("-c").arg(script).args(args);
+        self.annotate(run_with_timeout(cmd, PMD3_TIMEOUT))
+    }
+
     /// The `station` binary against this bench (`USBMUXD_SOCKET_ADDRESS=UNIX:<socket>`, private HOME).
     #[track_caller]
     pub fn station(&self, args: &[&str]) -> Output {

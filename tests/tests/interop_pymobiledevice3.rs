@@ -144,3 +144,62 @@ fn check_lockdown_info(bench: &Bench, dev: &ReadyDevice) {
         );
     }
 }
+
+/// Drives pymobiledevice3's own activation (`MobileActivationService.activate`) against the
+/// bench: its Albert URLs are module constants, pointed at the stand-in; its prompts are
+/// answered like an operator with a bypass code (Apple ID blank, the code as password).
+const PMD3_ACTIVATE: &str = r#"
+import asyncio, sys, types
+from pymobiledevice3.lockdown import create_using_usbmux
+from pymobiledevice3.services import mobile_activation as ma
+
+base, udid, code = sys.argv[1], sys.argv[2], sys.argv[3]
+ma.ACTIVATION_DEFAULT_URL = base + "/deviceActivation"
+ma.ACTIVATION_DRM_HANDSHAKE_DEFAULT_URL = base + "/drmHandshake"
+ma.questionary = types.SimpleNamespace(
+    text=lambda label: ("text", label), password=lambda label: ("password", label)
+)
+ma.ask_prompt = lambda question: code if question[0] == "password" else ""
+
+async def main():
+    lockdown = await create_using_usbmux(serial=udid)
+    service = ma.MobileActivationService(lockdown)
+    await service.activate()
+    print("STATE", await service.state())
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn pymobiledevice3_activates_a_clean_and_an_mdm_locked_phone() {
+    let bench = Bench::start(3);
+    let url = bench.ready.raw["activation_url"]
+        .as_str()
+        .expect("activation_url")
+        .to_string();
+    let mut activated = 0;
+    for dev in bench.ready.devices.clone() {
+        if dev.activation_state != "Unactivated" {
+            continue;
+        }
+        let code = dev.raw["codes"][0].as_str().unwrap_or("").to_string();
+        // The lock page's structure and Albert's header spelling are what pymobiledevice3
+        // reads; the phone takes the headers exactly as pymobiledevice3 passes them on.
+        let out = bench.pmd3_python(PMD3_ACTIVATE, &[&url, &dev.udid, &code]);
+        out.assert_success();
+        assert!(
+            out.stdout.contains("STATE Activated"),
+            "{} ({}): {out}",
+            dev.udid,
+            dev.raw["lock"]
+        );
+        if dev.raw["lock"] == "mdm" {
+            assert!(out.stdout.contains("Activation Lock"), "{out}");
+        }
+        let info = bench.idevice("ideviceinfo", &["-u", &dev.udid, "-k", "ActivationState"]);
+        info.assert_success();
+        assert_eq!(info.stdout.trim(), "Activated");
+        activated += 1;
+    }
+    assert_eq!(activated, 2, "a clean and an MDM-locked phone");
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use station_sim::Endpoint;
+use station_sim::{AlbertOutcome, Endpoint};
 use station_tests::inproc::InProcBench;
 use station_tests::Output;
 
@@ -355,5 +355,160 @@ async fn no_bypass_code_is_ever_printed_whole() {
                 "a bypass code appeared whole ({form})"
             );
         }
+    }
+}
+
+/// `station --json activate` of phone `index` with a configuration of its own: the bench's
+/// server and socket, `codes` as the CSV source, and `activation` appended to `[activation]`.
+async fn activate_configured(
+    bench: &InProcBench,
+    index: usize,
+    codes: Option<&Path>,
+    activation: &str,
+) -> (Output, Value) {
+    let config = bench.station_config(codes, 1, "");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let text = text.replacen("\n\n[retry]", &format!("\n{activation}\n\n[retry]"), 1);
+    std::fs::write(&config, text).expect("write config");
+    let config = config.display().to_string();
+    let out = bench
+        .station(
+            &[
+                "--config",
+                &config,
+                "--json",
+                "activate",
+                "--udid",
+                &bench.udids[index],
+            ],
+            false,
+        )
+        .await;
+    let json: Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    (out, json)
+}
+
+fn outcomes_of(bench: &InProcBench, index: usize, endpoint: Endpoint) -> Vec<AlbertOutcome> {
+    bench
+        .bench
+        .albert()
+        .requests_for(&bench.udids[index])
+        .into_iter()
+        .filter(|r| r.endpoint == Some(endpoint))
+        .map(|r| r.outcome)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_slow_to_build_its_activation_info_is_released_and_activated() {
+    // FairPlay on a real phone can take many seconds: 20 s here, twice lockdown's idle
+    // timeout and the station's general reply timeout.
+    let b = InProcBench::start(&format!(
+        "seed = 12\n\n[[device]]\nlock = \"mdm\"\ncodes = [\"{GOOD}\"]\nactivation_info_delay_ms = 20000\n"
+    ))
+    .await;
+    let csv = b.codes_csv("codes.csv", &[(0, GOOD, "device")]);
+    let (out, json) = activate_configured(&b, 0, Some(&csv), "").await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(json["activation_locked"], true);
+    assert!(json["elapsed_ms"].as_u64().unwrap_or_default() >= 20_000);
+    assert_eq!(b.ideviceinfo_state(0).await, "Activated");
+
+    // With a bound below the phone's time the command times out, retryably.
+    let b = InProcBench::start("seed = 13\n\n[[device]]\nactivation_info_delay_ms = 3000\n").await;
+    let (out, json) = activate_configured(&b, 0, None, "command_timeout_secs = 1").await;
+    assert_eq!(outcome(&json), "device_error", "{out}");
+    assert_eq!(json["retryable"], true, "{out}");
+    assert_eq!(json["step"], "activation_info", "{out}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("command_timeout_secs"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_says_ack_received_is_applied_and_the_state_polled() {
+    // The record comes with ack-received; the phone takes 1.5 s over it and says
+    // Activated 2 s after that. A second phone never says so within the station's wait.
+    let b = InProcBench::start(
+        "seed = 14\n\n[activation_server]\nrecord_ack = true\n\n[[device]]\nhandle_record_delay_ms = 1500\nactivated_after_ms = 2000\n\n[[device]]\nactivated_after_ms = 30000\n",
+    )
+    .await;
+    let (out, json) = activate_configured(&b, 0, None, "").await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(json["activation_state"], "Activated");
+    assert_eq!(b.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(
+        outcomes_of(&b, 0, Endpoint::DeviceActivation),
+        [AlbertOutcome::Record]
+    );
+
+    // Success only when the phone says so.
+    let (out, json) = activate_configured(&b, 1, None, "").await;
+    assert_eq!(outcome(&json), "device_error", "{out}");
+    assert_eq!(json["step"], "verify", "{out}");
+    assert_eq!(json["activation_state"], "Unactivated", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_code_answered_by_an_alert_alone_starts_over_with_the_next() {
+    let b = InProcBench::start(&format!(
+        "seed = 15\n\n[[device]]\nlock = \"mdm\"\ncodes = [\"{GOOD}\"]\n"
+    ))
+    .await;
+    let csv = b.codes_csv("codes.csv", &[(0, WRONG, "device"), (0, GOOD, "server")]);
+    let (out, json) = activate_configured(&b, 0, Some(&csv), "").await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(json["codes_tried"], 2);
+    assert_eq!(json["released_by"]["code"], "3UM43-…-FKA4");
+    // Lock form, alert alone, a new exchange from the handshake on, the lock form, a record.
+    assert_eq!(
+        outcomes_of(&b, 0, Endpoint::DeviceActivation),
+        [
+            AlbertOutcome::LockForm,
+            AlbertOutcome::AuthAlert,
+            AlbertOutcome::LockForm,
+            AlbertOutcome::Record
+        ]
+    );
+    assert_eq!(outcomes_of(&b, 0, Endpoint::DrmHandshake).len(), 2);
+    assert_eq!(b.ideviceinfo_state(0).await, "Activated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_hidden_fields_is_posted_back_and_the_user_agent_is_configurable() {
+    let b = InProcBench::start(&format!(
+        "seed = 16\n\n[activation_server]\ncontinue_page = true\n\n[[device]]\n\n[[device]]\nlock = \"mdm\"\ncodes = [\"{GOOD}\"]\n"
+    ))
+    .await;
+    let csv = b.codes_csv("codes.csv", &[(1, GOOD, "device")]);
+    let legacy = "iOS Device Activator (MobileActivation-20 built on Jan 15 2012 at 19:07:28)";
+    for index in [0, 1] {
+        let (out, json) =
+            activate_configured(&b, index, Some(&csv), &format!("user_agent = \"{legacy}\"")).await;
+        assert_eq!(outcome(&json), "activated", "{out}");
+        assert_eq!(b.ideviceinfo_state(index).await, "Activated");
+    }
+    assert_eq!(
+        outcomes_of(&b, 0, Endpoint::DeviceActivation),
+        [AlbertOutcome::ContinuePage, AlbertOutcome::Record]
+    );
+    assert_eq!(
+        outcomes_of(&b, 1, Endpoint::DeviceActivation),
+        [
+            AlbertOutcome::ContinuePage,
+            AlbertOutcome::LockForm,
+            AlbertOutcome::Record
+        ]
+    );
+    // The page was echoed as it was: its hidden fields, no rows, no activation-info.
+    let echo = &b.bench.albert().requests_for(&b.udids[0])[2];
+    assert_eq!(echo.fields, ["activation-info-base64", "challenge"]);
+    for request in b.bench.albert().requests() {
+        assert_eq!(request.user_agent.as_deref(), Some(legacy));
     }
 }

@@ -523,3 +523,126 @@ async fn no_secret_token_or_code_in_any_output_at_trace_level() {
         "a revealed code was logged"
     );
 }
+
+/// Two phones whose handshake sessions end 4 s after they began, their codes in Intune, and
+/// a clean phone.
+const SHORT_SESSION_WORLD: &str = r#"
+seed = 22
+
+[[device]]
+lock = "mdm"
+codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+activation_session_lifetime_ms = 4000
+
+[[device]]
+lock = "mdm"
+codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
+activation_session_lifetime_ms = 4000
+
+[[device]]
+intune = true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
+    let bench = InProcBench::start_with(SHORT_SESSION_WORLD, |config| {
+        config.station_config_sources = vec![ConfigSource::Intune];
+    })
+    .await;
+    let url = bench.bench.activation_url().to_string();
+    let config_with = |max_age: u64| {
+        let text = std::fs::read_to_string(bench.bench.station_config()).expect("read config");
+        let text = text.replacen(
+            "[activation]\n",
+            &format!("[activation]\nsession_max_age_secs = {max_age}\n"),
+            1,
+        );
+        let path = bench.path(&format!("station-{max_age}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        path.display().to_string()
+    };
+    let activate = |config: String, index: usize| {
+        let (udid, url) = (bench.udids[index].clone(), url.clone());
+        let bench = &bench;
+        async move {
+            let out = bench
+                .station(
+                    &[
+                        "--config",
+                        &config,
+                        "--json",
+                        "activate",
+                        "--udid",
+                        &udid,
+                        "--activation-url",
+                        &url,
+                    ],
+                    false,
+                )
+                .await;
+            let json: Value = serde_json::from_str(out.stdout.trim())
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+            (out, json)
+        }
+    };
+    let handshakes = |index: usize| {
+        bench
+            .bench
+            .albert()
+            .requests_for(&bench.udids[index])
+            .into_iter()
+            .filter(|r| r.endpoint == Some(station_sim::Endpoint::DrmHandshake))
+            .count()
+    };
+    let graph = bench.bench.graph();
+
+    // Intune throttles twice for 3 s: the code arrives ~6 s after the look-up began, and
+    // the look-up began before the handshake. Older than 2 s, the session is started
+    // again before the code goes out, and the phone takes the record.
+    graph.set_throttle_next(2, Duration::from_secs(3));
+    let (out, json) = activate(config_with(2), 0).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["codes_tried"], 1);
+    assert_eq!(handshakes(0), 2, "the handshake was redone");
+    let outcomes: Vec<MdmOutcome> = graph
+        .graph_requests()
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert!(
+        outcomes.contains(&MdmOutcome::Throttled { early: false }),
+        "{outcomes:?}"
+    );
+    assert!(
+        !outcomes.contains(&MdmOutcome::Throttled { early: true }),
+        "{outcomes:?}"
+    );
+    // The look-up began before the handshake, not at the lock form.
+    let first_graph = graph.graph_requests()[0].at;
+    let first_handshake = bench.bench.albert().requests_for(&bench.udids[0])[0].clone();
+    assert_eq!(
+        first_handshake.endpoint,
+        Some(station_sim::Endpoint::DrmHandshake)
+    );
+    assert!(
+        first_graph < first_handshake.at,
+        "look-up after the handshake"
+    );
+    assert_eq!(bench.ideviceinfo_state(0).await, "Activated");
+
+    // The same wait with a bound above it: the code answers the old session, and the
+    // phone, whose session has ended meanwhile, refuses the record.
+    graph.set_throttle_next(2, Duration::from_secs(3));
+    let (out, json) = activate(config_with(60), 1).await;
+    assert_eq!(json["outcome"], "device_error", "{out}");
+    assert_eq!(json["step"], "apply_record", "{out}");
+    assert_eq!(handshakes(1), 1);
+    assert_eq!(bench.ideviceinfo_state(1).await, "Unactivated");
+
+    // A clean phone never waits on the MDM: its look-up is dropped with the record.
+    graph.set_throttle_next(2, Duration::from_secs(3));
+    let (out, json) = activate(config_with(2), 2).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    let elapsed = json["elapsed_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(elapsed < 3000, "waited {elapsed} ms on a throttled MDM");
+}

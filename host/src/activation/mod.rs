@@ -5,18 +5,24 @@
 
 pub mod http;
 
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use station_protocol::activation::{
-    self, classify_response, device_activation_request, drm_handshake_request,
-    lock_form_submission, ActivationResponse, BuddyPage, Endpoint, FormEncoding, HttpRequestParts,
+    self, classify_response, continue_form_submission, device_activation_request,
+    drm_handshake_request, lock_form_submission, ActivationResponse, BuddyPage, Endpoint,
+    FormEncoding, HttpRequestParts,
 };
+use station_protocol::channel::ChannelError;
 use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FROM};
-use station_protocol::mobileactivation::{self, Command};
+use station_protocol::mobileactivation::{self, Command, MobileActivationError};
 use station_protocol::usbmux::DeviceInfo;
 
-use crate::codes::{CodeKind, CodeLookup, RemoteRelease, SourcedCode};
+use crate::codes::{CodeKind, CodeLookup, Lookup, RemoteRelease, SourcedCode};
 use crate::error::StationError;
 use crate::phone::{Bench, Session};
 use http::{HttpClient, HttpError, RetryPolicy};
@@ -121,13 +127,26 @@ pub struct ActivationReport {
     pub elapsed_ms: u64,
 }
 
-/// Apple's activation server, or a stand-in at another base URL.
+/// How long the phone's state is polled after it took the record, and how often: the
+/// phone may report `Activated` a moment after answering the command.
+const STATE_POLL: Duration = Duration::from_secs(8);
+const STATE_POLL_INTERVAL: Duration = Duration::from_millis(400);
+/// Pages of hidden fields posted back in a row before the answer counts as a loop.
+const MAX_CONTINUE_PAGES: usize = 3;
+
+/// Apple's activation server, or a stand-in at another base URL, and how the exchange with
+/// the phone is paced (the `[activation]` section).
 #[derive(Debug, Clone)]
 pub struct ActivationServer {
     http: HttpClient,
     /// `scheme://host[:port]`; endpoints live under `/deviceservices/`.
     base: String,
     encoding: RequestEncoding,
+    user_agent: String,
+    /// Bound for one mobileactivationd command.
+    command_timeout: Duration,
+    /// A handshake older than this is redone before a bypass code is submitted.
+    session_max_age: Duration,
 }
 
 /// How `activation-info` is posted: both are accepted by Apple (protocol.md §5.4).
@@ -167,11 +186,31 @@ impl ActivationServer {
             http,
             base,
             encoding: RequestEncoding::UrlEncoded,
+            user_agent: activation::USER_AGENT.to_string(),
+            command_timeout: Duration::from_secs(60),
+            session_max_age: Duration::from_secs(120),
         })
     }
 
     pub fn with_encoding(mut self, encoding: RequestEncoding) -> Self {
         self.encoding = encoding;
+        self
+    }
+
+    /// The User-Agent of every request (a device-style one makes Albert answer plists and
+    /// buddyml).
+    pub fn with_user_agent(mut self, user_agent: &str) -> Self {
+        self.user_agent = user_agent.to_string();
+        self
+    }
+
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    pub fn with_session_max_age(mut self, age: Duration) -> Self {
+        self.session_max_age = age;
         self
     }
 
@@ -208,7 +247,15 @@ impl ActivationServer {
         url: &str,
         request: &HttpRequestParts,
     ) -> Result<ActivationResponse, HttpError> {
-        let response = self.http.post(url, &request.headers, &request.body).await?;
+        // The request's own User-Agent would win over the client's: replace it.
+        let headers: Vec<(String, String)> = request
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("User-Agent"))
+            .cloned()
+            .chain([("User-Agent".to_string(), self.user_agent.clone())])
+            .collect();
+        let response = self.http.post(url, &headers, &request.body).await?;
         Ok(classify_response(
             response.status,
             &response.headers,
@@ -349,6 +396,53 @@ pub struct Activator<'a> {
 struct Progress {
     report: ActivationReport,
     step: Step,
+    /// When the phone's current activation session began (`CreateTunnel1SessionInfoRequest`).
+    handshake_at: Option<Instant>,
+}
+
+/// The bypass-code look-up of one phone: started as soon as its serial is known, driven
+/// while the exchange with the phone goes on, awaited only when Apple asks for the lock
+/// (a clean phone never waits on an MDM).
+enum PendingLookup<'a> {
+    Running(BoxFuture<'a, Result<Lookup, String>>),
+    Done(Result<Lookup, String>),
+    Taken,
+}
+
+impl PendingLookup<'_> {
+    fn progress(&mut self, cx: &mut std::task::Context<'_>) {
+        if let PendingLookup::Running(lookup) = self {
+            if let Poll::Ready(result) = lookup.as_mut().poll(cx) {
+                *self = PendingLookup::Done(result);
+            }
+        }
+    }
+
+    /// Runs `work` with the look-up making progress alongside.
+    async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = pin!(work);
+        std::future::poll_fn(|cx| {
+            self.progress(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// The look-up's result, waiting for it if need be; `None` once taken.
+    async fn take(&mut self) -> Option<Result<Lookup, String>> {
+        std::future::poll_fn(|cx| {
+            self.progress(cx);
+            match self {
+                PendingLookup::Running(_) => Poll::Pending,
+                _ => Poll::Ready(()),
+            }
+        })
+        .await;
+        match std::mem::replace(self, PendingLookup::Taken) {
+            PendingLookup::Done(result) => Some(result),
+            _ => None,
+        }
+    }
 }
 
 impl Activator<'_> {
@@ -372,6 +466,7 @@ impl Activator<'_> {
                 elapsed_ms: 0,
             },
             step: Step::Pair,
+            handshake_at: None,
         };
         let span = tracing::info_span!("phone", udid = %device.udid, location = %format!("0x{:08x}", device.location_id));
         let result = tracing::Instrument::instrument(self.run(device, &mut progress), span).await;
@@ -445,11 +540,24 @@ impl Activator<'_> {
             return Ok(());
         }
 
-        let answer = self.request_activation(device, progress).await?;
+        // Codes are looked up while the phone and Apple talk, not after the lock form:
+        // a slow MDM then does not leave the phone's activation session waiting.
+        let mut lookup = PendingLookup::Running(self.codes.lookup(&serial, &device.udid));
+        let answer = lookup
+            .alongside(self.request_activation(device, progress))
+            .await?;
         let (raw_body, headers) = match answer {
             ActivationResponse::Record {
-                raw_body, headers, ..
-            } => (raw_body, headers),
+                raw_body,
+                headers,
+                acknowledged,
+                ..
+            } => {
+                if acknowledged {
+                    tracing::info!("the record comes with ack-received: applying it first");
+                }
+                (raw_body, headers)
+            }
             ActivationResponse::Acknowledged => {
                 progress.report.outcome = Outcome::AlreadyActivated;
                 progress.report.message =
@@ -460,7 +568,7 @@ impl Activator<'_> {
                 self.enter(device, progress, Step::Bypass);
                 progress.report.activation_locked = true;
                 match self
-                    .bypass(device, &serial, page, &mut progress.report)
+                    .bypass(device, &serial, page, progress, &mut lookup)
                     .await?
                 {
                     Bypassed::Record(body, headers) => (body, headers),
@@ -490,7 +598,10 @@ impl Activator<'_> {
         if !mobileactivation::is_activated(&state) {
             return Err(Stop::new(
                 Outcome::DeviceError,
-                format!("the phone accepted the activation record but still reports {state}: replug it and run again"),
+                format!(
+                    "the phone accepted the activation record but still reports {state} after {} s: replug it and run again",
+                    STATE_POLL.as_secs()
+                ),
             ));
         }
         report.outcome = Outcome::Activated;
@@ -518,6 +629,7 @@ impl Activator<'_> {
         let session_info = self
             .mobileactivation(device, Command::CreateTunnel1SessionInfo)
             .await?;
+        progress.handshake_at = Some(Instant::now());
         let session_info =
             mobileactivation::dictionary(&Command::CreateTunnel1SessionInfo, session_info)
                 .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))?;
@@ -553,7 +665,73 @@ impl Activator<'_> {
                     format!("cannot encode the activation request: {e}"),
                 )
             })?;
-        self.post(Endpoint::DeviceActivation, &request).await
+        let url = self.server.url(Endpoint::DeviceActivation);
+        self.post_following(&url, &request).await
+    }
+
+    /// Posts to `deviceActivation`; a page of hidden fields only is posted back as it is
+    /// (ideviceactivation's loop), a few times at most.
+    async fn post_following(
+        &self,
+        url: &str,
+        request: &HttpRequestParts,
+    ) -> Result<ActivationResponse, Stop> {
+        let mut answer = self.post_to(url, request).await?;
+        for _ in 0..MAX_CONTINUE_PAGES {
+            let ActivationResponse::ContinueForm(page) = answer else {
+                return Ok(answer);
+            };
+            tracing::info!(
+                page = page.name.as_deref().unwrap_or(""),
+                "a page of hidden fields: posting it back"
+            );
+            let submission = continue_form_submission(&page);
+            let request = submission
+                .to_request(FormEncoding::UrlEncoded)
+                .map_err(|e| {
+                    Stop::new(Outcome::ServerError, format!("cannot encode the page: {e}"))
+                })?;
+            let url = self.server.submit_url(submission.submit_url());
+            answer = self.post_to(&url, &request).await?;
+        }
+        match answer {
+            ActivationResponse::ContinueForm(_) => Err(Stop::new(
+                Outcome::ServerError,
+                format!(
+                    "the activation server sent more than {MAX_CONTINUE_PAGES} pages without input in a row: retry later"
+                ),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// Whether the phone's activation session is older than the configured bound.
+    fn session_is_stale(&self, progress: &Progress) -> bool {
+        progress
+            .handshake_at
+            .is_none_or(|at| at.elapsed() > self.server.session_max_age)
+    }
+
+    /// The exchange once more, up to Apple's answer: after an alert without a form, or when
+    /// the session grew stale. Returns the lock form, or a record if the lock is gone.
+    async fn exchange_again(
+        &self,
+        device: &DeviceInfo,
+        progress: &mut Progress,
+    ) -> Result<Result<BuddyPage, Bypassed>, Stop> {
+        let answer = self.request_activation(device, progress).await?;
+        self.enter(device, progress, Step::Bypass);
+        match answer {
+            ActivationResponse::LockForm(page) => Ok(Ok(page)),
+            ActivationResponse::AuthAlert { page, .. } if !page.fields.is_empty() => Ok(Ok(page)),
+            ActivationResponse::Record {
+                raw_body, headers, ..
+            } => {
+                tracing::info!("Apple no longer asks for the lock");
+                Ok(Err(Bypassed::Record(raw_body, headers)))
+            }
+            other => Err(unexpected_answer("deviceActivation", other)),
+        }
     }
 
     /// An MDM released the lock without a code: wait as configured, then ask Apple once more.
@@ -716,39 +894,61 @@ impl Activator<'_> {
             )
             .await
             .map_err(|e| StationError::from_lockdown(udid, e))?;
-        let state = session
-            .get_value(None, Some("ActivationState"))
-            .await
-            .map_err(|e| StationError::from_lockdown(udid, e))?;
-        state.as_string().map(str::to_string).ok_or_else(|| {
-            Stop::new(
-                Outcome::DeviceError,
-                format!("{udid}: ActivationState is not a string"),
-            )
-        })
+        // The phone may say `Activated` a moment after it took the record: poll a while.
+        let started = Instant::now();
+        loop {
+            let state = session
+                .get_value(None, Some("ActivationState"))
+                .await
+                .map_err(|e| StationError::from_lockdown(udid, e))?;
+            let state = state.as_string().map(str::to_string).ok_or_else(|| {
+                Stop::new(
+                    Outcome::DeviceError,
+                    format!("{udid}: ActivationState is not a string"),
+                )
+            })?;
+            if mobileactivation::is_activated(&state) || started.elapsed() >= STATE_POLL {
+                return Ok(state);
+            }
+            tokio::time::sleep(STATE_POLL_INTERVAL).await;
+        }
     }
 
     /// One mobileactivationd command: a fresh session and a fresh service connection each
     /// time (the daemon wants one connection per command, and lockdown drops sessions left
-    /// idle during the HTTP round trips).
+    /// idle during the HTTP round trips). The session ends once the service is started, as
+    /// libimobiledevice's does: a command may take longer than lockdown's idle timeout.
     async fn mobileactivation(
         &self,
         device: &DeviceInfo,
         command: Command,
     ) -> Result<Option<plist::Value>, Stop> {
         let mut session = self.session(device).await?;
-        let result = async {
-            let mut channel = self
-                .bench
-                .service(device, &mut session, mobileactivation::SERVICE)
-                .await?;
-            mobileactivation::send_command(&mut channel, &command)
-                .await
-                .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))
-        }
-        .await;
+        let channel = self
+            .bench
+            .service(device, &mut session, mobileactivation::SERVICE)
+            .await;
         session.close().await;
-        result
+        let mut channel = channel?;
+        // Building the activation info runs FairPlay on the phone: its own, longer bound.
+        channel.set_timeout(Some(self.server.command_timeout));
+        mobileactivation::send_command(&mut channel, &command)
+            .await
+            .map_err(|e| match e {
+                MobileActivationError::Channel(ChannelError::Timeout(after)) => Stop {
+                    retryable: true,
+                    ..Stop::new(
+                        Outcome::DeviceError,
+                        format!(
+                            "{}: no answer to {} within {} s (a slow phone): retry, or raise [activation] command_timeout_secs",
+                            device.udid,
+                            command.name(),
+                            after.as_secs()
+                        ),
+                    )
+                },
+                e => Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)),
+            })
     }
 
     async fn post(
@@ -781,22 +981,35 @@ impl Activator<'_> {
     }
 
     /// Answers the Activation Lock form with each known code once: blank username, the code
-    /// in the secure field, every hidden field echoed. Returns the record on success.
+    /// in the secure field, every hidden field echoed. A wrong code answered by an alert
+    /// alone starts the exchange over for the next code; so does a session grown stale while
+    /// the codes were looked up. Returns the record on success.
     async fn bypass(
         &self,
         device: &DeviceInfo,
         serial: &str,
-        mut page: BuddyPage,
-        report: &mut ActivationReport,
+        page: BuddyPage,
+        progress: &mut Progress,
+        lookup: &mut PendingLookup<'_>,
     ) -> Result<Bypassed, Stop> {
-        let lookup = match self.codes.lookup(serial, &device.udid).await {
-            Ok(lookup) => lookup,
-            Err(reason) => {
+        let lookup = match lookup.take().await {
+            Some(Ok(lookup)) => lookup,
+            Some(Err(reason)) => {
                 return Err(Stop::new(
                     Outcome::LockedNoCode,
                     format!("Activation-Locked; the bypass-code sources failed for serial {serial}: {reason}"),
                 ))
             }
+            None => self
+                .codes
+                .lookup(serial, &device.udid)
+                .await
+                .map_err(|reason| {
+                    Stop::new(
+                        Outcome::LockedNoCode,
+                        format!("Activation-Locked; the bypass-code sources failed for serial {serial}: {reason}"),
+                    )
+                })?,
         };
         if lookup.codes.is_empty() {
             let stop = if lookup.known {
@@ -810,9 +1023,27 @@ impl Activator<'_> {
                     format!("Activation-Locked to an Apple Account no code source knows (serial {serial}): the owner must remove it from Find My, or the customer must release it in Apple Business Manager"),
                 )
             };
-            return self.try_release(device, serial, report, stop).await;
+            return self
+                .try_release(device, serial, &mut progress.report, stop)
+                .await;
         }
+        let mut form = Some(page);
         for code in &lookup.codes {
+            let page = match form.take() {
+                Some(page) if !self.session_is_stale(progress) => page,
+                stale => {
+                    if stale.is_some() {
+                        tracing::info!(
+                            max_age_s = self.server.session_max_age.as_secs(),
+                            "the activation session is too old to answer: starting it again"
+                        );
+                    }
+                    match self.exchange_again(device, progress).await? {
+                        Ok(page) => page,
+                        Err(record) => return Ok(record),
+                    }
+                }
+            };
             let submission = lock_form_submission(&page, "", &code.code.reveal()).map_err(|e| {
                 Stop::new(
                     Outcome::ServerError,
@@ -825,19 +1056,20 @@ impl Activator<'_> {
                     Stop::new(Outcome::ServerError, format!("cannot encode the form: {e}"))
                 })?;
             let url = self.server.submit_url(submission.submit_url());
-            report.codes_tried += 1;
+            progress.report.codes_tried += 1;
             tracing::info!(code = %code.code.masked(), source = %code.source, "submitting bypass code");
-            match self.post_to(&url, &request).await? {
+            match self.post_following(&url, &request).await? {
                 ActivationResponse::Record {
                     raw_body, headers, ..
                 } => {
-                    report.released_by = Some(Release::from(code));
+                    progress.report.released_by = Some(Release::from(code));
                     return Ok(Bypassed::Record(raw_body, headers));
                 }
                 ActivationResponse::AuthAlert { page: next, .. }
                 | ActivationResponse::LockForm(next) => {
                     tracing::info!(code = %code.code.masked(), "bypass code rejected");
-                    page = next;
+                    // The form again: fill it in again. An alert alone: start over.
+                    form = (!next.fields.is_empty()).then_some(next);
                 }
                 other => return Err(unexpected_answer("the Activation Lock form", other)),
             }
@@ -846,10 +1078,11 @@ impl Activator<'_> {
             Outcome::CodeRejected,
             format!(
                 "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: codes are stale (phone re-supervised or erased after the export); fetch a fresh code from the MDM",
-                report.codes_tried
+                progress.report.codes_tried
             ),
         );
-        self.try_release(device, serial, report, stop).await
+        self.try_release(device, serial, &mut progress.report, stop)
+            .await
     }
 }
 
@@ -977,6 +1210,48 @@ mod tests {
             server.submit_url(Some("/deviceservices/deviceActivation?x=1")),
             "http://127.0.0.1:9/deviceservices/deviceActivation?x=1"
         );
+    }
+
+    #[tokio::test]
+    async fn the_code_lookup_runs_alongside_the_exchange_and_is_awaited_only_when_needed() {
+        let slow = |after_ms: u64| -> BoxFuture<'static, Result<Lookup, String>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                Ok(Lookup {
+                    known: true,
+                    ..Lookup::default()
+                })
+            })
+        };
+        // The look-up (1.5 s) overlaps the exchange (1 s): about 1.5 s in all, not 2.5.
+        let started = Instant::now();
+        let mut lookup = PendingLookup::Running(slow(1500));
+        let exchange = lookup
+            .alongside(async {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                "lock form"
+            })
+            .await;
+        assert_eq!(exchange, "lock form");
+        let result = lookup.take().await;
+        assert!(matches!(result, Some(Ok(Lookup { known: true, .. }))));
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(2300),
+            "{elapsed:?}"
+        );
+        // Taken once; later work alongside it is harmless.
+        assert!(lookup.take().await.is_none());
+        assert_eq!(lookup.alongside(async { 7 }).await, 7);
+
+        // A clean phone: the exchange ends first and nobody waits for the look-up.
+        let started = Instant::now();
+        let mut lookup = PendingLookup::Running(slow(60_000));
+        lookup
+            .alongside(tokio::time::sleep(Duration::from_millis(100)))
+            .await;
+        drop(lookup);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -34,12 +34,18 @@ pub fn activation_server(config: &StationConfig) -> Result<ActivationServer, Sta
         Encoding::Urlencoded => RequestEncoding::UrlEncoded,
         Encoding::Multipart => RequestEncoding::Multipart,
     };
-    Ok(ActivationServer::new(
+    let server = ActivationServer::new(
         &config.activation.url,
         Duration::from_secs(config.activation.timeout_secs),
         RetryPolicy::from_config(&config.retry),
     )?
-    .with_encoding(encoding))
+    .with_encoding(encoding)
+    .with_command_timeout(Duration::from_secs(config.activation.command_timeout_secs))
+    .with_session_max_age(Duration::from_secs(config.activation.session_max_age_secs));
+    Ok(match &config.activation.user_agent {
+        Some(user_agent) => server.with_user_agent(user_agent),
+        None => server,
+    })
 }
 
 /// A run id that sorts by time: `run-20261127T061502Z-3f9a`.

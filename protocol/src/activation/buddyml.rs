@@ -23,6 +23,8 @@ pub struct InputField {
     pub placeholder: Option<String>,
     /// `secure="true"`: a password row (where a bypass code goes).
     pub secure: bool,
+    /// `keyboardType`, e.g. `email` for the Apple ID row.
+    pub keyboard_type: Option<String>,
 }
 
 impl InputField {
@@ -33,6 +35,7 @@ impl InputField {
             label: None,
             placeholder: None,
             secure: false,
+            keyboard_type: None,
         }
     }
 
@@ -53,6 +56,11 @@ impl InputField {
         self.placeholder = Some(placeholder.into());
         self
     }
+
+    pub fn with_keyboard_type(mut self, keyboard_type: impl Into<String>) -> Self {
+        self.keyboard_type = Some(keyboard_type.into());
+        self
+    }
 }
 
 /// `<alert title message>`: Albert's answer to wrong credentials.
@@ -69,6 +77,15 @@ pub struct SubmitTarget {
     pub id: Option<String>,
     pub url: String,
     pub http_method: Option<String>,
+    /// `enabledFunction`: the page script's function that enables the button.
+    pub enabled_function: Option<String>,
+}
+
+/// A footer with a `url` (the lock page's help link); not part of the description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelpLink {
+    pub label: String,
+    pub url: String,
 }
 
 /// A parsed (or to-be-rendered) buddyml page.
@@ -92,6 +109,12 @@ pub struct BuddyPage {
     /// `/xmlui/clientInfo[@ack-received='true']`: the device is already activated.
     pub ack_received: bool,
     pub submit: Option<SubmitTarget>,
+    /// `/xmlui/page/script`: the page's own checks (e.g. `enableNext()`); clients ignore it.
+    pub script: Option<String>,
+    /// `loadingTitle` of the page's navigationBar.
+    pub loading_title: Option<String>,
+    /// The first `footer[@url]` of the page.
+    pub help: Option<HelpLink>,
 }
 
 /// Why a body is not a buddyml page.
@@ -171,6 +194,13 @@ impl BuddyPage {
             if page.page_title.is_none() {
                 page.page_title =
                     element_children(p, "navigationBar").find_map(|n| attr(n, "title"));
+                page.loading_title =
+                    element_children(p, "navigationBar").find_map(|n| attr(n, "loadingTitle"));
+            }
+            if page.script.is_none() {
+                page.script = element_children(p, "script")
+                    .next()
+                    .map(|n| n.children().filter_map(|t| t.text()).collect::<String>());
             }
             if page.submit.is_none() {
                 page.submit = p
@@ -181,6 +211,7 @@ impl BuddyPage {
                             url: attr(n, "url")?,
                             id: attr(n, "id"),
                             http_method: attr(n, "httpMethod"),
+                            enabled_function: attr(n, "enabledFunction"),
                         })
                     });
             }
@@ -192,6 +223,14 @@ impl BuddyPage {
                         .filter(|f| f.attribute("url").is_none())
                         .map(text_of),
                 );
+                if page.help.is_none() {
+                    page.help = element_children(section, "footer").find_map(|f| {
+                        Some(HelpLink {
+                            url: attr(f, "url")?,
+                            label: text_of(f),
+                        })
+                    });
+                }
             }
             for row in p
                 .descendants()
@@ -202,6 +241,7 @@ impl BuddyPage {
                     label: attr(row, "label"),
                     placeholder: attr(row, "placeholder"),
                     secure: row.attribute("secure") == Some("true"),
+                    keyboard_type: attr(row, "keyboardType"),
                 });
             }
         }
@@ -279,6 +319,30 @@ impl BuddyPage {
             id: Some("next".to_string()),
             url: url.into(),
             http_method: Some("POST".to_string()),
+            enabled_function: None,
+        });
+        self
+    }
+
+    /// The page's script and the function of it that enables Next (Albert's lock page has
+    /// `enableNext`).
+    pub fn with_script(mut self, script: impl Into<String>, enabled_function: &str) -> Self {
+        self.script = Some(script.into());
+        if let Some(submit) = self.submit.as_mut() {
+            submit.enabled_function = Some(enabled_function.to_string());
+        }
+        self
+    }
+
+    pub fn with_loading_title(mut self, title: impl Into<String>) -> Self {
+        self.loading_title = Some(title.into());
+        self
+    }
+
+    pub fn with_help(mut self, label: impl Into<String>, url: impl Into<String>) -> Self {
+        self.help = Some(HelpLink {
+            label: label.into(),
+            url: url.into(),
         });
         self
     }
@@ -347,21 +411,36 @@ impl BuddyPage {
             || self.page_title.is_some()
             || self.submit.is_some()
             || !self.fields.is_empty()
-            || !description_lines.is_empty();
+            || !description_lines.is_empty()
+            || self.help.is_some();
         if has_page {
             out.push_str("  <page");
             push_attr(&mut out, "name", self.name.as_deref());
             out.push_str(">\n");
+            if let Some(script) = &self.script {
+                // CDATA cannot hold its own end marker: split it across two sections.
+                let _ = writeln!(
+                    out,
+                    "    <script><![CDATA[{}]]></script>",
+                    script.replace("]]>", "]]]]><![CDATA[>")
+                );
+            }
             if self.page_title.is_some() || self.submit.is_some() {
                 out.push_str("    <navigationBar");
                 push_attr(&mut out, "title", self.page_title.as_deref());
                 out.push_str(" hidesBackButton=\"false\"");
+                push_attr(&mut out, "loadingTitle", self.loading_title.as_deref());
                 match &self.submit {
                     Some(submit) => {
                         out.push_str(">\n      <linkBarItem");
                         push_attr(&mut out, "id", submit.id.as_deref());
                         push_attr(&mut out, "url", Some(&submit.url));
                         out.push_str(" position=\"right\" label=\"Next\"");
+                        push_attr(
+                            &mut out,
+                            "enabledFunction",
+                            submit.enabled_function.as_deref(),
+                        );
                         push_attr(&mut out, "httpMethod", submit.http_method.as_deref());
                         out.push_str("/>\n    </navigationBar>\n");
                     }
@@ -381,20 +460,32 @@ impl BuddyPage {
                 out.push_str("      </section>\n");
             }
             if !self.fields.is_empty() {
+                if !description_lines.is_empty() && self.error_title.is_none() {
+                    // Albert's lock page spaces the rows from the text with an empty section.
+                    out.push_str("      <section/>\n");
+                }
                 out.push_str("      <section>\n");
                 for f in &self.fields {
                     out.push_str("        <editableTextRow");
                     push_attr(&mut out, "id", Some(&f.id));
                     push_attr(&mut out, "label", f.label.as_deref());
                     push_attr(&mut out, "placeholder", f.placeholder.as_deref());
+                    push_attr(&mut out, "keyboardType", f.keyboard_type.as_deref());
                     if f.secure {
                         out.push_str(" secure=\"true\"");
                     } else {
-                        out.push_str(" autocapitalizationType=\"none\" autocorrectionType=\"no\"");
+                        out.push_str(
+                            " autocapitalizationType=\"none\" autocorrectionType=\"no\" value=\"\"",
+                        );
                     }
                     out.push_str("/>\n");
                 }
                 out.push_str("      </section>\n");
+            }
+            if let Some(help) = &self.help {
+                out.push_str("      <section>\n        <footer");
+                push_attr(&mut out, "url", Some(&help.url));
+                let _ = writeln!(out, ">{}</footer>\n      </section>", escape(&help.label));
             }
             out.push_str("    </tableView>\n  </page>\n");
         }
@@ -462,8 +553,8 @@ mod tests {
             "This iPhone is linked to an Apple Account.\nSign in with the Apple Account and password that were used to set up this iPhone. j•••@i•••.com",
             vec![
                 InputField::text("login")
-                    .with_label("Apple Account")
-                    .with_placeholder("example@icloud.com"),
+                    .with_label("Apple ID")
+                    .with_keyboard_type("email"),
                 InputField::secure("password")
                     .with_label("Password")
                     .with_placeholder("Required"),
@@ -473,7 +564,10 @@ mod tests {
                 "PD94bWwgdmVyc2lvbj0iMS4wIj8+".to_string(),
             )],
         )
-        .with_submit_url("https://albert.apple.com/deviceservices/deviceActivation")
+        .with_submit_url("/deviceservices/deviceActivation")
+        .with_script("function enableNext() { return a < b && c; } // ]]> inside", "enableNext")
+        .with_loading_title("Activating...")
+        .with_help("Activation Lock Help", "https://support.apple.com/HT201441")
     }
 
     #[test]
@@ -505,23 +599,44 @@ mod tests {
         assert_eq!(root.tag_name().name(), "xmlui");
         let page = element_children(root, "page").next().expect("page");
         assert_eq!(page.attribute("name"), Some("FMIPLockChallenge"));
+        let first = page.first_element_child().expect("children");
+        assert_eq!(first.tag_name().name(), "script");
+        assert!(first.text().is_some_and(|t| t.contains("enableNext")));
         let nav = element_children(page, "navigationBar")
             .next()
             .expect("navigationBar");
         assert_eq!(nav.attribute("title"), Some("Activation Lock"));
+        assert_eq!(nav.attribute("hidesBackButton"), Some("false"));
+        assert_eq!(nav.attribute("loadingTitle"), Some("Activating..."));
         let link = element_children(nav, "linkBarItem")
             .next()
             .expect("linkBarItem");
         assert_eq!(link.attribute("httpMethod"), Some("POST"));
+        assert_eq!(
+            link.attribute("url"),
+            Some("/deviceservices/deviceActivation")
+        );
+        assert_eq!(link.attribute("enabledFunction"), Some("enableNext"));
+        assert_eq!(link.attribute("position"), Some("right"));
         let sections: Vec<_> = element_children(page, "tableView")
             .flat_map(|t| element_children(t, "section"))
             .collect();
+        assert_eq!(sections.len(), 4);
         assert_eq!(element_children(sections[0], "footer").count(), 2);
-        let rows: Vec<_> = element_children(sections[1], "editableTextRow").collect();
+        assert_eq!(sections[1].children().count(), 0, "an empty section");
+        let rows: Vec<_> = element_children(sections[2], "editableTextRow").collect();
         assert_eq!(rows[0].attribute("id"), Some("login"));
+        assert_eq!(rows[0].attribute("label"), Some("Apple ID"));
+        assert_eq!(rows[0].attribute("keyboardType"), Some("email"));
+        assert_eq!(rows[0].attribute("value"), Some(""));
         assert_eq!(rows[0].attribute("secure"), None);
         assert_eq!(rows[1].attribute("id"), Some("password"));
+        assert_eq!(rows[1].attribute("placeholder"), Some("Required"));
         assert_eq!(rows[1].attribute("secure"), Some("true"));
+        let help = element_children(sections[3], "footer")
+            .next()
+            .expect("help");
+        assert!(help.attribute("url").is_some());
         let server_info = element_children(root, "serverInfo")
             .next()
             .expect("serverInfo");
@@ -614,7 +729,8 @@ mod tests {
             vec![
                 InputField::text("appleId")
                     .with_label("Apple Account")
-                    .with_placeholder("example@icloud.com"),
+                    .with_placeholder("example@icloud.com")
+                    .with_keyboard_type("emailAddress"),
                 InputField::secure("pwd")
                     .with_label("Password")
                     .with_placeholder("Required"),
@@ -622,6 +738,18 @@ mod tests {
         );
         assert_eq!(page.hidden.len(), 4);
         assert_eq!(page.hidden_field("sessionId"), Some("42"));
+        assert_eq!(page.loading_title.as_deref(), Some("Verifying..."));
+        assert!(page
+            .script
+            .as_deref()
+            .is_some_and(|s| s.contains("function validate()")));
+        assert_eq!(
+            page.help,
+            Some(HelpLink {
+                label: "Activation Lock Help".into(),
+                url: "https://support.apple.com/kb/HT201441".into()
+            })
+        );
         assert!(page.is_auth_required());
         assert_eq!(
             page.submit,
@@ -629,6 +757,7 @@ mod tests {
                 id: Some("next".into()),
                 url: "/deviceservices/deviceActivation".into(),
                 http_method: Some("POST".into()),
+                enabled_function: Some("validate".into()),
             })
         );
     }

@@ -15,14 +15,15 @@ mod submit;
 
 use std::fmt;
 
-pub use buddyml::{Alert, BuddyPage, BuddymlError, InputField, SubmitTarget};
+pub use buddyml::{Alert, BuddyPage, BuddymlError, HelpLink, InputField, SubmitTarget};
 pub use form::{
     activation_info_base64, parse_activation_info_text, parse_device_activation_form,
     ActivationForm, ActivationInfoSource, FormError,
 };
 pub use response::{classify_response, ActivationResponse, RecordContainer};
 pub use submit::{
-    lock_form_submission, FieldValue, FormField, FormSubmission, SecretValue, SubmissionError,
+    continue_form_submission, lock_form_submission, FieldValue, FormField, FormSubmission,
+    SecretValue, SubmissionError,
 };
 
 /// Apple's handshake endpoint (session mode, iOS ≥ 10).

@@ -21,11 +21,14 @@ pub enum ActivationResponse {
     /// An activation record. `raw_body` is the plist document exactly as received (the whole
     /// HTTP body, or the embedded plist of an HTML page): mobileactivationd's
     /// `HandleActivationInfoWithSessionRequest` wants those bytes and `headers` unchanged.
+    /// `acknowledged`: the answer also said `ack-received`; the record is still to be applied
+    /// (libideviceactivation's tool looks for a record before it looks at the ack).
     Record {
         raw_body: Vec<u8>,
         record: plist::Dictionary,
         container: RecordContainer,
         headers: Vec<(String, String)>,
+        acknowledged: bool,
     },
     /// A `drmHandshake` reply (top-level `HandshakeResponseMessage`); `raw_body` is what
     /// `CreateTunnel1ActivationInfoRequest` is given.
@@ -33,9 +36,9 @@ pub enum ActivationResponse {
         raw_body: Vec<u8>,
         reply: plist::Value,
     },
-    /// `ack-received` (plist, HTML-embedded plist or buddyml `clientInfo`): the server considers
-    /// the device activated already. Wins over a record in the same answer, as in
-    /// ideviceactivation's loop.
+    /// `ack-received` without a record (plist, HTML-embedded plist or buddyml `clientInfo`):
+    /// the server considers the device activated already. With a record the answer is a
+    /// [`ActivationResponse::Record`] (`acknowledged: true`): the record comes first.
     Acknowledged,
     /// A form with input rows: the Activation Lock (Apple Account + password).
     LockForm(BuddyPage),
@@ -133,20 +136,28 @@ fn classify_plist(
             reply: value,
         });
     }
-    let record_response = |record: &plist::Dictionary, container| ActivationResponse::Record {
-        raw_body: raw.to_vec(),
-        record: record.clone(),
-        container,
-        headers: headers.to_vec(),
-    };
+    let record_response =
+        |record: &plist::Dictionary, container, acknowledged| ActivationResponse::Record {
+            raw_body: raw.to_vec(),
+            record: record.clone(),
+            container,
+            headers: headers.to_vec(),
+            acknowledged,
+        };
     if let Some(record) = top.get("ActivationRecord") {
         let record = record
             .as_dictionary()
             .ok_or("ActivationRecord is not a dictionary")?;
-        if ack_received(record) {
+        let ack = ack_received(record);
+        // A dictionary holding nothing but the flag is no record to apply.
+        if ack && record.keys().all(|k| k == ACK_RECEIVED) {
             return Ok(ActivationResponse::Acknowledged);
         }
-        return Ok(record_response(record, RecordContainer::ActivationRecord));
+        return Ok(record_response(
+            record,
+            RecordContainer::ActivationRecord,
+            ack,
+        ));
     }
     for (key, container) in [
         ("iphone-activation", RecordContainer::IphoneActivation),
@@ -156,14 +167,13 @@ fn classify_plist(
         let node = node
             .as_dictionary()
             .ok_or_else(|| format!("{key} is not a dictionary"))?;
-        if ack_received(node) {
-            return Ok(ActivationResponse::Acknowledged);
-        }
+        let ack = ack_received(node);
         return match node
             .get("activation-record")
             .and_then(|r| r.as_dictionary())
         {
-            Some(record) => Ok(record_response(record, container)),
+            Some(record) => Ok(record_response(record, container, ack)),
+            None if ack => Ok(ActivationResponse::Acknowledged),
             None => Err(format!(
                 "{key} has neither activation-record nor ack-received"
             )),
@@ -172,9 +182,11 @@ fn classify_plist(
     Err("plist has no ActivationRecord, iphone-activation, device-activation or HandshakeResponseMessage".to_string())
 }
 
+const ACK_RECEIVED: &str = "ack-received";
+
 /// `ack-received` as a boolean, or as the string "true" some servers send.
 fn ack_received(dict: &plist::Dictionary) -> bool {
-    match dict.get("ack-received") {
+    match dict.get(ACK_RECEIVED) {
         Some(plist::Value::Boolean(b)) => *b,
         Some(plist::Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
@@ -268,7 +280,9 @@ mod tests {
                 record: r,
                 container,
                 headers,
+                acknowledged,
             } => {
+                assert!(!acknowledged);
                 assert_eq!(raw_body, body);
                 assert_eq!(plist::Value::Dictionary(r), record());
                 assert_eq!(container, RecordContainer::ActivationRecord);
@@ -317,6 +331,35 @@ mod tests {
         )]));
         let buddy_ack = BuddyPage::ack_page().render().into_bytes();
         let hand_ack = b"<xmlui><clientInfo ack-received=\"true\"/></xmlui>".to_vec();
+        // A record with the flag is still a record, applied first (libideviceactivation's
+        // tool checks for a record before the ack).
+        let mut with_ack = record().into_dictionary().expect("a dictionary");
+        with_ack.insert("ack-received".into(), true.into());
+        for body in [
+            xml(dict(vec![(
+                "ActivationRecord",
+                plist::Value::Dictionary(with_ack.clone()),
+            )])),
+            xml(dict(vec![(
+                "iphone-activation",
+                dict(vec![
+                    ("activation-record", record()),
+                    ("ack-received", true.into()),
+                ]),
+            )])),
+        ] {
+            match classify_response(200, &headers("text/xml"), &body) {
+                ActivationResponse::Record {
+                    acknowledged,
+                    raw_body,
+                    ..
+                } => {
+                    assert!(acknowledged);
+                    assert_eq!(raw_body, body);
+                }
+                other => panic!("record with ack: {other:?}"),
+            }
+        }
         for (ct, body) in [
             ("text/xml", plist_ack),
             ("text/xml", record_ack),

@@ -136,6 +136,27 @@ pub fn lock_form_submission(
         })
         .collect();
 
+    echo_hidden(page, &mut fields);
+    Ok(FormSubmission {
+        fields,
+        submit_url: page.submit.as_ref().map(|s| s.url.clone()),
+    })
+}
+
+/// A page of hidden fields only, posted back as it is (ideviceactivation's loop resubmits
+/// every field of a page that asks for no input).
+pub fn continue_form_submission(page: &BuddyPage) -> FormSubmission {
+    let mut fields = Vec::new();
+    echo_hidden(page, &mut fields);
+    FormSubmission {
+        fields,
+        submit_url: page.submit.as_ref().map(|s| s.url.clone()),
+    }
+}
+
+/// Appends the page's hidden fields not already in `fields`, never `activation-info` next to
+/// `activation-info-base64`.
+fn echo_hidden(page: &BuddyPage, fields: &mut Vec<FormField>) {
     let has_base64 = page.hidden_field(field::ACTIVATION_INFO_BASE64).is_some();
     for (name, value) in &page.hidden {
         let shadowed = fields.iter().any(|f| &f.name == name);
@@ -147,10 +168,6 @@ pub fn lock_form_submission(
             });
         }
     }
-    Ok(FormSubmission {
-        fields,
-        submit_url: page.submit.as_ref().map(|s| s.url.clone()),
-    })
 }
 
 #[cfg(test)]
@@ -185,6 +202,29 @@ mod tests {
             ],
         )
         .with_submit_url("/deviceservices/deviceActivation")
+    }
+
+    #[test]
+    fn a_page_of_hidden_fields_is_posted_back_as_it_is() {
+        let page = BuddyPage {
+            hidden: vec![
+                ("activation-info-base64".into(), "QUJD".into()),
+                ("activation-info".into(), "<dict/>".into()),
+                ("challenge".into(), "c1".into()),
+            ],
+            ..BuddyPage::default()
+        };
+        let sub = continue_form_submission(&page);
+        let pairs: Vec<(&str, &str)> = sub
+            .fields()
+            .iter()
+            .map(|f| (f.name.as_str(), f.value.expose()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("activation-info-base64", "QUJD"), ("challenge", "c1")]
+        );
+        assert!(sub.fields().iter().all(|f| !f.value.is_secret()));
     }
 
     #[test]

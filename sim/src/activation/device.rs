@@ -19,6 +19,8 @@ use crate::world::ActivationState;
 
 const FAILED_ACTIVATION_INFO: &str = "Failed to retrieve activation info.";
 const INVALID_RECORD: &str = "Invalid activation record.";
+/// The header the phone reads the record's format from.
+const CONTENT_TYPE_HEADER: &str = "Content-Type";
 
 /// `com.apple.mobileactivationd` on every phone of a bench.
 pub(crate) struct MobileActivationd {
@@ -73,7 +75,7 @@ fn error_reply(text: String) -> Dictionary {
     d
 }
 
-async fn handle(phone: &Phone, authority: &Authority, request: &Value) -> Dictionary {
+async fn handle(phone: &Arc<Phone>, authority: &Authority, request: &Value) -> Dictionary {
     let command = match Command::from_plist(request) {
         Ok(c) => c,
         Err(e) => {
@@ -86,15 +88,16 @@ async fn handle(phone: &Phone, authority: &Authority, request: &Value) -> Dictio
         Command::GetActivationState => Ok(value_reply(phone.activation_state().as_str().into())),
         Command::CreateTunnel1SessionInfo => Ok(value_reply(session_info(phone, authority))),
         Command::CreateTunnel1ActivationInfo { handshake_response } => {
+            // FairPlay takes its time on a real phone; the connection stays open meanwhile.
+            computing(phone.profile().activation_info_delay_ms).await;
             activation_info(phone, authority, &handshake_response)
                 .map(|d| value_reply(Value::Dictionary(d)))
         }
         Command::HandleActivationInfoWithSession { body, headers } => {
+            computing(phone.profile().handle_record_delay_ms).await;
             match check_record_body(phone, authority, &body, &headers) {
                 Ok(()) => {
-                    phone
-                        .record_activation(ActivationState::Activated, false)
-                        .await;
+                    activate_after(phone, phone.profile().activated_after_ms).await;
                     Ok(Dictionary::new())
                 }
                 Err(e) => Err(ns_error(INVALID_RECORD, Some(&e.to_string()))),
@@ -127,6 +130,32 @@ async fn handle(phone: &Phone, authority: &Authority, request: &Value) -> Dictio
         tracing::info!(error = %text, "command refused");
         error_reply(text)
     })
+}
+
+/// Takes the record: the state reads `Activated` now, or only `delay_ms` after the reply
+/// (`activated_after_ms`).
+async fn activate_after(phone: &Arc<Phone>, delay_ms: u64) {
+    if delay_ms == 0 {
+        phone
+            .record_activation(ActivationState::Activated, false)
+            .await;
+        return;
+    }
+    let phone = Arc::clone(phone);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        phone
+            .record_activation(ActivationState::Activated, false)
+            .await;
+    });
+}
+
+/// The world's delay for a command, before its reply.
+async fn computing(delay_ms: u64) {
+    if delay_ms > 0 {
+        tracing::debug!(delay_ms, "computing the reply");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
 }
 
 /// `CreateTunnel1SessionInfoRequest`: a fresh handshake request, which replaces any earlier
@@ -326,11 +355,17 @@ fn check_record_body(
     if headers.is_empty() {
         return Err(RecordError::MissingHeaders);
     }
-    let signature = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(SIGNATURE_HEADER))
-        .map(|(_, v)| v.as_str())
-        .ok_or(RecordError::BadResponseSignature)?;
+    // A dictionary lookup, as on the phone: exact spelling only (protocol.md §5.9).
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if header(CONTENT_TYPE_HEADER).is_none() {
+        return Err(RecordError::MissingContentType);
+    }
+    let signature = header(SIGNATURE_HEADER).ok_or(RecordError::BadResponseSignature)?;
     if !authority.check_response_signature(body, signature) {
         return Err(RecordError::BadResponseSignature);
     }

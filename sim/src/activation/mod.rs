@@ -31,8 +31,8 @@ use base64::Engine as _;
 use rand::RngCore;
 
 /// Response header carrying the server's signature over the raw record body. The phone
-/// requires it in `ActivationResponseHeaders` (name compared case-insensitively), as real
-/// phones require the response headers since iOS 11.2.
+/// requires it in `ActivationResponseHeaders` under exactly this spelling (a dictionary
+/// lookup), as real phones require the response headers since iOS 11.2.
 pub const SIGNATURE_HEADER: &str = "X-Apple-Activation-Signature";
 
 /// Length of `HandshakeRequestMessage` (real phones send about 21 bytes).
@@ -320,6 +320,8 @@ pub(crate) fn build_record(authority: &Authority, info: &RequestInfo) -> plist::
 pub(crate) enum RecordError {
     #[error("The activation response headers are missing.")]
     MissingHeaders,
+    #[error("The activation response headers have no Content-Type.")]
+    MissingContentType,
     #[error("The activation response is not signed by the activation server.")]
     BadResponseSignature,
     #[error("The activation response is not an activation record.")]

@@ -63,12 +63,13 @@ struct TrustDialog {
 
 /// mobileactivationd's tunnel session: what the current handshake and activation request
 /// were, so only answers to them are accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ActivationSession {
     /// The `HandshakeRequestMessage` of the latest `CreateTunnel1SessionInfoRequest`.
     pub handshake_request: Vec<u8>,
     /// The `ActivationRandomness` of the latest activation info built in this session.
     pub randomness: Option<String>,
+    pub started: Instant,
 }
 
 #[derive(Debug)]
@@ -262,11 +263,20 @@ impl Phone {
         self.lock().activation_session = Some(ActivationSession {
             handshake_request,
             randomness: None,
+            started: Instant::now(),
         });
     }
 
+    /// The current handshake session, unless it outlived `activation_session_lifetime_ms`.
     pub(crate) fn activation_session(&self) -> Option<ActivationSession> {
-        self.lock().activation_session.clone()
+        let lifetime = self
+            .profile()
+            .activation_session_lifetime_ms
+            .map(Duration::from_millis);
+        self.lock()
+            .activation_session
+            .clone()
+            .filter(|s| lifetime.is_none_or(|l| s.started.elapsed() <= l))
     }
 
     /// Remembers the randomness of the activation info just built, if the session is still

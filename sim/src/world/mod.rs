@@ -158,6 +158,9 @@ pub struct World {
     pub devices: Vec<DeviceSpec>,
 }
 
+/// Longest mobileactivationd delay a world may ask for.
+const MAX_COMMAND_DELAY_MS: u64 = 600_000;
+
 /// HTTP status the stand-in activation server answers injected failures with by default.
 pub const DEFAULT_FAILURE_STATUS: u16 = 503;
 
@@ -175,6 +178,34 @@ pub struct ActivationServerSpec {
     pub drm_handshake: FaultSpec,
     #[serde(skip_serializing_if = "FaultSpec::is_default")]
     pub device_activation: FaultSpec,
+    /// Records come with `ack-received = true` in the `ActivationRecord` dictionary.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub record_ack: bool,
+    /// A first `deviceActivation` request is answered by a page of hidden fields only,
+    /// which the client posts back as it is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continue_page: bool,
+    /// What a wrong code or password gets.
+    #[serde(skip_serializing_if = "WrongCredentials::is_default")]
+    pub wrong_credentials: WrongCredentials,
+}
+
+/// Albert's answer to wrong credentials on the lock form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WrongCredentials {
+    /// `<xmlui><alert title message/></xmlui>` and nothing else: no form to fill in again,
+    /// the exchange starts over (protocol.md §5.6: a page with an alert).
+    #[default]
+    Alert,
+    /// The alert over the lock form again.
+    AlertOverForm,
+}
+
+impl WrongCredentials {
+    pub fn is_default(&self) -> bool {
+        *self == WrongCredentials::default()
+    }
 }
 
 /// Injected failures of one endpoint. A request fails if any rule says so; `fail_next`
@@ -310,6 +341,19 @@ pub struct DeviceSpec {
     pub plug_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unplug_at_ms: Option<u64>,
+    // --- mobileactivationd timing ---
+    /// `CreateTunnel1ActivationInfoRequest` takes this long (FairPlay on a real phone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_info_delay_ms: Option<u64>,
+    /// `HandleActivationInfoWithSessionRequest` takes this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle_record_delay_ms: Option<u64>,
+    /// The handshake session ends this long after `CreateTunnel1SessionInfoRequest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_session_lifetime_ms: Option<u64>,
+    /// After taking a record the phone reports `Activated` only this much later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_after_ms: Option<u64>,
     // --- Activation Lock (what Apple's activation server knows) ---
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<Lock>,
@@ -376,6 +420,11 @@ pub struct DeviceProfile {
     pub tls: Option<TlsGeneration>,
     pub plug_at_ms: Option<u64>,
     pub unplug_at_ms: Option<u64>,
+    pub activation_info_delay_ms: u64,
+    pub handle_record_delay_ms: u64,
+    /// `None`: the session lasts until the next `CreateTunnel1SessionInfoRequest`.
+    pub activation_session_lifetime_ms: Option<u64>,
+    pub activated_after_ms: u64,
     pub lock: Lock,
     /// Dashed display form (`XXXXX-XXXXX-XXXX-XXXX-XXXX-XXXX`); test data, not secrets.
     pub codes: Vec<String>,
@@ -599,6 +648,11 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         tls: p.tls,
         plug_at_ms: p.plug_at_ms,
         unplug_at_ms: p.unplug_at_ms,
+        activation_info_delay_ms: (p.activation_info_delay_ms != 0)
+            .then_some(p.activation_info_delay_ms),
+        handle_record_delay_ms: (p.handle_record_delay_ms != 0).then_some(p.handle_record_delay_ms),
+        activation_session_lifetime_ms: p.activation_session_lifetime_ms,
+        activated_after_ms: (p.activated_after_ms != 0).then_some(p.activated_after_ms),
         lock: Some(p.lock),
         // A phone that is not MDM-locked has no codes: leave the empty list out.
         codes: (p.lock == Lock::Mdm || !p.codes.is_empty()).then(|| p.codes.clone()),
@@ -807,6 +861,24 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
             ));
         }
     }
+    for (field, delay) in [
+        ("activation_info_delay_ms", spec.activation_info_delay_ms),
+        ("handle_record_delay_ms", spec.handle_record_delay_ms),
+        ("activated_after_ms", spec.activated_after_ms),
+    ] {
+        if delay.is_some_and(|d| d > MAX_COMMAND_DELAY_MS) {
+            return Err(invalid(
+                field,
+                format!("at most {MAX_COMMAND_DELAY_MS} ms (10 minutes)"),
+            ));
+        }
+    }
+    if spec.activation_session_lifetime_ms == Some(0) {
+        return Err(invalid(
+            "activation_session_lifetime_ms",
+            "must be positive (leave it out for a session without an end)".to_string(),
+        ));
+    }
     // Drawn last so worlds written before locks existed keep every other value.
     let generated_code = gen::bypass_code(&mut rng);
     let lock = spec.lock.unwrap_or_default();
@@ -898,6 +970,10 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         tls: spec.tls,
         plug_at_ms: spec.plug_at_ms,
         unplug_at_ms: spec.unplug_at_ms,
+        activation_info_delay_ms: spec.activation_info_delay_ms.unwrap_or(0),
+        handle_record_delay_ms: spec.handle_record_delay_ms.unwrap_or(0),
+        activation_session_lifetime_ms: spec.activation_session_lifetime_ms,
+        activated_after_ms: spec.activated_after_ms.unwrap_or(0),
         lock,
         codes,
         stale_codes,
@@ -1350,6 +1426,16 @@ mod tests {
             ("passcode_locked = true", "passcode_locked"),
             ("plug_at_ms = 500\nunplug_at_ms = 100", "unplug_at_ms"),
             ("wifi_address = \"3c:22\"", "wifi_address"),
+            (
+                "activation_info_delay_ms = 600001",
+                "activation_info_delay_ms",
+            ),
+            ("handle_record_delay_ms = 3600000", "handle_record_delay_ms"),
+            ("activated_after_ms = 600001", "activated_after_ms"),
+            (
+                "activation_session_lifetime_ms = 0",
+                "activation_session_lifetime_ms",
+            ),
         ];
         for (body, field) in cases {
             let world = World::from_toml(&format!("[[device]]\n{body}\n"), "t").expect("parses");

@@ -212,6 +212,14 @@ impl Driver {
         )
     }
 
+    /// A hand-built request (what [`Command`] would never send), answered by the phone's
+    /// reply dictionary.
+    pub async fn raw_command(&mut self, request: &Value) -> Result<Value, BoxError> {
+        let mut channel = self.service().await?;
+        step("raw command", channel.send(request)).await?;
+        step("raw reply", channel.recv()).await
+    }
+
     pub async fn activation_state(&mut self) -> Result<String, BoxError> {
         let value = self.command(&Command::GetActivationState).await??;
         Ok(mobileactivation::activation_state(value)?)

@@ -15,7 +15,7 @@ use station_protocol::bypass_code::BypassCode;
 use super::AlbertOutcome;
 use crate::activation::{build_record, Authority, RequestInfo, SIGNATURE_HEADER};
 use crate::phone::Phone;
-use crate::world::{ActivationState, Lock};
+use crate::world::{ActivationState, Lock, WrongCredentials};
 
 /// Ids of the lock form's rows (read from the page by clients, never hard-coded there).
 pub const LOGIN_FIELD: &str = "login";
@@ -24,7 +24,48 @@ pub const PASSWORD_FIELD: &str = "password";
 pub const CHALLENGE_FIELD: &str = "challenge";
 
 const LOCK_TITLE: &str = "Activation Lock";
-const WRONG_CREDENTIALS: &str = "Incorrect Apple Account or password.";
+const WRONG_CREDENTIALS: &str = "Incorrect Apple ID or password.";
+/// Where the lock page's Next goes: relative, as on Albert's page (protocol.md §5.6).
+const SUBMIT_PATH: &str = "/deviceservices/deviceActivation";
+const HELP_URL: &str = "https://support.apple.com/HT201441";
+/// `page name` of the hidden-fields-only page of the `continue_page` scenario.
+const CONTINUE_PAGE: &str = "ActivationContinue";
+
+/// The lock page's checks, written for the bench after the structure of Albert's 2023 page:
+/// Next is enabled for an Apple ID with a password, or for a blank Apple ID with a
+/// 26-symbol bypass code (dashes ignored); fields are capped at 1000 characters.
+const LOCK_SCRIPT: &str = r#"
+function fieldText(id) {
+  var field = xmlui.getFieldWithId(id);
+  return field ? String(field.value) : "";
+}
+function enableNext() {
+  var login = fieldText("login");
+  var password = fieldText("password");
+  if (login.length > 0) {
+    return password.length > 0;
+  }
+  return password.split("-").join("").length == 26;
+}
+function limitFieldLength(id) {
+  var field = xmlui.getFieldWithId(id);
+  if (field && String(field.value).length > 1000) {
+    field.value = String(field.value).substring(0, 1000);
+  }
+  return true;
+}
+function enablePasscodeButton() {
+  return fieldText("login").length == 0;
+}
+"#;
+
+/// Albert's run-time choices of how to answer (world file `[activation_server]`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Scenario {
+    pub record_ack: bool,
+    pub continue_page: bool,
+    pub wrong_credentials: WrongCredentials,
+}
 
 /// One answer, before HTTP.
 #[derive(Debug)]
@@ -114,8 +155,6 @@ pub(crate) fn mask_password(password: &str) -> String {
 pub(crate) struct Exchange {
     pub authority: Arc<Authority>,
     pub phones: HashMap<String, Arc<Phone>>,
-    /// `…/deviceActivation`, the lock form's submit target.
-    pub submit_url: String,
 }
 
 impl Seen {
@@ -171,7 +210,13 @@ impl Exchange {
 
     /// `POST /deviceservices/deviceActivation`: the first request (`activation-info`) or a
     /// lock-form resubmission (`activation-info-base64` and the page's fields).
-    pub fn device_activation(&self, ct: Option<&str>, body: &[u8], seen: &mut Seen) -> Answer {
+    pub fn device_activation(
+        &self,
+        ct: Option<&str>,
+        body: &[u8],
+        scenario: Scenario,
+        seen: &mut Seen,
+    ) -> Answer {
         let Some(ct) = ct else {
             return Answer::bad_form("no Content-Type".to_string());
         };
@@ -223,9 +268,28 @@ impl Exchange {
 
         // The world's lock, unless the phone's MDM has had it released since.
         let lock = phone.activation_lock();
-        if !is_resubmission(&form) {
+        let challenge_ok = form.field(CHALLENGE_FIELD).is_some_and(|c| {
+            self.authority
+                .check_lock_challenge(&info.udid, &info.randomness, c)
+        });
+        let fresh = !is_resubmission(&form);
+        if fresh && scenario.continue_page {
+            return Answer::page(
+                200,
+                &self.continue_page(&info, &form),
+                AlbertOutcome::ContinuePage,
+            );
+        }
+        // The continue page posted back as it was: its hidden fields and nothing else.
+        let continued = !fresh
+            && challenge_ok
+            && form.activation_info_source() == ActivationInfoSource::Base64Field
+            && !form.is_auth_required()
+            && form.field(LOGIN_FIELD).is_none()
+            && form.field(PASSWORD_FIELD).is_none();
+        if fresh || continued {
             return match lock {
-                Lock::None => self.record(&info),
+                Lock::None => self.record(&info, scenario),
                 Lock::Mdm | Lock::User => Answer::page(
                     200,
                     &self.lock_page(phone, &info, &form),
@@ -237,10 +301,7 @@ impl Exchange {
         // auth flag and the challenge issued for this very request.
         let echoed = form.activation_info_source() == ActivationInfoSource::Base64Field
             && form.is_auth_required()
-            && form.field(CHALLENGE_FIELD).is_some_and(|c| {
-                self.authority
-                    .check_lock_challenge(&info.udid, &info.randomness, c)
-            });
+            && challenge_ok;
         let (Some(login), Some(password)) = (form.field(LOGIN_FIELD), form.field(PASSWORD_FIELD))
         else {
             return incomplete();
@@ -249,10 +310,10 @@ impl Exchange {
             return incomplete();
         }
         match lock {
-            Lock::None => self.record(&info),
+            Lock::None => self.record(&info, scenario),
             Lock::Mdm if login.trim().is_empty() && self.is_current_code(phone, password) => {
                 tracing::info!(code = %mask_password(password), "bypass code accepted: lock released");
-                self.record(&info)
+                self.record(&info, scenario)
             }
             Lock::Mdm | Lock::User => {
                 tracing::info!(
@@ -261,11 +322,17 @@ impl Exchange {
                     password = %mask_password(password),
                     "credentials rejected"
                 );
-                let page = BuddyPage::auth_alert(
-                    LOCK_TITLE,
-                    WRONG_CREDENTIALS,
-                    self.lock_page(phone, &info, &form),
-                );
+                let page = match scenario.wrong_credentials {
+                    // An alert and nothing to fill in: the client starts over.
+                    WrongCredentials::Alert => {
+                        BuddyPage::auth_alert(LOCK_TITLE, WRONG_CREDENTIALS, BuddyPage::default())
+                    }
+                    WrongCredentials::AlertOverForm => BuddyPage::auth_alert(
+                        LOCK_TITLE,
+                        WRONG_CREDENTIALS,
+                        self.lock_page(phone, &info, &form),
+                    ),
+                };
                 Answer::page(200, &page, AlbertOutcome::AuthAlert)
             }
         }
@@ -284,8 +351,11 @@ impl Exchange {
             .any(|c| c == code)
     }
 
-    fn record(&self, info: &RequestInfo) -> Answer {
-        let record = build_record(&self.authority, info);
+    fn record(&self, info: &RequestInfo, scenario: Scenario) -> Answer {
+        let mut record = build_record(&self.authority, info);
+        if scenario.record_ack {
+            record.insert("ack-received".into(), Value::Boolean(true));
+        }
         let body = match activation_record_body(&record) {
             Ok(body) => body,
             Err(e) => {
@@ -318,33 +388,52 @@ impl Exchange {
             format!(" {}", p.owner_hint)
         };
         let description = format!(
-            "This {} is linked to an Apple Account.\nSign in with the Apple Account and password that were used to set up this {}.{owner}",
+            "This {} is linked to an Apple ID.\nEnter the Apple ID and password that were used to set up this {}.{owner}",
             p.device_class, p.device_class
         );
-        let mut server_info = Vec::new();
-        match activation_info_base64(form.activation_info()) {
-            Ok(b64) => server_info.push((field::ACTIVATION_INFO_BASE64.to_string(), b64)),
-            Err(e) => tracing::warn!(error = %e, "cannot encode activation-info-base64"),
-        }
-        server_info.push((field::IS_AUTH_REQUIRED.to_string(), "true".to_string()));
-        server_info.push((
-            CHALLENGE_FIELD.to_string(),
-            self.authority.lock_challenge(&info.udid, &info.randomness),
-        ));
+        let mut server_info = self.echoed_fields(info, form);
+        server_info.insert(1, (field::IS_AUTH_REQUIRED.to_string(), "true".to_string()));
         BuddyPage::lock_form(
             LOCK_TITLE,
             description,
             vec![
                 InputField::text(LOGIN_FIELD)
-                    .with_label("Apple Account")
-                    .with_placeholder("example@icloud.com"),
+                    .with_label("Apple ID")
+                    .with_keyboard_type("email"),
                 InputField::secure(PASSWORD_FIELD)
                     .with_label("Password")
                     .with_placeholder("Required"),
             ],
             server_info,
         )
-        .with_submit_url(self.submit_url.clone())
+        .with_submit_url(SUBMIT_PATH)
+        .with_script(LOCK_SCRIPT, "enableNext")
+        .with_loading_title("Activating...")
+        .with_help("Activation Lock Help", HELP_URL)
+    }
+
+    /// A page of hidden fields only (`continue_page`): the client posts it back as is.
+    fn continue_page(&self, info: &RequestInfo, form: &ActivationForm) -> BuddyPage {
+        BuddyPage {
+            name: Some(CONTINUE_PAGE.to_string()),
+            hidden: self.echoed_fields(info, form),
+            ..BuddyPage::default()
+        }
+    }
+
+    /// `activation-info-base64` and the challenge bound to this request: what a page hands
+    /// out for the client to echo.
+    fn echoed_fields(&self, info: &RequestInfo, form: &ActivationForm) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        match activation_info_base64(form.activation_info()) {
+            Ok(b64) => fields.push((field::ACTIVATION_INFO_BASE64.to_string(), b64)),
+            Err(e) => tracing::warn!(error = %e, "cannot encode activation-info-base64"),
+        }
+        fields.push((
+            CHALLENGE_FIELD.to_string(),
+            self.authority.lock_challenge(&info.udid, &info.randomness),
+        ));
+        fields
     }
 
     /// Reads and verifies the activation info: signed by the phone after a handshake this

@@ -13,7 +13,7 @@ mod exchange;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -29,7 +29,7 @@ pub use station_protocol::activation::Endpoint;
 
 use crate::activation::Authority;
 use crate::phone::Phone;
-use crate::world::{ActivationServerSpec, FaultSpec};
+use crate::world::{ActivationServerSpec, FaultSpec, WrongCredentials};
 
 /// Largest request body read; activation-info is ~10–30 KiB.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -45,7 +45,9 @@ pub enum AlbertOutcome {
     Record,
     /// The Activation Lock form.
     LockForm,
-    /// The wrong-credentials alert over the lock form.
+    /// A page of hidden fields only, to be posted back (`continue_page`).
+    ContinuePage,
+    /// The wrong-credentials alert (alone, or over the lock form).
     AuthAlert,
     /// A buddyml error page (HTTP 200), e.g. "Verification Failed", "Device Unknown".
     ErrorPage {
@@ -81,6 +83,8 @@ pub struct AlbertRequest {
     pub password: Option<String>,
     pub status: u16,
     pub outcome: AlbertOutcome,
+    /// When the request arrived (so a test can order it against other services' requests).
+    pub at: Instant,
 }
 
 struct Controls {
@@ -89,6 +93,7 @@ struct Controls {
     drm_handshake: FaultSpec,
     device_activation: FaultSpec,
     rng: StdRng,
+    scenario: exchange::Scenario,
 }
 
 impl Controls {
@@ -154,11 +159,7 @@ impl Albert {
             .collect();
         Albert {
             inner: Arc::new(Inner {
-                exchange: exchange::Exchange {
-                    authority,
-                    phones,
-                    submit_url: Endpoint::DeviceActivation.url_on(&format!("http://{addr}")),
-                },
+                exchange: exchange::Exchange { authority, phones },
                 url,
                 addr,
                 controls: Mutex::new(Controls {
@@ -167,6 +168,11 @@ impl Albert {
                     drm_handshake: spec.drm_handshake,
                     device_activation: spec.device_activation,
                     rng: StdRng::seed_from_u64(seed ^ 0xA1BE_7000_0000_0000),
+                    scenario: exchange::Scenario {
+                        record_ack: spec.record_ack,
+                        continue_page: spec.continue_page,
+                        wrong_credentials: spec.wrong_credentials,
+                    },
                 }),
                 log: Mutex::new(VecDeque::new()),
             }),
@@ -221,6 +227,21 @@ impl Albert {
         }
     }
 
+    /// Records carry `ack-received = true` from now on (or no longer).
+    pub fn set_record_ack(&self, on: bool) {
+        lock(&self.inner.controls).scenario.record_ack = on;
+    }
+
+    /// First `deviceActivation` requests get a page of hidden fields only (or no longer).
+    pub fn set_continue_page(&self, on: bool) {
+        lock(&self.inner.controls).scenario.continue_page = on;
+    }
+
+    /// What wrong credentials get from now on.
+    pub fn set_wrong_credentials(&self, answer: WrongCredentials) {
+        lock(&self.inner.controls).scenario.wrong_credentials = answer;
+    }
+
     /// Ends every injected failure on both endpoints.
     pub fn clear_failures(&self) {
         let mut c = lock(&self.inner.controls);
@@ -266,6 +287,7 @@ impl Albert {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let endpoint = Endpoint::from_path(&path);
+        let at = Instant::now();
         let mut seen = exchange::Seen::default();
 
         let answer = match endpoint {
@@ -278,9 +300,9 @@ impl Albert {
             Some(endpoint) => match read_body(req.into_body()).await {
                 Err(answer) => answer,
                 Ok(body) => {
-                    let (fail, status) = {
+                    let (fail, status, scenario) = {
                         let mut c = lock(&self.inner.controls);
-                        (c.should_fail(endpoint), c.failure_status)
+                        (c.should_fail(endpoint), c.failure_status, c.scenario)
                     };
                     if fail {
                         plain(
@@ -293,7 +315,9 @@ impl Albert {
                         let ct = content_type.as_deref();
                         match endpoint {
                             Endpoint::DrmHandshake => x.drm_handshake(ct, &body, &mut seen),
-                            Endpoint::DeviceActivation => x.device_activation(ct, &body, &mut seen),
+                            Endpoint::DeviceActivation => {
+                                x.device_activation(ct, &body, scenario, &mut seen)
+                            }
                         }
                     }
                 }
@@ -316,10 +340,11 @@ impl Albert {
             password: seen.password,
             status: answer.status,
             outcome: answer.outcome,
+            at,
         });
-        let headers = answer
-            .headers
+        let headers = server_headers()
             .into_iter()
+            .chain(answer.headers)
             .map(|(n, v)| (n.to_string(), v))
             .collect();
         crate::http::response(
@@ -332,6 +357,9 @@ impl Albert {
 }
 
 impl crate::http::Handler for Albert {
+    // Albert answers over HTTP/1.1 with canonical names (protocol.md §5.6, §5.9).
+    const TITLE_CASE_HEADERS: bool = true;
+
     fn handle(
         &self,
         req: Request<Incoming>,
@@ -343,6 +371,27 @@ impl crate::http::Handler for Albert {
         );
         self.answer(req).instrument(span)
     }
+}
+
+/// The headers every Albert answer carries, as in the 2023 capture (protocol.md §5.6);
+/// hyper adds `Date` and `Content-Length`.
+fn server_headers() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Cache-Control",
+            "private, no-cache, no-store, must-revalidate, max-age=0".to_string(),
+        ),
+        ("Connection", "keep-alive".to_string()),
+        ("Server", "Apple".to_string()),
+        (
+            "Strict-Transport-Security",
+            "max-age=31536000; includeSubDomains".to_string(),
+        ),
+        ("X-Client-Request-Id", uuid::Uuid::new_v4().to_string()),
+        ("X-Content-Type-Options", "nosniff".to_string()),
+        ("X-Frame-Options", "SAMEORIGIN".to_string()),
+        ("X-Xss-Protection", "1; mode=block".to_string()),
+    ]
 }
 
 fn plain(status: u16, text: &str, outcome: AlbertOutcome) -> exchange::Answer {
@@ -384,6 +433,7 @@ mod tests {
             drm_handshake: drm,
             device_activation: activation,
             rng: StdRng::seed_from_u64(1),
+            scenario: exchange::Scenario::default(),
         }
     }
 
