@@ -119,6 +119,34 @@ impl InProcBench {
             .expect("join")
     }
 
+    /// `station [config...] --json activate --udid UDID --activation-url <this bench>
+    /// [extra...]`: the output and its JSON report (panics when it is not JSON).
+    pub async fn activate_json(
+        &self,
+        udid: &str,
+        config: Option<&str>,
+        extra: &[&str],
+    ) -> (Output, serde_json::Value) {
+        let url = self.bench.activation_url().to_string();
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(config) = config {
+            args.extend(["--config", config]);
+        }
+        args.extend([
+            "--json",
+            "activate",
+            "--udid",
+            udid,
+            "--activation-url",
+            &url,
+        ]);
+        args.extend_from_slice(extra);
+        let out = self.station(&args, false).await;
+        let json = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        (out, json)
+    }
+
     /// What libimobiledevice's ideviceinfo reads as the phone's ActivationState.
     pub async fn ideviceinfo_state(&self, index: usize) -> String {
         let mut cmd = Command::new(require_tool("ideviceinfo"));

@@ -549,7 +549,6 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
         config.station_config_sources = vec![ConfigSource::Intune];
     })
     .await;
-    let url = bench.bench.activation_url().to_string();
     let config_with = |max_age: u64| {
         let text = std::fs::read_to_string(bench.bench.station_config()).expect("read config");
         let text = text.replacen(
@@ -562,27 +561,11 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
         path.display().to_string()
     };
     let activate = |config: String, index: usize| {
-        let (udid, url) = (bench.udids[index].clone(), url.clone());
         let bench = &bench;
         async move {
-            let out = bench
-                .station(
-                    &[
-                        "--config",
-                        &config,
-                        "--json",
-                        "activate",
-                        "--udid",
-                        &udid,
-                        "--activation-url",
-                        &url,
-                    ],
-                    false,
-                )
-                .await;
-            let json: Value = serde_json::from_str(out.stdout.trim())
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
-            (out, json)
+            bench
+                .activate_json(&bench.udids[index], Some(&config), &[])
+                .await
         }
     };
     let handshakes = |index: usize| {

@@ -44,23 +44,8 @@ const IOS_10_OLD_TLS: usize = 3;
 const UNSUPPORTED: i32 = 10;
 
 async fn activate(bench: &InProcBench, index: usize, codes: Option<&str>) -> (Output, Value) {
-    let udid = bench.udids[index].clone();
-    let url = bench.bench.activation_url().to_string();
-    let mut args = vec![
-        "--json",
-        "activate",
-        "--udid",
-        &udid,
-        "--activation-url",
-        &url,
-    ];
-    if let Some(codes) = codes {
-        args.extend(["--codes", codes]);
-    }
-    let out = bench.station(&args, false).await;
-    let json =
-        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
-    (out, json)
+    let extra: Vec<&str> = codes.map(|c| vec!["--codes", c]).unwrap_or_default();
+    bench.activate_json(&bench.udids[index], None, &extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,21 +86,8 @@ async fn a_record_the_phone_rejects_in_the_tls_handshake_is_replaced_once() {
     assert!(out.stdout.contains("station unpair"), "{out}");
 
     // The workflow pairs again (a phone at Setup Assistant needs no prompt) and goes on.
-    let url = bench.bench.activation_url().to_string();
-    let out = bench
-        .station(
-            &[
-                "--json",
-                "activate",
-                "--udid",
-                &udid,
-                "--activation-url",
-                &url,
-            ],
-            false,
-        )
-        .await;
-    assert_eq!(json(&out)["outcome"], "activated", "{out}");
+    let (out, report) = bench.activate_json(&udid, None, &[]).await;
+    assert_eq!(report["outcome"], "activated", "{out}");
     let replaced = read_record(&bench, &udid);
     assert_ne!(
         replaced.host_certificate, tampered.host_certificate,
@@ -113,21 +100,8 @@ async fn a_record_the_phone_rejects_in_the_tls_handshake_is_replaced_once() {
 async fn a_pairing_without_escrow_bag_is_kept_and_used() {
     let bench = InProcBench::start(WORLD).await;
     let udid = bench.udids[NO_ESCROW_BAG].clone();
-    let url = bench.bench.activation_url().to_string();
-    let out = bench
-        .station(
-            &[
-                "--json",
-                "activate",
-                "--udid",
-                &udid,
-                "--activation-url",
-                &url,
-            ],
-            false,
-        )
-        .await;
-    assert_eq!(json(&out)["outcome"], "activated", "{out}");
+    let (out, report) = bench.activate_json(&udid, None, &[]).await;
+    assert_eq!(report["outcome"], "activated", "{out}");
     let record = read_record(&bench, &udid);
     assert_eq!(record.escrow_bag, None, "the phone handed out no EscrowBag");
     assert_eq!(bench.ideviceinfo_state(NO_ESCROW_BAG).await, "Activated");

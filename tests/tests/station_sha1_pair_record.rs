@@ -109,22 +109,7 @@ async fn station_activates_through_a_sha1_signed_pair_record() {
         .await
         .expect("pairing in time");
 
-    let url = bench.bench.activation_url().to_string();
-    let out = bench
-        .station(
-            &[
-                "--json",
-                "activate",
-                "--udid",
-                &udid,
-                "--activation-url",
-                &url,
-            ],
-            false,
-        )
-        .await;
-    let json: serde_json::Value =
-        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    let (out, json) = bench.activate_json(&udid, None, &[]).await;
     assert_eq!(json["outcome"], "activated", "{out}");
     assert_eq!(out.status.code(), Some(0), "{out}");
 
