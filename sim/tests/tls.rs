@@ -35,28 +35,6 @@ async fn paired(spec: DeviceSpec) -> (TestBench, String, PlistChannel<UnixStream
     (tb, udid, ch, record)
 }
 
-/// StartSession up to (not including) the handshake; returns the SessionID.
-async fn request_session(ch: &mut PlistChannel<UnixStream>, record: &PairRecord) -> String {
-    let r = call(
-        ch,
-        "StartSession",
-        vec![
-            ("HostID", record.host_id.clone().into()),
-            ("SystemBUID", record.system_buid.clone().into()),
-        ],
-    )
-    .await;
-    assert_eq!(error_of(&r), None, "{r:?}");
-    assert_eq!(
-        r.get("EnableSessionSSL").and_then(Value::as_boolean),
-        Some(true)
-    );
-    r.get("SessionID")
-        .and_then(Value::as_string)
-        .expect("SessionID")
-        .to_string()
-}
-
 fn station_client(record: &PairRecord) -> std::sync::Arc<rustls::ClientConfig> {
     station_protocol::tls::client_config(&record.host_certificate, &record.host_private_key)
         .expect("client config")

@@ -258,12 +258,8 @@ pub async fn pair(ch: &mut PlistChannel<UnixStream>, record: &PairRecord) -> Dic
     .await
 }
 
-/// StartSession and the TLS handshake with the host certificate (or the root one).
-pub async fn start_session(
-    ch: &mut PlistChannel<UnixStream>,
-    record: &PairRecord,
-    use_root: bool,
-) -> String {
+/// StartSession up to (not including) the TLS handshake; returns the SessionID.
+pub async fn request_session(ch: &mut PlistChannel<UnixStream>, record: &PairRecord) -> String {
     let reply = call(
         ch,
         "StartSession",
@@ -278,11 +274,20 @@ pub async fn start_session(
         reply.get("EnableSessionSSL").and_then(Value::as_boolean),
         Some(true)
     );
-    let session_id = reply
+    reply
         .get("SessionID")
         .and_then(Value::as_string)
         .expect("SessionID")
-        .to_string();
+        .to_string()
+}
+
+/// StartSession and the TLS handshake with the host certificate (or the root one).
+pub async fn start_session(
+    ch: &mut PlistChannel<UnixStream>,
+    record: &PairRecord,
+    use_root: bool,
+) -> String {
+    let session_id = request_session(ch, record).await;
     let (cert, key) = if use_root {
         (&record.root_certificate, &record.root_private_key)
     } else {
