@@ -198,6 +198,11 @@ async fn every_outcome_of_a_single_phone() {
     let (out, json) = f.activate(MDM_WRONG_CODE, Some(&csv), false).await;
     assert_eq!(outcome(&json), "code_rejected", "{out}");
     assert_eq!(json["codes_tried"], 1);
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stale in csv"),
+        "names where the stale code came from: {message}"
+    );
     assert_eq!(f.ideviceinfo_state(MDM_WRONG_CODE).await, "Unactivated");
 
     // Locked to a personal account no source knows: user_locked, nothing submitted.

@@ -1077,12 +1077,28 @@ impl Activator<'_> {
         let stop = Stop::new(
             Outcome::CodeRejected,
             format!(
-                "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: codes are stale (phone re-supervised or erased after the export); fetch a fresh code from the MDM",
-                progress.report.codes_tried
+                "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: stale in {} (the phone was supervised again or erased since); fetch a fresh code there",
+                progress.report.codes_tried,
+                sources_of(&lookup.codes)
             ),
         );
         self.try_release(device, serial, &mut progress.report, stop)
             .await
+    }
+}
+
+/// The sources codes came from, each once, in order: `Intune`, `Intune and codes.csv`.
+fn sources_of(codes: &[SourcedCode]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for code in codes {
+        if !names.contains(&code.source.as_str()) {
+            names.push(&code.source);
+        }
+    }
+    match names.split_last() {
+        None => "the code sources".to_string(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
     }
 }
 
