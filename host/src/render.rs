@@ -86,7 +86,19 @@ pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Left-aligned columns separated by two spaces, header first, trailing blanks trimmed.
+/// A line break or tab inside a cell (a server's reason, say) becomes a space, so one cell
+/// never breaks the rows below it.
 pub fn aligned_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let one_line = |cell: &String| -> String {
+        cell.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(one_line))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -124,6 +136,18 @@ mod tests {
             ("Blob", plist::Value::Data(vec![0xde, 0xad])),
             ("Nested", dict([("Inner", plist::Value::from("x"))])),
         ])
+    }
+
+    #[test]
+    fn a_line_break_in_a_cell_does_not_break_the_table() {
+        let rows = [
+            ["a".to_string(), "first line\nsecond\tline".to_string()],
+            ["bb".to_string(), "ok".to_string()],
+        ];
+        let table = aligned_table(["X", "REASON"], &rows);
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert_eq!(table.lines().nth(1), Some("a   first line second line"));
+        assert_eq!(table.lines().nth(2), Some("bb  ok"));
     }
 
     #[test]

@@ -202,6 +202,16 @@ fn table(records: &[AttemptRecord]) -> String {
     if records.is_empty() {
         return "No attempts match.\n".to_string();
     }
+    // The table shows when each attempt finished: list them in that order (concurrent
+    // phones finish out of the order they started), those still running last.
+    let mut records: Vec<&AttemptRecord> = records.iter().collect();
+    records.sort_by(|a, b| {
+        (a.finished_at.is_none(), &a.finished_at, &a.started_at).cmp(&(
+            b.finished_at.is_none(),
+            &b.finished_at,
+            &b.started_at,
+        ))
+    });
     const HEADER: [&str; 8] = [
         "FINISHED (UTC)",
         "SLOT",
@@ -536,6 +546,34 @@ mod tests {
         assert_eq!(
             render(&[], ReportFormat::Table).expect("table"),
             "No attempts match.\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_table_lists_attempts_in_the_order_they_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::ledger::tests::sample_ledger(dir.path()).await;
+        let mut records = rows(dir.path(), &[]);
+        // Two phones of one bench: the one started first finished last.
+        let (first, second) = (
+            records[0].finished_at.clone(),
+            records[1].finished_at.clone(),
+        );
+        records[0].finished_at = second;
+        records[1].finished_at = first;
+        let text = render(&records, ReportFormat::Table).expect("table");
+        let finished: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.chars().take(19).collect())
+            .collect();
+        let done: Vec<&String> = finished.iter().filter(|f| !f.starts_with('—')).collect();
+        let mut sorted = done.clone();
+        sorted.sort();
+        assert_eq!(done, sorted, "{text}");
+        assert!(
+            finished.last().is_some_and(|f| f.starts_with('—')),
+            "still running comes last: {text}"
         );
     }
 
