@@ -66,6 +66,7 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
         "names the way out: {message}"
     );
     assert_eq!(json["product_version"], "9.3.5", "{out}");
+    assert_eq!(json["product_type"], "iPhone8,1", "{out}");
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "refused at once, not after a timeout"

@@ -524,7 +524,7 @@ impl Activator<'_> {
         let identity = identity?;
         let report = &mut progress.report;
         report.serial = Some(identity.serial.clone());
-        report.product_type = identity.product_type;
+        report.product_type = identity.product_type.or(report.product_type.take());
         report.product_version = identity.product_version.or(report.product_version.take());
         report.activation_state = Some(identity.state.clone());
         self.observer.identified(
@@ -798,9 +798,20 @@ impl Activator<'_> {
         report: &mut ActivationReport,
     ) -> Result<(), Stop> {
         let mut lockdown = self.bench.lockdown(device).await?;
-        let version = lockdown.get_value(None, Some("ProductVersion")).await;
+        // The whole public subset in one round trip, as pymobiledevice3 reads it.
+        let values = lockdown.get_value(None, None).await;
         let _ = lockdown.goodbye().await;
-        let Some(text) = version.ok().and_then(|v| v.as_string().map(str::to_string)) else {
+        let values = values.ok();
+        let public = |key: &str| {
+            values
+                .as_ref()
+                .and_then(plist::Value::as_dictionary)
+                .and_then(|d| d.get(key))
+                .and_then(plist::Value::as_string)
+                .map(str::to_string)
+        };
+        report.product_type = public("ProductType");
+        let Some(text) = public("ProductVersion") else {
             tracing::info!(udid = %device.udid, "ProductVersion not readable before pairing");
             return Ok(());
         };
