@@ -98,9 +98,31 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
         &[(IOS_12_LOCKED, "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4", "device")],
     );
     let csv = csv.display().to_string();
-    let (out, json) = activate(&bench, IOS_12_LOCKED, Some(&csv)).await;
-    assert_eq!(json["outcome"], "activated", "{out}");
-    assert_eq!(json["activation_locked"], true, "{out}");
+    // Without --json: one line, the outcome named once.
+    let udid = &bench.udids[IOS_12_LOCKED];
+    let url = bench.bench.activation_url().to_string();
+    let out = bench
+        .station(
+            &[
+                "activate",
+                "--udid",
+                udid,
+                "--activation-url",
+                &url,
+                "--codes",
+                &csv,
+            ],
+            false,
+        )
+        .await;
+    out.assert_success();
+    assert!(
+        out.stdout.starts_with(&format!(
+            "{udid}: activated: Activation Lock released with code 3UM43-…-FKA4"
+        )),
+        "{out}"
+    );
+    assert_eq!(out.stdout.matches("activated").count(), 1, "{out}");
     assert_eq!(bench.ideviceinfo_state(IOS_12_LOCKED).await, "Activated");
 
     // iOS 10 is tried; when its handshake fails the reason names the version.
