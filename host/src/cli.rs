@@ -146,8 +146,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
-    /// Validate the configuration file and say what the station would do with it.
-    Check,
+    /// Validate the configuration file and say what the station would do with it. Exits
+    /// non-zero exactly when `station run` would refuse to start with it.
+    Check {
+        /// Read KEY=VALUE lines (systemd's EnvironmentFile syntax) to resolve
+        /// `{ env = … }` secrets as the service would; values are never printed.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<std::path::PathBuf>,
+    },
     /// Print a commented example configuration (it passes `config check`).
     Example,
 }
