@@ -198,3 +198,11 @@ fn the_help_names_a_line_only_when_there_is_one() {
     let missing = StationConfig::load(Path::new("/nonexistent/station.toml")).expect_err("read");
     assert!(!missing.help().contains("line"), "{}", missing.help());
 }
+
+#[test]
+fn the_bench_example_is_valid_and_keyed_by_port_path() {
+    let text = include_str!("../../hardware/station.toml.example");
+    let config = parse(text).expect("hardware/station.toml.example must pass");
+    assert_eq!(config.warnings, vec![]);
+    assert_eq!(config.slot_label(Some("3-1.2"), 0x0003_0009), Some("B2"));
+}
