@@ -93,7 +93,7 @@ pub async fn identify(bench: &Bench, slots: &Slots, device: &DeviceInfo) -> Devi
     let mut row = DeviceRow::new(device, slots);
     match tokio::time::timeout(PER_DEVICE_TIMEOUT, identify_into(bench, device, &mut row)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => row.note = Some(note_for(&e)),
+        Ok(Err(e)) => row.note = Some(note_for(&e, &device.udid)),
         Err(_) => {
             row.note = Some(format!(
                 "no answer within {PER_DEVICE_TIMEOUT:?}: replug the phone"
@@ -103,10 +103,16 @@ pub async fn identify(bench: &Bench, slots: &Slots, device: &DeviceInfo) -> Devi
     row
 }
 
-fn note_for(e: &StationError) -> String {
+/// The row names the phone already: its note says what is wrong without repeating the
+/// UDID (the help keeps it where it is part of a command to copy).
+fn note_for(e: &StationError, udid: &str) -> String {
+    let message = match e.message.strip_prefix(udid) {
+        Some(rest) => format!("the phone{rest}").replacen("the phone: ", "", 1),
+        None => e.message.replace(udid, "the phone"),
+    };
     match &e.help {
-        Some(help) => format!("{}: {}", e.message, help),
-        None => e.message.clone(),
+        Some(help) => format!("{message}: {help}"),
+        None => message,
     }
 }
 
@@ -137,7 +143,7 @@ async fn identify_into(
             Some(bench.session_with(device, record).await?)
         }
         Ok(None) => {
-            row.note = Some(note_for(&StationError::not_paired(udid)));
+            row.note = Some(note_for(&StationError::not_paired(udid), udid));
             None
         }
         Err(e) => return Err(e),
@@ -196,4 +202,30 @@ pub fn render_table(rows: &[DeviceRow]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UDID: &str = "00008030-001A2C3E0E90802E";
+
+    #[test]
+    fn notes_do_not_repeat_the_udid() {
+        let note = note_for(&StationError::passcode_locked(UDID), UDID);
+        assert!(
+            note.starts_with("the phone is locked with a passcode"),
+            "{note}"
+        );
+        assert!(!note.contains(UDID), "{note}");
+        let note = note_for(&StationError::not_paired(UDID), UDID);
+        assert!(
+            note.starts_with(
+                "this station is not paired with the phone: run `station pair --udid "
+            ),
+            "{note}"
+        );
+        // Only the command to copy names it.
+        assert_eq!(note.matches(UDID).count(), 1, "{note}");
+    }
 }
