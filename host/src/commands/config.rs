@@ -48,9 +48,17 @@ pub fn preflight(config: &StationConfig, env: &Environment) -> Preflight {
     if let Err(e) = super::run::activation_server(config) {
         problems.push(format!("[activation]: {}", e.message));
     }
-    if let Some(address) = &config.usbmuxd.address {
-        if let Err(e) = Address::parse(address) {
-            problems.push(format!("[usbmuxd] address: {e}"));
+    // As `station run` picks it: the file's address, else USBMUXD_SOCKET_ADDRESS.
+    match &config.usbmuxd.address {
+        Some(address) => {
+            if let Err(e) = Address::parse(address) {
+                problems.push(format!("[usbmuxd] address: {e}"));
+            }
+        }
+        None => {
+            if let Err(e) = Address::from_env() {
+                problems.push(format!("{}: {e}", station_protocol::usbmux::ADDRESS_ENV));
+            }
         }
     }
     let mut warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
@@ -284,4 +292,42 @@ fn render(s: &Summary) -> String {
         out.push_str(&format!("warning: {warning}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> StationConfig {
+        StationConfig::parse(text, Path::new("station.toml")).expect("valid file")
+    }
+
+    #[test]
+    fn problems_refuse_and_warnings_do_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = format!(
+            "[usbmuxd]\naddress = \"UNIX:\"\n\n[slots]\n\"0x00010002\" = \"A1\"\n\n[[codes.sources]]\ntype = \"csv\"\npath = \"{}\"\n\n[[codes.sources]]\ntype = \"command\"\nprogram = \"{}\"\n",
+            dir.path().join("missing.csv").display(),
+            dir.path().join("missing-hook").display(),
+        );
+        let checked = preflight(&config(&text), &Environment::process());
+        assert_eq!(checked.problems.len(), 2, "{:?}", checked.problems);
+        assert!(checked.problems[0].starts_with("code source `csv` (csv): "));
+        assert!(checked.problems[1].starts_with("[usbmuxd] address: "));
+        assert_eq!(checked.warnings.len(), 2, "{:?}", checked.warnings);
+        assert!(checked.warnings[0].contains("LocationID"));
+        assert!(checked.warnings[1].contains("missing-hook"));
+        let refusal = checked.refusal().expect_err("refused");
+        assert_eq!(
+            (refusal.code, refusal.exit),
+            ("config-refused", exit::USAGE)
+        );
+
+        let fine = preflight(
+            &config("[slots]\n\"1-1.4.2\" = \"A1\"\n"),
+            &Environment::process(),
+        );
+        assert!(fine.problems.is_empty() && fine.warnings.is_empty());
+        assert!(fine.refusal().is_ok());
+    }
 }
