@@ -126,7 +126,12 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
     }
     // Config commands work on a broken file: that is what they are for.
     if let Command::Config { action } = &cli.command {
-        return commands::config::run(action, cli.config.as_deref(), cli.json);
+        return commands::config::run(
+            action,
+            cli.config.as_deref(),
+            cli.data_dir.as_deref(),
+            cli.json,
+        );
     }
     let config = load_config(&cli)?;
     let bench = bench(&cli, &config)?;
@@ -231,8 +236,11 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                 .clone()
                 .unwrap_or_else(|| config.station.data_dir.clone());
             // The same checks as `station config check`: refuse before the first phone.
-            let preflight =
-                commands::config::preflight(&config, &station_config::Environment::process());
+            let preflight = commands::config::preflight(
+                &config,
+                &data_dir,
+                &station_config::Environment::process(),
+            );
             preflight.log_warnings();
             preflight.refusal()?;
             let codes = commands::run::code_lookup(&config)?;

@@ -29,7 +29,7 @@ pub struct Preflight {
     pub warnings: Vec<String>,
 }
 
-pub fn preflight(config: &StationConfig, env: &Environment) -> Preflight {
+pub fn preflight(config: &StationConfig, data_dir: &Path, env: &Environment) -> Preflight {
     let sources: Vec<SourceCheck> = config
         .codes
         .sources
@@ -61,6 +61,9 @@ pub fn preflight(config: &StationConfig, env: &Environment) -> Preflight {
             }
         }
     }
+    if let Some(problem) = data_dir_problem(data_dir) {
+        problems.push(problem);
+    }
     let mut warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     warnings.extend(sources.iter().filter_map(|s| s.warning.clone()));
     Preflight {
@@ -68,6 +71,30 @@ pub fn preflight(config: &StationConfig, env: &Environment) -> Preflight {
         problems,
         warnings,
     }
+}
+
+/// Whether the ledger's directory exists or can be created, and can be written, as the
+/// ledger needs at start (checked without creating anything).
+fn data_dir_problem(dir: &Path) -> Option<String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent()?;
+    }
+    if !existing.is_dir() {
+        return Some(format!(
+            "data directory {}: {} is not a directory",
+            dir.display(),
+            existing.display()
+        ));
+    }
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::access(existing, access).err().map(|e| {
+        format!(
+            "data directory {}: {} is not writable by this user ({e})",
+            dir.display(),
+            existing.display()
+        )
+    })
 }
 
 impl Preflight {
@@ -123,7 +150,12 @@ struct Summary {
     preflight: Preflight,
 }
 
-pub fn run(action: &ConfigAction, explicit: Option<&Path>, json: bool) -> Result<u8, StationError> {
+pub fn run(
+    action: &ConfigAction,
+    explicit: Option<&Path>,
+    data_dir: Option<&Path>,
+    json: bool,
+) -> Result<u8, StationError> {
     match action {
         ConfigAction::Example => {
             let _ = std::io::stdout().write_all(EXAMPLE.as_bytes());
@@ -142,7 +174,10 @@ pub fn run(action: &ConfigAction, explicit: Option<&Path>, json: bool) -> Result
                 Some(path) => StationConfig::load(path).map_err(invalid)?,
                 None => StationConfig::default(),
             };
-            let summary = summarise(&config, file.as_deref(), preflight(&config, &env));
+            // As `station run` picks it: --data-dir / STATION_DATA_DIR, else the file's.
+            let data_dir = data_dir.unwrap_or(&config.station.data_dir).to_path_buf();
+            let checked = preflight(&config, &data_dir, &env);
+            let summary = summarise(&config, file.as_deref(), &data_dir, checked);
             let mut out = std::io::stdout().lock();
             let written = if json {
                 writeln!(
@@ -163,11 +198,16 @@ pub fn run(action: &ConfigAction, explicit: Option<&Path>, json: bool) -> Result
     }
 }
 
-fn summarise(config: &StationConfig, file: Option<&Path>, preflight: Preflight) -> Summary {
+fn summarise(
+    config: &StationConfig,
+    file: Option<&Path>,
+    data_dir: &Path,
+    preflight: Preflight,
+) -> Summary {
     Summary {
         file: file.map(|p| p.display().to_string()),
         station_id: config.station.id.clone(),
-        data_dir: config.station.data_dir.display().to_string(),
+        data_dir: data_dir.display().to_string(),
         concurrency: config.station.concurrency,
         usbmuxd: config
             .usbmuxd
@@ -310,10 +350,14 @@ mod tests {
             dir.path().join("missing.csv").display(),
             dir.path().join("missing-hook").display(),
         );
-        let checked = preflight(&config(&text), &Environment::process());
-        assert_eq!(checked.problems.len(), 2, "{:?}", checked.problems);
+        // A data directory under a regular file cannot be created (root included).
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").expect("file");
+        let checked = preflight(&config(&text), &file.join("data"), &Environment::process());
+        assert_eq!(checked.problems.len(), 3, "{:?}", checked.problems);
         assert!(checked.problems[0].starts_with("code source `csv` (csv): "));
         assert!(checked.problems[1].starts_with("[usbmuxd] address: "));
+        assert!(checked.problems[2].ends_with("a-file is not a directory"));
         assert_eq!(checked.warnings.len(), 2, "{:?}", checked.warnings);
         assert!(checked.warnings[0].contains("LocationID"));
         assert!(checked.warnings[1].contains("missing-hook"));
@@ -325,6 +369,7 @@ mod tests {
 
         let fine = preflight(
             &config("[slots]\n\"1-1.4.2\" = \"A1\"\n"),
+            &dir.path().join("new").join("data"),
             &Environment::process(),
         );
         assert!(fine.problems.is_empty() && fine.warnings.is_empty());
