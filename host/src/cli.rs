@@ -68,6 +68,8 @@ pub enum Command {
     Devices,
     /// Read lockdown values through a paired session, like ideviceinfo.
     Info {
+        /// The phone's UDID, as `station devices` lists it (the dash of a modern UDID may be
+        /// left out).
         #[arg(short, long)]
         udid: String,
         /// Value domain, e.g. com.apple.mobile.battery.
@@ -82,6 +84,8 @@ pub enum Command {
     },
     /// Pair with a phone (an activated phone asks the operator to tap Trust).
     Pair {
+        /// The phone's UDID, as `station devices` lists it (the dash of a modern UDID may be
+        /// left out).
         #[arg(short, long)]
         udid: String,
         /// Seconds to wait for the operator to tap Trust.
@@ -90,6 +94,8 @@ pub enum Command {
     },
     /// Activate a phone; release an Activation Lock with the organisation's bypass code.
     Activate {
+        /// The phone's UDID, as `station devices` lists it (the dash of a modern UDID may be
+        /// left out).
         #[arg(short, long)]
         udid: String,
         /// Bypass codes CSV: serial_number,udid,bypass_code,code_kind,source,retrieved_at.
@@ -137,6 +143,8 @@ pub enum Command {
     },
     /// Forget the pairing on the phone and delete the stored record.
     Unpair {
+        /// The phone's UDID, as `station devices` lists it (the dash of a modern UDID may be
+        /// left out).
         #[arg(short, long)]
         udid: String,
     },
@@ -146,8 +154,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
-    /// Validate the configuration file and say what the station would do with it.
-    Check,
+    /// Validate the configuration file and say what the station would do with it. Exits
+    /// non-zero exactly when `station run` would refuse to start with it.
+    Check {
+        /// Read KEY=VALUE lines (systemd's EnvironmentFile syntax) to resolve
+        /// `{ env = … }` secrets as the service would; values are never printed.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<std::path::PathBuf>,
+    },
     /// Print a commented example configuration (it passes `config check`).
     Example,
 }
@@ -167,4 +181,29 @@ pub enum CodesCommand {
         #[arg(long)]
         reveal: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_udid_option_says_what_it_takes() {
+        let mut cli = Cli::command();
+        for name in ["activate", "info", "pair", "unpair"] {
+            let help = cli
+                .find_subcommand_mut(name)
+                .expect("subcommand")
+                .render_help()
+                .to_string();
+            // The option's line and the description clap puts beside or below it.
+            let after = help.rsplit("--udid <UDID>").next().unwrap_or_default();
+            let described = after.lines().take(2).collect::<Vec<_>>().join(" ");
+            assert!(
+                described.contains("UDID, as `station devices` lists it"),
+                "{name}: {help}"
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod line;
 mod models;
 mod phone;
 mod render;
+mod slots;
 mod usbmuxd;
 
 use std::io::Write;
@@ -125,7 +126,12 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
     }
     // Config commands work on a broken file: that is what they are for.
     if let Command::Config { action } = &cli.command {
-        return commands::config::run(action, cli.config.as_deref(), cli.json);
+        return commands::config::run(
+            action,
+            cli.config.as_deref(),
+            cli.data_dir.as_deref(),
+            cli.json,
+        );
     }
     let config = load_config(&cli)?;
     let bench = bench(&cli, &config)?;
@@ -133,7 +139,8 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
     let mut code = 0;
     let written = match &cli.command {
         Command::Devices => {
-            let rows = commands::devices::list(&bench).await?;
+            let slots = slots::Slots::new(config.slots.clone(), slots::PortPaths::from_env());
+            let rows = commands::devices::list(&bench, &slots).await?;
             if cli.json {
                 writeln!(
                     out,
@@ -233,6 +240,14 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| config.station.data_dir.clone());
+            // The same checks as `station config check`: refuse before the first phone.
+            let preflight = commands::config::preflight(
+                &config,
+                &data_dir,
+                &station_config::Environment::process(),
+            );
+            preflight.log_warnings();
+            preflight.refusal()?;
             let codes = commands::run::code_lookup(&config)?;
             let args = commands::run::RunArgs {
                 once: *once,

@@ -283,7 +283,11 @@ impl Bench {
                     imei2: p.imei2.clone(),
                     wifi_address: p.wifi_address.clone(),
                     unique_chip_id: p.unique_chip_id,
-                    location_id: p.location_id,
+                    location_id: self
+                        .shared
+                        .hub
+                        .location_id(&p.udid)
+                        .unwrap_or(p.location_id),
                     product_id: p.product_id,
                     plug_at_ms: p.plug_at_ms,
                     unplug_at_ms: p.unplug_at_ms,

@@ -26,7 +26,14 @@ struct Attachment {
 struct HubState {
     next_device_id: u32,
     attached: BTreeMap<u32, Attachment>,
+    /// Each phone's LocationID now: its profile's until it is replugged.
+    locations: HashMap<usize, u32>,
+    /// The last USB address handed out per bus.
+    last_address: HashMap<u32, u32>,
 }
+
+/// Linux hands out USB addresses 1..=127 per bus (1 is the root hub), round-robin.
+const MAX_USB_ADDRESS: u32 = 127;
 
 pub(crate) struct Hub {
     phones: Vec<Arc<Phone>>,
@@ -49,6 +56,8 @@ impl Hub {
             state: Mutex::new(HubState {
                 next_device_id: 1,
                 attached: BTreeMap::new(),
+                locations: HashMap::new(),
+                last_address: HashMap::new(),
             }),
             events,
         }
@@ -71,16 +80,27 @@ impl Hub {
             })
     }
 
-    fn info(&self, device_id: u32, phone: usize) -> DeviceInfo {
+    fn info(&self, state: &HubState, device_id: u32, phone: usize) -> DeviceInfo {
         let p = self.phones[phone].profile();
         DeviceInfo {
             device_id,
             udid: p.udid.clone(),
             product_id: p.product_id,
-            location_id: p.location_id,
+            location_id: state
+                .locations
+                .get(&phone)
+                .copied()
+                .unwrap_or(p.location_id),
             connection_speed: USB2_SPEED,
             connection_type: "USB".to_string(),
         }
+    }
+
+    /// A phone's LocationID: where it is (or was last) plugged, else its first.
+    pub fn location_id(&self, udid: &str) -> Option<u32> {
+        let index = self.by_udid.get(udid).copied()?;
+        let first = self.phones[index].profile().location_id;
+        Some(self.lock().locations.get(&index).copied().unwrap_or(first))
     }
 
     /// The DeviceID of a plugged phone.
@@ -93,8 +113,54 @@ impl Hub {
             .map(|(id, _)| *id)
     }
 
+    /// The LocationID of a phone being plugged in. The first time: its profile's. Again (a
+    /// replug): same bus, the next free USB address, as Linux re-enumerates a device, so
+    /// usbmuxd's `(bus << 16) | address` changes (protocol.md §1.4).
+    fn enumerate(&self, s: &mut HubState, phone: usize) -> u32 {
+        let first = self.phones[phone].profile().location_id;
+        let Some(previous) = s.locations.get(&phone).copied() else {
+            return first;
+        };
+        let bus = previous >> 16;
+        // Taken: the phones attached now, and the first addresses of phones not plugged yet.
+        let attached = s
+            .attached
+            .values()
+            .filter_map(|a| s.locations.get(&a.phone));
+        let planned = (0..self.phones.len())
+            .filter(|i| !s.locations.contains_key(i))
+            .map(|i| &self.phones[i].profile().location_id);
+        let in_use: Vec<u32> = attached
+            .chain(planned)
+            .filter(|l| **l >> 16 == bus)
+            .map(|l| *l & 0xffff)
+            .collect();
+        let highest_profile = self
+            .phones
+            .iter()
+            .map(|p| p.profile().location_id)
+            .filter(|l| *l >> 16 == bus)
+            .map(|l| l & 0xffff)
+            .max()
+            .unwrap_or(1);
+        let mut address = *s.last_address.get(&bus).unwrap_or(&highest_profile);
+        for _ in 0..MAX_USB_ADDRESS {
+            address = if address >= MAX_USB_ADDRESS {
+                2
+            } else {
+                address + 1
+            };
+            if !in_use.contains(&address) && address != (previous & 0xffff) {
+                break;
+            }
+        }
+        s.last_address.insert(bus, address);
+        (bus << 16) | address
+    }
+
     /// Plugs a phone in: it gets the next DeviceID (a replugged phone gets a new one, as
-    /// with usbmuxd) and listeners see `Attached`. Plugging a plugged phone is a no-op.
+    /// with usbmuxd) and a new USB address on its bus, and listeners see `Attached`.
+    /// Plugging a plugged phone is a no-op.
     pub fn plug(&self, udid: &str) -> Result<u32, SimError> {
         let index = self.index(udid)?;
         let mut s = self.lock();
@@ -103,6 +169,8 @@ impl Hub {
         }
         let id = s.next_device_id;
         s.next_device_id = s.next_device_id.wrapping_add(1).max(1);
+        let location = self.enumerate(&mut s, index);
+        s.locations.insert(index, location);
         let (unplugged, _) = watch::channel(false);
         s.attached.insert(
             id,
@@ -111,7 +179,7 @@ impl Hub {
                 unplugged,
             },
         );
-        let _ = self.events.send(Event::Attached(self.info(id, index)));
+        let _ = self.events.send(Event::Attached(self.info(&s, id, index)));
         tracing::info!(%udid, device_id = id, "plugged in");
         Ok(id)
     }
@@ -158,7 +226,7 @@ impl Hub {
         let s = self.lock();
         s.attached
             .iter()
-            .map(|(id, a)| self.info(*id, a.phone))
+            .map(|(id, a)| self.info(&s, *id, a.phone))
             .collect()
     }
 
@@ -169,7 +237,7 @@ impl Hub {
         let list = s
             .attached
             .iter()
-            .map(|(id, a)| self.info(*id, a.phone))
+            .map(|(id, a)| self.info(&s, *id, a.phone))
             .collect();
         (list, rx)
     }

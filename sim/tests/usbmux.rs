@@ -77,6 +77,33 @@ async fn list_devices_reports_every_plugged_phone() {
 }
 
 #[tokio::test]
+async fn a_replugged_phone_gets_a_new_address_on_the_same_bus() {
+    let tb = start(default_world(3, 7)).await;
+    let before = device_list(&mux_call(&tb.socket, &request("ListDevices", vec![])).await);
+    let udid = before[1].udid.clone();
+    let old = before[1].location_id;
+    tb.bench.unplug(&udid).expect("unplug");
+    tb.bench.plug(&udid).expect("plug");
+    let after = device_list(&mux_call(&tb.socket, &request("ListDevices", vec![])).await);
+    let replugged = after.iter().find(|d| d.udid == udid).expect("back");
+    // Linux usbmuxd: LocationID = (bus << 16) | address, and a re-enumeration takes a new
+    // address on the same bus, not one another phone holds.
+    assert_ne!(replugged.location_id, old);
+    assert_eq!(replugged.location_id >> 16, old >> 16);
+    for other in after.iter().filter(|d| d.udid != udid) {
+        assert_ne!(other.location_id, replugged.location_id);
+    }
+    let ready = tb.bench.ready_info();
+    let listed = ready
+        .devices
+        .iter()
+        .find(|d| d.udid == udid)
+        .expect("ready");
+    assert_eq!(listed.location_id, replugged.location_id);
+    tb.shutdown().await;
+}
+
+#[tokio::test]
 async fn listen_sends_current_phones_then_live_events() {
     let tb = start(default_world(2, 8)).await;
     let udids = tb.udids();

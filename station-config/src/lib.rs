@@ -2,12 +2,14 @@
 //! the nearest valid key, and a wrong type or value names the file, line and column, so a
 //! typo never silently falls back to a default. Secrets are references, never inline.
 
+mod env_file;
 mod schema;
 mod secret;
 mod suggest;
 
 use std::path::{Path, PathBuf};
 
+pub use env_file::{EnvFileError, Environment};
 pub use schema::*;
 pub use secret::{read_private_file, Secret, SecretError, SecretString};
 
@@ -24,33 +26,73 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// `location` is `path:line:column` when known.
+    /// `location` is `path:line:column` when known, else `path (key)`.
     #[error("{location}: {message}")]
-    Invalid { location: String, message: String },
+    Invalid {
+        location: String,
+        message: String,
+        /// Whether `location` names a line (the operator's next step differs).
+        has_line: bool,
+    },
+}
+
+impl ConfigError {
+    /// What to do next, worded for what the message names.
+    pub fn help(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => {
+                "check the path given with --config or STATION_CONFIG; `station config example` prints a valid file"
+            }
+            ConfigError::Invalid { has_line: true, .. } => {
+                "fix the line named above; `station config example` prints a valid file"
+            }
+            ConfigError::Invalid { has_line: false, .. } => {
+                "fix the key named above; `station config example` prints a valid file"
+            }
+        }
+    }
+}
+
+/// A key that is valid but not advisable, with where it is (`path:line:column`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub location: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
 }
 
 impl StationConfig {
     /// Parses `text`; `path` names the file in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: StationConfig = toml::from_str(text).map_err(|e| {
-            let location = match e.span() {
+        let mut config: StationConfig = toml::from_str(text).map_err(|e| {
+            let (location, has_line) = match e.span() {
                 Some(span) => {
-                    let (line, column) = line_column(text, span.start);
-                    format!("{}:{line}:{column}", path.display())
+                    let offset = refine_offset(text, span.start, e.message());
+                    let (line, column) = line_column(text, offset);
+                    (format!("{}:{line}:{column}", path.display()), true)
                 }
-                None => path.display().to_string(),
+                None => (path.display().to_string(), false),
             };
             ConfigError::Invalid {
                 location,
                 message: suggest::explain(e.message()),
+                has_line,
             }
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                location: locate_key(text, path, &key),
+        config.validate().map_err(|(key, message)| {
+            let (location, has_line) = locate_key(text, path, &key);
+            ConfigError::Invalid {
+                location,
                 message,
-            })?;
+                has_line,
+            }
+        })?;
+        config.warnings = slot_warnings(text, path);
         Ok(config)
     }
 
@@ -82,6 +124,28 @@ impl StationConfig {
     }
 }
 
+/// A warning for each slot keyed by usbmuxd `LocationID`: valid, but on Linux its low 16
+/// bits are the USB address, which changes whenever the phone re-enumerates.
+fn slot_warnings(text: &str, path: &Path) -> Vec<ConfigWarning> {
+    let Ok(document) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let Some(slots) = document.get("slots").and_then(toml::Value::as_table) else {
+        return Vec::new();
+    };
+    slots
+        .iter()
+        .filter(|(key, _)| matches!(SlotKey::parse(key), Some(SlotKey::Location(_))))
+        .map(|(key, label)| ConfigWarning {
+            location: locate_key(text, path, &format!("slots.{key}")).0,
+            message: format!(
+                "slot `{key}` ({}) is keyed by usbmuxd LocationID, which is not stable: the USB address in it changes when a phone is replugged, so the label can be lost or shown for another phone; key it by the port path `station devices` shows (e.g. \"1-1.4.2\")",
+                label.as_str().unwrap_or_default()
+            ),
+        })
+        .collect()
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -90,10 +154,55 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// A better place for an error than toml's: inside a `[[codes.sources]]` entry (an
+/// internally tagged enum) serde loses the spans and toml points at the table header. For an
+/// unknown key and for an inline secret the key's own line can be found in that table.
+fn refine_offset(text: &str, start: usize, message: &str) -> usize {
+    let Some(rest) = text.get(start..) else {
+        return start;
+    };
+    if !rest.starts_with('[') {
+        return start;
+    }
+    let wanted = |key: &str, value: &str| -> bool {
+        if let Some(unknown) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
+            return key == unknown;
+        }
+        message == secret::INLINE_REFUSED
+            && SECRET_KEYS.contains(&key)
+            && (value.starts_with('"') || value.starts_with('\''))
+    };
+    let mut offset = start;
+    for (index, line) in rest.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if index > 0 && trimmed.starts_with('[') {
+            break; // the next table
+        }
+        if let Some((key, value)) = trimmed.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            let value = value.trim_start();
+            if index > 0 && wanted(key, value) {
+                let indent = line.len() - trimmed.len();
+                return if message.starts_with("unknown field") {
+                    offset + indent
+                } else {
+                    offset + line.len() - value.len()
+                };
+            }
+        }
+        offset += line.len();
+    }
+    start
+}
+
 /// `path:line:column` of a dotted key such as `station.concurrency` or
 /// `codes.sources[1].tenant`, found by a plain scan of the document (good enough for
-/// pointing an operator at the line).
-fn locate_key(text: &str, path: &Path, key: &str) -> String {
+/// pointing an operator at the line); `path (key)` when it is not written in the file.
+/// The flag says whether a line was found.
+fn locate_key(text: &str, path: &Path, key: &str) -> (String, bool) {
     let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
     let (table, index) = match table.split_once('[') {
         Some((t, rest)) => (t, rest.trim_end_matches(']').parse::<usize>().ok()),
@@ -125,10 +234,10 @@ fn locate_key(text: &str, path: &Path, key: &str) -> String {
             == Some(leaf);
         if in_table && key_here {
             let column = line.len() - line.trim_start().len() + 1;
-            return format!("{}:{}:{column}", path.display(), number + 1);
+            return (format!("{}:{}:{column}", path.display(), number + 1), true);
         }
     }
-    format!("{} ({key})", path.display())
+    (format!("{} ({key})", path.display()), false)
 }
 
 #[cfg(test)]

@@ -29,7 +29,14 @@ pub struct StationConfig {
     pub slots: BTreeMap<SlotKey, String>,
     #[serde(default)]
     pub codes: Codes,
+    /// Valid but unwise keys found by [`StationConfig::parse`]; `station config check` and
+    /// `station run` print them.
+    #[serde(skip)]
+    pub warnings: Vec<crate::ConfigWarning>,
 }
+
+/// The keys whose values are [`Secret`]s (an inline string there is refused).
+pub(crate) const SECRET_KEYS: &[&str] = &["client_secret", "token"];
 
 /// A key of the slot map.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,10 +81,12 @@ fn slots<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<SlotKey, String>, D
 }
 
 impl StationConfig {
-    /// The bench label of the phone at `location_id`, if the slot map names it.
-    pub fn slot_label(&self, location_id: u32) -> Option<&str> {
-        self.slots
-            .get(&SlotKey::Location(location_id))
+    /// The bench label of a phone: by its USB port path when known (stable across
+    /// replugs), else by its usbmuxd `LocationID` (which is not).
+    pub fn slot_label(&self, port_path: Option<&str>, location_id: u32) -> Option<&str> {
+        port_path
+            .and_then(|p| self.slots.get(&SlotKey::PortPath(p.to_string())))
+            .or_else(|| self.slots.get(&SlotKey::Location(location_id)))
             .map(String::as_str)
     }
 

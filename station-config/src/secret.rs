@@ -8,6 +8,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::env_file::Environment;
+
 /// Where a secret comes from. `Debug` shows the reference, never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Secret {
@@ -65,12 +67,19 @@ impl Secret {
         }
     }
 
+    /// Loads the secret, `{ env = … }` from the station's own environment.
     pub fn load(&self) -> Result<SecretString, SecretError> {
+        self.load_from(&Environment::process())
+    }
+
+    /// Loads the secret, `{ env = … }` from `env` (the process's, or with an env file on
+    /// top, as `station config check --env-file` does).
+    pub fn load_from(&self, env: &Environment) -> Result<SecretString, SecretError> {
         match self {
-            Secret::Env(name) => match std::env::var(name) {
-                Ok(v) if v.trim().is_empty() => Err(SecretError::EnvEmpty(name.clone())),
-                Ok(v) => Ok(SecretString::new(v.trim().to_string())),
-                Err(_) => Err(SecretError::EnvMissing(name.clone())),
+            Secret::Env(name) => match env.get(name) {
+                Some(v) if v.trim().is_empty() => Err(SecretError::EnvEmpty(name.clone())),
+                Some(v) => Ok(SecretString::new(v.trim().to_string())),
+                None => Err(SecretError::EnvMissing(name.clone())),
             },
             Secret::File(path) => {
                 let text = read_private_file(path)?;
@@ -104,7 +113,7 @@ pub fn read_private_file(path: &std::path::Path) -> Result<Zeroizing<String>, Se
     Ok(Zeroizing::new(text))
 }
 
-const INLINE_REFUSED: &str =
+pub(crate) const INLINE_REFUSED: &str =
     "secrets are never written inline: use { env = \"VARIABLE\" } or { file = \"/path/to/secret\" } (mode 0600)";
 
 impl<'de> Deserialize<'de> for Secret {

@@ -71,6 +71,15 @@ impl InProcBench {
         path
     }
 
+    /// Puts phone `index` on USB port `port` (`1-1.4.2`) in the fake sysfs the station
+    /// reads: `<port>/serial` holds its UDID as the USB descriptor does (no dash).
+    pub fn usb_port(&self, index: usize, port: &str) {
+        let dir = self.path("sysfs").join(port);
+        std::fs::create_dir_all(&dir).expect("fake sysfs");
+        let serial = self.udids[index].replace('-', "");
+        std::fs::write(dir.join("serial"), format!("{serial}\n")).expect("fake serial");
+    }
+
     /// A station configuration for this bench: its socket, its activation server, the
     /// given codes file, a ledger in `data`, quick retries. `extra` is appended.
     pub fn station_config(&self, codes: Option<&Path>, concurrency: u32, extra: &str) -> PathBuf {
@@ -103,6 +112,9 @@ impl InProcBench {
             .env("HOME", self.dir.path())
             .env_remove("STATION_CONFIG")
             .env("STATION_DATA_DIR", self.path("data"))
+            // A fake sysfs of USB devices (empty unless `usb_port` wrote one): the
+            // machine's own USB devices stay out of the tests.
+            .env("STATION_SYSFS_ROOT", self.path("sysfs"))
             .env("NO_COLOR", "1");
         if trace {
             cmd.env("RUST_LOG", "trace");

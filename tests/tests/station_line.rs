@@ -220,7 +220,14 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplugged_phone_is_interrupted_and_resumes_when_plugged_back() {
-    let (f, config) = mixed_bench().await;
+    let (f, _) = mixed_bench().await;
+    // The phone sits on port 1-1.4.2, labelled A7; its replug takes a new LocationID.
+    f.usb_port(0, "1-1.4.2");
+    let config = f.station_config(
+        Some(&f.path("codes.csv")),
+        3,
+        "\n[slots]\n\"1-1.4.2\" = \"A7\"\n",
+    );
     f.bench.albert().set_latency(Duration::from_millis(600));
     let udid = f.udids[0].clone();
     let mut station = f.spawn_station(&[
@@ -265,7 +272,69 @@ async fn an_unplugged_phone_is_interrupted_and_resumes_when_plugged_back() {
     assert!(events
         .iter()
         .any(|e| e["event"] == "detached" && e["udid"] == udid.as_str()));
+    // Every event about the phone carries its port's label, before and after the replug,
+    // though usbmuxd's LocationID changed.
+    let attached: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "attached" && e["udid"] == udid.as_str())
+        .collect();
+    assert_eq!(attached.len(), 2, "{attached:#?}");
+    assert_ne!(attached[0]["location_id"], attached[1]["location_id"]);
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["udid"] == udid.as_str())
+            .all(|e| e["slot"] == "A7"),
+        "{events:#?}"
+    );
     assert_eq!(f.ideviceinfo_state(0).await, "Activated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_show_the_port_path_and_its_label_across_a_replug() {
+    let f = InProcBench::start("seed = 3\n[[device]]\n[[device]]\n").await;
+    f.usb_port(0, "1-1.4.2");
+    let config = f.station_config(None, 2, "\n[slots]\n\"1-1.4.2\" = \"A1\"\n");
+    let config = config.to_str().expect("utf-8");
+    let rows = |out: &station_tests::Output| -> Vec<Value> {
+        out.assert_success();
+        serde_json::from_str(&out.stdout).expect("json rows")
+    };
+    let before = rows(
+        &f.station(&["--config", config, "--json", "devices"], false)
+            .await,
+    );
+    let row = |rows: &[Value], udid: &str| -> Value {
+        rows.iter()
+            .find(|r| r["udid"] == udid)
+            .cloned()
+            .expect("row")
+    };
+    let phone = row(&before, &f.udids[0]);
+    assert_eq!(phone["port_path"], "1-1.4.2");
+    assert_eq!(phone["slot"], "A1");
+    assert_eq!(phone["slot_by"], "port_path");
+    // The other phone has no USB device here (virtual bench): no port, said so.
+    let other = row(&before, &f.udids[1]);
+    assert_eq!(other["port_path"], Value::Null);
+    assert_eq!(other["slot_by"], "location_id");
+
+    f.bench.unplug(&f.udids[0]).expect("unplug");
+    f.bench.plug(&f.udids[0]).expect("plug");
+    let after = rows(
+        &f.station(&["--config", config, "--json", "devices"], false)
+            .await,
+    );
+    let replugged = row(&after, &f.udids[0]);
+    assert_ne!(replugged["location"], phone["location"]);
+    assert_eq!(replugged["port_path"], "1-1.4.2");
+    assert_eq!(replugged["slot"], "A1");
+
+    let table = f.station(&["--config", config, "devices"], false).await;
+    table.assert_success();
+    assert!(table.stdout.contains("PORT"), "{table}");
+    assert!(table.stdout.contains("1-1.4.2"), "{table}");
+    assert!(table.stdout.contains("known by LOCATION only"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,6 +492,7 @@ async fn configuration_errors_point_at_the_line() {
         .await;
     check.assert_success();
     assert!(check.stdout.contains(": valid"), "{check}");
+    assert!(!check.stdout.contains("warning"), "{check}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,4 +537,103 @@ async fn ctrl_c_lets_phones_in_flight_finish_and_writes_the_summary() {
         );
     }
     assert_eq!(status.code(), Some(1), "a stopped run is not a clean one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_fails_exactly_when_run_refuses() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = InProcBench::start("seed = 3\n[[device]]\n").await;
+    let kandji = |token: &str| {
+        format!("\n[[codes.sources]]\ntype = \"kandji\"\napi_url = \"https://acme.api.kandji.io\"\ntoken = {token}\n")
+    };
+    let open_token = f.path("open.token");
+    std::fs::write(&open_token, "kandji-token-value\n").expect("token");
+    std::fs::set_permissions(&open_token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let refused = [
+        (
+            format!(
+                "\n[[codes.sources]]\ntype = \"csv\"\npath = \"{}\"\n",
+                f.path("missing.csv").display()
+            ),
+            "missing.csv",
+        ),
+        (
+            kandji("{ env = \"STATION_TEST_TOKEN_SURELY_UNSET_7\" }"),
+            "environment variable STATION_TEST_TOKEN_SURELY_UNSET_7 is not set",
+        ),
+        (
+            kandji(&format!("{{ file = \"{}\" }}", open_token.display())),
+            "is readable by others",
+        ),
+    ];
+    for (extra, why) in refused {
+        let config = f.station_config(None, 2, &extra);
+        let config = config.to_str().expect("utf-8");
+        let check = f
+            .station(&["--config", config, "config", "check"], false)
+            .await;
+        assert_eq!(check.status.code(), Some(2), "{check}");
+        assert!(check.stdout.contains("would refuse"), "{check}");
+        assert!(check.stderr.contains(why), "{check}");
+        let run = f
+            .station(&["--config", config, "run", "--once"], false)
+            .await;
+        assert_eq!(run.status.code(), Some(2), "{run}");
+        assert!(run.stderr.contains(why), "{run}");
+        assert!(
+            !run.stdout.contains("\"finished\""),
+            "refused before any phone: {run}"
+        );
+    }
+
+    // The service's env file resolves the secret for the check; its value is never shown.
+    let env_file = f.path("secrets.env");
+    std::fs::write(
+        &env_file,
+        "# as in /etc/station/secrets.env\nSTATION_TEST_TOKEN_SURELY_UNSET_7=kandji-secret-4711\n",
+    )
+    .expect("env file");
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = f.station_config(
+        None,
+        2,
+        &kandji("{ env = \"STATION_TEST_TOKEN_SURELY_UNSET_7\" }"),
+    );
+    let config = config.to_str().expect("utf-8");
+    let env_arg = env_file.to_str().expect("utf-8");
+    for json in [false, true] {
+        let mut args = vec!["--config", config, "config", "check", "--env-file", env_arg];
+        if json {
+            args.insert(0, "--json");
+        }
+        let check = f.station(&args, false).await;
+        check.assert_success();
+        assert!(!check.stdout.contains("kandji-secret-4711"), "{check}");
+        assert!(!check.stderr.contains("kandji-secret-4711"), "{check}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_id_slots_warn_in_the_check_and_at_start() {
+    let f = InProcBench::start("seed = 3\n[[device]]\n").await;
+    let config = f.station_config(None, 2, "\n[slots]\n\"0x00010002\" = \"A1\"\n");
+    let config = config.to_str().expect("utf-8");
+    let check = f
+        .station(&["--config", config, "config", "check"], false)
+        .await;
+    check.assert_success();
+    assert!(
+        check.stdout.contains("station.toml:18:1: slot `0x00010002` (A1) is keyed by usbmuxd LocationID, which is not stable"),
+        "{check}"
+    );
+    let run = f
+        .station(&["--config", config, "run", "--once"], false)
+        .await;
+    run.assert_success();
+    assert!(
+        run.stderr.contains("is keyed by usbmuxd LocationID"),
+        "{run}"
+    );
+    // It still labels the phone (no port path on the virtual bench).
+    assert!(run.stdout.contains("\"slot\":\"A1\""), "{run}");
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::{join_all, BoxFuture};
-use station_config::{SourceConfig, StationConfig};
+use station_config::{Environment, SourceConfig, StationConfig};
 
 use super::csv_file::CsvCodes;
 use super::hook::{Hook, HookSettings};
@@ -71,6 +71,7 @@ impl Chain {
     }
 
     /// Appends a source; `kind` is its type (`csv`, `intune`, …).
+    #[cfg(test)]
     pub fn with(
         mut self,
         name: impl Into<String>,
@@ -89,90 +90,10 @@ impl Chain {
     /// that cannot be built stops here, before the first phone.
     pub fn from_config(config: &StationConfig) -> Result<Self, ChainError> {
         let retry = RetryPolicy::from_config(&config.retry);
+        let env = Environment::process();
         let mut chain = Chain::new();
         for source in &config.codes.sources {
-            let name = source.name().to_string();
-            let kind = source.kind();
-            let build_error = |reason: String| ChainError::Build {
-                source_name: name.clone(),
-                kind,
-                reason,
-            };
-            chain = match source {
-                SourceConfig::Csv(csv) => {
-                    let codes =
-                        CsvCodes::load(&csv.path).map_err(|e| build_error(e.to_string()))?;
-                    tracing::info!(source = %name, rows = codes.rows(), "bypass codes loaded");
-                    chain.with(name.clone(), kind, codes)
-                }
-                SourceConfig::Intune(intune) => {
-                    let credential = match (&intune.client_secret, &intune.certificate) {
-                        (Some(secret), _) => Credential::Secret(
-                            secret
-                                .load()
-                                .map_err(|e| build_error(format!("client_secret: {e}")))?,
-                        ),
-                        (None, Some(cert)) => {
-                            let cert_pem =
-                                std::fs::read_to_string(&cert.cert_file).map_err(|e| {
-                                    build_error(format!(
-                                        "cannot read {}: {e}",
-                                        cert.cert_file.display()
-                                    ))
-                                })?;
-                            let key_pem = station_config::read_private_file(&cert.key_file)
-                                .map_err(|e| build_error(e.to_string()))?;
-                            Credential::Certificate(
-                                Certificate::from_pem(&cert_pem, &key_pem)
-                                    .map_err(|e| build_error(e.to_string()))?,
-                            )
-                        }
-                        (None, None) => {
-                            return Err(build_error("needs client_secret or certificate".into()))
-                        }
-                    };
-                    let source = Intune::new(IntuneSettings {
-                        name: name.clone(),
-                        client_id: intune.client_id.clone(),
-                        credential,
-                        token_url: intune.token_url(),
-                        graph_root: intune.graph_root(),
-                        scope: intune.scope(),
-                        max_requests_per_second: intune.max_requests_per_second,
-                        timeout: MDM_REQUEST_TIMEOUT,
-                        retry,
-                        bypass_action: intune
-                            .bypass_action
-                            .then(|| Duration::from_secs(intune.bypass_action_wait_secs)),
-                    })
-                    .map_err(|e| build_error(e.to_string()))?;
-                    chain.with(name.clone(), kind, source)
-                }
-                SourceConfig::Kandji(kandji) => {
-                    let source = Kandji::new(KandjiSettings {
-                        name: name.clone(),
-                        api_url: kandji.api_url.clone(),
-                        token: kandji
-                            .token
-                            .load()
-                            .map_err(|e| build_error(format!("token: {e}")))?,
-                        timeout: MDM_REQUEST_TIMEOUT,
-                        retry,
-                    })
-                    .map_err(|e| build_error(e.to_string()))?;
-                    chain.with(name.clone(), kind, source)
-                }
-                SourceConfig::Command(command) => chain.with(
-                    name.clone(),
-                    kind,
-                    Hook::new(HookSettings {
-                        name: name.clone(),
-                        program: command.program.clone(),
-                        args: command.args.clone(),
-                        timeout: Duration::from_secs(command.timeout_secs),
-                    }),
-                ),
-            };
+            chain.links.push(build_link(source, retry, &env)?);
         }
         Ok(chain)
     }
@@ -305,6 +226,102 @@ impl Chain {
             Err(ChainError::ReleaseFailed { failures })
         }
     }
+}
+
+/// Builds one configured source, as `station run` does before its first phone; `station
+/// config check` calls this same function for each source, with `env` possibly extended by
+/// an env file, so the check fails exactly when the run would refuse to start.
+pub fn check_source(
+    source: &SourceConfig,
+    config: &StationConfig,
+    env: &Environment,
+) -> Result<(), ChainError> {
+    build_link(source, RetryPolicy::from_config(&config.retry), env).map(drop)
+}
+
+fn build_link(
+    source: &SourceConfig,
+    retry: RetryPolicy,
+    env: &Environment,
+) -> Result<Link, ChainError> {
+    let name = source.name().to_string();
+    let kind = source.kind();
+    let build_error = |reason: String| ChainError::Build {
+        source_name: name.clone(),
+        kind,
+        reason,
+    };
+    let source: Box<dyn CodeLookup> = match source {
+        SourceConfig::Csv(csv) => {
+            let codes = CsvCodes::load(&csv.path).map_err(|e| build_error(e.to_string()))?;
+            tracing::info!(source = %name, rows = codes.rows(), "bypass codes loaded");
+            Box::new(codes)
+        }
+        SourceConfig::Intune(intune) => {
+            let credential = match (&intune.client_secret, &intune.certificate) {
+                (Some(secret), _) => Credential::Secret(
+                    secret
+                        .load_from(env)
+                        .map_err(|e| build_error(format!("client_secret: {e}")))?,
+                ),
+                (None, Some(cert)) => {
+                    let cert_pem = std::fs::read_to_string(&cert.cert_file).map_err(|e| {
+                        build_error(format!("cannot read {}: {e}", cert.cert_file.display()))
+                    })?;
+                    let key_pem = station_config::read_private_file(&cert.key_file)
+                        .map_err(|e| build_error(e.to_string()))?;
+                    Credential::Certificate(
+                        Certificate::from_pem(&cert_pem, &key_pem)
+                            .map_err(|e| build_error(e.to_string()))?,
+                    )
+                }
+                (None, None) => {
+                    return Err(build_error("needs client_secret or certificate".into()))
+                }
+            };
+            let source = Intune::new(IntuneSettings {
+                name: name.clone(),
+                client_id: intune.client_id.clone(),
+                credential,
+                token_url: intune.token_url(),
+                graph_root: intune.graph_root(),
+                scope: intune.scope(),
+                max_requests_per_second: intune.max_requests_per_second,
+                timeout: MDM_REQUEST_TIMEOUT,
+                retry,
+                bypass_action: intune
+                    .bypass_action
+                    .then(|| Duration::from_secs(intune.bypass_action_wait_secs)),
+            })
+            .map_err(|e| build_error(e.to_string()))?;
+            Box::new(source)
+        }
+        SourceConfig::Kandji(kandji) => {
+            let source = Kandji::new(KandjiSettings {
+                name: name.clone(),
+                api_url: kandji.api_url.clone(),
+                token: kandji
+                    .token
+                    .load_from(env)
+                    .map_err(|e| build_error(format!("token: {e}")))?,
+                timeout: MDM_REQUEST_TIMEOUT,
+                retry,
+            })
+            .map_err(|e| build_error(e.to_string()))?;
+            Box::new(source)
+        }
+        SourceConfig::Command(command) => Box::new(Hook::new(HookSettings {
+            name: name.clone(),
+            program: command.program.clone(),
+            args: command.args.clone(),
+            timeout: Duration::from_secs(command.timeout_secs),
+        })),
+    };
+    Ok(Link {
+        name: name.clone(),
+        kind,
+        source,
+    })
 }
 
 impl CodeLookup for Chain {

@@ -4,15 +4,122 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
-use station_config::{ConfigError, SourceConfig, StationConfig, EXAMPLE};
+use station_config::{ConfigError, Environment, SourceConfig, StationConfig, EXAMPLE};
+use station_protocol::usbmux::Address;
 
 use crate::cli::ConfigAction;
-use crate::codes::csv_file::CsvCodes;
+use crate::codes::chain;
 use crate::error::{exit, StationError};
 
 pub fn invalid(e: ConfigError) -> StationError {
-    StationError::new("config-invalid", exit::USAGE, e.to_string())
-        .help("fix the line named above; `station config example` prints a valid file")
+    let help = e.help();
+    StationError::new("config-invalid", exit::USAGE, e.to_string()).help(help)
+}
+
+/// What `station run` checks in its configuration before the first phone: every code
+/// source is built (files read, secrets and keys loaded), the activation server and the
+/// usbmuxd address are set up. `station config check` runs this same function, so it
+/// fails exactly when the run would refuse to start.
+#[derive(Debug, Serialize)]
+pub struct Preflight {
+    sources: Vec<SourceCheck>,
+    /// Why `station run` would refuse the file (never a secret's value).
+    pub problems: Vec<String>,
+    /// Valid but unwise (LocationID slot keys, a hook program not executable yet).
+    pub warnings: Vec<String>,
+}
+
+pub fn preflight(config: &StationConfig, data_dir: &Path, env: &Environment) -> Preflight {
+    let sources: Vec<SourceCheck> = config
+        .codes
+        .sources
+        .iter()
+        .map(|source| check_source(source, config, env))
+        .collect();
+    let mut problems = Vec::new();
+    for source in &sources {
+        if let Some(problem) = &source.problem {
+            problems.push(format!(
+                "code source `{}` ({}): {problem}",
+                source.name, source.r#type
+            ));
+        }
+    }
+    if let Err(e) = super::run::activation_server(config) {
+        problems.push(format!("[activation]: {}", e.message));
+    }
+    // As `station run` picks it: the file's address, else USBMUXD_SOCKET_ADDRESS.
+    match &config.usbmuxd.address {
+        Some(address) => {
+            if let Err(e) = Address::parse(address) {
+                problems.push(format!("[usbmuxd] address: {e}"));
+            }
+        }
+        None => {
+            if let Err(e) = Address::from_env() {
+                problems.push(format!("{}: {e}", station_protocol::usbmux::ADDRESS_ENV));
+            }
+        }
+    }
+    if let Some(problem) = data_dir_problem(data_dir) {
+        problems.push(problem);
+    }
+    let mut warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    warnings.extend(sources.iter().filter_map(|s| s.warning.clone()));
+    Preflight {
+        sources,
+        problems,
+        warnings,
+    }
+}
+
+/// Whether the ledger's directory exists or can be created, and can be written, as the
+/// ledger needs at start (checked without creating anything).
+fn data_dir_problem(dir: &Path) -> Option<String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent()?;
+    }
+    if !existing.is_dir() {
+        return Some(format!(
+            "data directory {}: {} is not a directory",
+            dir.display(),
+            existing.display()
+        ));
+    }
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::access(existing, access).err().map(|e| {
+        format!(
+            "data directory {}: {} is not writable by this user ({e})",
+            dir.display(),
+            existing.display()
+        )
+    })
+}
+
+impl Preflight {
+    /// Logs the warnings (the run's screen shows logs above the rows).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
+
+    /// The run's refusal, if any: every problem at once.
+    pub fn refusal(&self) -> Result<(), StationError> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        Err(StationError::new(
+            "config-refused",
+            exit::USAGE,
+            format!(
+                "the configuration cannot be used: {}",
+                self.problems.join("; ")
+            ),
+        )
+        .help("fix what is named above; `station config check` lists every problem"))
+    }
 }
 
 /// One line of the check's findings about a source.
@@ -21,8 +128,10 @@ struct SourceCheck {
     name: String,
     r#type: &'static str,
     detail: String,
-    /// `None` when usable; else why not (never a secret's value).
+    /// `None` when usable; else why `station run` would refuse it (never a secret's value).
     problem: Option<String>,
+    #[serde(skip)]
+    warning: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,27 +144,40 @@ struct Summary {
     pair_records: String,
     activation_url: String,
     slots: usize,
-    sources: Vec<SourceCheck>,
+    /// Whether `station run` would start with this file.
+    usable: bool,
+    #[serde(flatten)]
+    preflight: Preflight,
 }
 
-pub fn run(action: &ConfigAction, explicit: Option<&Path>, json: bool) -> Result<u8, StationError> {
+pub fn run(
+    action: &ConfigAction,
+    explicit: Option<&Path>,
+    data_dir: Option<&Path>,
+    json: bool,
+) -> Result<u8, StationError> {
     match action {
         ConfigAction::Example => {
             let _ = std::io::stdout().write_all(EXAMPLE.as_bytes());
             Ok(0)
         }
-        ConfigAction::Check => {
+        ConfigAction::Check { env_file } => {
+            let env = match env_file {
+                Some(path) => Environment::with_env_file(path).map_err(|e| {
+                    StationError::new("env-file", exit::USAGE, e.to_string())
+                        .help("one KEY=VALUE per line, like systemd's EnvironmentFile; mode 0600")
+                })?,
+                None => Environment::process(),
+            };
             let file = StationConfig::discover(explicit);
             let config = match &file {
                 Some(path) => StationConfig::load(path).map_err(invalid)?,
                 None => StationConfig::default(),
             };
-            let summary = summarise(&config, file.as_deref());
-            let problems = summary
-                .sources
-                .iter()
-                .filter(|s| s.problem.is_some())
-                .count();
+            // As `station run` picks it: --data-dir / STATION_DATA_DIR, else the file's.
+            let data_dir = data_dir.unwrap_or(&config.station.data_dir).to_path_buf();
+            let checked = preflight(&config, &data_dir, &env);
+            let summary = summarise(&config, file.as_deref(), &data_dir, checked);
             let mut out = std::io::stdout().lock();
             let written = if json {
                 writeln!(
@@ -67,21 +189,25 @@ pub fn run(action: &ConfigAction, explicit: Option<&Path>, json: bool) -> Result
                 write!(out, "{}", render(&summary))
             };
             drop(written);
-            // A valid file whose secrets or files are not there yet still passes: the check
-            // says what is missing, and the station reports it again per phone.
-            if problems > 0 {
-                tracing::warn!(problems, "some code sources are not usable yet");
+            if json {
+                // The JSON above is the whole answer; the exit code says the rest.
+                return Ok(if summary.usable { 0 } else { exit::USAGE });
             }
-            Ok(0)
+            summary.preflight.refusal().map(|()| 0)
         }
     }
 }
 
-fn summarise(config: &StationConfig, file: Option<&Path>) -> Summary {
+fn summarise(
+    config: &StationConfig,
+    file: Option<&Path>,
+    data_dir: &Path,
+    preflight: Preflight,
+) -> Summary {
     Summary {
         file: file.map(|p| p.display().to_string()),
         station_id: config.station.id.clone(),
-        data_dir: config.station.data_dir.display().to_string(),
+        data_dir: data_dir.display().to_string(),
         concurrency: config.station.concurrency,
         usbmuxd: config
             .usbmuxd
@@ -95,29 +221,27 @@ fn summarise(config: &StationConfig, file: Option<&Path>) -> Summary {
         ),
         activation_url: config.activation.url.clone(),
         slots: config.slots.len(),
-        sources: config.codes.sources.iter().map(check_source).collect(),
+        usable: preflight.problems.is_empty(),
+        preflight,
     }
 }
 
-fn check_source(source: &SourceConfig) -> SourceCheck {
-    let (detail, problem) = match source {
-        SourceConfig::Csv(csv) => {
-            let problem = CsvCodes::load(&csv.path).err().map(|e| e.to_string());
-            (format!("file {}", csv.path.display()), problem)
-        }
+/// One source: what it is, and whether it builds the way `station run` builds it.
+fn check_source(source: &SourceConfig, config: &StationConfig, env: &Environment) -> SourceCheck {
+    let problem = chain::check_source(source, config, env)
+        .err()
+        .map(|e| match e {
+            chain::ChainError::Build { reason, .. } => reason,
+            other => other.to_string(),
+        });
+    let mut warning = None;
+    let detail = match source {
+        SourceConfig::Csv(csv) => format!("file {}", csv.path.display()),
         SourceConfig::Intune(intune) => {
-            let (credential, problem) = match (&intune.client_secret, &intune.certificate) {
-                (Some(secret), _) => (
-                    format!("client secret from {}", secret.describe()),
-                    secret.load().err().map(|e| e.to_string()),
-                ),
-                (None, Some(cert)) => (
-                    format!("certificate {}", cert.cert_file.display()),
-                    station_config::read_private_file(&cert.key_file)
-                        .err()
-                        .map(|e| e.to_string()),
-                ),
-                (None, None) => ("no credential".into(), Some("no credential".into())),
+            let credential = match (&intune.client_secret, &intune.certificate) {
+                (Some(secret), _) => format!("client secret from {}", secret.describe()),
+                (None, Some(cert)) => format!("certificate {}", cert.cert_file.display()),
+                (None, None) => "no credential".into(),
             };
             let action = if intune.bypass_action {
                 format!(
@@ -127,22 +251,20 @@ fn check_source(source: &SourceConfig) -> SourceCheck {
             } else {
                 String::new()
             };
-            (
-                format!(
-                    "tenant {}, app {}, {credential}, Graph {}{action}",
-                    intune.tenant,
-                    intune.client_id,
-                    intune.graph_root()
-                ),
-                problem,
+            format!(
+                "tenant {}, app {}, {credential}, Graph {}{action}",
+                intune.tenant,
+                intune.client_id,
+                intune.graph_root()
             )
         }
-        SourceConfig::Kandji(kandji) => (
-            format!("{}, token from {}", kandji.api_url, kandji.token.describe()),
-            kandji.token.load().err().map(|e| e.to_string()),
-        ),
+        SourceConfig::Kandji(kandji) => {
+            format!("{}, token from {}", kandji.api_url, kandji.token.describe())
+        }
         SourceConfig::Command(command) => {
-            let problem = match std::fs::metadata(&command.program) {
+            // The run starts without it (each look-up then fails and says why), so this
+            // is a warning, not a refusal.
+            warning = match std::fs::metadata(&command.program) {
                 Ok(meta)
                     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111
                         != 0 =>
@@ -151,14 +273,12 @@ fn check_source(source: &SourceConfig) -> SourceCheck {
                 }
                 Ok(_) => Some(format!("{} is not executable", command.program.display())),
                 Err(e) => Some(format!("{}: {e}", command.program.display())),
-            };
-            (
-                format!(
-                    "runs {} (at most {} s)",
-                    command.program.display(),
-                    command.timeout_secs
-                ),
-                problem,
+            }
+            .map(|w| format!("code source `{}` (command): {w}", source.name()));
+            format!(
+                "runs {} (at most {} s)",
+                command.program.display(),
+                command.timeout_secs
             )
         }
     };
@@ -167,14 +287,20 @@ fn check_source(source: &SourceConfig) -> SourceCheck {
         r#type: source.kind(),
         detail,
         problem,
+        warning,
     }
 }
 
 fn render(s: &Summary) -> String {
     let mut out = String::new();
-    out.push_str(&match &s.file {
-        Some(file) => format!("{file}: valid\n"),
-        None => "no configuration file found: defaults apply\n".to_string(),
+    let name = s
+        .file
+        .as_deref()
+        .unwrap_or("defaults (no configuration file found)");
+    out.push_str(&if s.usable {
+        format!("{name}: valid\n")
+    } else {
+        format!("{name}: `station run` would refuse it\n")
     });
     out.push_str(&format!(
         "station {} keeps its ledger in {}, works on up to {} phones at once\n",
@@ -186,10 +312,11 @@ fn render(s: &Summary) -> String {
     ));
     out.push_str(&format!("activation server {}\n", s.activation_url));
     out.push_str(&format!("{} slot label(s)\n", s.slots));
-    if s.sources.is_empty() {
+    let p = &s.preflight;
+    if p.sources.is_empty() {
         out.push_str("no bypass-code source: Activation-Locked phones end locked_no_code\n");
     }
-    for (i, source) in s.sources.iter().enumerate() {
+    for (i, source) in p.sources.iter().enumerate() {
         out.push_str(&format!(
             "code source {}: {} ({}): {}\n",
             i + 1,
@@ -198,8 +325,54 @@ fn render(s: &Summary) -> String {
             source.detail
         ));
         if let Some(problem) = &source.problem {
-            out.push_str(&format!("  warning: {problem}\n"));
+            out.push_str(&format!("  problem: {problem}\n"));
         }
     }
+    for warning in &p.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> StationConfig {
+        StationConfig::parse(text, Path::new("station.toml")).expect("valid file")
+    }
+
+    #[test]
+    fn problems_refuse_and_warnings_do_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = format!(
+            "[usbmuxd]\naddress = \"UNIX:\"\n\n[slots]\n\"0x00010002\" = \"A1\"\n\n[[codes.sources]]\ntype = \"csv\"\npath = \"{}\"\n\n[[codes.sources]]\ntype = \"command\"\nprogram = \"{}\"\n",
+            dir.path().join("missing.csv").display(),
+            dir.path().join("missing-hook").display(),
+        );
+        // A data directory under a regular file cannot be created (root included).
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").expect("file");
+        let checked = preflight(&config(&text), &file.join("data"), &Environment::process());
+        assert_eq!(checked.problems.len(), 3, "{:?}", checked.problems);
+        assert!(checked.problems[0].starts_with("code source `csv` (csv): "));
+        assert!(checked.problems[1].starts_with("[usbmuxd] address: "));
+        assert!(checked.problems[2].ends_with("a-file is not a directory"));
+        assert_eq!(checked.warnings.len(), 2, "{:?}", checked.warnings);
+        assert!(checked.warnings[0].contains("LocationID"));
+        assert!(checked.warnings[1].contains("missing-hook"));
+        let refusal = checked.refusal().expect_err("refused");
+        assert_eq!(
+            (refusal.code, refusal.exit),
+            ("config-refused", exit::USAGE)
+        );
+
+        let fine = preflight(
+            &config("[slots]\n\"1-1.4.2\" = \"A1\"\n"),
+            &dir.path().join("new").join("data"),
+            &Environment::process(),
+        );
+        assert!(fine.problems.is_empty() && fine.warnings.is_empty());
+        assert!(fine.refusal().is_ok());
+    }
 }

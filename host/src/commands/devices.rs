@@ -8,6 +8,7 @@ use station_protocol::usbmux::DeviceInfo;
 use crate::error::StationError;
 use crate::models::marketing_name;
 use crate::phone::Bench;
+use crate::slots::{SlotBy, Slots};
 
 /// Bound on identifying one phone, so one stuck phone cannot stall the listing.
 const PER_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,15 +25,23 @@ pub struct DeviceRow {
     pub activation_state: Option<String>,
     pub paired: bool,
     pub connection: String,
-    /// usbmuxd `LocationID` as hex: `(bus << 16) | address`, i.e. the hub port.
+    /// usbmuxd `LocationID` as hex: `(bus << 16) | address`; the address changes on replug.
     pub location: String,
+    /// The USB port path on this machine (`1-1.4.2`), stable across replugs; `None` when
+    /// no USB device here has this UDID as its serial (virtual bench, remote usbmuxd).
+    pub port_path: Option<String>,
+    /// The `[slots]` label of this phone's place, if the configuration names it.
+    pub slot: Option<String>,
+    /// What the slot is known by: `port_path`, or `location_id` (not stable).
+    pub slot_by: SlotBy,
     pub device_id: u32,
     /// Why some fields are missing, and what to do about it.
     pub note: Option<String>,
 }
 
 impl DeviceRow {
-    fn new(device: &DeviceInfo) -> Self {
+    fn new(device: &DeviceInfo, slots: &Slots) -> Self {
+        let slot = slots.slot(device);
         DeviceRow {
             udid: device.udid.clone(),
             serial: None,
@@ -45,6 +54,9 @@ impl DeviceRow {
             paired: false,
             connection: device.connection_type.clone(),
             location: format!("0x{:08x}", device.location_id),
+            port_path: slot.port_path,
+            slot: slot.configured.then_some(slot.label),
+            slot_by: slot.by,
             device_id: device.device_id,
             note: None,
         }
@@ -77,11 +89,11 @@ impl DeviceRow {
 /// pairing first; a session when a pair record exists; and silent pairing for a phone at
 /// Setup Assistant (it pairs without a trust prompt). An activated phone we are not paired
 /// with is never asked to pair here, since that would pop the trust prompt.
-pub async fn identify(bench: &Bench, device: &DeviceInfo) -> DeviceRow {
-    let mut row = DeviceRow::new(device);
+pub async fn identify(bench: &Bench, slots: &Slots, device: &DeviceInfo) -> DeviceRow {
+    let mut row = DeviceRow::new(device, slots);
     match tokio::time::timeout(PER_DEVICE_TIMEOUT, identify_into(bench, device, &mut row)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => row.note = Some(note_for(&e)),
+        Ok(Err(e)) => row.note = Some(note_for(&e, &device.udid)),
         Err(_) => {
             row.note = Some(format!(
                 "no answer within {PER_DEVICE_TIMEOUT:?}: replug the phone"
@@ -91,10 +103,16 @@ pub async fn identify(bench: &Bench, device: &DeviceInfo) -> DeviceRow {
     row
 }
 
-fn note_for(e: &StationError) -> String {
+/// The row names the phone already: its note says what is wrong without repeating the
+/// UDID (the help keeps it where it is part of a command to copy).
+fn note_for(e: &StationError, udid: &str) -> String {
+    let message = match e.message.strip_prefix(udid) {
+        Some(rest) => format!("the phone{rest}").replacen("the phone: ", "", 1),
+        None => e.message.replace(udid, "the phone"),
+    };
     match &e.help {
-        Some(help) => format!("{}: {}", e.message, help),
-        None => e.message.clone(),
+        Some(help) => format!("{message}: {help}"),
+        None => message,
     }
 }
 
@@ -125,7 +143,7 @@ async fn identify_into(
             Some(bench.session_with(device, record).await?)
         }
         Ok(None) => {
-            row.note = Some(note_for(&StationError::not_paired(udid)));
+            row.note = Some(note_for(&StationError::not_paired(udid), udid));
             None
         }
         Err(e) => return Err(e),
@@ -142,9 +160,9 @@ async fn identify_into(
     Ok(())
 }
 
-pub async fn list(bench: &Bench) -> Result<Vec<DeviceRow>, StationError> {
+pub async fn list(bench: &Bench, slots: &Slots) -> Result<Vec<DeviceRow>, StationError> {
     let devices = bench.usbmuxd.list_devices().await?;
-    Ok(futures_util::future::join_all(devices.iter().map(|d| identify(bench, d))).await)
+    Ok(futures_util::future::join_all(devices.iter().map(|d| identify(bench, slots, d))).await)
 }
 
 pub fn render_table(rows: &[DeviceRow]) -> String {
@@ -152,7 +170,7 @@ pub fn render_table(rows: &[DeviceRow]) -> String {
         return "No phones attached.\n".to_string();
     }
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".to_string());
-    let table: Vec<[String; 7]> = rows
+    let table: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             [
@@ -163,11 +181,13 @@ pub fn render_table(rows: &[DeviceRow]) -> String {
                 dash(&r.activation_state),
                 r.connection.clone(),
                 r.location.clone(),
+                dash(&r.port_path),
+                dash(&r.slot),
             ]
         })
         .collect();
     let header = [
-        "UDID", "SERIAL", "MODEL", "iOS", "STATE", "CONN", "LOCATION",
+        "UDID", "SERIAL", "MODEL", "iOS", "STATE", "CONN", "LOCATION", "PORT", "SLOT",
     ];
     let mut out = crate::render::aligned_table(header, &table);
     for r in rows {
@@ -175,5 +195,37 @@ pub fn render_table(rows: &[DeviceRow]) -> String {
             out.push_str(&format!("note {}: {note}\n", r.udid));
         }
     }
+    if rows.iter().any(|r| r.port_path.is_none()) {
+        out.push_str(
+            "PORT —: no USB device on this machine has that UDID as its serial (virtual bench, or usbmuxd on another host); \
+             those phones' slots are known by LOCATION only, which changes when a phone is replugged\n",
+        );
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UDID: &str = "00008030-001A2C3E0E90802E";
+
+    #[test]
+    fn notes_do_not_repeat_the_udid() {
+        let note = note_for(&StationError::passcode_locked(UDID), UDID);
+        assert!(
+            note.starts_with("the phone is locked with a passcode"),
+            "{note}"
+        );
+        assert!(!note.contains(UDID), "{note}");
+        let note = note_for(&StationError::not_paired(UDID), UDID);
+        assert!(
+            note.starts_with(
+                "this station is not paired with the phone: run `station pair --udid "
+            ),
+            "{note}"
+        );
+        // Only the command to copy names it.
+        assert_eq!(note.matches(UDID).count(), 1, "{note}");
+    }
 }

@@ -16,6 +16,7 @@ use crate::line::events::{EventKind, EventSink, PhoneRef, Summary};
 use crate::line::render::{self, Mode};
 use crate::line::{Line, LineOptions, RunLog, Shutdown};
 use crate::phone::Bench;
+use crate::slots::{PortPaths, Slots};
 
 #[derive(Debug, Clone)]
 pub struct RunArgs {
@@ -139,7 +140,6 @@ pub async fn run(
         });
     }
 
-    let slot_config = config.clone();
     let line = Line {
         bench: Arc::new(bench),
         server: Arc::new(activation_server(config)?),
@@ -148,7 +148,7 @@ pub async fn run(
             ledger: ledger.clone(),
             run_id: run_id.clone(),
         }),
-        slots: Arc::new(move |location| slot_config.slot_label(location).map(str::to_string)),
+        slots: Arc::new(Slots::new(config.slots.clone(), PortPaths::from_env())),
         events,
         options: LineOptions {
             run_id: run_id.clone(),

@@ -77,7 +77,7 @@ pub struct Line {
     pub server: Arc<ActivationServer>,
     pub codes: Arc<dyn CodeLookup>,
     pub log: Arc<dyn AttemptLog>,
-    pub slots: Arc<dyn Fn(u32) -> Option<String> + Send + Sync>,
+    pub slots: Arc<crate::slots::Slots>,
     pub events: EventSink,
     pub options: LineOptions,
 }
@@ -116,8 +116,7 @@ impl Line {
     fn phone_ref(&self, device: &DeviceInfo) -> PhoneRef {
         PhoneRef {
             udid: device.udid.clone(),
-            slot: (self.slots)(device.location_id)
-                .unwrap_or_else(|| format!("0x{:08x}", device.location_id)),
+            slot: self.slots.slot(device).label,
         }
     }
 
