@@ -48,6 +48,19 @@ impl InProcBench {
         }
     }
 
+    /// The bench's usbmuxd exits as the real daemon does (socket removed, every
+    /// connection closed); the phones stay plugged in.
+    pub async fn stop_usbmuxd(&mut self) {
+        tokio::time::timeout(Duration::from_secs(10), self.bench.stop_usbmuxd())
+            .await
+            .expect("usbmuxd stops in time");
+    }
+
+    /// usbmuxd starts again on the same socket, the phones numbered afresh.
+    pub fn start_usbmuxd(&mut self) {
+        self.bench.start_usbmuxd().expect("usbmuxd starts again");
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("usbmuxd.sock")
     }
@@ -211,6 +224,16 @@ impl InProcBench {
 }
 
 impl StreamingStation {
+    /// Sends a signal (`"INT"`, `"TERM"`) to the station.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// Waits (up to `timeout`) for an event matching `pred`; every event read is kept in
     /// `seen`. Panics on timeout with what was seen.
     pub async fn wait_for(

@@ -107,6 +107,15 @@ pub async fn run(
 ) -> Result<Summary, StationError> {
     apply_colour(config.ui.color);
     let station_id = config.station.id.clone();
+    // What can fail at start fails before a ledger is opened (or created for nothing).
+    let server = Arc::new(activation_server(config)?);
+    if args.once {
+        // `--once` handles the phones attached now, so it needs usbmuxd now.
+        if let Err(e) = bench.usbmuxd.list_devices().await {
+            record_start_failure(data_dir, &station_id, &e).await;
+            return Err(e);
+        }
+    }
     let (ledger, recovered) = {
         let data_dir = data_dir.to_path_buf();
         let id = station_id.clone();
@@ -142,7 +151,7 @@ pub async fn run(
     let slot_config = config.clone();
     let line = Line {
         bench: Arc::new(bench),
-        server: Arc::new(activation_server(config)?),
+        server,
         codes,
         log: Arc::new(RunLog {
             ledger: ledger.clone(),
@@ -167,11 +176,53 @@ pub async fn run(
     let result = line.run(watch_signals()).await;
     // The line's sink is gone with it: the renderer drains what is left and stops.
     let _ = renderer.await;
-    if let Err(e) = ledger.finish_run(&run_id, SystemTime::now()).await {
+    let closed = match &result {
+        Ok(_) => ledger.finish_run(&run_id, SystemTime::now()).await,
+        Err(e) => {
+            ledger
+                .fail_run(&run_id, SystemTime::now(), &failure_reason(e))
+                .await
+        }
+    };
+    if let Err(e) = closed {
         tracing::error!("could not close the run in the ledger: {e}");
     }
     ledger.close().await;
     result
+}
+
+/// How a failed run reads in the ledger: the error's stable code and its message.
+fn failure_reason(e: &StationError) -> String {
+    format!("{}: {}", e.code, e.message)
+}
+
+/// Records a run that failed before it started, in a ledger that exists already; none is
+/// created just for that.
+async fn record_start_failure(data_dir: &Path, station_id: &str, error: &StationError) {
+    if !crate::ledger::ledger_path(data_dir).exists() {
+        return;
+    }
+    let opened = {
+        let (data_dir, id) = (data_dir.to_path_buf(), station_id.to_string());
+        tokio::task::spawn_blocking(move || Ledger::open(&data_dir, &id)).await
+    };
+    let Ok(Ok((ledger, _))) = opened else {
+        tracing::warn!("the failed start is not recorded: the ledger could not be opened");
+        return;
+    };
+    let run_id = new_run_id();
+    let now = SystemTime::now();
+    let recorded = match ledger.start_run(&run_id, now).await {
+        Ok(()) => ledger
+            .fail_run(&run_id, now, &failure_reason(error))
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!("the failed start is not recorded: {e}");
+    }
+    ledger.close().await;
 }
 
 /// `[ui] color` for the live screen; `NO_COLOR` always wins.
@@ -185,9 +236,17 @@ fn apply_colour(mode: ColorMode) {
     console::set_colors_enabled(enabled);
 }
 
-/// The exit code of a run: 0 when every phone is done, 1 when any needs attention.
-pub fn exit_code(summary: &Summary) -> u8 {
-    if summary.failed() == 0 && !summary.stopped_early {
+/// The exit code of a run. `--once`: 0 when every phone is done, 1 when any needs
+/// attention or the run was stopped early. A service run ends only when it is asked to:
+/// 0 when it drained cleanly (phones needing attention are in the summary and the
+/// ledger, not a failure of the station), 1 when a second signal cut phones short.
+pub fn exit_code(summary: &Summary, once: bool) -> u8 {
+    let clean = if once {
+        summary.failed() == 0 && !summary.stopped_early
+    } else {
+        !summary.aborted
+    };
+    if clean {
         0
     } else {
         exit::FAILURE

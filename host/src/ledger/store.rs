@@ -83,6 +83,22 @@ pub fn finish_run(
     close_run(conn, run_id, "finished", &stamp::format_system(at)?)
 }
 
+/// Marks a run that could not start (or broke off) `failed`, with its reason.
+pub fn fail_run(
+    conn: &Connection,
+    run_id: &str,
+    at: SystemTime,
+    error: &str,
+) -> Result<RunSummary, LedgerError> {
+    let summary = close_run(conn, run_id, "failed", &stamp::format_system(at)?)?;
+    conn.execute(
+        "UPDATE runs SET error = ?2 WHERE run_id = ?1",
+        params![run_id, error],
+    )
+    .map_err(sqlite("fail run"))?;
+    Ok(summary)
+}
+
 fn close_run(
     conn: &Connection,
     run_id: &str,
