@@ -197,7 +197,13 @@ pub struct StreamingStation {
 
 impl InProcBench {
     pub fn spawn_station(&self, args: &[&str]) -> StreamingStation {
-        let mut cmd = self.station_command(args, false);
+        StreamingStation::spawn(self.station_command(args, false))
+    }
+}
+
+impl StreamingStation {
+    /// Spawns `cmd` (a `station` command line) with its stdout streamed.
+    pub fn spawn(mut cmd: Command) -> StreamingStation {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
