@@ -222,9 +222,10 @@ impl Bench {
     }
 
     /// Makes usbmuxd go away as the real daemon does when it exits (Debian's runs with
-    /// `--systemd` and exits when the bench empties): the socket stops accepting and is
-    /// removed, and every open connection, listeners and device streams alike, is closed.
-    /// The phones stay plugged in. A no-op when it is already stopped.
+    /// `--systemd` and exits when the bench empties): every open connection, listeners and
+    /// device streams alike, is closed and the socket refuses connections. Like usbmuxd
+    /// 1.1.1 the socket file stays behind (a new daemon replaces it). The phones stay
+    /// plugged in. A no-op when it is already stopped.
     pub async fn stop_usbmuxd(&mut self) {
         let Some(handle) = self.usbmuxd.take() else {
             return;
@@ -233,7 +234,6 @@ impl Bench {
         handle.abort();
         let _ = handle.await;
         self.shared.hub.daemon_restarted();
-        self.remove_socket();
         tracing::info!(socket = %self.socket.display(), "usbmuxd stopped");
     }
 
@@ -244,7 +244,6 @@ impl Bench {
             return Ok(());
         }
         let listener = bind(&self.socket)?;
-        self.socket_removed = false;
         self.usbmuxd = Some(spawn_usbmuxd(
             listener,
             &self.shared,
