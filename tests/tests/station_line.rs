@@ -706,3 +706,60 @@ async fn a_once_run_without_usbmuxd_fails_and_is_recorded_failed() {
         "{runs:?}"
     );
 }
+
+/// `--once` waits for usbmuxd at most the replug grace: back in time, the phone it cut off
+/// resumes and the run ends clean; not back in time, the run ends with the phone
+/// `interrupted` and needing attention.
+#[tokio::test]
+async fn once_waits_for_usbmuxd_up_to_the_replug_grace() {
+    for back_in_time in [true, false] {
+        let mut f = InProcBench::start(OUTAGES).await;
+        let config = f.station_config(None, 2, "");
+        let config = config.to_str().expect("utf-8").to_string();
+        let udid = f.udids[0].clone();
+        let grace = if back_in_time { "4" } else { "1" };
+        f.bench.albert().set_latency(Duration::from_millis(1500));
+        let mut station = f.spawn_station(&[
+            "--config",
+            &config,
+            "run",
+            "--once",
+            "--replug-grace",
+            grace,
+        ]);
+        station
+            .wait_for(EVENT_WAIT, |e| {
+                e["event"] == "step" && e["udid"] == udid.as_str() && e["step"] == "handshake"
+            })
+            .await;
+        f.stop_usbmuxd().await;
+        station
+            .wait_for(EVENT_WAIT, finished_as(&udid, "interrupted"))
+            .await;
+        f.bench.albert().set_latency(Duration::ZERO);
+        if back_in_time {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            f.start_usbmuxd();
+        }
+        let (events, status) = station.finish(Duration::from_secs(60)).await;
+        let summary = events.last().expect("events");
+        assert_eq!(summary["event"], "summary", "{events:#?}");
+        if back_in_time {
+            assert_eq!(status.code(), Some(0), "{events:#?}");
+            assert!(events.iter().any(finished_as(&udid, "activated")));
+            assert_eq!(summary["counts"]["activated"], 1, "{summary}");
+        } else {
+            assert_eq!(status.code(), Some(1), "{events:#?}");
+            assert_eq!(summary["counts"]["interrupted"], 1, "{summary}");
+            let attention = &summary["attention"][0];
+            assert!(
+                attention["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("usbmuxd")),
+                "{summary}"
+            );
+            assert!(!events.iter().any(is_event("usbmuxd_back")));
+        }
+        assert_eq!(run_rows(&f), vec![("finished".to_string(), None)]);
+    }
+}

@@ -268,3 +268,48 @@ pub fn code_lookup(config: &StationConfig) -> Result<Arc<dyn CodeLookup>, Statio
         None => Arc::new(super::activate::NoSources),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::Outcome;
+    use crate::line::events::Attention;
+
+    fn summary(attention: usize, stopped_early: bool, aborted: bool) -> Summary {
+        let phone = PhoneRef {
+            udid: "U".into(),
+            slot: "A1".into(),
+        };
+        Summary {
+            attention: (0..attention)
+                .map(|_| Attention {
+                    phone: phone.clone(),
+                    serial: None,
+                    outcome: Outcome::LockedNoCode,
+                    message: "no code".into(),
+                })
+                .collect(),
+            stopped_early,
+            aborted,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn a_service_stopped_on_request_exits_0_unless_it_cut_phones_short() {
+        assert_eq!(exit_code(&summary(0, true, false), false), 0);
+        assert_eq!(
+            exit_code(&summary(2, true, false), false),
+            0,
+            "phones needing attention are in the summary, not a station failure"
+        );
+        assert_eq!(exit_code(&summary(0, true, true), false), exit::FAILURE);
+    }
+
+    #[test]
+    fn once_keeps_its_needs_attention_exit_code() {
+        assert_eq!(exit_code(&summary(0, false, false), true), 0);
+        assert_eq!(exit_code(&summary(1, false, false), true), exit::FAILURE);
+        assert_eq!(exit_code(&summary(0, true, false), true), exit::FAILURE);
+    }
+}
