@@ -273,6 +273,19 @@ impl StreamingStation {
         }
     }
 
+    /// Like [`wait_for`](Self::wait_for), but an event already read counts too: for events
+    /// whose order among themselves is not fixed (two phones finishing).
+    pub async fn seen_or_wait(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(event) = self.seen.iter().find(|e| pred(e)) {
+            return event.clone();
+        }
+        self.wait_for(timeout, pred).await
+    }
+
     /// Reads the rest of the stream and the exit status (bounded by `timeout`).
     pub async fn finish(
         mut self,
