@@ -25,7 +25,8 @@ pub struct RunArgs {
     pub concurrency: Option<u32>,
     /// How long to wait for the operator to tap Trust on an activated phone.
     pub trust_wait: Duration,
-    /// `--once`: how long an unplugged phone may stay away before it counts as interrupted.
+    /// `--once`: how long an unplugged phone (or usbmuxd) may stay away before its phones
+    /// count as interrupted.
     pub replug_grace: Duration,
 }
 
