@@ -1279,7 +1279,7 @@ mod tests {
 
 /// Where a phone is after its exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
+enum Presence {
     Attached,
     Unplugged,
     UsbmuxdGone,
@@ -1287,10 +1287,10 @@ pub enum Presence {
 
 impl Presence {
     /// The `interrupted` message for a phone cut off during `step`.
-    pub fn interrupted_during(self, step: Step) -> String {
+    fn interrupted_during(self, step: Step) -> String {
         match self {
             Presence::UsbmuxdGone => format!(
-                "usbmuxd went away during {}: the line picks the phone up again when usbmuxd is back",
+                "usbmuxd went away during {}: run again once it is back (the line resumes by itself)",
                 step.describe()
             ),
             Presence::Attached | Presence::Unplugged => format!(

@@ -15,9 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::activation::http::RetryPolicy;
-use crate::activation::{
-    ActivationReport, ActivationServer, Activator, Observer, Outcome, Presence, Step,
-};
+use crate::activation::{ActivationReport, ActivationServer, Activator, Observer, Outcome, Step};
 use crate::codes::CodeLookup;
 use crate::error::StationError;
 use crate::models::marketing_name;
@@ -770,7 +768,10 @@ fn interrupted_report(
                 "unplugged during {}: plug it back in to resume",
                 step.describe()
             ),
-            Cut::UsbmuxdGone => Presence::UsbmuxdGone.interrupted_during(step),
+            Cut::UsbmuxdGone => format!(
+                "usbmuxd went away during {}: it resumes when usbmuxd is back",
+                step.describe()
+            ),
             Cut::Aborted => format!("stopped during {}: the run was stopped", step.describe()),
         },
         activation_state: None,
