@@ -117,7 +117,8 @@ pub enum Command {
     /// per phone (NDJSON events when not a terminal or with --json, see docs/events.md).
     Run {
         /// Handle the phones attached now, then exit with a summary (exit 1 if any phone
-        /// needs attention).
+        /// needs attention, 3 if usbmuxd is not running). Without it the line runs until
+        /// stopped, waiting out usbmuxd exiting and coming back.
         #[arg(long)]
         once: bool,
         /// Work on a phone again when it is replugged after it was handled in this run.
@@ -129,7 +130,8 @@ pub enum Command {
         /// Seconds to wait for the operator to tap Trust on an activated phone.
         #[arg(long, default_value_t = 60)]
         trust_wait: u64,
-        /// With --once: seconds an unplugged phone may stay away before it counts as interrupted.
+        /// With --once: seconds an unplugged phone, or a vanished usbmuxd, may stay away
+        /// before the phones it took along count as interrupted.
         #[arg(long, default_value_t = 30)]
         replug_grace: u64,
     },

@@ -266,7 +266,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                 commands::run::mode(cli.json),
             )
             .await?;
-            return Ok(commands::run::exit_code(&summary));
+            return Ok(commands::run::exit_code(&summary, *once));
         }
         Command::Codes {
             command:

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use station_protocol::usbmux::{
-    connect_address, Address, DeviceInfo, EventStream, UsbmuxClient, UsbmuxStream,
+    connect_address, Address, DeviceInfo, EventStream, UsbmuxClient, UsbmuxError, UsbmuxStream,
 };
 
 use crate::error::StationError;
@@ -23,12 +23,18 @@ impl Usbmuxd {
         self.timeout
     }
 
-    async fn client(&self) -> Result<UsbmuxClient<UsbmuxStream>, StationError> {
+    async fn client(&self) -> Result<UsbmuxClient<UsbmuxStream>, UsbmuxError> {
         let stream = connect_address(&self.address, self.timeout).await?;
         Ok(UsbmuxClient::new(stream).with_timeout(self.timeout))
     }
 
     pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, StationError> {
+        Ok(self.probe().await?)
+    }
+
+    /// The attached phones, with the protocol error kept typed: the line tells "usbmuxd is
+    /// gone" (`Unreachable`, `Closed`) from other failures.
+    pub async fn probe(&self) -> Result<Vec<DeviceInfo>, UsbmuxError> {
         let mut devices = self.client().await?.list_devices().await?;
         devices.sort_by_key(|d| d.device_id);
         Ok(devices)

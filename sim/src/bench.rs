@@ -96,6 +96,9 @@ pub struct Bench {
     state_dir: PathBuf,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The usbmuxd socket's accept loop (it owns every client connection); `None` while
+    /// usbmuxd is stopped.
+    usbmuxd: Option<tokio::task::JoinHandle<()>>,
     socket_removed: bool,
 }
 
@@ -193,10 +196,7 @@ impl Bench {
                 });
             }
         }
-        tasks.spawn(
-            accept_loop(listener, shared.clone(), stop_rx)
-                .instrument(tracing::info_span!("usbmuxd", socket = %cfg.socket.display())),
-        );
+        let usbmuxd = spawn_usbmuxd(listener, &shared, stop_rx, &cfg.socket);
         let station_config = write_station_config(&cfg, &albert, &mdm).await?;
         tracing::info!(
             socket = %cfg.socket.display(),
@@ -216,8 +216,47 @@ impl Bench {
             state_dir: cfg.state_dir,
             stop,
             tasks,
+            usbmuxd: Some(usbmuxd),
             socket_removed: false,
         })
+    }
+
+    /// Makes usbmuxd go away as the real daemon does when it exits (Debian's runs with
+    /// `--systemd` and exits when the bench empties): every open connection, listeners and
+    /// device streams alike, is closed and the socket refuses connections. Like usbmuxd
+    /// 1.1.1 the socket file stays behind (a new daemon replaces it). The phones stay
+    /// plugged in. A no-op when it is already stopped.
+    pub async fn stop_usbmuxd(&mut self) {
+        let Some(handle) = self.usbmuxd.take() else {
+            return;
+        };
+        // Aborting the accept loop drops the listener and its client tasks with it.
+        handle.abort();
+        let _ = handle.await;
+        self.shared.hub.daemon_restarted();
+        tracing::info!(socket = %self.socket.display(), "usbmuxd stopped");
+    }
+
+    /// Brings usbmuxd back on the same socket with the phones still plugged in, numbered
+    /// afresh from DeviceID 1 like a new daemon process. A no-op when it is running.
+    pub fn start_usbmuxd(&mut self) -> Result<(), SimError> {
+        if self.usbmuxd.is_some() {
+            return Ok(());
+        }
+        let listener = bind(&self.socket)?;
+        self.usbmuxd = Some(spawn_usbmuxd(
+            listener,
+            &self.shared,
+            self.stop.subscribe(),
+            &self.socket,
+        ));
+        tracing::info!(socket = %self.socket.display(), "usbmuxd started again");
+        Ok(())
+    }
+
+    /// Whether usbmuxd is serving (see [`Bench::stop_usbmuxd`]).
+    pub fn usbmuxd_running(&self) -> bool {
+        self.usbmuxd.is_some()
     }
 
     pub fn socket(&self) -> &Path {
@@ -378,6 +417,9 @@ impl Bench {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         self.shared.hub.unplug_all();
+        if let Some(usbmuxd) = self.usbmuxd.take() {
+            let _ = usbmuxd.await;
+        }
         self.tasks.shutdown().await;
         self.remove_socket();
         tracing::info!(socket = %self.socket.display(), "bench stopped");
@@ -395,6 +437,9 @@ impl Drop for Bench {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         self.shared.hub.unplug_all();
+        if let Some(usbmuxd) = self.usbmuxd.take() {
+            usbmuxd.abort();
+        }
         self.tasks.abort_all();
         self.remove_socket();
     }
@@ -448,6 +493,18 @@ fn bind(path: &Path) -> Result<UnixListener, SimError> {
     // usbmuxd makes its socket world-accessible; tools run as other users too.
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
     Ok(listener)
+}
+
+fn spawn_usbmuxd(
+    listener: UnixListener,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    socket: &Path,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        accept_loop(listener, shared.clone(), stop)
+            .instrument(tracing::info_span!("usbmuxd", socket = %socket.display())),
+    )
 }
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

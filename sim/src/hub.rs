@@ -249,6 +249,29 @@ impl Hub {
         Some((self.phones[a.phone].clone(), a.unplugged.subscribe()))
     }
 
+    /// The daemon went away: every open connection to a phone ends (the phones drop
+    /// their mux sessions), and the next daemon numbers the phones still attached afresh
+    /// from DeviceID 1, as a new usbmuxd process does. No events: nobody is listening.
+    pub fn daemon_restarted(&self) {
+        let mut s = self.lock();
+        let attached = std::mem::take(&mut s.attached);
+        s.next_device_id = 1;
+        for (_, a) in attached {
+            let _ = a.unplugged.send(true);
+            self.phones[a.phone].unplugged();
+            let id = s.next_device_id;
+            s.next_device_id += 1;
+            let (unplugged, _) = watch::channel(false);
+            s.attached.insert(
+                id,
+                Attachment {
+                    phone: a.phone,
+                    unplugged,
+                },
+            );
+        }
+    }
+
     /// Unplugs everything (bench shutdown).
     pub fn unplug_all(&self) {
         let mut s = self.lock();

@@ -134,14 +134,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     cfg.cache_keys = !args.no_key_cache;
     cfg.activation_port = args.activation_port;
     cfg.station_config_sources = args.station_config_sources.clone();
-    let bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
+    let mut bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
     if let Some(path) = &args.ready {
         if let Err(e) = bench.ready_info().write(path) {
             bench.shutdown().await;
             return Err(e.to_string());
         }
     }
-    wait_for_signal().await;
+    serve_until_stopped(&mut bench).await;
     bench.shutdown().await;
     if let Some(path) = &args.ready {
         let _ = std::fs::remove_file(path);
@@ -149,19 +149,45 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+/// Serves until SIGINT or SIGTERM. SIGUSR1 makes the bench's usbmuxd go away as the real
+/// daemon does when it exits; SIGUSR2 starts it again (same socket, same phones).
+async fn serve_until_stopped(bench: &mut Bench) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn next(signal: &mut Option<Signal>) {
+        match signal {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let watch = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            tracing::warn!(error = %e, "cannot watch {name}");
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-        _ = term.recv() => tracing::info!("SIGTERM"),
+    let mut term = watch(SignalKind::terminate(), "SIGTERM");
+    let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1");
+    let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT");
+                return;
+            }
+            () = next(&mut term) => {
+                tracing::info!("SIGTERM");
+                return;
+            }
+            () = next(&mut usr1) => bench.stop_usbmuxd().await,
+            () = next(&mut usr2) => {
+                if let Err(e) = bench.start_usbmuxd() {
+                    tracing::error!(error = %e, "usbmuxd could not start again");
+                }
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `station-sim` binary: serve, the ready file, SIGTERM, `world`.
+//! The `station-sim` binary: serve, the ready file, SIGUSR1/SIGUSR2 (usbmuxd away and back),
+//! SIGTERM, `world`.
 
 mod common;
 
@@ -75,6 +76,39 @@ async fn serve_writes_ready_file_and_stops_on_sigterm() {
         .and_then(Value::as_array)
         .map(Vec::len);
     assert_eq!(n, Some(2));
+
+    // SIGUSR1: usbmuxd goes away like the real daemon exiting; SIGUSR2: it is back.
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.0.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("USR1");
+    let started = Instant::now();
+    while tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        assert!(started.elapsed() < STEP, "usbmuxd did not stop on SIGUSR1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal("USR2");
+    let started = Instant::now();
+    while tokio::net::UnixStream::connect(&socket).await.is_err() {
+        assert!(started.elapsed() < STEP, "usbmuxd did not start on SIGUSR2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = mux_call(&socket, &request("ListDevices", vec![])).await;
+    assert_eq!(
+        p.plist()
+            .expect("plist")
+            .as_dictionary()
+            .and_then(|d| d.get("DeviceList"))
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(2),
+        "the same phones after the restart"
+    );
 
     let status = Command::new("kill")
         .arg("-TERM")

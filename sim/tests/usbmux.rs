@@ -531,3 +531,54 @@ async fn socket_in_use_and_removed_on_shutdown() {
     let _dir = tb.shutdown().await;
     assert!(!socket.exists(), "socket removed on shutdown");
 }
+
+/// Like the real daemon exiting (Debian's `--systemd` usbmuxd on an empty bench) and being
+/// started again: the socket goes, every connection closes, the phones come back under
+/// DeviceIDs numbered afresh.
+#[tokio::test]
+async fn usbmuxd_stops_and_starts_again_like_the_daemon() {
+    let mut tb = start(default_world(2, 18)).await;
+    let udids = tb.udids();
+    // A second plug cycle moves the DeviceID counter on, so "afresh" is visible.
+    tb.bench.unplug(&udids[0]).expect("unplug");
+    tb.bench.plug(&udids[0]).expect("plug");
+    let mut listener = mux(&tb.socket).await;
+    send_plist(&mut listener, 1, &request("Listen", vec![])).await;
+    assert_eq!(result_number(&read_packet(&mut listener).await), Some(0));
+    let mut ch = lockdown(&tb, &udids[1]).await;
+    call(&mut ch, "QueryType", vec![]).await;
+
+    within(tb.bench.stop_usbmuxd()).await;
+    assert!(!tb.bench.usbmuxd_running());
+    // usbmuxd 1.1.1 leaves its socket file behind, refusing connections.
+    assert!(tb.socket.exists(), "the socket file stays");
+    let refused = tokio::net::UnixStream::connect(&tb.socket)
+        .await
+        .expect_err("nothing accepts");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Both open connections end: the listener (after its replayed Attached events) and
+    // the device stream.
+    let mut rest = Vec::new();
+    within(listener.read_to_end(&mut rest))
+        .await
+        .expect("listener closed cleanly");
+    let err = within(ch.recv()).await.expect_err("device stream closes");
+    assert!(
+        matches!(err, station_protocol::channel::ChannelError::Closed),
+        "{err:?}"
+    );
+
+    tb.bench.start_usbmuxd().expect("start again");
+    assert!(tb.bench.usbmuxd_running());
+    let list = device_list(&mux_call(&tb.socket, &request("ListDevices", vec![])).await);
+    let ids: Vec<u32> = list.iter().map(|d| d.device_id).collect();
+    assert_eq!(ids, vec![1, 2], "a new daemon numbers from 1");
+    let mut seen: Vec<String> = list.into_iter().map(|d| d.udid).collect();
+    seen.sort();
+    let mut want = udids.clone();
+    want.sort();
+    assert_eq!(seen, want, "the same phones are still plugged in");
+    let mut ch = lockdown(&tb, &udids[1]).await;
+    call(&mut ch, "QueryType", vec![]).await;
+    tb.shutdown().await;
+}

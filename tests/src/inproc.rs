@@ -48,6 +48,19 @@ impl InProcBench {
         }
     }
 
+    /// The bench's usbmuxd exits as the real daemon does (socket removed, every
+    /// connection closed); the phones stay plugged in.
+    pub async fn stop_usbmuxd(&mut self) {
+        tokio::time::timeout(Duration::from_secs(10), self.bench.stop_usbmuxd())
+            .await
+            .expect("usbmuxd stops in time");
+    }
+
+    /// usbmuxd starts again on the same socket, the phones numbered afresh.
+    pub fn start_usbmuxd(&mut self) {
+        self.bench.start_usbmuxd().expect("usbmuxd starts again");
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("usbmuxd.sock")
     }
@@ -196,7 +209,13 @@ pub struct StreamingStation {
 
 impl InProcBench {
     pub fn spawn_station(&self, args: &[&str]) -> StreamingStation {
-        let mut cmd = self.station_command(args, false);
+        StreamingStation::spawn(self.station_command(args, false))
+    }
+}
+
+impl StreamingStation {
+    /// Spawns `cmd` (a `station` command line) with its stdout streamed.
+    pub fn spawn(mut cmd: Command) -> StreamingStation {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
@@ -223,6 +242,16 @@ impl InProcBench {
 }
 
 impl StreamingStation {
+    /// Sends a signal (`"INT"`, `"TERM"`) to the station.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// Waits (up to `timeout`) for an event matching `pred`; every event read is kept in
     /// `seen`. Panics on timeout with what was seen.
     pub async fn wait_for(
@@ -254,6 +283,19 @@ impl StreamingStation {
                 }
             }
         }
+    }
+
+    /// Like [`wait_for`](Self::wait_for), but an event already read counts too: for events
+    /// whose order among themselves is not fixed (two phones finishing).
+    pub async fn seen_or_wait(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(event) = self.seen.iter().find(|e| pred(e)) {
+            return event.clone();
+        }
+        self.wait_for(timeout, pred).await
     }
 
     /// Reads the rest of the stream and the exit status (bounded by `timeout`).

@@ -223,3 +223,131 @@ fn station_devices_says_no_usbmuxd_is_reachable() {
     );
     assert!(!text.contains("panicked"), "{out}");
 }
+
+/// Debian's usbmuxd (1.1.1) has no socket option: it always listens on /var/run/usbmuxd. A
+/// daemon of the test's own runs in a private mount namespace with a temporary directory
+/// bound over /var/run, so its socket is `<dir>/usbmuxd` for everyone else and the shared
+/// daemon is left alone. Needs root (as starting usbmuxd does) and util-linux `unshare`.
+struct PrivateDaemon {
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateDaemon {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("usbmuxd")
+    }
+
+    fn start(&mut self) {
+        let usbmuxd = [
+            "/usr/sbin/usbmuxd",
+            "/usr/local/sbin/usbmuxd",
+            "/sbin/usbmuxd",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("usbmuxd installed (scripts/test installs it)");
+        let script = format!(
+            "mount --bind '{}' /var/run && exec {usbmuxd} -f -U root",
+            self.dir.display()
+        );
+        let child = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) to start a private usbmuxd");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private usbmuxd did not come up (needs root for the mount namespace)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, as `systemctl stop usbmuxd` sends: the daemon closes its clients and exits
+    /// (1.1.1 leaves its socket file behind, refusing connections).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn station_run_outlives_the_real_daemon_stopping_and_starting() {
+    use station_tests::inproc::StreamingStation;
+    let temp = tempfile::tempdir().expect("temp dir");
+    let run_dir = temp.path().join("run");
+    std::fs::create_dir(&run_dir).expect("run dir");
+    let mut daemon = PrivateDaemon {
+        dir: run_dir,
+        child: None,
+    };
+    daemon.start();
+    let config = temp.path().join("station.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[station]\nid = \"real-usbmuxd\"\ndata_dir = \"{}\"\n\n[usbmuxd]\naddress = \"UNIX:{}\"\n",
+            temp.path().join("data").display(),
+            daemon.socket().display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = std::process::Command::new(station_tests::workspace_bin("station"));
+    cmd.args(["--config", &config.to_string_lossy(), "--json", "run"])
+        .env(
+            "USBMUXD_SOCKET_ADDRESS",
+            format!("UNIX:{}", daemon.socket().display()),
+        )
+        .env("HOME", temp.path())
+        .env_remove("STATION_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    let mut station = StreamingStation::spawn(cmd);
+    let wait = Duration::from_secs(30);
+    block_on(async {
+        station
+            .wait_for(wait, |e| e["event"] == "run_started")
+            .await;
+        for _ in 0..2 {
+            daemon.stop();
+            station
+                .wait_for(wait, |e| e["event"] == "usbmuxd_lost")
+                .await;
+            daemon.start();
+            let back = station
+                .wait_for(wait, |e| e["event"] == "usbmuxd_back")
+                .await;
+            assert_eq!(back["phones"], 0, "{back}");
+        }
+        assert!(
+            matches!(station.child.try_wait(), Ok(None)),
+            "still running"
+        );
+        station.signal("TERM");
+        let (events, status) = station.finish(wait).await;
+        assert_eq!(status.code(), Some(0), "{events:#?}");
+        assert_eq!(
+            events.last().map(|e| e["event"].clone()),
+            Some(Value::from("summary"))
+        );
+    });
+}

@@ -536,7 +536,297 @@ async fn ctrl_c_lets_phones_in_flight_finish_and_writes_the_summary() {
             "{udid} did not finish its steps"
         );
     }
-    assert_eq!(status.code(), Some(1), "a stopped run is not a clean one");
+    // A stop that was asked for and drained cleanly is a clean end for a service.
+    assert_eq!(status.code(), Some(0), "{events:#?}");
+}
+
+/// Clean phones; all but the first are plugged in by the test.
+const OUTAGES: &str = r#"
+seed = 33
+
+[[device]]
+activation_state = "Unactivated"
+
+[[device]]
+activation_state = "Unactivated"
+plug_at_ms = 3600000
+
+[[device]]
+activation_state = "Unactivated"
+plug_at_ms = 3600000
+
+[[device]]
+activation_state = "Unactivated"
+plug_at_ms = 3600000
+
+[[device]]
+activation_state = "Unactivated"
+plug_at_ms = 3600000
+"#;
+
+const EVENT_WAIT: Duration = Duration::from_secs(30);
+
+fn finished_as(udid: &str, outcome: &'static str) -> impl Fn(&Value) -> bool {
+    let udid = udid.to_string();
+    move |e| e["event"] == "finished" && e["udid"] == udid.as_str() && e["outcome"] == outcome
+}
+
+fn is_event(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["event"] == kind
+}
+
+fn run_rows(f: &InProcBench) -> Vec<(String, Option<String>)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        f.path("data").join("ledger.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("ledger");
+    let mut stmt = conn
+        .prepare("SELECT status, error FROM runs ORDER BY started_at, rowid")
+        .expect("runs query");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("runs")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows
+}
+
+/// Debian's usbmuxd exits whenever the bench empties and is started again by udev: the
+/// line keeps its run through three such outages, a phone cut off mid-exchange resumes,
+/// and a requested stop (SIGTERM, as from `systemctl stop`) ends cleanly.
+#[tokio::test]
+async fn the_line_outlives_usbmuxd_going_away_and_coming_back() {
+    let mut f = InProcBench::start(OUTAGES).await;
+    let config = f.station_config(None, 2, "");
+    let config = config.to_str().expect("utf-8").to_string();
+    let udids = f.udids.clone();
+    let mut station = f.spawn_station(&["--config", &config, "run"]);
+    station
+        .wait_for(EVENT_WAIT, finished_as(&udids[0], "activated"))
+        .await;
+
+    // Outage 1: phone 1 is mid-exchange (the activation server is slow) when usbmuxd exits.
+    f.bench.albert().set_latency(Duration::from_millis(1500));
+    f.bench.plug(&udids[1]).expect("plug");
+    station
+        .wait_for(EVENT_WAIT, |e| {
+            e["event"] == "step" && e["udid"] == udids[1].as_str() && e["step"] == "handshake"
+        })
+        .await;
+    f.stop_usbmuxd().await;
+    // The worker's outcome and the line's `usbmuxd_lost` race each other.
+    let cut = station
+        .wait_for(EVENT_WAIT, |e| {
+            e["event"] == "finished" && e["udid"] == udids[1].as_str()
+        })
+        .await;
+    assert_eq!(cut["outcome"], "interrupted", "{cut}");
+    assert!(
+        cut["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("usbmuxd")),
+        "{cut}"
+    );
+    station
+        .seen_or_wait(EVENT_WAIT, is_event("usbmuxd_lost"))
+        .await;
+    f.bench.albert().set_latency(Duration::ZERO);
+    f.start_usbmuxd();
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
+    station
+        .wait_for(EVENT_WAIT, finished_as(&udids[1], "activated"))
+        .await;
+
+    // Outage 2: the bench empties, usbmuxd exits; a phone plugged in meanwhile is seen
+    // when usbmuxd is back (udev starts it on the plug).
+    f.stop_usbmuxd().await;
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_lost")).await;
+    f.bench.plug(&udids[2]).expect("plug");
+    f.start_usbmuxd();
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
+    station
+        .wait_for(EVENT_WAIT, finished_as(&udids[2], "activated"))
+        .await;
+
+    // Outage 3: long enough for several refused reconnection attempts.
+    f.stop_usbmuxd().await;
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_lost")).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    f.bench.plug(&udids[3]).expect("plug");
+    f.bench.plug(&udids[4]).expect("plug");
+    f.start_usbmuxd();
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
+    // Either may finish first.
+    station
+        .seen_or_wait(EVENT_WAIT, finished_as(&udids[3], "activated"))
+        .await;
+    station
+        .seen_or_wait(EVENT_WAIT, finished_as(&udids[4], "activated"))
+        .await;
+    assert!(
+        matches!(station.child.try_wait(), Ok(None)),
+        "the station is still running"
+    );
+
+    station.signal("TERM");
+    let (events, status) = station.finish(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "{events:#?}");
+    let summary = events.last().expect("events");
+    assert_eq!(summary["event"], "summary", "{events:#?}");
+    assert_eq!(summary["phones"], 5);
+    assert_eq!(summary["counts"]["activated"], 5, "{summary}");
+    assert_eq!(summary["attention"].as_array().map(Vec::len), Some(0));
+    let count = |kind| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!(count("usbmuxd_lost"), 3);
+    assert_eq!(count("usbmuxd_back"), 3);
+    assert_eq!(count("summary"), 1);
+    // Phone 0, handled before the outages, was not worked on again.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "started" && e["udid"] == udids[0].as_str())
+            .count(),
+        1
+    );
+    assert_eq!(run_rows(&f), vec![("finished".to_string(), None)]);
+    let report = f
+        .station(&["--config", &config, "report", "--format", "json"], false)
+        .await;
+    report.assert_success();
+    let rows: Vec<Value> = serde_json::from_str(&report.stdout).expect("report json");
+    let phone1: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["udid"] == udids[1].as_str())
+        .filter_map(|r| r["outcome"].as_str())
+        .collect();
+    assert!(
+        phone1.contains(&"interrupted") && phone1.contains(&"activated"),
+        "{phone1:?}"
+    );
+}
+
+/// `station run` as a service starts before usbmuxd (Debian's only runs while a phone is
+/// attached) and waits for it; Ctrl-C then ends it cleanly.
+#[tokio::test]
+async fn the_line_waits_for_usbmuxd_at_start() {
+    let mut f = InProcBench::start(OUTAGES).await;
+    let config = f.station_config(None, 2, "");
+    let config = config.to_str().expect("utf-8").to_string();
+    f.stop_usbmuxd().await;
+    let mut station = f.spawn_station(&["--config", &config, "run"]);
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_lost")).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    f.start_usbmuxd();
+    station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
+    station
+        .wait_for(EVENT_WAIT, finished_as(&f.udids[0], "activated"))
+        .await;
+    station.signal("INT");
+    let (events, status) = station.finish(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "{events:#?}");
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some("summary".into())
+    );
+    assert_eq!(run_rows(&f), vec![("finished".to_string(), None)]);
+}
+
+/// `--once` needs usbmuxd at start: without it the run fails (exit 3), is recorded
+/// `failed` in an existing ledger, and creates no ledger where there was none.
+#[tokio::test]
+async fn a_once_run_without_usbmuxd_fails_and_is_recorded_failed() {
+    let mut f = InProcBench::start(OUTAGES).await;
+    let config = f.station_config(None, 2, "");
+    let config = config.to_str().expect("utf-8").to_string();
+    let ledger = f.path("data").join("ledger.sqlite3");
+
+    f.stop_usbmuxd().await;
+    let out = f
+        .station(&["--config", &config, "run", "--once"], false)
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    assert!(out.stderr.contains("usbmuxd"), "{out}");
+    assert!(!ledger.exists(), "no ledger for a run that never started");
+
+    f.start_usbmuxd();
+    let out = f
+        .station(&["--config", &config, "run", "--once"], false)
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{out}");
+    f.stop_usbmuxd().await;
+    let out = f
+        .station(&["--config", &config, "run", "--once"], false)
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    let runs = run_rows(&f);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0], ("finished".to_string(), None));
+    assert_eq!(runs[1].0, "failed");
+    assert!(
+        runs[1]
+            .1
+            .as_deref()
+            .is_some_and(|e| e.starts_with("usbmuxd-unreachable")),
+        "{runs:?}"
+    );
+}
+
+/// `--once` waits for usbmuxd at most the replug grace: back in time, the phone it cut off
+/// resumes and the run ends clean; not back in time, the run ends with the phone
+/// `interrupted` and needing attention.
+#[tokio::test]
+async fn once_waits_for_usbmuxd_up_to_the_replug_grace() {
+    for back_in_time in [true, false] {
+        let mut f = InProcBench::start(OUTAGES).await;
+        let config = f.station_config(None, 2, "");
+        let config = config.to_str().expect("utf-8").to_string();
+        let udid = f.udids[0].clone();
+        let grace = if back_in_time { "4" } else { "1" };
+        f.bench.albert().set_latency(Duration::from_millis(1500));
+        let mut station = f.spawn_station(&[
+            "--config",
+            &config,
+            "run",
+            "--once",
+            "--replug-grace",
+            grace,
+        ]);
+        station
+            .wait_for(EVENT_WAIT, |e| {
+                e["event"] == "step" && e["udid"] == udid.as_str() && e["step"] == "handshake"
+            })
+            .await;
+        f.stop_usbmuxd().await;
+        station
+            .wait_for(EVENT_WAIT, finished_as(&udid, "interrupted"))
+            .await;
+        f.bench.albert().set_latency(Duration::ZERO);
+        if back_in_time {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            f.start_usbmuxd();
+        }
+        let (events, status) = station.finish(Duration::from_secs(60)).await;
+        let summary = events.last().expect("events");
+        assert_eq!(summary["event"], "summary", "{events:#?}");
+        if back_in_time {
+            assert_eq!(status.code(), Some(0), "{events:#?}");
+            assert!(events.iter().any(finished_as(&udid, "activated")));
+            assert_eq!(summary["counts"]["activated"], 1, "{summary}");
+        } else {
+            assert_eq!(status.code(), Some(1), "{events:#?}");
+            assert_eq!(summary["counts"]["interrupted"], 1, "{summary}");
+            let attention = &summary["attention"][0];
+            assert!(
+                attention["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("usbmuxd")),
+                "{summary}"
+            );
+            assert!(!events.iter().any(is_event("usbmuxd_back")));
+        }
+        assert_eq!(run_rows(&f), vec![("finished".to_string(), None)]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

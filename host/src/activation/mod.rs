@@ -20,7 +20,7 @@ use station_protocol::activation::{
 use station_protocol::channel::ChannelError;
 use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FROM};
 use station_protocol::mobileactivation::{self, Command, MobileActivationError};
-use station_protocol::usbmux::DeviceInfo;
+use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 
 use crate::codes::{CodeKind, CodeLookup, Lookup, RemoteRelease, SourcedCode};
 use crate::error::StationError;
@@ -475,14 +475,14 @@ impl Activator<'_> {
             Ok(()) => report.step = None,
             Err(stop) => {
                 report.step = Some(progress.step);
-                let unplugged =
-                    stop.outcome == Outcome::DeviceError && !self.still_attached(device).await;
-                if unplugged {
+                let presence = if stop.outcome == Outcome::DeviceError {
+                    self.presence(device).await
+                } else {
+                    Presence::Attached
+                };
+                if presence != Presence::Attached {
                     report.outcome = Outcome::Interrupted;
-                    report.message = format!(
-                        "unplugged during {}: plug it back in and run again",
-                        progress.step.describe()
-                    );
+                    report.message = presence.interrupted_during(progress.step);
                 } else {
                     let version = report
                         .product_version
@@ -506,10 +506,21 @@ impl Activator<'_> {
     }
 
     async fn still_attached(&self, device: &DeviceInfo) -> bool {
+        self.presence(device).await == Presence::Attached
+    }
+
+    /// Whether a failure was the phone (or usbmuxd) going away rather than the phone.
+    async fn presence(&self, device: &DeviceInfo) -> Presence {
         // Same usbmuxd DeviceID: a replugged phone gets a new one, and is a new attempt.
-        match self.bench.usbmuxd.list_devices().await {
-            Ok(devices) => devices.iter().any(|d| d.device_id == device.device_id),
-            Err(_) => true,
+        match self.bench.usbmuxd.probe().await {
+            Ok(devices) if devices.iter().any(|d| d.device_id == device.device_id) => {
+                Presence::Attached
+            }
+            Ok(_) => Presence::Unplugged,
+            // usbmuxd exited (Debian's does when the bench empties): every device stream
+            // went with it, so the phone's work was cut, not failed.
+            Err(UsbmuxError::Unreachable { .. } | UsbmuxError::Closed) => Presence::UsbmuxdGone,
+            Err(_) => Presence::Attached,
         }
     }
 
@@ -1290,5 +1301,29 @@ mod tests {
             serde_json::to_string(&Outcome::LockedNoCode).expect("json"),
             "\"locked_no_code\""
         );
+    }
+}
+
+/// Where a phone is after its exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Attached,
+    Unplugged,
+    UsbmuxdGone,
+}
+
+impl Presence {
+    /// The `interrupted` message for a phone cut off during `step`.
+    fn interrupted_during(self, step: Step) -> String {
+        match self {
+            Presence::UsbmuxdGone => format!(
+                "usbmuxd went away during {}: run again once it is back (the line resumes by itself)",
+                step.describe()
+            ),
+            Presence::Attached | Presence::Unplugged => format!(
+                "unplugged during {}: plug it back in and run again",
+                step.describe()
+            ),
+        }
     }
 }

@@ -26,7 +26,8 @@ pub struct RunArgs {
     pub concurrency: Option<u32>,
     /// How long to wait for the operator to tap Trust on an activated phone.
     pub trust_wait: Duration,
-    /// `--once`: how long an unplugged phone may stay away before it counts as interrupted.
+    /// `--once`: how long an unplugged phone (or usbmuxd) may stay away before its phones
+    /// count as interrupted.
     pub replug_grace: Duration,
 }
 
@@ -108,6 +109,15 @@ pub async fn run(
 ) -> Result<Summary, StationError> {
     apply_colour(config.ui.color);
     let station_id = config.station.id.clone();
+    // What can fail at start fails before a ledger is opened (or created for nothing).
+    let server = Arc::new(activation_server(config)?);
+    if args.once {
+        // `--once` handles the phones attached now, so it needs usbmuxd now.
+        if let Err(e) = bench.usbmuxd.list_devices().await {
+            record_start_failure(data_dir, &station_id, &e).await;
+            return Err(e);
+        }
+    }
     let (ledger, recovered) = {
         let data_dir = data_dir.to_path_buf();
         let id = station_id.clone();
@@ -142,7 +152,7 @@ pub async fn run(
 
     let line = Line {
         bench: Arc::new(bench),
-        server: Arc::new(activation_server(config)?),
+        server,
         codes,
         log: Arc::new(RunLog {
             ledger: ledger.clone(),
@@ -167,11 +177,53 @@ pub async fn run(
     let result = line.run(watch_signals()).await;
     // The line's sink is gone with it: the renderer drains what is left and stops.
     let _ = renderer.await;
-    if let Err(e) = ledger.finish_run(&run_id, SystemTime::now()).await {
+    let closed = match &result {
+        Ok(_) => ledger.finish_run(&run_id, SystemTime::now()).await,
+        Err(e) => {
+            ledger
+                .fail_run(&run_id, SystemTime::now(), &failure_reason(e))
+                .await
+        }
+    };
+    if let Err(e) = closed {
         tracing::error!("could not close the run in the ledger: {e}");
     }
     ledger.close().await;
     result
+}
+
+/// How a failed run reads in the ledger: the error's stable code and its message.
+fn failure_reason(e: &StationError) -> String {
+    format!("{}: {}", e.code, e.message)
+}
+
+/// Records a run that failed before it started, in a ledger that exists already; none is
+/// created just for that.
+async fn record_start_failure(data_dir: &Path, station_id: &str, error: &StationError) {
+    if !crate::ledger::ledger_path(data_dir).exists() {
+        return;
+    }
+    let opened = {
+        let (data_dir, id) = (data_dir.to_path_buf(), station_id.to_string());
+        tokio::task::spawn_blocking(move || Ledger::open(&data_dir, &id)).await
+    };
+    let Ok(Ok((ledger, _))) = opened else {
+        tracing::warn!("the failed start is not recorded: the ledger could not be opened");
+        return;
+    };
+    let run_id = new_run_id();
+    let now = SystemTime::now();
+    let recorded = match ledger.start_run(&run_id, now).await {
+        Ok(()) => ledger
+            .fail_run(&run_id, now, &failure_reason(error))
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!("the failed start is not recorded: {e}");
+    }
+    ledger.close().await;
 }
 
 /// `[ui] color` for the live screen; `NO_COLOR` always wins.
@@ -185,9 +237,17 @@ fn apply_colour(mode: ColorMode) {
     console::set_colors_enabled(enabled);
 }
 
-/// The exit code of a run: 0 when every phone is done, 1 when any needs attention.
-pub fn exit_code(summary: &Summary) -> u8 {
-    if summary.failed() == 0 && !summary.stopped_early {
+/// The exit code of a run. `--once`: 0 when every phone is done, 1 when any needs
+/// attention or the run was stopped early. A service run ends only when it is asked to:
+/// 0 when it drained cleanly (phones needing attention are in the summary and the
+/// ledger, not a failure of the station), 1 when a second signal cut phones short.
+pub fn exit_code(summary: &Summary, once: bool) -> u8 {
+    let clean = if once {
+        summary.failed() == 0 && !summary.stopped_early
+    } else {
+        !summary.aborted
+    };
+    if clean {
         0
     } else {
         exit::FAILURE
@@ -208,4 +268,49 @@ pub fn code_lookup(config: &StationConfig) -> Result<Arc<dyn CodeLookup>, Statio
         Some(chain) => Arc::new(chain),
         None => Arc::new(super::activate::NoSources),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::Outcome;
+    use crate::line::events::Attention;
+
+    fn summary(attention: usize, stopped_early: bool, aborted: bool) -> Summary {
+        let phone = PhoneRef {
+            udid: "U".into(),
+            slot: "A1".into(),
+        };
+        Summary {
+            attention: (0..attention)
+                .map(|_| Attention {
+                    phone: phone.clone(),
+                    serial: None,
+                    outcome: Outcome::LockedNoCode,
+                    message: "no code".into(),
+                })
+                .collect(),
+            stopped_early,
+            aborted,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn a_service_stopped_on_request_exits_0_unless_it_cut_phones_short() {
+        assert_eq!(exit_code(&summary(0, true, false), false), 0);
+        assert_eq!(
+            exit_code(&summary(2, true, false), false),
+            0,
+            "phones needing attention are in the summary, not a station failure"
+        );
+        assert_eq!(exit_code(&summary(0, true, true), false), exit::FAILURE);
+    }
+
+    #[test]
+    fn once_keeps_its_needs_attention_exit_code() {
+        assert_eq!(exit_code(&summary(0, false, false), true), 0);
+        assert_eq!(exit_code(&summary(1, false, false), true), exit::FAILURE);
+        assert_eq!(exit_code(&summary(0, true, false), true), exit::FAILURE);
+    }
 }

@@ -227,6 +227,17 @@ impl Ledger {
         self.call(move |c| store::finish_run(c, &run_id, finished_at))
     }
 
+    /// Marks the run `failed` (it could not start, or broke off) with a one-line reason.
+    pub fn fail_run(
+        &self,
+        run_id: &str,
+        finished_at: SystemTime,
+        error: &str,
+    ) -> impl Future<Output = Result<RunSummary, LedgerError>> + Send + 'static {
+        let (run_id, error) = (run_id.to_string(), error.to_string());
+        self.call(move |c| store::fail_run(c, &run_id, finished_at, &error))
+    }
+
     /// Records a new attempt, in progress until [`Ledger::finish`].
     pub fn begin(
         &self,

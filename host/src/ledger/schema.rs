@@ -74,6 +74,24 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (attempt_id, seq)
     ) WITHOUT ROWID;
     "#,
+    // 2: a run that could not start is `failed`, with its one-line reason in `error`.
+    // SQLite cannot change a CHECK in place, so `runs` is rebuilt (nothing references it).
+    r#"
+    CREATE TABLE runs_v2 (
+        run_id      TEXT PRIMARY KEY,
+        station_id  TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,
+        status      TEXT NOT NULL DEFAULT 'running'
+                    CHECK (status IN ('running', 'finished', 'interrupted', 'failed')),
+        summary     TEXT,
+        error       TEXT
+    );
+    INSERT INTO runs_v2 (run_id, station_id, started_at, finished_at, status, summary)
+        SELECT run_id, station_id, started_at, finished_at, status, summary FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_v2 RENAME TO runs;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -264,6 +282,49 @@ mod tests {
             open(&path, Create::No),
             Err(LedgerError::NewerSchema { found, .. }) if found == SCHEMA_VERSION + 1
         ));
+    }
+
+    #[test]
+    fn version_1_ledgers_gain_the_failed_run_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = ledger_path(dir.path());
+        {
+            let conn = Connection::open(&path).expect("create v1");
+            conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            conn.execute(
+                "INSERT INTO runs (run_id, station_id, started_at, status) VALUES ('old', 's', 't', 'finished')",
+                [],
+            )
+            .expect("v1 run");
+            assert!(
+                conn.execute(
+                    "INSERT INTO runs (run_id, station_id, started_at, status) VALUES ('x', 's', 't', 'failed')",
+                    [],
+                )
+                .is_err(),
+                "version 1 has no `failed`"
+            );
+            conn.pragma_update(None, "user_version", 1).expect("v1");
+        }
+        let conn = open(&path, Create::No).expect("migrate");
+        assert_eq!(user_version(&conn).expect("version"), SCHEMA_VERSION);
+        let old: String = conn
+            .query_row("SELECT status FROM runs WHERE run_id = 'old'", [], |r| {
+                r.get(0)
+            })
+            .expect("old run kept");
+        assert_eq!(old, "finished");
+        conn.execute(
+            "INSERT INTO runs (run_id, station_id, started_at, status, error) VALUES ('new', 's', 't', 'failed', 'why')",
+            [],
+        )
+        .expect("`failed` is allowed now");
+        assert!(conn
+            .execute(
+                "INSERT INTO runs (run_id, station_id, started_at, status) VALUES ('bad', 's', 't', 'exploded')",
+                [],
+            )
+            .is_err());
     }
 
     #[test]

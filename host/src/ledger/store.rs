@@ -80,7 +80,23 @@ pub fn finish_run(
     run_id: &str,
     at: SystemTime,
 ) -> Result<RunSummary, LedgerError> {
-    close_run(conn, run_id, "finished", &stamp::format_system(at)?)
+    close_run(conn, run_id, "finished", &stamp::format_system(at)?, None)
+}
+
+/// Marks a run that could not start (or broke off) `failed`, with its reason.
+pub fn fail_run(
+    conn: &Connection,
+    run_id: &str,
+    at: SystemTime,
+    error: &str,
+) -> Result<RunSummary, LedgerError> {
+    close_run(
+        conn,
+        run_id,
+        "failed",
+        &stamp::format_system(at)?,
+        Some(error),
+    )
 }
 
 fn close_run(
@@ -88,6 +104,7 @@ fn close_run(
     run_id: &str,
     status: &str,
     at: &str,
+    error: Option<&str>,
 ) -> Result<RunSummary, LedgerError> {
     let summary = run_summary(conn, run_id)?;
     let json = serde_json::to_string(&summary).map_err(|e| LedgerError::Encode {
@@ -96,8 +113,8 @@ fn close_run(
     })?;
     let changed = conn
         .execute(
-            "UPDATE runs SET finished_at = ?2, status = ?3, summary = ?4 WHERE run_id = ?1",
-            params![run_id, at, status, json],
+            "UPDATE runs SET finished_at = ?2, status = ?3, summary = ?4, error = ?5 WHERE run_id = ?1",
+            params![run_id, at, status, json, error],
         )
         .map_err(sqlite("finish run"))?;
     if changed == 0 {
@@ -411,7 +428,7 @@ pub fn recover(conn: &Connection, now: SystemTime) -> Result<Vec<Recovered>, Led
         })
         .map_err(sqlite("recover"))?;
     for (run_id, last_seen) in open_runs {
-        close_run(conn, &run_id, "interrupted", &last_seen)?;
+        close_run(conn, &run_id, "interrupted", &last_seen, None)?;
     }
     Ok(recovered)
 }

@@ -767,3 +767,53 @@ fn a_missing_ledger_reads_as_none() {
         .expect("no error")
         .is_none());
 }
+
+#[tokio::test]
+async fn a_run_that_could_not_start_is_failed_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ledger, _) = Ledger::open(dir.path(), "station-1").expect("open");
+    ledger.start_run("ok", at(1)).await.expect("start");
+    ledger.finish_run("ok", at(2)).await.expect("finish");
+    ledger.start_run("broken", at(3)).await.expect("start");
+    ledger
+        .fail_run("broken", at(3), "usbmuxd-unreachable: no usbmuxd")
+        .await
+        .expect("fail");
+    let runs = ledger
+        .call(|c| {
+            let mut stmt = c
+                .prepare("SELECT run_id, status, error, finished_at IS NOT NULL FROM runs ORDER BY started_at")
+                .map_err(crate::ledger::sqlite("test"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, bool>(3)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(crate::ledger::sqlite("test"))?;
+            Ok(rows)
+        })
+        .await
+        .expect("runs");
+    assert_eq!(
+        runs,
+        [
+            ("ok".to_string(), "finished".to_string(), None, true),
+            (
+                "broken".to_string(),
+                "failed".to_string(),
+                Some("usbmuxd-unreachable: no usbmuxd".to_string()),
+                true
+            ),
+        ]
+    );
+    assert!(matches!(
+        ledger.fail_run("nope", at(4), "x").await,
+        Err(LedgerError::UnknownRun { .. })
+    ));
+    ledger.close().await;
+}

@@ -106,6 +106,20 @@ pub enum EventKind {
         outcome: Outcome,
         reason: String,
     },
+    /// The connection to usbmuxd was lost or refused (the daemon exited or is not
+    /// running yet). Phones mid-exchange end `interrupted`; the station keeps retrying.
+    UsbmuxdLost {
+        reason: String,
+        /// Milliseconds until the next connection attempt.
+        retry_ms: u64,
+    },
+    /// usbmuxd answers again; the phones it lists are picked up (resumed if interrupted).
+    UsbmuxdBack {
+        /// Phones usbmuxd lists now.
+        phones: usize,
+        /// How long it was away.
+        outage_ms: u64,
+    },
     Summary(Summary),
 }
 
@@ -119,6 +133,8 @@ pub struct Summary {
     pub attention: Vec<Attention>,
     /// The operator stopped the run (Ctrl-C) before every phone was done.
     pub stopped_early: bool,
+    /// Stopped at once (a second Ctrl-C/SIGTERM): phones in flight were cut short.
+    pub aborted: bool,
     pub elapsed_ms: u64,
 }
 

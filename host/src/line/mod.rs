@@ -24,6 +24,10 @@ use events::{Attention, EventKind, EventSink, PhoneRef, Summary};
 
 use crate::ledger::{AttemptId, AttemptStart, Ledger};
 
+/// While usbmuxd is away the line retries after this, doubling up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
 /// The durable record of attempts (the ledger). `finish` must be durable when it returns:
 /// the line shows an outcome only after that.
 pub trait AttemptLog: Send + Sync {
@@ -60,7 +64,8 @@ pub struct LineOptions {
     /// Attempts per phone for retryable failures, and the backoff between them.
     pub retry: RetryPolicy,
     pub trust_wait: Duration,
-    /// `--once`: how long an unplugged phone may stay away before it counts as interrupted.
+    /// `--once`: how long an unplugged phone (or usbmuxd) may stay away before its phones
+    /// count as interrupted.
     pub replug_grace: Duration,
 }
 
@@ -86,7 +91,7 @@ pub struct Line {
 enum Status {
     Queued,
     Running {
-        cancel: Option<oneshot::Sender<()>>,
+        cancel: Option<oneshot::Sender<Cut>>,
     },
     /// Retry after this instant.
     Waiting(tokio::time::Instant),
@@ -97,9 +102,35 @@ enum Status {
     Done(Outcome),
 }
 
+/// Why a worker was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Unplugged,
+    UsbmuxdGone,
+    /// The operator stopped the run at once.
+    Aborted,
+}
+
+/// The line's connection to usbmuxd.
+enum Usb {
+    Connected(mpsc::UnboundedReceiver<Result<UsbEvent, StationError>>),
+    /// Gone since `since`; the next attempt is at `retry_at`, the one after `backoff` later.
+    Lost {
+        since: tokio::time::Instant,
+        retry_at: tokio::time::Instant,
+        backoff: Duration,
+    },
+}
+
 #[derive(Debug)]
 struct PhoneState {
     device: DeviceInfo,
+    /// usbmuxd lists it now (`device.device_id` is only meaningful then: a new daemon
+    /// numbers its phones afresh).
+    attached: bool,
+    /// Counts its attachments: a worker that ends `interrupted` while the phone is
+    /// attached again under a newer one has its phone resumed.
+    plugs: u64,
     phone: PhoneRef,
     status: Status,
     attempts: u32,
@@ -109,6 +140,8 @@ struct PhoneState {
 
 struct Finished {
     udid: String,
+    /// `PhoneState::plugs` when the worker started.
+    plug: u64,
     report: ActivationReport,
 }
 
@@ -136,19 +169,24 @@ impl Line {
             once: options.once,
         });
 
-        // The initial inventory, then the live event stream (whose first Attached events
-        // repeat it; they are recognised by DeviceID).
-        let initial = line.bench.usbmuxd.list_devices().await?;
-        let mut usb_events = spawn_listener(&line.bench).await?;
-
         let mut phones: BTreeMap<String, PhoneState> = BTreeMap::new();
         let mut queue: VecDeque<String> = VecDeque::new();
         let mut workers: JoinSet<Finished> = JoinSet::new();
         let mut stop = Shutdown::Running;
 
-        for device in initial {
-            line.attach(device, &mut phones, &mut queue);
-        }
+        // The initial inventory, then the live event stream (whose first Attached events
+        // repeat it; they are recognised by DeviceID). `--once` needs usbmuxd at start; a
+        // service waits for it (Debian's usbmuxd only runs while a phone is attached).
+        let mut usb = match connect_usbmuxd(&line.bench).await {
+            Ok((initial, events)) => {
+                for device in initial {
+                    line.attach(device, &mut phones, &mut queue);
+                }
+                Usb::Connected(events)
+            }
+            Err(e) if options.once => return Err(e),
+            Err(e) => line.usbmuxd_lost(&e.message, &mut phones, &mut queue),
+        };
 
         loop {
             if stop == Shutdown::Running {
@@ -156,24 +194,45 @@ impl Line {
             }
             let in_flight = workers.len();
             if in_flight == 0
-                && (stop != Shutdown::Running || (options.once && line.once_done(&phones)))
+                && (stop != Shutdown::Running || (options.once && line.once_done(&phones, &usb)))
             {
                 break;
             }
-            let next_timer = line.next_deadline(&phones);
+            let next_timer = line.next_deadline(&phones, &usb);
+            let (listening, retry_at) = match &usb {
+                Usb::Connected(_) => (true, None),
+                Usb::Lost { retry_at, .. } => (false, Some(*retry_at)),
+            };
+            let reconnect = async {
+                sleep_until(retry_at).await;
+                connect_usbmuxd(&line.bench).await
+            };
             tokio::select! {
-                event = usb_events.recv(), if stop == Shutdown::Running => match event {
-                    Some(Ok(UsbEvent::Attached(device))) => line.attach(device, &mut phones, &mut queue),
-                    Some(Ok(UsbEvent::Detached { device_id })) => line.detach(device_id, &mut phones, &mut queue),
-                    Some(Ok(UsbEvent::Paired { .. })) => {}
-                    Some(Err(e)) => {
-                        tracing::error!("usbmuxd event stream failed: {e}");
-                        return Err(e);
+                event = next_usb_event(&mut usb), if listening && stop == Shutdown::Running => match event {
+                    Ok(UsbEvent::Attached(device)) => line.attach(device, &mut phones, &mut queue),
+                    Ok(UsbEvent::Detached { device_id }) => line.detach(device_id, &mut phones, &mut queue),
+                    Ok(UsbEvent::Paired { .. }) => {}
+                    Err(e) => usb = line.usbmuxd_lost(&e.message, &mut phones, &mut queue),
+                },
+                attempt = reconnect, if !listening && stop == Shutdown::Running => {
+                    let Usb::Lost { since, backoff, .. } = usb else { continue };
+                    match attempt {
+                        Ok((devices, events)) => {
+                            line.usbmuxd_back(devices, since.elapsed(), &mut phones, &mut queue);
+                            usb = Usb::Connected(events);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, ?backoff, "usbmuxd still away");
+                            usb = Usb::Lost {
+                                since,
+                                retry_at: tokio::time::Instant::now() + backoff,
+                                backoff: (backoff * 2).min(RECONNECT_MAX),
+                            };
+                        }
                     }
-                    None => return Err(StationError::new("usbmuxd-error", crate::error::exit::FAILURE, "usbmuxd closed the event stream")),
                 },
                 Some(joined) = workers.join_next(), if in_flight > 0 => match joined {
-                    Ok(finished) => line.finished(finished, &mut phones, stop),
+                    Ok(finished) => line.finished(finished, &mut phones, &mut queue, stop),
                     Err(e) => tracing::error!("a phone worker failed: {e}"),
                 },
                 () = sleep_until(next_timer) => line.wake(&mut phones, &mut queue),
@@ -187,7 +246,7 @@ impl Line {
             }
         }
 
-        let summary = line.summary(&phones, stop != Shutdown::Running, started.elapsed());
+        let summary = line.summary(&phones, stop, started.elapsed());
         line.events.send(EventKind::Summary(summary.clone()));
         Ok(summary)
     }
@@ -200,9 +259,7 @@ impl Line {
     ) {
         let phone = self.phone_ref(&device);
         if let Some(state) = phones.get_mut(&device.udid) {
-            if state.device.device_id == device.device_id
-                && !matches!(state.status, Status::Unplugged { .. })
-            {
+            if state.attached && state.device.device_id == device.device_id {
                 return; // the Listen replay of a phone we already know
             }
             self.events.send(EventKind::Attached {
@@ -210,6 +267,8 @@ impl Line {
                 location_id: device.location_id,
             });
             state.device = device;
+            state.attached = true;
+            state.plugs += 1;
             state.phone = phone.clone();
             match &state.status {
                 Status::Done(outcome) if *outcome != Outcome::Interrupted && !self.options.redo => {
@@ -243,6 +302,8 @@ impl Line {
             device.udid.clone(),
             PhoneState {
                 device,
+                attached: true,
+                plugs: 1,
                 phone,
                 status: Status::Queued,
                 attempts: 0,
@@ -260,26 +321,92 @@ impl Line {
     ) {
         let Some(state) = phones
             .values_mut()
-            .find(|p| p.device.device_id == device_id)
+            .find(|p| p.attached && p.device.device_id == device_id)
         else {
             return;
         };
         self.events.send(EventKind::Detached {
             phone: state.phone.clone(),
         });
-        let now = tokio::time::Instant::now();
+        Self::cut(state, Cut::Unplugged, queue);
+    }
+
+    /// The phone is gone (unplugged, or usbmuxd with it): its work is cut short, its turn
+    /// given up; it resumes when it is attached again.
+    fn cut(state: &mut PhoneState, why: Cut, queue: &mut VecDeque<String>) {
+        state.attached = false;
         match &mut state.status {
             Status::Running { cancel } => {
                 // The worker records `interrupted` and reports back; it stays Unplugged then.
                 if let Some(cancel) = cancel.take() {
-                    let _ = cancel.send(());
+                    let _ = cancel.send(why);
                 }
             }
             Status::Queued | Status::Waiting(_) => {
                 queue.retain(|u| u != &state.device.udid);
-                state.status = Status::Unplugged { since: now };
+                state.status = Status::Unplugged {
+                    since: tokio::time::Instant::now(),
+                };
             }
             Status::Unplugged { .. } | Status::Done(_) => {}
+        }
+    }
+
+    /// usbmuxd's connection broke or was refused: every phone is cut off as if unplugged,
+    /// and the line retries the connection with a bounded backoff.
+    fn usbmuxd_lost(
+        &self,
+        reason: &str,
+        phones: &mut BTreeMap<String, PhoneState>,
+        queue: &mut VecDeque<String>,
+    ) -> Usb {
+        tracing::warn!(
+            "usbmuxd is gone ({reason}); phones in flight are recorded as interrupted; retrying the connection"
+        );
+        self.events.send(EventKind::UsbmuxdLost {
+            reason: reason.to_string(),
+            retry_ms: u64::try_from(RECONNECT_FIRST.as_millis()).unwrap_or(u64::MAX),
+        });
+        for state in phones.values_mut() {
+            Self::cut(state, Cut::UsbmuxdGone, queue);
+        }
+        let now = tokio::time::Instant::now();
+        Usb::Lost {
+            since: now,
+            retry_at: now + RECONNECT_FIRST,
+            backoff: (RECONNECT_FIRST * 2).min(RECONNECT_MAX),
+        }
+    }
+
+    /// usbmuxd answers again: what it lists is attached anew (interrupted phones resume).
+    /// A phone already handled is taken back quietly: whether it was replugged while
+    /// usbmuxd was away cannot be known, so it is not worked on again.
+    fn usbmuxd_back(
+        &self,
+        devices: Vec<DeviceInfo>,
+        outage: Duration,
+        phones: &mut BTreeMap<String, PhoneState>,
+        queue: &mut VecDeque<String>,
+    ) {
+        tracing::info!(
+            phones = devices.len(),
+            outage_ms = outage.as_millis(),
+            "usbmuxd is back"
+        );
+        self.events.send(EventKind::UsbmuxdBack {
+            phones: devices.len(),
+            outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
+        });
+        for device in devices {
+            match phones.get_mut(&device.udid) {
+                Some(state) if matches!(state.status, Status::Done(_)) && !state.attached => {
+                    state.phone = self.phone_ref(&device);
+                    state.device = device;
+                    state.attached = true;
+                    state.plugs += 1;
+                }
+                _ => self.attach(device, phones, queue),
+            }
         }
     }
 
@@ -310,7 +437,8 @@ impl Line {
             let line = Arc::clone(self);
             let device = state.device.clone();
             let phone = state.phone.clone();
-            workers.spawn(async move { line.work(device, phone, cancel_rx).await });
+            let plug = state.plugs;
+            workers.spawn(async move { line.work(device, plug, phone, cancel_rx).await });
         }
     }
 
@@ -319,8 +447,9 @@ impl Line {
     async fn work(
         self: Arc<Self>,
         device: DeviceInfo,
+        plug: u64,
         phone: PhoneRef,
-        cancel: oneshot::Receiver<()>,
+        cancel: oneshot::Receiver<Cut>,
     ) -> Finished {
         let attempt = match self.log.begin(&phone, device.location_id).await {
             Ok(id) => Some(id),
@@ -346,9 +475,9 @@ impl Line {
         let started = Instant::now();
         let mut report = tokio::select! {
             report = activator.activate(&device) => report,
-            _ = cancel => {
+            why = cancel => {
                 let step = observer.last_step().unwrap_or(Step::Pair);
-                interrupted_report(&device, step, started.elapsed())
+                interrupted_report(&device, why.unwrap_or(Cut::Aborted), step, started.elapsed())
             }
         };
         if report.outcome == Outcome::Interrupted {
@@ -379,6 +508,7 @@ impl Line {
         });
         Finished {
             udid: device.udid,
+            plug,
             report,
         }
     }
@@ -387,6 +517,7 @@ impl Line {
         &self,
         finished: Finished,
         phones: &mut BTreeMap<String, PhoneState>,
+        queue: &mut VecDeque<String>,
         stop: Shutdown,
     ) {
         let Some(state) = phones.get_mut(&finished.udid) else {
@@ -398,7 +529,17 @@ impl Line {
         }
         let now = tokio::time::Instant::now();
         state.status = if report.outcome == Outcome::Interrupted {
-            Status::Unplugged { since: now }
+            if state.attached && state.plugs != finished.plug && stop == Shutdown::Running {
+                // Back already (replugged, or usbmuxd returned) while the worker wound down.
+                state.attempts = 0;
+                queue.push_back(state.device.udid.clone());
+                self.events.send(EventKind::Queued {
+                    phone: state.phone.clone(),
+                });
+                Status::Queued
+            } else {
+                Status::Unplugged { since: now }
+            }
         } else if report.retryable
             && state.attempts < self.options.retry.attempts
             && stop == Shutdown::Running
@@ -418,7 +559,17 @@ impl Line {
     }
 
     /// The earliest retry or replug deadline.
-    fn next_deadline(&self, phones: &BTreeMap<String, PhoneState>) -> Option<tokio::time::Instant> {
+    fn next_deadline(
+        &self,
+        phones: &BTreeMap<String, PhoneState>,
+        usb: &Usb,
+    ) -> Option<tokio::time::Instant> {
+        let usbmuxd_grace = match usb {
+            Usb::Lost { since, .. } if self.options.once => {
+                Some(*since + self.options.replug_grace)
+            }
+            _ => None,
+        };
         phones
             .values()
             .filter_map(|p| match p.status {
@@ -428,6 +579,7 @@ impl Line {
                 }
                 _ => None,
             })
+            .chain(usbmuxd_grace)
             .min()
     }
 
@@ -449,8 +601,14 @@ impl Line {
         }
     }
 
-    fn once_done(&self, phones: &BTreeMap<String, PhoneState>) -> bool {
-        phones.values().all(|p| matches!(p.status, Status::Done(_)))
+    /// `--once` ends when every phone is done and usbmuxd is there (or has been away for
+    /// longer than the replug grace: its phones then count as interrupted).
+    fn once_done(&self, phones: &BTreeMap<String, PhoneState>, usb: &Usb) -> bool {
+        let usbmuxd_settled = match usb {
+            Usb::Connected(_) => true,
+            Usb::Lost { since, .. } => since.elapsed() >= self.options.replug_grace,
+        };
+        usbmuxd_settled && phones.values().all(|p| matches!(p.status, Status::Done(_)))
     }
 
     fn stopping(
@@ -464,7 +622,7 @@ impl Line {
             match &mut state.status {
                 Status::Running { cancel } if level == Shutdown::Abort => {
                     if let Some(cancel) = cancel.take() {
-                        let _ = cancel.send(());
+                        let _ = cancel.send(Cut::Aborted);
                     }
                 }
                 Status::Queued | Status::Waiting(_) => {
@@ -486,7 +644,7 @@ impl Line {
     fn summary(
         &self,
         phones: &BTreeMap<String, PhoneState>,
-        stopped_early: bool,
+        stop: Shutdown,
         elapsed: Duration,
     ) -> Summary {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -523,7 +681,8 @@ impl Line {
             phones: phones.len(),
             counts,
             attention,
-            stopped_early,
+            stopped_early: stop != Shutdown::Running,
+            aborted: stop == Shutdown::Abort,
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -591,17 +750,29 @@ impl AttemptLog for RunLog {
     }
 }
 
-fn interrupted_report(device: &DeviceInfo, step: Step, elapsed: Duration) -> ActivationReport {
+fn interrupted_report(
+    device: &DeviceInfo,
+    why: Cut,
+    step: Step,
+    elapsed: Duration,
+) -> ActivationReport {
     ActivationReport {
         udid: device.udid.clone(),
         serial: None,
         product_type: None,
         product_version: None,
         outcome: Outcome::Interrupted,
-        message: format!(
-            "unplugged during {}: plug it back in to resume",
-            step.describe()
-        ),
+        message: match why {
+            Cut::Unplugged => format!(
+                "unplugged during {}: plug it back in to resume",
+                step.describe()
+            ),
+            Cut::UsbmuxdGone => format!(
+                "usbmuxd went away during {}: it resumes when usbmuxd is back",
+                step.describe()
+            ),
+            Cut::Aborted => format!("stopped during {}: the run was stopped", step.describe()),
+        },
         activation_state: None,
         activation_locked: false,
         codes_tried: 0,
@@ -617,6 +788,34 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The phones attached now and the live event stream after them.
+async fn connect_usbmuxd(
+    bench: &Bench,
+) -> Result<
+    (
+        Vec<DeviceInfo>,
+        mpsc::UnboundedReceiver<Result<UsbEvent, StationError>>,
+    ),
+    StationError,
+> {
+    let initial = bench.usbmuxd.list_devices().await?;
+    let events = spawn_listener(bench).await?;
+    Ok((initial, events))
+}
+
+/// The next event, or why there will be none (usbmuxd closed the stream or it failed).
+async fn next_usb_event(usb: &mut Usb) -> Result<UsbEvent, StationError> {
+    match usb {
+        Usb::Connected(events) => match events.recv().await {
+            Some(event) => event,
+            None => Err(StationError::from(
+                station_protocol::usbmux::UsbmuxError::Closed,
+            )),
+        },
+        Usb::Lost { .. } => std::future::pending().await,
     }
 }
 

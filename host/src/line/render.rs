@@ -239,6 +239,20 @@ impl Screen {
                 row.bar
                     .set_message(format!("{} (already handled)", coloured(*outcome)));
             }
+            EventKind::UsbmuxdLost { reason, retry_ms } => {
+                let _ = self.multi.println(format!(
+                    "{} usbmuxd is gone ({reason}); the line waits for it, retrying in {:.1} s",
+                    style("!").yellow(),
+                    *retry_ms as f64 / 1000.0
+                ));
+            }
+            EventKind::UsbmuxdBack { phones, outage_ms } => {
+                let _ = self.multi.println(format!(
+                    "{} usbmuxd is back after {:.1} s with {phones} phone(s)",
+                    style("▶").cyan(),
+                    *outage_ms as f64 / 1000.0
+                ));
+            }
             EventKind::Summary(summary) => self.summary = Some(summary_table(summary)),
         }
     }
