@@ -927,3 +927,70 @@ async fn location_id_slots_warn_in_the_check_and_at_start() {
     // It still labels the phone (no port path on the virtual bench).
     assert!(run.stdout.contains("\"slot\":\"A1\""), "{run}");
 }
+
+/// A locked phone whose MDM first holds only a superseded code, and a clean phone.
+const REPLUG: &str = r#"
+seed = 41
+
+[[device]]
+lock = "mdm"
+codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
+
+[[device]]
+activation_state = "Unactivated"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replugged_phone_that_is_not_done_is_worked_on_again_with_fresh_codes() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let f = InProcBench::start(REPLUG).await;
+    let udids = f.udids.clone();
+    // The customer's MDM, as a hook that prints whatever code it holds right now.
+    let held = f.path("held-code");
+    std::fs::write(&held, "TF27L-31WN1-E6FH-DMAM-52X5-NFV0\n").expect("stale code");
+    let hook = f.path("mdm-hook");
+    std::fs::write(&hook, format!("#!/bin/sh\ncat '{}'\n", held.display())).expect("hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = f.station_config(
+        None,
+        2,
+        &format!(
+            "\n[[codes.sources]]\ntype = \"command\"\nname = \"mdm\"\nprogram = \"{}\"\n",
+            hook.display()
+        ),
+    );
+    let mut station = f.spawn_station(&["--config", config.to_str().expect("utf-8"), "run"]);
+    station
+        .seen_or_wait(EVENT_WAIT, finished_as(&udids[0], "code_rejected"))
+        .await;
+    station
+        .seen_or_wait(EVENT_WAIT, finished_as(&udids[1], "activated"))
+        .await;
+
+    // The customer issues a fresh code; the operator replugs both phones.
+    std::fs::write(&held, "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4\n").expect("fresh code");
+    for udid in &udids {
+        f.bench.unplug(udid).expect("unplug");
+    }
+    for udid in &udids {
+        f.bench.plug(udid).expect("plug");
+    }
+    station
+        .wait_for(EVENT_WAIT, finished_as(&udids[0], "activated"))
+        .await;
+    station
+        .seen_or_wait(EVENT_WAIT, |e| {
+            e["event"] == "skipped" && e["udid"] == udids[1].as_str()
+        })
+        .await;
+    station.signal("INT");
+    let (events, status) = station.finish(EVENT_WAIT).await;
+    assert_eq!(status.code(), Some(0), "a requested stop that drained");
+    let clean_runs = events
+        .iter()
+        .filter(|e| e["event"] == "started" && e["udid"] == udids[1].as_str())
+        .count();
+    assert_eq!(clean_runs, 1, "a phone that is done is not worked on again");
+    assert_eq!(f.ideviceinfo_state(0).await, "Activated");
+}

@@ -783,6 +783,8 @@ impl Activator<'_> {
         report: &mut ActivationReport,
         stop: Stop,
     ) -> Result<Bypassed, Stop> {
+        // Whatever the sources said did not release the lock: a later attempt asks afresh.
+        self.codes.forget(serial, &device.udid);
         match self.codes.release(serial, &device.udid).await {
             Ok(Some(release)) => {
                 tracing::info!(source = %release.source, action = %release.action, serial, "asked the MDM to release the Activation Lock");

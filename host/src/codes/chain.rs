@@ -55,6 +55,13 @@ struct Link {
 /// (upper-case serial, normalised UDID)
 type Key = (String, String);
 
+fn cache_key(serial: &str, udid: &str) -> Key {
+    (
+        serial.trim().to_ascii_uppercase(),
+        crate::usbmuxd::normalise_udid(udid),
+    )
+}
+
 #[derive(Default)]
 pub struct Chain {
     links: Vec<Link>,
@@ -111,10 +118,7 @@ impl Chain {
         if self.links.is_empty() {
             return Err(ChainError::NoSources);
         }
-        let key = (
-            serial.trim().to_ascii_uppercase(),
-            crate::usbmuxd::normalise_udid(udid),
-        );
+        let key = cache_key(serial, udid);
         let busy = {
             let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
             busy.entry(key.clone()).or_default().clone()
@@ -325,6 +329,14 @@ fn build_link(
 }
 
 impl CodeLookup for Chain {
+    fn forget(&self, serial: &str, udid: &str) {
+        let key = cache_key(serial, udid);
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, cached), _| *cached != key);
+    }
+
     fn lookup<'a>(
         &'a self,
         serial: &'a str,
@@ -594,6 +606,20 @@ mod tests {
             .await
             .expect("other");
         assert_eq!(intune_calls.load(Ordering::SeqCst), 2);
+        // Codes that did not release the lock are forgotten: the next attempt asks again,
+        // and only for that phone.
+        chain.forget("c8tj500qf1mn", "00008030-00aa");
+        let fresh = chain
+            .lookup_all("C8TJ500QF1MN", "00008030-00AA")
+            .await
+            .expect("after forget");
+        assert!(!fresh.answered[0].cached);
+        assert_eq!(intune_calls.load(Ordering::SeqCst), 3);
+        let other = chain
+            .lookup_all("F2L000000001", "00008030-00BB")
+            .await
+            .expect("other again");
+        assert!(other.answered[0].cached);
         // Concurrent lookups of one phone ask once.
         let (slow, slow_calls) = Fixed::new(vec![(THIRD, CodeKind::Server)]);
         let chain = Chain::new().with("kandji", "kandji", slow);

@@ -126,6 +126,10 @@ pub trait CodeLookup: Send + Sync {
         udid: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<Lookup, String>>;
 
+    /// Drops what this run remembers of a phone's codes: they did not release its lock, so
+    /// the next attempt (the operator replugs once a fresh code was issued) asks again.
+    fn forget(&self, _serial: &str, _udid: &str) {}
+
     /// Asks an MDM to release the lock without a code, where a source is configured to;
     /// `Ok(None)` when no source can (the default).
     fn release<'a>(

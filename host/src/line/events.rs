@@ -99,7 +99,7 @@ pub enum EventKind {
         step: Option<Step>,
         elapsed_ms: u64,
     },
-    /// Replugged after it was already handled in this run.
+    /// Replugged after it was already done (activated) in this run.
     Skipped {
         #[serde(flatten)]
         phone: PhoneRef,

@@ -271,11 +271,13 @@ impl Line {
             state.plugs += 1;
             state.phone = phone.clone();
             match &state.status {
-                Status::Done(outcome) if *outcome != Outcome::Interrupted && !self.options.redo => {
+                // A phone that is done needs nothing more; one that is not is replugged on
+                // purpose (a fresh code was issued, Trust was tapped): work on it again.
+                Status::Done(outcome) if outcome.is_success() && !self.options.redo => {
                     self.events.send(EventKind::Skipped {
                         phone,
                         outcome: *outcome,
-                        reason: "already handled in this run (run with --redo to work on it again)"
+                        reason: "already done in this run (run with --redo to work on it again)"
                             .into(),
                     });
                 }
