@@ -327,7 +327,7 @@ fn station_run_outlives_the_real_daemon_stopping_and_starting() {
         station
             .wait_for(wait, |e| e["event"] == "run_started")
             .await;
-        for _ in 0..2 {
+        for _ in 0..3 {
             daemon.stop();
             station
                 .wait_for(wait, |e| e["event"] == "usbmuxd_lost")
