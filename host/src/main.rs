@@ -268,6 +268,12 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
             .await?;
             return Ok(commands::run::exit_code(&summary, *once));
         }
+        Command::Watch => {
+            // Found the way `run` publishes it: the same configuration and data directory.
+            let data_dir = cli.data_dir.as_deref().unwrap_or(&config.station.data_dir);
+            drop(out);
+            return commands::watch::watch(data_dir, commands::run::mode(cli.json)).await;
+        }
         Command::Codes {
             command:
                 cli::CodesCommand::Lookup {
