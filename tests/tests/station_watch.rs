@@ -105,3 +105,89 @@ async fn watch_without_a_live_run_says_so_and_fails() {
         );
     }
 }
+
+/// The live screen on a real terminal (a private tmux server): `station watch` draws the
+/// rows of the phones the run handled and the summary, then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_draws_the_live_rows_on_a_terminal() {
+    let tmux = station_tests::require_tool("tmux");
+    let f = InProcBench::start(WORLD).await;
+    let codes = f.codes_csv("codes.csv", &[(1, CODE, "device")]);
+    let config = f.station_config(Some(&codes), 1, "");
+    let config = config.to_str().expect("utf-8");
+    f.bench.albert().set_latency(Duration::from_millis(400));
+    let mut run = f.spawn_station(&["--config", config, "run", "--once"]);
+    run.wait_for(Duration::from_secs(60), |e| e["event"] == "finished")
+        .await;
+
+    // The watch as the operator's shell would start it, its exit status left on screen.
+    let cmd = f.station_command(&["--config", config, "watch"], false);
+    let mut script = String::from("#!/bin/sh\n");
+    for (key, value) in cmd.get_envs() {
+        let key = key.to_str().expect("utf-8");
+        match value {
+            Some(value) => script.push_str(&format!(
+                "export {key}='{}'\n",
+                value.to_str().expect("utf-8")
+            )),
+            None => script.push_str(&format!("unset {key}\n")),
+        }
+    }
+    script.push_str(&format!(
+        "'{}' --config '{config}' watch\necho \"watch exit=$?\"\nsleep 120\n",
+        cmd.get_program().to_str().expect("utf-8")
+    ));
+    let script_path = f.path("watch.sh");
+    std::fs::write(&script_path, script).expect("script");
+    std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let server = f.path("tmux.sock");
+    let tmux_cmd = |args: &[&str]| {
+        std::process::Command::new(&tmux)
+            .arg("-S")
+            .arg(&server)
+            .args(args)
+            .output()
+            .expect("tmux")
+    };
+    let started = tmux_cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        script_path.to_str().expect("utf-8"),
+    ]);
+    assert!(started.status.success(), "{started:?}");
+
+    let (_, status) = run.finish(Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let screen = loop {
+        let shown = tmux_cmd(&["capture-pane", "-p"]);
+        let text = String::from_utf8_lossy(&shown.stdout).to_string();
+        if text.contains("watch exit=") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = tmux_cmd(&["kill-server"]);
+    assert!(screen.contains("watch exit=0"), "{screen}");
+    assert!(
+        screen.contains("station test-bench"),
+        "the run's header: {screen}"
+    );
+    for serial in &f.serials {
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains(serial.as_str()) && l.contains("activated")),
+            "a finished row for {serial}: {screen}"
+        );
+    }
+    assert!(
+        screen.contains("every phone is done"),
+        "the summary: {screen}"
+    );
+    assert!(!screen.contains(CODE));
+}
