@@ -51,6 +51,13 @@ async fn watchers_attached_mid_run_get_the_replay_and_the_live_events_to_the_sum
     let first = f.spawn_station(&["--config", config, "--json", "watch"]);
     let second = f.spawn_station(&["--config", config, "--json", "watch"]);
 
+    // A second run is refused by the ledger lock and leaves the live run's socket alone.
+    let second_run = f
+        .station(&["--config", config, "run", "--once"], false)
+        .await;
+    assert!(second_run.stderr.contains("ledger-in-use"), "{second_run}");
+    assert!(socket.exists(), "the live run's socket is still there");
+
     let (events, status) = run.finish(Duration::from_secs(120)).await;
     assert_eq!(status.code(), Some(0), "every phone activated: {events:#?}");
     assert_eq!(
