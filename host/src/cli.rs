@@ -135,6 +135,10 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         replug_grace: u64,
     },
+    /// Attach to the `station run` on this machine (read-only; several at once): its live
+    /// screen, or with --json its event stream (docs/events.md). Exits 0 with the run's
+    /// summary, 1 when no run is live or the run goes away.
+    Watch,
     /// The whole line on a built-in virtual bench: realistic phones, stand-in Apple and
     /// Intune servers, live rows, then the report. Leaves nothing behind.
     Demo(crate::commands::demo::DemoArgs),

@@ -134,6 +134,11 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
         );
     }
     let config = load_config(&cli)?;
+    if let Command::Watch = &cli.command {
+        // Found the way `run` publishes it: the same configuration and data directory.
+        let data_dir = cli.data_dir.as_deref().unwrap_or(&config.station.data_dir);
+        return commands::watch::watch(data_dir, commands::run::mode(cli.json)).await;
+    }
     let bench = bench(&cli, &config)?;
     let mut out = std::io::stdout().lock();
     let mut code = 0;
@@ -228,7 +233,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                 }
             }
         }
-        Command::Config { .. } | Command::Demo(_) => Ok(()),
+        Command::Config { .. } | Command::Demo(_) | Command::Watch => Ok(()),
         Command::Run {
             once,
             redo,

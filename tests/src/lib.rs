@@ -90,8 +90,8 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A peer tool found on `PATH` (libimobiledevice's `idevice_id`, `ideviceinfo`, `idevicepair`).
-/// Fails the test when absent: the tools are installed by `scripts/test`.
+/// A tool found on `PATH` (libimobiledevice's `idevice_id`, `ideviceinfo`, `idevicepair`;
+/// `tmux`). Fails the test when absent: the tools are installed by `scripts/test`.
 pub fn require_tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -99,9 +99,8 @@ pub fn require_tool(name: &str) -> PathBuf {
         .find(|candidate| is_executable(candidate))
         .unwrap_or_else(|| {
             panic!(
-                "`{name}` is not on PATH: the interop tests need libimobiledevice's tools; \
-                 run `scripts/test`, which installs libimobiledevice-utils, usbmuxd and \
-                 libusbmuxd-tools (or `apt-get install libimobiledevice-utils usbmuxd libusbmuxd-tools`)"
+                "`{name}` is not on PATH: run `scripts/test`, which installs the tools the \
+                 tests run (or `apt-get install libimobiledevice-utils usbmuxd libusbmuxd-tools tmux`)"
             )
         })
 }

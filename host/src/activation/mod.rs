@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use station_protocol::activation::{
     self, classify_response, continue_form_submission, device_activation_request,
     drm_handshake_request, lock_form_submission, ActivationResponse, BuddyPage, Endpoint,
@@ -28,7 +28,7 @@ use crate::phone::{Bench, Session};
 use http::{HttpClient, HttpError, RetryPolicy};
 
 /// Stable outcome names (`--json`, ledger, reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Activated,
@@ -51,7 +51,7 @@ impl Outcome {
 }
 
 /// Where a phone is in the workflow; reported when it stops early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Pair,
@@ -83,7 +83,7 @@ impl Step {
 }
 
 /// Which code released the lock; the code itself only masked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub source: String,
     pub kind: CodeKind,

@@ -12,14 +12,14 @@ pub(crate) mod test_server;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use station_protocol::bypass_code::BypassCode;
 
 /// `User-Agent` of the requests to MDM APIs.
 pub const USER_AGENT: &str = concat!("station/", env!("CARGO_PKG_VERSION"));
 
 /// Which of a device's two possible codes this is (mdm.md §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeKind {
     /// Device-generated, escrowed by the MDM (user-linked lock; Kandji `user_based_albc`).

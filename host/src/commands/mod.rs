@@ -7,3 +7,4 @@ pub mod info;
 pub mod pair;
 pub mod report;
 pub mod run;
+pub mod watch;

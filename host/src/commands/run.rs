@@ -14,7 +14,7 @@ use crate::error::{exit, StationError};
 use crate::ledger::Ledger;
 use crate::line::events::{EventKind, EventSink, PhoneRef, Summary};
 use crate::line::render::{self, Mode};
-use crate::line::{Line, LineOptions, RunLog, Shutdown};
+use crate::line::{publish, Line, LineOptions, RunLog, Shutdown};
 use crate::phone::Bench;
 use crate::slots::{PortPaths, Slots};
 
@@ -136,6 +136,18 @@ pub async fn run(
     tracing::info!(ledger = %ledger.path().display(), run_id, "run started");
 
     let (events, rx) = EventSink::channel();
+    // Bound while this run holds the ledger lock, closed before it lets go of it.
+    let (rx, published) = match publish::Publisher::bind(data_dir) {
+        Ok(publisher) => {
+            let (rx, handle) = publish::tee(rx, publisher);
+            (rx, Some(handle))
+        }
+        Err(e) => {
+            // Watching is a convenience: the line runs without it.
+            tracing::warn!("{e}; `station watch` cannot attach to this run");
+            (rx, None)
+        }
+    };
     let renderer = tokio::spawn(render::render(rx, mode));
     for r in recovered {
         events.send(EventKind::Recovered {
@@ -177,6 +189,9 @@ pub async fn run(
     let result = line.run(watch_signals()).await;
     // The line's sink is gone with it: the renderer drains what is left and stops.
     let _ = renderer.await;
+    if let Some(published) = published {
+        let _ = published.await;
+    }
     let closed = match &result {
         Ok(_) => ledger.finish_run(&run_id, SystemTime::now()).await,
         Err(e) => {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::activation::{Outcome, Release, Step};
@@ -12,7 +12,7 @@ use crate::activation::{Outcome, Release, Step};
 /// Version of the event schema; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub v: u32,
     /// Milliseconds since the Unix epoch.
@@ -21,15 +21,24 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+impl Event {
+    /// One NDJSON line of the stream back into the event: how `station watch` hands what
+    /// a run publishes to the same renderer. An event kind this build does not know is an
+    /// error the caller may skip (readers ignore kinds they do not know).
+    pub fn from_json(line: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
 /// A phone as every event names it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PhoneRef {
     pub udid: String,
     /// The bench label from the slot map, else the usbmuxd LocationID in hex.
     pub slot: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     RunStarted {
@@ -123,7 +132,7 @@ pub enum EventKind {
     Summary(Summary),
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Summary {
     pub run_id: String,
     pub phones: usize,
@@ -144,7 +153,7 @@ impl Summary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attention {
     #[serde(flatten)]
     pub phone: PhoneRef,
@@ -200,6 +209,38 @@ mod tests {
         assert_eq!(json["slot"], "A1");
         assert_eq!(json["step"], "handshake");
         assert!(json["ts_ms"].as_u64().is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn an_event_reads_back_from_its_ndjson_line() {
+        let (sink, mut rx) = EventSink::channel();
+        sink.send(EventKind::Finished {
+            phone: PhoneRef {
+                udid: "U".into(),
+                slot: "A1".into(),
+            },
+            outcome: Outcome::Activated,
+            message: "activated".into(),
+            serial: Some("F2L".into()),
+            model: None,
+            activation_locked: true,
+            codes_tried: 1,
+            released_by: Some(Release {
+                source: "intune".into(),
+                kind: crate::codes::CodeKind::Device,
+                code: "3UM43-…-FKA4".into(),
+            }),
+            step: None,
+            elapsed_ms: 12,
+        });
+        let event = rx.try_recv().expect("event");
+        let line = serde_json::to_string(&event).expect("json");
+        let back = Event::from_json(&line).expect("reads back");
+        assert_eq!(serde_json::to_string(&back).expect("json"), line);
+        assert!(
+            Event::from_json(r#"{"v":1,"ts_ms":1,"event":"from_the_future"}"#).is_err(),
+            "an unknown kind is the caller's to skip"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! committed to the ledger before it is shown, and a summary at the end.
 
 pub mod events;
+pub mod publish;
 pub mod render;
 
 use std::collections::{BTreeMap, VecDeque};
