@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod render;
+pub mod screen;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
