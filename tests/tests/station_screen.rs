@@ -353,8 +353,15 @@ fn every_outcome_reaches_the_screen_within_a_second_20_of_20() {
 
 #[test]
 fn thirty_phones_fit_80_by_24_and_every_one_is_accounted_for() {
+    // Three benches (about 7 s each): the mix of phones and their finishing order differ.
+    for seed in [2026, 5, 77] {
+        thirty_on_80_by_24(seed);
+    }
+}
+
+fn thirty_on_80_by_24(seed: u64) {
     let devices = 30;
-    let (captures, commits) = demo_in_terminal(devices, 2026, 80, 24, false);
+    let (captures, commits) = demo_in_terminal(devices, seed, 80, 24, false);
     assert!(commits.len() >= devices, "{} commits", commits.len());
     assert_never_lies(&captures, &commits, false);
     for c in &captures {

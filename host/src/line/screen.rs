@@ -10,6 +10,9 @@
 //! 4. phones that just succeeded, for `RECENT_HOLD`; then they fold into the counts and
 //!    the "recent" line, which lists the last few by slot.
 //!
+//! A finished phone that is unplugged leaves the rows at once but stays in the counts (a
+//! success also on the recent line); plugged back, it has its row again.
+//!
 //! When that does not fit the height, phones in progress (then attention entries) become
 //! compact cells, several to a line; a phone the frame still cannot hold is counted on a
 //! last "+N more" line rather than silently left out.
@@ -53,6 +56,8 @@ struct Phone {
     since: Instant,
     /// Pulled out during this run: a later success says it was resumed.
     unplugged: bool,
+    /// Done and then unplugged: off the rows, still in the counts (and the recent line).
+    gone: bool,
     /// First seen order, so rows do not jump around.
     seq: usize,
 }
@@ -115,6 +120,7 @@ impl Screen {
                 state: State::Queued,
                 since: now,
                 unplugged: false,
+                gone: false,
                 seq,
             });
         if entry.seq == seq {
@@ -148,6 +154,7 @@ impl Screen {
                 let p = self.phone(phone, now);
                 p.state = State::Queued;
                 p.since = now;
+                p.gone = false;
             }
             EventKind::Started { phone, attempt, .. } => {
                 let p = self.phone(phone, now);
@@ -189,7 +196,7 @@ impl Screen {
                 let p = self.phone(phone, now);
                 if p.done().is_some() {
                     // The operator took a finished phone away: its row has done its job.
-                    self.phones.remove(&phone.udid);
+                    p.gone = true;
                 } else {
                     p.unplugged = true;
                     p.state = State::Unplugged;
@@ -221,10 +228,14 @@ impl Screen {
             }
             EventKind::Skipped { phone, outcome, .. } => {
                 let p = self.phone(phone, now);
+                let elapsed_ms = match p.state {
+                    State::Done { elapsed_ms, .. } => elapsed_ms,
+                    _ => 0,
+                };
                 p.state = State::Done {
                     outcome: *outcome,
-                    message: "already handled".into(),
-                    elapsed_ms: 0,
+                    message: "done earlier in this run (replugged)".into(),
+                    elapsed_ms,
                     resumed: false,
                     at: now,
                 };
@@ -253,7 +264,7 @@ impl Screen {
         let attention: Vec<&Phone> = phones
             .iter()
             .copied()
-            .filter(|p| p.done().is_some_and(|(o, _)| !o.is_success()))
+            .filter(|p| !p.gone && p.done().is_some_and(|(o, _)| !o.is_success()))
             .collect();
         let working: Vec<&Phone> = phones
             .iter()
@@ -261,8 +272,9 @@ impl Screen {
             .filter(|p| p.done().is_none())
             .collect();
         let fresh = |p: &&Phone| {
-            p.done()
-                .is_some_and(|(o, at)| o.is_success() && now.duration_since(at) < RECENT_HOLD)
+            !p.gone
+                && p.done()
+                    .is_some_and(|(o, at)| o.is_success() && now.duration_since(at) < RECENT_HOLD)
         };
         let recent_rows: Vec<&Phone> = phones.iter().copied().filter(fresh).collect();
         let mut folded: Vec<&Phone> = phones
@@ -683,6 +695,42 @@ mod tests {
         s.handle_at(&EventKind::Detached { phone: phone(2) }, later);
         let text = plain(&s.frame(later));
         assert!(!text.contains("F2LX00000002"), "{text}");
+        assert!(text.contains("user_locked 1"), "still counted:\n{text}");
+    }
+
+    #[test]
+    fn a_success_unplugged_at_once_is_on_the_recent_line_and_back_on_replug() {
+        let now = Instant::now();
+        let mut s = Screen::new(100, 40);
+        s.handle_at(&finished(4, Outcome::Activated, "activated"), now);
+        s.handle_at(&EventKind::Detached { phone: phone(4) }, now);
+        let text = plain(&s.frame(now));
+        assert!(!text.contains("F2LX00000004"), "{text}");
+        assert!(text.contains("recent ✓ S04"), "{text}");
+        let mut moved = phone(4);
+        moved.slot = "S09".into();
+        s.handle_at(
+            &EventKind::Attached {
+                phone: moved.clone(),
+                location_id: 9,
+            },
+            now,
+        );
+        s.handle_at(
+            &EventKind::Skipped {
+                phone: moved,
+                outcome: Outcome::Activated,
+                reason: "already activated in this run".into(),
+            },
+            now,
+        );
+        let text = plain(&s.frame(now));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("S09 F2LX00000004") && l.contains("activated")),
+            "{text}"
+        );
+        assert!(text.starts_with("1 phones · activated 1"), "{text}");
     }
 
     #[test]
