@@ -66,7 +66,10 @@ pub async fn render(mut rx: mpsc::UnboundedReceiver<Event>, mode: Mode) {
 async fn live(mut rx: mpsc::UnboundedReceiver<Event>) {
     let (width, height) = term_size();
     let mut screen = Screen::new(width, height);
-    set_live(Some(Painter::default()));
+    set_live(Some(Painter {
+        frame: Vec::new(),
+        cols: width,
+    }));
     let mut summary = None;
     let mut tick = tokio::time::interval(REDRAW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -84,10 +87,7 @@ async fn live(mut rx: mpsc::UnboundedReceiver<Event>) {
                     next = rx.try_recv().ok();
                 }
             }
-            _ = tick.tick() => {
-                let (width, height) = term_size();
-                screen.resize(width, height);
-            }
+            _ = tick.tick() => {}
         }
         paint(&mut screen);
     }
@@ -114,12 +114,16 @@ fn set_live(painter: Option<Painter>) -> Option<Painter> {
 }
 
 fn paint(screen: &mut Screen) {
+    // Laid out for the terminal as it is now, so a narrowed window never wraps a line.
+    let (width, height) = term_size();
+    screen.resize(width, height);
     let notices = screen.take_notices();
     let frame = screen.frame(std::time::Instant::now());
     let mut live = LIVE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(painter) = live.as_mut() {
+        painter.cols = width;
         for notice in notices {
             let _ = painter.above(|| writeln!(std::io::stdout(), "{notice}"));
         }
@@ -128,17 +132,28 @@ fn paint(screen: &mut Screen) {
 }
 
 /// Draws a frame over the previous one with plain ANSI cursor movement. A frame is never
-/// taller than the terminal nor wider than a line (`Screen::frame`), so going up
-/// `lines - 1` rows always lands on its first line.
+/// taller than the terminal nor wider than it (`Screen::frame`), so going up its rows less
+/// one lands on its first line (counting the rows a narrowed window wrapped it into).
 #[derive(Debug, Default)]
 struct Painter {
     /// The frame on screen now, to clear it and to put it back after a log line.
     frame: Vec<String>,
+    /// The terminal's width now: a frame drawn before the window narrowed has wrapped.
+    cols: usize,
 }
 
 impl Painter {
     fn clear(&self, out: &mut impl Write) -> std::io::Result<()> {
-        match self.frame.len() {
+        let rows: usize = self
+            .frame
+            .iter()
+            .map(|line| {
+                console::measure_text_width(line)
+                    .div_ceil(self.cols.max(1))
+                    .max(1)
+            })
+            .sum();
+        match rows {
             0 => Ok(()),
             1 => write!(out, "\r\x1b[J"),
             n => write!(out, "\r\x1b[{}A\x1b[J", n - 1),
