@@ -224,14 +224,19 @@ fn shown(text: &str, commit: &Commit) -> Option<bool> {
     seen
 }
 
+/// "8 phones · 2 working · activated 5": the first line of a live frame (not the summary's
+/// "8 phones in 3.3 s").
+fn is_counts_line(line: &str) -> bool {
+    line.split_once(" phone").is_some_and(|(n, rest)| {
+        let rest = rest.strip_prefix('s').unwrap_or(rest);
+        n.parse::<usize>().is_ok() && (rest.is_empty() || rest.starts_with(" ·"))
+    })
+}
+
 /// The live frame's counts line (one or two lines): outcome name → phones.
 fn counts(text: &str) -> Option<BTreeMap<String, usize>> {
     let lines: Vec<&str> = text.lines().collect();
-    let at = lines.iter().rposition(|l| {
-        l.split_once(" phones").is_some_and(|(n, rest)| {
-            n.parse::<usize>().is_ok() && (rest.is_empty() || rest.starts_with(" ·"))
-        })
-    })?;
+    let at = lines.iter().rposition(|l| is_counts_line(l))?;
     let mut line = lines[at].to_string();
     if let Some(next) = lines.get(at + 1) {
         if next
@@ -393,13 +398,6 @@ fn log_lines_print_above_the_frame_never_into_it() {
         );
     }
     // Lifted and put back below each log line, the frame leaves no copy behind.
-    let frames = last
-        .lines()
-        .filter(|l| {
-            l.split_once(" phones").is_some_and(|(n, rest)| {
-                n.parse::<usize>().is_ok() && (rest.is_empty() || rest.starts_with(" ·"))
-            })
-        })
-        .count();
+    let frames = last.lines().filter(|l| is_counts_line(l)).count();
     assert_eq!(frames, 1, "one frame in the whole scrollback:\n{last}");
 }

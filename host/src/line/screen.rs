@@ -18,7 +18,7 @@
 //! last "+N more" line rather than silently left out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use console::style;
 
@@ -104,8 +104,15 @@ impl Screen {
         std::mem::take(&mut self.notices)
     }
 
+    /// Applies one event. Its age comes from its `ts_ms`, so a consumer that catches up on
+    /// older events (a replayed stream) sees old successes folded and true clocks.
     pub fn handle(&mut self, event: &Event) {
-        self.handle_at(&event.kind, Instant::now());
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let age = Duration::from_millis(now_ms.saturating_sub(event.ts_ms));
+        let now = Instant::now();
+        self.handle_at(&event.kind, now.checked_sub(age).unwrap_or(now));
     }
 
     fn phone(&mut self, phone: &PhoneRef, now: Instant) -> &mut Phone {
@@ -353,7 +360,8 @@ impl Screen {
                 .entry((!outcome.is_success(), wire_name(&outcome)))
                 .or_default() += 1;
         }
-        let mut parts = vec![format!("{} phones", phones.len())];
+        let noun = if phones.len() == 1 { "phone" } else { "phones" };
+        let mut parts = vec![format!("{} {noun}", phones.len())];
         if working > 0 {
             parts.push(format!("{working} working"));
         }
@@ -730,7 +738,34 @@ mod tests {
                 .any(|l| l.starts_with("S09 F2LX00000004") && l.contains("activated")),
             "{text}"
         );
-        assert!(text.starts_with("1 phones · activated 1"), "{text}");
+        assert!(text.starts_with("1 phone · activated 1"), "{text}");
+    }
+
+    #[test]
+    fn an_old_event_is_placed_at_its_own_time() {
+        let mut s = Screen::new(100, 40);
+        let ten_minutes_ago = SystemTime::now() - Duration::from_secs(600);
+        let ts_ms = ten_minutes_ago
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for kind in [
+            finished(1, Outcome::Activated, "activated"),
+            EventKind::Started {
+                phone: phone(2),
+                attempt: 1,
+                in_flight: 1,
+            },
+        ] {
+            s.handle(&Event { v: 1, ts_ms, kind });
+        }
+        let text = plain(&s.frame(Instant::now()));
+        assert!(!text.contains("F2LX00000001"), "folded already:\n{text}");
+        assert!(text.contains("recent ✓ S01"), "{text}");
+        assert!(
+            text.contains(" 600s"),
+            "its clock counts from its start:\n{text}"
+        );
     }
 
     #[test]
