@@ -11,8 +11,8 @@ use super::events::{Event, Summary};
 use super::screen::Screen;
 use crate::render::wire_name;
 
-/// How often the live screen is redrawn even when no event arrives: clocks move, successes
-/// fold, and a frame is never left behind by a skipped draw.
+/// How often the live screen is laid out again even when no event arrives: clocks move,
+/// successes fold, the window may have been resized. A changed frame is always drawn.
 pub const REDRAW: Duration = Duration::from_millis(200);
 
 /// The live screen's painter while there is one: log lines go above its frame.
@@ -61,8 +61,8 @@ pub async fn render(mut rx: mpsc::UnboundedReceiver<Event>, mode: Mode) {
     }
 }
 
-/// The live screen: every batch of events is drawn at once, and the frame is redrawn every
-/// `REDRAW` besides. Drawing is not rate limited, so the last state is always on screen.
+/// The live screen: every batch of events is drawn at once, and the frame is laid out again
+/// every `REDRAW` besides. Drawing is not rate limited, so the last state is always on screen.
 async fn live(mut rx: mpsc::UnboundedReceiver<Event>) {
     let (width, height) = term_size();
     let mut screen = Screen::new(width, height);
@@ -123,6 +123,10 @@ fn paint(screen: &mut Screen) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(painter) = live.as_mut() {
+        // What is on screen already needs no redraw (no flicker on a slow link).
+        if notices.is_empty() && painter.cols == width && painter.frame == frame {
+            return;
+        }
         painter.cols = width;
         for notice in notices {
             let _ = painter.above(|| writeln!(std::io::stdout(), "{notice}"));
