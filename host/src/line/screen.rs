@@ -273,11 +273,13 @@ impl Screen {
             .copied()
             .filter(|p| !p.gone && p.done().is_some_and(|(o, _)| !o.is_success()))
             .collect();
-        let working: Vec<&Phone> = phones
+        let mut working: Vec<&Phone> = phones
             .iter()
             .copied()
             .filter(|p| p.done().is_none())
             .collect();
+        // Phones at work before queued ones: if the frame must cut, it cuts the queue.
+        working.sort_by_key(|p| (matches!(p.state, State::Queued), p.seq));
         let fresh = |p: &&Phone| {
             !p.gone
                 && p.done()
@@ -799,14 +801,24 @@ mod tests {
                 now,
             );
         }
+        for i in 60..90 {
+            s.handle_at(&EventKind::Queued { phone: phone(i) }, now);
+        }
+        // The phone that arrived first now waits in the queue: the ones at work go first.
+        s.handle_at(&EventKind::Queued { phone: phone(0) }, now);
         let frame = s.frame(now);
         assert_fits(&frame, 80, 10);
         let text = plain(&frame);
-        let shown = (0..60)
+        assert!(text.contains("S01 pairing"), "{text}");
+        assert!(
+            !text.contains("queued"),
+            "the queue is what is cut:\n{text}"
+        );
+        let shown = (0..90)
             .filter(|i| text.contains(&format!("S{i:02} ")))
             .count();
         assert!(
-            text.contains(&format!("+{} more phones", 60 - shown)),
+            text.contains(&format!("+{} more phones", 90 - shown)),
             "{text}"
         );
     }
