@@ -80,6 +80,21 @@ impl Step {
             Step::Verify => "verifying the activation",
         }
     }
+
+    /// At most 9 columns, for the compact screen where a phone gets a narrow cell.
+    pub fn short(self) -> &'static str {
+        match self {
+            Step::Pair => "pairing",
+            Step::WaitingForTrust => "tap Trust",
+            Step::Identify => "identify",
+            Step::Handshake => "handshake",
+            Step::ActivationInfo => "act. info",
+            Step::ActivationRequest => "activate",
+            Step::Bypass => "bypass",
+            Step::ApplyRecord => "record",
+            Step::Verify => "verify",
+        }
+    }
 }
 
 /// Which code released the lock; the code itself only masked.

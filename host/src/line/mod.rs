@@ -5,6 +5,7 @@
 pub mod events;
 pub mod publish;
 pub mod render;
+pub mod screen;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -488,8 +489,17 @@ impl Line {
         }
         match attempt {
             Some(id) => {
-                if let Err(e) = self.log.finish(id, &report).await {
-                    tracing::error!(udid = %device.udid, "could not commit the outcome to the ledger: {e}");
+                match self.log.finish(id, &report).await {
+                    // The moment the screen is measured against (tests/tests/station_screen.rs).
+                    Ok(()) => tracing::debug!(
+                        udid = %device.udid,
+                        slot = %phone.slot,
+                        outcome = %crate::render::wire_name(&report.outcome),
+                        "outcome committed"
+                    ),
+                    Err(e) => {
+                        tracing::error!(udid = %device.udid, "could not commit the outcome to the ledger: {e}")
+                    }
                 }
             }
             None => tracing::error!(udid = %device.udid, "outcome not recorded (no ledger entry)"),

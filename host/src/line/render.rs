@@ -1,29 +1,33 @@
-//! Two renderers of the same events: a live terminal screen (one indicatif row per phone,
-//! logs printed above the rows, a summary table at the end) and an NDJSON stream.
+//! Two renderers of the same events: a live terminal screen (the `Screen` model drawn by a
+//! `Painter`, logs printed above it, a summary table at the end) and an NDJSON stream.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use console::style;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
-use super::events::{Event, EventKind, PhoneRef, Summary};
-use crate::activation::Outcome;
+use super::events::{Event, Summary};
+use super::screen::Screen;
 use crate::render::wire_name;
 
-/// The live screen, once there is one: log lines are printed above its rows.
-static SCREEN: OnceLock<MultiProgress> = OnceLock::new();
+/// How often the live screen is laid out again even when no event arrives: clocks move,
+/// successes fold, the window may have been resized. A changed frame is always drawn.
+pub const REDRAW: Duration = Duration::from_millis(200);
 
-/// A `tracing` writer that suspends the progress rows while a log line is printed.
+/// The live screen's painter while there is one: log lines go above its frame.
+static LIVE: Mutex<Option<Painter>> = Mutex::new(None);
+
+/// A `tracing` writer that lifts the live frame, prints the log line and puts the frame back.
 pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match SCREEN.get() {
-            Some(screen) => screen.suspend(|| std::io::stderr().write_all(buf))?,
+        let mut live = LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match live.as_mut() {
+            Some(painter) => painter.above(|| std::io::stderr().write_all(buf))?,
             None => std::io::stderr().write_all(buf)?,
         }
         Ok(buf.len())
@@ -53,257 +57,139 @@ pub async fn render(mut rx: mpsc::UnboundedReceiver<Event>, mode: Mode) {
                 }
             }
         }
-        Mode::Terminal => {
-            let mut screen = Screen::new();
-            while let Some(event) = rx.recv().await {
-                screen.show(&event);
-            }
-            screen.close();
-        }
+        Mode::Terminal => live(rx).await,
     }
 }
 
-struct Row {
-    bar: ProgressBar,
-    model: String,
-    serial: String,
-    /// Pulled out during this run: its final row says it was resumed.
-    unplugged: bool,
-}
-
-struct Screen {
-    multi: MultiProgress,
-    rows: HashMap<String, Row>,
-    order: Vec<String>,
-    /// Printed below the rows once they stop drawing.
-    summary: Option<String>,
-}
-
-const RUNNING: &str = "{spinner:.cyan} {prefix} {wide_msg} {elapsed:>4}";
-const DONE: &str = "  {prefix} {wide_msg}";
-
-fn running_style() -> ProgressStyle {
-    ProgressStyle::with_template(RUNNING).unwrap_or_else(|_| ProgressStyle::default_spinner())
-}
-
-fn done_style() -> ProgressStyle {
-    ProgressStyle::with_template(DONE).unwrap_or_else(|_| ProgressStyle::default_spinner())
-}
-
-impl Screen {
-    fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-        let _ = SCREEN.set(multi.clone());
-        Screen {
-            multi,
-            rows: HashMap::new(),
-            order: Vec::new(),
-            summary: None,
-        }
-    }
-
-    fn row(&mut self, phone: &PhoneRef) -> &mut Row {
-        if !self.rows.contains_key(&phone.udid) {
-            let bar = self.multi.add(ProgressBar::new_spinner());
-            bar.set_style(running_style());
-            bar.enable_steady_tick(Duration::from_millis(120));
-            self.order.push(phone.udid.clone());
-            self.rows.insert(
-                phone.udid.clone(),
-                Row {
-                    bar,
-                    model: String::new(),
-                    serial: String::new(),
-                    unplugged: false,
-                },
-            );
-        }
-        let row = self.rows.get_mut(&phone.udid).expect("row inserted above");
-        row.bar.set_prefix(prefix(phone, &row.model, &row.serial));
-        row
-    }
-
-    fn show(&mut self, event: &Event) {
-        match &event.kind {
-            EventKind::RunStarted {
-                station_id,
-                concurrency,
-                ..
-            } => {
-                let _ = self.multi.println(format!(
-                    "{} station {station_id}: up to {concurrency} phones at once",
-                    style("▶").cyan()
-                ));
-            }
-            EventKind::Recovered { phone, step } => {
-                let _ = self.multi.println(format!(
-                    "{} {} {} was left in progress by the last run{}: recorded as interrupted",
-                    style("!").yellow(),
-                    phone.slot,
-                    phone.udid,
-                    step.as_deref()
-                        .map(|s| format!(" (at {s})"))
-                        .unwrap_or_default()
-                ));
-            }
-            EventKind::Attached { phone, .. } | EventKind::Queued { phone } => {
-                let row = self.row(phone);
-                row.bar.set_style(running_style());
-                row.bar.reset_elapsed();
-                row.bar.set_message(style("queued").dim().to_string());
-            }
-            EventKind::Started { phone, attempt, .. } => {
-                let row = self.row(phone);
-                row.bar.set_style(running_style());
-                row.bar.enable_steady_tick(Duration::from_millis(120));
-                let text = if *attempt > 1 {
-                    format!("attempt {attempt}")
-                } else {
-                    "starting".into()
-                };
-                row.bar.set_message(text);
-            }
-            EventKind::Identified {
-                phone,
-                serial,
-                model,
-                ..
-            } => {
-                let row = self.row(phone);
-                row.serial.clone_from(serial);
-                row.model = model.clone().unwrap_or_default();
-                row.bar.set_prefix(prefix(phone, &row.model, &row.serial));
-            }
-            EventKind::Step { phone, step } => {
-                let row = self.row(phone);
-                row.bar.set_message(step.describe().to_string());
-            }
-            EventKind::Retrying {
-                phone,
-                wait_ms,
-                reason,
-                ..
-            } => {
-                let row = self.row(phone);
-                row.bar.set_message(format!(
-                    "{} in {:.1} s: {reason}",
-                    style("retry").yellow(),
-                    *wait_ms as f64 / 1000.0
-                ));
-            }
-            EventKind::Detached { phone } => {
-                let row = self.row(phone);
-                row.unplugged = true;
-                row.bar.set_message(
-                    style("unplugged: plug it back in to resume")
-                        .yellow()
-                        .to_string(),
-                );
-            }
-            EventKind::Finished {
-                phone,
-                outcome,
-                message,
-                serial,
-                model,
-                elapsed_ms,
-                ..
-            } => {
-                let row = self.row(phone);
-                if let Some(serial) = serial {
-                    row.serial.clone_from(serial);
+/// The live screen: every batch of events is drawn at once, and the frame is laid out again
+/// every `REDRAW` besides. Drawing is not rate limited, so the last state is always on screen.
+async fn live(mut rx: mpsc::UnboundedReceiver<Event>) {
+    let (width, height) = term_size();
+    let mut screen = Screen::new(width, height);
+    set_live(Some(Painter {
+        frame: Vec::new(),
+        cols: width,
+    }));
+    let mut summary = None;
+    let mut tick = tokio::time::interval(REDRAW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let mut next = Some(event);
+                // Everything already queued goes into the same frame.
+                while let Some(event) = next {
+                    if let super::events::EventKind::Summary(s) = &event.kind {
+                        summary = Some(summary_table(s));
+                    }
+                    screen.handle(&event);
+                    next = rx.try_recv().ok();
                 }
-                if let Some(model) = model {
-                    row.model.clone_from(model);
-                }
-                row.bar.set_prefix(prefix(phone, &row.model, &row.serial));
-                row.bar.set_style(done_style());
-                row.bar.disable_steady_tick();
-                let resumed = if row.unplugged && *outcome != Outcome::Interrupted {
-                    " (resumed after replug)"
-                } else {
-                    ""
-                };
-                row.bar.set_message(format!(
-                    "{} {:>6} {}{resumed}",
-                    coloured(*outcome),
-                    format!("{:.1}s", *elapsed_ms as f64 / 1000.0),
-                    style(message).dim()
-                ));
-                row.bar.tick();
             }
-            EventKind::Skipped { phone, outcome, .. } => {
-                let row = self.row(phone);
-                row.bar.set_style(done_style());
-                row.bar.disable_steady_tick();
-                row.bar
-                    .set_message(format!("{} (already handled)", coloured(*outcome)));
-            }
-            EventKind::UsbmuxdLost { reason, retry_ms } => {
-                let _ = self.multi.println(format!(
-                    "{} usbmuxd is gone ({reason}); the line waits for it, retrying in {:.1} s",
-                    style("!").yellow(),
-                    *retry_ms as f64 / 1000.0
-                ));
-            }
-            EventKind::UsbmuxdBack { phones, outage_ms } => {
-                let _ = self.multi.println(format!(
-                    "{} usbmuxd is back after {:.1} s with {phones} phone(s)",
-                    style("▶").cyan(),
-                    *outage_ms as f64 / 1000.0
-                ));
-            }
-            EventKind::Summary(summary) => self.summary = Some(summary_table(summary)),
+            _ = tick.tick() => {}
         }
+        paint(&mut screen);
     }
-
-    /// Leaves the rows on screen as they are and prints the summary below them.
-    fn close(self) {
-        for udid in &self.order {
-            if let Some(row) = self.rows.get(udid) {
-                row.bar.disable_steady_tick();
-                row.bar.abandon();
-            }
-        }
-        drop(self.rows);
-        drop(self.multi);
-        if let Some(summary) = self.summary {
-            println!("\n{}", summary.trim_end());
-        }
+    paint(&mut screen);
+    // The last frame stays on screen, as drawn; the summary goes below it.
+    if let Some(painter) = set_live(None) {
+        painter.release();
+    }
+    if let Some(summary) = summary {
+        println!("\n{}", summary.trim_end());
     }
 }
 
-fn prefix(phone: &PhoneRef, model: &str, serial: &str) -> String {
-    let serial = if serial.is_empty() {
-        &phone.udid[..phone.udid.len().min(12)]
-    } else {
-        serial
-    };
-    format!(
-        "{:<6} {:<18} {:<14}",
-        phone.slot,
-        truncate(model, 18),
-        serial
-    )
+fn term_size() -> (usize, usize) {
+    let (rows, cols) = console::Term::stdout().size();
+    (usize::from(cols), usize::from(rows))
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut t: String = text.chars().take(max - 1).collect();
-        t.push('…');
-        t
+fn set_live(painter: Option<Painter>) -> Option<Painter> {
+    let mut live = LIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    std::mem::replace(&mut *live, painter)
+}
+
+fn paint(screen: &mut Screen) {
+    // Laid out for the terminal as it is now, so a narrowed window never wraps a line.
+    let (width, height) = term_size();
+    screen.resize(width, height);
+    let notices = screen.take_notices();
+    let frame = screen.frame(std::time::Instant::now());
+    let mut live = LIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(painter) = live.as_mut() {
+        // What is on screen already needs no redraw (no flicker on a slow link).
+        if notices.is_empty() && painter.cols == width && painter.frame == frame {
+            return;
+        }
+        painter.cols = width;
+        for notice in notices {
+            let _ = painter.above(|| writeln!(std::io::stdout(), "{notice}"));
+        }
+        let _ = painter.draw(frame);
     }
 }
 
-/// The outcome name, padded before colouring so columns stay aligned.
-fn coloured(outcome: Outcome) -> String {
-    let name = format!("{:<17}", wire_name(&outcome));
-    match outcome {
-        Outcome::Activated | Outcome::AlreadyActivated => style(name).green().bold().to_string(),
-        Outcome::Interrupted | Outcome::ServerError => style(name).yellow().bold().to_string(),
-        _ => style(name).red().bold().to_string(),
+/// Draws a frame over the previous one with plain ANSI cursor movement. A frame is never
+/// taller than the terminal nor wider than it (`Screen::frame`), so going up its rows less
+/// one lands on its first line (counting the rows a narrowed window wrapped it into).
+#[derive(Debug, Default)]
+struct Painter {
+    /// The frame on screen now, to clear it and to put it back after a log line.
+    frame: Vec<String>,
+    /// The terminal's width now: a frame drawn before the window narrowed has wrapped.
+    cols: usize,
+}
+
+impl Painter {
+    fn clear(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let rows: usize = self
+            .frame
+            .iter()
+            .map(|line| {
+                console::measure_text_width(line)
+                    .div_ceil(self.cols.max(1))
+                    .max(1)
+            })
+            .sum();
+        match rows {
+            0 => Ok(()),
+            1 => write!(out, "\r\x1b[J"),
+            n => write!(out, "\r\x1b[{}A\x1b[J", n - 1),
+        }
+    }
+
+    fn draw(&mut self, frame: Vec<String>) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        self.clear(&mut out)?;
+        write!(out, "{}", frame.join("\n"))?;
+        out.flush()?;
+        self.frame = frame;
+        Ok(())
+    }
+
+    /// Prints something above the frame: the frame is lifted and drawn again below it.
+    fn above(&mut self, print: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+        {
+            let mut out = std::io::stdout().lock();
+            self.clear(&mut out)?;
+            out.flush()?;
+        }
+        print()?;
+        let frame = std::mem::take(&mut self.frame);
+        self.draw(frame)
+    }
+
+    /// Leaves the frame where it is and moves below it.
+    fn release(self) {
+        if !self.frame.is_empty() {
+            println!();
+        }
     }
 }
 
