@@ -224,13 +224,8 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
                     serde_json::to_string(&report).unwrap_or_default()
                 )
             } else {
-                // Success messages already start with the outcome ("activated: …").
                 let outcome = render::wire_name(&report.outcome);
-                if report.message.starts_with(&outcome) {
-                    writeln!(out, "{udid}: {}", report.message)
-                } else {
-                    writeln!(out, "{udid}: {outcome}: {}", report.message)
-                }
+                writeln!(out, "{udid}: {outcome}: {}", report.message)
             }
         }
         Command::Config { .. } | Command::Demo(_) | Command::Watch => Ok(()),

@@ -633,14 +633,14 @@ impl Activator<'_> {
         report.outcome = Outcome::Activated;
         report.message = match (&report.released_by, &report.remote_release) {
             (Some(release), _) => format!(
-                "activated: Activation Lock released with code {} from {}",
+                "Activation Lock released with code {} from {}",
                 release.code, release.source
             ),
             (None, Some(remote)) => format!(
-                "activated: Activation Lock released by {}'s {} action",
+                "Activation Lock released by {}'s {} action",
                 remote.source, remote.action
             ),
-            (None, None) => "activated".to_string(),
+            (None, None) => "no Activation Lock".to_string(),
         };
         Ok(())
     }
