@@ -58,14 +58,44 @@ impl IosVersion {
         })
     }
 
-    pub fn support(self) -> Support {
+    /// The TLS a phone of this version speaks as the server of its lockdown sessions.
+    pub fn tls_generation(self) -> TlsGeneration {
         if self.major >= FULLY_SUPPORTED_FROM {
-            Support::Full
+            TlsGeneration::Tls12
         } else if self.major >= TRIED_FROM {
-            Support::Tried
+            TlsGeneration::Tls10To12
         } else {
-            Support::Unsupported
+            TlsGeneration::Tls10Only
         }
+    }
+
+    /// What the station can do with such a phone follows from the TLS it speaks.
+    pub fn support(self) -> Support {
+        match self.tls_generation() {
+            TlsGeneration::Tls12 => Support::Full,
+            TlsGeneration::Tls10To12 => Support::Tried,
+            TlsGeneration::Tls10Only => Support::Unsupported,
+        }
+    }
+}
+
+/// The TLS versions a phone accepts, by generation (docs/fidelity.md): iOS 12 and later TLS
+/// 1.2 only, iOS 10 and 11 TLS 1.0 to 1.2, iOS 9 and earlier TLS 1.0 only. The virtual bench
+/// serves each, and a world file may pin one (`tls = "tls1.0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TlsGeneration {
+    #[serde(rename = "tls1.2")]
+    Tls12,
+    #[serde(rename = "tls1.0-1.2")]
+    Tls10To12,
+    #[serde(rename = "tls1.0")]
+    Tls10Only,
+}
+
+impl TlsGeneration {
+    /// From a `ProductVersion` such as `9.3.5`; an unreadable one counts as modern.
+    pub fn for_ios(product_version: &str) -> Self {
+        IosVersion::parse(product_version).map_or(TlsGeneration::Tls12, IosVersion::tls_generation)
     }
 }
 

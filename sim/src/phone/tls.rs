@@ -13,32 +13,8 @@ use std::sync::Arc;
 use station_protocol::channel::ChannelError;
 use station_protocol::tls_engine::{RustlsEngine, TlsEngine};
 
-/// The TLS generation of an iOS version; a world file may pin one (`tls = "tls1.0"`) for a
-/// phone whose TLS differs from its version's, as reports for iOS 10–11 say some do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum TlsGeneration {
-    /// iOS 12 and later.
-    #[serde(rename = "tls1.2")]
-    Tls12,
-    /// iOS 10 and 11.
-    #[serde(rename = "tls1.0-1.2")]
-    Tls10To12,
-    /// iOS 9 and earlier.
-    #[serde(rename = "tls1.0")]
-    Tls10Only,
-}
-
-impl TlsGeneration {
-    /// From a ProductVersion such as `9.3.5`; an unreadable one counts as modern.
-    pub fn for_ios(product_version: &str) -> Self {
-        let major = station_protocol::ios::IosVersion::parse(product_version).map(|v| v.major);
-        match major {
-            Some(m) if m <= 9 => TlsGeneration::Tls10Only,
-            Some(10 | 11) => TlsGeneration::Tls10To12,
-            _ => TlsGeneration::Tls12,
-        }
-    }
-}
+/// The TLS generation of an iOS version, from the one home of that fact.
+pub use station_protocol::ios::TlsGeneration;
 
 /// Why a phone cannot build its server TLS for a pairing.
 #[derive(Debug, thiserror::Error)]
