@@ -27,17 +27,24 @@ activation_state = "Unactivated"
 activation_state = "Unactivated"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watchers_attached_mid_run_get_the_replay_and_the_live_events_to_the_summary() {
+/// `station run --once` on the bench, one phone at a time with slow answers so that it
+/// lasts long enough to attach mid-way; returned once its first phone has finished.
+async fn run_under_way() -> (InProcBench, String, station_tests::inproc::StreamingStation) {
     let f = InProcBench::start(WORLD).await;
     let codes = f.codes_csv("codes.csv", &[(1, CODE, "device")]);
-    // One phone at a time, slow answers: the run lasts long enough to attach mid-way.
     let config = f.station_config(Some(&codes), 1, "");
-    let config = config.to_str().expect("utf-8");
+    let config = config.to_str().expect("utf-8").to_string();
     f.bench.albert().set_latency(Duration::from_millis(400));
-    let mut run = f.spawn_station(&["--config", config, "run", "--once"]);
+    let mut run = f.spawn_station(&["--config", &config, "run", "--once"]);
     run.wait_for(Duration::from_secs(60), |e| e["event"] == "finished")
         .await;
+    (f, config, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_attached_mid_run_get_the_replay_and_the_live_events_to_the_summary() {
+    let (f, config, run) = run_under_way().await;
+    let config = config.as_str();
 
     let socket = f.path("data").join("station.sock");
     let mode = std::fs::metadata(&socket)
@@ -118,14 +125,8 @@ async fn watch_without_a_live_run_says_so_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_draws_the_live_rows_on_a_terminal() {
     let tmux = station_tests::require_tool("tmux");
-    let f = InProcBench::start(WORLD).await;
-    let codes = f.codes_csv("codes.csv", &[(1, CODE, "device")]);
-    let config = f.station_config(Some(&codes), 1, "");
-    let config = config.to_str().expect("utf-8");
-    f.bench.albert().set_latency(Duration::from_millis(400));
-    let mut run = f.spawn_station(&["--config", config, "run", "--once"]);
-    run.wait_for(Duration::from_secs(60), |e| e["event"] == "finished")
-        .await;
+    let (f, config, run) = run_under_way().await;
+    let config = config.as_str();
 
     // The watch as the operator's shell would start it, its exit status left on screen.
     let cmd = f.station_command(&["--config", config, "watch"], false);
