@@ -5,6 +5,7 @@ mod cli;
 mod codes;
 mod commands;
 mod error;
+mod http;
 mod identity;
 mod ledger;
 mod line;
@@ -12,6 +13,8 @@ mod models;
 mod phone;
 mod render;
 mod slots;
+#[cfg(test)]
+mod test_server;
 mod usbmuxd;
 
 use std::io::Write;
