@@ -11,6 +11,7 @@ mod ledger;
 mod line;
 mod models;
 mod phone;
+mod redact;
 mod render;
 mod slots;
 #[cfg(test)]

@@ -29,9 +29,10 @@ use station_protocol::bypass_code::BypassCode;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use zeroize::Zeroizing;
 
-use super::redact::{json_error, scrub};
+use super::answer::json_error;
 use super::registry::{BuildContext, CodeSource, Description};
 use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode};
+use crate::redact::scrub;
 
 /// Largest stdout accepted; a few codes take a few hundred bytes.
 pub const MAX_STDOUT: usize = 64 * 1024;

@@ -10,10 +10,11 @@ use station_config::{KandjiSource, SecretString};
 use station_protocol::bypass_code::BypassCode;
 use zeroize::Zeroizing;
 
-use super::redact::{encode_component, parse_json, scrubbed};
+use super::answer::{encode_component, parse_json};
 use super::registry::{BuildContext, CodeSource, Description};
 use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode, MDM_REQUEST_TIMEOUT};
 use crate::http::{HttpClient, HttpError, HttpResponse, RetryPolicy};
+use crate::redact::scrubbed;
 
 /// Kandji's page size limit for the device list.
 const PAGE_SIZE: usize = 300;

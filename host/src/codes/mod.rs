@@ -1,12 +1,12 @@
 //! Bypass codes for a phone, by serial number, from the station's code sources.
 
+mod answer;
 pub mod chain;
 pub mod csv_file;
 pub mod error;
 pub mod hook;
 pub mod intune;
 pub mod kandji;
-pub(crate) mod redact;
 pub mod registry;
 
 pub use chain::Chain;

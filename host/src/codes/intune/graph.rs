@@ -6,7 +6,7 @@ use serde::Deserialize;
 use station_protocol::bypass_code::BypassCode;
 
 use super::{Intune, IntuneError, ACTION, ACTION_PERMISSION, READ_PERMISSION};
-use crate::codes::redact::{encode_component, service_error};
+use crate::codes::answer::{encode_component, service_error};
 use crate::codes::{CodeKind, Lookup, SourcedCode};
 use crate::http::HttpResponse;
 
@@ -300,5 +300,5 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     what: &'static str,
 ) -> Result<T, IntuneError> {
-    crate::codes::redact::parse_json(body).map_err(|reason| IntuneError::BadAnswer { what, reason })
+    crate::codes::answer::parse_json(body).map_err(|reason| IntuneError::BadAnswer { what, reason })
 }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use station_config::SecretString;
 
 use super::*;
-use crate::codes::redact::encode_component;
+use crate::codes::answer::encode_component;
 use crate::codes::CodeKind;
 use crate::test_server::{Reply, Request, TestServer};
 

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::graph::parse_json;
 use super::{Intune, IntuneError};
-use crate::codes::redact::service_error;
+use crate::codes::answer::service_error;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// A token is renewed this long before it expires (or at half its life, if shorter).
