@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::station::Options;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "station",
@@ -62,6 +64,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The global options that say something over the configuration.
+    pub fn options(&self) -> Options {
+        Options {
+            config: self.config.clone(),
+            usbmuxd: self.usbmuxd.clone(),
+            pair_records: self.pair_records.clone(),
+            timeout: self.timeout,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List the attached phones: UDID, serial, model, iOS, activation state, location.
@@ -115,32 +130,14 @@ pub enum Command {
     },
     /// Line mode: every phone plugged in is identified, paired and activated; one live row
     /// per phone (NDJSON events when not a terminal or with --json, see docs/events.md).
-    Run {
-        /// Handle the phones attached now, then exit with a summary (exit 1 if any phone
-        /// needs attention, 3 if usbmuxd is not running). Without it the line runs until
-        /// stopped, waiting out usbmuxd exiting and coming back.
-        #[arg(long)]
-        once: bool,
-        /// Work on a phone again when it is replugged after it was handled in this run.
-        #[arg(long)]
-        redo: bool,
-        /// Phones worked on at once [config: station.concurrency, default 10].
-        #[arg(long)]
-        concurrency: Option<u32>,
-        /// Seconds to wait for the operator to tap Trust on an activated phone.
-        #[arg(long, default_value_t = 60)]
-        trust_wait: u64,
-        /// With --once: seconds an unplugged phone, or a vanished usbmuxd, may stay away
-        /// before the phones it took along count as interrupted.
-        #[arg(long, default_value_t = 30)]
-        replug_grace: u64,
-    },
+    Run(RunOptions),
     /// Attach to the `station run` on this machine (read-only; several at once): its live
     /// screen, or with --json its event stream (docs/events.md). Exits 0 with the run's
     /// summary, 1 when no run is live or the run goes away.
     Watch,
     /// The whole line on a built-in virtual bench: realistic phones, stand-in Apple and
     /// Intune servers, live rows, then the report. Leaves nothing behind.
+    #[cfg(feature = "demo")]
     Demo(crate::commands::demo::DemoArgs),
     /// Check or print the station's configuration.
     Config {
@@ -156,6 +153,29 @@ pub enum Command {
     },
     /// What the station processed, from its ledger: a table, CSV or JSON.
     Report(crate::commands::report::ReportArgs),
+}
+
+/// What `station run` takes.
+#[derive(Debug, clap::Args)]
+pub struct RunOptions {
+    /// Handle the phones attached now, then exit with a summary (exit 1 if any phone
+    /// needs attention, 3 if usbmuxd is not running). Without it the line runs until
+    /// stopped, waiting out usbmuxd exiting and coming back.
+    #[arg(long)]
+    pub once: bool,
+    /// Work on a phone again when it is replugged after it was handled in this run.
+    #[arg(long)]
+    pub redo: bool,
+    /// Phones worked on at once [config: station.concurrency, default 10].
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Seconds to wait for the operator to tap Trust on an activated phone.
+    #[arg(long, default_value_t = 60)]
+    pub trust_wait: u64,
+    /// With --once: seconds an unplugged phone, or a vanished usbmuxd, may stay away
+    /// before the phones it took along count as interrupted.
+    #[arg(long, default_value_t = 30)]
+    pub replug_grace: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -205,6 +205,26 @@ impl ActivationServer {
         })
     }
 
+    /// The server as the configuration's `[activation]` and `[retry]` set it up.
+    pub fn from_config(config: &station_config::StationConfig) -> Result<Self, StationError> {
+        let encoding = match config.activation.encoding {
+            station_config::Encoding::Urlencoded => RequestEncoding::UrlEncoded,
+            station_config::Encoding::Multipart => RequestEncoding::Multipart,
+        };
+        let server = ActivationServer::new(
+            &config.activation.url,
+            Duration::from_secs(config.activation.timeout_secs),
+            RetryPolicy::from_config(&config.retry),
+        )?
+        .with_encoding(encoding)
+        .with_command_timeout(Duration::from_secs(config.activation.command_timeout_secs))
+        .with_session_max_age(Duration::from_secs(config.activation.session_max_age_secs));
+        Ok(match &config.activation.user_agent {
+            Some(user_agent) => server.with_user_agent(user_agent),
+            None => server,
+        })
+    }
+
     pub fn with_encoding(mut self, encoding: RequestEncoding) -> Self {
         self.encoding = encoding;
         self

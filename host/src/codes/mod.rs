@@ -146,3 +146,16 @@ pub trait CodeLookup: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 }
+
+/// No source configured: every lock ends `locked_no_code` with that reason.
+pub struct NoSources;
+
+impl CodeLookup for NoSources {
+    fn lookup<'a>(
+        &'a self,
+        _serial: &'a str,
+        _udid: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, LookupError>> {
+        Box::pin(async { Err(LookupError::NotConfigured) })
+    }
+}

@@ -2,14 +2,11 @@
 //! and says which answered, how many codes each gave, and the codes, masked unless the
 //! operator asks for them whole (`--reveal`, to type one on the phone).
 
-use std::fmt::Write as _;
-
-use serde::Serialize;
-use station_config::StationConfig;
-
 use crate::codes::chain::Chain;
 use crate::codes::{CodeKind, Lookup};
 use crate::error::{exit, StationError};
+use crate::station::Station;
+use serde::Serialize;
 
 /// Long help of `station codes lookup`, with the JSON shape.
 pub const LOOKUP_HELP: &str = "\
@@ -43,45 +40,47 @@ pub struct LookupArgs<'a> {
     pub serial: &'a str,
     pub udid: Option<&'a str>,
     pub reveal: bool,
-    pub json: bool,
 }
 
+/// One configured source in a lookup: its answer or its failure.
 #[derive(Debug, Serialize)]
-struct SourceRow<'a> {
-    source: &'a str,
+pub struct SourceRow {
+    pub source: String,
     #[serde(rename = "type")]
-    kind: &'static str,
-    status: &'static str,
+    pub kind: &'static str,
+    pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    known: Option<bool>,
+    pub known: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    codes: Option<usize>,
+    pub codes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cached: Option<bool>,
+    pub cached: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+    pub reason: Option<String>,
 }
 
+/// A code as shown: masked unless the operator asked for it whole.
 #[derive(Debug, Serialize)]
-struct CodeRow<'a> {
-    code: String,
-    kind: CodeKind,
-    source: &'a str,
+pub struct CodeRow {
+    pub code: String,
+    pub kind: CodeKind,
+    pub source: String,
 }
 
+/// What `station codes lookup` found (the JSON shape in [`LOOKUP_HELP`]).
 #[derive(Debug, Serialize)]
-struct LookupOutput<'a> {
-    serial: &'a str,
-    udid: Option<&'a str>,
-    known: bool,
-    revealed: bool,
-    sources: Vec<SourceRow<'a>>,
-    codes: Vec<CodeRow<'a>>,
+pub struct CodesLookup {
+    pub serial: String,
+    pub udid: Option<String>,
+    pub known: bool,
+    pub revealed: bool,
+    pub sources: Vec<SourceRow>,
+    pub codes: Vec<CodeRow>,
 }
 
-/// Runs the lookup and renders it (text or JSON).
-pub async fn lookup(config: &StationConfig, args: LookupArgs<'_>) -> Result<String, StationError> {
-    let chain = Chain::configured(config)?.ok_or_else(|| {
+/// Asks every configured source; the codes masked unless `reveal`.
+pub async fn lookup(station: &Station, args: LookupArgs<'_>) -> Result<CodesLookup, StationError> {
+    let chain = station.code_chain()?.ok_or_else(|| {
         StationError::new(
             "codes-not-configured",
             exit::USAGE,
@@ -97,9 +96,9 @@ pub async fn lookup(config: &StationConfig, args: LookupArgs<'_>) -> Result<Stri
             StationError::new("codes-sources-failed", exit::FAILURE, e.to_string())
                 .help("fix the sources named above; `station config check` validates the file")
         })?;
-    let output = LookupOutput {
-        serial,
-        udid: args.udid,
+    Ok(CodesLookup {
+        serial: serial.to_string(),
+        udid: args.udid.map(str::to_string),
         known: lookup.known,
         revealed: args.reveal,
         sources: source_rows(&chain, &lookup),
@@ -113,21 +112,14 @@ pub async fn lookup(config: &StationConfig, args: LookupArgs<'_>) -> Result<Stri
                     c.code.masked()
                 },
                 kind: c.kind,
-                source: &c.source,
+                source: c.source.clone(),
             })
             .collect(),
-    };
-    if args.json {
-        return Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(&output).unwrap_or_default()
-        ));
-    }
-    Ok(render_text(&output))
+    })
 }
 
 /// Every configured source in order: its answer or its failure.
-fn source_rows<'a>(chain: &'a Chain, lookup: &'a Lookup) -> Vec<SourceRow<'a>> {
+fn source_rows(chain: &Chain, lookup: &Lookup) -> Vec<SourceRow> {
     chain
         .sources()
         .into_iter()
@@ -135,7 +127,7 @@ fn source_rows<'a>(chain: &'a Chain, lookup: &'a Lookup) -> Vec<SourceRow<'a>> {
             let answered = lookup.answered.iter().find(|a| a.source == name);
             let failed = lookup.failures.iter().find(|f| f.source == name);
             SourceRow {
-                source: name,
+                source: name.to_string(),
                 kind,
                 status: if answered.is_some() {
                     "answered"
@@ -145,68 +137,30 @@ fn source_rows<'a>(chain: &'a Chain, lookup: &'a Lookup) -> Vec<SourceRow<'a>> {
                 known: answered.map(|a| a.known),
                 codes: answered.map(|a| a.codes),
                 cached: answered.map(|a| a.cached),
-                reason: failed.map(|f| f.reason.as_str()),
+                reason: failed.map(|f| f.reason.clone()),
             }
         })
         .collect()
 }
 
-fn render_text(output: &LookupOutput<'_>) -> String {
-    let answered = output
-        .sources
-        .iter()
-        .filter(|s| s.status == "answered")
-        .count();
-    let mut text = format!(
-        "serial {}: {} code(s) from {answered} of {} source(s)\n",
-        output.serial,
-        output.codes.len(),
-        output.sources.len()
-    );
-    let width = output
-        .sources
-        .iter()
-        .map(|s| s.source.len() + s.kind.len() + 3)
-        .max()
-        .unwrap_or(0);
-    for source in &output.sources {
-        let label = format!("{} ({})", source.source, source.kind);
-        let status = match (source.codes, source.reason) {
-            (Some(codes), _) => {
-                let known = if source.known == Some(true) {
-                    "device known"
-                } else {
-                    "device not known"
-                };
-                format!("{codes} code(s), {known}")
-            }
-            (None, Some(reason)) => format!("failed: {reason}"),
-            (None, None) => "failed".to_string(),
-        };
-        let _ = writeln!(text, "  {label:<width$}  {status}");
-    }
-    if output.codes.is_empty() {
-        text.push_str(if output.known {
-            "no code: the device is known but no source holds a code (not supervised, or the code expired)\n"
-        } else {
-            "no code: no source knows this serial\n"
-        });
-        return text;
-    }
-    text.push_str("codes, in the order `station activate` tries them:\n");
-    for code in &output.codes {
-        let kind = crate::render::wire_name(&code.kind);
-        let _ = writeln!(text, "  {}  {kind:<7}  {}", code.code, code.source);
-    }
-    if !output.revealed {
-        text.push_str("(masked; --reveal prints them whole)\n");
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::{render, Output};
+    use crate::station::Options;
+    use station_config::StationConfig;
+
+    /// The lookup as the output layer shows it.
+    async fn shown(config: &StationConfig, args: LookupArgs<'_>, json: bool) -> String {
+        let station = Station::with_config(Options::default(), config.clone());
+        let found = lookup(&station, args).await.expect("lookup");
+        render(&Output::Codes(found), json).expect("rendered")
+    }
+
+    async fn failure(config: StationConfig, args: LookupArgs<'_>) -> StationError {
+        let station = Station::with_config(Options::default(), config);
+        lookup(&station, args).await.expect_err("fails")
+    }
 
     fn config_with_csv(dir: &tempfile::TempDir, rows: &str) -> StationConfig {
         let csv = dir.path().join("codes.csv");
@@ -230,13 +184,12 @@ mod tests {
             &dir,
             "C8TJ500QF1MN,,3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4,device,intune,\n",
         );
-        let args = |reveal, json| LookupArgs {
+        let args = |reveal| LookupArgs {
             serial: "C8TJ500QF1MN",
             udid: None,
             reveal,
-            json,
         };
-        let text = lookup(&config, args(false, false)).await.expect("text");
+        let text = shown(&config, args(false), false).await;
         assert!(text.contains("3UM43-…-FKA4  device   export"), "{text}");
         assert!(
             text.contains("broken-hook (command)  failed: cannot run hook"),
@@ -245,15 +198,14 @@ mod tests {
         assert!(!text.contains("PUYVY"), "{text}");
 
         let json: serde_json::Value =
-            serde_json::from_str(&lookup(&config, args(false, true)).await.expect("json"))
-                .expect("valid json");
+            serde_json::from_str(&shown(&config, args(false), true).await).expect("valid json");
         assert_eq!(json["codes"][0]["code"], "3UM43-…-FKA4");
         assert_eq!(json["sources"][0]["status"], "answered");
         assert_eq!(json["sources"][0]["codes"], 1);
         assert_eq!(json["sources"][1]["status"], "failed");
         assert_eq!(json["revealed"], false);
 
-        let revealed = lookup(&config, args(true, false)).await.expect("reveal");
+        let revealed = shown(&config, args(true), false).await;
         assert!(
             revealed.contains("3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"),
             "{revealed}"
@@ -262,17 +214,15 @@ mod tests {
 
     #[tokio::test]
     async fn no_sources_and_all_failed_are_errors() {
-        let err = lookup(
-            &StationConfig::default(),
+        let err = failure(
+            StationConfig::default(),
             LookupArgs {
                 serial: "S",
                 udid: None,
                 reveal: false,
-                json: false,
             },
         )
-        .await
-        .expect_err("no sources");
+        .await;
         assert_eq!(err.code, "codes-not-configured");
 
         let dir = tempfile::tempdir().expect("dir");
@@ -281,17 +231,15 @@ mod tests {
             dir.path().join("missing").display()
         );
         let config = StationConfig::parse(&text, &dir.path().join("s.toml")).expect("config");
-        let err = lookup(
-            &config,
+        let err = failure(
+            config,
             LookupArgs {
                 serial: "S",
                 udid: Some("U"),
                 reveal: false,
-                json: true,
             },
         )
-        .await
-        .expect_err("all failed");
+        .await;
         assert_eq!(err.code, "codes-sources-failed");
         assert_eq!(err.exit, exit::FAILURE);
     }

@@ -7,17 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use station_config::StationConfig;
-use station_protocol::pairing::UsbmuxdPairStore;
-use station_protocol::usbmux::Address;
 use station_sim::world::demo;
 use station_sim::{Bench as SimBench, BenchConfig, World};
 
-use super::report::{report, ReportArgs, ReportFormat};
-use super::run::{self, RunArgs};
 use crate::error::{exit, StationError};
+use crate::ledger::Filter;
 use crate::line::render::Mode;
-use crate::phone::{Bench, PairStore};
-use crate::usbmuxd::Usbmuxd;
+use crate::line::runner::{self, RunArgs};
+use crate::output::report::{render, ReportFormat};
+use crate::output::{live_mode, Output};
+use crate::station::{self, Options, Station};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -32,7 +31,8 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-pub async fn demo(args: &DemoArgs, json: bool) -> Result<u8, StationError> {
+/// Runs the demo; its screen (or NDJSON) is shown as it goes.
+pub async fn demo(args: &DemoArgs, json: bool) -> Result<Output, StationError> {
     let failed =
         |what: &str, e: String| StationError::new("demo", exit::FAILURE, format!("{what}: {e}"));
     let dir = tempfile::Builder::new()
@@ -55,7 +55,7 @@ pub async fn demo(args: &DemoArgs, json: bool) -> Result<u8, StationError> {
         sim.shutdown().await;
     }
     drop(dir);
-    result
+    result.map(Output::Streamed)
 }
 
 /// Runs the line; the demo's red rows are part of the show, so only a failed run is an error.
@@ -66,19 +66,15 @@ async fn run_demo(
     json: bool,
     dir: &Path,
 ) -> Result<u8, StationError> {
-    let mut config =
-        StationConfig::load(sim.station_config()).map_err(crate::commands::config::invalid)?;
+    // The bench's own configuration (its usbmuxd, its stand-in servers), none of the
+    // command line's: the demo touches nothing of the real station.
+    let mut config = StationConfig::load(sim.station_config()).map_err(station::invalid_config)?;
     config.station.id = "demo".into();
     config.station.data_dir = dir.join("station-data");
-    let address = Address::Unix(dir.join("usbmuxd.sock"));
-    let timeout = Duration::from_secs(config.station.timeout_secs);
-    let bench = Bench::new(
-        Usbmuxd::new(address.clone(), timeout),
-        PairStore::Usbmuxd(UsbmuxdPairStore::new(address, timeout)),
-        Some(config.station.data_dir.join(crate::identity::IDENTITY_FILE)),
-    );
-    let codes = run::code_lookup(&config)?;
-    let mode = run::mode(json);
+    let station = Station::with_config(Options::default(), config);
+    let bench = station.bench()?;
+    let codes = station.code_lookup()?;
+    let mode = live_mode(json);
     if mode == Mode::Terminal {
         println!(
             "Virtual bench: {} phones (clean, MDM-locked with codes in the stand-in Intune, a stale code, a user-locked one, activated ones, one waiting for Trust, one pulled out and plugged back), server latency {} ms.\n",
@@ -90,11 +86,9 @@ async fn run_demo(
     let replug = demo::unplugged_index(devices)
         .and_then(|i| sim.ready_info().devices.get(i).map(|d| d.udid.clone()))
         .map(|udid| tokio::spawn(unplug_and_replug(Arc::clone(sim), udid)));
-    let data_dir = config.station.data_dir.clone();
-    let summary = run::run(
+    let summary = runner::run(
+        &station,
         bench,
-        &config,
-        &data_dir,
         codes,
         RunArgs {
             once: true,
@@ -113,18 +107,18 @@ async fn run_demo(
     let summary = summary?;
 
     if mode == Mode::Terminal {
-        let report_args = ReportArgs {
-            since: None,
-            until: None,
-            outcomes: Vec::new(),
-            locked: false,
-            latest: true,
-            run: Some(summary.run_id.clone()),
-            format: Some(ReportFormat::Table),
+        let filter = Filter {
+            run_id: Some(summary.run_id.clone()),
+            latest_per_phone: true,
+            ..Filter::default()
+        };
+        let records = match station.ledger_reader()? {
+            Some(reader) => reader.attempts(&filter)?,
+            None => Vec::new(),
         };
         println!(
             "\nReport (`station report --latest`):\n{}",
-            report(&report_args, &data_dir, false)?
+            render(&records, ReportFormat::Table)?
         );
     }
     Ok(0)

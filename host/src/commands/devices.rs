@@ -7,8 +7,10 @@ use station_protocol::usbmux::DeviceInfo;
 
 use crate::error::StationError;
 use crate::models::marketing_name;
+use crate::output::Output;
 use crate::phone::Bench;
 use crate::slots::{SlotBy, Slots};
+use crate::station::Station;
 
 /// Bound on identifying one phone, so one stuck phone cannot stall the listing.
 const PER_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,48 +162,13 @@ async fn identify_into(
     Ok(())
 }
 
-pub async fn list(bench: &Bench, slots: &Slots) -> Result<Vec<DeviceRow>, StationError> {
+pub async fn list(station: &Station) -> Result<Output, StationError> {
+    let bench = station.bench()?;
+    let slots = station.slots()?;
     let devices = bench.usbmuxd.list_devices().await?;
-    Ok(futures_util::future::join_all(devices.iter().map(|d| identify(bench, slots, d))).await)
-}
-
-pub fn render_table(rows: &[DeviceRow]) -> String {
-    if rows.is_empty() {
-        return "No phones attached.\n".to_string();
-    }
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".to_string());
-    let table: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.udid.clone(),
-                dash(&r.serial),
-                dash(&r.model),
-                dash(&r.product_version),
-                dash(&r.activation_state),
-                r.connection.clone(),
-                r.location.clone(),
-                dash(&r.port_path),
-                dash(&r.slot),
-            ]
-        })
-        .collect();
-    let header = [
-        "UDID", "SERIAL", "MODEL", "iOS", "STATE", "CONN", "LOCATION", "PORT", "SLOT",
-    ];
-    let mut out = crate::render::aligned_table(header, &table);
-    for r in rows {
-        if let Some(note) = &r.note {
-            out.push_str(&format!("note {}: {note}\n", r.udid));
-        }
-    }
-    if rows.iter().any(|r| r.port_path.is_none()) {
-        out.push_str(
-            "PORT —: no USB device on this machine has that UDID as its serial (virtual bench, or usbmuxd on another host); \
-             those phones' slots are known by LOCATION only, which changes when a phone is replugged\n",
-        );
-    }
-    out
+    let rows =
+        futures_util::future::join_all(devices.iter().map(|d| identify(&bench, &slots, d))).await;
+    Ok(Output::Devices(rows))
 }
 
 #[cfg(test)]

@@ -3,15 +3,17 @@
 use std::time::Duration;
 
 use crate::error::StationError;
-use crate::phone::Bench;
+use crate::output::Output;
+use crate::station::Station;
 
 pub async fn values(
-    bench: &Bench,
+    station: &Station,
     udid: &str,
     domain: Option<&str>,
     key: Option<&str>,
     trust_wait: Duration,
-) -> Result<plist::Value, StationError> {
+) -> Result<Output, StationError> {
+    let bench = station.bench()?;
     let device = bench.usbmuxd.find(udid).await?;
     let mut session = bench.session_or_pair(&device, trust_wait).await?;
     let value = session
@@ -19,5 +21,5 @@ pub async fn values(
         .await
         .map_err(|e| StationError::from_lockdown(&device.udid, e));
     session.close().await;
-    value
+    value.map(Output::Values)
 }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::error::StationError;
-use crate::phone::Bench;
+use crate::output::Output;
+use crate::station::Station;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -14,13 +15,14 @@ pub enum PairOutcome {
     AlreadyPaired,
 }
 
-pub async fn pair(bench: &Bench, udid: &str, wait: Duration) -> Result<PairOutcome, StationError> {
+pub async fn pair(station: &Station, udid: &str, wait: Duration) -> Result<Output, StationError> {
+    let bench = station.bench()?;
     let device = bench.usbmuxd.find(udid).await?;
     if let Some(record) = bench.pair_record(&device.udid).await? {
         match bench.session_with(&device, record).await {
             Ok(session) => {
                 session.close().await;
-                return Ok(PairOutcome::AlreadyPaired);
+                return Ok(paired(udid, PairOutcome::AlreadyPaired));
             }
             // The phone forgot us (erased): pair again below.
             Err(e) if e.code == "pair-record-stale" => {
@@ -32,10 +34,21 @@ pub async fn pair(bench: &Bench, udid: &str, wait: Duration) -> Result<PairOutco
     let record = bench.pair(&device, wait).await?;
     // Prove the new record works before saying so.
     bench.session_with(&device, record).await?.close().await;
-    Ok(PairOutcome::Paired)
+    Ok(paired(udid, PairOutcome::Paired))
 }
 
-pub async fn unpair(bench: &Bench, udid: &str) -> Result<bool, StationError> {
+fn paired(udid: &str, outcome: PairOutcome) -> Output {
+    Output::Paired {
+        udid: udid.to_string(),
+        outcome,
+    }
+}
+
+pub async fn unpair(station: &Station, udid: &str) -> Result<Output, StationError> {
+    let bench = station.bench()?;
     let device = bench.usbmuxd.find(udid).await?;
-    bench.unpair(&device).await
+    Ok(Output::Unpaired {
+        udid: udid.to_string(),
+        existed: bench.unpair(&device).await?,
+    })
 }

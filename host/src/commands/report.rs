@@ -1,15 +1,16 @@
 //! `station report`: the attempts in the ledger, filtered, as an aligned table, CSV or
 //! JSON. Field names and meanings: docs/report.md.
 
-use std::io::IsTerminal;
-use std::path::Path;
+use std::path::PathBuf;
 
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, Time};
 
 use crate::error::{exit, StationError};
-use crate::ledger::{after_millisecond, AttemptRecord, Filter, LedgerReader, Status};
+use crate::ledger::{after_millisecond, AttemptRecord, Filter, Status};
+use crate::output::report::ReportFormat;
+use crate::station::Station;
 
 /// What `station report` takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,13 +44,6 @@ pub struct ReportArgs {
     /// Output format [default: table on a terminal, else csv; `--json` means json].
     #[arg(long, value_enum)]
     pub format: Option<ReportFormat>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
-    Table,
-    Csv,
-    Json,
 }
 
 /// `2026-11-27` (that UTC day from midnight) or an RFC 3339 timestamp; `true` for a day.
@@ -109,236 +103,43 @@ impl ReportArgs {
             latest_per_phone: self.latest,
         })
     }
-
-    fn resolved_format(&self, json: bool) -> ReportFormat {
-        match (self.format, json) {
-            (Some(format), _) => format,
-            (None, true) => ReportFormat::Json,
-            (None, false) if std::io::stdout().is_terminal() => ReportFormat::Table,
-            (None, false) => ReportFormat::Csv,
-        }
-    }
 }
 
-/// The report's text. No ledger in `data_dir` yet is said on stderr and gives an empty
-/// report (exit 0): nothing was processed, which is an answer, not a failure.
-pub fn report(args: &ReportArgs, data_dir: &Path, json: bool) -> Result<String, StationError> {
+/// The attempts the ledger holds, filtered, and how to show them.
+#[derive(Debug)]
+pub struct Report {
+    pub records: Vec<AttemptRecord>,
+    /// `--format`; `None`: JSON with `--json`, else a table on a terminal and CSV otherwise.
+    pub format: Option<ReportFormat>,
+    /// The ledger that does not exist yet: said on stderr, with an empty report (exit 0):
+    /// nothing was processed, which is an answer, not a failure.
+    pub missing_ledger: Option<PathBuf>,
+}
+
+pub fn report(args: &ReportArgs, station: &Station) -> Result<Report, StationError> {
     let filter = args.filter()?;
-    let records = match LedgerReader::open(data_dir)? {
-        Some(reader) => reader.attempts(&filter)?,
-        None => {
-            eprintln!(
-                "no ledger at {}: nothing processed yet",
-                crate::ledger::ledger_path(data_dir).display()
-            );
-            Vec::new()
-        }
-    };
-    render(&records, args.resolved_format(json))
-}
-
-pub fn render(records: &[AttemptRecord], format: ReportFormat) -> Result<String, StationError> {
-    match format {
-        ReportFormat::Table => Ok(table(records)),
-        ReportFormat::Csv => csv(records),
-        ReportFormat::Json => serde_json::to_string_pretty(records)
-            .map(|mut text| {
-                text.push('\n');
-                text
-            })
-            .map_err(|e| {
-                StationError::new(
-                    "report-output",
-                    exit::FAILURE,
-                    format!("cannot encode JSON: {e}"),
-                )
-            }),
-    }
-}
-
-fn or_dash(value: Option<&str>) -> String {
-    value.unwrap_or("—").to_string()
-}
-
-/// `2026-11-27T14:03:12.345Z` → `2026-11-27 14:03:12`.
-fn short_time(stamp: &str) -> String {
-    stamp
-        .get(..19)
-        .map_or_else(|| stamp.to_string(), |s| s.replacen('T', " ", 1))
-}
-
-fn short_duration(ms: u64) -> String {
-    let secs = ms / 1000;
-    if secs < 60 {
-        format!("{}.{}s", secs, (ms % 1000) / 100)
-    } else {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    }
-}
-
-/// How it ended, in a few words: the code source for a released lock, else the reason.
-fn how_it_ended(r: &AttemptRecord) -> String {
-    let success = matches!(r.outcome, Status::Finished(o) if o.is_success());
-    match (&r.released_by, &r.remote_release) {
-        (Some(release), _) if success => format!(
-            "released by {} with {}",
-            release.source,
-            release.code.as_deref().unwrap_or("a code")
+    let (records, missing_ledger) = match station.ledger_reader()? {
+        Some(reader) => (reader.attempts(&filter)?, None),
+        None => (
+            Vec::new(),
+            Some(crate::ledger::ledger_path(station.data_dir()?)),
         ),
-        (None, Some(remote)) if success => format!(
-            "released by {} ({})",
-            remote.source,
-            remote.action.as_deref().unwrap_or("remote release")
-        ),
-        _ if r.outcome == Status::InProgress => match &r.stopped_at {
-            Some(step) => format!("in progress at step {step}"),
-            None => "in progress".to_string(),
-        },
-        _ => or_dash(r.reason.as_deref()),
-    }
-}
-
-fn table(records: &[AttemptRecord]) -> String {
-    if records.is_empty() {
-        return "No attempts match.\n".to_string();
-    }
-    // The table shows when each attempt finished: list them in that order (concurrent
-    // phones finish out of the order they started), those still running last.
-    let mut records: Vec<&AttemptRecord> = records.iter().collect();
-    records.sort_by(|a, b| {
-        (a.finished_at.is_none(), &a.finished_at, &a.started_at).cmp(&(
-            b.finished_at.is_none(),
-            &b.finished_at,
-            &b.started_at,
-        ))
-    });
-    const HEADER: [&str; 8] = [
-        "FINISHED (UTC)",
-        "SLOT",
-        "SERIAL",
-        "MODEL",
-        "iOS",
-        "OUTCOME",
-        "TIME",
-        "REASON / RELEASED BY",
-    ];
-    let rows: Vec<[String; 8]> = records
-        .iter()
-        .map(|r| {
-            [
-                r.finished_at
-                    .as_deref()
-                    .map_or_else(|| "—".into(), short_time),
-                r.slot.clone().unwrap_or_else(|| r.location_id.clone()),
-                or_dash(r.serial.as_deref()),
-                or_dash(r.model.as_deref()),
-                or_dash(r.product_version.as_deref()),
-                r.outcome.name(),
-                r.duration_ms.map_or_else(|| "—".into(), short_duration),
-                how_it_ended(r),
-            ]
-        })
-        .collect();
-    crate::render::aligned_table(HEADER, &rows)
-}
-
-/// CSV columns, in order; [`csv_row`] fills them (same length, checked by the type).
-pub const CSV_COLUMNS: [&str; 26] = [
-    "attempt_id",
-    "run_id",
-    "station_id",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "slot",
-    "location_id",
-    "udid",
-    "serial",
-    "product_type",
-    "model",
-    "product_version",
-    "outcome",
-    "reason",
-    "stopped_at",
-    "activation_state",
-    "activation_locked",
-    "codes_tried",
-    "released_by_source",
-    "released_by_kind",
-    "released_code",
-    "remote_release_source",
-    "remote_release_action",
-    "recovered_at",
-    "steps",
-];
-
-fn csv_row(r: &AttemptRecord) -> [String; 26] {
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let (release, remote) = (r.released_by.as_ref(), r.remote_release.as_ref());
-    // `pair=120;identify=45`: milliseconds per step, `?` for one cut short.
-    let steps = r
-        .steps
-        .iter()
-        .map(|s| match s.duration_ms {
-            Some(ms) => format!("{}={ms}", s.step),
-            None => format!("{}=?", s.step),
-        })
-        .collect::<Vec<_>>()
-        .join(";");
-    [
-        r.attempt_id.get().to_string(),
-        r.run_id.clone(),
-        r.station_id.clone(),
-        r.started_at.clone(),
-        text(&r.finished_at),
-        r.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
-        text(&r.slot),
-        r.location_id.clone(),
-        r.udid.clone(),
-        text(&r.serial),
-        text(&r.product_type),
-        text(&r.model),
-        text(&r.product_version),
-        r.outcome.name(),
-        text(&r.reason),
-        text(&r.stopped_at),
-        text(&r.activation_state),
-        r.activation_locked.to_string(),
-        r.codes_tried.to_string(),
-        release.map(|x| x.source.clone()).unwrap_or_default(),
-        release.and_then(|x| x.kind.clone()).unwrap_or_default(),
-        release.and_then(|x| x.code.clone()).unwrap_or_default(),
-        remote.map(|x| x.source.clone()).unwrap_or_default(),
-        remote.and_then(|x| x.action.clone()).unwrap_or_default(),
-        text(&r.recovered_at),
-        steps,
-    ]
-}
-
-fn csv(records: &[AttemptRecord]) -> Result<String, StationError> {
-    let failed = |e: &dyn std::fmt::Display| {
-        StationError::new(
-            "report-output",
-            exit::FAILURE,
-            format!("cannot write CSV: {e}"),
-        )
     };
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(CSV_COLUMNS).map_err(|e| failed(&e))?;
-    for record in records {
-        writer
-            .write_record(csv_row(record))
-            .map_err(|e| failed(&e))?;
-    }
-    let bytes = writer.into_inner().map_err(|e| failed(&e))?;
-    String::from_utf8(bytes).map_err(|e| failed(&e))
+    Ok(Report {
+        records,
+        format: args.format,
+        missing_ledger,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::activation::Outcome;
+    use crate::ledger::LedgerReader;
+    use crate::output::report::{render, CSV_COLUMNS};
     use clap::Parser;
+    use std::path::Path;
     use time::macros::datetime;
 
     #[derive(Debug, Parser)]
@@ -581,10 +382,20 @@ mod tests {
     fn a_missing_ledger_is_an_empty_report() {
         let dir = tempfile::tempdir().expect("tempdir");
         let args = parse(&["--format", "json"]).expect("parse");
-        assert_eq!(
-            report(&args, dir.path(), false).expect("report").trim(),
-            "[]"
+        let station = Station::with_config(
+            crate::station::Options {
+                data_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            },
+            station_config::StationConfig::default(),
         );
+        let found = report(&args, &station).expect("report");
+        assert_eq!(
+            found.missing_ledger,
+            Some(crate::ledger::ledger_path(dir.path()))
+        );
+        let shown = crate::output::render(&crate::output::Output::Report(found), false);
+        assert_eq!(shown.expect("rendered").trim(), "[]");
         assert!(
             !crate::ledger::ledger_path(dir.path()).exists(),
             "report creates nothing"

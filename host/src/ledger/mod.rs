@@ -135,7 +135,7 @@ fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError 
     move |source| LedgerError::Sqlite { context, source }
 }
 
-use crate::render::wire_name;
+use crate::output::wire_name;
 
 /// The line's handle on the ledger: cheap to clone, safe to share between tasks. Every
 /// method queues its work when called and returns a future that resolves once the work is

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod publish;
 pub mod render;
+pub mod runner;
 pub mod screen;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -494,7 +495,7 @@ impl Line {
                     Ok(()) => tracing::debug!(
                         udid = %device.udid,
                         slot = %phone.slot,
-                        outcome = %crate::render::wire_name(&report.outcome),
+                        outcome = %crate::output::wire_name(&report.outcome),
                         "outcome committed"
                     ),
                     Err(e) => {
@@ -678,7 +679,7 @@ impl Line {
                 _ => outcome,
             };
             *counts
-                .entry(crate::render::wire_name(&outcome))
+                .entry(crate::output::wire_name(&outcome))
                 .or_default() += 1;
             if !outcome.is_success() {
                 attention.push(Attention {
@@ -731,7 +732,7 @@ impl AttemptLog for RunLog {
         // Queued now, committed in order; the write does not need awaiting.
         drop(self.ledger.record_step(
             id,
-            &crate::render::wire_name(&step),
+            &crate::output::wire_name(&step),
             std::time::SystemTime::now(),
         ));
     }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::events::{Event, Summary};
 use super::screen::Screen;
-use crate::render::wire_name;
+use crate::output::wire_name;
 
 /// How often the live screen is laid out again even when no event arrives: clocks move,
 /// successes fold, the window may have been resized. A changed frame is always drawn.

@@ -24,7 +24,7 @@ use console::style;
 
 use super::events::{Event, EventKind, PhoneRef};
 use crate::activation::Outcome;
-use crate::render::wire_name;
+use crate::output::wire_name;
 
 /// How long a success keeps its own row before it folds into the counts.
 pub const RECENT_HOLD: Duration = Duration::from_secs(3);

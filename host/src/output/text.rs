@@ -1,4 +1,5 @@
-//! Rendering plist values for people (ideviceinfo-style text) and machines (JSON).
+//! Text and JSON building blocks: plist values for people (ideviceinfo-style text) and
+//! machines (JSON), aligned tables, the serde name of a value.
 
 use base64::Engine;
 

@@ -1,0 +1,28 @@
+//! The provisioning station as a library; `src/main.rs` is the `station` program over it.
+//!
+//! A command runs in three steps: [`Station`] (the context built from the command line and
+//! the configuration), [`commands::dispatch`] (the command, returning an
+//! [`output::Output`]) and [`output::write`] (text or JSON on stdout, and the exit code).
+
+pub mod activation;
+pub mod cli;
+pub mod codes;
+pub mod commands;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod ledger;
+pub mod line;
+pub mod logging;
+pub mod models;
+pub mod output;
+pub mod phone;
+pub mod preflight;
+pub mod redact;
+pub mod slots;
+pub mod station;
+#[cfg(test)]
+mod test_server;
+pub mod usbmuxd;
+
+pub use station::{Options, Station};

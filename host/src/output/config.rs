@@ -1,0 +1,46 @@
+//! `station config check` as text.
+
+use crate::commands::config::ConfigCheck;
+
+pub fn text(s: &ConfigCheck) -> String {
+    let mut out = String::new();
+    let name = s
+        .file
+        .as_deref()
+        .unwrap_or("defaults (no configuration file found)");
+    out.push_str(&if s.usable {
+        format!("{name}: valid\n")
+    } else {
+        format!("{name}: `station run` would refuse it\n")
+    });
+    out.push_str(&format!(
+        "station {} keeps its ledger in {}, works on up to {} phones at once\n",
+        s.station_id, s.data_dir, s.concurrency
+    ));
+    out.push_str(&format!(
+        "usbmuxd at {}; pair records {}\n",
+        s.usbmuxd, s.pair_records
+    ));
+    out.push_str(&format!("activation server {}\n", s.activation_url));
+    out.push_str(&format!("{} slot label(s)\n", s.slots));
+    let p = &s.preflight;
+    if p.sources.is_empty() {
+        out.push_str("no bypass-code source: Activation-Locked phones end locked_no_code\n");
+    }
+    for (i, source) in p.sources.iter().enumerate() {
+        out.push_str(&format!(
+            "code source {}: {} ({}): {}\n",
+            i + 1,
+            source.name,
+            source.r#type,
+            source.detail
+        ));
+        if let Some(problem) = &source.problem {
+            out.push_str(&format!("  problem: {problem}\n"));
+        }
+    }
+    for warning in &p.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
