@@ -53,7 +53,7 @@ pub async fn activate(station: &Station, args: ActivateArgs<'_>) -> Result<Outpu
     };
     Ok(Output::Activation {
         udid: args.udid.to_string(),
-        report: activator.activate(&device).await,
+        report: Box::new(activator.activate(&device).await),
     })
 }
 

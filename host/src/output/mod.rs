@@ -44,7 +44,7 @@ pub enum Output {
     Activation {
         /// As the operator typed it.
         udid: String,
-        report: ActivationReport,
+        report: Box<ActivationReport>,
     },
     Codes(CodesLookup),
     Report(Report),
