@@ -10,7 +10,7 @@ use station_protocol::frame::{decode_plist, dict, encode_plist, PlistFormat};
 use station_protocol::pairing::HostIdentity;
 use tokio::sync::OnceCell;
 
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 
 pub const IDENTITY_FILE: &str = "host-identity.plist";
 
@@ -51,7 +51,7 @@ impl IdentityStore {
 }
 
 fn internal(message: String) -> StationError {
-    StationError::new("host-identity", exit::FAILURE, message)
+    StationError::HostIdentity(message)
 }
 
 fn load_or_create(path: Option<PathBuf>) -> Result<HostIdentity, StationError> {
@@ -164,6 +164,6 @@ mod tests {
             .get()
             .await
             .expect_err("unusable");
-        assert!(err.message.contains("delete it"), "{}", err.message);
+        assert!(err.to_string().contains("delete it"), "{err}");
     }
 }

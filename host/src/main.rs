@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report(&e, json);
-            ExitCode::from(e.exit)
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -76,12 +76,12 @@ fn init_logging(cli: &Cli) {
 fn report(e: &StationError, json: bool) {
     if json {
         let value = serde_json::json!({
-            "error": { "code": e.code, "message": e.message, "help": e.help }
+            "error": { "code": e.code(), "message": e.to_string(), "help": e.help() }
         });
         println!("{value}");
     }
-    eprintln!("error[{}]: {}", e.code, e.message);
-    if let Some(help) = &e.help {
+    eprintln!("error[{}]: {e}", e.code());
+    if let Some(help) = e.help() {
         eprintln!("  help: {help}");
     }
 }
@@ -313,11 +313,7 @@ async fn run(cli: Cli) -> Result<u8, StationError> {
     };
     // A closed pipe (`station devices | head`) is not a failure.
     match written {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(StationError::new(
-            "output",
-            exit::FAILURE,
-            format!("cannot write output: {e}"),
-        )),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(StationError::Output(e)),
         _ => Ok(code),
     }
 }

@@ -9,7 +9,7 @@ use station_config::StationConfig;
 
 use crate::codes::chain::{Chain, ChainError};
 use crate::codes::{CodeKind, Lookup};
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 
 /// Long help of `station codes lookup`, with the JSON shape.
 pub const LOOKUP_HELP: &str = "\
@@ -44,14 +44,9 @@ pub fn chain_from_config(config: &StationConfig) -> Result<Option<Chain>, Statio
     if config.codes.sources.is_empty() {
         return Ok(None);
     }
-    let chain = Chain::from_config(config).map_err(|e| {
-        let help = match &e {
-            ChainError::Build { .. } => {
-                "fix that source in the configuration ([[codes.sources]]), or check its secret"
-            }
-            _ => "check [[codes.sources]] in the configuration",
-        };
-        StationError::new("codes-source", exit::USAGE, e.to_string()).help(help)
+    let chain = Chain::from_config(config).map_err(|e| StationError::CodesSource {
+        build: matches!(e, ChainError::Build { .. }),
+        reason: e.to_string(),
     })?;
     Ok(Some(chain))
 }
@@ -98,22 +93,12 @@ struct LookupOutput<'a> {
 
 /// Runs the lookup and renders it (text or JSON).
 pub async fn lookup(config: &StationConfig, args: LookupArgs<'_>) -> Result<String, StationError> {
-    let chain = chain_from_config(config)?.ok_or_else(|| {
-        StationError::new(
-            "codes-not-configured",
-            exit::USAGE,
-            "no bypass-code source is configured",
-        )
-        .help("add [[codes.sources]] to the configuration (`station config example` shows them)")
-    })?;
+    let chain = chain_from_config(config)?.ok_or(StationError::CodesNotConfigured)?;
     let serial = args.serial.trim();
     let lookup = chain
         .lookup_all(serial, args.udid.unwrap_or_default())
         .await
-        .map_err(|e| {
-            StationError::new("codes-sources-failed", exit::FAILURE, e.to_string())
-                .help("fix the sources named above; `station config check` validates the file")
-        })?;
+        .map_err(|e| StationError::CodesSourcesFailed(e.to_string()))?;
     let output = LookupOutput {
         serial,
         udid: args.udid,
@@ -290,7 +275,7 @@ mod tests {
         )
         .await
         .expect_err("no sources");
-        assert_eq!(err.code, "codes-not-configured");
+        assert_eq!(err.code(), "codes-not-configured");
 
         let dir = tempfile::tempdir().expect("dir");
         let text = format!(
@@ -309,7 +294,7 @@ mod tests {
         )
         .await
         .expect_err("all failed");
-        assert_eq!(err.code, "codes-sources-failed");
-        assert_eq!(err.exit, exit::FAILURE);
+        assert_eq!(err.code(), "codes-sources-failed");
+        assert_eq!(err.exit_code(), crate::error::exit::FAILURE);
     }
 }

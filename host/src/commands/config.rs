@@ -12,8 +12,7 @@ use crate::codes::chain;
 use crate::error::{exit, StationError};
 
 pub fn invalid(e: ConfigError) -> StationError {
-    let help = e.help();
-    StationError::new("config-invalid", exit::USAGE, e.to_string()).help(help)
+    StationError::ConfigInvalid(e)
 }
 
 /// What `station run` checks in its configuration before the first phone: every code
@@ -46,7 +45,7 @@ pub fn preflight(config: &StationConfig, data_dir: &Path, env: &Environment) -> 
         }
     }
     if let Err(e) = super::run::activation_server(config) {
-        problems.push(format!("[activation]: {}", e.message));
+        problems.push(format!("[activation]: {e}"));
     }
     // As `station run` picks it: the file's address, else USBMUXD_SOCKET_ADDRESS.
     match &config.usbmuxd.address {
@@ -110,15 +109,9 @@ impl Preflight {
         if self.problems.is_empty() {
             return Ok(());
         }
-        Err(StationError::new(
-            "config-refused",
-            exit::USAGE,
-            format!(
-                "the configuration cannot be used: {}",
-                self.problems.join("; ")
-            ),
-        )
-        .help("fix what is named above; `station config check` lists every problem"))
+        Err(StationError::ConfigRefused {
+            problems: self.problems.clone(),
+        })
     }
 }
 
@@ -163,10 +156,7 @@ pub fn run(
         }
         ConfigAction::Check { env_file } => {
             let env = match env_file {
-                Some(path) => Environment::with_env_file(path).map_err(|e| {
-                    StationError::new("env-file", exit::USAGE, e.to_string())
-                        .help("one KEY=VALUE per line, like systemd's EnvironmentFile; mode 0600")
-                })?,
+                Some(path) => Environment::with_env_file(path).map_err(StationError::EnvFile)?,
                 None => Environment::process(),
             };
             let file = StationConfig::discover(explicit);
@@ -363,7 +353,7 @@ mod tests {
         assert!(checked.warnings[1].contains("missing-hook"));
         let refusal = checked.refusal().expect_err("refused");
         assert_eq!(
-            (refusal.code, refusal.exit),
+            (refusal.code(), refusal.exit_code()),
             ("config-refused", exit::USAGE)
         );
 

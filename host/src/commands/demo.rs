@@ -14,7 +14,7 @@ use station_sim::{Bench as SimBench, BenchConfig, World};
 
 use super::report::{report, ReportArgs, ReportFormat};
 use super::run::{self, RunArgs};
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::line::render::Mode;
 use crate::phone::{Bench, PairStore};
 use crate::usbmuxd::Usbmuxd;
@@ -33,8 +33,7 @@ pub struct DemoArgs {
 }
 
 pub async fn demo(args: &DemoArgs, json: bool) -> Result<u8, StationError> {
-    let failed =
-        |what: &str, e: String| StationError::new("demo", exit::FAILURE, format!("{what}: {e}"));
+    let failed = |what: &'static str, reason: String| StationError::Demo { what, reason };
     let dir = tempfile::Builder::new()
         .prefix("station-demo-")
         .tempdir()

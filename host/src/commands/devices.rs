@@ -106,11 +106,12 @@ pub async fn identify(bench: &Bench, slots: &Slots, device: &DeviceInfo) -> Devi
 /// The row names the phone already: its note says what is wrong without repeating the
 /// UDID (the help keeps it where it is part of a command to copy).
 fn note_for(e: &StationError, udid: &str) -> String {
-    let message = match e.message.strip_prefix(udid) {
+    let full = e.to_string();
+    let message = match full.strip_prefix(udid) {
         Some(rest) => format!("the phone{rest}").replacen("the phone: ", "", 1),
-        None => e.message.replace(udid, "the phone"),
+        None => full.replace(udid, "the phone"),
     };
-    match &e.help {
+    match e.help() {
         Some(help) => format!("{message}: {help}"),
         None => message,
     }
@@ -212,7 +213,7 @@ mod tests {
 
     #[test]
     fn notes_do_not_repeat_the_udid() {
-        let note = note_for(&StationError::passcode_locked(UDID), UDID);
+        let note = note_for(&StationError::PasscodeLocked { udid: UDID.into() }, UDID);
         assert!(
             note.starts_with("the phone is locked with a passcode"),
             "{note}"

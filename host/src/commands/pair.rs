@@ -23,7 +23,7 @@ pub async fn pair(bench: &Bench, udid: &str, wait: Duration) -> Result<PairOutco
                 return Ok(PairOutcome::AlreadyPaired);
             }
             // The phone forgot us (erased): pair again below.
-            Err(e) if e.code == "pair-record-stale" => {
+            Err(StationError::PairRecordStale { .. }) => {
                 tracing::info!(udid, "stored pair record is stale; pairing again");
             }
             Err(e) => return Err(e),

@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, Time};
 
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::ledger::{after_millisecond, AttemptRecord, Filter, LedgerReader, Status};
 
 /// What `station report` takes.
@@ -92,11 +92,7 @@ impl ReportArgs {
     fn filter(&self) -> Result<Filter, StationError> {
         if let (Some(since), Some(before)) = (self.since, self.until) {
             if since >= before {
-                return Err(StationError::new(
-                    "report-range",
-                    exit::USAGE,
-                    "--since is after --until: nothing can match",
-                ));
+                return Err(StationError::ReportRange);
             }
         }
         Ok(Filter {
@@ -146,13 +142,7 @@ pub fn render(records: &[AttemptRecord], format: ReportFormat) -> Result<String,
                 text.push('\n');
                 text
             })
-            .map_err(|e| {
-                StationError::new(
-                    "report-output",
-                    exit::FAILURE,
-                    format!("cannot encode JSON: {e}"),
-                )
-            }),
+            .map_err(|e| StationError::ReportJson(e.to_string())),
     }
 }
 
@@ -316,13 +306,7 @@ fn csv_row(r: &AttemptRecord) -> [String; 26] {
 }
 
 fn csv(records: &[AttemptRecord]) -> Result<String, StationError> {
-    let failed = |e: &dyn std::fmt::Display| {
-        StationError::new(
-            "report-output",
-            exit::FAILURE,
-            format!("cannot write CSV: {e}"),
-        )
-    };
+    let failed = |e: &dyn std::fmt::Display| StationError::ReportCsv(e.to_string());
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_COLUMNS).map_err(|e| failed(&e))?;
     for record in records {

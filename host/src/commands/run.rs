@@ -123,12 +123,9 @@ pub async fn run(
         let id = station_id.clone();
         tokio::task::spawn_blocking(move || Ledger::open(&data_dir, &id))
             .await
-            .map_err(|e| {
-                StationError::new(
-                    "internal",
-                    exit::FAILURE,
-                    format!("ledger task failed: {e}"),
-                )
+            .map_err(|e| StationError::Internal {
+                task: "ledger",
+                reason: e.to_string(),
             })??
     };
     let run_id = new_run_id();
@@ -209,7 +206,7 @@ pub async fn run(
 
 /// How a failed run reads in the ledger: the error's stable code and its message.
 fn failure_reason(e: &StationError) -> String {
-    format!("{}: {}", e.code, e.message)
+    format!("{}: {e}", e.code())
 }
 
 /// Records a run that failed before it started, in a ledger that exists already; none is
