@@ -16,6 +16,7 @@ use station_protocol::pairing::PairingError;
 use station_protocol::tls::TlsError;
 use station_protocol::usbmux::{Address, UsbmuxError};
 
+use crate::codes::chain::ChainError;
 use crate::ledger::LedgerError;
 
 /// Process exit codes; stable, listed per error code in `docs/errors.md`.
@@ -336,13 +337,11 @@ pub enum StationError {
         problem: UrlProblem,
     },
     ActivationClient(String),
-    /// A configured code source cannot be built; `build` when that source's own setup failed.
-    CodesSource {
-        reason: String,
-        build: bool,
-    },
+    /// The configured code sources cannot be built.
+    CodesSource(ChainError),
     CodesNotConfigured,
-    CodesSourcesFailed(String),
+    /// Every source failed a look-up.
+    CodesSourcesFailed(ChainError),
     /// The `--codes` CSV file is unusable.
     CodesInvalid(String),
     ConfigInvalid(ConfigError),
@@ -530,12 +529,7 @@ impl StationError {
             StationError::Ledger(LedgerError::NoWal { .. }) => {
                 "put the data directory on a local filesystem (not NFS/SMB)".into()
             }
-            StationError::CodesSource { build: true, .. } => {
-                "fix that source in the configuration ([[codes.sources]]), or check its secret".into()
-            }
-            StationError::CodesSource { build: false, .. } => {
-                "check [[codes.sources]] in the configuration".into()
-            }
+            StationError::CodesSource(e) => e.help().into(),
             StationError::CodesNotConfigured => {
                 "add [[codes.sources]] to the configuration (`station config example` shows them)".into()
             }
@@ -652,12 +646,17 @@ impl StationError {
                 problem: UrlProblem::NotHttp,
             },
             ErrorCode::ActivationClient => StationError::ActivationClient(text()),
-            ErrorCode::CodesSource => StationError::CodesSource {
+            ErrorCode::CodesSource => StationError::CodesSource(ChainError::Build {
+                source_name: "<name>".into(),
+                kind: "csv",
                 reason: text(),
-                build: true,
-            },
+            }),
             ErrorCode::CodesNotConfigured => StationError::CodesNotConfigured,
-            ErrorCode::CodesSourcesFailed => StationError::CodesSourcesFailed(text()),
+            ErrorCode::CodesSourcesFailed => {
+                StationError::CodesSourcesFailed(ChainError::AllFailed {
+                    failures: Vec::new(),
+                })
+            }
             ErrorCode::CodesInvalid => StationError::CodesInvalid(text()),
             ErrorCode::ConfigInvalid => StationError::ConfigInvalid(ConfigError::Invalid {
                 location: "station.toml:1:1".into(),
@@ -780,12 +779,12 @@ impl fmt::Display for StationError {
                 url,
                 problem: UrlProblem::NotHttp,
             } => write!(f, "activation server URL {url:?} must be http(s)"),
-            StationError::ActivationClient(message)
-            | StationError::CodesSource {
-                reason: message, ..
+            StationError::ActivationClient(message) | StationError::CodesInvalid(message) => {
+                f.write_str(message)
             }
-            | StationError::CodesSourcesFailed(message)
-            | StationError::CodesInvalid(message) => f.write_str(message),
+            StationError::CodesSource(e) | StationError::CodesSourcesFailed(e) => {
+                fmt::Display::fmt(e, f)
+            }
             StationError::CodesNotConfigured => f.write_str("no bypass-code source is configured"),
             StationError::ConfigInvalid(e) => fmt::Display::fmt(e, f),
             StationError::ConfigRefused { problems } => write!(

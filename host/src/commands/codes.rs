@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use station_config::StationConfig;
 
-use crate::codes::chain::{Chain, ChainError};
+use crate::codes::chain::Chain;
 use crate::codes::{CodeKind, Lookup};
 use crate::error::StationError;
 
@@ -38,18 +38,6 @@ With --json, one object:
     ]
   }
 `kind` is device (device-generated), server (MDM-generated) or unknown.";
-
-/// Builds the configured chain; `Ok(None)` when no source is configured.
-pub fn chain_from_config(config: &StationConfig) -> Result<Option<Chain>, StationError> {
-    if config.codes.sources.is_empty() {
-        return Ok(None);
-    }
-    let chain = Chain::from_config(config).map_err(|e| StationError::CodesSource {
-        build: matches!(e, ChainError::Build { .. }),
-        reason: e.to_string(),
-    })?;
-    Ok(Some(chain))
-}
 
 pub struct LookupArgs<'a> {
     pub serial: &'a str,
@@ -93,12 +81,12 @@ struct LookupOutput<'a> {
 
 /// Runs the lookup and renders it (text or JSON).
 pub async fn lookup(config: &StationConfig, args: LookupArgs<'_>) -> Result<String, StationError> {
-    let chain = chain_from_config(config)?.ok_or(StationError::CodesNotConfigured)?;
+    let chain = Chain::configured(config)?.ok_or(StationError::CodesNotConfigured)?;
     let serial = args.serial.trim();
     let lookup = chain
         .lookup_all(serial, args.udid.unwrap_or_default())
         .await
-        .map_err(|e| StationError::CodesSourcesFailed(e.to_string()))?;
+        .map_err(StationError::CodesSourcesFailed)?;
     let output = LookupOutput {
         serial,
         udid: args.udid,
