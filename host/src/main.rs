@@ -8,7 +8,6 @@ mod error;
 mod identity;
 mod ledger;
 mod line;
-mod models;
 mod phone;
 mod render;
 mod slots;
