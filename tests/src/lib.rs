@@ -17,6 +17,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod fixtures;
 pub mod inproc;
 pub mod sha1_records;
 

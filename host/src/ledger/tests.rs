@@ -57,6 +57,34 @@ fn masked_release() -> Release {
     }
 }
 
+/// One row of [`sample_ledger`]'s table: an attempt of `udid` in `run`, finished with
+/// `outcome` (`None`: left in progress) on a phone that was (`locked`) Activation Locked.
+struct SampleAttempt {
+    run: &'static str,
+    udid: &'static str,
+    started: SystemTime,
+    outcome: Option<Outcome>,
+    locked: bool,
+}
+
+impl SampleAttempt {
+    fn new(
+        run: &'static str,
+        udid: &'static str,
+        started: SystemTime,
+        outcome: Option<Outcome>,
+        locked: bool,
+    ) -> Self {
+        SampleAttempt {
+            run,
+            udid,
+            started,
+            outcome,
+            locked,
+        }
+    }
+}
+
 /// A ledger with two runs and a spread of outcomes, closed again; one attempt is left in
 /// progress. Returns the data directory's contents as a reader sees them.
 ///
@@ -71,44 +99,29 @@ fn masked_release() -> Release {
 pub(crate) async fn sample_ledger(dir: &Path) {
     let (ledger, _) = Ledger::open(dir, "bench-1").expect("open");
     let day_before = |secs: u64| at(secs) - Duration::from_secs(86_400);
-    let rows: [(&str, &str, SystemTime, Option<Outcome>, bool); 6] = [
-        (
-            "r1",
-            "a",
-            day_before(10 * 3600),
-            Some(Outcome::Activated),
-            true,
-        ),
-        (
-            "r1",
-            "b",
-            day_before(10 * 3600 + 300),
-            Some(Outcome::LockedNoCode),
-            true,
-        ),
-        (
-            "r2",
-            "c",
-            at(9 * 3600),
-            Some(Outcome::AlreadyActivated),
-            false,
-        ),
-        (
-            "r2",
-            "d",
-            at(9 * 3600 + 1800),
-            Some(Outcome::CodeRejected),
-            true,
-        ),
-        ("r2", "b", at(11 * 3600), Some(Outcome::UserLocked), true),
-        ("r2", "f", at(12 * 3600), None, false),
+    // One line per row of the table above.
+    #[rustfmt::skip]
+    let rows = [
+        SampleAttempt::new("r1", "a", day_before(10 * 3600),       Some(Outcome::Activated),        true),
+        SampleAttempt::new("r1", "b", day_before(10 * 3600 + 300), Some(Outcome::LockedNoCode),     true),
+        SampleAttempt::new("r2", "c", at(9 * 3600),                Some(Outcome::AlreadyActivated), false),
+        SampleAttempt::new("r2", "d", at(9 * 3600 + 1800),         Some(Outcome::CodeRejected),     true),
+        SampleAttempt::new("r2", "b", at(11 * 3600),               Some(Outcome::UserLocked),       true),
+        SampleAttempt::new("r2", "f", at(12 * 3600),               None,                            false),
     ];
     ledger
         .start_run("r1", day_before(10 * 3600))
         .await
         .expect("run");
     ledger.start_run("r2", at(9 * 3600)).await.expect("run");
-    for (run, udid, started, outcome, locked) in rows {
+    for SampleAttempt {
+        run,
+        udid,
+        started,
+        outcome,
+        locked,
+    } in rows
+    {
         let id = ledger
             .begin(&start(run, udid, started))
             .await
