@@ -343,6 +343,11 @@ impl ReadyDevice {
         })
     }
 
+    /// The phone's name (`device_name` in the world).
+    pub fn name(&self) -> Option<&str> {
+        self.raw.get("device_name").and_then(Value::as_str)
+    }
+
     /// True when the phone accepts `Pair` at once, with nobody tapping Trust: a phone at Setup
     /// Assistant (`Unactivated`), or one whose virtual user taps Trust with no delay; never a
     /// passcode-locked one.
@@ -529,6 +534,21 @@ impl Bench {
             .iter()
             .find(|d| d.udid == udid)
             .unwrap_or_else(|| panic!("no device {udid} in the ready file: {}", self.ready.raw))
+    }
+
+    /// The phone the world names `name` (its `device_name`; see [`fixtures::Phone`]).
+    #[track_caller]
+    pub fn device_named(&self, name: &str) -> &ReadyDevice {
+        self.ready
+            .devices
+            .iter()
+            .find(|d| d.name() == Some(name))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no phone named {name:?} in the ready file: {}",
+                    self.ready.raw
+                )
+            })
     }
 
     /// The first phone that pairs without a trust prompt; fails the test when the world has none.
