@@ -13,6 +13,19 @@ pub const CODE_D: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
 pub const CODE_E: &str = "D08HY-EJDEX-X91Q-8YYA-25YD-K857";
 pub const CODE_F: &str = "PXH8M-QYJZA-2H1J-H9CV-HN5U-KDN7";
 
+/// Keys every libimobiledevice-compatible pair record carries after a successful `Pair`.
+pub const PAIR_RECORD_KEYS: &[&str] = &[
+    "HostID",
+    "SystemBUID",
+    "HostCertificate",
+    "HostPrivateKey",
+    "RootCertificate",
+    "RootPrivateKey",
+    "DeviceCertificate",
+    "EscrowBag",
+    "WiFiMACAddress",
+];
+
 /// A world file (TOML): `seed` and its phones, in this order.
 pub fn world(seed: u64, phones: &[Phone]) -> String {
     world_with(seed, "", phones)

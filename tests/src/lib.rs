@@ -698,6 +698,15 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// `ideviceinfo`'s dump: top-level `Key: Value` lines (nested dictionaries and arrays, which
 /// it prints indented, are left out).
+/// The non-empty lines of a tool's output, trimmed (`idevice_id -l`: one UDID a line).
+pub fn output_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn parse_ideviceinfo(text: &str) -> std::collections::BTreeMap<String, String> {
     text.lines()
         .filter(|line| !line.starts_with(char::is_whitespace))
