@@ -5,12 +5,16 @@ mod cli;
 mod codes;
 mod commands;
 mod error;
+mod http;
 mod identity;
 mod ledger;
 mod line;
 mod phone;
+mod redact;
 mod render;
 mod slots;
+#[cfg(test)]
+mod test_server;
 mod usbmuxd;
 
 use std::io::Write;

@@ -28,6 +28,8 @@ pub const ESCROW_KEY_ITERATIONS: u32 = 50_000;
 const DASH_BEFORE: [usize; 5] = [5, 10, 14, 18, 22];
 /// Length of the last display group, shown by [`BypassCode::masked`].
 const LAST_GROUP_LEN: usize = 4;
+/// What stands for the hidden middle groups in [`BypassCode::masked`].
+const MASK: &str = "-\u{2026}-";
 const ESCROW_ROUNDS: NonZeroU32 = match NonZeroU32::new(ESCROW_KEY_ITERATIONS) {
     Some(n) => n,
     None => panic!("escrow key iterations must be non-zero"),
@@ -187,7 +189,19 @@ impl BypassCode {
             .iter()
             .map(|&s| char::from(s))
             .collect();
-        format!("{first}-\u{2026}-{last}")
+        format!("{first}{MASK}{last}")
+    }
+
+    /// Whether `text` has exactly the shape [`BypassCode::masked`] produces (`3UM43-…-FKA4`),
+    /// which no whole code has: what may be stored or shown where a code must not be.
+    pub fn is_masked(text: &str) -> bool {
+        let Some((head, tail)) = text.split_once(MASK) else {
+            return false;
+        };
+        let symbols = |part: &str, len: usize| {
+            part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b))
+        };
+        symbols(head, DASH_BEFORE[0]) && symbols(tail, LAST_GROUP_LEN)
     }
 
     /// PBKDF2-HMAC-SHA256 of the raw bytes (salt: 4 zero bytes, 50 000 rounds, 32 bytes): the
@@ -464,6 +478,8 @@ mod tests {
             let groups: Vec<&str> = text.split('-').collect();
             let expected_mask = format!("{}-\u{2026}-{}", groups[0], groups[5]);
             assert_eq!(c.masked(), expected_mask);
+            assert!(BypassCode::is_masked(&c.masked()));
+            assert!(!BypassCode::is_masked(text) && !BypassCode::is_masked(&compact));
             assert_eq!(c.to_string(), expected_mask);
             let debug = format!("{c:?} {c:#?} {:?}", Some(&c));
             for shown in [debug, c.to_string(), c.masked()] {

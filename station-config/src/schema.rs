@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::secret::Secret;
 
@@ -391,8 +391,9 @@ pub struct CsvSource {
     pub path: PathBuf,
 }
 
-/// Microsoft national clouds (mdm.md §1.6).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+/// Microsoft national clouds (mdm.md §1.6), with their endpoints: the one home of these
+/// facts for the station's Intune source and the bench's stand-in Entra ID and Graph.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Cloud {
     #[default]
@@ -419,6 +420,16 @@ impl Cloud {
             Cloud::Usgov => "https://graph.microsoft.us",
             Cloud::Dod => "https://dod-graph.microsoft.us",
             Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// The `.default` scope of the cloud's Graph: what an app-only token is asked for.
+    pub fn graph_scope(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com/.default",
+            Cloud::Usgov => "https://graph.microsoft.us/.default",
+            Cloud::Dod => "https://dod-graph.microsoft.us/.default",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn/.default",
         }
     }
 }
@@ -486,7 +497,7 @@ impl IntuneSource {
     /// OAuth scope: the cloud's Graph root + `/.default` (the real cloud even with a
     /// stand-in URL, as a token for the real audience is what Graph expects).
     pub fn scope(&self) -> String {
-        format!("{}/.default", self.cloud.graph_root())
+        self.cloud.graph_scope().to_string()
     }
 }
 

@@ -125,6 +125,13 @@ fn intune_urls_follow_the_cloud() {
     assert_eq!(intune.graph_root(), "https://dod-graph.microsoft.us");
     assert_eq!(intune.scope(), "https://dod-graph.microsoft.us/.default");
     assert_eq!(intune.max_requests_per_second, 5.0);
+    // Each cloud's scope is its Graph root's `.default`.
+    for cloud in [Cloud::Global, Cloud::Usgov, Cloud::Dod, Cloud::China] {
+        assert_eq!(
+            cloud.graph_scope(),
+            format!("{}/.default", cloud.graph_root())
+        );
+    }
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! organisation's bypass code (blank username, code as password), hand the record to the
 //! phone, acknowledge, and re-read the state. Every failure ends in a named outcome.
 
-pub mod http;
-
 use std::future::Future;
 use std::pin::pin;
 use std::task::Poll;
@@ -22,10 +20,10 @@ use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FRO
 use station_protocol::mobileactivation::{self, Command, MobileActivationError};
 use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 
-use crate::codes::{CodeKind, CodeLookup, Lookup, RemoteRelease, SourcedCode};
+use crate::codes::{CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode};
 use crate::error::StationError;
+use crate::http::{HttpClient, HttpError, RetryPolicy};
 use crate::phone::{Bench, Session};
-use http::{HttpClient, HttpError, RetryPolicy};
 
 /// Stable outcome names (`--json`, ledger, reports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,8 +417,8 @@ struct Progress {
 /// while the exchange with the phone goes on, awaited only when Apple asks for the lock
 /// (a clean phone never waits on an MDM).
 enum PendingLookup<'a> {
-    Running(BoxFuture<'a, Result<Lookup, String>>),
-    Done(Result<Lookup, String>),
+    Running(BoxFuture<'a, Result<Lookup, LookupError>>),
+    Done(Result<Lookup, LookupError>),
     Taken,
 }
 
@@ -444,7 +442,7 @@ impl PendingLookup<'_> {
     }
 
     /// The look-up's result, waiting for it if need be; `None` once taken.
-    async fn take(&mut self) -> Option<Result<Lookup, String>> {
+    async fn take(&mut self) -> Option<Result<Lookup, LookupError>> {
         std::future::poll_fn(|cx| {
             self.progress(cx);
             match self {
@@ -1269,7 +1267,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_code_lookup_runs_alongside_the_exchange_and_is_awaited_only_when_needed() {
-        let slow = |after_ms: u64| -> BoxFuture<'static, Result<Lookup, String>> {
+        let slow = |after_ms: u64| -> BoxFuture<'static, Result<Lookup, LookupError>> {
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(after_ms)).await;
                 Ok(Lookup {

@@ -7,20 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::future::{join_all, BoxFuture};
-use station_config::{Environment, SourceConfig, StationConfig};
+use station_config::{Environment, StationConfig};
 
-use super::csv_file::CsvCodes;
-use super::hook::{Hook, HookSettings};
-use super::intune::{Certificate, Credential, Intune, IntuneSettings};
-use super::kandji::{Kandji, KandjiSettings};
-use super::{CodeLookup, Lookup, RemoteRelease, SourceAnswer, SourceFailure};
-use crate::activation::http::RetryPolicy;
-
-/// Time limit of one request to an MDM API.
-pub const MDM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use super::{CodeLookup, Lookup, LookupError, RemoteRelease, SourceAnswer, SourceFailure};
+use crate::error::{exit, StationError};
+use crate::http::RetryPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -36,6 +29,26 @@ pub enum ChainError {
     AllFailed { failures: Vec<SourceFailure> },
     #[error("the Activation Lock release action failed: {}", summarise(.failures))]
     ReleaseFailed { failures: Vec<SourceFailure> },
+}
+
+impl ChainError {
+    /// What the operator can do about it.
+    pub fn help(&self) -> &'static str {
+        match self {
+            ChainError::Build { .. } => {
+                "fix that source in the configuration ([[codes.sources]]), or check its secret"
+            }
+            _ => "check [[codes.sources]] in the configuration",
+        }
+    }
+}
+
+/// A chain that cannot be built stops a command before its first phone, as a usage error.
+impl From<ChainError> for StationError {
+    fn from(e: ChainError) -> Self {
+        let help = e.help();
+        StationError::new("codes-source", exit::USAGE, e.to_string()).help(help)
+    }
 }
 
 fn summarise(failures: &[SourceFailure]) -> String {
@@ -100,9 +113,28 @@ impl Chain {
         let env = Environment::process();
         let mut chain = Chain::new();
         for source in &config.codes.sources {
-            chain.links.push(build_link(source, retry, &env)?);
+            let built = super::registry::build(source, retry, &env).map_err(|reason| {
+                ChainError::Build {
+                    source_name: source.name().to_string(),
+                    kind: source.kind(),
+                    reason,
+                }
+            })?;
+            chain.links.push(Link {
+                name: source.name().to_string(),
+                kind: source.kind(),
+                source: built,
+            });
         }
         Ok(chain)
+    }
+
+    /// The configured chain; `Ok(None)` when no source is configured.
+    pub fn configured(config: &StationConfig) -> Result<Option<Self>, ChainError> {
+        if config.codes.sources.is_empty() {
+            return Ok(None);
+        }
+        Chain::from_config(config).map(Some)
     }
 
     /// The sources' names and types, in order.
@@ -148,12 +180,12 @@ impl Chain {
                         merged.push(code);
                     }
                 }
-                Err(reason) => {
-                    tracing::warn!(source = %link.name, kind = link.kind, %reason, "bypass-code source failed");
+                Err(error) => {
+                    tracing::warn!(source = %link.name, kind = link.kind, code = error.code(), retryable = error.is_retryable(), reason = %error, "bypass-code source failed");
                     merged.failures.push(SourceFailure {
                         source: link.name.clone(),
                         kind: link.kind,
-                        reason,
+                        reason: error.to_string(),
                     });
                 }
             }
@@ -182,7 +214,7 @@ impl Chain {
         key: &Key,
         serial: &str,
         udid: &str,
-    ) -> Result<(Lookup, bool), String> {
+    ) -> Result<(Lookup, bool), LookupError> {
         let slot = (index, key.clone());
         let cached = self
             .cache
@@ -214,12 +246,12 @@ impl Chain {
             match link.source.release(serial, udid).await {
                 Ok(Some(release)) => return Ok(Some(release)),
                 Ok(None) => {}
-                Err(reason) => {
-                    tracing::warn!(source = %link.name, %reason, "Activation Lock release action failed");
+                Err(error) => {
+                    tracing::warn!(source = %link.name, code = error.code(), reason = %error, "Activation Lock release action failed");
                     failures.push(SourceFailure {
                         source: link.name.clone(),
                         kind: link.kind,
-                        reason,
+                        reason: error.to_string(),
                     });
                 }
             }
@@ -230,102 +262,6 @@ impl Chain {
             Err(ChainError::ReleaseFailed { failures })
         }
     }
-}
-
-/// Builds one configured source, as `station run` does before its first phone; `station
-/// config check` calls this same function for each source, with `env` possibly extended by
-/// an env file, so the check fails exactly when the run would refuse to start.
-pub fn check_source(
-    source: &SourceConfig,
-    config: &StationConfig,
-    env: &Environment,
-) -> Result<(), ChainError> {
-    build_link(source, RetryPolicy::from_config(&config.retry), env).map(drop)
-}
-
-fn build_link(
-    source: &SourceConfig,
-    retry: RetryPolicy,
-    env: &Environment,
-) -> Result<Link, ChainError> {
-    let name = source.name().to_string();
-    let kind = source.kind();
-    let build_error = |reason: String| ChainError::Build {
-        source_name: name.clone(),
-        kind,
-        reason,
-    };
-    let source: Box<dyn CodeLookup> = match source {
-        SourceConfig::Csv(csv) => {
-            let codes = CsvCodes::load(&csv.path).map_err(|e| build_error(e.to_string()))?;
-            tracing::info!(source = %name, rows = codes.rows(), "bypass codes loaded");
-            Box::new(codes)
-        }
-        SourceConfig::Intune(intune) => {
-            let credential = match (&intune.client_secret, &intune.certificate) {
-                (Some(secret), _) => Credential::Secret(
-                    secret
-                        .load_from(env)
-                        .map_err(|e| build_error(format!("client_secret: {e}")))?,
-                ),
-                (None, Some(cert)) => {
-                    let cert_pem = std::fs::read_to_string(&cert.cert_file).map_err(|e| {
-                        build_error(format!("cannot read {}: {e}", cert.cert_file.display()))
-                    })?;
-                    let key_pem = station_config::read_private_file(&cert.key_file)
-                        .map_err(|e| build_error(e.to_string()))?;
-                    Credential::Certificate(
-                        Certificate::from_pem(&cert_pem, &key_pem)
-                            .map_err(|e| build_error(e.to_string()))?,
-                    )
-                }
-                (None, None) => {
-                    return Err(build_error("needs client_secret or certificate".into()))
-                }
-            };
-            let source = Intune::new(IntuneSettings {
-                name: name.clone(),
-                client_id: intune.client_id.clone(),
-                credential,
-                token_url: intune.token_url(),
-                graph_root: intune.graph_root(),
-                scope: intune.scope(),
-                max_requests_per_second: intune.max_requests_per_second,
-                timeout: MDM_REQUEST_TIMEOUT,
-                retry,
-                bypass_action: intune
-                    .bypass_action
-                    .then(|| Duration::from_secs(intune.bypass_action_wait_secs)),
-            })
-            .map_err(|e| build_error(e.to_string()))?;
-            Box::new(source)
-        }
-        SourceConfig::Kandji(kandji) => {
-            let source = Kandji::new(KandjiSettings {
-                name: name.clone(),
-                api_url: kandji.api_url.clone(),
-                token: kandji
-                    .token
-                    .load_from(env)
-                    .map_err(|e| build_error(format!("token: {e}")))?,
-                timeout: MDM_REQUEST_TIMEOUT,
-                retry,
-            })
-            .map_err(|e| build_error(e.to_string()))?;
-            Box::new(source)
-        }
-        SourceConfig::Command(command) => Box::new(Hook::new(HookSettings {
-            name: name.clone(),
-            program: command.program.clone(),
-            args: command.args.clone(),
-            timeout: Duration::from_secs(command.timeout_secs),
-        })),
-    };
-    Ok(Link {
-        name: name.clone(),
-        kind,
-        source,
-    })
 }
 
 impl CodeLookup for Chain {
@@ -341,75 +277,16 @@ impl CodeLookup for Chain {
         &'a self,
         serial: &'a str,
         udid: &'a str,
-    ) -> BoxFuture<'a, Result<Lookup, String>> {
-        Box::pin(async move {
-            self.lookup_all(serial, udid)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    ) -> BoxFuture<'a, Result<Lookup, LookupError>> {
+        Box::pin(async move { Ok(self.lookup_all(serial, udid).await?) })
     }
 
     fn release<'a>(
         &'a self,
         serial: &'a str,
         udid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
-        Box::pin(async move {
-            self.release_lock(serial, udid)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-impl CodeLookup for Intune {
-    fn lookup<'a>(
-        &'a self,
-        serial: &'a str,
-        udid: &'a str,
-    ) -> BoxFuture<'a, Result<Lookup, String>> {
-        Box::pin(async move { self.fetch(serial, udid).await.map_err(|e| e.to_string()) })
-    }
-
-    fn release<'a>(
-        &'a self,
-        serial: &'a str,
-        udid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
-        Box::pin(async move {
-            let Some(wait) = self.bypass_action_wait() else {
-                return Ok(None);
-            };
-            let device = self
-                .bypass_activation_lock(serial, udid)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(device.map(|_| RemoteRelease {
-                source: self.name().to_string(),
-                action: super::intune::ACTION.to_string(),
-                wait,
-            }))
-        })
-    }
-}
-
-impl CodeLookup for Kandji {
-    fn lookup<'a>(
-        &'a self,
-        serial: &'a str,
-        _udid: &'a str,
-    ) -> BoxFuture<'a, Result<Lookup, String>> {
-        Box::pin(async move { self.fetch(serial).await.map_err(|e| e.to_string()) })
-    }
-}
-
-impl CodeLookup for Hook {
-    fn lookup<'a>(
-        &'a self,
-        serial: &'a str,
-        udid: &'a str,
-    ) -> BoxFuture<'a, Result<Lookup, String>> {
-        Box::pin(async move { self.fetch(serial, udid).await.map_err(|e| e.to_string()) })
+    ) -> BoxFuture<'a, Result<Option<RemoteRelease>, LookupError>> {
+        Box::pin(async move { Ok(self.release_lock(serial, udid).await?) })
     }
 }
 
@@ -419,7 +296,12 @@ mod tests {
 
     use station_protocol::bypass_code::BypassCode;
 
+    use std::time::Duration;
+
     use super::*;
+    use crate::codes::hook::HookError;
+    use crate::codes::intune::IntuneError;
+    use crate::codes::kandji::KandjiError;
     use crate::codes::{CodeKind, SourcedCode};
 
     const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
@@ -430,7 +312,7 @@ mod tests {
     struct Fixed {
         codes: Vec<(&'static str, CodeKind)>,
         known: bool,
-        fail: Option<&'static str>,
+        fail: Option<fn() -> LookupError>,
         release: bool,
         calls: Arc<AtomicUsize>,
     }
@@ -451,7 +333,7 @@ mod tests {
             )
         }
 
-        fn failing(reason: &'static str) -> (Self, Arc<AtomicUsize>) {
+        fn failing(reason: fn() -> LookupError) -> (Self, Arc<AtomicUsize>) {
             let (mut source, calls) = Fixed::new(Vec::new());
             source.fail = Some(reason);
             (source, calls)
@@ -463,11 +345,11 @@ mod tests {
             &'a self,
             _serial: &'a str,
             _udid: &'a str,
-        ) -> BoxFuture<'a, Result<Lookup, String>> {
+        ) -> BoxFuture<'a, Result<Lookup, LookupError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
                 if let Some(reason) = self.fail {
-                    return Err(reason.to_string());
+                    return Err(reason());
                 }
                 let mut lookup = Lookup {
                     known: self.known,
@@ -488,13 +370,13 @@ mod tests {
             &'a self,
             _serial: &'a str,
             _udid: &'a str,
-        ) -> BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
+        ) -> BoxFuture<'a, Result<Option<RemoteRelease>, LookupError>> {
             Box::pin(async move {
                 if !self.release {
                     return Ok(None);
                 }
                 match self.fail {
-                    Some(reason) => Err(reason.to_string()),
+                    Some(reason) => Err(reason()),
                     None => Ok(Some(RemoteRelease {
                         source: "intune".into(),
                         action: "bypassActivationLock".into(),
@@ -516,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn answers_merge_in_order_without_duplicates_and_failures_do_not_stop_the_chain() {
         let (csv, _) = Fixed::new(vec![(OTHER, CodeKind::Unknown)]);
-        let (broken, _) = Fixed::failing("Kandji refused the API token (HTTP 401)");
+        let (broken, _) = Fixed::failing(|| KandjiError::Unauthorized.into());
         let (intune, _) = Fixed::new(vec![(GOOD, CodeKind::Device), (OTHER, CodeKind::Device)]);
         let (empty, _) = Fixed::new(Vec::new());
         let chain = Chain::new()
@@ -555,7 +437,8 @@ mod tests {
             vec![SourceFailure {
                 source: "kandji".into(),
                 kind: "kandji",
-                reason: "Kandji refused the API token (HTTP 401)".into(),
+                reason: "Kandji refused the API token (HTTP 401): check the token and api_url"
+                    .into(),
             }]
         );
         assert_eq!(chain.sources()[1], ("kandji", "kandji"));
@@ -563,15 +446,25 @@ mod tests {
 
     #[tokio::test]
     async fn every_source_failing_is_an_error() {
-        let (a, _) = Fixed::failing("token refused");
-        let (b, _) = Fixed::failing("hook timed out after 10s");
+        let (a, _) = Fixed::failing(|| {
+            IntuneError::Credential {
+                reason: "token refused".into(),
+            }
+            .into()
+        });
+        let (b, _) = Fixed::failing(|| {
+            HookError::TimedOut {
+                after: Duration::from_secs(10),
+            }
+            .into()
+        });
         let chain = Chain::new()
             .with("contoso", "intune", a)
             .with("hook", "command", b);
         let err = chain.lookup_all("S", "U").await.expect_err("all failed");
         assert_eq!(
             err.to_string(),
-            "every bypass-code source failed: contoso: token refused; hook: hook timed out after 10s"
+            "every bypass-code source failed: contoso: Intune credential unusable: token refused; hook: hook timed out after 10s"
         );
         assert!(matches!(
             Chain::new().lookup_all("S", "U").await,
@@ -582,7 +475,14 @@ mod tests {
     #[tokio::test]
     async fn answers_are_cached_for_the_run_but_failures_are_asked_again() {
         let (intune, intune_calls) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
-        let (broken, broken_calls) = Fixed::failing("Graph answered HTTP 503");
+        let (broken, broken_calls) = Fixed::failing(|| {
+            IntuneError::Service {
+                status: 503,
+                code: "ServiceUnavailable".into(),
+                message: String::new(),
+            }
+            .into()
+        });
         let chain = Chain::new()
             .with("contoso", "intune", intune)
             .with("kandji", "kandji", broken);
@@ -652,7 +552,15 @@ mod tests {
             None
         );
 
-        let (mut broken, _) = Fixed::failing("Graph refused the request (HTTP 403 Forbidden)");
+        let (mut broken, _) = Fixed::failing(|| {
+            IntuneError::Permission {
+                status: 403,
+                code: "Forbidden".into(),
+                message: String::new(),
+                permission: "DeviceManagementManagedDevices.PrivilegedOperations.All",
+            }
+            .into()
+        });
         broken.release = true;
         let err = Chain::new()
             .with("contoso", "intune", broken)

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use station_protocol::bypass_code::BypassCode;
 
-use super::{CodeKind, CodeLookup, Lookup, SourcedCode};
+use station_config::CsvSource;
+
+use super::registry::{BuildContext, CodeSource, Description};
+use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode};
 
 pub const COLUMNS: [&str; 6] = [
     "serial_number",
@@ -225,8 +228,25 @@ impl CodeLookup for CsvCodes {
         &'a self,
         serial: &'a str,
         udid: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, String>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, LookupError>> {
         Box::pin(async move { Ok(self.lookup_now(serial, udid)) })
+    }
+}
+
+impl CodeSource for CsvCodes {
+    type Config = CsvSource;
+
+    fn from_config(config: &CsvSource, context: &BuildContext<'_>) -> Result<Self, String> {
+        let codes = CsvCodes::load(&config.path).map_err(|e| e.to_string())?;
+        tracing::info!(source = %context.name, rows = codes.rows(), "bypass codes loaded");
+        Ok(codes)
+    }
+
+    fn describe(config: &CsvSource) -> Description {
+        Description {
+            detail: format!("file {}", config.path.display()),
+            warning: None,
+        }
     }
 }
 

@@ -22,13 +22,17 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
+use station_config::CommandSource;
 use station_protocol::bypass_code::BypassCode;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use zeroize::Zeroizing;
 
-use super::redact::{json_error, scrub};
-use super::{CodeKind, Lookup, SourcedCode};
+use super::answer::json_error;
+use super::registry::{BuildContext, CodeSource, Description};
+use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode};
+use crate::redact::scrub;
 
 /// Largest stdout accepted; a few codes take a few hundred bytes.
 pub const MAX_STDOUT: usize = 64 * 1024;
@@ -252,6 +256,51 @@ pub fn parse_output(text: &str, source: &str) -> Result<Lookup, HookError> {
         lookup.push(tag(code, CodeKind::Unknown));
     }
     Ok(lookup)
+}
+
+impl CodeLookup for Hook {
+    fn lookup<'a>(
+        &'a self,
+        serial: &'a str,
+        udid: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, LookupError>> {
+        Box::pin(async move { Ok(self.fetch(serial, udid).await?) })
+    }
+}
+
+impl CodeSource for Hook {
+    type Config = CommandSource;
+
+    fn from_config(config: &CommandSource, context: &BuildContext<'_>) -> Result<Self, String> {
+        Ok(Hook::new(HookSettings {
+            name: context.name.to_string(),
+            program: config.program.clone(),
+            args: config.args.clone(),
+            timeout: Duration::from_secs(config.timeout_secs),
+        }))
+    }
+
+    fn describe(config: &CommandSource) -> Description {
+        // The run starts without the program (each look-up then fails and says why), so a
+        // missing or non-executable one is a warning, not a refusal.
+        let warning = match std::fs::metadata(&config.program) {
+            Ok(meta)
+                if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 =>
+            {
+                None
+            }
+            Ok(_) => Some(format!("{} is not executable", config.program.display())),
+            Err(e) => Some(format!("{}: {e}", config.program.display())),
+        };
+        Description {
+            detail: format!(
+                "runs {} (at most {} s)",
+                config.program.display(),
+                config.timeout_secs
+            ),
+            warning,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,14 +4,17 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use station_config::SecretString;
+use station_config::{KandjiSource, SecretString};
 use station_protocol::bypass_code::BypassCode;
 use zeroize::Zeroizing;
 
-use super::redact::{encode_component, parse_json, scrubbed};
-use super::{CodeKind, Lookup, SourcedCode};
-use crate::activation::http::{HttpClient, HttpError, HttpResponse, RetryPolicy};
+use super::answer::{encode_component, parse_json};
+use super::registry::{BuildContext, CodeSource, Description};
+use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode, MDM_REQUEST_TIMEOUT};
+use crate::http::{HttpClient, HttpError, HttpResponse, RetryPolicy};
+use crate::redact::scrubbed;
 
 /// Kandji's page size limit for the device list.
 const PAGE_SIZE: usize = 300;
@@ -215,10 +218,45 @@ fn failure(response: &HttpResponse, what: &'static str, permission: &'static str
     }
 }
 
+impl CodeLookup for Kandji {
+    fn lookup<'a>(
+        &'a self,
+        serial: &'a str,
+        _udid: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, LookupError>> {
+        Box::pin(async move { Ok(self.fetch(serial).await?) })
+    }
+}
+
+impl CodeSource for Kandji {
+    type Config = KandjiSource;
+
+    fn from_config(config: &KandjiSource, context: &BuildContext<'_>) -> Result<Self, String> {
+        Kandji::new(KandjiSettings {
+            name: context.name.to_string(),
+            api_url: config.api_url.clone(),
+            token: config
+                .token
+                .load_from(context.env)
+                .map_err(|e| format!("token: {e}"))?,
+            timeout: MDM_REQUEST_TIMEOUT,
+            retry: context.retry,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn describe(config: &KandjiSource) -> Description {
+        Description {
+            detail: format!("{}, token from {}", config.api_url, config.token.describe()),
+            warning: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes::test_server::{Reply, TestServer};
+    use crate::test_server::{Reply, TestServer};
 
     const TOKEN: &str = "kandji-token-0123456789abcdef";
     const SERIAL: &str = "C8TJ500QF1MN";

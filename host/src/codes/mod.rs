@@ -1,19 +1,25 @@
 //! Bypass codes for a phone, by serial number, from the station's code sources.
 
+mod answer;
 pub mod chain;
 pub mod csv_file;
+pub mod error;
 pub mod hook;
 pub mod intune;
 pub mod kandji;
-mod redact;
-#[cfg(test)]
-pub(crate) mod test_server;
+pub mod registry;
+
+pub use chain::Chain;
+pub use error::LookupError;
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use station_protocol::bypass_code::BypassCode;
+
+/// Time limit of one request to an MDM API.
+pub const MDM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `User-Agent` of the requests to MDM APIs.
 pub const USER_AGENT: &str = concat!("station/", env!("CARGO_PKG_VERSION"));
@@ -124,7 +130,7 @@ pub trait CodeLookup: Send + Sync {
         &'a self,
         serial: &'a str,
         udid: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, String>>;
+    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, LookupError>>;
 
     /// Drops what this run remembers of a phone's codes: they did not release its lock, so
     /// the next attempt (the operator replugs once a fresh code was issued) asks again.
@@ -136,7 +142,7 @@ pub trait CodeLookup: Send + Sync {
         &'a self,
         _serial: &'a str,
         _udid: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Option<RemoteRelease>, String>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<RemoteRelease>, LookupError>> {
         Box::pin(async { Ok(None) })
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::activation::{ActivationReport, Activator, Outcome, Quiet};
 use crate::codes::csv_file::CsvCodes;
-use crate::codes::{CodeLookup, Lookup};
+use crate::codes::{CodeLookup, Lookup, LookupError};
 use crate::error::{exit, StationError};
 use crate::phone::Bench;
 use station_config::StationConfig;
@@ -21,10 +21,8 @@ impl CodeLookup for NoSources {
         &'a self,
         _serial: &'a str,
         _udid: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, String>> {
-        Box::pin(async {
-            Err("no bypass-code source is configured (pass --codes FILE.csv, or add [[codes.sources]] to the configuration)".to_string())
-        })
+    ) -> futures_util::future::BoxFuture<'a, Result<Lookup, LookupError>> {
+        Box::pin(async { Err(LookupError::NotConfigured) })
     }
 }
 
@@ -50,7 +48,7 @@ pub async fn activate(
             tracing::info!(rows = codes.rows(), file = %path.display(), "bypass codes loaded");
             Box::new(codes)
         }
-        None => match super::codes::chain_from_config(args.config)? {
+        None => match crate::codes::Chain::configured(args.config)? {
             Some(chain) => {
                 tracing::info!(sources = ?chain.sources(), "bypass codes from the configured sources");
                 Box::new(chain)

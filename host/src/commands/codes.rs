@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use station_config::StationConfig;
 
-use crate::codes::chain::{Chain, ChainError};
+use crate::codes::chain::Chain;
 use crate::codes::{CodeKind, Lookup};
 use crate::error::{exit, StationError};
 
@@ -38,23 +38,6 @@ With --json, one object:
     ]
   }
 `kind` is device (device-generated), server (MDM-generated) or unknown.";
-
-/// Builds the configured chain; `Ok(None)` when no source is configured.
-pub fn chain_from_config(config: &StationConfig) -> Result<Option<Chain>, StationError> {
-    if config.codes.sources.is_empty() {
-        return Ok(None);
-    }
-    let chain = Chain::from_config(config).map_err(|e| {
-        let help = match &e {
-            ChainError::Build { .. } => {
-                "fix that source in the configuration ([[codes.sources]]), or check its secret"
-            }
-            _ => "check [[codes.sources]] in the configuration",
-        };
-        StationError::new("codes-source", exit::USAGE, e.to_string()).help(help)
-    })?;
-    Ok(Some(chain))
-}
 
 pub struct LookupArgs<'a> {
     pub serial: &'a str,
@@ -98,7 +81,7 @@ struct LookupOutput<'a> {
 
 /// Runs the lookup and renders it (text or JSON).
 pub async fn lookup(config: &StationConfig, args: LookupArgs<'_>) -> Result<String, StationError> {
-    let chain = chain_from_config(config)?.ok_or_else(|| {
+    let chain = Chain::configured(config)?.ok_or_else(|| {
         StationError::new(
             "codes-not-configured",
             exit::USAGE,

@@ -4,12 +4,13 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
-use station_config::{ConfigError, Environment, SourceConfig, StationConfig, EXAMPLE};
+use station_config::{ConfigError, Environment, StationConfig, EXAMPLE};
 use station_protocol::usbmux::Address;
 
 use crate::cli::ConfigAction;
-use crate::codes::chain;
+use crate::codes::registry::{self, SourceCheck};
 use crate::error::{exit, StationError};
+use crate::http::RetryPolicy;
 
 pub fn invalid(e: ConfigError) -> StationError {
     let help = e.help();
@@ -34,7 +35,7 @@ pub fn preflight(config: &StationConfig, data_dir: &Path, env: &Environment) -> 
         .codes
         .sources
         .iter()
-        .map(|source| check_source(source, config, env))
+        .map(|source| registry::check(source, RetryPolicy::from_config(&config.retry), env))
         .collect();
     let mut problems = Vec::new();
     for source in &sources {
@@ -120,18 +121,6 @@ impl Preflight {
         )
         .help("fix what is named above; `station config check` lists every problem"))
     }
-}
-
-/// One line of the check's findings about a source.
-#[derive(Debug, Serialize)]
-struct SourceCheck {
-    name: String,
-    r#type: &'static str,
-    detail: String,
-    /// `None` when usable; else why `station run` would refuse it (never a secret's value).
-    problem: Option<String>,
-    #[serde(skip)]
-    warning: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -223,71 +212,6 @@ fn summarise(
         slots: config.slots.len(),
         usable: preflight.problems.is_empty(),
         preflight,
-    }
-}
-
-/// One source: what it is, and whether it builds the way `station run` builds it.
-fn check_source(source: &SourceConfig, config: &StationConfig, env: &Environment) -> SourceCheck {
-    let problem = chain::check_source(source, config, env)
-        .err()
-        .map(|e| match e {
-            chain::ChainError::Build { reason, .. } => reason,
-            other => other.to_string(),
-        });
-    let mut warning = None;
-    let detail = match source {
-        SourceConfig::Csv(csv) => format!("file {}", csv.path.display()),
-        SourceConfig::Intune(intune) => {
-            let credential = match (&intune.client_secret, &intune.certificate) {
-                (Some(secret), _) => format!("client secret from {}", secret.describe()),
-                (None, Some(cert)) => format!("certificate {}", cert.cert_file.display()),
-                (None, None) => "no credential".into(),
-            };
-            let action = if intune.bypass_action {
-                format!(
-                    ", bypassActivationLock after {} s when no code",
-                    intune.bypass_action_wait_secs
-                )
-            } else {
-                String::new()
-            };
-            format!(
-                "tenant {}, app {}, {credential}, Graph {}{action}",
-                intune.tenant,
-                intune.client_id,
-                intune.graph_root()
-            )
-        }
-        SourceConfig::Kandji(kandji) => {
-            format!("{}, token from {}", kandji.api_url, kandji.token.describe())
-        }
-        SourceConfig::Command(command) => {
-            // The run starts without it (each look-up then fails and says why), so this
-            // is a warning, not a refusal.
-            warning = match std::fs::metadata(&command.program) {
-                Ok(meta)
-                    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111
-                        != 0 =>
-                {
-                    None
-                }
-                Ok(_) => Some(format!("{} is not executable", command.program.display())),
-                Err(e) => Some(format!("{}: {e}", command.program.display())),
-            }
-            .map(|w| format!("code source `{}` (command): {w}", source.name()));
-            format!(
-                "runs {} (at most {} s)",
-                command.program.display(),
-                command.timeout_secs
-            )
-        }
-    };
-    SourceCheck {
-        name: source.name().to_string(),
-        r#type: source.kind(),
-        detail,
-        problem,
-        warning,
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use station_config::{ColorMode, Encoding, StationConfig};
 use tokio::sync::watch;
 
-use crate::activation::http::RetryPolicy;
 use crate::activation::{ActivationServer, RequestEncoding};
 use crate::codes::CodeLookup;
 use crate::error::{exit, StationError};
+use crate::http::RetryPolicy;
 use crate::ledger::Ledger;
 use crate::line::events::{EventKind, EventSink, PhoneRef, Summary};
 use crate::line::render::{self, Mode};
@@ -279,7 +279,7 @@ pub fn mode(json: bool) -> Mode {
 
 /// The configured sources as one chain, or a lookup that explains none is configured.
 pub fn code_lookup(config: &StationConfig) -> Result<Arc<dyn CodeLookup>, StationError> {
-    Ok(match super::codes::chain_from_config(config)? {
+    Ok(match crate::codes::Chain::configured(config)? {
         Some(chain) => Arc::new(chain),
         None => Arc::new(super::activate::NoSources),
     })

@@ -2,17 +2,11 @@
 //! form, and free text (reasons, source names) has any whole code masked before it is
 //! written.
 
-use std::borrow::Cow;
-
-use station_protocol::bypass_code::{BypassCode, ALPHABET, SYMBOL_COUNT};
+use station_protocol::bypass_code::BypassCode;
 
 use super::LedgerError;
 use crate::activation::Release;
-
-/// Symbols before and after the ellipsis of [`BypassCode::masked`] (`3UM43-…-FKA4`).
-const MASKED_HEAD: usize = 5;
-const MASKED_TAIL: usize = 4;
-const ELLIPSIS: &str = "-\u{2026}-";
+use crate::redact::scrub_codes;
 
 /// A bypass code in the masked form `3UM43-…-FKA4`; nothing else can be built, so a whole
 /// code cannot reach the ledger through this type.
@@ -30,11 +24,7 @@ impl MaskedCode {
         if BypassCode::parse(text).is_ok() {
             return Err(refuse());
         }
-        let (head, tail) = text.split_once(ELLIPSIS).ok_or_else(refuse)?;
-        let symbols = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b))
-        };
-        if symbols(head, MASKED_HEAD) && symbols(tail, MASKED_TAIL) {
+        if BypassCode::is_masked(text) {
             Ok(MaskedCode(text.to_string()))
         } else {
             Err(refuse())
@@ -65,79 +55,6 @@ impl TryFrom<&Release> for StoredRelease {
             source,
         })
     }
-}
-
-/// What may stand between the groups of a written code: spaces and the dashes people and
-/// word processors use.
-fn is_group_separator(c: char) -> bool {
-    c == ' ' || c == '\t' || c == '-' || ('\u{2010}'..='\u{2015}').contains(&c) || c == '\u{2212}'
-}
-
-/// `text` with every whole bypass code in it replaced by its masked form. A code may be
-/// written with dashes, spaces or neither (`3UM43-PUYVY-…`, `3um43 puyvy …`, compact).
-pub fn scrub_codes(text: &str) -> Cow<'_, str> {
-    // Runs of ASCII letters and digits, as byte spans; a code is a few consecutive runs.
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        match (c.is_ascii_alphanumeric(), start) {
-            (true, None) => start = Some(i),
-            (false, Some(s)) => {
-                runs.push((s, i));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        runs.push((s, text.len()));
-    }
-
-    let mut masked_spans: Vec<(usize, usize, String)> = Vec::new();
-    let mut i = 0;
-    while i < runs.len() {
-        let mut symbols = 0;
-        let mut found = None;
-        for j in i..runs.len() {
-            if j > i
-                && !text[runs[j - 1].1..runs[j].0]
-                    .chars()
-                    .all(is_group_separator)
-            {
-                break;
-            }
-            symbols += runs[j].1 - runs[j].0;
-            if symbols > SYMBOL_COUNT {
-                break;
-            }
-            if symbols == SYMBOL_COUNT {
-                let (s, e) = (runs[i].0, runs[j].1);
-                if let Ok(code) = BypassCode::parse(&text[s..e]) {
-                    found = Some(((s, e, code.masked()), j));
-                }
-                break;
-            }
-        }
-        match found {
-            Some((span, j)) => {
-                masked_spans.push(span);
-                i = j + 1;
-            }
-            None => i += 1,
-        }
-    }
-    if masked_spans.is_empty() {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for (s, e, masked) in masked_spans {
-        out.push_str(&text[at..s]);
-        out.push_str(&masked);
-        at = e;
-    }
-    out.push_str(&text[at..]);
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -176,35 +93,5 @@ mod tests {
             panic!("a whole code was accepted");
         };
         assert!(!e.to_string().contains("PUYVY"));
-    }
-
-    #[test]
-    fn whole_codes_in_text_are_masked_in_any_spelling() {
-        let masked = "3UM43-\u{2026}-FKA4";
-        for spelled in [
-            CODE,
-            COMPACT,
-            "3um43 puyvy qyd1 uvcc hehj fka4",
-            "3UM43\u{2013}PUYVY\u{2013}QYD1\u{2013}UVCC\u{2013}HEHJ\u{2013}FKA4",
-        ] {
-            let text = format!("code={spelled}. rejected (x)");
-            assert_eq!(scrub_codes(&text), format!("code={masked}. rejected (x)"));
-        }
-        let two = format!("{CODE},{COMPACT}");
-        assert_eq!(scrub_codes(&two), format!("{masked},{masked}"));
-        let glued = format!("intune-{CODE}-x");
-        assert_eq!(scrub_codes(&glued), format!("intune-{masked}-x"));
-    }
-
-    #[test]
-    fn ordinary_text_is_left_alone() {
-        for text in [
-            "unplugged during pairing: plug it back in and run again",
-            "activated: Activation Lock released with code 3UM43-\u{2026}-FKA4 from intune",
-            "00008030-001A2D3C0E38802E did not answer within 10s",
-            "activation server answered HTTP 503 after 3 attempts: retry later",
-        ] {
-            assert!(matches!(scrub_codes(text), Cow::Borrowed(_)), "{text}");
-        }
     }
 }

@@ -7,9 +7,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::query::{parse_outcome, OUTCOMES};
-use super::secret::{scrub_codes, StoredRelease};
+use super::secret::StoredRelease;
 use super::{sqlite, stamp, wire_name, AttemptId, LedgerError};
 use crate::activation::{ActivationReport, Outcome};
+use crate::redact::scrub_codes;
 
 /// Longest step name accepted: names are identifiers such as `activation_request`.
 const MAX_STEP_NAME: usize = 64;

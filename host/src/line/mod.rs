@@ -16,10 +16,10 @@ use station_protocol::usbmux::{DeviceInfo, Event as UsbEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::activation::http::RetryPolicy;
 use crate::activation::{ActivationReport, ActivationServer, Activator, Observer, Outcome, Step};
 use crate::codes::CodeLookup;
 use crate::error::StationError;
+use crate::http::RetryPolicy;
 use crate::phone::Bench;
 use events::{Attention, EventKind, EventSink, PhoneRef, Summary};
 use station_protocol::models::marketing_name;

@@ -9,6 +9,8 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+/// Which Microsoft cloud the stand-in plays: decides the scope a token request must ask for.
+pub use station_config::Cloud;
 use station_protocol::bypass_code::BypassCode;
 
 use super::{gen, DeviceSpec, Lock, WorldError};
@@ -120,29 +122,6 @@ impl Enrollment {
 /// The pinned form of resolved enrolments (what `station-sim world` prints).
 pub(super) fn pinned(list: &[Enrollment]) -> Vec<EnrollmentSpec> {
     list.iter().map(Enrollment::pinned).collect()
-}
-
-/// Which Microsoft cloud the stand-in plays: decides the scope a token request must ask for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cloud {
-    #[default]
-    Global,
-    Usgov,
-    Dod,
-    China,
-}
-
-impl Cloud {
-    /// The `.default` scope of the cloud's Graph (mdm.md §1.6).
-    pub fn graph_scope(self) -> &'static str {
-        match self {
-            Cloud::Global => "https://graph.microsoft.com/.default",
-            Cloud::Usgov => "https://graph.microsoft.us/.default",
-            Cloud::Dod => "https://dod-graph.microsoft.us/.default",
-            Cloud::China => "https://microsoftgraph.chinacloudapi.cn/.default",
-        }
-    }
 }
 
 /// Graph permission needed to read managed devices (one of these).

@@ -384,7 +384,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes::test_server::{Reply, TestServer};
+    use crate::test_server::{Reply, TestServer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A loopback HTTP server answering each connection with the next canned status.

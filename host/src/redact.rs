@@ -1,8 +1,16 @@
-//! Turning what an MDM or a hook said into text fit for a log or an error message: one line,
-//! bounded, with anything that could be a code, a token or a secret taken out. Error bodies
-//! may echo request data, so they are never printed whole.
+//! Keeping secrets out of text that leaves the station (logs, error messages, reports, the
+//! ledger), in one place:
+//!
+//! - [`scrub`]: what an MDM or a hook said, made fit for a log or a message: one line,
+//!   bounded, with anything that could be a code, a token or a secret withheld (`…`);
+//! - [`scrub_codes`]: every whole bypass code in a text replaced by its masked form
+//!   ([`BypassCode::masked`], `3UM43-…-FKA4`), the rest of the text unchanged.
+//!
+//! Error bodies may echo request data, so they are never printed whole.
 
-use station_protocol::bypass_code::ALPHABET;
+use std::borrow::Cow;
+
+use station_protocol::bypass_code::{BypassCode, ALPHABET, SYMBOL_COUNT};
 
 /// Longest piece of outside text put in a message.
 pub const MAX_MESSAGE_CHARS: usize = 200;
@@ -96,58 +104,85 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+' | '/' | '=' | '.' | '~')
 }
 
-/// `error.code` / `error.message` of a Graph error body, or `error` / `error_description` of
-/// an OAuth2 one, both scrubbed. `None` when the body is neither.
-pub fn service_error(body: &[u8]) -> Option<(String, String)> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let error = value.get("error")?;
-    let (code, message) = match error {
-        serde_json::Value::String(code) => (
-            code.as_str(),
-            value.get("error_description").and_then(|d| d.as_str()),
-        ),
-        serde_json::Value::Object(fields) => (
-            fields.get("code").and_then(|c| c.as_str()).unwrap_or(""),
-            fields.get("message").and_then(|m| m.as_str()),
-        ),
-        _ => return None,
-    };
-    Some((scrubbed(code), scrubbed(message.unwrap_or(""))))
+/// What may stand between the groups of a written code: spaces and the dashes people and
+/// word processors use.
+fn is_group_separator(c: char) -> bool {
+    c == ' ' || c == '\t' || c == '-' || ('\u{2010}'..='\u{2015}').contains(&c) || c == '\u{2212}'
 }
 
-/// Parses a JSON answer. serde_json's messages can quote the document (codes, tokens), so
-/// the error keeps only the kind of fault and its position.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| json_error(&e))
-}
-
-/// Where a JSON document is wrong, without quoting it.
-pub fn json_error(e: &serde_json::Error) -> String {
-    let kind = match e.classify() {
-        serde_json::error::Category::Io => "read error",
-        serde_json::error::Category::Syntax => "not JSON",
-        serde_json::error::Category::Data => "unexpected shape",
-        serde_json::error::Category::Eof => "truncated",
-    };
-    format!("{kind} at line {} column {}", e.line(), e.column())
-}
-
-/// Percent-encodes a URL component: everything but RFC 3986's unreserved characters.
-pub fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// `text` with every whole bypass code in it replaced by its masked form. A code may be
+/// written with dashes, spaces or neither (`3UM43-PUYVY-…`, `3um43 puyvy …`, compact).
+pub fn scrub_codes(text: &str) -> Cow<'_, str> {
+    // Runs of ASCII letters and digits, as byte spans; a code is a few consecutive runs.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        match (c.is_ascii_alphanumeric(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                runs.push((s, i));
+                start = None;
+            }
+            _ => {}
         }
     }
-    out
+    if let Some(s) = start {
+        runs.push((s, text.len()));
+    }
+
+    let mut masked_spans: Vec<(usize, usize, String)> = Vec::new();
+    let mut i = 0;
+    while i < runs.len() {
+        let mut symbols = 0;
+        let mut found = None;
+        for j in i..runs.len() {
+            if j > i
+                && !text[runs[j - 1].1..runs[j].0]
+                    .chars()
+                    .all(is_group_separator)
+            {
+                break;
+            }
+            symbols += runs[j].1 - runs[j].0;
+            if symbols > SYMBOL_COUNT {
+                break;
+            }
+            if symbols == SYMBOL_COUNT {
+                let (s, e) = (runs[i].0, runs[j].1);
+                if let Ok(code) = BypassCode::parse(&text[s..e]) {
+                    found = Some(((s, e, code.masked()), j));
+                }
+                break;
+            }
+        }
+        match found {
+            Some((span, j)) => {
+                masked_spans.push(span);
+                i = j + 1;
+            }
+            None => i += 1,
+        }
+    }
+    if masked_spans.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (s, e, masked) in masked_spans {
+        out.push_str(&text[at..s]);
+        out.push_str(&masked);
+        at = e;
+    }
+    out.push_str(&text[at..]);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+    const COMPACT: &str = "3UM43PUYVYQYD1UVCCHEHJFKA4";
 
     #[test]
     fn codes_tokens_and_guids_are_withheld_words_are_kept() {
@@ -175,36 +210,32 @@ mod tests {
     }
 
     #[test]
-    fn graph_and_oauth_errors_are_read() {
-        let graph = br#"{"error":{"code":"Forbidden","message":"Application is not authorized to perform this operation."}}"#;
-        assert_eq!(
-            service_error(graph),
-            Some((
-                "Forbidden".into(),
-                "Application is not authorized to perform this operation.".into()
-            ))
-        );
-        let oauth = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}"#;
-        assert_eq!(
-            service_error(oauth).map(|e| e.0),
-            Some("invalid_client".into())
-        );
-        assert_eq!(service_error(b"<html>"), None);
+    fn whole_codes_in_text_are_masked_in_any_spelling() {
+        let masked = "3UM43-\u{2026}-FKA4";
+        for spelled in [
+            CODE,
+            COMPACT,
+            "3um43 puyvy qyd1 uvcc hehj fka4",
+            "3UM43\u{2013}PUYVY\u{2013}QYD1\u{2013}UVCC\u{2013}HEHJ\u{2013}FKA4",
+        ] {
+            let text = format!("code={spelled}. rejected (x)");
+            assert_eq!(scrub_codes(&text), format!("code={masked}. rejected (x)"));
+        }
+        let two = format!("{CODE},{COMPACT}");
+        assert_eq!(scrub_codes(&two), format!("{masked},{masked}"));
+        let glued = format!("intune-{CODE}-x");
+        assert_eq!(scrub_codes(&glued), format!("intune-{masked}-x"));
     }
 
     #[test]
-    fn json_errors_do_not_quote_the_document() {
-        let err = parse_json::<Vec<u32>>(br#"["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]"#)
-            .expect_err("strings are not numbers");
-        assert_eq!(err, "unexpected shape at line 1 column 34");
-        assert!(parse_json::<Vec<u32>>(b"[1,").is_err());
-    }
-
-    #[test]
-    fn components_are_percent_encoded() {
-        assert_eq!(
-            encode_component("serialNumber eq 'O''B'"),
-            "serialNumber%20eq%20%27O%27%27B%27"
-        );
+    fn ordinary_text_is_left_alone() {
+        for text in [
+            "unplugged during pairing: plug it back in and run again",
+            "activated: Activation Lock released with code 3UM43-\u{2026}-FKA4 from intune",
+            "00008030-001A2D3C0E38802E did not answer within 10s",
+            "activation server answered HTTP 503 after 3 attempts: retry later",
+        ] {
+            assert!(matches!(scrub_codes(text), Cow::Borrowed(_)), "{text}");
+        }
     }
 }
