@@ -96,8 +96,7 @@ fn parse(bytes: &[u8]) -> Result<HostIdentity, String> {
 }
 
 fn save(path: &std::path::Path, identity: &HostIdentity) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -123,16 +122,7 @@ fn save(path: &std::path::Path, identity: &HostIdentity) -> std::io::Result<()> 
         ),
     ]);
     let bytes = encode_plist(&value, PlistFormat::Xml).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    station_protocol::atomic_file::write(path, &bytes, station_protocol::atomic_file::PRIVATE)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ mod http;
 mod identity;
 mod ledger;
 mod line;
-mod models;
 mod phone;
 mod redact;
 mod render;

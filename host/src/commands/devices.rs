@@ -6,9 +6,9 @@ use serde::Serialize;
 use station_protocol::usbmux::DeviceInfo;
 
 use crate::error::StationError;
-use crate::models::marketing_name;
 use crate::phone::Bench;
 use crate::slots::{SlotBy, Slots};
+use station_protocol::models::marketing_name;
 
 /// Bound on identifying one phone, so one stuck phone cannot stall the listing.
 const PER_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);

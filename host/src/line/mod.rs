@@ -20,9 +20,9 @@ use crate::activation::{ActivationReport, ActivationServer, Activator, Observer,
 use crate::codes::CodeLookup;
 use crate::error::StationError;
 use crate::http::RetryPolicy;
-use crate::models::marketing_name;
 use crate::phone::Bench;
 use events::{Attention, EventKind, EventSink, PhoneRef, Summary};
+use station_protocol::models::marketing_name;
 
 use crate::ledger::{AttemptId, AttemptStart, Ledger, LedgerError};
 
