@@ -10,7 +10,7 @@ use station_protocol::frame::{decode_plist, dict, encode_plist, PlistFormat};
 use station_protocol::pairing::HostIdentity;
 use tokio::sync::OnceCell;
 
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 
 pub const IDENTITY_FILE: &str = "host-identity.plist";
 
@@ -51,7 +51,7 @@ impl IdentityStore {
 }
 
 fn internal(message: String) -> StationError {
-    StationError::new("host-identity", exit::FAILURE, message)
+    StationError::HostIdentity(message)
 }
 
 fn load_or_create(path: Option<PathBuf>) -> Result<HostIdentity, StationError> {
@@ -96,8 +96,7 @@ fn parse(bytes: &[u8]) -> Result<HostIdentity, String> {
 }
 
 fn save(path: &std::path::Path, identity: &HostIdentity) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -123,16 +122,7 @@ fn save(path: &std::path::Path, identity: &HostIdentity) -> std::io::Result<()> 
         ),
     ]);
     let bytes = encode_plist(&value, PlistFormat::Xml).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    station_protocol::atomic_file::write(path, &bytes, station_protocol::atomic_file::PRIVATE)
 }
 
 #[cfg(test)]
@@ -164,6 +154,6 @@ mod tests {
             .get()
             .await
             .expect_err("unusable");
-        assert!(err.message.contains("delete it"), "{}", err.message);
+        assert!(err.to_string().contains("delete it"), "{err}");
     }
 }

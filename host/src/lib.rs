@@ -14,7 +14,6 @@ pub mod identity;
 pub mod ledger;
 pub mod line;
 pub mod logging;
-pub mod models;
 pub mod output;
 pub mod phone;
 pub mod preflight;

@@ -12,7 +12,7 @@ use station_protocol::pairing::{
 use station_protocol::tls::client_config;
 use station_protocol::usbmux::{DeviceInfo, UsbmuxStream};
 
-use crate::error::{exit, StationError};
+use crate::error::{DeviceFault, StationError};
 use crate::usbmuxd::Usbmuxd;
 
 /// Sent as `Label` with every lockdown request; phones log it.
@@ -105,13 +105,14 @@ impl Bench {
             .get_value(None, Some("DevicePublicKey"))
             .await
             .map_err(|e| StationError::from_lockdown(udid, e))?;
-        let public_key = public_key.as_data().map(<[u8]>::to_vec).ok_or_else(|| {
-            StationError::new(
-                "device-error",
-                exit::DEVICE_ERROR,
-                format!("{udid}: DevicePublicKey is not data"),
-            )
-        })?;
+        let public_key =
+            public_key
+                .as_data()
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| StationError::Device {
+                    udid: udid.to_string(),
+                    fault: DeviceFault::NotData("DevicePublicKey"),
+                })?;
         // libimobiledevice reads WiFiAddress before Pair: iOS 7 refuses it afterwards.
         let wifi = lockdown
             .get_value(None, Some("WiFiAddress"))
@@ -124,12 +125,9 @@ impl Bench {
             generate_pair_record(&public_key, &system_buid, wifi.as_deref(), Some(&identity))
         })
         .await
-        .map_err(|e| {
-            StationError::new(
-                "internal",
-                exit::FAILURE,
-                format!("certificate generation task failed: {e}"),
-            )
+        .map_err(|e| StationError::Internal {
+            task: "certificate generation",
+            reason: e.to_string(),
         })??;
 
         let started = Instant::now();

@@ -9,7 +9,7 @@ use station_protocol::usbmux::Address;
 
 use crate::activation::ActivationServer;
 use crate::codes::registry::{self, SourceCheck};
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::http::RetryPolicy;
 
 /// What `station run` checks in its configuration before the first phone: every code
@@ -42,7 +42,7 @@ pub fn check(config: &StationConfig, data_dir: &Path, env: &Environment) -> Pref
         }
     }
     if let Err(e) = ActivationServer::from_config(config) {
-        problems.push(format!("[activation]: {}", e.message));
+        problems.push(format!("[activation]: {e}"));
     }
     // As `station run` picks it: the file's address, else USBMUXD_SOCKET_ADDRESS.
     match &config.usbmuxd.address {
@@ -106,21 +106,16 @@ impl Preflight {
         if self.problems.is_empty() {
             return Ok(());
         }
-        Err(StationError::new(
-            "config-refused",
-            exit::USAGE,
-            format!(
-                "the configuration cannot be used: {}",
-                self.problems.join("; ")
-            ),
-        )
-        .help("fix what is named above; `station config check` lists every problem"))
+        Err(StationError::ConfigRefused {
+            problems: self.problems.clone(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::exit;
 
     fn config(text: &str) -> StationConfig {
         StationConfig::parse(text, Path::new("station.toml")).expect("valid file")
@@ -147,7 +142,7 @@ mod tests {
         assert!(checked.warnings[1].contains("missing-hook"));
         let refusal = checked.refusal().expect_err("refused");
         assert_eq!(
-            (refusal.code, refusal.exit),
+            (refusal.code(), refusal.exit_code()),
             ("config-refused", exit::USAGE)
         );
 

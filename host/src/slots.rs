@@ -10,9 +10,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 use station_config::SlotKey;
+use station_protocol::udid::normalise_udid;
 use station_protocol::usbmux::DeviceInfo;
-
-use crate::usbmuxd::normalise_udid;
 
 /// Points the port-path look-up at another directory of `<port>/serial` entries (tests).
 pub const SYSFS_ROOT_ENV: &str = "STATION_SYSFS_ROOT";

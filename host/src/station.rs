@@ -17,7 +17,7 @@ use station_protocol::usbmux::Address;
 
 use crate::activation::ActivationServer;
 use crate::codes::{Chain, CodeLookup, NoSources};
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::ledger::{Ledger, LedgerReader, Recovered};
 use crate::phone::{Bench, PairStore};
 use crate::preflight::Preflight;
@@ -48,8 +48,7 @@ pub struct Station {
 
 /// A configuration file that cannot be used as written.
 pub fn invalid_config(e: ConfigError) -> StationError {
-    let help = e.help();
-    StationError::new("config-invalid", exit::USAGE, e.to_string()).help(help)
+    StationError::ConfigInvalid(e)
 }
 
 impl Station {
@@ -191,12 +190,9 @@ impl Station {
         Ok(
             tokio::task::spawn_blocking(move || Ledger::open(&data_dir, &id))
                 .await
-                .map_err(|e| {
-                    StationError::new(
-                        "internal",
-                        exit::FAILURE,
-                        format!("ledger task failed: {e}"),
-                    )
+                .map_err(|e| StationError::Internal {
+                    task: "ledger",
+                    reason: e.to_string(),
                 })??,
         )
     }

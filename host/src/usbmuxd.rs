@@ -8,6 +8,9 @@ use station_protocol::usbmux::{
 
 use crate::error::StationError;
 
+// The code sources still name it through this module; its home is `station_protocol::udid`.
+pub use station_protocol::udid::normalise_udid;
+
 #[derive(Debug, Clone)]
 pub struct Usbmuxd {
     address: Address,
@@ -64,11 +67,4 @@ impl Usbmuxd {
     ) -> Result<UsbmuxStream, StationError> {
         Ok(self.client().await?.connect(device.device_id, port).await?)
     }
-}
-
-pub fn normalise_udid(udid: &str) -> String {
-    udid.chars()
-        .filter(|c| *c != '-')
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
 }

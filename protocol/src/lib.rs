@@ -3,13 +3,16 @@
 //! configuration live here; the station (`host/`) and the simulator (`sim/`) both build on it.
 
 pub mod activation;
+pub mod atomic_file;
 pub mod bypass_code;
 pub mod channel;
 pub mod frame;
 pub mod ios;
 pub mod lockdown;
 pub mod mobileactivation;
+pub mod models;
 pub mod pairing;
 pub mod tls;
 pub mod tls_engine;
+pub mod udid;
 pub mod usbmux;

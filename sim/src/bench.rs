@@ -380,7 +380,7 @@ impl Bench {
             .hub
             .phones()
             .iter()
-            .find(|p| p.udid() == udid)
+            .find(|p| station_protocol::udid::same_udid(p.udid(), udid))
             .ok_or_else(|| SimError::UnknownDevice {
                 udid: udid.to_string(),
             })

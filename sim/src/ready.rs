@@ -124,8 +124,12 @@ impl ReadyInfo {
         }
         let mut text = self.to_json();
         text.push('\n');
-        crate::state::write_atomic_blocking(path, text.as_bytes())
-            .map_err(|e| SimError::io("write ready file", path, e))
+        station_protocol::atomic_file::write(
+            path,
+            text.as_bytes(),
+            station_protocol::atomic_file::SHARED,
+        )
+        .map_err(|e| SimError::io("write ready file", path, e))
     }
 
     pub fn read(path: &Path) -> Result<ReadyInfo, SimError> {

@@ -9,10 +9,9 @@
 //!
 //! The `lockdown` directory has exactly usbmuxd's `/var/lib/lockdown` layout.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 
+use station_protocol::atomic_file;
 use station_protocol::pairing::DirPairStore;
 
 use crate::error::SimError;
@@ -98,10 +97,12 @@ impl StateDir {
         };
         let mut xml = Vec::new();
         value.to_writer_xml(&mut xml).map_err(|_| EINVAL)?;
-        write_atomic(path, xml).await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot store pair record");
-            EIO
-        })
+        atomic_file::write_async(path, xml, atomic_file::SHARED)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot store pair record");
+                EIO
+            })
     }
 
     /// `DeletePairRecord`: Ok, ENOENT when absent.
@@ -124,38 +125,6 @@ fn record_id_is_safe(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Writes `bytes` to `path` atomically: a unique temporary file in the same directory,
-/// then rename, so a reader (or a crash) never sees half a file.
-pub async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || write_atomic_blocking(&path, &bytes))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-pub fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

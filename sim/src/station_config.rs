@@ -3,10 +3,11 @@
 //! `station_config`. The secrets go to files of their own (mode 0600, in a 0700 directory),
 //! written before the configuration that names them; the configuration holds none.
 
-use std::fs::{DirBuilder, OpenOptions, Permissions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{DirBuilder, Permissions};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use station_protocol::atomic_file;
 
 use crate::error::SimError;
 use crate::mdm::{Graph, Kandji};
@@ -111,29 +112,6 @@ pub(crate) fn render(paths: &ConfigPaths, at: &Endpoints<'_>, sources: &[ConfigS
     out
 }
 
-/// Writes `bytes` readable by the owner only: a fresh 0600 file, then rename, so the
-/// secret is never readable by others, not even for a moment.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // A umask cannot widen it, but an older file of the same name might have been.
-        std::fs::set_permissions(path, Permissions::from_mode(0o600))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Writes both secret files (whichever sources are listed, so a test can write its own
 /// configuration with them), then the configuration. Blocking: call off the runtime.
 pub(crate) fn write(
@@ -151,11 +129,19 @@ pub(crate) fn write(
             .map_err(|e| SimError::io("restrict", dir, e))?;
     }
     // No trailing newline: the file holds exactly the secret.
-    write_private(&paths.intune_secret, at.graph.client_secret().as_bytes())
-        .map_err(|e| SimError::io("write", &paths.intune_secret, e))?;
-    write_private(&paths.kandji_token, at.kandji.token().as_bytes())
-        .map_err(|e| SimError::io("write", &paths.kandji_token, e))?;
+    atomic_file::write(
+        &paths.intune_secret,
+        at.graph.client_secret().as_bytes(),
+        atomic_file::PRIVATE,
+    )
+    .map_err(|e| SimError::io("write", &paths.intune_secret, e))?;
+    atomic_file::write(
+        &paths.kandji_token,
+        at.kandji.token().as_bytes(),
+        atomic_file::PRIVATE,
+    )
+    .map_err(|e| SimError::io("write", &paths.kandji_token, e))?;
     let text = render(paths, at, sources);
-    crate::state::write_atomic_blocking(&paths.config, text.as_bytes())
+    atomic_file::write(&paths.config, text.as_bytes(), atomic_file::SHARED)
         .map_err(|e| SimError::io("write the station configuration", &paths.config, e))
 }

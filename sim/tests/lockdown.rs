@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use plist::Value;
-use station_protocol::channel::ChannelError;
+use station_protocol::channel::{ChannelError, PlistChannel};
 use station_sim::services::{BoxFuture, LockdownService, ServiceConnection};
 use station_sim::{ActivationState, DeviceSpec, Trust};
+use tokio::net::UnixStream;
 
 fn phone(state: ActivationState) -> DeviceSpec {
     DeviceSpec {
@@ -24,6 +25,43 @@ fn activated(trust: Trust, delay_ms: u64, locked: bool) -> DeviceSpec {
         trust_delay_ms: Some(delay_ms),
         passcode_locked: Some(locked),
         ..phone(ActivationState::Activated)
+    }
+}
+
+/// One request lockdown must refuse, and the error it answers with.
+struct Refusal {
+    /// Says which row failed.
+    case: &'static str,
+    request: &'static str,
+    args: Vec<(&'static str, Value)>,
+    error: &'static str,
+}
+
+fn refusal(
+    case: &'static str,
+    request: &'static str,
+    args: Vec<(&'static str, Value)>,
+    error: &'static str,
+) -> Refusal {
+    Refusal {
+        case,
+        request,
+        args,
+        error,
+    }
+}
+
+/// Sends each request in order on `ch` and checks that it is refused with its error.
+async fn assert_refused(ch: &mut PlistChannel<UnixStream>, table: Vec<Refusal>) {
+    for Refusal {
+        case,
+        request,
+        args,
+        error,
+    } in table
+    {
+        let r = call(ch, request, args).await;
+        assert_eq!(error_of(&r), Some(error), "{case}: {r:?}");
     }
 }
 
@@ -120,15 +158,24 @@ async fn get_value_before_pairing_gives_the_public_subset() {
     let r = call(&mut ch, "GetValue", vec![("Key", "SerialNumber".into())]).await;
     assert_eq!(error_of(&r), Some("GetProhibited"));
     assert!(r.get("Value").is_none());
-    let r = call(&mut ch, "GetValue", vec![("Key", "NoSuchKey".into())]).await;
-    assert_eq!(error_of(&r), Some("MissingValue"));
-    let r = call(
+    assert_refused(
         &mut ch,
-        "GetValue",
-        vec![("Domain", "com.apple.mobile.battery".into())],
+        vec![
+            refusal(
+                "an unknown key",
+                "GetValue",
+                vec![("Key", "NoSuchKey".into())],
+                "MissingValue",
+            ),
+            refusal(
+                "a private domain",
+                "GetValue",
+                vec![("Domain", "com.apple.mobile.battery".into())],
+                "GetProhibited",
+            ),
+        ],
     )
     .await;
-    assert_eq!(error_of(&r), Some("GetProhibited"));
     tb.shutdown().await;
 }
 
@@ -136,29 +183,40 @@ async fn get_value_before_pairing_gives_the_public_subset() {
 async fn session_only_requests_need_a_session() {
     let (tb, udid) = one_phone(phone(ActivationState::Unactivated)).await;
     let mut ch = lockdown(&tb, &udid).await;
-    let r = call(
+    assert_refused(
         &mut ch,
-        "SetValue",
         vec![
-            ("Key", "ActivationStateAcknowledged".into()),
-            ("Value", Value::Boolean(true)),
+            refusal(
+                "SetValue",
+                "SetValue",
+                vec![
+                    ("Key", "ActivationStateAcknowledged".into()),
+                    ("Value", Value::Boolean(true)),
+                ],
+                "SessionInactive",
+            ),
+            refusal(
+                "RemoveValue",
+                "RemoveValue",
+                vec![("Key", "DeviceName".into())],
+                "SessionInactive",
+            ),
+            refusal(
+                "StopSession",
+                "StopSession",
+                vec![("SessionID", "X".into())],
+                "SessionInactive",
+            ),
+            refusal("EnterRecovery", "EnterRecovery", vec![], "SessionInactive"),
+            refusal(
+                "StartService",
+                "StartService",
+                vec![("Service", "com.apple.afc".into())],
+                "InvalidService",
+            ),
         ],
     )
     .await;
-    assert_eq!(error_of(&r), Some("SessionInactive"));
-    let r = call(&mut ch, "RemoveValue", vec![("Key", "DeviceName".into())]).await;
-    assert_eq!(error_of(&r), Some("SessionInactive"));
-    let r = call(&mut ch, "StopSession", vec![("SessionID", "X".into())]).await;
-    assert_eq!(error_of(&r), Some("SessionInactive"));
-    let r = call(&mut ch, "EnterRecovery", vec![]).await;
-    assert_eq!(error_of(&r), Some("SessionInactive"));
-    let r = call(
-        &mut ch,
-        "StartService",
-        vec![("Service", "com.apple.afc".into())],
-    )
-    .await;
-    assert_eq!(error_of(&r), Some("InvalidService"));
     // usbmuxd's preflight writes this before pairing.
     let r = call(
         &mut ch,
@@ -287,27 +345,27 @@ async fn unactivated_phone_pairs_silently_and_serves_a_tls_session() {
             "{domain}: {r:?}"
         );
     }
-    let r = call(
+    assert_refused(
         &mut ch,
-        "GetValue",
-        vec![("Domain", "com.example.none".into())],
-    )
-    .await;
-    assert_eq!(error_of(&r), Some("MissingValue"));
-    let r = call(
-        &mut ch,
-        "GetValue",
         vec![
-            ("Domain", "com.apple.mobile.wireless_lockdown".into()),
-            ("Key", "EnableWifiConnections".into()),
+            refusal(
+                "an unknown domain",
+                "GetValue",
+                vec![("Domain", "com.example.none".into())],
+                "MissingValue",
+            ),
+            refusal(
+                "a wireless lockdown value never set on a fresh phone",
+                "GetValue",
+                vec![
+                    ("Domain", "com.apple.mobile.wireless_lockdown".into()),
+                    ("Key", "EnableWifiConnections".into()),
+                ],
+                "MissingValue",
+            ),
         ],
     )
     .await;
-    assert_eq!(
-        error_of(&r),
-        Some("MissingValue"),
-        "never set on a fresh phone"
-    );
 
     let r = call(
         &mut ch,
@@ -326,30 +384,36 @@ async fn unactivated_phone_pairs_silently_and_serves_a_tls_session() {
     )
     .await;
     assert_eq!(r.get("Value").and_then(Value::as_boolean), Some(true));
-    let r = call(
+    assert_refused(
         &mut ch,
-        "SetValue",
-        vec![("Key", "SerialNumber".into()), ("Value", "X".into())],
+        vec![
+            refusal(
+                "a read-only value",
+                "SetValue",
+                vec![("Key", "SerialNumber".into()), ("Value", "X".into())],
+                "SetProhibited",
+            ),
+            refusal(
+                "a service the phone does not have",
+                "StartService",
+                vec![("Service", "com.apple.afc".into())],
+                "InvalidService",
+            ),
+            refusal(
+                "a second session",
+                "StartSession",
+                vec![("HostID", record.host_id.clone().into())],
+                "SessionActive",
+            ),
+            refusal(
+                "stopping another session",
+                "StopSession",
+                vec![("SessionID", "WRONG".into())],
+                "InvalidSessionID",
+            ),
+        ],
     )
     .await;
-    assert_eq!(error_of(&r), Some("SetProhibited"));
-    let r = call(
-        &mut ch,
-        "StartService",
-        vec![("Service", "com.apple.afc".into())],
-    )
-    .await;
-    assert_eq!(error_of(&r), Some("InvalidService"));
-
-    let r = call(
-        &mut ch,
-        "StartSession",
-        vec![("HostID", record.host_id.clone().into())],
-    )
-    .await;
-    assert_eq!(error_of(&r), Some("SessionActive"));
-    let r = call(&mut ch, "StopSession", vec![("SessionID", "WRONG".into())]).await;
-    assert_eq!(error_of(&r), Some("InvalidSessionID"));
     let r = call(
         &mut ch,
         "StopSession",
@@ -519,23 +583,27 @@ async fn unpair_forgets_the_host_and_validate_checks_certificates() {
     )
     .await;
     assert_eq!(error_of(&r), None, "{r:?}");
-    let r = call(
+    assert_refused(
         &mut ch,
-        "StartSession",
         vec![
-            ("HostID", record.host_id.clone().into()),
-            ("SystemBUID", buid.into()),
+            refusal(
+                "a session for the forgotten host",
+                "StartSession",
+                vec![
+                    ("HostID", record.host_id.clone().into()),
+                    ("SystemBUID", buid.into()),
+                ],
+                "InvalidHostID",
+            ),
+            refusal(
+                "unpairing twice",
+                "Unpair",
+                vec![("PairRecord", record.pair_request_value())],
+                "InvalidHostID",
+            ),
         ],
     )
     .await;
-    assert_eq!(error_of(&r), Some("InvalidHostID"));
-    let r = call(
-        &mut ch,
-        "Unpair",
-        vec![("PairRecord", record.pair_request_value())],
-    )
-    .await;
-    assert_eq!(error_of(&r), Some("InvalidHostID"));
     tb.shutdown().await;
 }
 

@@ -15,6 +15,8 @@ pub struct InProcBench {
     pub dir: tempfile::TempDir,
     pub udids: Vec<String>,
     pub serials: Vec<String>,
+    /// Each phone's name (`device_name` in the world; see `fixtures::Phone`).
+    pub names: Vec<String>,
 }
 
 impl InProcBench {
@@ -40,12 +42,42 @@ impl InProcBench {
         let info = bench.ready_info();
         let udids = info.devices.iter().map(|d| d.udid.clone()).collect();
         let serials = info.devices.iter().map(|d| d.serial.clone()).collect();
+        let names = info.devices.iter().map(|d| d.device_name.clone()).collect();
         InProcBench {
             bench,
             dir,
             udids,
             serials,
+            names,
         }
+    }
+
+    /// Where the phone named `name` is in the world; fails the test when no phone has it.
+    #[track_caller]
+    pub fn index_of(&self, name: &str) -> usize {
+        let found: Vec<usize> = (0..self.names.len())
+            .filter(|i| self.names[*i] == name)
+            .collect();
+        match found[..] {
+            [index] => index,
+            [] => panic!("no phone named {name:?} in the world: {:?}", self.names),
+            _ => panic!(
+                "several phones named {name:?} in the world: {:?}",
+                self.names
+            ),
+        }
+    }
+
+    /// The UDID of the phone named `name`.
+    #[track_caller]
+    pub fn udid(&self, name: &str) -> &str {
+        &self.udids[self.index_of(name)]
+    }
+
+    /// The serial number of the phone named `name`.
+    #[track_caller]
+    pub fn serial(&self, name: &str) -> &str {
+        &self.serials[self.index_of(name)]
     }
 
     /// The bench's usbmuxd exits as the real daemon does (socket removed, every
@@ -69,14 +101,14 @@ impl InProcBench {
         self.dir.path().join(name)
     }
 
-    /// Writes a codes CSV: `(phone index, code, kind)` rows.
-    pub fn codes_csv(&self, name: &str, rows: &[(usize, &str, &str)]) -> PathBuf {
+    /// Writes a codes CSV: `(phone name, code, kind)` rows.
+    pub fn codes_csv(&self, name: &str, rows: &[(&str, &str, &str)]) -> PathBuf {
         let mut text =
             String::from("serial_number,udid,bypass_code,code_kind,source,retrieved_at\n");
-        for (index, code, kind) in rows {
+        for (phone, code, kind) in rows {
             text.push_str(&format!(
                 "{},,{code},{kind},intune,2026-11-01T10:00:00Z\n",
-                self.serials[*index]
+                self.serial(phone)
             ));
         }
         let path = self.path(name);
@@ -84,12 +116,12 @@ impl InProcBench {
         path
     }
 
-    /// Puts phone `index` on USB port `port` (`1-1.4.2`) in the fake sysfs the station
+    /// Puts the phone named `phone` on USB port `port` (`1-1.4.2`) in the fake sysfs the station
     /// reads: `<port>/serial` holds its UDID as the USB descriptor does (no dash).
-    pub fn usb_port(&self, index: usize, port: &str) {
+    pub fn usb_port(&self, phone: &str, port: &str) {
         let dir = self.path("sysfs").join(port);
         std::fs::create_dir_all(&dir).expect("fake sysfs");
-        let serial = self.udids[index].replace('-', "");
+        let serial = self.udid(phone).replace('-', "");
         std::fs::write(dir.join("serial"), format!("{serial}\n")).expect("fake serial");
     }
 
@@ -172,10 +204,11 @@ impl InProcBench {
         (out, json)
     }
 
-    /// What libimobiledevice's ideviceinfo reads as the phone's ActivationState.
-    pub async fn ideviceinfo_state(&self, index: usize) -> String {
+    /// What libimobiledevice's ideviceinfo reads as the ActivationState of the phone named
+    /// `phone`.
+    pub async fn ideviceinfo_state(&self, phone: &str) -> String {
         let mut cmd = Command::new(require_tool("ideviceinfo"));
-        cmd.args(["-u", &self.udids[index], "-k", "ActivationState"])
+        cmd.args(["-u", self.udid(phone), "-k", "ActivationState"])
             .env(
                 "USBMUXD_SOCKET_ADDRESS",
                 format!("UNIX:{}", self.socket().display()),

@@ -17,6 +17,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod fixtures;
 pub mod inproc;
 pub mod sha1_records;
 
@@ -342,6 +343,11 @@ impl ReadyDevice {
         })
     }
 
+    /// The phone's name (`device_name` in the world).
+    pub fn name(&self) -> Option<&str> {
+        self.raw.get("device_name").and_then(Value::as_str)
+    }
+
     /// True when the phone accepts `Pair` at once, with nobody tapping Trust: a phone at Setup
     /// Assistant (`Unactivated`), or one whose virtual user taps Trust with no delay; never a
     /// passcode-locked one.
@@ -530,6 +536,21 @@ impl Bench {
             .unwrap_or_else(|| panic!("no device {udid} in the ready file: {}", self.ready.raw))
     }
 
+    /// The phone the world names `name` (its `device_name`; see [`fixtures::Phone`]).
+    #[track_caller]
+    pub fn device_named(&self, name: &str) -> &ReadyDevice {
+        self.ready
+            .devices
+            .iter()
+            .find(|d| d.name() == Some(name))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no phone named {name:?} in the ready file: {}",
+                    self.ready.raw
+                )
+            })
+    }
+
     /// The first phone that pairs without a trust prompt; fails the test when the world has none.
     #[track_caller]
     pub fn pairable_device(&self) -> &ReadyDevice {
@@ -677,6 +698,15 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// `ideviceinfo`'s dump: top-level `Key: Value` lines (nested dictionaries and arrays, which
 /// it prints indented, are left out).
+/// The non-empty lines of a tool's output, trimmed (`idevice_id -l`: one UDID a line).
+pub fn output_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn parse_ideviceinfo(text: &str) -> std::collections::BTreeMap<String, String> {
     text.lines()
         .filter(|line| !line.starts_with(char::is_whitespace))

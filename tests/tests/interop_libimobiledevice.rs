@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use station_tests::{parse_ideviceinfo, Bench, ReadyDevice};
+use station_tests::fixtures::PAIR_RECORD_KEYS;
+use station_tests::{output_lines, parse_ideviceinfo, Bench, ReadyDevice};
 
 #[test]
 fn idevice_id_lists_exactly_the_three_udids() {
@@ -12,13 +13,7 @@ fn idevice_id_lists_exactly_the_three_udids() {
     assert_eq!(bench.ready.devices.len(), 3, "{}", bench.ready.raw);
     let out = bench.idevice("idevice_id", &["-l"]);
     out.assert_success();
-    let listed: Vec<String> = out
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let listed = output_lines(&out.stdout);
     let unique: BTreeSet<String> = listed.iter().cloned().collect();
     assert_eq!(unique.len(), listed.len(), "a UDID listed twice: {out}");
     assert_eq!(
@@ -149,17 +144,7 @@ fn idevicepair_pair_then_validate_succeed() {
     let record = bench
         .pair_record(&dev.udid)
         .expect("idevicepair pair saved no pair record through the bench's usbmuxd");
-    for key in [
-        "HostID",
-        "SystemBUID",
-        "HostCertificate",
-        "HostPrivateKey",
-        "RootCertificate",
-        "RootPrivateKey",
-        "DeviceCertificate",
-        "EscrowBag",
-        "WiFiMACAddress",
-    ] {
+    for &key in PAIR_RECORD_KEYS {
         assert!(
             record.contains_key(key),
             "pair record without {key}: {record:?}"

@@ -4,6 +4,7 @@
 //! the record's HostID and host certificate must be the same before and after.
 
 use serde_json::Value;
+use station_tests::fixtures::PAIR_RECORD_KEYS;
 use station_tests::{json_find, json_text, parse_ideviceinfo, Bench};
 
 /// The parts of a record that change when a tool pairs again.
@@ -19,19 +20,6 @@ fn identity(record: &plist::Dictionary) -> (Option<String>, Option<Vec<u8>>) {
             .map(<[u8]>::to_vec),
     )
 }
-
-/// Keys every libimobiledevice-compatible pair record carries after a successful `Pair`.
-const RECORD_KEYS: &[&str] = &[
-    "HostID",
-    "SystemBUID",
-    "HostCertificate",
-    "HostPrivateKey",
-    "RootCertificate",
-    "RootPrivateKey",
-    "DeviceCertificate",
-    "EscrowBag",
-    "WiFiMACAddress",
-];
 
 /// Keys both `station info --json` and `ideviceinfo` must show, with the same values.
 const COMPARED_KEYS: &[&str] = &[
@@ -105,7 +93,7 @@ fn record_saved_by_station_pair_works_for_ideviceinfo() {
     let before = bench
         .pair_record(&dev.udid)
         .expect("station pair saved no pair record through usbmuxd (SavePairRecord)");
-    for key in RECORD_KEYS {
+    for key in PAIR_RECORD_KEYS {
         assert!(
             before.contains_key(key),
             "the station's pair record has no {key}: {before:?}"

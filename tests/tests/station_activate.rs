@@ -7,54 +7,43 @@ use std::time::Duration;
 
 use serde_json::Value;
 use station_sim::{AlbertOutcome, Endpoint};
+use station_tests::fixtures::{
+    self, toml_list, Phone, CODE_A, CODE_A_MASKED, CODE_B, CODE_C, CODE_D, CODE_E, CODE_F,
+};
 use station_tests::inproc::InProcBench;
 use station_tests::Output;
 
-const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
-const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
-const SECOND_GOOD: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
-const UNKNOWN_TO_CSV: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
-const WRONG: &str = "PXH8M-QYJZA-2H1J-H9CV-HN5U-KDN7";
-const FOR_WRONG_TEST: &str = "D08HY-EJDEX-X91Q-8YYA-25YD-K857";
+const GOOD: &str = CODE_A;
+const STALE: &str = CODE_C;
+const SECOND_GOOD: &str = CODE_B;
+const UNKNOWN_TO_CSV: &str = CODE_D;
+const WRONG: &str = CODE_F;
+const FOR_WRONG_TEST: &str = CODE_E;
 
-/// One phone per case; indexes below.
-const WORLD: &str = r#"
-seed = 11
+/// The phones of [`world`], one per case.
+const CLEAN: &str = "clean";
+const MDM: &str = "mdm";
+const STALE_AND_GOOD: &str = "stale-and-good";
+const MDM_NO_CODE: &str = "mdm-no-code";
+const USER_LOCKED: &str = "user-locked";
+const ACTIVATED: &str = "activated";
+const MDM_WRONG_CODE: &str = "mdm-wrong-code";
 
-[[device]]
-activation_state = "Unactivated"
-
-[[device]]
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-
-[[device]]
-lock = "mdm"
-codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
-stale_codes = ["TF27L-31WN1-E6FH-DMAM-52X5-NFV0"]
-
-[[device]]
-lock = "mdm"
-codes = ["J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17"]
-
-[[device]]
-lock = "user"
-
-[[device]]
-activation_state = "Activated"
-
-[[device]]
-lock = "mdm"
-codes = ["D08HY-EJDEX-X91Q-8YYA-25YD-K857"]
-"#;
-
-const CLEAN: usize = 0;
-const MDM: usize = 1;
-const STALE_AND_GOOD: usize = 2;
-const MDM_NO_CODE: usize = 3;
-const USER_LOCKED: usize = 4;
-const ACTIVATED: usize = 5;
-const MDM_WRONG_CODE: usize = 6;
+fn world() -> String {
+    fixtures::world(
+        11,
+        &[
+            Phone::unactivated(CLEAN),
+            Phone::mdm_locked(MDM, &[GOOD]),
+            Phone::mdm_locked(STALE_AND_GOOD, &[SECOND_GOOD])
+                .with("stale_codes", &toml_list(&[STALE])),
+            Phone::mdm_locked(MDM_NO_CODE, &[UNKNOWN_TO_CSV]),
+            Phone::user_locked(USER_LOCKED),
+            Phone::activated(ACTIVATED),
+            Phone::mdm_locked(MDM_WRONG_CODE, &[FOR_WRONG_TEST]),
+        ],
+    )
+}
 
 /// The bench of these tests plus `station activate --json` against it.
 struct Fixture(InProcBench);
@@ -71,13 +60,13 @@ impl Fixture {
         Fixture(InProcBench::start(world).await)
     }
 
-    fn codes_csv(&self, rows: &[(usize, &str, &str)]) -> PathBuf {
+    fn codes_csv(&self, rows: &[(&str, &str, &str)]) -> PathBuf {
         self.0
             .codes_csv(&format!("codes-{}.csv", next_suffix()), rows)
     }
 
-    async fn activate(&self, index: usize, codes: Option<&Path>, trace: bool) -> (Output, Value) {
-        let udid = self.udids[index].clone();
+    async fn activate(&self, phone: &str, codes: Option<&Path>, trace: bool) -> (Output, Value) {
+        let udid = self.udid(phone).to_string();
         let url = self.bench.activation_url().to_string();
         let mut args = vec![
             "--json".to_string(),
@@ -111,7 +100,7 @@ fn outcome(json: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_of_a_single_phone() {
-    let f = Fixture::start(WORLD).await;
+    let f = Fixture::start(&world()).await;
     let csv = f.codes_csv(&[
         (MDM, GOOD, "device"),
         (STALE_AND_GOOD, STALE, "device"),
@@ -125,7 +114,7 @@ async fn every_outcome_of_a_single_phone() {
     assert_eq!(outcome(&json), "activated", "{out}");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(json["activation_locked"], false);
-    assert_eq!(json["serial"], f.serials[CLEAN]);
+    assert_eq!(json["serial"], f.serial(CLEAN));
     assert_eq!(f.ideviceinfo_state(CLEAN).await, "Activated");
 
     // A locked phone with its code in the CSV: blank username, the code as password.
@@ -133,13 +122,13 @@ async fn every_outcome_of_a_single_phone() {
     assert_eq!(outcome(&json), "activated", "{out}");
     assert_eq!(json["activation_locked"], true);
     assert_eq!(json["codes_tried"], 1);
-    assert_eq!(json["released_by"]["code"], "3UM43-…-FKA4");
+    assert_eq!(json["released_by"]["code"], CODE_A_MASKED);
     assert_eq!(json["released_by"]["kind"], "device");
     assert_eq!(f.ideviceinfo_state(MDM).await, "Activated");
     let submissions: Vec<_> = f
         .bench
         .albert()
-        .requests_for(&f.udids[MDM])
+        .requests_for(f.udid(MDM))
         .into_iter()
         .filter(|r| r.endpoint == Some(Endpoint::DeviceActivation) && r.password.is_some())
         .collect();
@@ -149,7 +138,7 @@ async fn every_outcome_of_a_single_phone() {
         Some(""),
         "username must be blank"
     );
-    assert_eq!(submissions[0].password.as_deref(), Some("3UM43-…-FKA4"));
+    assert_eq!(submissions[0].password.as_deref(), Some(CODE_A_MASKED));
     assert!(
         !submissions[0].fields.iter().any(|f| f == "activation-info"),
         "resubmission must not resend activation-info: {:?}",
@@ -174,7 +163,7 @@ async fn every_outcome_of_a_single_phone() {
     let tried: Vec<String> = f
         .bench
         .albert()
-        .requests_for(&f.udids[STALE_AND_GOOD])
+        .requests_for(f.udid(STALE_AND_GOOD))
         .into_iter()
         .filter_map(|r| r.password)
         .filter(|p| !p.is_empty())
@@ -191,7 +180,7 @@ async fn every_outcome_of_a_single_phone() {
     assert!(json["message"]
         .as_str()
         .unwrap_or_default()
-        .contains(&f.serials[MDM_NO_CODE]));
+        .contains(f.serial(MDM_NO_CODE)));
     assert_eq!(f.ideviceinfo_state(MDM_NO_CODE).await, "Unactivated");
 
     // A wrong code: code_rejected after one try.
@@ -211,12 +200,12 @@ async fn every_outcome_of_a_single_phone() {
     assert_eq!(json["codes_tried"], 0);
 
     // Already activated: nothing asked of the server.
-    let before = f.bench.albert().requests_for(&f.udids[ACTIVATED]).len();
+    let before = f.bench.albert().requests_for(f.udid(ACTIVATED)).len();
     let (out, json) = f.activate(ACTIVATED, Some(&csv), false).await;
     assert_eq!(outcome(&json), "already_activated", "{out}");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
-        f.bench.albert().requests_for(&f.udids[ACTIVATED]).len(),
+        f.bench.albert().requests_for(f.udid(ACTIVATED)).len(),
         before
     );
 
@@ -234,7 +223,7 @@ async fn every_outcome_of_a_single_phone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_then_reported() {
-    let f = Fixture::start(WORLD).await;
+    let f = Fixture::start(&world()).await;
     let csv = f.codes_csv(&[(MDM, GOOD, "device")]);
 
     // Two 503s on each endpoint, then success.
@@ -262,10 +251,10 @@ async fn server_errors_are_retried_then_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplugging_during_the_exchange_ends_interrupted() {
-    let f = Fixture::start(WORLD).await;
+    let f = Fixture::start(&world()).await;
     // Slow server: the phone is pulled while the station waits for it.
     f.bench.albert().set_latency(Duration::from_millis(1500));
-    let udid = f.udids[CLEAN].clone();
+    let udid = f.udid(CLEAN).to_string();
     let run = f.activate(CLEAN, None, false);
     let unplug = async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -294,7 +283,7 @@ async fn unplugging_during_the_exchange_ends_interrupted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_bypass_code_is_ever_printed_whole() {
-    let f = Fixture::start(WORLD).await;
+    let f = Fixture::start(&world()).await;
     let csv = f.codes_csv(&[
         (MDM, GOOD, "device"),
         (STALE_AND_GOOD, STALE, "device"),
@@ -302,8 +291,8 @@ async fn no_bypass_code_is_ever_printed_whole() {
         (MDM_WRONG_CODE, WRONG, "device"),
     ]);
     let mut written = String::new();
-    for index in [MDM, STALE_AND_GOOD, MDM_WRONG_CODE, USER_LOCKED] {
-        let (out, _) = f.activate(index, Some(&csv), true).await;
+    for phone in [MDM, STALE_AND_GOOD, MDM_WRONG_CODE, USER_LOCKED] {
+        let (out, _) = f.activate(phone, Some(&csv), true).await;
         written.push_str(&out.stdout);
         written.push_str(&out.stderr);
     }
@@ -313,7 +302,7 @@ async fn no_bypass_code_is_ever_printed_whole() {
         &bad,
         format!(
             "serial_number,udid,bypass_code,code_kind,source,retrieved_at\n{},,{}O,device,,\n",
-            f.serials[MDM],
+            f.serial(MDM),
             &GOOD[..30]
         ),
     )
@@ -323,7 +312,7 @@ async fn no_bypass_code_is_ever_printed_whole() {
             &[
                 "activate",
                 "--udid",
-                &f.udids[MDM],
+                f.udid(MDM),
                 "--codes",
                 bad.to_str().expect("utf-8"),
             ],
@@ -363,11 +352,11 @@ async fn no_bypass_code_is_ever_printed_whole() {
     }
 }
 
-/// `station --json activate` of phone `index` with a configuration of its own: the bench's
+/// `station --json activate` of the phone named `phone` with a configuration of its own: the bench's
 /// server and socket, `codes` as the CSV source, and `activation` appended to `[activation]`.
 async fn activate_configured(
     bench: &InProcBench,
-    index: usize,
+    phone: &str,
     codes: Option<&Path>,
     activation: &str,
 ) -> (Output, Value) {
@@ -384,7 +373,7 @@ async fn activate_configured(
                 "--json",
                 "activate",
                 "--udid",
-                &bench.udids[index],
+                bench.udid(phone),
             ],
             false,
         )
@@ -394,11 +383,11 @@ async fn activate_configured(
     (out, json)
 }
 
-fn outcomes_of(bench: &InProcBench, index: usize, endpoint: Endpoint) -> Vec<AlbertOutcome> {
+fn outcomes_of(bench: &InProcBench, phone: &str, endpoint: Endpoint) -> Vec<AlbertOutcome> {
     bench
         .bench
         .albert()
-        .requests_for(&bench.udids[index])
+        .requests_for(bench.udid(phone))
         .into_iter()
         .filter(|r| r.endpoint == Some(endpoint))
         .map(|r| r.outcome)
@@ -409,20 +398,25 @@ fn outcomes_of(bench: &InProcBench, index: usize, endpoint: Endpoint) -> Vec<Alb
 async fn a_phone_slow_to_build_its_activation_info_is_released_and_activated() {
     // FairPlay on a real phone can take many seconds: 20 s here, twice lockdown's idle
     // timeout and the station's general reply timeout.
-    let b = InProcBench::start(&format!(
-        "seed = 12\n\n[[device]]\nlock = \"mdm\"\ncodes = [\"{GOOD}\"]\nactivation_info_delay_ms = 20000\n"
+    let b = InProcBench::start(&fixtures::world(
+        12,
+        &[Phone::mdm_locked("slow", &[GOOD]).with("activation_info_delay_ms", "20000")],
     ))
     .await;
-    let csv = b.codes_csv("codes.csv", &[(0, GOOD, "device")]);
-    let (out, json) = activate_configured(&b, 0, Some(&csv), "").await;
+    let csv = b.codes_csv("codes.csv", &[("slow", GOOD, "device")]);
+    let (out, json) = activate_configured(&b, "slow", Some(&csv), "").await;
     assert_eq!(outcome(&json), "activated", "{out}");
     assert_eq!(json["activation_locked"], true);
     assert!(json["elapsed_ms"].as_u64().unwrap_or_default() >= 20_000);
-    assert_eq!(b.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(b.ideviceinfo_state("slow").await, "Activated");
 
     // With a bound below the phone's time the command times out, retryably.
-    let b = InProcBench::start("seed = 13\n\n[[device]]\nactivation_info_delay_ms = 3000\n").await;
-    let (out, json) = activate_configured(&b, 0, None, "command_timeout_secs = 1").await;
+    let b = InProcBench::start(&fixtures::world(
+        13,
+        &[Phone::named("slow").with("activation_info_delay_ms", "3000")],
+    ))
+    .await;
+    let (out, json) = activate_configured(&b, "slow", None, "command_timeout_secs = 1").await;
     assert_eq!(outcome(&json), "device_error", "{out}");
     assert_eq!(json["retryable"], true, "{out}");
     assert_eq!(json["step"], "activation_info", "{out}");
@@ -439,21 +433,28 @@ async fn a_phone_slow_to_build_its_activation_info_is_released_and_activated() {
 async fn a_record_that_says_ack_received_is_applied_and_the_state_polled() {
     // The record comes with ack-received; the phone takes 1.5 s over it and says
     // Activated 2 s after that. A second phone never says so within the station's wait.
-    let b = InProcBench::start(
-        "seed = 14\n\n[activation_server]\nrecord_ack = true\n\n[[device]]\nhandle_record_delay_ms = 1500\nactivated_after_ms = 2000\n\n[[device]]\nactivated_after_ms = 30000\n",
-    )
+    let b = InProcBench::start(&fixtures::world_with(
+        14,
+        "[activation_server]\nrecord_ack = true",
+        &[
+            Phone::named("slow")
+                .with("handle_record_delay_ms", "1500")
+                .with("activated_after_ms", "2000"),
+            Phone::named("never").with("activated_after_ms", "30000"),
+        ],
+    ))
     .await;
-    let (out, json) = activate_configured(&b, 0, None, "").await;
+    let (out, json) = activate_configured(&b, "slow", None, "").await;
     assert_eq!(outcome(&json), "activated", "{out}");
     assert_eq!(json["activation_state"], "Activated");
-    assert_eq!(b.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(b.ideviceinfo_state("slow").await, "Activated");
     assert_eq!(
-        outcomes_of(&b, 0, Endpoint::DeviceActivation),
+        outcomes_of(&b, "slow", Endpoint::DeviceActivation),
         [AlbertOutcome::Record]
     );
 
     // Success only when the phone says so.
-    let (out, json) = activate_configured(&b, 1, None, "").await;
+    let (out, json) = activate_configured(&b, "never", None, "").await;
     assert_eq!(outcome(&json), "device_error", "{out}");
     assert_eq!(json["step"], "verify", "{out}");
     assert_eq!(json["activation_state"], "Unactivated", "{out}");
@@ -461,18 +462,18 @@ async fn a_record_that_says_ack_received_is_applied_and_the_state_polled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_code_answered_by_an_alert_alone_starts_over_with_the_next() {
-    let b = InProcBench::start(&format!(
-        "seed = 15\n\n[[device]]\nlock = \"mdm\"\ncodes = [\"{GOOD}\"]\n"
-    ))
-    .await;
-    let csv = b.codes_csv("codes.csv", &[(0, WRONG, "device"), (0, GOOD, "server")]);
-    let (out, json) = activate_configured(&b, 0, Some(&csv), "").await;
+    let b = InProcBench::start(&fixtures::world(15, &[Phone::mdm_locked(MDM, &[GOOD])])).await;
+    let csv = b.codes_csv(
+        "codes.csv",
+        &[(MDM, WRONG, "device"), (MDM, GOOD, "server")],
+    );
+    let (out, json) = activate_configured(&b, MDM, Some(&csv), "").await;
     assert_eq!(outcome(&json), "activated", "{out}");
     assert_eq!(json["codes_tried"], 2);
-    assert_eq!(json["released_by"]["code"], "3UM43-…-FKA4");
+    assert_eq!(json["released_by"]["code"], CODE_A_MASKED);
     // Lock form, alert alone, a new exchange from the handshake on, the lock form, a record.
     assert_eq!(
-        outcomes_of(&b, 0, Endpoint::DeviceActivation),
+        outcomes_of(&b, MDM, Endpoint::DeviceActivation),
         [
             AlbertOutcome::LockForm,
             AlbertOutcome::AuthAlert,
@@ -480,30 +481,32 @@ async fn a_wrong_code_answered_by_an_alert_alone_starts_over_with_the_next() {
             AlbertOutcome::Record
         ]
     );
-    assert_eq!(outcomes_of(&b, 0, Endpoint::DrmHandshake).len(), 2);
-    assert_eq!(b.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(outcomes_of(&b, MDM, Endpoint::DrmHandshake).len(), 2);
+    assert_eq!(b.ideviceinfo_state(MDM).await, "Activated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_hidden_fields_is_posted_back_and_the_user_agent_is_configurable() {
-    let b = InProcBench::start(&format!(
-        "seed = 16\n\n[activation_server]\ncontinue_page = true\n\n[[device]]\n\n[[device]]\nlock = \"mdm\"\ncodes = [\"{GOOD}\"]\n"
+    let b = InProcBench::start(&fixtures::world_with(
+        16,
+        "[activation_server]\ncontinue_page = true",
+        &[Phone::named(CLEAN), Phone::mdm_locked(MDM, &[GOOD])],
     ))
     .await;
-    let csv = b.codes_csv("codes.csv", &[(1, GOOD, "device")]);
+    let csv = b.codes_csv("codes.csv", &[(MDM, GOOD, "device")]);
     let legacy = "iOS Device Activator (MobileActivation-20 built on Jan 15 2012 at 19:07:28)";
-    for index in [0, 1] {
+    for phone in [CLEAN, MDM] {
         let (out, json) =
-            activate_configured(&b, index, Some(&csv), &format!("user_agent = \"{legacy}\"")).await;
+            activate_configured(&b, phone, Some(&csv), &format!("user_agent = \"{legacy}\"")).await;
         assert_eq!(outcome(&json), "activated", "{out}");
-        assert_eq!(b.ideviceinfo_state(index).await, "Activated");
+        assert_eq!(b.ideviceinfo_state(phone).await, "Activated");
     }
     assert_eq!(
-        outcomes_of(&b, 0, Endpoint::DeviceActivation),
+        outcomes_of(&b, CLEAN, Endpoint::DeviceActivation),
         [AlbertOutcome::ContinuePage, AlbertOutcome::Record]
     );
     assert_eq!(
-        outcomes_of(&b, 1, Endpoint::DeviceActivation),
+        outcomes_of(&b, MDM, Endpoint::DeviceActivation),
         [
             AlbertOutcome::ContinuePage,
             AlbertOutcome::LockForm,
@@ -511,7 +514,7 @@ async fn a_page_of_hidden_fields_is_posted_back_and_the_user_agent_is_configurab
         ]
     );
     // The page was echoed as it was: its hidden fields, no rows, no activation-info.
-    let echo = &b.bench.albert().requests_for(&b.udids[0])[2];
+    let echo = &b.bench.albert().requests_for(b.udid(CLEAN))[2];
     assert_eq!(echo.fields, ["activation-info-base64", "challenge"]);
     for request in b.bench.albert().requests() {
         assert_eq!(request.user_agent.as_deref(), Some(legacy));

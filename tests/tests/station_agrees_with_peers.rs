@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use station_tests::{json_find, json_text, parse_ideviceinfo, Bench};
+use station_tests::{json_find, json_text, output_lines, parse_ideviceinfo, Bench};
 
 #[test]
 fn station_devices_json_agrees_with_idevice_id_and_the_ready_file() {
@@ -37,13 +37,7 @@ fn station_devices_json_agrees_with_idevice_id_and_the_ready_file() {
 
     let idevice_id = bench.idevice("idevice_id", &["-l"]);
     idevice_id.assert_success();
-    let peer: BTreeSet<String> = idevice_id
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let peer: BTreeSet<String> = output_lines(&idevice_id.stdout).into_iter().collect();
     assert_eq!(
         listed, peer,
         "station devices vs idevice_id -l: {out}\n{idevice_id}"

@@ -9,46 +9,35 @@ use std::time::Duration;
 
 use serde_json::Value;
 use station_sim::{ConfigSource, MdmOutcome, ReadyDevice};
+use station_tests::fixtures::{self, toml_list, Phone, CODE_A, CODE_B, CODE_C, CODE_D, CODE_E};
 use station_tests::inproc::InProcBench;
 use station_tests::Output;
 
-const INTUNE_CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
-const GOOD: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
-const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
-const KANDJI_A: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
-const KANDJI_B: &str = "D08HY-EJDEX-X91Q-8YYA-25YD-K857";
+const INTUNE_CODE: &str = CODE_A;
+const GOOD: &str = CODE_B;
+const STALE: &str = CODE_C;
+const KANDJI_A: &str = CODE_D;
+const KANDJI_B: &str = CODE_E;
 
-const WORLD: &str = r#"
-seed = 21
+/// The phones of [`world`].
+const SINGLE: &str = "single";
+const TWO_RECORDS: &str = "two-records";
+const NO_CODE: &str = "no-code";
+const KANDJI: &str = "kandji";
+const USER_LOCKED: &str = "user-locked";
 
-[[device]]
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-
-[[device]]
-lock = "mdm"
-codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
-stale_codes = ["TF27L-31WN1-E6FH-DMAM-52X5-NFV0"]
-
-[[device]]
-lock = "mdm"
-codes = []
-
-[[device]]
-lock = "mdm"
-kandji = true
-codes = ["J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17", "D08HY-EJDEX-X91Q-8YYA-25YD-K857"]
-
-[[device]]
-lock = "user"
-"#;
-
-/// Indexes into WORLD.
-const SINGLE: usize = 0;
-const TWO_RECORDS: usize = 1;
-const NO_CODE: usize = 2;
-const KANDJI: usize = 3;
-const USER_LOCKED: usize = 4;
+fn world() -> String {
+    fixtures::world(
+        21,
+        &[
+            Phone::mdm_locked(SINGLE, &[INTUNE_CODE]),
+            Phone::mdm_locked(TWO_RECORDS, &[GOOD]).with("stale_codes", &toml_list(&[STALE])),
+            Phone::mdm_locked(NO_CODE, &[]),
+            Phone::mdm_locked(KANDJI, &[KANDJI_A, KANDJI_B]).with("kandji", "true"),
+            Phone::user_locked(USER_LOCKED),
+        ],
+    )
+}
 
 struct Fixture {
     inner: InProcBench,
@@ -64,12 +53,18 @@ impl std::ops::Deref for Fixture {
 
 impl Fixture {
     async fn start(sources: &[ConfigSource]) -> Fixture {
-        let inner = InProcBench::start_with(WORLD, |config| {
+        let inner = InProcBench::start_with(&world(), |config| {
             config.station_config_sources = sources.to_vec();
         })
         .await;
         let devices = inner.bench.ready_info().devices;
         Fixture { inner, devices }
+    }
+
+    /// The phone named `name`, as the bench describes it.
+    #[track_caller]
+    fn device(&self, name: &str) -> &ReadyDevice {
+        &self.devices[self.index_of(name)]
     }
 
     fn config(&self) -> PathBuf {
@@ -96,9 +91,9 @@ impl Fixture {
         self.inner.station(&full, trace).await
     }
 
-    /// `station --json codes lookup` for device `index`; its JSON.
-    async fn lookup(&self, index: usize) -> (Output, Value) {
-        let d = &self.devices[index];
+    /// `station --json codes lookup` for the phone named `phone`; its JSON.
+    async fn lookup(&self, phone: &str) -> (Output, Value) {
+        let d = self.device(phone);
         let out = self
             .station(
                 &self.config(),
@@ -113,7 +108,7 @@ impl Fixture {
         (out, json)
     }
 
-    async fn activate(&self, config: &Path, index: usize, trace: bool) -> (Output, Value) {
+    async fn activate(&self, config: &Path, phone: &str, trace: bool) -> (Output, Value) {
         let url = self.bench.activation_url().to_string();
         let out = self
             .station(
@@ -122,7 +117,7 @@ impl Fixture {
                     "--json",
                     "activate",
                     "--udid",
-                    &self.devices[index].udid,
+                    &self.device(phone).udid,
                     "--activation-url",
                     &url,
                 ],
@@ -251,7 +246,7 @@ async fn lookups_of_every_kind_of_record() {
     assert!(codes(&json).is_empty());
 
     // --reveal prints the whole code, for the operator to type.
-    let d = &f.devices[SINGLE];
+    let d = f.device(SINGLE);
     let out = f
         .station(
             &f.config(),
@@ -456,7 +451,7 @@ async fn a_certificate_credential_instead_of_a_secret() {
         ),
     )
     .expect("write config");
-    let d = &f.devices[SINGLE];
+    let d = f.device(SINGLE);
     let args = ["--json", "codes", "lookup", "--serial", &d.serial];
     let out = f.station(&config, &args, false).await;
     assert_eq!(out.status.code(), Some(2), "{out}");
@@ -489,8 +484,8 @@ async fn a_certificate_credential_instead_of_a_secret() {
 async fn no_secret_token_or_code_in_any_output_at_trace_level() {
     let f = Fixture::start(&[ConfigSource::Intune, ConfigSource::Kandji]).await;
     let secrets = f.secrets();
-    for index in [SINGLE, TWO_RECORDS, KANDJI, USER_LOCKED] {
-        let d = &f.devices[index];
+    for phone in [SINGLE, TWO_RECORDS, KANDJI, USER_LOCKED] {
+        let d = f.device(phone);
         for json in [true, false] {
             let mut args = vec!["codes", "lookup", "--serial", &d.serial, "--udid", &d.udid];
             if json {
@@ -503,13 +498,13 @@ async fn no_secret_token_or_code_in_any_output_at_trace_level() {
         }
     }
     // Activations release locks with the codes: still nothing in the output.
-    for index in [SINGLE, TWO_RECORDS, KANDJI] {
-        let (out, json) = f.activate(&f.config(), index, true).await;
+    for phone in [SINGLE, TWO_RECORDS, KANDJI] {
+        let (out, json) = f.activate(&f.config(), phone, true).await;
         assert_eq!(json["outcome"], "activated", "{out}");
         assert_no_secrets(&out, &secrets);
     }
     // The check would catch a leak: --reveal shows the code.
-    let d = &f.devices[SINGLE];
+    let d = f.device(SINGLE);
     let out = f
         .station(
             &f.config(),
@@ -526,26 +521,25 @@ async fn no_secret_token_or_code_in_any_output_at_trace_level() {
 
 /// Two phones whose handshake sessions end 4 s after they began, their codes in Intune, and
 /// a clean phone.
-const SHORT_SESSION_WORLD: &str = r#"
-seed = 22
+fn short_session_world() -> String {
+    fixtures::world(
+        22,
+        &[
+            Phone::mdm_locked(FIRST, &[CODE_A]).with("activation_session_lifetime_ms", "4000"),
+            Phone::mdm_locked(SECOND, &[CODE_B]).with("activation_session_lifetime_ms", "4000"),
+            Phone::named(CLEAN).with("intune", "true"),
+        ],
+    )
+}
 
-[[device]]
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-activation_session_lifetime_ms = 4000
-
-[[device]]
-lock = "mdm"
-codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
-activation_session_lifetime_ms = 4000
-
-[[device]]
-intune = true
-"#;
+/// The phones of [`short_session_world`].
+const FIRST: &str = "first";
+const SECOND: &str = "second";
+const CLEAN: &str = "clean";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
-    let bench = InProcBench::start_with(SHORT_SESSION_WORLD, |config| {
+    let bench = InProcBench::start_with(&short_session_world(), |config| {
         config.station_config_sources = vec![ConfigSource::Intune];
     })
     .await;
@@ -560,19 +554,19 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
         std::fs::write(&path, text).expect("write config");
         path.display().to_string()
     };
-    let activate = |config: String, index: usize| {
+    let activate = |config: String, phone: &'static str| {
         let bench = &bench;
         async move {
             bench
-                .activate_json(&bench.udids[index], Some(&config), &[])
+                .activate_json(bench.udid(phone), Some(&config), &[])
                 .await
         }
     };
-    let handshakes = |index: usize| {
+    let handshakes = |phone: &str| {
         bench
             .bench
             .albert()
-            .requests_for(&bench.udids[index])
+            .requests_for(bench.udid(phone))
             .into_iter()
             .filter(|r| r.endpoint == Some(station_sim::Endpoint::DrmHandshake))
             .count()
@@ -583,10 +577,10 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
     // the look-up began before the handshake. Older than 2 s, the session is started
     // again before the code goes out, and the phone takes the record.
     graph.set_throttle_next(2, Duration::from_secs(3));
-    let (out, json) = activate(config_with(2), 0).await;
+    let (out, json) = activate(config_with(2), FIRST).await;
     assert_eq!(json["outcome"], "activated", "{out}");
     assert_eq!(json["codes_tried"], 1);
-    assert_eq!(handshakes(0), 2, "the handshake was redone");
+    assert_eq!(handshakes(FIRST), 2, "the handshake was redone");
     let outcomes: Vec<MdmOutcome> = graph
         .graph_requests()
         .into_iter()
@@ -602,7 +596,7 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
     );
     // The look-up began before the handshake, not at the lock form.
     let first_graph = graph.graph_requests()[0].at;
-    let first_handshake = bench.bench.albert().requests_for(&bench.udids[0])[0].clone();
+    let first_handshake = bench.bench.albert().requests_for(bench.udid(FIRST))[0].clone();
     assert_eq!(
         first_handshake.endpoint,
         Some(station_sim::Endpoint::DrmHandshake)
@@ -611,20 +605,20 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
         first_graph < first_handshake.at,
         "look-up after the handshake"
     );
-    assert_eq!(bench.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(bench.ideviceinfo_state(FIRST).await, "Activated");
 
     // The same wait with a bound above it: the code answers the old session, and the
     // phone, whose session has ended meanwhile, refuses the record.
     graph.set_throttle_next(2, Duration::from_secs(3));
-    let (out, json) = activate(config_with(60), 1).await;
+    let (out, json) = activate(config_with(60), SECOND).await;
     assert_eq!(json["outcome"], "device_error", "{out}");
     assert_eq!(json["step"], "apply_record", "{out}");
-    assert_eq!(handshakes(1), 1);
-    assert_eq!(bench.ideviceinfo_state(1).await, "Unactivated");
+    assert_eq!(handshakes(SECOND), 1);
+    assert_eq!(bench.ideviceinfo_state(SECOND).await, "Unactivated");
 
     // A clean phone never waits on the MDM: its look-up is dropped with the record.
     graph.set_throttle_next(2, Duration::from_secs(3));
-    let (out, json) = activate(config_with(2), 2).await;
+    let (out, json) = activate(config_with(2), CLEAN).await;
     assert_eq!(json["outcome"], "activated", "{out}");
     let elapsed = json["elapsed_ms"].as_u64().unwrap_or(u64::MAX);
     assert!(elapsed < 3000, "waited {elapsed} ms on a throttled MDM");

@@ -6,68 +6,65 @@ use std::time::Duration;
 
 use serde_json::Value;
 use station_sim::Endpoint;
+use station_tests::fixtures::{
+    self, toml_list, Phone, CODE_A, CODE_A_MASKED, CODE_B, CODE_C, CODE_D,
+};
 use station_tests::inproc::{ndjson, InProcBench};
 
-const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
-const STALE: &str = "TF27L-31WN1-E6FH-DMAM-52X5-NFV0";
-const SECOND: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
-const NO_CODE_KNOWN: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
+const GOOD: &str = CODE_A;
+const STALE: &str = CODE_C;
+const SECOND: &str = CODE_B;
+const NO_CODE_KNOWN: &str = CODE_D;
 
-const MIXED: &str = r#"
-seed = 21
+/// The phones of [`mixed`].
+const CLEAN: &str = "clean";
+const MDM: &str = "mdm";
+const STALE_AND_GOOD: &str = "stale-and-good";
+const USER_LOCKED: &str = "user-locked";
+const ACTIVATED: &str = "activated";
+const SLOW_TRUST: &str = "slow-trust";
+const MDM_NO_CODE: &str = "mdm-no-code";
+const LAST_CLEAN: &str = "last-clean";
 
-[[device]]
-activation_state = "Unactivated"
+fn mixed() -> String {
+    fixtures::world(
+        21,
+        &[
+            Phone::unactivated(CLEAN),
+            Phone::mdm_locked(MDM, &[GOOD]),
+            Phone::mdm_locked(STALE_AND_GOOD, &[SECOND]).with("stale_codes", &toml_list(&[STALE])),
+            Phone::user_locked(USER_LOCKED),
+            Phone::activated(ACTIVATED),
+            Phone::activated(SLOW_TRUST)
+                .with("trust", "\"accept\"")
+                .with("trust_delay_ms", "1500"),
+            Phone::mdm_locked(MDM_NO_CODE, &[NO_CODE_KNOWN]),
+            Phone::unactivated(LAST_CLEAN),
+        ],
+    )
+}
 
-[[device]]
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-
-[[device]]
-lock = "mdm"
-codes = ["8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86"]
-stale_codes = ["TF27L-31WN1-E6FH-DMAM-52X5-NFV0"]
-
-[[device]]
-lock = "user"
-
-[[device]]
-activation_state = "Activated"
-
-[[device]]
-activation_state = "Activated"
-trust = "accept"
-trust_delay_ms = 1500
-
-[[device]]
-lock = "mdm"
-codes = ["J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17"]
-
-[[device]]
-activation_state = "Unactivated"
-"#;
-
-/// The outcome each phone of MIXED must end with.
-const EXPECTED: [&str; 8] = [
-    "activated",
-    "activated",
-    "activated",
-    "user_locked",
-    "already_activated",
-    "already_activated",
-    "locked_no_code",
-    "activated",
+/// The outcome each phone of [`mixed`] must end with.
+const EXPECTED: [(&str, &str); 8] = [
+    (CLEAN, "activated"),
+    (MDM, "activated"),
+    (STALE_AND_GOOD, "activated"),
+    (USER_LOCKED, "user_locked"),
+    (ACTIVATED, "already_activated"),
+    (SLOW_TRUST, "already_activated"),
+    (MDM_NO_CODE, "locked_no_code"),
+    (LAST_CLEAN, "activated"),
 ];
 
 async fn mixed_bench() -> (InProcBench, std::path::PathBuf) {
-    let bench = InProcBench::start(MIXED).await;
+    let bench = InProcBench::start(&mixed()).await;
     let codes = bench.codes_csv(
         "codes.csv",
         &[
-            (1, GOOD, "device"),
-            (2, STALE, "device"),
-            (2, SECOND, "server"),
-            (6, "", "unknown"),
+            (MDM, GOOD, "device"),
+            (STALE_AND_GOOD, STALE, "device"),
+            (STALE_AND_GOOD, SECOND, "server"),
+            (MDM_NO_CODE, "", "unknown"),
         ],
     );
     let config = bench.station_config(Some(&codes), 3, "");
@@ -139,11 +136,11 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
         }
     }
     let finals = outcomes(&events);
-    for (index, expected) in EXPECTED.iter().enumerate() {
+    for (phone, expected) in EXPECTED {
         assert_eq!(
-            finals.get(&f.udids[index]).map(String::as_str),
-            Some(*expected),
-            "phone {index}: {}",
+            finals.get(f.udid(phone)).map(String::as_str),
+            Some(expected),
+            "phone {phone}: {}",
             out.stdout
         );
     }
@@ -165,7 +162,7 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
         .filter_map(|a| a["udid"].as_str())
         .collect();
     assert_eq!(attention.len(), 2, "{summary}");
-    assert!(attention.contains(&f.udids[3].as_str()) && attention.contains(&f.udids[6].as_str()));
+    assert!(attention.contains(&f.udid(USER_LOCKED)) && attention.contains(&f.udid(MDM_NO_CODE)));
 
     // The ledger says the same, and the locked report lists the four locked phones.
     let report = f
@@ -173,12 +170,12 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
         .await;
     report.assert_success();
     let rows: Vec<Value> = serde_json::from_str(&report.stdout).expect("report json");
-    for (index, expected) in EXPECTED.iter().enumerate() {
+    for (phone, expected) in EXPECTED {
         let row = rows
             .iter()
-            .find(|r| r["udid"] == f.udids[index].as_str())
+            .find(|r| r["udid"] == f.udid(phone))
             .expect("row per phone");
-        assert_eq!(row["outcome"], *expected, "{row}");
+        assert_eq!(row["outcome"], expected, "{row}");
         assert_eq!(row["station_id"], "test-bench");
     }
     let locked = f
@@ -190,17 +187,17 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
     let locked: Vec<Value> = serde_json::from_str(&locked.stdout).expect("locked json");
     let mut locked_udids: Vec<&str> = locked.iter().filter_map(|r| r["udid"].as_str()).collect();
     locked_udids.sort_unstable();
-    let mut want: Vec<&str> = [1, 2, 3, 6].iter().map(|i| f.udids[*i].as_str()).collect();
+    let mut want: Vec<&str> = [MDM, STALE_AND_GOOD, USER_LOCKED, MDM_NO_CODE]
+        .iter()
+        .map(|phone| f.udid(phone))
+        .collect();
     want.sort_unstable();
     assert_eq!(locked_udids, want);
     let released = locked
         .iter()
-        .find(|r| r["udid"] == f.udids[1].as_str())
+        .find(|r| r["udid"] == f.udid(MDM))
         .expect("released row");
-    assert_eq!(
-        released["released_by"]["code"], "3UM43-…-FKA4",
-        "{released}"
-    );
+    assert_eq!(released["released_by"]["code"], CODE_A_MASKED, "{released}");
 
     // No code whole anywhere the station wrote.
     let ledger = std::fs::read(f.path("data").join("ledger.sqlite3")).unwrap_or_default();
@@ -222,14 +219,14 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
 async fn an_unplugged_phone_is_interrupted_and_resumes_when_plugged_back() {
     let (f, _) = mixed_bench().await;
     // The phone sits on port 1-1.4.2, labelled A7; its replug takes a new LocationID.
-    f.usb_port(0, "1-1.4.2");
+    f.usb_port(CLEAN, "1-1.4.2");
     let config = f.station_config(
         Some(&f.path("codes.csv")),
         3,
         "\n[slots]\n\"1-1.4.2\" = \"A7\"\n",
     );
     f.bench.albert().set_latency(Duration::from_millis(600));
-    let udid = f.udids[0].clone();
+    let udid = f.udid(CLEAN).to_string();
     let mut station = f.spawn_station(&[
         "--config",
         config.to_str().expect("utf-8"),
@@ -287,13 +284,17 @@ async fn an_unplugged_phone_is_interrupted_and_resumes_when_plugged_back() {
             .all(|e| e["slot"] == "A7"),
         "{events:#?}"
     );
-    assert_eq!(f.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(f.ideviceinfo_state(CLEAN).await, "Activated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_show_the_port_path_and_its_label_across_a_replug() {
-    let f = InProcBench::start("seed = 3\n[[device]]\n[[device]]\n").await;
-    f.usb_port(0, "1-1.4.2");
+    let f = InProcBench::start(&fixtures::world(
+        3,
+        &[Phone::named("on-port"), Phone::named("other")],
+    ))
+    .await;
+    f.usb_port("on-port", "1-1.4.2");
     let config = f.station_config(None, 2, "\n[slots]\n\"1-1.4.2\" = \"A1\"\n");
     let config = config.to_str().expect("utf-8");
     let rows = |out: &station_tests::Output| -> Vec<Value> {
@@ -310,22 +311,22 @@ async fn devices_show_the_port_path_and_its_label_across_a_replug() {
             .cloned()
             .expect("row")
     };
-    let phone = row(&before, &f.udids[0]);
+    let phone = row(&before, f.udid("on-port"));
     assert_eq!(phone["port_path"], "1-1.4.2");
     assert_eq!(phone["slot"], "A1");
     assert_eq!(phone["slot_by"], "port_path");
     // The other phone has no USB device here (virtual bench): no port, said so.
-    let other = row(&before, &f.udids[1]);
+    let other = row(&before, f.udid("other"));
     assert_eq!(other["port_path"], Value::Null);
     assert_eq!(other["slot_by"], "location_id");
 
-    f.bench.unplug(&f.udids[0]).expect("unplug");
-    f.bench.plug(&f.udids[0]).expect("plug");
+    f.bench.unplug(f.udid("on-port")).expect("unplug");
+    f.bench.plug(f.udid("on-port")).expect("plug");
     let after = rows(
         &f.station(&["--config", config, "--json", "devices"], false)
             .await,
     );
-    let replugged = row(&after, &f.udids[0]);
+    let replugged = row(&after, f.udid("on-port"));
     assert_ne!(replugged["location"], phone["location"]);
     assert_eq!(replugged["port_path"], "1-1.4.2");
     assert_eq!(replugged["slot"], "A1");
@@ -426,7 +427,7 @@ async fn killing_the_station_loses_no_committed_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_by_the_line() {
-    let f = InProcBench::start("seed = 3\n[[device]]\nactivation_state = \"Unactivated\"\n").await;
+    let f = InProcBench::start(&fixtures::world(3, &[Phone::unactivated(CLEAN)])).await;
     let config = f.station_config(None, 2, "");
     f.bench.albert().set_failures(Endpoint::DrmHandshake, 5);
     let out = f
@@ -442,7 +443,7 @@ async fn server_errors_are_retried_by_the_line() {
         out.stdout
     );
     assert_eq!(
-        outcomes(&events).get(&f.udids[0]).map(String::as_str),
+        outcomes(&events).get(f.udid(CLEAN)).map(String::as_str),
         Some("activated"),
         "{}",
         out.stdout
@@ -541,28 +542,23 @@ async fn ctrl_c_lets_phones_in_flight_finish_and_writes_the_summary() {
 }
 
 /// Clean phones; all but the first are plugged in by the test.
-const OUTAGES: &str = r#"
-seed = 33
+fn outages() -> String {
+    let later = |name| Phone::unactivated(name).with("plug_at_ms", "3600000");
+    fixtures::world(
+        33,
+        &[
+            Phone::unactivated(PLUGGED),
+            later(LATER[0]),
+            later(LATER[1]),
+            later(LATER[2]),
+            later(LATER[3]),
+        ],
+    )
+}
 
-[[device]]
-activation_state = "Unactivated"
-
-[[device]]
-activation_state = "Unactivated"
-plug_at_ms = 3600000
-
-[[device]]
-activation_state = "Unactivated"
-plug_at_ms = 3600000
-
-[[device]]
-activation_state = "Unactivated"
-plug_at_ms = 3600000
-
-[[device]]
-activation_state = "Unactivated"
-plug_at_ms = 3600000
-"#;
+/// The phones of [`outages`]: one plugged in from the start, four the test plugs in.
+const PLUGGED: &str = "plugged";
+const LATER: [&str; 4] = ["later-1", "later-2", "later-3", "later-4"];
 
 const EVENT_WAIT: Duration = Duration::from_secs(30);
 
@@ -597,28 +593,32 @@ fn run_rows(f: &InProcBench) -> Vec<(String, Option<String>)> {
 /// and a requested stop (SIGTERM, as from `systemctl stop`) ends cleanly.
 #[tokio::test]
 async fn the_line_outlives_usbmuxd_going_away_and_coming_back() {
-    let mut f = InProcBench::start(OUTAGES).await;
+    let mut f = InProcBench::start(&outages()).await;
     let config = f.station_config(None, 2, "");
     let config = config.to_str().expect("utf-8").to_string();
-    let udids = f.udids.clone();
+    let plugged = f.udid(PLUGGED).to_string();
+    let later: Vec<String> = LATER
+        .iter()
+        .map(|phone| f.udid(phone).to_string())
+        .collect();
     let mut station = f.spawn_station(&["--config", &config, "run"]);
     station
-        .wait_for(EVENT_WAIT, finished_as(&udids[0], "activated"))
+        .wait_for(EVENT_WAIT, finished_as(&plugged, "activated"))
         .await;
 
     // Outage 1: phone 1 is mid-exchange (the activation server is slow) when usbmuxd exits.
     f.bench.albert().set_latency(Duration::from_millis(1500));
-    f.bench.plug(&udids[1]).expect("plug");
+    f.bench.plug(&later[0]).expect("plug");
     station
         .wait_for(EVENT_WAIT, |e| {
-            e["event"] == "step" && e["udid"] == udids[1].as_str() && e["step"] == "handshake"
+            e["event"] == "step" && e["udid"] == later[0].as_str() && e["step"] == "handshake"
         })
         .await;
     f.stop_usbmuxd().await;
     // The worker's outcome and the line's `usbmuxd_lost` race each other.
     let cut = station
         .wait_for(EVENT_WAIT, |e| {
-            e["event"] == "finished" && e["udid"] == udids[1].as_str()
+            e["event"] == "finished" && e["udid"] == later[0].as_str()
         })
         .await;
     assert_eq!(cut["outcome"], "interrupted", "{cut}");
@@ -635,34 +635,34 @@ async fn the_line_outlives_usbmuxd_going_away_and_coming_back() {
     f.start_usbmuxd();
     station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
     station
-        .wait_for(EVENT_WAIT, finished_as(&udids[1], "activated"))
+        .wait_for(EVENT_WAIT, finished_as(&later[0], "activated"))
         .await;
 
     // Outage 2: the bench empties, usbmuxd exits; a phone plugged in meanwhile is seen
     // when usbmuxd is back (udev starts it on the plug).
     f.stop_usbmuxd().await;
     station.wait_for(EVENT_WAIT, is_event("usbmuxd_lost")).await;
-    f.bench.plug(&udids[2]).expect("plug");
+    f.bench.plug(&later[1]).expect("plug");
     f.start_usbmuxd();
     station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
     station
-        .wait_for(EVENT_WAIT, finished_as(&udids[2], "activated"))
+        .wait_for(EVENT_WAIT, finished_as(&later[1], "activated"))
         .await;
 
     // Outage 3: long enough for several refused reconnection attempts.
     f.stop_usbmuxd().await;
     station.wait_for(EVENT_WAIT, is_event("usbmuxd_lost")).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    f.bench.plug(&udids[3]).expect("plug");
-    f.bench.plug(&udids[4]).expect("plug");
+    f.bench.plug(&later[2]).expect("plug");
+    f.bench.plug(&later[3]).expect("plug");
     f.start_usbmuxd();
     station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
     // Either may finish first.
     station
-        .seen_or_wait(EVENT_WAIT, finished_as(&udids[3], "activated"))
+        .seen_or_wait(EVENT_WAIT, finished_as(&later[2], "activated"))
         .await;
     station
-        .seen_or_wait(EVENT_WAIT, finished_as(&udids[4], "activated"))
+        .seen_or_wait(EVENT_WAIT, finished_as(&later[3], "activated"))
         .await;
     assert!(
         matches!(station.child.try_wait(), Ok(None)),
@@ -685,7 +685,7 @@ async fn the_line_outlives_usbmuxd_going_away_and_coming_back() {
     assert_eq!(
         events
             .iter()
-            .filter(|e| e["event"] == "started" && e["udid"] == udids[0].as_str())
+            .filter(|e| e["event"] == "started" && e["udid"] == plugged.as_str())
             .count(),
         1
     );
@@ -697,7 +697,7 @@ async fn the_line_outlives_usbmuxd_going_away_and_coming_back() {
     let rows: Vec<Value> = serde_json::from_str(&report.stdout).expect("report json");
     let phone1: Vec<&str> = rows
         .iter()
-        .filter(|r| r["udid"] == udids[1].as_str())
+        .filter(|r| r["udid"] == later[0].as_str())
         .filter_map(|r| r["outcome"].as_str())
         .collect();
     assert!(
@@ -710,7 +710,7 @@ async fn the_line_outlives_usbmuxd_going_away_and_coming_back() {
 /// attached) and waits for it; Ctrl-C then ends it cleanly.
 #[tokio::test]
 async fn the_line_waits_for_usbmuxd_at_start() {
-    let mut f = InProcBench::start(OUTAGES).await;
+    let mut f = InProcBench::start(&outages()).await;
     let config = f.station_config(None, 2, "");
     let config = config.to_str().expect("utf-8").to_string();
     f.stop_usbmuxd().await;
@@ -720,7 +720,7 @@ async fn the_line_waits_for_usbmuxd_at_start() {
     f.start_usbmuxd();
     station.wait_for(EVENT_WAIT, is_event("usbmuxd_back")).await;
     station
-        .wait_for(EVENT_WAIT, finished_as(&f.udids[0], "activated"))
+        .wait_for(EVENT_WAIT, finished_as(f.udid(PLUGGED), "activated"))
         .await;
     station.signal("INT");
     let (events, status) = station.finish(Duration::from_secs(60)).await;
@@ -736,7 +736,7 @@ async fn the_line_waits_for_usbmuxd_at_start() {
 /// `failed` in an existing ledger, and creates no ledger where there was none.
 #[tokio::test]
 async fn a_once_run_without_usbmuxd_fails_and_is_recorded_failed() {
-    let mut f = InProcBench::start(OUTAGES).await;
+    let mut f = InProcBench::start(&outages()).await;
     let config = f.station_config(None, 2, "");
     let config = config.to_str().expect("utf-8").to_string();
     let ledger = f.path("data").join("ledger.sqlite3");
@@ -778,10 +778,10 @@ async fn a_once_run_without_usbmuxd_fails_and_is_recorded_failed() {
 #[tokio::test]
 async fn once_waits_for_usbmuxd_up_to_the_replug_grace() {
     for back_in_time in [true, false] {
-        let mut f = InProcBench::start(OUTAGES).await;
+        let mut f = InProcBench::start(&outages()).await;
         let config = f.station_config(None, 2, "");
         let config = config.to_str().expect("utf-8").to_string();
-        let udid = f.udids[0].clone();
+        let udid = f.udid(PLUGGED).to_string();
         let grace = if back_in_time { "4" } else { "1" };
         f.bench.albert().set_latency(Duration::from_millis(1500));
         let mut station = f.spawn_station(&[
@@ -929,26 +929,22 @@ async fn location_id_slots_warn_in_the_check_and_at_start() {
 }
 
 /// A locked phone whose MDM first holds only a superseded code, and a clean phone.
-const REPLUG: &str = r#"
-seed = 41
-
-[[device]]
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-
-[[device]]
-activation_state = "Unactivated"
-"#;
+fn replug() -> String {
+    fixtures::world(
+        41,
+        &[Phone::mdm_locked(MDM, &[GOOD]), Phone::unactivated(CLEAN)],
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replugged_phone_that_is_not_done_is_worked_on_again_with_fresh_codes() {
     use std::os::unix::fs::PermissionsExt;
 
-    let f = InProcBench::start(REPLUG).await;
-    let udids = f.udids.clone();
+    let f = InProcBench::start(&replug()).await;
+    let (locked, clean) = (f.udid(MDM).to_string(), f.udid(CLEAN).to_string());
     // The customer's MDM, as a hook that prints whatever code it holds right now.
     let held = f.path("held-code");
-    std::fs::write(&held, "TF27L-31WN1-E6FH-DMAM-52X5-NFV0\n").expect("stale code");
+    std::fs::write(&held, format!("{STALE}\n")).expect("stale code");
     let hook = f.path("mdm-hook");
     std::fs::write(&hook, format!("#!/bin/sh\ncat '{}'\n", held.display())).expect("hook");
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -962,26 +958,26 @@ async fn a_replugged_phone_that_is_not_done_is_worked_on_again_with_fresh_codes(
     );
     let mut station = f.spawn_station(&["--config", config.to_str().expect("utf-8"), "run"]);
     station
-        .seen_or_wait(EVENT_WAIT, finished_as(&udids[0], "code_rejected"))
+        .seen_or_wait(EVENT_WAIT, finished_as(&locked, "code_rejected"))
         .await;
     station
-        .seen_or_wait(EVENT_WAIT, finished_as(&udids[1], "activated"))
+        .seen_or_wait(EVENT_WAIT, finished_as(&clean, "activated"))
         .await;
 
     // The customer issues a fresh code; the operator replugs both phones.
-    std::fs::write(&held, "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4\n").expect("fresh code");
-    for udid in &udids {
+    std::fs::write(&held, format!("{GOOD}\n")).expect("fresh code");
+    for udid in [&locked, &clean] {
         f.bench.unplug(udid).expect("unplug");
     }
-    for udid in &udids {
+    for udid in [&locked, &clean] {
         f.bench.plug(udid).expect("plug");
     }
     station
-        .wait_for(EVENT_WAIT, finished_as(&udids[0], "activated"))
+        .wait_for(EVENT_WAIT, finished_as(&locked, "activated"))
         .await;
     station
         .seen_or_wait(EVENT_WAIT, |e| {
-            e["event"] == "skipped" && e["udid"] == udids[1].as_str()
+            e["event"] == "skipped" && e["udid"] == clean.as_str()
         })
         .await;
     station.signal("INT");
@@ -989,8 +985,8 @@ async fn a_replugged_phone_that_is_not_done_is_worked_on_again_with_fresh_codes(
     assert_eq!(status.code(), Some(0), "a requested stop that drained");
     let clean_runs = events
         .iter()
-        .filter(|e| e["event"] == "started" && e["udid"] == udids[1].as_str())
+        .filter(|e| e["event"] == "started" && e["udid"] == clean.as_str())
         .count();
     assert_eq!(clean_runs, 1, "a phone that is done is not worked on again");
-    assert_eq!(f.ideviceinfo_state(0).await, "Activated");
+    assert_eq!(f.ideviceinfo_state(MDM).await, "Activated");
 }

@@ -5,52 +5,49 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use station_tests::fixtures::{self, Phone, CODE_A, CODE_A_MASKED};
 use station_tests::inproc::InProcBench;
 use station_tests::Output;
 
-const WORLD: &str = r#"
-seed = 31
+/// The phones of [`world`].
+const IOS_9: &str = "ios-9";
+const IOS_11: &str = "ios-11";
+const IOS_12_LOCKED: &str = "ios-12-locked";
+const IOS_10_OLD_TLS: &str = "ios-10-old-tls";
 
-[[device]]
-product_type = "iPhone8,1"
-product_version = "9.3.5"
-activation_state = "Unactivated"
-
-[[device]]
-product_type = "iPhone9,1"
-product_version = "11.4.1"
-activation_state = "Unactivated"
-
-[[device]]
-product_type = "iPhone8,1"
-product_version = "12.4.1"
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-
-# An iOS 10 phone whose TLS stops at 1.0, as some reports for iOS 10–11 describe.
-[[device]]
-product_type = "iPhone9,3"
-product_version = "10.3.3"
-activation_state = "Unactivated"
-tls = "tls1.0"
-"#;
-
-const IOS_9: usize = 0;
-const IOS_11: usize = 1;
-const IOS_12_LOCKED: usize = 2;
-const IOS_10_OLD_TLS: usize = 3;
+fn world() -> String {
+    fixtures::world(
+        31,
+        &[
+            Phone::unactivated(IOS_9)
+                .with("product_type", "\"iPhone8,1\"")
+                .with("product_version", "\"9.3.5\""),
+            Phone::unactivated(IOS_11)
+                .with("product_type", "\"iPhone9,1\"")
+                .with("product_version", "\"11.4.1\""),
+            Phone::mdm_locked(IOS_12_LOCKED, &[CODE_A])
+                .with("product_type", "\"iPhone8,1\"")
+                .with("product_version", "\"12.4.1\""),
+            // An iOS 10 phone whose TLS stops at 1.0, as some reports for iOS 10–11 describe.
+            Phone::unactivated(IOS_10_OLD_TLS)
+                .with("product_type", "\"iPhone9,3\"")
+                .with("product_version", "\"10.3.3\"")
+                .with("tls", "\"tls1.0\""),
+        ],
+    )
+}
 
 /// The exit code of an `unsupported` phone.
 const UNSUPPORTED: i32 = 10;
 
-async fn activate(bench: &InProcBench, index: usize, codes: Option<&str>) -> (Output, Value) {
+async fn activate(bench: &InProcBench, phone: &str, codes: Option<&str>) -> (Output, Value) {
     let extra: Vec<&str> = codes.map(|c| vec!["--codes", c]).unwrap_or_default();
-    bench.activate_json(&bench.udids[index], None, &extra).await
+    bench.activate_json(bench.udid(phone), None, &extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
-    let bench = InProcBench::start(WORLD).await;
+    let bench = InProcBench::start(&world()).await;
 
     let started = Instant::now();
     let (out, json) = activate(&bench, IOS_9, None).await;
@@ -75,13 +72,13 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
         .dir
         .path()
         .join("state/lockdown")
-        .join(format!("{}.plist", bench.udids[IOS_9]));
+        .join(format!("{}.plist", bench.udid(IOS_9)));
     assert!(!record.exists(), "nothing was written: no pairing");
     assert!(
         bench
             .bench
             .albert()
-            .requests_for(&bench.udids[IOS_9])
+            .requests_for(bench.udid(IOS_9))
             .is_empty(),
         "the activation server was never asked"
     );
@@ -93,13 +90,10 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
     assert_eq!(bench.ideviceinfo_state(IOS_11).await, "Activated");
 
     // An iOS 12 iPhone 6s speaks TLS 1.2 only, and its lock is released by its code.
-    let csv = bench.codes_csv(
-        "codes.csv",
-        &[(IOS_12_LOCKED, "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4", "device")],
-    );
+    let csv = bench.codes_csv("codes.csv", &[(IOS_12_LOCKED, CODE_A, "device")]);
     let csv = csv.display().to_string();
     // Without --json: one line, the outcome named once.
-    let udid = &bench.udids[IOS_12_LOCKED];
+    let udid = bench.udid(IOS_12_LOCKED);
     let url = bench.bench.activation_url().to_string();
     let out = bench
         .station(
@@ -118,7 +112,7 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
     out.assert_success();
     assert!(
         out.stdout.starts_with(&format!(
-            "{udid}: activated: Activation Lock released with code 3UM43-…-FKA4"
+            "{udid}: activated: Activation Lock released with code {CODE_A_MASKED}"
         )),
         "{out}"
     );
@@ -139,7 +133,7 @@ async fn an_ios_9_phone_is_refused_before_pairing_and_newer_ones_activate() {
         bench
             .bench
             .albert()
-            .requests_for(&bench.udids[IOS_10_OLD_TLS])
+            .requests_for(bench.udid(IOS_10_OLD_TLS))
             .is_empty(),
         "the activation server was never asked"
     );

@@ -6,21 +6,22 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use station_protocol::pairing::{HostIdentity, PairRecord};
+use station_tests::fixtures::{self, Phone};
 use station_tests::inproc::InProcBench;
 
-const WORLD: &str = r#"
-seed = 23
+/// The phones of [`world`].
+const STALE_RECORD: &str = "stale-record";
+const NO_ESCROW_BAG: &str = "no-escrow-bag";
 
-[[device]]
-activation_state = "Unactivated"
-
-[[device]]
-activation_state = "Unactivated"
-pair_escrow_bag = false
-"#;
-
-const STALE_RECORD: usize = 0;
-const NO_ESCROW_BAG: usize = 1;
+fn world() -> String {
+    fixtures::world(
+        23,
+        &[
+            Phone::unactivated(STALE_RECORD),
+            Phone::unactivated(NO_ESCROW_BAG).with("pair_escrow_bag", "false"),
+        ],
+    )
+}
 
 fn record_path(bench: &InProcBench, udid: &str) -> PathBuf {
     bench
@@ -55,8 +56,8 @@ fn json(out: &station_tests::Output) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_phone_rejects_in_the_tls_handshake_is_replaced_once() {
-    let bench = InProcBench::start(WORLD).await;
-    let udid = bench.udids[STALE_RECORD].clone();
+    let bench = InProcBench::start(&world()).await;
+    let udid = bench.udid(STALE_RECORD).to_string();
 
     let out = bench.station(&["pair", "--udid", &udid], false).await;
     out.assert_success();
@@ -98,8 +99,8 @@ async fn a_record_the_phone_rejects_in_the_tls_handshake_is_replaced_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pairing_without_escrow_bag_is_kept_and_used() {
-    let bench = InProcBench::start(WORLD).await;
-    let udid = bench.udids[NO_ESCROW_BAG].clone();
+    let bench = InProcBench::start(&world()).await;
+    let udid = bench.udid(NO_ESCROW_BAG).to_string();
     let (out, report) = bench.activate_json(&udid, None, &[]).await;
     assert_eq!(report["outcome"], "activated", "{out}");
     let record = read_record(&bench, &udid);

@@ -9,6 +9,7 @@ use station_protocol::lockdown::{LockdownClient, LOCKDOWN_PORT};
 use station_protocol::pairing::{generate_pair_record, PairRecord};
 use station_protocol::tls_engine::TlsVersion;
 use station_protocol::usbmux::{connect_address, Address, UsbmuxClient, UsbmuxStream};
+use station_tests::fixtures::{self, Phone};
 use station_tests::inproc::InProcBench;
 use station_tests::sha1_records::sha1_signed;
 use x509_parser::oid_registry::OID_PKCS1_SHA1WITHRSA;
@@ -16,12 +17,12 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const STEP: Duration = Duration::from_secs(20);
 
-const WORLD: &str = r#"
-seed = 17
+/// The one phone of [`world`].
+const PHONE: &str = "phone";
 
-[[device]]
-activation_state = "Unactivated"
-"#;
+fn world() -> String {
+    fixtures::world(17, &[Phone::unactivated(PHONE)])
+}
 
 async fn usbmux(address: &Address) -> UsbmuxClient<UsbmuxStream> {
     let stream = connect_address(address, STEP).await.expect("bench socket");
@@ -103,8 +104,8 @@ async fn pair_with_sha1_record(bench: &InProcBench, udid: &str) -> PairRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn station_activates_through_a_sha1_signed_pair_record() {
-    let bench = InProcBench::start(WORLD).await;
-    let udid = bench.udids[0].clone();
+    let bench = InProcBench::start(&world()).await;
+    let udid = bench.udid(PHONE).to_string();
     let record = tokio::time::timeout(STEP * 2, pair_with_sha1_record(&bench, &udid))
         .await
         .expect("pairing in time");

@@ -3,29 +3,29 @@
 
 use std::path::PathBuf;
 
+use station_tests::fixtures::{self, Phone};
 use station_tests::Bench;
 
-/// Four activated phones whose virtual user behaves differently at "Trust This Computer?".
-const WORLD: &str = r#"
-seed = 7
+/// The phones of [`world`]: activated, their virtual user behaving differently at "Trust
+/// This Computer?".
+const PENDING: &str = "pending";
+const DENIED: &str = "denied";
+const PASSCODE_LOCKED: &str = "passcode-locked";
+const ACCEPTS_LATE: &str = "accepts-late";
 
-[[device]]
-activation_state = "Activated"
-trust = "pending"
-
-[[device]]
-activation_state = "Activated"
-trust = "deny"
-
-[[device]]
-activation_state = "Activated"
-passcode_locked = true
-
-[[device]]
-activation_state = "Activated"
-trust = "accept"
-trust_delay_ms = 1500
-"#;
+fn world() -> String {
+    fixtures::world(
+        7,
+        &[
+            Phone::activated(PENDING).with("trust", "\"pending\""),
+            Phone::activated(DENIED).with("trust", "\"deny\""),
+            Phone::activated(PASSCODE_LOCKED).with("passcode_locked", "true"),
+            Phone::activated(ACCEPTS_LATE)
+                .with("trust", "\"accept\"")
+                .with("trust_delay_ms", "1500"),
+        ],
+    )
+}
 
 /// Exit code the station uses when the operator has to act on the phone.
 const NEEDS_OPERATOR: i32 = 5;
@@ -33,26 +33,30 @@ const NEEDS_OPERATOR: i32 = 5;
 fn bench() -> (Bench, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("world dir");
     let world: PathBuf = dir.path().join("trust.toml");
-    std::fs::write(&world, WORLD).expect("write world");
+    std::fs::write(&world, self::world()).expect("write world");
     let bench = Bench::start_with(&["--world", world.to_str().expect("utf-8 path")]);
     assert_eq!(bench.ready.devices.len(), 4, "{}", bench.ready.raw);
     (bench, dir)
 }
 
-fn udid(bench: &Bench, index: usize) -> String {
-    bench.ready.devices[index].udid.clone()
+fn udid(bench: &Bench, phone: &str) -> String {
+    bench.device_named(phone).udid.clone()
 }
 
 #[test]
 fn each_trust_failure_has_its_own_message_and_exit_code() {
     let (bench, _world) = bench();
     let cases = [
-        (0, "trust-pending", "tap Trust"),
-        (1, "trust-denied", "Don't Trust"),
-        (2, "passcode-locked", "unlock the phone with its passcode"),
+        (PENDING, "trust-pending", "tap Trust"),
+        (DENIED, "trust-denied", "Don't Trust"),
+        (
+            PASSCODE_LOCKED,
+            "passcode-locked",
+            "unlock the phone with its passcode",
+        ),
     ];
-    for (index, code, hint) in cases {
-        let udid = udid(&bench, index);
+    for (phone, code, hint) in cases {
+        let udid = udid(&bench, phone);
         let out = bench.station(&["pair", "--udid", &udid, "--wait", "0"]);
         out.assert_failure();
         assert_eq!(out.status.code(), Some(NEEDS_OPERATOR), "{out}");
@@ -71,7 +75,7 @@ fn each_trust_failure_has_its_own_message_and_exit_code() {
 #[test]
 fn a_trust_accepted_after_a_delay_pairs_when_the_station_waits() {
     let (bench, _world) = bench();
-    let udid = udid(&bench, 3);
+    let udid = udid(&bench, ACCEPTS_LATE);
     let out = bench.station(&["pair", "--udid", &udid, "--wait", "20"]);
     out.assert_success();
     assert!(
@@ -83,7 +87,7 @@ fn a_trust_accepted_after_a_delay_pairs_when_the_station_waits() {
     serial.assert_success();
     assert_eq!(
         serial.stdout.trim(),
-        bench.ready.devices[3].serial,
+        bench.device_named(ACCEPTS_LATE).serial,
         "{serial}"
     );
     let again = bench.station(&["pair", "--udid", &udid]);
@@ -109,7 +113,7 @@ fn devices_lists_untrusted_phones_without_prompting_them() {
         assert!(note.contains("station pair --udid"), "{row}");
     }
     // Listing never opened a trust dialog: the delayed-accept phone is still unpaired.
-    let udid = udid(&bench, 3);
+    let udid = udid(&bench, ACCEPTS_LATE);
     assert!(bench.pair_record(&udid).is_none());
 }
 

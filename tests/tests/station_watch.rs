@@ -5,33 +5,32 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::Value;
+use station_tests::fixtures::{self, Phone, CODE_A, CODE_A_MASKED};
 use station_tests::inproc::InProcBench;
 
-const CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
-const MASKED: &str = "3UM43-…-FKA4";
+const CODE: &str = CODE_A;
+const MASKED: &str = CODE_A_MASKED;
 
-const WORLD: &str = r#"
-seed = 9
+/// The locked phone of [`world`]; the others are clean.
+const MDM: &str = "mdm";
 
-[[device]]
-activation_state = "Unactivated"
-
-[[device]]
-lock = "mdm"
-codes = ["3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"]
-
-[[device]]
-activation_state = "Unactivated"
-
-[[device]]
-activation_state = "Unactivated"
-"#;
+fn world() -> String {
+    fixtures::world(
+        9,
+        &[
+            Phone::unactivated("clean-1"),
+            Phone::mdm_locked(MDM, &[CODE]),
+            Phone::unactivated("clean-2"),
+            Phone::unactivated("clean-3"),
+        ],
+    )
+}
 
 /// `station run --once` on the bench, one phone at a time with slow answers so that it
 /// lasts long enough to attach mid-way; returned once its first phone has finished.
 async fn run_under_way() -> (InProcBench, String, station_tests::inproc::StreamingStation) {
-    let f = InProcBench::start(WORLD).await;
-    let codes = f.codes_csv("codes.csv", &[(1, CODE, "device")]);
+    let f = InProcBench::start(&world()).await;
+    let codes = f.codes_csv("codes.csv", &[(MDM, CODE, "device")]);
     let config = f.station_config(Some(&codes), 1, "");
     let config = config.to_str().expect("utf-8").to_string();
     f.bench.albert().set_latency(Duration::from_millis(400));
@@ -97,7 +96,7 @@ async fn watchers_attached_mid_run_get_the_replay_and_the_live_events_to_the_sum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_without_a_live_run_says_so_and_fails() {
-    let f = InProcBench::start(WORLD).await;
+    let f = InProcBench::start(&world()).await;
     let config = f.station_config(None, 1, "");
     let config = config.to_str().expect("utf-8");
     // A socket file a killed run left behind is not a live run.

@@ -21,7 +21,7 @@ use station_protocol::mobileactivation::{self, Command, MobileActivationError};
 use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 
 use crate::codes::{CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode};
-use crate::error::StationError;
+use crate::error::{ErrorCode, StationError, UrlProblem};
 use crate::http::{HttpClient, HttpError, RetryPolicy};
 use crate::phone::{Bench, Session};
 
@@ -174,27 +174,18 @@ impl ActivationServer {
     /// endpoint URL (`…/deviceservices/deviceActivation`, as `ideviceactivation -s` takes).
     pub fn new(url: &str, timeout: Duration, retry: RetryPolicy) -> Result<Self, StationError> {
         let base = normalise_base(url);
-        let parsed = reqwest::Url::parse(&base).map_err(|e| {
-            StationError::new(
-                "activation-url",
-                crate::error::exit::USAGE,
-                format!("invalid activation server URL {url:?}: {e}"),
-            )
+        let parsed = reqwest::Url::parse(&base).map_err(|e| StationError::ActivationUrl {
+            url: url.to_string(),
+            problem: UrlProblem::Invalid(e.to_string()),
         })?;
         if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(StationError::new(
-                "activation-url",
-                crate::error::exit::USAGE,
-                format!("activation server URL {url:?} must be http(s)"),
-            ));
+            return Err(StationError::ActivationUrl {
+                url: url.to_string(),
+                problem: UrlProblem::NotHttp,
+            });
         }
-        let http = HttpClient::new(activation::USER_AGENT, timeout, retry).map_err(|e| {
-            StationError::new(
-                "activation-client",
-                crate::error::exit::FAILURE,
-                e.to_string(),
-            )
-        })?;
+        let http = HttpClient::new(activation::USER_AGENT, timeout, retry)
+            .map_err(|e| StationError::ActivationClient(e.to_string()))?;
         Ok(ActivationServer {
             http,
             base,
@@ -326,7 +317,7 @@ struct Stop {
     message: String,
     retryable: bool,
     /// The station error behind a device failure, to name its cause afterwards.
-    cause: Option<&'static str>,
+    cause: Option<ErrorCode>,
 }
 
 impl Stop {
@@ -340,17 +331,13 @@ impl Stop {
     }
 
     fn device(e: StationError) -> Self {
-        let retryable = matches!(
-            e.code,
-            "trust-pending" | "device-timeout" | "device-disconnected"
-        );
-        let message = match e.help {
-            Some(help) => format!("{}: {help}", e.message),
-            None => e.message,
+        let message = match e.help() {
+            Some(help) => format!("{e}: {help}"),
+            None => e.to_string(),
         };
         Stop {
-            retryable,
-            cause: Some(e.code),
+            retryable: e.is_retryable(),
+            cause: Some(e.kind()),
             ..Stop::new(Outcome::DeviceError, message)
         }
     }
@@ -370,13 +357,13 @@ impl Stop {
     /// as far as the operator can act on it; anything else stands.
     fn naming_the_ios(self, version: Option<IosVersion>) -> Self {
         match (self.cause, version) {
-            (Some("session-tls-rejected"), Some(v)) if v.support() == Support::Tried => {
+            (Some(ErrorCode::SessionTlsRejected), Some(v)) if v.support() == Support::Tried => {
                 Stop::unsupported(v, "failed the TLS handshake with the station")
             }
-            (Some("tls-too-old"), Some(v)) => {
+            (Some(ErrorCode::TlsTooOld), Some(v)) => {
                 Stop::unsupported(v, "offers only TLS 1.0/1.1 to the station")
             }
-            (Some("tls-too-old"), None) => Stop {
+            (Some(ErrorCode::TlsTooOld), None) => Stop {
                 outcome: Outcome::Unsupported,
                 ..self
             },
@@ -879,19 +866,22 @@ impl Activator<'_> {
         match self.bench.session(device).await {
             Ok(Some(session)) => return Ok(session),
             Ok(None) => {}
-            Err(e) if e.code == "pair-record-stale" || e.code == "session-tls-rejected" => {
+            Err(
+                e
+                @ (StationError::PairRecordStale { .. } | StationError::SessionTlsRejected { .. }),
+            ) => {
                 // An unplug mid-handshake looks the same; keep the record for the replug.
                 if !self.still_attached(device).await {
                     return Err(e.into());
                 }
-                tracing::info!(udid = %device.udid, reason = %e.message, "phone no longer trusts this station's pair record; pairing again");
+                tracing::info!(udid = %device.udid, reason = %e, "phone no longer trusts this station's pair record; pairing again");
                 self.bench.forget(&device.udid).await?;
             }
             Err(e) => return Err(e.into()),
         }
         let record = match self.bench.pair(device, Duration::ZERO).await {
             Ok(record) => record,
-            Err(e) if e.code == "trust-pending" && !self.trust_wait.is_zero() => {
+            Err(StationError::TrustPending { .. }) if !self.trust_wait.is_zero() => {
                 self.observer.step(&device.udid, Step::WaitingForTrust);
                 let record = self.bench.pair(device, self.trust_wait).await?;
                 self.observer.step(&device.udid, Step::Pair);
@@ -1222,10 +1212,10 @@ mod tests {
         use station_protocol::channel::ChannelError;
         let udid = "00008030-001A2C3E0E90802E";
         let rejected = || {
-            Stop::device(StationError::session_tls_rejected(
-                udid,
-                &ChannelError::Tls("received fatal alert: HandshakeFailure".into()),
-            ))
+            Stop::device(StationError::SessionTlsRejected {
+                udid: udid.into(),
+                reason: ChannelError::Tls("received fatal alert: HandshakeFailure".into()),
+            })
         };
         let version = |v: &str| IosVersion::parse(v);
 
@@ -1245,7 +1235,12 @@ mod tests {
         assert_eq!(stop.outcome, Outcome::DeviceError);
 
         // Old TLS is unsupported whatever the phone claims, and says so.
-        let old = || Stop::device(StationError::tls_too_old(udid, "ProtocolVersion alert"));
+        let old = || {
+            Stop::device(StationError::TlsTooOld {
+                udid: udid.into(),
+                reason: "ProtocolVersion alert".into(),
+            })
+        };
         let stop = old().naming_the_ios(version("11.4.1"));
         assert_eq!(stop.outcome, Outcome::Unsupported);
         assert!(stop.message.contains("iOS 11.4.1"), "{}", stop.message);

@@ -12,7 +12,7 @@ use futures_util::future::{join_all, BoxFuture};
 use station_config::{Environment, StationConfig};
 
 use super::{CodeLookup, Lookup, LookupError, RemoteRelease, SourceAnswer, SourceFailure};
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::http::RetryPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +46,7 @@ impl ChainError {
 /// A chain that cannot be built stops a command before its first phone, as a usage error.
 impl From<ChainError> for StationError {
     fn from(e: ChainError) -> Self {
-        let help = e.help();
-        StationError::new("codes-source", exit::USAGE, e.to_string()).help(help)
+        StationError::CodesSource(e)
     }
 }
 

@@ -26,10 +26,8 @@ pub async fn activate(station: &Station, args: ActivateArgs<'_>) -> Result<Outpu
     let bench = station.bench()?;
     let codes: Box<dyn CodeLookup> = match args.codes {
         Some(path) => {
-            let codes = CsvCodes::load(path).map_err(|e| {
-                StationError::new("codes-invalid", exit::USAGE, e.to_string())
-                    .help("fix the rows named above; the header must be serial_number,udid,bypass_code,code_kind,source,retrieved_at")
-            })?;
+            let codes =
+                CsvCodes::load(path).map_err(|e| StationError::CodesInvalid(e.to_string()))?;
             tracing::info!(rows = codes.rows(), file = %path.display(), "bypass codes loaded");
             Box::new(codes)
         }

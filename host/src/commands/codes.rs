@@ -4,7 +4,7 @@
 
 use crate::codes::chain::Chain;
 use crate::codes::{CodeKind, Lookup};
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::station::Station;
 use serde::Serialize;
 
@@ -80,22 +80,14 @@ pub struct CodesLookup {
 
 /// Asks every configured source; the codes masked unless `reveal`.
 pub async fn lookup(station: &Station, args: LookupArgs<'_>) -> Result<CodesLookup, StationError> {
-    let chain = station.code_chain()?.ok_or_else(|| {
-        StationError::new(
-            "codes-not-configured",
-            exit::USAGE,
-            "no bypass-code source is configured",
-        )
-        .help("add [[codes.sources]] to the configuration (`station config example` shows them)")
-    })?;
+    let chain = station
+        .code_chain()?
+        .ok_or(StationError::CodesNotConfigured)?;
     let serial = args.serial.trim();
     let lookup = chain
         .lookup_all(serial, args.udid.unwrap_or_default())
         .await
-        .map_err(|e| {
-            StationError::new("codes-sources-failed", exit::FAILURE, e.to_string())
-                .help("fix the sources named above; `station config check` validates the file")
-        })?;
+        .map_err(StationError::CodesSourcesFailed)?;
     Ok(CodesLookup {
         serial: serial.to_string(),
         udid: args.udid.map(str::to_string),
@@ -223,7 +215,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(err.code, "codes-not-configured");
+        assert_eq!(err.code(), "codes-not-configured");
 
         let dir = tempfile::tempdir().expect("dir");
         let text = format!(
@@ -240,7 +232,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(err.code, "codes-sources-failed");
-        assert_eq!(err.exit, exit::FAILURE);
+        assert_eq!(err.code(), "codes-sources-failed");
+        assert_eq!(err.exit_code(), crate::error::exit::FAILURE);
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use station_config::{Environment, StationConfig, EXAMPLE};
 
 use crate::cli::ConfigAction;
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::output::Output;
 use crate::preflight::Preflight;
 use crate::station::Station;
@@ -34,10 +34,7 @@ pub fn run(action: &ConfigAction, station: &Station) -> Result<Output, StationEr
         ConfigAction::Example => Ok(Output::Text(EXAMPLE)),
         ConfigAction::Check { env_file } => {
             let env = match env_file {
-                Some(path) => Environment::with_env_file(path).map_err(|e| {
-                    StationError::new("env-file", exit::USAGE, e.to_string())
-                        .help("one KEY=VALUE per line, like systemd's EnvironmentFile; mode 0600")
-                })?,
+                Some(path) => Environment::with_env_file(path).map_err(StationError::EnvFile)?,
                 None => Environment::process(),
             };
             let config = station.config()?;

@@ -10,7 +10,7 @@ use station_config::StationConfig;
 use station_sim::world::demo;
 use station_sim::{Bench as SimBench, BenchConfig, World};
 
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::ledger::Filter;
 use crate::line::render::Mode;
 use crate::line::runner::{self, RunArgs};
@@ -33,8 +33,7 @@ pub struct DemoArgs {
 
 /// Runs the demo; its screen (or NDJSON) is shown as it goes.
 pub async fn demo(args: &DemoArgs, json: bool) -> Result<Output, StationError> {
-    let failed =
-        |what: &str, e: String| StationError::new("demo", exit::FAILURE, format!("{what}: {e}"));
+    let failed = |what: &'static str, reason: String| StationError::Demo { what, reason };
     let dir = tempfile::Builder::new()
         .prefix("station-demo-")
         .tempdir()

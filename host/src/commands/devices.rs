@@ -6,11 +6,11 @@ use serde::Serialize;
 use station_protocol::usbmux::DeviceInfo;
 
 use crate::error::StationError;
-use crate::models::marketing_name;
 use crate::output::Output;
 use crate::phone::Bench;
 use crate::slots::{SlotBy, Slots};
 use crate::station::Station;
+use station_protocol::models::marketing_name;
 
 /// Bound on identifying one phone, so one stuck phone cannot stall the listing.
 const PER_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,11 +108,12 @@ pub async fn identify(bench: &Bench, slots: &Slots, device: &DeviceInfo) -> Devi
 /// The row names the phone already: its note says what is wrong without repeating the
 /// UDID (the help keeps it where it is part of a command to copy).
 fn note_for(e: &StationError, udid: &str) -> String {
-    let message = match e.message.strip_prefix(udid) {
+    let full = e.to_string();
+    let message = match full.strip_prefix(udid) {
         Some(rest) => format!("the phone{rest}").replacen("the phone: ", "", 1),
-        None => e.message.replace(udid, "the phone"),
+        None => full.replace(udid, "the phone"),
     };
-    match &e.help {
+    match e.help() {
         Some(help) => format!("{message}: {help}"),
         None => message,
     }
@@ -179,7 +180,7 @@ mod tests {
 
     #[test]
     fn notes_do_not_repeat_the_udid() {
-        let note = note_for(&StationError::passcode_locked(UDID), UDID);
+        let note = note_for(&StationError::PasscodeLocked { udid: UDID.into() }, UDID);
         assert!(
             note.starts_with("the phone is locked with a passcode"),
             "{note}"

@@ -25,7 +25,7 @@ pub async fn pair(station: &Station, udid: &str, wait: Duration) -> Result<Outpu
                 return Ok(paired(udid, PairOutcome::AlreadyPaired));
             }
             // The phone forgot us (erased): pair again below.
-            Err(e) if e.code == "pair-record-stale" => {
+            Err(StationError::PairRecordStale { .. }) => {
                 tracing::info!(udid, "stored pair record is stale; pairing again");
             }
             Err(e) => return Err(e),

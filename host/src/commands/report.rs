@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, Time};
 
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::ledger::{after_millisecond, AttemptRecord, Filter, Status};
 use crate::output::report::ReportFormat;
 use crate::station::Station;
@@ -86,11 +86,7 @@ impl ReportArgs {
     fn filter(&self) -> Result<Filter, StationError> {
         if let (Some(since), Some(before)) = (self.since, self.until) {
             if since >= before {
-                return Err(StationError::new(
-                    "report-range",
-                    exit::USAGE,
-                    "--since is after --until: nothing can match",
-                ));
+                return Err(StationError::ReportRange);
             }
         }
         Ok(Filter {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::error::{exit, StationError};
+use crate::error::{RunLoss, StationError, WatchFailure};
 use crate::line::events::{Event, EventKind};
 use crate::line::publish::socket_path;
 use crate::line::render::{self, Mode};
@@ -36,15 +36,7 @@ pub async fn watch(data_dir: &Path, mode: Mode) -> Result<u8, StationError> {
 }
 
 async fn connect(path: &Path) -> Result<UnixStream, StationError> {
-    let shown = path.display();
-    let no_run = || {
-        StationError::new(
-            "no-run",
-            exit::FAILURE,
-            format!("no station run is live at {shown}"),
-        )
-        .help("start it with `systemctl start station` (or `station run`), then watch again")
-    };
+    let socket = path.to_path_buf();
     match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e))
@@ -53,24 +45,19 @@ async fn connect(path: &Path) -> Result<UnixStream, StationError> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            Err(no_run())
+            Err(StationError::NoRun { socket })
         }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(StationError::new(
-            "watch-denied",
-            exit::FAILURE,
-            format!("cannot attach to the station run at {shown}: permission denied"),
-        )
-        .help("the socket is private to the user the station runs as: `sudo station watch`")),
-        Ok(Err(e)) => Err(StationError::new(
-            "watch-failed",
-            exit::FAILURE,
-            format!("cannot attach to the station run at {shown}: {e}"),
-        )),
-        Err(_) => Err(StationError::new(
-            "watch-failed",
-            exit::FAILURE,
-            format!("the station run at {shown} did not answer in {CONNECT_TIMEOUT:?}"),
-        )),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(StationError::WatchDenied { socket })
+        }
+        Ok(Err(e)) => Err(StationError::WatchFailed {
+            socket,
+            failure: WatchFailure::Connect(e),
+        }),
+        Err(_) => Err(StationError::WatchFailed {
+            socket,
+            failure: WatchFailure::NoAnswer(CONNECT_TIMEOUT),
+        }),
     }
 }
 
@@ -94,27 +81,23 @@ async fn follow(
         };
         match read {
             Ok(0) => {
-                return Err(StationError::new(
-                    "run-gone",
-                    exit::FAILURE,
-                    format!("the station run at {} ended before its summary", path.display()),
-                )
-                .help("it was stopped, or this watcher fell behind and was dropped; `station report` shows what it recorded"))
+                return Err(StationError::RunGone {
+                    socket: path.to_path_buf(),
+                    loss: RunLoss::EndedEarly,
+                })
             }
             Ok(_) if line.last() != Some(&b'\n') => {
-                return Err(StationError::new(
-                    "watch-failed",
-                    exit::FAILURE,
-                    format!("{} sent a line that is not an event", path.display()),
-                ))
+                return Err(StationError::WatchFailed {
+                    socket: path.to_path_buf(),
+                    failure: WatchFailure::NotAnEvent,
+                })
             }
             Ok(_) => {}
             Err(e) => {
-                return Err(StationError::new(
-                    "run-gone",
-                    exit::FAILURE,
-                    format!("lost the station run at {}: {e}", path.display()),
-                ))
+                return Err(StationError::RunGone {
+                    socket: path.to_path_buf(),
+                    loss: RunLoss::Read(e),
+                })
             }
         }
         let text = String::from_utf8_lossy(&line);

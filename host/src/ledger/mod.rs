@@ -11,9 +11,6 @@
 //!
 //! Schema and report fields: docs/report.md.
 
-// The writer side is used by `station run`, which is being wired up alongside (issue 5);
-// until then only the tests and `station report` use this module. Remove with the wiring.
-
 mod query;
 mod schema;
 mod secret;
@@ -34,7 +31,6 @@ use tokio::sync::oneshot;
 use crate::activation::ActivationReport;
 #[cfg(test)]
 use crate::activation::Outcome;
-use crate::error::{exit, StationError};
 
 pub use query::{AttemptRecord, Filter, Status};
 #[cfg(test)]
@@ -112,22 +108,6 @@ pub enum LedgerError {
     Commit { reason: String },
     #[error("the ledger is closed")]
     Closed,
-}
-
-impl From<LedgerError> for StationError {
-    fn from(e: LedgerError) -> Self {
-        match &e {
-            LedgerError::InUse { .. } => StationError::new("ledger-in-use", exit::FAILURE, e.to_string())
-                .help("only one `station run` per data directory: stop the other one, or give this one its own --data-dir"),
-            LedgerError::NewerSchema { .. } => {
-                StationError::new("ledger-newer", exit::FAILURE, e.to_string())
-                    .help("a newer station version wrote this ledger: upgrade this one")
-            }
-            LedgerError::NoWal { .. } => StationError::new("ledger-no-wal", exit::FAILURE, e.to_string())
-                .help("put the data directory on a local filesystem (not NFS/SMB)"),
-            _ => StationError::new("ledger-error", exit::FAILURE, e.to_string()),
-        }
-    }
 }
 
 /// Wraps a SQLite error with what the ledger was doing.

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::{sqlite, stamp, wire_name, AttemptId, LedgerError};
 use crate::activation::Outcome;
-use crate::models::marketing_name;
+use station_protocol::models::marketing_name;
 
 /// Every outcome, in the order reports list them.
 pub const OUTCOMES: [Outcome; 9] = [

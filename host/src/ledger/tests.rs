@@ -57,6 +57,34 @@ fn masked_release() -> Release {
     }
 }
 
+/// One row of [`sample_ledger`]'s table: an attempt of `udid` in `run`, finished with
+/// `outcome` (`None`: left in progress) on a phone that was (`locked`) Activation Locked.
+struct SampleAttempt {
+    run: &'static str,
+    udid: &'static str,
+    started: SystemTime,
+    outcome: Option<Outcome>,
+    locked: bool,
+}
+
+impl SampleAttempt {
+    fn new(
+        run: &'static str,
+        udid: &'static str,
+        started: SystemTime,
+        outcome: Option<Outcome>,
+        locked: bool,
+    ) -> Self {
+        SampleAttempt {
+            run,
+            udid,
+            started,
+            outcome,
+            locked,
+        }
+    }
+}
+
 /// A ledger with two runs and a spread of outcomes, closed again; one attempt is left in
 /// progress. Returns the data directory's contents as a reader sees them.
 ///
@@ -71,48 +99,30 @@ fn masked_release() -> Release {
 pub(crate) async fn sample_ledger(dir: &Path) {
     let (ledger, _) = Ledger::open(dir, "bench-1").expect("open");
     let day_before = |secs: u64| at(secs) - Duration::from_secs(86_400);
-    let rows: [(&str, &str, SystemTime, Option<Outcome>, bool); 6] = [
-        (
-            "r1",
-            "a",
-            day_before(10 * 3600),
-            Some(Outcome::Activated),
-            true,
-        ),
-        (
-            "r1",
-            "b",
-            day_before(10 * 3600 + 300),
-            Some(Outcome::LockedNoCode),
-            true,
-        ),
-        (
-            "r2",
-            "c",
-            at(9 * 3600),
-            Some(Outcome::AlreadyActivated),
-            false,
-        ),
-        (
-            "r2",
-            "d",
-            at(9 * 3600 + 1800),
-            Some(Outcome::CodeRejected),
-            true,
-        ),
-        ("r2", "b", at(11 * 3600), Some(Outcome::UserLocked), true),
-        ("r2", "f", at(12 * 3600), None, false),
+    // One line per row of the table above.
+    #[rustfmt::skip]
+    let rows = [
+        SampleAttempt::new("r1", "a", day_before(10 * 3600),       Some(Outcome::Activated),        true),
+        SampleAttempt::new("r1", "b", day_before(10 * 3600 + 300), Some(Outcome::LockedNoCode),     true),
+        SampleAttempt::new("r2", "c", at(9 * 3600),                Some(Outcome::AlreadyActivated), false),
+        SampleAttempt::new("r2", "d", at(9 * 3600 + 1800),         Some(Outcome::CodeRejected),     true),
+        SampleAttempt::new("r2", "b", at(11 * 3600),               Some(Outcome::UserLocked),       true),
+        SampleAttempt::new("r2", "f", at(12 * 3600),               None,                            false),
     ];
     ledger
         .start_run("r1", day_before(10 * 3600))
         .await
         .expect("run");
     ledger.start_run("r2", at(9 * 3600)).await.expect("run");
-    for (run, udid, started, outcome, locked) in rows {
-        let id = ledger
-            .begin(&start(run, udid, started))
-            .await
-            .expect("begin");
+    for SampleAttempt {
+        run,
+        udid,
+        started,
+        outcome,
+        locked,
+    } in rows
+    {
+        let id = begin(&ledger, run, udid, started).await;
         ledger
             .record_step(id, "pair", started + Duration::from_millis(100))
             .await
@@ -145,6 +155,23 @@ pub(crate) async fn sample_ledger(dir: &Path) {
     ledger.close().await;
 }
 
+/// The latest attempt of `udid`; fails the test when the ledger has none.
+async fn latest(ledger: &Ledger, udid: &str) -> AttemptRecord {
+    ledger
+        .latest_for(udid)
+        .await
+        .expect("latest")
+        .unwrap_or_else(|| panic!("no attempt of {udid} in the ledger"))
+}
+
+/// Begins an attempt of `udid` in `run` at `started`.
+async fn begin(ledger: &Ledger, run: &str, udid: &str, started: SystemTime) -> AttemptId {
+    ledger
+        .begin(&start(run, udid, started))
+        .await
+        .expect("begin")
+}
+
 fn reader(dir: &Path) -> LedgerReader {
     LedgerReader::open(dir)
         .expect("reader")
@@ -159,10 +186,7 @@ async fn begin_and_finish_round_trip() {
     assert!(ledger.path().ends_with(LEDGER_FILE));
 
     ledger.start_run("run-1", at(0)).await.expect("start run");
-    let id = ledger
-        .begin(&start("run-1", "udid-1", at(1)))
-        .await
-        .expect("begin");
+    let id = begin(&ledger, "run-1", "udid-1", at(1)).await;
     ledger
         .update_identity(id, "F2LX1", Some("iPhone14,5"), Some("18.1"))
         .await
@@ -189,11 +213,7 @@ async fn begin_and_finish_round_trip() {
     r.released_by = Some(masked_release());
     ledger.finish(id, &r, at(2)).await.expect("finish");
 
-    let record = ledger
-        .latest_for("udid-1")
-        .await
-        .expect("latest")
-        .expect("a record");
+    let record = latest(&ledger, "udid-1").await;
     assert_eq!(record.attempt_id, id);
     assert_eq!(record.station_id, "bench-1");
     assert_eq!(record.run_id, "run-1");
@@ -265,7 +285,7 @@ async fn begin_and_finish_round_trip() {
 async fn an_outcome_is_final_and_unknown_attempts_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ledger, _) = Ledger::open(dir.path(), "bench-1").expect("open");
-    let id = ledger.begin(&start("r", "u", at(0))).await.expect("begin");
+    let id = begin(&ledger, "r", "u", at(0)).await;
     let r = report("u", Outcome::DeviceError);
     ledger.finish(id, &r, at(1)).await.expect("finish");
     assert!(matches!(
@@ -285,11 +305,7 @@ async fn an_outcome_is_final_and_unknown_attempts_are_refused() {
         Err(LedgerError::InvalidStep { .. })
     ));
     // A failed job in a batch leaves the others alone.
-    let stored = ledger
-        .latest_for("u")
-        .await
-        .expect("latest")
-        .expect("record");
+    let stored = latest(&ledger, "u").await;
     assert_eq!(stored.outcome, Status::Finished(Outcome::DeviceError));
     assert_eq!(stored.stopped_at.as_deref(), Some("activation_request"));
     ledger.close().await;
@@ -299,7 +315,7 @@ async fn an_outcome_is_final_and_unknown_attempts_are_refused() {
 async fn a_remote_release_is_recorded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ledger, _) = Ledger::open(dir.path(), "bench-1").expect("open");
-    let id = ledger.begin(&start("r", "u", at(0))).await.expect("begin");
+    let id = begin(&ledger, "r", "u", at(0)).await;
     let mut r = report("u", Outcome::Activated);
     r.activation_locked = true;
     r.remote_release = Some(crate::codes::RemoteRelease {
@@ -308,11 +324,7 @@ async fn a_remote_release_is_recorded() {
         wait: Duration::from_secs(30),
     });
     ledger.finish(id, &r, at(1)).await.expect("finish");
-    let stored = ledger
-        .latest_for("u")
-        .await
-        .expect("latest")
-        .expect("record");
+    let stored = latest(&ledger, "u").await;
     assert_eq!(stored.released_by, None);
     assert_eq!(
         stored.remote_release,
@@ -375,27 +387,18 @@ async fn attempts_left_in_progress_are_recovered_as_interrupted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ledger, _) = Ledger::open(dir.path(), "bench-1").expect("open");
     ledger.start_run("r", at(0)).await.expect("run");
-    let done = ledger
-        .begin(&start("r", "done", at(1)))
-        .await
-        .expect("begin");
+    let done = begin(&ledger, "r", "done", at(1)).await;
     ledger
         .finish(done, &report("done", Outcome::Activated), at(2))
         .await
         .expect("finish");
-    let open = ledger
-        .begin(&start("r", "open", at(1)))
-        .await
-        .expect("begin");
+    let open = begin(&ledger, "r", "open", at(1)).await;
     ledger.record_step(open, "pair", at(3)).await.expect("step");
     ledger
         .record_step(open, "bypass", at(4))
         .await
         .expect("step");
-    let early = ledger
-        .begin(&start("r", "early", at(5)))
-        .await
-        .expect("begin");
+    let early = begin(&ledger, "r", "early", at(5)).await;
     // The process goes away without finishing them.
     ledger.close().await;
 
@@ -420,11 +423,7 @@ async fn attempts_left_in_progress_are_recovered_as_interrupted() {
     assert!(recovered[0].message.contains("during step `bypass`"));
     assert!(recovered[1].message.contains("before its first step"));
 
-    let record = ledger
-        .latest_for("open")
-        .await
-        .expect("latest")
-        .expect("record");
+    let record = latest(&ledger, "open").await;
     assert_eq!(record.outcome, Status::Finished(Outcome::Interrupted));
     assert_eq!(record.stopped_at.as_deref(), Some("bypass"));
     assert_eq!(
@@ -434,11 +433,7 @@ async fn attempts_left_in_progress_are_recovered_as_interrupted() {
     assert_eq!(record.duration_ms, Some(3000));
     assert!(record.recovered_at.is_some());
     assert_eq!(record.steps.last().and_then(|s| s.duration_ms), None);
-    let kept = ledger
-        .latest_for("done")
-        .await
-        .expect("latest")
-        .expect("record");
+    let kept = latest(&ledger, "done").await;
     assert_eq!(kept.outcome, Status::Finished(Outcome::Activated));
     ledger.close().await;
 
@@ -479,19 +474,13 @@ fn crash_child() {
     runtime.block_on(async {
         let (ledger, _) = Ledger::open(Path::new(&dir), "bench-1").expect("open");
         ledger.start_run("r", at(0)).await.expect("run");
-        let done = ledger
-            .begin(&start("r", "done", at(1)))
-            .await
-            .expect("begin");
+        let done = begin(&ledger, "r", "done", at(1)).await;
         ledger.record_step(done, "pair", at(1)).await.expect("step");
         ledger
             .finish(done, &report("done", Outcome::Activated), at(2))
             .await
             .expect("finish");
-        let open = ledger
-            .begin(&start("r", "open", at(1)))
-            .await
-            .expect("begin");
+        let open = begin(&ledger, "r", "open", at(1)).await;
         ledger
             .record_step(open, "activation_request", at(3))
             .await
@@ -524,11 +513,7 @@ async fn a_killed_process_loses_no_committed_outcome() {
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].udid, "open");
     assert_eq!(recovered[0].step.as_deref(), Some("activation_request"));
-    let done = ledger
-        .latest_for("done")
-        .await
-        .expect("latest")
-        .expect("record");
+    let done = latest(&ledger, "done").await;
     assert_eq!(done.outcome, Status::Finished(Outcome::Activated));
     let runs = ledger
         .call(|c| {
@@ -570,7 +555,7 @@ async fn a_whole_bypass_code_cannot_get_in() {
 
     // Through the public path: a release carrying the whole code, and the code in the
     // reason and the source name.
-    let id = ledger.begin(&start("r", "u", at(0))).await.expect("begin");
+    let id = begin(&ledger, "r", "u", at(0)).await;
     let mut r = report("u", Outcome::Activated);
     r.activation_locked = true;
     r.released_by = Some(Release {
@@ -583,11 +568,7 @@ async fn a_whole_bypass_code_cannot_get_in() {
         .finish(id, &r, at(1))
         .await
         .expect("the outcome is kept");
-    let stored = ledger
-        .latest_for("u")
-        .await
-        .expect("latest")
-        .expect("record");
+    let stored = latest(&ledger, "u").await;
     assert_eq!(stored.outcome, Status::Finished(Outcome::Activated));
     let release = stored.released_by.expect("the source is kept");
     assert_eq!(release.code, None, "the code is dropped");

@@ -21,11 +21,11 @@ use crate::activation::{ActivationReport, ActivationServer, Activator, Observer,
 use crate::codes::CodeLookup;
 use crate::error::StationError;
 use crate::http::RetryPolicy;
-use crate::models::marketing_name;
 use crate::phone::Bench;
 use events::{Attention, EventKind, EventSink, PhoneRef, Summary};
+use station_protocol::models::marketing_name;
 
-use crate::ledger::{AttemptId, AttemptStart, Ledger};
+use crate::ledger::{AttemptId, AttemptStart, Ledger, LedgerError};
 
 /// While usbmuxd is away the line retries after this, doubling up to [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);
@@ -38,7 +38,7 @@ pub trait AttemptLog: Send + Sync {
         &'a self,
         phone: &'a PhoneRef,
         location_id: u32,
-    ) -> BoxFuture<'a, Result<AttemptId, String>>;
+    ) -> BoxFuture<'a, Result<AttemptId, LedgerError>>;
     /// Fire-and-forget progress (current step, identity); losing one is harmless.
     fn step(&self, id: AttemptId, step: Step);
     fn identified(
@@ -52,7 +52,7 @@ pub trait AttemptLog: Send + Sync {
         &'a self,
         id: AttemptId,
         report: &'a ActivationReport,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), LedgerError>>;
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +188,7 @@ impl Line {
                 Usb::Connected(events)
             }
             Err(e) if options.once => return Err(e),
-            Err(e) => line.usbmuxd_lost(&e.message, &mut phones, &mut queue),
+            Err(e) => line.usbmuxd_lost(&e.to_string(), &mut phones, &mut queue),
         };
 
         loop {
@@ -215,7 +215,7 @@ impl Line {
                     Ok(UsbEvent::Attached(device)) => line.attach(device, &mut phones, &mut queue),
                     Ok(UsbEvent::Detached { device_id }) => line.detach(device_id, &mut phones, &mut queue),
                     Ok(UsbEvent::Paired { .. }) => {}
-                    Err(e) => usb = line.usbmuxd_lost(&e.message, &mut phones, &mut queue),
+                    Err(e) => usb = line.usbmuxd_lost(&e.to_string(), &mut phones, &mut queue),
                 },
                 attempt = reconnect, if !listening && stop == Shutdown::Running => {
                     let Usb::Lost { since, backoff, .. } = usb else { continue };
@@ -713,7 +713,7 @@ impl AttemptLog for RunLog {
         &'a self,
         phone: &'a PhoneRef,
         location_id: u32,
-    ) -> BoxFuture<'a, Result<AttemptId, String>> {
+    ) -> BoxFuture<'a, Result<AttemptId, LedgerError>> {
         Box::pin(async move {
             self.ledger
                 .begin(&AttemptStart {
@@ -724,7 +724,6 @@ impl AttemptLog for RunLog {
                     started_at: std::time::SystemTime::now(),
                 })
                 .await
-                .map_err(|e| e.to_string())
         })
     }
 
@@ -754,12 +753,11 @@ impl AttemptLog for RunLog {
         &'a self,
         id: AttemptId,
         report: &'a ActivationReport,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
         Box::pin(async move {
             self.ledger
                 .finish(id, report, std::time::SystemTime::now())
                 .await
-                .map_err(|e| e.to_string())
         })
     }
 }

@@ -179,7 +179,7 @@ pub async fn run(
 
 /// How a failed run reads in the ledger: the error's stable code and its message.
 fn failure_reason(e: &StationError) -> String {
-    format!("{}: {}", e.code, e.message)
+    format!("{}: {e}", e.code())
 }
 
 /// Records a run that failed before it started, in a ledger that exists already; none is

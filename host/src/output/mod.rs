@@ -120,11 +120,7 @@ pub fn write(output: &Output, json: bool) -> Result<u8, StationError> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // A closed pipe (`station devices | head`) is not a failure.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            return Err(StationError::new(
-                "output",
-                exit::FAILURE,
-                format!("cannot write output: {e}"),
-            ))
+            return Err(StationError::Output(e))
         }
         _ => {}
     }
@@ -151,15 +147,15 @@ fn exit_code(output: &Output, json: bool) -> Result<u8, StationError> {
 pub fn failure(e: &StationError, json: bool) -> u8 {
     if json {
         let value = serde_json::json!({
-            "error": { "code": e.code, "message": e.message, "help": e.help }
+            "error": { "code": e.code(), "message": e.to_string(), "help": e.help() }
         });
         println!("{value}");
     }
-    eprintln!("error[{}]: {}", e.code, e.message);
-    if let Some(help) = &e.help {
+    eprintln!("error[{}]: {e}", e.code());
+    if let Some(help) = e.help() {
         eprintln!("  help: {help}");
     }
-    e.exit
+    e.exit_code()
 }
 
 /// Pretty JSON and a line break; a value that cannot be encoded shows as an empty line.

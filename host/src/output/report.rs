@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use super::aligned_table;
 use crate::commands::report::Report;
-use crate::error::{exit, StationError};
+use crate::error::StationError;
 use crate::ledger::{AttemptRecord, Status};
 
 /// How `station report` shows its rows (`--format`).
@@ -34,13 +34,7 @@ pub fn render(records: &[AttemptRecord], format: ReportFormat) -> Result<String,
                 text.push('\n');
                 text
             })
-            .map_err(|e| {
-                StationError::new(
-                    "report-output",
-                    exit::FAILURE,
-                    format!("cannot encode JSON: {e}"),
-                )
-            }),
+            .map_err(|e| StationError::ReportJson(e.to_string())),
     }
 }
 
@@ -204,13 +198,7 @@ fn csv_row(r: &AttemptRecord) -> [String; 26] {
 }
 
 fn csv(records: &[AttemptRecord]) -> Result<String, StationError> {
-    let failed = |e: &dyn std::fmt::Display| {
-        StationError::new(
-            "report-output",
-            exit::FAILURE,
-            format!("cannot write CSV: {e}"),
-        )
-    };
+    let failed = |e: &dyn std::fmt::Display| StationError::ReportCsv(e.to_string());
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_COLUMNS).map_err(|e| failed(&e))?;
     for record in records {

@@ -6,9 +6,9 @@
 //! usbmuxd socket (`ReadPairRecord`/`SavePairRecord`/`DeletePairRecord`/`ReadBUID`) can
 //! implement the same trait.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -17,6 +17,7 @@ use plist::{Dictionary, Value};
 
 use super::record::SYSTEM_BUID;
 use super::{type_name, PairRecord, PairingError};
+use crate::atomic_file;
 
 /// A boxed `Send` future, so [`PairRecordStore`] stays usable as `Arc<dyn PairRecordStore>`
 /// (`async fn` in traits is not dyn-compatible).
@@ -117,7 +118,7 @@ impl DirPairStore {
     pub fn save_blocking(&self, udid: &str, record: &PairRecord) -> Result<(), PairingError> {
         let path = self.record_path(udid)?;
         self.create_dir()?;
-        write_atomic(&path, &record.to_xml(), 0o600)
+        write_atomic(&path, &record.to_xml(), atomic_file::PRIVATE)
     }
 
     /// Blocking form of [`PairRecordStore::delete`].
@@ -125,7 +126,7 @@ impl DirPairStore {
         let path = self.record_path(udid)?;
         match fs::remove_file(&path) {
             Ok(()) => {
-                sync_dir(&self.dir);
+                atomic_file::sync_dir(&self.dir);
                 Ok(true)
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -287,73 +288,14 @@ fn config_xml(config: Dictionary) -> Result<Vec<u8>, PairingError> {
     Ok(out)
 }
 
-/// Writes `bytes` to a fresh temporary file beside `path` with `mode`, fsyncs it, and
-/// returns its path. The caller moves it into place.
-fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, PairingError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let written = options.open(&temp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    match written {
-        Ok(()) => Ok(temp),
-        Err(source) => {
-            let _ = fs::remove_file(&temp);
-            Err(io_error("write", &temp, source))
-        }
-    }
-}
-
 /// Replaces `path` atomically with `bytes`.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PairingError> {
-    let temp = write_temp(path, bytes, mode)?;
-    if let Err(source) = fs::rename(&temp, path) {
-        let _ = fs::remove_file(&temp);
-        return Err(io_error("replace", path, source));
-    }
-    if let Some(dir) = path.parent() {
-        sync_dir(dir);
-    }
-    Ok(())
+    atomic_file::write(path, bytes, mode).map_err(|source| io_error("write", path, source))
 }
 
 /// Creates `path` atomically with `bytes` unless it already exists; `false` if it did.
-/// (A hard link, unlike rename, refuses to replace an existing file.)
 fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, PairingError> {
-    let temp = write_temp(path, bytes, mode)?;
-    let linked = fs::hard_link(&temp, path);
-    let _ = fs::remove_file(&temp);
-    match linked {
-        Ok(()) => {
-            if let Some(dir) = path.parent() {
-                sync_dir(dir);
-            }
-            Ok(true)
-        }
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(io_error("create", path, source)),
-    }
-}
-
-/// Makes a rename or unlink in `dir` durable. Best effort: the data itself is already
-/// synced, and some file systems refuse to fsync directories.
-fn sync_dir(dir: &Path) {
-    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(dir = %dir.display(), %error, "cannot fsync pair record directory");
-    }
+    atomic_file::create(path, bytes, mode).map_err(|source| io_error("create", path, source))
 }
 
 #[cfg(test)]

@@ -18,8 +18,9 @@ use station_protocol::pairing::{DeviceKeyPair, PairRequestCerts};
 use tokio::sync::OnceCell;
 
 use crate::error::SimError;
-use crate::state::{write_atomic, StateDir};
+use crate::state::StateDir;
 use crate::world::{ActivationState, DeviceProfile, Lock, Trust};
+use station_protocol::atomic_file;
 
 /// A pairing the phone accepted: what `StartSession` and the TLS handshake check against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,7 +446,9 @@ impl Phone {
             (pairings, activation)
         };
         let bytes = phone_file_to_xml(&snapshot, activation);
-        if let Err(e) = write_atomic(self.pairings_path.clone(), bytes).await {
+        if let Err(e) =
+            atomic_file::write_async(self.pairings_path.clone(), bytes, atomic_file::SHARED).await
+        {
             tracing::warn!(udid = %self.profile.udid, error = %e, "cannot persist phone state");
         }
     }
@@ -525,7 +528,11 @@ fn load_or_generate_key(
     let keys = DeviceKeyPair::generate().map_err(|e| key_error(e.to_string()))?;
     if let Some(path) = path {
         let text = format!("{}{}", keys.private_key_pem, keys.public_key_pem);
-        if let Err(e) = crate::state::write_atomic_blocking(path, text.as_bytes()) {
+        if let Err(e) = station_protocol::atomic_file::write(
+            path,
+            text.as_bytes(),
+            station_protocol::atomic_file::SHARED,
+        ) {
             tracing::warn!(path = %path.display(), error = %e, "cannot cache device key");
         }
     }

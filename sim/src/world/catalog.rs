@@ -30,7 +30,6 @@ pub struct OsRelease {
 pub struct Model {
     pub product_type: &'static str,
     pub hardware_model: &'static str,
-    pub marketing_name: &'static str,
     /// Chip id (CPID); also the first half of the UDID from the A12 on.
     pub chip_id: u32,
     pub board_id: u32,
@@ -140,7 +139,6 @@ pub const OLDER_MODELS: &[Model] = &[
         product_type: "iPhone8,1",
         // The Samsung-A9 board; the TSMC one is N71mAP (CPID 0x8003), same ProductType.
         hardware_model: "N71AP",
-        marketing_name: "iPhone 6s",
         chip_id: 0x8000,
         board_id: 0x04,
         hardware_platform: "s8000",
@@ -159,7 +157,6 @@ pub const OLDER_MODELS: &[Model] = &[
     Model {
         product_type: "iPhone9,1",
         hardware_model: "D10AP",
-        marketing_name: "iPhone 7",
         chip_id: 0x8010,
         board_id: 0x08,
         hardware_platform: "t8010",
@@ -178,7 +175,6 @@ pub const OLDER_MODELS: &[Model] = &[
     Model {
         product_type: "iPhone9,3",
         hardware_model: "D101AP",
-        marketing_name: "iPhone 7",
         chip_id: 0x8010,
         board_id: 0x0c,
         hardware_platform: "t8010",
@@ -200,7 +196,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone10,4",
         hardware_model: "D201AP",
-        marketing_name: "iPhone 8",
         chip_id: 0x8015,
         board_id: 0x0a,
         hardware_platform: "t8015",
@@ -219,7 +214,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone11,8",
         hardware_model: "N841AP",
-        marketing_name: "iPhone XR",
         chip_id: 0x8020,
         board_id: 0x0c,
         hardware_platform: "t8020",
@@ -238,7 +232,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone12,1",
         hardware_model: "N104AP",
-        marketing_name: "iPhone 11",
         chip_id: 0x8030,
         board_id: 0x04,
         hardware_platform: "t8030",
@@ -257,7 +250,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone13,2",
         hardware_model: "D53gAP",
-        marketing_name: "iPhone 12",
         chip_id: 0x8101,
         board_id: 0x0c,
         hardware_platform: "t8101",
@@ -276,7 +268,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone14,5",
         hardware_model: "D63AP",
-        marketing_name: "iPhone 13",
         chip_id: 0x8110,
         board_id: 0x0e,
         hardware_platform: "t8110",
@@ -295,7 +286,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone15,2",
         hardware_model: "D73AP",
-        marketing_name: "iPhone 14 Pro",
         chip_id: 0x8120,
         board_id: 0x0c,
         hardware_platform: "t8120",
@@ -314,7 +304,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone16,1",
         hardware_model: "D83AP",
-        marketing_name: "iPhone 15 Pro",
         chip_id: 0x8130,
         board_id: 0x04,
         hardware_platform: "t8130",
@@ -333,7 +322,6 @@ pub const MODELS: &[Model] = &[
     Model {
         product_type: "iPhone17,3",
         hardware_model: "D47AP",
-        marketing_name: "iPhone 16",
         chip_id: 0x8140,
         board_id: 0x0c,
         hardware_platform: "t8140",
@@ -366,6 +354,12 @@ pub fn product_types() -> Vec<&'static str> {
 }
 
 impl Model {
+    /// The name MDM inventories show ("iPhone 11"), from the one table in
+    /// `station_protocol::models`; every catalogue model is in it (tested below).
+    pub fn marketing_name(&self) -> &'static str {
+        station_protocol::models::marketing_name(self.product_type).unwrap_or(self.product_type)
+    }
+
     /// The release with this ProductVersion, if the model runs it.
     pub fn release(&self, version: &str) -> Option<&'static OsRelease> {
         self.releases.iter().find(|r| r.version == version)
@@ -388,6 +382,11 @@ mod tests {
                 assert!(!m.serial_year_codes.is_empty(), "{}", m.product_type);
             }
             assert!(model(m.product_type).is_some());
+            assert!(
+                station_protocol::models::marketing_name(m.product_type).is_some(),
+                "{} has no marketing name",
+                m.product_type
+            );
         }
     }
 

@@ -497,7 +497,7 @@ impl World {
                     first,
                     second: index,
                 };
-                if other.udid.eq_ignore_ascii_case(&profile.udid) {
+                if station_protocol::udid::same_udid(&other.udid, &profile.udid) {
                     return Err(dup("udid", &profile.udid));
                 }
                 if other.serial == profile.serial {
@@ -931,7 +931,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
             .clone()
             .unwrap_or_else(|| model.hardware_model.to_string()),
         hardware_platform: model.hardware_platform.to_string(),
-        marketing_name: model.marketing_name.to_string(),
+        marketing_name: model.marketing_name().to_string(),
         model_number,
         region_info: spec
             .region_info

@@ -1,7 +1,11 @@
-//! Marketing names for ProductType identifiers, for the operator's screen.
+//! Marketing names of iPhone models ("iPhone 11 Pro") by ProductType ("iPhone12,3"): what
+//! the station shows the operator and what the simulator's phones report to MDM inventories.
 
-/// `(ProductType, name)`; unknown types are shown as the raw identifier.
-const MODELS: &[(&str, &str)] = &[
+/// `(ProductType, marketing name)`; several ProductTypes can share one name (regional variants).
+pub const MARKETING_NAMES: &[(&str, &str)] = &[
+    ("iPhone8,1", "iPhone 6s"),
+    ("iPhone9,1", "iPhone 7"),
+    ("iPhone9,3", "iPhone 7"),
     ("iPhone10,1", "iPhone 8"),
     ("iPhone10,4", "iPhone 8"),
     ("iPhone10,2", "iPhone 8 Plus"),
@@ -40,8 +44,9 @@ const MODELS: &[(&str, &str)] = &[
     ("iPhone17,5", "iPhone 16e"),
 ];
 
+/// The marketing name of `product_type`, if it is a model this table knows.
 pub fn marketing_name(product_type: &str) -> Option<&'static str> {
-    MODELS
+    MARKETING_NAMES
         .iter()
         .find(|(id, _)| *id == product_type)
         .map(|(_, name)| *name)
@@ -49,9 +54,25 @@ pub fn marketing_name(product_type: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn known_and_unknown_models() {
-        assert_eq!(super::marketing_name("iPhone12,1"), Some("iPhone 11"));
-        assert_eq!(super::marketing_name("iPhone99,9"), None);
+        assert_eq!(marketing_name("iPhone12,1"), Some("iPhone 11"));
+        assert_eq!(marketing_name("iPhone12,3"), Some("iPhone 11 Pro"));
+        assert_eq!(marketing_name("iPhone9,3"), Some("iPhone 7"));
+        assert_eq!(marketing_name("iPhone99,9"), None);
+    }
+
+    #[test]
+    fn each_product_type_is_listed_once() {
+        for (i, (id, _)) in MARKETING_NAMES.iter().enumerate() {
+            assert!(
+                MARKETING_NAMES[i + 1..]
+                    .iter()
+                    .all(|(other, _)| other != id),
+                "{id} listed twice"
+            );
+        }
     }
 }
