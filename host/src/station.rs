@@ -39,6 +39,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The context of one command, built once by `main` (or by `station demo` around its
+/// virtual bench); commands ask it for the parts they use.
 pub struct Station {
     options: Options,
     /// The configuration file in use, if any (`None`: the defaults).

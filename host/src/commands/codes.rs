@@ -2,11 +2,12 @@
 //! and says which answered, how many codes each gave, and the codes, masked unless the
 //! operator asks for them whole (`--reveal`, to type one on the phone).
 
+use serde::Serialize;
+
 use crate::codes::chain::Chain;
 use crate::codes::{CodeKind, Lookup};
 use crate::error::StationError;
 use crate::station::Station;
-use serde::Serialize;
 
 /// Long help of `station codes lookup`, with the JSON shape.
 pub const LOOKUP_HELP: &str = "\

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use station_protocol::models::marketing_name;
 use station_protocol::usbmux::DeviceInfo;
 
 use crate::error::StationError;
@@ -10,7 +11,6 @@ use crate::output::Output;
 use crate::phone::Bench;
 use crate::slots::{SlotBy, Slots};
 use crate::station::Station;
-use station_protocol::models::marketing_name;
 
 /// Bound on identifying one phone, so one stuck phone cannot stall the listing.
 const PER_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
