@@ -6,7 +6,8 @@
 //! - `GET /api/v1/devices/{device_id}`: one device;
 //! - `GET /api/v1/devices/{device_id}/secrets/bypasscode`:
 //!   `{"user_based_albc": …, "device_based_albc": …}`, an absent code being `""` for the
-//!   user-based one and `null` for the device-based one (hosts must take both as "none").
+//!   user-based one and `null` for the device-based one (hosts must take both as "none");
+//!   403 when the token lacks the *device secrets* permission (`set_secrets_permission`).
 //!
 //! Errors are Django REST framework's `{"detail": "…"}`.
 
