@@ -52,7 +52,10 @@ pub mod world;
 pub use activation::albert::{Albert, AlbertOutcome, AlbertRequest, Endpoint};
 pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
 pub use error::SimError;
-pub use mdm::{Graph, Kandji, MdmOutcome, MdmRequest, MdmService};
+pub use mdm::{
+    Graph, GraphServer, Kandji, KandjiDevice, KandjiServer, ManagedDevice, MdmOutcome, MdmRequest,
+    MdmService,
+};
 pub use ready::{ReadyDevice, ReadyInfo, ReadyIntune, ReadyKandji, ReadyMdm};
 pub use services::{LockdownService, ServiceConnection, ServiceRegistry};
 pub use station_config::ConfigSource;

@@ -255,50 +255,35 @@ impl CodeSource for Kandji {
 
 #[cfg(test)]
 mod tests {
+    //! Against the simulator's stand-in Kandji API ([`station_sim::KandjiServer`], the same
+    //! one a bench runs), started alone with the devices each test needs.
+
     use super::*;
-    use crate::test_server::{Reply, TestServer};
+    use station_sim::{KandjiDevice, KandjiServer, KandjiSpec};
 
     const TOKEN: &str = "kandji-token-0123456789abcdef";
     const SERIAL: &str = "C8TJ500QF1MN";
     const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
     const OTHER: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
 
-    /// A stand-in Kandji API: partial serial matches, like the real one.
-    async fn server(forbid_secrets: bool) -> TestServer {
-        let devices = [
-            ("dev-partial", "C8TJ500QF1MNX"),
-            ("dev-1", SERIAL),
-            ("dev-other", "F2L000000001"),
+    /// The stand-in Kandji API with a partial match of the serial listed first: the serial
+    /// filter matches partially, like the real one.
+    async fn server() -> KandjiServer {
+        let spec = KandjiSpec {
+            token: Some(TOKEN.into()),
+            ..KandjiSpec::default()
+        };
+        let devices = vec![
+            KandjiDevice::new("dev-partial", "C8TJ500QF1MNX")
+                .with_user_based_albc("J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17"),
+            KandjiDevice::new("dev-1", SERIAL)
+                .with_user_based_albc(GOOD)
+                .with_device_based_albc(OTHER),
+            KandjiDevice::new("dev-other", "F2L000000001"),
         ];
-        TestServer::start(move |request| {
-            if request.bearer() != Some(TOKEN) {
-                return Reply::json(401, serde_json::json!({ "detail": "Incorrect authentication credentials." }));
-            }
-            if request.path() == "/api/v1/devices" {
-                let wanted = request.query("serial_number").unwrap_or_default();
-                let list: Vec<serde_json::Value> = devices
-                    .iter()
-                    .filter(|(_, s)| s.contains(wanted.as_str()))
-                    .map(|(id, s)| serde_json::json!({ "device_id": id, "serial_number": s }))
-                    .collect();
-                return Reply::json(200, list.into());
-            }
-            if forbid_secrets {
-                return Reply::json(403, serde_json::json!({ "detail": "You do not have permission." }));
-            }
-            match request.path() {
-                "/api/v1/devices/dev-1/secrets/bypasscode" => Reply::json(
-                    200,
-                    serde_json::json!({ "user_based_albc": GOOD, "device_based_albc": OTHER }),
-                ),
-                "/api/v1/devices/dev-partial/secrets/bypasscode" => Reply::json(
-                    200,
-                    serde_json::json!({ "user_based_albc": "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17", "device_based_albc": "" }),
-                ),
-                _ => Reply::empty(404),
-            }
-        })
-        .await
+        KandjiServer::start(&spec, 1, devices)
+            .await
+            .expect("the stand-in starts")
     }
 
     fn client(url: &str, token: &str) -> Kandji {
@@ -318,8 +303,8 @@ mod tests {
 
     #[tokio::test]
     async fn both_code_kinds_of_the_exact_serial() {
-        let server = server(false).await;
-        let lookup = client(&server.url, TOKEN)
+        let server = server().await;
+        let lookup = client(server.url(), TOKEN)
             .fetch(SERIAL)
             .await
             .expect("lookup");
@@ -336,11 +321,7 @@ mod tests {
             ]
         );
         // The partial match was never asked for its secrets.
-        let asked: Vec<String> = server
-            .requests()
-            .iter()
-            .map(|r| r.path().to_string())
-            .collect();
+        let asked: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
         assert_eq!(
             asked,
             vec![
@@ -349,11 +330,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            server.requests()[0].query("serial_number").as_deref(),
+            server.requests()[0].query_value("serial_number"),
             Some(SERIAL)
         );
 
-        let lookup = client(&server.url, TOKEN)
+        let lookup = client(server.url(), TOKEN)
             .fetch("F2LNOTKNOWN1")
             .await
             .expect("lookup");
@@ -362,15 +343,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_token_and_a_missing_permission_are_named() {
-        let server = server(false).await;
-        let err = client(&server.url, "wrong-token-abcdef0123456789")
+        let server = server().await;
+        let err = client(server.url(), "wrong-token-abcdef0123456789")
             .fetch(SERIAL)
             .await
             .expect_err("401");
         assert!(matches!(err, KandjiError::Unauthorized), "{err}");
         assert!(!err.to_string().contains("wrong-token"));
-        let server = self::server(true).await;
-        let err = client(&server.url, TOKEN)
+        server.set_secrets_permission(false);
+        let err = client(server.url(), TOKEN)
             .fetch(SERIAL)
             .await
             .expect_err("403");

@@ -170,11 +170,15 @@ pub(crate) fn route(inner: &IntuneInner, req: &Req) -> Answer {
                 return not_found(id);
             };
             let delay = inner.settings().bypass_delay;
-            let udid = record.phone.udid();
-            if record.enrollment.action_releases && record.phone.release_activation_lock(delay) {
-                tracing::info!(%udid, ?delay, "bypassActivationLock: Activation Lock released");
+            let (id, serial) = (&record.device.id, &record.device.serial);
+            let released = record
+                .releases
+                .as_ref()
+                .is_some_and(|phone| phone.release_activation_lock(delay));
+            if released {
+                tracing::info!(%id, %serial, ?delay, "bypassActivationLock: Activation Lock released");
             } else {
-                tracing::info!(%udid, "bypassActivationLock accepted; the lock stays");
+                tracing::info!(%id, %serial, "bypassActivationLock accepted; the lock stays");
             }
             Answer::empty(204, MdmOutcome::Ok)
         }
@@ -239,7 +243,7 @@ fn find<'a>(inner: &'a IntuneInner, id: &str) -> Option<&'a IntuneRecord> {
     inner
         .records
         .iter()
-        .find(|r| r.enrollment.id.eq_ignore_ascii_case(id))
+        .find(|r| r.device.id.eq_ignore_ascii_case(id))
 }
 
 /// The managedDevice properties the stand-in serves, in Graph's order.
@@ -306,43 +310,42 @@ enum Read {
 
 /// One property of a record. `selected`: named by `$select`.
 fn property(rec: &IntuneRecord, name: &str, selected: bool, read: Read) -> Value {
-    let p = rec.phone.profile();
-    let e = &rec.enrollment;
+    let d = &rec.device;
     const NEVER: &str = "0001-01-01T00:00:00Z";
     match name {
-        "id" => e.id.clone().into(),
-        "deviceName" | "managedDeviceName" => p.device_name.clone().into(),
+        "id" => d.id.clone().into(),
+        "deviceName" | "managedDeviceName" => d.device_name.clone().into(),
         "managedDeviceOwnerType" => "company".into(),
-        "enrolledDateTime" => e.enrolled_at.clone().into(),
-        "lastSyncDateTime" => e.last_sync_at().into(),
+        "enrolledDateTime" => d.enrolled_at.clone().into(),
+        "lastSyncDateTime" => d.last_sync_at().into(),
         "operatingSystem" => "iOS".into(),
         "complianceState" => "compliant".into(),
         "jailBroken" => "False".into(),
         "managementAgent" => "mdm".into(),
-        "osVersion" => p.product_version.clone().into(),
+        "osVersion" => d.os_version.clone().into(),
         "easActivated" | "azureADRegistered" => false.into(),
         "easActivationDateTime" | "exchangeLastSuccessfulSyncDateTime" => NEVER.into(),
         "deviceEnrollmentType" => "appleBulkWithoutUser".into(),
         // mdm.md §1.1: null in every list call, even when selected.
         "activationLockBypassCode" if selected && read == Read::Single => {
-            e.code.clone().map_or(Value::Null, Value::from)
+            d.code.clone().map_or(Value::Null, Value::from)
         }
         "azureADDeviceId" => "00000000-0000-0000-0000-000000000000".into(),
         "deviceRegistrationState" => "notRegistered".into(),
         "deviceCategoryDisplayName" => "Unknown".into(),
         "isSupervised" | "isEncrypted" => true.into(),
         "exchangeAccessState" | "exchangeAccessStateReason" => "none".into(),
-        "model" => p.marketing_name.clone().into(),
+        "model" => d.model.clone().into(),
         "manufacturer" => "Apple".into(),
-        "imei" => p.imei.clone().unwrap_or_default().into(),
-        "meid" => p.meid.clone().unwrap_or_default().into(),
+        "imei" => d.imei.clone().unwrap_or_default().into(),
+        "meid" => d.meid.clone().unwrap_or_default().into(),
         "complianceGracePeriodExpirationDateTime" => "9999-12-31T23:59:59Z".into(),
-        "serialNumber" => p.serial.clone().into(),
-        "wiFiMacAddress" => p.wifi_address.replace(':', "").into(),
-        "totalStorageSpaceInBytes" => (u64::from(p.storage_gb) * 1_000_000_000).into(),
-        "freeStorageSpaceInBytes" => (u64::from(p.storage_gb) * 600_000_000).into(),
+        "serialNumber" => d.serial.clone().into(),
+        "wiFiMacAddress" => d.wifi_address.replace(':', "").into(),
+        "totalStorageSpaceInBytes" => (u64::from(d.storage_gb) * 1_000_000_000).into(),
+        "freeStorageSpaceInBytes" => (u64::from(d.storage_gb) * 600_000_000).into(),
         "partnerReportedThreatState" => "unknown".into(),
-        "udid" if selected && e.udid => p.udid.clone().into(),
+        "udid" if selected => d.udid.clone().map_or(Value::Null, Value::from),
         "physicalMemoryInBytes" => 0.into(),
         "userId"
         | "easDeviceId"
@@ -431,7 +434,7 @@ impl Clause {
     fn matches(&self, rec: &IntuneRecord) -> bool {
         match self {
             // Graph compares strings case-insensitively.
-            Clause::Serial(s) => rec.phone.profile().serial.eq_ignore_ascii_case(s),
+            Clause::Serial(s) => rec.device.serial.eq_ignore_ascii_case(s),
             Clause::OperatingSystem(os) => os.eq_ignore_ascii_case("iOS"),
         }
     }

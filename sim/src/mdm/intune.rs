@@ -20,7 +20,7 @@ use crate::phone::Phone;
 use crate::world::mdm::{
     guid, DEFAULT_PAGE_SIZE, DEFAULT_TOKEN_LIFETIME_SECS, PRIVILEGED_PERMISSION, READ_PERMISSIONS,
 };
-use crate::world::{Enrollment, IntuneSpec, Mdm};
+use crate::world::{DeviceProfile, Enrollment, IntuneSpec, Mdm};
 
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// Expired tokens are remembered this long, so Graph can say "expired" rather than "unknown".
@@ -124,10 +124,127 @@ pub(crate) struct Settings {
     pub tokens: HashMap<String, IssuedToken>,
 }
 
-/// One Intune managed-device record: an enrolment of a bench phone.
+/// One Intune managed-device record as Graph serves it: what a test gives a standalone
+/// stand-in ([`super::GraphServer`]), and what the bench makes of each Intune enrolment of a
+/// phone. [`ManagedDevice::new`] fills the properties a test rarely cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedDevice {
+    /// Graph's `id` of the record.
+    pub id: String,
+    /// `serialNumber`.
+    pub serial: String,
+    /// The `$select`-only `udid`; `None`: the record carries none (older enrolments).
+    pub udid: Option<String>,
+    /// `activationLockBypassCode` (test data); `None`: null.
+    pub code: Option<String>,
+    /// `enrolledDateTime`, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub enrolled_at: String,
+    /// `deviceName` and `managedDeviceName`.
+    pub device_name: String,
+    /// `model`: the marketing name.
+    pub model: String,
+    /// `osVersion`.
+    pub os_version: String,
+    pub imei: Option<String>,
+    pub meid: Option<String>,
+    /// The Wi-Fi address as the phone reports it (`wiFiMacAddress` drops the colons).
+    pub wifi_address: String,
+    pub storage_gb: u32,
+}
+
+impl ManagedDevice {
+    /// A record of `serial` with no UDID and no code, enrolled on 1 January 2025.
+    pub fn new(id: &str, serial: &str) -> ManagedDevice {
+        ManagedDevice {
+            id: id.to_string(),
+            serial: serial.to_string(),
+            udid: None,
+            code: None,
+            enrolled_at: "2025-01-01T00:00:00Z".to_string(),
+            device_name: "iPhone".to_string(),
+            model: "iPhone".to_string(),
+            os_version: "17.5".to_string(),
+            imei: None,
+            meid: None,
+            wifi_address: "00:00:00:00:00:00".to_string(),
+            storage_gb: 128,
+        }
+    }
+
+    pub fn with_udid(mut self, udid: &str) -> Self {
+        self.udid = Some(udid.to_string());
+        self
+    }
+
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_string());
+        self
+    }
+
+    pub fn enrolled_at(mut self, at: &str) -> Self {
+        self.enrolled_at = at.to_string();
+        self
+    }
+
+    /// The record of a bench phone's Intune enrolment.
+    fn of_phone(profile: &DeviceProfile, enrollment: &Enrollment) -> ManagedDevice {
+        ManagedDevice {
+            id: enrollment.id.clone(),
+            serial: profile.serial.clone(),
+            udid: enrollment.udid.then(|| profile.udid.clone()),
+            code: enrollment.code.clone(),
+            enrolled_at: enrollment.enrolled_at.clone(),
+            device_name: profile.device_name.clone(),
+            model: profile.marketing_name.clone(),
+            os_version: profile.product_version.clone(),
+            imei: profile.imei.clone(),
+            meid: profile.meid.clone(),
+            wifi_address: profile.wifi_address.clone(),
+            storage_gb: profile.storage_gb,
+        }
+    }
+
+    /// `lastSyncDateTime`: derived from the enrolment.
+    pub fn last_sync_at(&self) -> String {
+        crate::world::mdm::last_sync_after(&self.enrolled_at)
+    }
+}
+
+/// One record Graph holds, and what `bypassActivationLock` on it does.
 pub(crate) struct IntuneRecord {
-    pub enrollment: Enrollment,
-    pub phone: Arc<Phone>,
+    pub device: ManagedDevice,
+    /// The bench phone whose `mdm` lock the action releases; `None`: the action is
+    /// accepted and releases nothing (a standalone stand-in, or a record that does not).
+    pub releases: Option<Arc<Phone>>,
+}
+
+impl IntuneRecord {
+    /// A record of its own, tied to no phone.
+    pub fn standalone(device: ManagedDevice) -> IntuneRecord {
+        IntuneRecord {
+            device,
+            releases: None,
+        }
+    }
+
+    /// The records of the bench phones' Intune enrolments, in phone order.
+    pub fn of_phones(phones: &[Arc<Phone>]) -> Vec<IntuneRecord> {
+        phones
+            .iter()
+            .flat_map(|phone| {
+                let profile = phone.profile();
+                profile
+                    .enrollments
+                    .iter()
+                    .filter(|e| e.mdm == Mdm::Intune)
+                    .map(|e| IntuneRecord {
+                        device: ManagedDevice::of_phone(profile, e),
+                        releases: e.action_releases.then(|| phone.clone()),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 pub(crate) struct IntuneInner {
@@ -232,13 +349,13 @@ fn generate_secret(rng: &mut impl Rng) -> String {
 }
 
 impl Graph {
-    /// The stand-in for `phones`' Intune enrolments, on already bound listeners.
+    /// The stand-in holding `records`, on already bound listeners.
     pub(crate) fn new(
         spec: &IntuneSpec,
         seed: u64,
         token_base: String,
         graph_base: String,
-        phones: &[Arc<Phone>],
+        records: Vec<IntuneRecord>,
         keys: Vec<AssertionKey>,
     ) -> Graph {
         // Identities and the secret come from the seed: the same world, the same app.
@@ -246,21 +363,6 @@ impl Graph {
         let tenant_guid = guid(&mut rng);
         let client_guid = guid(&mut rng);
         let secret = generate_secret(&mut rng);
-        let records = phones
-            .iter()
-            .flat_map(|phone| {
-                phone
-                    .profile()
-                    .enrollments
-                    .iter()
-                    .filter(|e| e.mdm == Mdm::Intune)
-                    .map(|e| IntuneRecord {
-                        enrollment: e.clone(),
-                        phone: phone.clone(),
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
         let permissions = spec.permissions.clone().unwrap_or_else(|| {
             vec![
                 READ_PERMISSIONS[0].to_string(),

@@ -6,7 +6,8 @@
 //! - `GET /api/v1/devices/{device_id}`: one device;
 //! - `GET /api/v1/devices/{device_id}/secrets/bypasscode`:
 //!   `{"user_based_albc": …, "device_based_albc": …}`, an absent code being `""` for the
-//!   user-based one and `null` for the device-based one (hosts must take both as "none").
+//!   user-based one and `null` for the device-based one (hosts must take both as "none");
+//!   403 when the token lacks the *device secrets* permission (`set_secrets_permission`).
 //!
 //! Errors are Django REST framework's `{"detail": "…"}`.
 
@@ -23,7 +24,7 @@ use super::service::{
     outcome_for, rate, Answer, MdmOutcome, MdmRequest, MdmService, Req, ServiceCore,
 };
 use crate::phone::Phone;
-use crate::world::mdm::guid;
+use crate::world::mdm::{guid, last_sync_after};
 use crate::world::{gen, KandjiSpec, Mdm};
 
 const JSON: &str = "application/json";
@@ -34,21 +35,52 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One device Kandji holds: a bench phone's enrolment, or a look-alike.
-struct KandjiDevice {
-    device_id: String,
-    serial: String,
-    name: String,
-    model: String,
-    os_version: String,
-    enrolled_at: String,
-    last_check_in: String,
-    user_based_albc: Option<String>,
-    device_based_albc: Option<String>,
-    lookalike: bool,
+/// One device the Kandji stand-in holds: what a test gives a standalone stand-in
+/// ([`super::KandjiServer`]), and what the bench makes of each Kandji enrolment of a phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KandjiDevice {
+    /// `device_id`.
+    pub device_id: String,
+    /// `serial_number`.
+    pub serial: String,
+    /// `device_name`.
+    pub name: String,
+    /// `model`: the marketing name.
+    pub model: String,
+    pub os_version: String,
+    /// `first_enrollment`, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub enrolled_at: String,
+    /// The device-generated code (lock turned on with Find My); `None`: `""`.
+    pub user_based_albc: Option<String>,
+    /// The MDM-generated code (organisation-linked lock); `None`: `null`.
+    pub device_based_albc: Option<String>,
 }
 
 impl KandjiDevice {
+    /// A device of `serial` without codes, enrolled on 1 January 2025.
+    pub fn new(device_id: &str, serial: &str) -> KandjiDevice {
+        KandjiDevice {
+            device_id: device_id.to_string(),
+            serial: serial.to_string(),
+            name: "iPhone".to_string(),
+            model: "iPhone".to_string(),
+            os_version: "17.5".to_string(),
+            enrolled_at: "2025-01-01T00:00:00Z".to_string(),
+            user_based_albc: None,
+            device_based_albc: None,
+        }
+    }
+
+    pub fn with_user_based_albc(mut self, code: &str) -> Self {
+        self.user_based_albc = Some(code.to_string());
+        self
+    }
+
+    pub fn with_device_based_albc(mut self, code: &str) -> Self {
+        self.device_based_albc = Some(code.to_string());
+        self
+    }
+
     fn json(&self) -> Value {
         json!({
             "device_id": self.device_id,
@@ -57,7 +89,7 @@ impl KandjiDevice {
             "serial_number": self.serial,
             "platform": "iPhone",
             "os_version": self.os_version,
-            "last_check_in": self.last_check_in,
+            "last_check_in": last_sync_after(&self.enrolled_at),
             "user": "",
             "asset_tag": "",
             "blueprint_id": "5e0a2a8c-2a1d-4c3e-9b1f-5ba1d0c0ffee",
@@ -73,12 +105,20 @@ impl KandjiDevice {
     }
 }
 
+/// A device as held: look-alikes are served only while they are switched on.
+struct Held {
+    device: KandjiDevice,
+    lookalike: bool,
+}
+
 struct KandjiInner {
     core: ServiceCore,
     url: String,
     token: Mutex<String>,
     lookalikes: Mutex<bool>,
-    devices: Vec<KandjiDevice>,
+    /// The token has the *device secrets* permission (mdm.md §3.1).
+    secrets_permission: Mutex<bool>,
+    devices: Vec<Held>,
 }
 
 /// The stand-in Kandji API: its URL, run-time controls and request log. Cheap to clone.
@@ -96,7 +136,15 @@ impl std::fmt::Debug for Kandji {
 }
 
 impl Kandji {
-    pub(crate) fn new(spec: &KandjiSpec, seed: u64, url: String, phones: &[Arc<Phone>]) -> Kandji {
+    /// The stand-in holding the Kandji enrolments of `phones` (each after its look-alike),
+    /// then `given`, on an already bound listener.
+    pub(crate) fn new(
+        spec: &KandjiSpec,
+        seed: u64,
+        url: String,
+        phones: &[Arc<Phone>],
+        given: Vec<KandjiDevice>,
+    ) -> Kandji {
         let mut rng = gen::device_rng(seed ^ 0x0CA4_D1E0, usize::MAX);
         let token = spec.token.clone().unwrap_or_else(|| guid(&mut rng));
         let mut devices = Vec::new();
@@ -106,38 +154,45 @@ impl Kandji {
                 // The look-alike: another device whose serial contains this one's, with
                 // codes of its own that release nothing. Listed first, so a host that takes
                 // the first hit gets it wrong.
-                devices.push(KandjiDevice {
-                    device_id: guid(&mut rng),
-                    serial: format!("{}7", p.serial),
-                    name: format!("{} (2)", p.device_name),
-                    model: p.marketing_name.clone(),
-                    os_version: p.product_version.clone(),
-                    enrolled_at: e.enrolled_at.clone(),
-                    last_check_in: e.last_sync_at(),
-                    user_based_albc: Some(gen::bypass_code(&mut rng)),
-                    device_based_albc: Some(gen::bypass_code(&mut rng)),
+                devices.push(Held {
+                    device: KandjiDevice {
+                        device_id: guid(&mut rng),
+                        serial: format!("{}7", p.serial),
+                        name: format!("{} (2)", p.device_name),
+                        model: p.marketing_name.clone(),
+                        os_version: p.product_version.clone(),
+                        enrolled_at: e.enrolled_at.clone(),
+                        user_based_albc: Some(gen::bypass_code(&mut rng)),
+                        device_based_albc: Some(gen::bypass_code(&mut rng)),
+                    },
                     lookalike: true,
                 });
-                devices.push(KandjiDevice {
-                    device_id: e.id.clone(),
-                    serial: p.serial.clone(),
-                    name: p.device_name.clone(),
-                    model: p.marketing_name.clone(),
-                    os_version: p.product_version.clone(),
-                    enrolled_at: e.enrolled_at.clone(),
-                    last_check_in: e.last_sync_at(),
-                    user_based_albc: e.user_based_albc.clone(),
-                    device_based_albc: e.device_based_albc.clone(),
+                devices.push(Held {
+                    device: KandjiDevice {
+                        device_id: e.id.clone(),
+                        serial: p.serial.clone(),
+                        name: p.device_name.clone(),
+                        model: p.marketing_name.clone(),
+                        os_version: p.product_version.clone(),
+                        enrolled_at: e.enrolled_at.clone(),
+                        user_based_albc: e.user_based_albc.clone(),
+                        device_based_albc: e.device_based_albc.clone(),
+                    },
                     lookalike: false,
                 });
             }
         }
+        devices.extend(given.into_iter().map(|device| Held {
+            device,
+            lookalike: false,
+        }));
         Kandji {
             inner: Arc::new(KandjiInner {
                 core: ServiceCore::new(MdmService::Kandji, &spec.api, seed ^ 0x0CA4_D100),
                 url,
                 token: Mutex::new(token),
                 lookalikes: Mutex::new(spec.lookalikes),
+                secrets_permission: Mutex::new(true),
                 devices,
             }),
         }
@@ -161,6 +216,12 @@ impl Kandji {
     /// Serve a look-alike device (serial containing the phone's) before each Kandji phone.
     pub fn set_lookalikes(&self, on: bool) {
         *lock(&self.inner.lookalikes) = on;
+    }
+
+    /// Whether the token has the *device secrets* permission; without it
+    /// `secrets/bypasscode` answers 403, as Kandji does (the device list still answers).
+    pub fn set_secrets_permission(&self, on: bool) {
+        *lock(&self.inner.secrets_permission) = on;
     }
 
     /// The next `n` requests are answered `429` with `Retry-After`.
@@ -248,7 +309,11 @@ fn route(inner: &KandjiInner, req: &Req) -> Answer {
         );
     }
     let lookalikes = *lock(&inner.lookalikes);
-    let visible = inner.devices.iter().filter(|d| lookalikes || !d.lookalike);
+    let visible = inner
+        .devices
+        .iter()
+        .filter(|d| lookalikes || !d.lookalike)
+        .map(|d| &d.device);
     match resource {
         None => {
             let number = |name: &str, default: usize| match req.query_value(name) {
@@ -294,6 +359,15 @@ fn route(inner: &KandjiInner, req: &Req) -> Answer {
             };
             if !secrets {
                 return Answer::json(200, JSON, &device.json(), MdmOutcome::Ok);
+            }
+            if !*lock(&inner.secrets_permission) {
+                return detail(
+                    403,
+                    "You do not have permission to perform this action.",
+                    MdmOutcome::Forbidden {
+                        missing: "device secrets".to_string(),
+                    },
+                );
             }
             let body = json!({
                 "user_based_albc": device.user_based_albc.clone().unwrap_or_default(),

@@ -96,12 +96,7 @@ impl Enrollment {
 
     /// `lastSyncDateTime` / `last_check_in`: after the enrolment, derived from it.
     pub fn last_sync_at(&self) -> String {
-        let year: u32 = self
-            .enrolled_at
-            .get(..4)
-            .and_then(|y| y.parse().ok())
-            .unwrap_or(2025);
-        format!("{}-01-15T08:00:00Z", year + 1)
+        last_sync_after(&self.enrolled_at)
     }
 
     fn pinned(&self) -> EnrollmentSpec {
@@ -117,6 +112,16 @@ impl Enrollment {
             action_releases: intune.then_some(self.action_releases),
         }
     }
+}
+
+/// The `lastSyncDateTime` / `last_check_in` the stand-ins serve for an enrolment made at
+/// `enrolled_at` (`YYYY-…`): mid-January of the next year.
+pub(crate) fn last_sync_after(enrolled_at: &str) -> String {
+    let year: u32 = enrolled_at
+        .get(..4)
+        .and_then(|y| y.parse().ok())
+        .unwrap_or(2025);
+    format!("{}-01-15T08:00:00Z", year + 1)
 }
 
 /// The pinned form of resolved enrolments (what `station-sim world` prints).

@@ -1,244 +1,78 @@
-//! The Intune source against a stand-in Entra ID and Graph.
+//! The Intune source against the simulator's stand-in Entra ID and Graph
+//! ([`station_sim::GraphServer`], the same one a bench runs), started alone with the records
+//! each test needs.
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use station_config::SecretString;
+use station_config::{Cloud, Environment, IntuneSource, Secret, SecretString};
+use station_sim::{GraphServer, IntuneSpec, ManagedDevice, MdmOutcome, MdmRequest};
 
 use super::*;
-use crate::codes::answer::encode_component;
 use crate::codes::CodeKind;
-use crate::test_server::{Reply, Request, TestServer};
+use crate::test_server::{Reply, TestServer};
 
 const SECRET: &str = "s3cret-Value~with.ChArs";
+const TENANT: &str = "contoso.onmicrosoft.com";
+const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const SERIAL: &str = "C8TJ500QF1MN";
 const UDID: &str = "00008030-001A2B3C4D5E802E";
 const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
 const OTHER: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
 const THIRD: &str = "J4DNT-6VT2Y-3LD8-1VV7-AT3U-LW17";
-const TENANT_PATH: &str = "/contoso.onmicrosoft.com/oauth2/v2.0/token";
 const DEVICES: &str = "/v1.0/deviceManagement/managedDevices";
 
-#[derive(Clone)]
-struct FakeDevice {
-    id: String,
-    serial: String,
-    udid: String,
-    code: Option<String>,
-    enrolled: String,
-}
-
-fn device(id: &str, serial: &str, udid: &str, code: Option<&str>, enrolled: &str) -> FakeDevice {
-    FakeDevice {
-        id: id.into(),
-        serial: serial.into(),
-        udid: udid.into(),
-        code: code.map(str::to_string),
-        enrolled: enrolled.into(),
+fn device(id: &str, serial: &str, udid: &str, code: Option<&str>, enrolled: &str) -> ManagedDevice {
+    let record = ManagedDevice::new(id, serial)
+        .with_udid(udid)
+        .enrolled_at(enrolled);
+    match code {
+        Some(code) => record.with_code(code),
+        None => record,
     }
 }
 
 /// This phone's record, with its code.
-fn this_phone() -> FakeDevice {
+fn this_phone() -> ManagedDevice {
     device("dev-1", SERIAL, UDID, Some(GOOD), "2025-01-01T00:00:00Z")
 }
 
-/// A stand-in for Entra ID and Graph's managedDevices, with the faults the tests need.
-#[derive(Default)]
-struct Fake {
-    devices: Vec<FakeDevice>,
-    ignore_filter: bool,
-    page_size: usize,
-    token_lifetime: u64,
-    issued: usize,
-    valid_tokens: Vec<String>,
-    /// The first Graph call finds the token expired.
-    expire_first_token: bool,
-    /// Answers to the next Graph calls, before the normal one.
-    faults: Vec<Reply>,
-    no_read_permission: bool,
-    no_action_permission: bool,
-    actions: Vec<String>,
-}
-
-fn graph_error(status: u16, code: &str, message: &str) -> Reply {
-    Reply::json(
-        status,
-        serde_json::json!({ "error": { "code": code, "message": message, "innerError": { "request-id": "1b0c4c7b-0d9a-4e8a-9f6e-0123456789ab" } } }),
-    )
-}
-
-impl Fake {
-    fn holding(devices: Vec<FakeDevice>) -> Fake {
-        Fake {
-            devices,
-            ..Fake::default()
-        }
-    }
-
-    fn handle(&mut self, request: &Request) -> Reply {
-        if request.path() == TENANT_PATH {
-            return self.token(request);
-        }
-        let Some(token) = request.bearer().map(str::to_string) else {
-            return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.");
-        };
-        if !self.valid_tokens.contains(&token) {
-            return graph_error(
-                401,
-                "InvalidAuthenticationToken",
-                "Access token has expired or is not yet valid.",
-            );
-        }
-        if self.expire_first_token {
-            self.expire_first_token = false;
-            self.valid_tokens.retain(|t| t != &token);
-            return graph_error(
-                401,
-                "InvalidAuthenticationToken",
-                "Access token has expired or is not yet valid.",
-            );
-        }
-        if !self.faults.is_empty() {
-            return self.faults.remove(0);
-        }
-        let path = request.path();
-        if request.method == "POST" {
-            let Some(id) = path
-                .strip_prefix(&format!("{DEVICES}/"))
-                .and_then(|p| p.strip_suffix("/bypassActivationLock"))
-            else {
-                return Reply::empty(404);
-            };
-            if self.no_action_permission {
-                return graph_error(
-                    403,
-                    "Forbidden",
-                    "Application is not authorized to perform this operation.",
-                );
-            }
-            self.actions.push(id.to_string());
-            return Reply::empty(204);
-        }
-        if self.no_read_permission {
-            return graph_error(
-                403,
-                "Forbidden",
-                "Application is not authorized to perform this operation.",
-            );
-        }
-        if path == DEVICES {
-            return self.list(request);
-        }
-        let id = path
-            .strip_prefix(&format!("{DEVICES}/"))
-            .unwrap_or_default();
-        let Some(d) = self.devices.iter().find(|d| d.id == id) else {
-            return graph_error(404, "ResourceNotFound", "not found");
-        };
-        let select = request.query("$select").unwrap_or_default();
-        let mut body = serde_json::json!({ "id": d.id, "serialNumber": d.serial });
-        if select.contains("udid") {
-            body["udid"] = d.udid.clone().into();
-        }
-        body["activationLockBypassCode"] = if select.contains("activationLockBypassCode") {
-            d.code.clone().into()
-        } else {
-            serde_json::Value::Null
-        };
-        Reply::json(200, body)
-    }
-
-    fn token(&mut self, request: &Request) -> Reply {
-        let by_secret = request.form("client_secret").as_deref() == Some(SECRET);
-        let by_assertion = request.form("client_assertion").is_some();
-        if !(by_secret || by_assertion)
-            || request.form("grant_type").as_deref() != Some("client_credentials")
-        {
-            return Reply::json(
-                401,
-                serde_json::json!({
-                    "error": "invalid_client",
-                    "error_description": "AADSTS7000215: Invalid client secret provided. Trace ID: 1b0c4c7b-0d9a-4e8a-9f6e-0123456789ab",
-                }),
-            );
-        }
-        self.issued += 1;
-        let token = format!("eyJ0eXAiOiJKV1Qi.token-{}.sig", self.issued);
-        self.valid_tokens.push(token.clone());
-        Reply::json(
-            200,
-            serde_json::json!({
-                "token_type": "Bearer",
-                "expires_in": if self.token_lifetime == 0 { 3599 } else { self.token_lifetime },
-                "access_token": token,
-            }),
-        )
-    }
-
-    fn list(&mut self, request: &Request) -> Reply {
-        let filter = request.query("$filter").unwrap_or_default();
-        let wanted = filter
-            .strip_prefix("serialNumber eq '")
-            .and_then(|f| f.strip_suffix('\''))
-            .map(|s| s.replace("''", "'"));
-        let matching: Vec<&FakeDevice> = self
-            .devices
-            .iter()
-            .filter(|d| self.ignore_filter || Some(&d.serial) == wanted.as_ref())
-            .collect();
-        let skip: usize = request
-            .query("$skiptoken")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let size = if self.page_size == 0 {
-            1000
-        } else {
-            self.page_size
-        };
-        let page: Vec<serde_json::Value> = matching
-            .iter()
-            .skip(skip)
-            .take(size)
-            // As Graph: no udid, null code in list calls.
-            .map(|d| serde_json::json!({ "id": d.id, "serialNumber": d.serial, "enrolledDateTime": d.enrolled, "activationLockBypassCode": null }))
-            .collect();
-        let mut body = serde_json::json!({ "value": page });
-        if skip + size < matching.len() {
-            let host = request.header("host").unwrap_or_default();
-            body["@odata.nextLink"] = format!(
-                "http://{host}{DEVICES}?$filter={}&$skiptoken={}",
-                encode_component(&filter),
-                skip + size
-            )
-            .into();
-        }
-        Reply::json(200, body)
+/// The app registration the station's settings name.
+fn spec() -> IntuneSpec {
+    IntuneSpec {
+        tenant: Some(TENANT.into()),
+        client_id: Some(CLIENT_ID.into()),
+        client_secret: Some(SECRET.into()),
+        // Graph's pages hold about 1000 records (mdm.md §1.7): one page unless a test pages.
+        page_size: Some(1000),
+        ..IntuneSpec::default()
     }
 }
 
 struct Setup {
-    server: TestServer,
-    fake: Arc<Mutex<Fake>>,
+    graph: GraphServer,
 }
 
-async fn setup(fake: Fake) -> Setup {
-    let fake = Arc::new(Mutex::new(fake));
-    let handler_fake = fake.clone();
-    let server = TestServer::start(move |r| handler_fake.lock().expect("fake").handle(r)).await;
-    Setup { server, fake }
+async fn setup(devices: Vec<ManagedDevice>) -> Setup {
+    setup_with(spec(), devices).await
+}
+
+async fn setup_with(spec: IntuneSpec, devices: Vec<ManagedDevice>) -> Setup {
+    let graph = GraphServer::start(&spec, 1, devices)
+        .await
+        .expect("the stand-in starts");
+    Setup { graph }
 }
 
 impl Setup {
     fn settings(&self) -> IntuneSettings {
         IntuneSettings {
             name: "contoso".into(),
-            client_id: "11111111-2222-3333-4444-555555555555".into(),
+            client_id: CLIENT_ID.into(),
             credential: Credential::Secret(SecretString::new(SECRET)),
-            token_url: format!("{}{TENANT_PATH}", self.server.url),
-            graph_root: self.server.url.clone(),
+            token_url: self.graph.token_url(),
+            graph_root: self.graph.url().to_string(),
             scope: "https://graph.microsoft.com/.default".into(),
             max_requests_per_second: 1000.0,
             timeout: Duration::from_secs(5),
@@ -255,12 +89,12 @@ impl Setup {
         Intune::new(self.settings()).expect("client")
     }
 
-    fn graph_requests(&self) -> Vec<Request> {
-        self.server.requests_to(DEVICES)
+    fn graph_requests(&self) -> Vec<MdmRequest> {
+        self.graph.graph_requests()
     }
 
     fn token_requests(&self) -> usize {
-        self.server.requests_to(TENANT_PATH).len()
+        self.graph.token_requests().len()
     }
 }
 
@@ -268,21 +102,26 @@ fn revealed(lookup: &Lookup) -> Vec<String> {
     lookup.codes.iter().map(|c| c.code.reveal()).collect()
 }
 
+/// GUID-shaped words of `text`: Entra's trace and correlation ids and Graph's request ids
+/// look like this, and none belongs in a message.
+fn guids(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .filter(|word| word.split('-').map(str::len).eq([8, 4, 4, 4, 12]))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_single_record() {
-    let s = setup(Fake {
-        devices: vec![
-            this_phone(),
-            device(
-                "dev-2",
-                "F2LXXXXXXXXX",
-                "other",
-                Some(OTHER),
-                "2025-01-01T00:00:00Z",
-            ),
-        ],
-        ..Fake::default()
-    })
+    let s = setup(vec![
+        this_phone(),
+        device(
+            "dev-2",
+            "F2LXXXXXXXXX",
+            "other",
+            Some(OTHER),
+            "2025-01-01T00:00:00Z",
+        ),
+    ])
     .await;
     let lookup = s.client().fetch(SERIAL, UDID).await.expect("lookup");
     assert!(lookup.known);
@@ -293,59 +132,55 @@ async fn a_single_record() {
     let requests = s.graph_requests();
     assert_eq!(requests.len(), 2, "one list, one GET");
     assert_eq!(
-        requests[0].query("$filter").as_deref(),
+        requests[0].query_value("$filter"),
         Some("serialNumber eq 'C8TJ500QF1MN'")
     );
     assert!(!requests[0]
-        .query("$select")
+        .query_value("$select")
         .unwrap_or_default()
         .contains("activationLockBypassCode"));
-    assert_eq!(requests[1].path(), format!("{DEVICES}/dev-1"));
+    assert_eq!(requests[1].path, format!("{DEVICES}/dev-1"));
     assert_eq!(
-        requests[1].query("$select").as_deref(),
+        requests[1].query_value("$select"),
         Some("id,serialNumber,udid,activationLockBypassCode")
     );
-    let token = s.server.requests_to(TENANT_PATH);
+    let token = s.graph.token_requests();
     assert_eq!(token.len(), 1);
-    assert_eq!(
-        token[0].form("scope").as_deref(),
-        Some("https://graph.microsoft.com/.default")
-    );
-    assert_eq!(
-        token[0].form("client_id").as_deref(),
-        Some("11111111-2222-3333-4444-555555555555")
-    );
+    // The stand-in refuses any other scope or client id (400): its 200 says these were sent.
+    assert_eq!(token[0].status, 200);
+    assert_eq!(s.graph.scope(), "https://graph.microsoft.com/.default");
+    assert_eq!(s.graph.client_id(), CLIENT_ID);
+    for field in ["client_id", "scope", "grant_type", "client_secret"] {
+        assert!(token[0].fields.iter().any(|f| f == field), "{field}");
+    }
 }
 
 #[tokio::test]
 async fn two_records_for_one_serial_this_udid_first() {
-    let s = setup(Fake {
-        devices: vec![
-            // Newer enrolment of another phone with the same serial (stale record) first.
-            device(
-                "old-phone",
-                SERIAL,
-                "00008030-0000000000000BBB",
-                Some(OTHER),
-                "2025-06-01T00:00:00Z",
-            ),
-            device(
-                "no-code",
-                SERIAL,
-                "00008030-0000000000000CCC",
-                None,
-                "2025-07-01T00:00:00Z",
-            ),
-            device(
-                "this-phone",
-                SERIAL,
-                UDID,
-                Some(GOOD),
-                "2024-01-01T00:00:00Z",
-            ),
-        ],
-        ..Fake::default()
-    })
+    let s = setup(vec![
+        // Newer enrolment of another phone with the same serial (stale record) first.
+        device(
+            "old-phone",
+            SERIAL,
+            "00008030-0000000000000BBB",
+            Some(OTHER),
+            "2025-06-01T00:00:00Z",
+        ),
+        device(
+            "no-code",
+            SERIAL,
+            "00008030-0000000000000CCC",
+            None,
+            "2025-07-01T00:00:00Z",
+        ),
+        device(
+            "this-phone",
+            SERIAL,
+            UDID,
+            Some(GOOD),
+            "2024-01-01T00:00:00Z",
+        ),
+    ])
     .await;
     let client = s.client();
     let lookup = client
@@ -361,10 +196,13 @@ async fn two_records_for_one_serial_this_udid_first() {
 
 #[tokio::test]
 async fn a_record_without_code_is_known_and_an_unknown_serial_is_not() {
-    let s = setup(Fake {
-        devices: vec![device("dev-1", SERIAL, UDID, None, "2025-01-01T00:00:00Z")],
-        ..Fake::default()
-    })
+    let s = setup(vec![device(
+        "dev-1",
+        SERIAL,
+        UDID,
+        None,
+        "2025-01-01T00:00:00Z",
+    )])
     .await;
     let client = s.client();
     let lookup = client.fetch(SERIAL, UDID).await.expect("lookup");
@@ -377,7 +215,7 @@ async fn a_record_without_code_is_known_and_an_unknown_serial_is_not() {
 
 #[tokio::test]
 async fn a_graph_that_ignores_the_filter_is_checked_client_side() {
-    let mut devices: Vec<FakeDevice> = (0..6)
+    let mut devices: Vec<ManagedDevice> = (0..6)
         .map(|i| {
             device(
                 &format!("other-{i}"),
@@ -395,11 +233,13 @@ async fn a_graph_that_ignores_the_filter_is_checked_client_side() {
         Some(GOOD),
         "2025-01-01T00:00:00Z",
     ));
-    let s = setup(Fake {
+    let s = setup_with(
+        IntuneSpec {
+            ignore_filters: true,
+            ..spec()
+        },
         devices,
-        ignore_filter: true,
-        ..Fake::default()
-    })
+    )
     .await;
     let lookup = s.client().fetch(SERIAL, UDID).await.expect("lookup");
     assert_eq!(revealed(&lookup), vec![GOOD]);
@@ -407,7 +247,7 @@ async fn a_graph_that_ignores_the_filter_is_checked_client_side() {
         .graph_requests()
         .iter()
         .skip(1)
-        .map(|r| r.path().to_string())
+        .map(|r| r.path.clone())
         .collect();
     assert_eq!(gets, vec![format!("{DEVICES}/dev-1")]);
 }
@@ -427,48 +267,66 @@ async fn pages_are_followed() {
         device("d", SERIAL, UDID, Some(GOOD), "2025-01-01T00:00:00Z"),
         device("e", SERIAL, "z", Some(THIRD), "2026-01-01T00:00:00Z"),
     ];
-    let s = setup(Fake {
+    let s = setup_with(
+        IntuneSpec {
+            ignore_filters: true,
+            page_size: Some(2),
+            ..spec()
+        },
         devices,
-        ignore_filter: true,
-        page_size: 2,
-        ..Fake::default()
-    })
+    )
     .await;
     let lookup = s.client().fetch(SERIAL, UDID).await.expect("lookup");
     assert_eq!(revealed(&lookup), vec![GOOD, THIRD, OTHER]);
     let lists = s
         .graph_requests()
         .iter()
-        .filter(|r| r.path() == DEVICES)
+        .filter(|r| r.path == DEVICES)
         .count();
     assert_eq!(lists, 3);
 }
 
 #[tokio::test]
 async fn a_next_link_to_another_host_is_not_followed() {
-    let s = setup(Fake::default()).await;
-    s.fake.lock().expect("fake").faults.push(Reply::json(
-        200,
-        serde_json::json!({ "value": [], "@odata.nextLink": "https://evil.example/v1.0/x" }),
-    ));
-    let err = s
-        .client()
+    // The real Graph links only to itself, so the stand-in cannot be told to link elsewhere:
+    // a one-answer double plays a rogue Graph here (the token still comes from the stand-in).
+    let s = setup(Vec::new()).await;
+    let rogue = TestServer::start(|_| {
+        Reply::json(
+            200,
+            serde_json::json!({ "value": [], "@odata.nextLink": "https://evil.example/v1.0/x" }),
+        )
+    })
+    .await;
+    let mut settings = s.settings();
+    settings.graph_root = rogue.url.clone();
+    let err = Intune::new(settings)
+        .expect("client")
         .fetch(SERIAL, UDID)
         .await
         .expect_err("foreign link");
     assert!(matches!(err, IntuneError::ForeignLink { .. }), "{err}");
+    let asked: Vec<String> = rogue
+        .requests()
+        .iter()
+        .map(|r| r.path().to_string())
+        .collect();
+    assert_eq!(asked, vec![DEVICES], "the link was not followed");
 }
 
 #[tokio::test]
 async fn throttling_waits_for_retry_after() {
-    let s = setup(Fake::holding(vec![this_phone()])).await;
-    s.fake.lock().expect("fake").faults.push(
-        graph_error(429, "TooManyRequests", "Too many requests").with_header("Retry-After", "1"),
-    );
+    let s = setup(vec![this_phone()]).await;
+    s.graph.set_throttle_next(1, Duration::from_secs(1));
     let lookup = s.client().fetch(SERIAL, UDID).await.expect("lookup");
     assert_eq!(revealed(&lookup), vec![GOOD]);
     let requests = s.graph_requests();
     assert_eq!(requests.len(), 3, "429, list again, GET");
+    assert_eq!(requests[0].retry_after, Some(1));
+    // The stand-in throttles a request that comes back early again: none did.
+    assert!(requests
+        .iter()
+        .all(|r| r.outcome != MdmOutcome::Throttled { early: true }));
     let gap = requests[1].at.duration_since(requests[0].at);
     assert!(
         gap >= Duration::from_millis(990),
@@ -478,13 +336,8 @@ async fn throttling_waits_for_retry_after() {
 
 #[tokio::test]
 async fn throttling_past_the_attempts_is_reported() {
-    let s = setup(Fake::default()).await;
-    for _ in 0..4 {
-        s.fake.lock().expect("fake").faults.push(
-            graph_error(429, "TooManyRequests", "Too many requests")
-                .with_header("Retry-After", "0"),
-        );
-    }
+    let s = setup(Vec::new()).await;
+    s.graph.set_throttle_next(4, Duration::ZERO);
     let err = s.client().fetch(SERIAL, UDID).await.expect_err("throttled");
     assert!(matches!(err, IntuneError::Throttled { .. }), "{err}");
     assert!(err.to_string().contains("max_requests_per_second"), "{err}");
@@ -492,46 +345,51 @@ async fn throttling_past_the_attempts_is_reported() {
 
 #[tokio::test]
 async fn server_errors_then_success() {
-    let s = setup(Fake::holding(vec![this_phone()])).await;
-    {
-        let mut fake = s.fake.lock().expect("fake");
-        fake.faults
-            .push(graph_error(503, "ServiceUnavailable", "busy"));
-        fake.faults.push(Reply::empty(502));
-    }
+    let s = setup(vec![this_phone()]).await;
+    s.graph.set_fail_next(2);
     let lookup = s.client().fetch(SERIAL, UDID).await.expect("lookup");
     assert_eq!(revealed(&lookup), vec![GOOD]);
-    assert_eq!(s.graph_requests().len(), 4);
+    let statuses: Vec<u16> = s.graph_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![503, 503, 200, 200]);
 }
 
 #[tokio::test]
 async fn the_token_is_cached_and_renewed_when_graph_finds_it_expired() {
-    let s = setup(Fake {
-        devices: vec![this_phone()],
-        expire_first_token: true,
-        ..Fake::default()
-    })
-    .await;
+    let s = setup(vec![this_phone()]).await;
     let client = s.client();
+    client.fetch(SERIAL, UDID).await.expect("lookup");
+    assert_eq!(s.token_requests(), 1);
+    // Graph finds the cached token expired (revoked, or a clock off) on the next call.
+    s.graph.expire_tokens();
     let lookup = client.fetch(SERIAL, UDID).await.expect("lookup");
     assert_eq!(revealed(&lookup), vec![GOOD]);
     assert_eq!(s.token_requests(), 2, "renewed once after the 401");
     client.fetch(SERIAL, UDID).await.expect("lookup");
     assert_eq!(s.token_requests(), 2, "cached");
-    let tokens: Vec<String> = s
+    // Only the first call with the old token was refused; the renewed one served the rest.
+    let refused: Vec<(usize, MdmOutcome)> = s
         .graph_requests()
-        .iter()
-        .filter_map(|r| r.bearer().map(str::to_string))
+        .into_iter()
+        .enumerate()
+        .filter(|(_, r)| r.status != 200)
+        .map(|(i, r)| (i, r.outcome))
         .collect();
-    assert!(tokens[0].contains("token-1") && tokens[1..].iter().all(|t| t.contains("token-2")));
+    assert!(
+        matches!(refused.as_slice(), [(2, MdmOutcome::Unauthorized { reason })] if reason.contains("expired")),
+        "{refused:?}"
+    );
+    assert_eq!(s.graph_requests().len(), 7);
 }
 
 #[tokio::test]
 async fn a_token_is_renewed_before_it_expires() {
-    let s = setup(Fake {
-        token_lifetime: 1,
-        ..Fake::default()
-    })
+    let s = setup_with(
+        IntuneSpec {
+            token_lifetime_secs: Some(1),
+            ..spec()
+        },
+        Vec::new(),
+    )
     .await;
     let client = s.client();
     client.fetch(SERIAL, UDID).await.expect("lookup");
@@ -544,7 +402,7 @@ async fn a_token_is_renewed_before_it_expires() {
 
 #[tokio::test]
 async fn a_bad_secret_is_named_without_the_secret() {
-    let s = setup(Fake::default()).await;
+    let s = setup(Vec::new()).await;
     let mut settings = s.settings();
     settings.credential = Credential::Secret(SecretString::new("wrong-secret-123456789"));
     let err = Intune::new(settings)
@@ -562,42 +420,51 @@ async fn a_bad_secret_is_named_without_the_secret() {
         "{text}"
     );
     assert!(text.contains("client secret or certificate"), "{text}");
-    assert!(
-        !text.contains("wrong-secret") && !text.contains("1b0c4c7b"),
-        "{text}"
-    );
+    assert!(!text.contains("wrong-secret"), "{text}");
+    // Entra's description ends with trace and correlation ids: not repeated.
+    assert!(guids(&text).iter().all(|g| *g == CLIENT_ID), "{text}");
     assert!(s.graph_requests().is_empty());
 }
 
 #[tokio::test]
 async fn a_missing_permission_is_named() {
-    let s = setup(Fake {
-        no_read_permission: true,
-        ..Fake::default()
-    })
-    .await;
+    let s = setup(Vec::new()).await;
+    s.graph.set_permissions(&[ACTION_PERMISSION]);
     let err = s.client().fetch(SERIAL, UDID).await.expect_err("forbidden");
     let text = err.to_string();
-    assert!(text.contains(READ_PERMISSION), "{text}");
+    assert!(
+        matches!(
+            err,
+            IntuneError::Permission {
+                status: 403,
+                permission: READ_PERMISSION,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "needs the application permission {READ_PERMISSION}"
+        )),
+        "{text}"
+    );
     assert!(text.contains("HTTP 403 Forbidden"), "{text}");
-    assert!(!text.contains("1b0c4c7b"), "{text}");
+    assert!(guids(&text).is_empty(), "{text}");
 }
 
 #[tokio::test]
 async fn the_remote_action_targets_this_phones_record() {
-    let s = setup(Fake {
-        devices: vec![
-            device(
-                "old-phone",
-                SERIAL,
-                "00008030-0000000000000BBB",
-                None,
-                "2025-06-01T00:00:00Z",
-            ),
-            device("this-phone", SERIAL, UDID, None, "2024-01-01T00:00:00Z"),
-        ],
-        ..Fake::default()
-    })
+    let s = setup(vec![
+        device(
+            "old-phone",
+            SERIAL,
+            "00008030-0000000000000BBB",
+            None,
+            "2025-06-01T00:00:00Z",
+        ),
+        device("this-phone", SERIAL, UDID, None, "2024-01-01T00:00:00Z"),
+    ])
     .await;
     let client = s.client();
     assert_eq!(
@@ -608,7 +475,16 @@ async fn the_remote_action_targets_this_phones_record() {
             .as_deref(),
         Some("this-phone")
     );
-    assert_eq!(s.fake.lock().expect("fake").actions, vec!["this-phone"]);
+    let actions: Vec<(String, u16)> = s
+        .graph_requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| (r.path, r.status))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![(format!("{DEVICES}/this-phone/bypassActivationLock"), 204)]
+    );
     assert_eq!(
         client
             .bypass_activation_lock("F2LNOTKNOWN1", UDID)
@@ -617,11 +493,25 @@ async fn the_remote_action_targets_this_phones_record() {
         None
     );
 
-    s.fake.lock().expect("fake").no_action_permission = true;
+    // Permissions count for tokens issued after the change, as Entra's `roles` claim:
+    // revoke, and expire the cached token so the client gets one without the permission.
+    s.graph.set_permissions(&[READ_PERMISSION]);
+    s.graph.expire_tokens();
     let err = client
         .bypass_activation_lock(SERIAL, UDID)
         .await
         .expect_err("forbidden");
+    assert!(
+        matches!(
+            err,
+            IntuneError::Permission {
+                status: 403,
+                permission: ACTION_PERMISSION,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains(ACTION_PERMISSION), "{err}");
 }
 
@@ -630,11 +520,7 @@ async fn requests_are_rate_limited() {
     let devices = (0..15)
         .map(|i| device(&format!("d{i}"), SERIAL, "x", None, "2025-01-01T00:00:00Z"))
         .collect();
-    let s = setup(Fake {
-        devices,
-        ..Fake::default()
-    })
-    .await;
+    let s = setup(devices).await;
     let mut settings = s.settings();
     settings.max_requests_per_second = 10.0;
     let started = StdInstant::now();
@@ -644,6 +530,7 @@ async fn requests_are_rate_limited() {
         .await
         .expect("lookup");
     // 17 requests, 10 at once, then 10 a second.
+    assert_eq!(s.token_requests() + s.graph_requests().len(), 17);
     assert!(
         started.elapsed() >= Duration::from_millis(650),
         "{:?}",
@@ -653,22 +540,73 @@ async fn requests_are_rate_limited() {
 
 #[tokio::test]
 async fn quotes_in_a_serial_are_escaped() {
-    let s = setup(Fake {
-        devices: vec![device(
-            "q",
-            "AB'CD0000",
-            UDID,
-            Some(GOOD),
-            "2025-01-01T00:00:00Z",
-        )],
-        ..Fake::default()
-    })
+    let s = setup(vec![device(
+        "q",
+        "AB'CD0000",
+        UDID,
+        Some(GOOD),
+        "2025-01-01T00:00:00Z",
+    )])
     .await;
     let lookup = s.client().fetch("AB'CD0000", UDID).await.expect("lookup");
     assert_eq!(revealed(&lookup), vec![GOOD]);
     assert_eq!(
-        s.graph_requests()[0].query("$filter").as_deref(),
+        s.graph_requests()[0].query_value("$filter"),
         Some("serialNumber eq 'AB''CD0000'")
+    );
+}
+
+#[tokio::test]
+async fn a_national_cloud_asks_for_its_own_graph() {
+    // The stand-in plays US Government (GCC High): it issues tokens for that Graph only.
+    let s = setup_with(
+        IntuneSpec {
+            cloud: Some(Cloud::Usgov),
+            ..spec()
+        },
+        vec![this_phone()],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let secret_file = dir.path().join("client-secret");
+    std::fs::write(&secret_file, SECRET).expect("secret file");
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod 600");
+    // As configured: the cloud decides the scope; the URLs point at the stand-in.
+    let config = |cloud| IntuneSource {
+        name: None,
+        tenant: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(Secret::File(secret_file.clone())),
+        certificate: None,
+        cloud,
+        token_url: Some(s.graph.token_url()),
+        graph_url: Some(s.graph.url().to_string()),
+        max_requests_per_second: 1000.0,
+        bypass_action: false,
+        bypass_action_wait_secs: 60,
+    };
+    let env = Environment::process();
+    let context = BuildContext {
+        name: "contoso",
+        retry: s.settings().retry,
+        env: &env,
+    };
+    let usgov = Intune::from_config(&config(Cloud::Usgov), &context).expect("source");
+    let lookup = usgov.fetch(SERIAL, UDID).await.expect("lookup");
+    assert_eq!(revealed(&lookup), vec![GOOD]);
+
+    let global = Intune::from_config(&config(Cloud::Global), &context).expect("source");
+    let err = global
+        .fetch(SERIAL, UDID)
+        .await
+        .expect_err("a token for another cloud's Graph");
+    assert!(
+        matches!(&err, IntuneError::TokenRefused { status: 400, code, .. } if code == "invalid_scope"),
+        "{err}"
     );
 }
 
@@ -687,26 +625,19 @@ async fn a_certificate_signs_an_rs256_assertion() {
         URL_SAFE_NO_PAD.encode(thumbprint.as_ref())
     );
     assert!(!format!("{certificate:?}").contains("PRIVATE"));
-    let public_key = certificate.public_key();
 
-    let s = setup(Fake::holding(vec![this_phone()])).await;
+    let s = setup(vec![this_phone()]).await;
+    s.graph
+        .add_certificate_pem(&cert.pem())
+        .expect("certificate registered");
     let mut settings = s.settings();
-    settings.credential = Credential::Certificate(certificate);
     let token_url = settings.token_url.clone();
-    let lookup = Intune::new(settings)
-        .expect("client")
-        .fetch(SERIAL, UDID)
-        .await
-        .expect("lookup");
-    assert_eq!(revealed(&lookup), vec![GOOD]);
 
-    let request = &s.server.requests_to(TENANT_PATH)[0];
-    assert_eq!(request.form("client_secret"), None);
-    assert_eq!(
-        request.form("client_assertion_type").as_deref(),
-        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-    );
-    let jwt = request.form("client_assertion").expect("assertion");
+    // The assertion as the token request carries it (the stand-in's log keeps no values).
+    let jwt = certificate
+        .assertion(CLIENT_ID, &token_url)
+        .expect("assertion");
+    let jwt = jwt.expose();
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3);
     let decode = |p: &str| -> serde_json::Value {
@@ -717,7 +648,7 @@ async fn a_certificate_signs_an_rs256_assertion() {
     assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(thumbprint.as_ref()));
     let claims = decode(parts[1]);
     assert_eq!(claims["aud"], token_url.as_str());
-    assert_eq!(claims["iss"], "11111111-2222-3333-4444-555555555555");
+    assert_eq!(claims["iss"], CLIENT_ID);
     assert_eq!(claims["sub"], claims["iss"]);
     assert_eq!(claims["jti"].as_str().map(str::len), Some(32));
     let (nbf, exp) = (
@@ -728,10 +659,26 @@ async fn a_certificate_signs_an_rs256_assertion() {
     let signature = URL_SAFE_NO_PAD.decode(parts[2]).expect("signature");
     aws_lc_rs::signature::UnparsedPublicKey::new(
         &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        public_key,
+        certificate.public_key(),
     )
     .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
     .expect("signature verifies");
+
+    // The stand-in checks what Entra checks: the assertion type, the key the `x5t` names,
+    // the signature, `aud` = the URL posted to, `iss` = `sub` = the client id, the times.
+    settings.credential = Credential::Certificate(certificate);
+    let lookup = Intune::new(settings)
+        .expect("client")
+        .fetch(SERIAL, UDID)
+        .await
+        .expect("lookup");
+    assert_eq!(revealed(&lookup), vec![GOOD]);
+    let request = &s.graph.token_requests()[0];
+    assert_eq!(request.status, 200);
+    assert!(!request.fields.iter().any(|f| f == "client_secret"));
+    for field in ["client_assertion_type", "client_assertion"] {
+        assert!(request.fields.iter().any(|f| f == field), "{field}");
+    }
 }
 
 #[test]

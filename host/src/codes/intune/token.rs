@@ -89,7 +89,11 @@ impl Certificate {
     }
 
     /// An RS256 JWT: `aud` the token URL, `iss` = `sub` = the client id, a random `jti`.
-    fn assertion(&self, client_id: &str, audience: &str) -> Result<SecretString, IntuneError> {
+    pub(super) fn assertion(
+        &self,
+        client_id: &str,
+        audience: &str,
+    ) -> Result<SecretString, IntuneError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
