@@ -2,7 +2,7 @@
 //! address`, and the address changes whenever a phone re-enumerates, so a label keyed by it
 //! is lost on a replug (or lands on another phone). The physical port path (`1-1.4.2`) does
 //! not change: it is found on this machine by matching the phone's UDID against the USB
-//! serial numbers in sysfs (the UDID is the USB serial, protocol.md §1.9, §2.9).
+//! serial numbers in sysfs (the UDID is the USB serial, docs/protocol.md §1.9, §2.9).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

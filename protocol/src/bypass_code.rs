@@ -1,4 +1,4 @@
-//! MDM Activation Lock bypass codes (reference/mdm.md §5): 16 random bytes shown as 26 symbols
+//! MDM Activation Lock bypass codes (docs/mdm.md §5): 16 random bytes shown as 26 symbols
 //! `XXXXX-XXXXX-XXXX-XXXX-XXXX-XXXX`, and the escrow key hash an MDM sends to Apple.
 //!
 //! A bypass code is a credential: [`BypassCode`]'s `Debug` and `Display` print only the masked
@@ -34,7 +34,7 @@ const ESCROW_ROUNDS: NonZeroU32 = match NonZeroU32::new(ESCROW_KEY_ITERATIONS) {
     Some(n) => n,
     None => panic!("escrow key iterations must be non-zero"),
 };
-/// The escrow hash is salted with four zero bytes (mdm.md §5.2).
+/// The escrow hash is salted with four zero bytes (docs/mdm.md §5.2).
 const ESCROW_SALT: [u8; 4] = [0; 4];
 
 /// Why a text is not a bypass code. Never carries the text itself: at most one character.
@@ -271,7 +271,7 @@ pub struct LookalikeCorrection {
 
 /// Proposes `O→0`, `I→1`, `S→5`, `B→8` for a text that fails to parse only because of such
 /// letters, and only if the corrected text is a valid code. Nothing is applied: a code is a
-/// credential, so the operator confirms (mdm.md §5.4).
+/// credential, so the operator confirms (docs/mdm.md §5.4).
 pub fn suggest_lookalike_fix(text: &str) -> Option<Vec<LookalikeCorrection>> {
     if BypassCode::parse(text).is_ok() {
         return None;
@@ -301,7 +301,7 @@ pub fn suggest_lookalike_fix(text: &str) -> Option<Vec<LookalikeCorrection>> {
 mod tests {
     use super::*;
 
-    /// mdm.md §5.3: (raw hex, code, escrow key hex), from micromdm/nanodep's public tests.
+    /// docs/mdm.md §5.3: (raw hex, code, escrow key hex), from micromdm/nanodep's public tests.
     const VECTORS: [(&str, &str, &str); 7] = [
         (
             "00000000000000000000000000000000",
@@ -374,7 +374,7 @@ mod tests {
 
     #[test]
     fn escrow_hash_is_of_raw_bytes_not_text() {
-        // mdm.md §5.2: hashing the dashed text gives 99cacb48…, which is wrong.
+        // docs/mdm.md §5.2: hashing the dashed text gives 99cacb48…, which is wrong.
         let hex = code("3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4").escrow_key_hex();
         assert!(!hex.starts_with("99cacb48"));
         assert_eq!(hex.len(), 64);

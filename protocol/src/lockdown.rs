@@ -1,4 +1,4 @@
-//! lockdownd client (reference/protocol.md §3, §4.3, §4.6): framed plist requests on device
+//! lockdownd client (docs/protocol.md §3, §4.3, §4.6): framed plist requests on device
 //! port 62078, pairing, sessions upgraded to TLS, and service start.
 
 use std::fmt;

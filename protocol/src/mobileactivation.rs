@@ -1,4 +1,4 @@
-//! `com.apple.mobileactivationd` (reference/protocol.md §5.1–5.3): the phone-side half of
+//! `com.apple.mobileactivationd` (docs/protocol.md §5.1–5.3): the phone-side half of
 //! activation. Requests go as binary plists, one command per service connection (the daemon
 //! wants a fresh connection for each request; every open-source client reconnects).
 
@@ -69,7 +69,7 @@ impl Command {
             Command::HandleActivationInfoWithSession { body, headers } => {
                 d.insert("Value".into(), plist::Value::Data(body.clone()));
                 // The phone looks names up as dictionary keys (case-sensitively); HTTP
-                // clients may hand them over lower-cased (protocol.md §5.9).
+                // clients may hand them over lower-cased (docs/protocol.md §5.9).
                 let headers: plist::Dictionary = headers
                     .iter()
                     .map(|(k, v)| (canonical_header_name(k), plist::Value::from(v.clone())))

@@ -6,7 +6,7 @@
 //! does); handshake signatures are still checked.
 //!
 //! The phone side ([`server_config`]) speaks TLS as a real phone on iOS 12 or later does
-//! (protocol.md §4.6, a rustls client's log against a real phone): TLS 1.2 only, the single
+//! (docs/protocol.md §4.6, a rustls client's log against a real phone): TLS 1.2 only, the single
 //! suite `TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384`, ECDHE over secp256r1, and a
 //! CertificateRequest listing [`PHONE_CLIENT_SIGNATURE_SCHEMES`].
 

@@ -1,4 +1,4 @@
-//! The usbmuxd client protocol (reference/protocol.md §1): a 16-byte little-endian header,
+//! The usbmuxd client protocol (docs/protocol.md §1): a 16-byte little-endian header,
 //! plist (v1) or binary (v0) payloads, device events, `Connect` that turns the socket into a
 //! raw stream to a port on the phone, and pair-record storage.
 //!

@@ -115,7 +115,7 @@ impl Hub {
 
     /// The LocationID of a phone being plugged in. The first time: its profile's. Again (a
     /// replug): same bus, the next free USB address, as Linux re-enumerates a device, so
-    /// usbmuxd's `(bus << 16) | address` changes (protocol.md §1.4).
+    /// usbmuxd's `(bus << 16) | address` changes (docs/protocol.md §1.4).
     fn enumerate(&self, s: &mut HubState, phone: usize) -> u32 {
         let first = self.phones[phone].profile().location_id;
         let Some(previous) = s.locations.get(&phone).copied() else {

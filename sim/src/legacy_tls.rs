@@ -2,7 +2,7 @@
 //! has neither 1.0 nor 1.1). OpenSSL runs over an in-memory stream: the channel hands it one
 //! record at a time and sends whatever it wrote, exactly as with rustls.
 //!
-//! Real old phones (protocol.md §4.6): libimobiledevice caps TLS at 1.0 for iOS < 10 and
+//! Real old phones (docs/protocol.md §4.6): libimobiledevice caps TLS at 1.0 for iOS < 10 and
 //! needs `@SECLEVEL=0` (TLS 1.0 signs with MD5+SHA-1; pair records may be SHA-1-signed).
 
 use std::io::{Read, Write};

@@ -287,7 +287,7 @@ impl Connection {
         }
     }
 
-    /// The legacy path (protocol.md §5.3 C): `Activate {ActivationRecord}` with a record
+    /// The legacy path (docs/protocol.md §5.3 C): `Activate {ActivationRecord}` with a record
     /// the activation server issued for this phone's current request.
     async fn activate(&mut self, name: &str, d: &Dictionary) -> Dictionary {
         let Some(record) = d.get("ActivationRecord") else {

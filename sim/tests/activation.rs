@@ -171,7 +171,7 @@ async fn clean_phone_activates_and_every_client_sees_it() {
     assert_eq!(state(&mut d).await, "Unactivated");
     assert_eq!(value(&mut d, "BrickState").await, Value::Boolean(true));
 
-    // Session info: protocol.md §5.2.
+    // Session info: docs/protocol.md §5.2.
     let command = Command::CreateTunnel1SessionInfo;
     let session = within(d.command(&command))
         .await
@@ -356,7 +356,7 @@ async fn mdm_locked_phone_is_released_by_its_code_only() {
     let answer = first_request(&mut d, &info, FormEncoding::UrlEncoded).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("application/x-buddyml"));
-    // protocol.md §5.6: the page's structure, as rendered.
+    // docs/protocol.md §5.6: the page's structure, as rendered.
     let text = String::from_utf8(answer.body.clone()).expect("utf8");
     for needle in [
         "<xmlui style=\"setupAssistant\">",
@@ -984,7 +984,7 @@ async fn http_limits_and_routes() {
     .expect("answer");
     assert_eq!(status(r), 400);
 
-    // On the wire: HTTP/1.1 with Albert's header set under its spelling (protocol.md §5.6).
+    // On the wire: HTTP/1.1 with Albert's header set under its spelling (docs/protocol.md §5.6).
     let head = within(raw_http_head(
         albert.addr(),
         "GET /deviceservices/drmHandshake HTTP/1.1\r\nHost: albert\r\nConnection: close\r\n\r\n",

@@ -1,4 +1,4 @@
-//! Each virtual phone speaks the TLS of its iOS version (protocol.md §4.6): iOS 12+ TLS 1.2
+//! Each virtual phone speaks the TLS of its iOS version (docs/protocol.md §4.6): iOS 12+ TLS 1.2
 //! with ECDHE-RSA-AES256-GCM-SHA384 over P-256, iOS 10–11 TLS 1.0–1.2, iOS 9 TLS 1.0 only.
 
 mod common;

@@ -391,7 +391,7 @@ pub struct CsvSource {
     pub path: PathBuf,
 }
 
-/// Microsoft national clouds (mdm.md §1.6), with their endpoints: the one home of these
+/// Microsoft national clouds (docs/mdm.md §1.6), with their endpoints: the one home of these
 /// facts for the station's Intune source and the bench's stand-in Entra ID and Graph.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -1,5 +1,5 @@
 //! Pair records whose certificates are signed with SHA-1, as go-ios signs all three and as
-//! libimobiledevice and pymobiledevice3 did for iOS < 4 (protocol.md §4.2): phones accept
+//! libimobiledevice and pymobiledevice3 did for iOS < 4 (docs/protocol.md §4.2): phones accept
 //! them, so the station and the virtual phone must too.
 //!
 //! The station's own generator (rcgen on aws-lc-rs) signs with SHA-256 only and has no

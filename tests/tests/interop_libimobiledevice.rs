@@ -161,7 +161,7 @@ fn idevicepair_pair_then_validate_succeed() {
 }
 
 /// Debian's libimobiledevice (OpenSSL 3) caps TLS at 1.0 below iOS 10 and lets 1.2 through
-/// from iOS 10 on (protocol.md §4.6): it must pair with and read the old phones a world file
+/// from iOS 10 on (docs/protocol.md §4.6): it must pair with and read the old phones a world file
 /// pins, the iOS 9 one over the TLS 1.0 only that phone speaks.
 #[test]
 fn idevicepair_and_ideviceinfo_work_with_ios_9_and_ios_11_phones() {

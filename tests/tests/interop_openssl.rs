@@ -1,5 +1,5 @@
 //! The station's TLS client against the real `openssl s_server` (OpenSSL 3), standing in for a
-//! phone (protocol.md §4.6): TLS 1.2 with ECDHE-RSA-AES256-GCM-SHA384 and a required client
+//! phone (docs/protocol.md §4.6): TLS 1.2 with ECDHE-RSA-AES256-GCM-SHA384 and a required client
 //! certificate, presenting a DeviceCertificate made by the station's pairing code, with a
 //! SHA-256 and with a SHA-1-signed pair record; and a TLS 1.0-only server (an iOS 9 phone),
 //! which the station must name as such at once instead of failing vaguely or hanging.

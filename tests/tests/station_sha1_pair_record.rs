@@ -1,5 +1,5 @@
 //! A pair record whose certificates are SHA-1-signed (go-ios signs all three with SHA-1;
-//! protocol.md §4.2) is accepted by the virtual phone, and `station activate` uses it as it
+//! docs/protocol.md §4.2) is accepted by the virtual phone, and `station activate` uses it as it
 //! is: the station's TLS client presents the SHA-1 host certificate, the phone accepts it,
 //! and the station neither re-pairs nor rewrites the record.
 

@@ -1,4 +1,4 @@
-//! Activating one phone (reference/protocol.md §5.7): pair, read the state, run the
+//! Activating one phone (docs/protocol.md §5.7): pair, read the state, run the
 //! session-mode exchange with the activation server, release an Activation Lock with the
 //! organisation's bypass code (blank username, code as password), hand the record to the
 //! phone, acknowledge, and re-read the state. Every failure ends in a named outcome.
@@ -162,7 +162,7 @@ pub struct ActivationServer {
     session_max_age: Duration,
 }
 
-/// How `activation-info` is posted: both are accepted by Apple (protocol.md §5.4).
+/// How `activation-info` is posted: both are accepted by Apple (docs/protocol.md §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestEncoding {
     UrlEncoded,

@@ -1,4 +1,4 @@
-//! Bypass codes from a CSV export (mdm.md §6):
+//! Bypass codes from a CSV export (docs/mdm.md §6):
 //! `serial_number,udid,bypass_code,code_kind,source,retrieved_at`, one row per code, several
 //! rows per serial allowed, an empty `bypass_code` meaning "our device, no code escrowed".
 //! Every row is validated; errors name the line and the column, never the code itself.

@@ -1,4 +1,4 @@
-//! Kandji (mdm.md §3.1): the device by serial number (the API matches partial serials, so the
+//! Kandji (docs/mdm.md §3.1): the device by serial number (the API matches partial serials, so the
 //! exact serial is checked here), then `secrets/bypasscode`, which holds both codes:
 //! `user_based_albc` (device-generated) and `device_based_albc` (server-generated).
 

@@ -24,7 +24,7 @@ pub const MDM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `User-Agent` of the requests to MDM APIs.
 pub const USER_AGENT: &str = concat!("station/", env!("CARGO_PKG_VERSION"));
 
-/// Which of a device's two possible codes this is (mdm.md §6).
+/// Which of a device's two possible codes this is (docs/mdm.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeKind {

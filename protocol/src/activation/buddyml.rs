@@ -1,6 +1,6 @@
 //! Buddyml (`application/x-buddyml`): the XML UI pages Albert sends Setup Assistant — the
 //! Activation Lock form, the wrong-credentials alert, error pages and acknowledgements
-//! (protocol.md §5.5, §5.6).
+//! (docs/protocol.md §5.5, §5.6).
 //!
 //! The parser reads what libideviceactivation reads, by the same paths; the builder renders the
 //! pages a stand-in server needs with the same structure, so the two are tested against each
@@ -288,7 +288,7 @@ impl BuddyPage {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The Activation Lock form (protocol.md §5.6): a `FMIPLockChallenge` page with the given
+    /// The Activation Lock form (docs/protocol.md §5.6): a `FMIPLockChallenge` page with the given
     /// rows (their ids are the field names a client must send back) and `serverInfo` hidden
     /// fields — typically `activation-info-base64`; `isAuthRequired="true"` is added if absent.
     /// A multi-line description becomes one footer per line.

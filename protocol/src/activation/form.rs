@@ -1,6 +1,6 @@
 //! `deviceActivation` form bodies: encoding for the client, parsing for a stand-in server.
 //! Albert accepts `application/x-www-form-urlencoded` and `multipart/form-data`
-//! (protocol.md §5.4); the parser accepts both, and `activation-info` both as a full XML plist
+//! (docs/protocol.md §5.4); the parser accepts both, and `activation-info` both as a full XML plist
 //! and as libideviceactivation's stripped `<dict>…</dict>`.
 
 use std::fmt;
@@ -92,7 +92,7 @@ pub enum FormError {
     #[error("form field {field:?} appears more than once")]
     DuplicateField { field: String },
     /// Albert reads `activation-info` first and answers "Verification Failed / Please retry
-    /// activation" (protocol.md §5.4).
+    /// activation" (docs/protocol.md §5.4).
     #[error("the form carries both activation-info and activation-info-base64")]
     BothActivationInfoFields,
     #[error("the form carries neither activation-info nor activation-info-base64")]

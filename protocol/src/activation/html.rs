@@ -1,4 +1,4 @@
-//! The little of HTML that iTunes-style answers need (protocol.md §5.5): an
+//! The little of HTML that iTunes-style answers need (docs/protocol.md §5.5): an
 //! `<input name="isAuthRequired" value="true">`, a `<script type="text/x-apple-plist">` holding a
 //! plist, and the `<title>`. HTML is rarely well-formed XML, so this is a tolerant tag scanner,
 //! not a parser; it never fails, it only finds less.

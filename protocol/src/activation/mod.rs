@@ -1,4 +1,4 @@
-//! Apple's activation-server exchange (reference/protocol.md §5.3–5.6) as plain types and
+//! Apple's activation-server exchange (docs/protocol.md §5.3–5.6) as plain types and
 //! functions: the `drmHandshake` and `deviceActivation` requests, the classification of every
 //! answer, the buddyml (Setup Assistant XML UI) pages of the Activation Lock, and the form
 //! resubmission that carries a bypass code.
@@ -34,13 +34,13 @@ pub const DEVICE_ACTIVATION_URL: &str = "https://albert.apple.com/deviceservices
 /// answer with plists and buddyml instead of HTML.
 pub const USER_AGENT: &str = "iOS Device Activator (MobileActivation-592.103.2)";
 /// The 2012 device UA (pymobiledevice3, older libideviceactivation); one capture claims Albert
-/// requires it exactly (protocol.md §7), so it stays at hand.
+/// requires it exactly (docs/protocol.md §7), so it stays at hand.
 pub const USER_AGENT_LEGACY_2012: &str =
     "iOS Device Activator (MobileActivation-20 built on Jan 15 2012 at 19:07:28)";
 /// The iTunes UA: Albert then answers with HTML pages, which cannot carry the lock form's fields.
 pub const USER_AGENT_ITUNES: &str = "iTunes/11.1.4 (Macintosh; OS X 10.9.1) AppleWebKit/537.73.11";
 
-/// Content types of the exchange (protocol.md §5.4, §5.5).
+/// Content types of the exchange (docs/protocol.md §5.4, §5.5).
 pub mod content_type {
     /// Body of a `drmHandshake` request.
     pub const APPLE_PLIST: &str = "application/x-apple-plist";
@@ -139,7 +139,7 @@ impl fmt::Debug for HttpRequestParts {
     }
 }
 
-/// How the `deviceActivation` form is encoded. Albert accepts both (protocol.md §5.4).
+/// How the `deviceActivation` form is encoded. Albert accepts both (docs/protocol.md §5.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FormEncoding {
     /// go-ios and pymobiledevice3: `activation-info` is the full XML plist, `<?xml …?>` included.

@@ -1,4 +1,4 @@
-//! Classification of an activation-server answer (protocol.md §5.5): dispatch on Content-Type
+//! Classification of an activation-server answer (docs/protocol.md §5.5): dispatch on Content-Type
 //! (case-insensitive prefix, as libideviceactivation), then on the body's structure.
 
 use super::buddyml::BuddyPage;
@@ -56,7 +56,7 @@ pub enum ActivationResponse {
         title: Option<String>,
         description: Option<String>,
     },
-    /// iTunes-style HTML asking for credentials; it carries no usable fields (protocol.md §5.6).
+    /// iTunes-style HTML asking for credentials; it carries no usable fields (docs/protocol.md §5.6).
     HtmlAuthRequired { title: Option<String> },
     /// HTTP 5xx: worth a bounded retry.
     ServerError { status: u16 },

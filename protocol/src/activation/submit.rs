@@ -1,4 +1,4 @@
-//! Answering the Activation Lock form (protocol.md §5.6): the rows the page itself names get the
+//! Answering the Activation Lock form (docs/protocol.md §5.6): the rows the page itself names get the
 //! username and password — for a bypass code, a blank username and the code as password — and
 //! every hidden `serverInfo` field is echoed, as ideviceactivation's loop does.
 

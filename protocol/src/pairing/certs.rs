@@ -1,4 +1,4 @@
-//! Pairing certificates: what a host generates (protocol.md §4.2) and what a phone checks
+//! Pairing certificates: what a host generates (docs/protocol.md §4.2) and what a phone checks
 //! when it receives `Pair` (used by the simulator).
 //!
 //! Everything here is synchronous and CPU-bound (an RSA-2048 key takes ~150 ms); async

@@ -1,5 +1,5 @@
 //! Pairing: the pair record a host keeps per phone, the certificates in it, and where it is
-//! stored (protocol.md §4.1–4.3).
+//! stored (docs/protocol.md §4.1–4.3).
 //!
 //! A pair record is what lets a host open a TLS session with lockdownd without a trust
 //! prompt. The host makes it (root + host certificates, a device certificate issued for the

@@ -1,4 +1,4 @@
-//! The pair record plist (protocol.md §4.1).
+//! The pair record plist (docs/protocol.md §4.1).
 
 use std::fmt;
 use std::io::Cursor;

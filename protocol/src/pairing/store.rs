@@ -1,4 +1,4 @@
-//! Where pair records live (protocol.md §4.1 "Storage").
+//! Where pair records live (docs/protocol.md §4.1 "Storage").
 //!
 //! [`PairRecordStore`] is what the station's workflow talks to; [`DirPairStore`] is the
 //! `/var/lib/lockdown` layout usbmuxd itself uses, so records we write are found by

@@ -261,7 +261,7 @@ fn activation_info(
     Ok(d)
 }
 
-/// The XML plist inside `ActivationInfoXML` (protocol.md §5.2 sections).
+/// The XML plist inside `ActivationInfoXML` (docs/protocol.md §5.2 sections).
 fn activation_info_xml(phone: &Phone, randomness: &str) -> Value {
     let p = phone.profile();
     let dict = |pairs: Vec<(&str, Value)>| -> Value {
@@ -272,7 +272,7 @@ fn activation_info_xml(phone: &Phone, randomness: &str) -> Value {
     let request_info = dict(vec![
         ("ActivationRandomness", s(randomness)),
         ("ActivationState", s(phone.activation_state().as_str())),
-        // False even on a locked erased phone (protocol.md §3.6): only Albert knows.
+        // False even on a locked erased phone (docs/protocol.md §3.6): only Albert knows.
         ("FMiPAccountExists", Value::Boolean(false)),
     ]);
     let mut baseband = vec![
@@ -355,7 +355,7 @@ fn check_record_body(
     if headers.is_empty() {
         return Err(RecordError::MissingHeaders);
     }
-    // A dictionary lookup, as on the phone: exact spelling only (protocol.md §5.9).
+    // A dictionary lookup, as on the phone: exact spelling only (docs/protocol.md §5.9).
     let header = |name: &str| {
         headers
             .iter()

@@ -1,6 +1,6 @@
 //! The stand-in Microsoft Entra token endpoint: `POST /{tenant}/oauth2/v2.0/token`, the
 //! OAuth2 client-credentials grant with a client secret or a certificate-signed client
-//! assertion (mdm.md §1.5). Errors have Entra's shape (`error`, `error_description` starting
+//! assertion (docs/mdm.md §1.5). Errors have Entra's shape (`error`, `error_description` starting
 //! with an `AADSTS` code, `error_codes`, …); the codes are Entra's where known.
 
 use std::time::SystemTime;

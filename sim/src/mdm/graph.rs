@@ -1,5 +1,5 @@
 //! The stand-in Microsoft Graph: `deviceManagement/managedDevices` under `/v1.0` and
-//! `/beta` (mdm.md §1.1–1.4, §1.7).
+//! `/beta` (docs/mdm.md §1.1–1.4, §1.7).
 //!
 //! - list: `$filter=serialNumber eq '…'` (and `operatingSystem eq '…'`, joined by `and`)
 //!   is honoured; any other filter is silently ignored and everything is returned, as Graph
@@ -326,7 +326,7 @@ fn property(rec: &IntuneRecord, name: &str, selected: bool, read: Read) -> Value
         "easActivated" | "azureADRegistered" => false.into(),
         "easActivationDateTime" | "exchangeLastSuccessfulSyncDateTime" => NEVER.into(),
         "deviceEnrollmentType" => "appleBulkWithoutUser".into(),
-        // mdm.md §1.1: null in every list call, even when selected.
+        // docs/mdm.md §1.1: null in every list call, even when selected.
         "activationLockBypassCode" if selected && read == Read::Single => {
             d.code.clone().map_or(Value::Null, Value::from)
         }
@@ -560,7 +560,7 @@ fn list(inner: &IntuneInner, req: &Req, version: &str) -> Answer {
                 None => None,
                 Some(text) => match parse_filter(text) {
                     Err(why) => return bad_request(&format!("Invalid filter clause: {why}.")),
-                    // Unsupported filters are silently ignored, as Graph does (mdm.md §1.2).
+                    // Unsupported filters are silently ignored, as Graph does (docs/mdm.md §1.2).
                     Ok(None) => None,
                     Ok(Some(_)) if ignore => None,
                     Ok(Some(_)) => Some(text.to_string()),

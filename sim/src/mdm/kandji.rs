@@ -1,4 +1,4 @@
-//! The stand-in Kandji API (mdm.md §3.1), Bearer-token authenticated:
+//! The stand-in Kandji API (docs/mdm.md §3.1), Bearer-token authenticated:
 //!
 //! - `GET /api/v1/devices?serial_number=…&limit=…&offset=…`: a JSON array of devices; the
 //!   serial filter is a case-insensitive *partial* match, as Kandji documents it, so with
@@ -116,7 +116,7 @@ struct KandjiInner {
     url: String,
     token: Mutex<String>,
     lookalikes: Mutex<bool>,
-    /// The token has the *device secrets* permission (mdm.md §3.1).
+    /// The token has the *device secrets* permission (docs/mdm.md §3.1).
     secrets_permission: Mutex<bool>,
     devices: Vec<Held>,
 }

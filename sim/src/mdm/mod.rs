@@ -1,4 +1,4 @@
-//! Stand-in MDM services: what the station asks for bypass codes (mdm.md §1, §3).
+//! Stand-in MDM services: what the station asks for bypass codes (docs/mdm.md §1, §3).
 //!
 //! - [`Graph`] (`bench.graph()`): a Microsoft Entra token endpoint ([`entra`]) and
 //!   Microsoft Graph's `deviceManagement/managedDevices` ([`graph`]) holding the bench

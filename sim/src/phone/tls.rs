@@ -1,4 +1,4 @@
-//! The TLS a virtual phone speaks, chosen by its iOS version (protocol.md §4.6):
+//! The TLS a virtual phone speaks, chosen by its iOS version (docs/protocol.md §4.6):
 //!
 //! - iOS 12 and later: TLS 1.2 only, `TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384` over secp256r1,
 //!   as real phones negotiate with a rustls client (rustls, `station_protocol::tls`);

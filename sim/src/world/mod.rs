@@ -195,7 +195,7 @@ pub struct ActivationServerSpec {
 #[serde(rename_all = "snake_case")]
 pub enum WrongCredentials {
     /// `<xmlui><alert title message/></xmlui>` and nothing else: no form to fill in again,
-    /// the exchange starts over (protocol.md §5.6: a page with an alert).
+    /// the exchange starts over (docs/protocol.md §5.6: a page with an alert).
     #[default]
     Alert,
     /// The alert over the lock form again.

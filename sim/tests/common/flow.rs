@@ -1,5 +1,5 @@
 //! A minimal host side of the activation exchange, built only from `station_protocol` codecs
-//! and a plain HTTP client, to drive a bench the way the station does (protocol.md §5.7).
+//! and a plain HTTP client, to drive a bench the way the station does (docs/protocol.md §5.7).
 //! Shared by the tests and `examples/activate.rs`.
 
 #![allow(dead_code)]

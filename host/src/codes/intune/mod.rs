@@ -1,4 +1,4 @@
-//! Intune through Microsoft Graph (mdm.md §1): an app-only token (client secret or
+//! Intune through Microsoft Graph (docs/mdm.md §1): an app-only token (client secret or
 //! certificate assertion), `managedDevices` by serial number, then one GET per record for
 //! the `$select`-only `udid` and `activationLockBypassCode`; and the opt-in
 //! `bypassActivationLock` action.

@@ -44,7 +44,7 @@ fn spec() -> IntuneSpec {
         tenant: Some(TENANT.into()),
         client_id: Some(CLIENT_ID.into()),
         client_secret: Some(SECRET.into()),
-        // Graph's pages hold about 1000 records (mdm.md §1.7): one page unless a test pages.
+        // Graph's pages hold about 1000 records (docs/mdm.md §1.7): one page unless a test pages.
         page_size: Some(1000),
         ..IntuneSpec::default()
     }

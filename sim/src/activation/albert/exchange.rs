@@ -25,7 +25,7 @@ pub const CHALLENGE_FIELD: &str = "challenge";
 
 const LOCK_TITLE: &str = "Activation Lock";
 const WRONG_CREDENTIALS: &str = "Incorrect Apple ID or password.";
-/// Where the lock page's Next goes: relative, as on Albert's page (protocol.md §5.6).
+/// Where the lock page's Next goes: relative, as on Albert's page (docs/protocol.md §5.6).
 const SUBMIT_PATH: &str = "/deviceservices/deviceActivation";
 const HELP_URL: &str = "https://support.apple.com/HT201441";
 /// `page name` of the hidden-fields-only page of the `continue_page` scenario.
@@ -227,7 +227,7 @@ impl Exchange {
                     field::ACTIVATION_INFO.to_string(),
                     field::ACTIVATION_INFO_BASE64.to_string(),
                 ];
-                // Albert reads activation-info first and rejects the pair (protocol.md §5.4).
+                // Albert reads activation-info first and rejects the pair (docs/protocol.md §5.4).
                 return Answer::error_page("Verification Failed", "Please retry activation.");
             }
             Err(e) => return Answer::bad_form(e.to_string()),
@@ -256,7 +256,7 @@ impl Exchange {
         let Some(phone) = self.phones.get(&info.udid) else {
             return Answer::error_page("Device Unknown", "This device is not known.");
         };
-        // Since iOS 10.2 Albert does not acknowledge re-activation (protocol.md §5.5).
+        // Since iOS 10.2 Albert does not acknowledge re-activation (docs/protocol.md §5.5).
         if info.state != ActivationState::Unactivated.as_str()
             || phone.activation_state() != ActivationState::Unactivated
         {
@@ -379,7 +379,7 @@ impl Exchange {
         }
     }
 
-    /// The Activation Lock form of protocol.md §5.6, built by the protocol crate.
+    /// The Activation Lock form of docs/protocol.md §5.6, built by the protocol crate.
     fn lock_page(&self, phone: &Phone, info: &RequestInfo, form: &ActivationForm) -> BuddyPage {
         let p = phone.profile();
         let owner = if p.owner_hint.is_empty() {

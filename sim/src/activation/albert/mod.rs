@@ -2,7 +2,7 @@
 //! `POST <base>/drmHandshake` and `POST <base>/deviceActivation`, where `<base>` is
 //! [`Albert::url`] (`http://127.0.0.1:PORT/deviceservices`).
 //!
-//! It behaves as protocol.md §5.4–5.6 describes Apple's server (see [`exchange`] for the
+//! It behaves as docs/protocol.md §5.4–5.6 describes Apple's server (see [`exchange`] for the
 //! answers) and adds what tests need: latency and injected 5xx failures, set in the world
 //! file and changeable at run time, and a log of what it received (secrets masked).
 //!
@@ -357,7 +357,7 @@ impl Albert {
 }
 
 impl crate::http::Handler for Albert {
-    // Albert answers over HTTP/1.1 with canonical names (protocol.md §5.6, §5.9).
+    // Albert answers over HTTP/1.1 with canonical names (docs/protocol.md §5.6, §5.9).
     const TITLE_CASE_HEADERS: bool = true;
 
     fn handle(
@@ -373,7 +373,7 @@ impl crate::http::Handler for Albert {
     }
 }
 
-/// The headers every Albert answer carries, as in the 2023 capture (protocol.md §5.6);
+/// The headers every Albert answer carries, as in the 2023 capture (docs/protocol.md §5.6);
 /// hyper adds `Date` and `Content-Length`.
 fn server_headers() -> Vec<(&'static str, String)> {
     vec![
