@@ -93,6 +93,10 @@ pub enum Command {
         /// One key, e.g. ActivationState.
         #[arg(short, long)]
         key: Option<String>,
+        /// Instead of raw values: who the phone is and its lock and management state (the
+        /// fields of `station devices`).
+        #[arg(long, conflicts_with_all = ["domain", "key"])]
+        summary: bool,
         /// Seconds to wait for the operator to tap Trust if pairing is needed.
         #[arg(long, default_value_t = 0)]
         wait: u64,

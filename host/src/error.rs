@@ -34,6 +34,8 @@ pub mod exit {
     pub const INTERRUPTED: u8 = 9;
     /// The phone's iOS is older than the station serves.
     pub const UNSUPPORTED: u8 = 10;
+    /// An activated phone still signed in to Find My (the `find_my_on` outcome).
+    pub const FIND_MY_ON: u8 = 11;
 }
 
 /// usbmuxd's usual socket, for the catalogue's example.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod ledger;
 pub mod line;
+pub mod lockstate;
 pub mod logging;
 pub mod output;
 pub mod phone;

@@ -279,6 +279,10 @@ pub struct Activation {
     /// one when absent.
     #[serde(deserialize_with = "user_agent")]
     pub user_agent: Option<String>,
+    /// Line policy: an activated phone arriving with Find My on ends `find_my_on` (needs
+    /// attention: it must be removed from Find My before it is erased) instead of
+    /// `already_activated`.
+    pub stop_on_find_my: bool,
 }
 
 impl Default for Activation {
@@ -290,6 +294,7 @@ impl Default for Activation {
             command_timeout_secs: 60,
             session_max_age_secs: 120,
             user_agent: None,
+            stop_on_find_my: true,
         }
     }
 }

@@ -19,6 +19,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(config.activation.url, "https://albert.apple.com");
     assert_eq!(config.activation.command_timeout_secs, 60);
     assert_eq!(config.activation.session_max_age_secs, 120);
+    assert!(config.activation.stop_on_find_my);
     assert_eq!(config.activation.user_agent, None);
     assert_eq!(config.retry.attempts, 4);
     assert!(config.codes.sources.is_empty());
@@ -212,4 +213,10 @@ fn the_bench_example_is_valid_and_keyed_by_port_path() {
     let config = parse(text).expect("hardware/station.toml.example must pass");
     assert_eq!(config.warnings, vec![]);
     assert_eq!(config.slot_label(Some("3-1.2"), 0x0003_0009), Some("B2"));
+}
+
+#[test]
+fn find_my_policy_can_be_turned_off() {
+    let config = parse("[activation]\nstop_on_find_my = false\n").expect("parses");
+    assert!(!config.activation.stop_on_find_my);
 }

@@ -108,3 +108,52 @@ fn station_info_json_agrees_with_ideviceinfo() {
         assert_eq!(out.stdout.trim(), dev.activation_state, "{out}");
     }
 }
+
+#[test]
+fn station_find_my_agrees_with_ideviceinfo_where_it_is_believed() {
+    let bench = Bench::start(3);
+    for dev in bench.pairable_devices() {
+        let out = bench.station(&["info", "--udid", &dev.udid, "--summary", "--json"]);
+        out.assert_success();
+        let summary = out.json();
+        assert_eq!(
+            summary.get("udid").and_then(Value::as_str),
+            Some(dev.udid.as_str()),
+            "{out}"
+        );
+        let peer = bench.idevice(
+            "ideviceinfo",
+            &[
+                "-u",
+                &dev.udid,
+                "-q",
+                "com.apple.fmip",
+                "-k",
+                "IsAssociated",
+            ],
+        );
+        peer.assert_success();
+        let associated = peer.stdout.trim();
+        let find_my = summary.get("find_my").cloned().unwrap_or(Value::Null);
+        if dev.activation_state == "Unactivated" {
+            // At Setup Assistant the phone answers false even when locked (protocol.md §3.6):
+            // the station says nothing rather than "off".
+            assert_eq!(find_my, Value::Null, "{out}\n{peer}");
+        } else {
+            assert_eq!(
+                find_my.as_bool().map(|b| b.to_string()).as_deref(),
+                Some(associated),
+                "station info --summary and ideviceinfo disagree on Find My of {}: {out}\n{peer}",
+                dev.udid
+            );
+        }
+        for field in [
+            "passcode_set",
+            "supervised",
+            "organization",
+            "activation_lock",
+        ] {
+            assert!(summary.get(field).is_some(), "missing {field}: {out}");
+        }
+    }
+}

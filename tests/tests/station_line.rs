@@ -127,7 +127,7 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
         Some(Value::from("run_started"))
     );
     for e in &events {
-        assert_eq!(e["v"], 1, "{e}");
+        assert_eq!(e["v"], 2, "{e}");
         if e["event"] != "run_started" && e["event"] != "summary" {
             assert!(
                 e["udid"].is_string() && e["slot"].is_string(),
@@ -177,7 +177,42 @@ async fn a_mixed_bench_ends_with_the_right_outcome_everywhere() {
             .expect("row per phone");
         assert_eq!(row["outcome"], expected, "{row}");
         assert_eq!(row["station_id"], "test-bench");
+        // Find My is only believed on a phone that arrived activated (docs/report.md).
+        let arrived_activated = [ACTIVATED, SLOW_TRUST].contains(&phone);
+        assert_eq!(
+            row["find_my"],
+            if arrived_activated {
+                Value::from(false)
+            } else {
+                Value::Null
+            },
+            "{row}"
+        );
     }
+    let find_my_off = f
+        .station(
+            &[
+                "--config",
+                config,
+                "report",
+                "--find-my",
+                "off",
+                "--format",
+                "json",
+            ],
+            false,
+        )
+        .await;
+    find_my_off.assert_success();
+    let find_my_off: Vec<Value> = serde_json::from_str(&find_my_off.stdout).expect("json");
+    let mut off: Vec<&str> = find_my_off
+        .iter()
+        .filter_map(|r| r["udid"].as_str())
+        .collect();
+    off.sort_unstable();
+    let mut want_off = vec![f.udid(ACTIVATED), f.udid(SLOW_TRUST)];
+    want_off.sort_unstable();
+    assert_eq!(off, want_off);
     let locked = f
         .station(
             &["--config", config, "report", "--locked", "--format", "json"],

@@ -82,7 +82,7 @@ async fn watchers_attached_mid_run_get_the_replay_and_the_live_events_to_the_sum
         // Attached after the first phone finished, it still gets the whole run, in order,
         // exactly as the run printed it: the replay, then the live events.
         assert_eq!(seen, events);
-        assert!(seen.iter().all(|e| e["v"] == 1));
+        assert!(seen.iter().all(|e| e["v"] == 2));
         let text = seen.iter().map(Value::to_string).collect::<String>();
         assert!(!text.contains(CODE), "no code in the clear on the socket");
         assert!(

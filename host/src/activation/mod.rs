@@ -23,6 +23,7 @@ use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 use crate::codes::{CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode};
 use crate::error::{ErrorCode, StationError, UrlProblem};
 use crate::http::{HttpClient, HttpError, RetryPolicy};
+use crate::lockstate::{read_management_state, ActivationLock, ManagementState};
 use crate::phone::{Bench, Session};
 
 /// Stable outcome names (`--json`, ledger, reports).
@@ -39,6 +40,9 @@ pub enum Outcome {
     Unsupported,
     DeviceError,
     Interrupted,
+    /// An activated phone still signed in to Find My: the owner or the organisation must
+    /// remove it from Find My before it is erased (the `stop_on_find_my` line policy).
+    FindMyOn,
 }
 
 impl Outcome {
@@ -127,6 +131,11 @@ pub struct ActivationReport {
     pub activation_state: Option<String>,
     /// Apple answered with the Activation Lock form.
     pub activation_locked: bool,
+    /// Find My, passcode and management as the phone told them while identified.
+    #[serde(flatten)]
+    pub management: ManagementState,
+    /// The lock as Apple's answer showed it; `None` when Apple was not asked.
+    pub activation_lock: Option<ActivationLock>,
     pub codes_tried: usize,
     pub released_by: Option<Release>,
     /// An MDM was asked to release the lock itself (Intune `bypassActivationLock`), as no
@@ -160,6 +169,8 @@ pub struct ActivationServer {
     command_timeout: Duration,
     /// A handshake older than this is redone before a bypass code is submitted.
     session_max_age: Duration,
+    /// Line policy: an activated phone with Find My on ends `find_my_on`.
+    stop_on_find_my: bool,
 }
 
 /// How `activation-info` is posted: both are accepted by Apple (docs/protocol.md §5.4).
@@ -193,6 +204,7 @@ impl ActivationServer {
             user_agent: activation::USER_AGENT.to_string(),
             command_timeout: Duration::from_secs(60),
             session_max_age: Duration::from_secs(120),
+            stop_on_find_my: true,
         })
     }
 
@@ -209,11 +221,18 @@ impl ActivationServer {
         )?
         .with_encoding(encoding)
         .with_command_timeout(Duration::from_secs(config.activation.command_timeout_secs))
-        .with_session_max_age(Duration::from_secs(config.activation.session_max_age_secs));
+        .with_session_max_age(Duration::from_secs(config.activation.session_max_age_secs))
+        .with_stop_on_find_my(config.activation.stop_on_find_my);
         Ok(match &config.activation.user_agent {
             Some(user_agent) => server.with_user_agent(user_agent),
             None => server,
         })
+    }
+
+    /// Whether an activated phone with Find My on ends `find_my_on` (the default).
+    pub fn with_stop_on_find_my(mut self, stop: bool) -> Self {
+        self.stop_on_find_my = stop;
+        self
     }
 
     pub fn with_encoding(mut self, encoding: RequestEncoding) -> Self {
@@ -394,6 +413,7 @@ pub trait Observer: Send + Sync {
         _serial: &str,
         _product_type: Option<&str>,
         _product_version: Option<&str>,
+        _management: &ManagementState,
     ) {
     }
 }
@@ -478,6 +498,8 @@ impl Activator<'_> {
                 message: String::new(),
                 activation_state: None,
                 activation_locked: false,
+                management: Default::default(),
+                activation_lock: None,
                 codes_tried: 0,
                 released_by: None,
                 remote_release: None,
@@ -495,6 +517,10 @@ impl Activator<'_> {
             Ok(()) => report.step = None,
             Err(stop) => {
                 report.step = Some(progress.step);
+                if stop.cause == Some(ErrorCode::PasscodeLocked) {
+                    // Pairing refused with `PasswordProtected`: the phone told its passcode.
+                    report.management.passcode_set = Some(true);
+                }
                 let presence = if stop.outcome == Outcome::DeviceError {
                     self.presence(device).await
                 } else {
@@ -515,6 +541,7 @@ impl Activator<'_> {
                 }
             }
         }
+        report.activation_lock = ActivationLock::from_report(&report);
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(udid = %report.udid, outcome = ?report.outcome, "{}", report.message);
         report
@@ -551,6 +578,11 @@ impl Activator<'_> {
 
         self.enter(device, progress, Step::Identify);
         let identity = self.identify(device, &mut session).await;
+        if let Ok(identity) = &identity {
+            progress.report.management =
+                read_management_state(self.bench, device, &mut session, Some(&identity.state))
+                    .await;
+        }
         session.close().await;
         let identity = identity?;
         let report = &mut progress.report;
@@ -563,9 +595,17 @@ impl Activator<'_> {
             &identity.serial,
             report.product_type.as_deref(),
             report.product_version.as_deref(),
+            &report.management,
         );
         let (serial, state) = (identity.serial, identity.state);
         if mobileactivation::is_activated(&state) {
+            if self.server.stop_on_find_my && report.management.find_my == Some(true) {
+                report.outcome = Outcome::FindMyOn;
+                report.message = format!(
+                    "activated (state {state}) and still signed in to Find My: the owner or the organisation must remove it from Find My before the phone is erased"
+                );
+                return Ok(());
+            }
             report.outcome = Outcome::AlreadyActivated;
             report.message = format!("already activated (state {state}): nothing to do");
             return Ok(());

@@ -63,6 +63,7 @@ pub fn exit_code(outcome: Outcome) -> u8 {
         Outcome::ServerError => exit::SERVER_ERROR,
         Outcome::DeviceError => exit::DEVICE_ERROR,
         Outcome::Unsupported => exit::UNSUPPORTED,
+        Outcome::FindMyOn => exit::FIND_MY_ON,
         Outcome::Interrupted => exit::INTERRUPTED,
     }
 }

@@ -7,6 +7,7 @@ use station_protocol::models::marketing_name;
 use station_protocol::usbmux::DeviceInfo;
 
 use crate::error::StationError;
+use crate::lockstate::{read_management_state, ActivationLock, ManagementState};
 use crate::output::Output;
 use crate::phone::Bench;
 use crate::slots::{SlotBy, Slots};
@@ -25,6 +26,12 @@ pub struct DeviceRow {
     pub build_version: Option<String>,
     pub device_name: Option<String>,
     pub activation_state: Option<String>,
+    /// Find My, passcode and management, as the phone tells them (`find_my`, …).
+    #[serde(flatten)]
+    pub management: ManagementState,
+    /// Only Apple's answer during activation tells the lock (protocol.md §3.6): listing a
+    /// phone never asks Apple, so this is always `null` here.
+    pub activation_lock: Option<ActivationLock>,
     pub paired: bool,
     pub connection: String,
     /// usbmuxd `LocationID` as hex: `(bus << 16) | address`; the address changes on replug.
@@ -53,6 +60,8 @@ impl DeviceRow {
             build_version: None,
             device_name: None,
             activation_state: None,
+            management: ManagementState::default(),
+            activation_lock: None,
             paired: false,
             connection: device.connection_type.clone(),
             location: format!("0x{:08x}", device.location_id),
@@ -158,6 +167,9 @@ async fn identify_into(
             .await
             .map_err(|e| StationError::from_lockdown(udid, e))?;
         row.absorb(&values);
+        row.management =
+            read_management_state(bench, device, &mut session, row.activation_state.as_deref())
+                .await;
         session.close().await;
     }
     Ok(())

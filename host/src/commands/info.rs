@@ -23,3 +23,20 @@ pub async fn values(
     session.close().await;
     value.map(Output::Values)
 }
+
+/// `--summary`: the phone as `station devices` lists it, with its lock and management
+/// state; pairs first (within `trust_wait`) when no record exists, as `info` does.
+pub async fn summary(
+    station: &Station,
+    udid: &str,
+    trust_wait: Duration,
+) -> Result<Output, StationError> {
+    let bench = station.bench()?;
+    let slots = station.slots()?;
+    let device = bench.usbmuxd.find(udid).await?;
+    if bench.pair_record(&device.udid).await?.is_none() && !trust_wait.is_zero() {
+        bench.pair(&device, trust_wait).await?;
+    }
+    let row = crate::commands::devices::identify(&bench, &slots, &device).await;
+    Ok(Output::Summary(Box::new(row)))
+}

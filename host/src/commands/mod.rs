@@ -42,8 +42,15 @@ pub async fn dispatch(
         Command::Devices => devices::list(station).await,
         Command::Info {
             udid,
+            summary: true,
+            wait,
+            ..
+        } => info::summary(station, udid, Duration::from_secs(*wait)).await,
+        Command::Info {
+            udid,
             domain,
             key,
+            summary: false,
             wait,
         } => {
             info::values(

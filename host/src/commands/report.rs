@@ -35,6 +35,16 @@ pub struct ReportArgs {
     /// Only phones found Activation-Locked, with how each ended.
     #[arg(long)]
     pub locked: bool,
+    /// Only phones whose Find My was read as on, or as off (phones that said nothing,
+    /// e.g. unactivated ones, match neither).
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub find_my: Option<bool>,
+    /// Only phones that said they are supervised.
+    #[arg(long)]
+    pub supervised: bool,
+    /// Only phones supervised by this organisation (case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    pub organization: Option<String>,
     /// One row per phone: its newest matching attempt.
     #[arg(long)]
     pub latest: bool,
@@ -73,6 +83,14 @@ fn until_bound(text: &str) -> Result<OffsetDateTime, String> {
     })
 }
 
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
+}
+
 fn outcome_arg(text: &str) -> Result<Status, String> {
     Status::parse(text).ok_or_else(|| {
         format!(
@@ -96,6 +114,9 @@ impl ReportArgs {
             locked_only: self.locked,
             run_id: self.run.clone(),
             udid: None,
+            find_my: self.find_my,
+            supervised_only: self.supervised,
+            organization: self.organization.clone(),
             latest_per_phone: self.latest,
         })
     }
@@ -299,9 +320,19 @@ mod tests {
             "remote_release",
             "recovered_at",
             "steps",
+            "find_my",
+            "passcode_set",
+            "supervised",
+            "organization",
+            "mdm_enrolled",
+            "mdm_unremovable",
+            "activation_lock",
         ] {
             assert!(first.get(field).is_some(), "missing {field}");
         }
+        assert_eq!(first["find_my"], serde_json::Value::Null, "never read");
+        assert_eq!(first["activation_lock"]["state"], "released");
+        assert_eq!(first["activation_lock"]["source"], "intune");
         assert_eq!(first["outcome"], "activated");
         assert_eq!(first["released_by"]["source"], "intune");
         assert_eq!(first["released_by"]["code"], "3UM43-\u{2026}-FKA4");
@@ -396,5 +427,22 @@ mod tests {
             !crate::ledger::ledger_path(dir.path()).exists(),
             "report creates nothing"
         );
+    }
+
+    #[test]
+    fn lock_and_management_filters_parse() {
+        let filter = parse(&["--find-my", "on", "--supervised", "--organization", "Acme"])
+            .expect("arguments")
+            .filter()
+            .expect("filter");
+        assert_eq!(filter.find_my, Some(true));
+        assert!(filter.supervised_only);
+        assert_eq!(filter.organization.as_deref(), Some("Acme"));
+        let off = parse(&["--find-my", "off"]).expect("arguments");
+        assert_eq!(off.filter().expect("filter").find_my, Some(false));
+        let none = parse(&[]).expect("arguments").filter().expect("filter");
+        assert_eq!((none.find_my, none.supervised_only), (None, false));
+        let error = parse(&["--find-my", "maybe"]).expect_err("refused");
+        assert!(error.contains("expected on or off"), "{error}");
     }
 }

@@ -8,10 +8,11 @@ use time::OffsetDateTime;
 
 use super::{sqlite, stamp, wire_name, AttemptId, LedgerError};
 use crate::activation::Outcome;
+use crate::lockstate::{ActivationLock, ManagementState};
 use station_protocol::models::marketing_name;
 
 /// Every outcome, in the order reports list them.
-pub const OUTCOMES: [Outcome; 9] = [
+pub const OUTCOMES: [Outcome; 10] = [
     Outcome::Activated,
     Outcome::AlreadyActivated,
     Outcome::LockedNoCode,
@@ -21,6 +22,7 @@ pub const OUTCOMES: [Outcome; 9] = [
     Outcome::Unsupported,
     Outcome::DeviceError,
     Outcome::Interrupted,
+    Outcome::FindMyOn,
 ];
 
 // A new `Outcome` variant stops compiling here: add it to `OUTCOMES` too.
@@ -33,7 +35,8 @@ const _: fn(Outcome) = |outcome| match outcome {
     | Outcome::ServerError
     | Outcome::Unsupported
     | Outcome::DeviceError
-    | Outcome::Interrupted => {}
+    | Outcome::Interrupted
+    | Outcome::FindMyOn => {}
 };
 
 /// An attempt's state: still running (or left so by a process that has not been
@@ -96,6 +99,12 @@ pub struct Filter {
     pub locked_only: bool,
     pub run_id: Option<String>,
     pub udid: Option<String>,
+    /// Only phones whose Find My was read as on (`Some(true)`) or off (`Some(false)`).
+    pub find_my: Option<bool>,
+    /// Only phones that said they are supervised.
+    pub supervised_only: bool,
+    /// Only phones supervised by this organisation (case-insensitive).
+    pub organization: Option<String>,
     /// Of the matching attempts, keep each phone's newest only.
     pub latest_per_phone: bool,
 }
@@ -157,6 +166,11 @@ pub struct AttemptRecord {
     pub remote_release: Option<RemoteReleaseRecord>,
     /// Set when the attempt was found unfinished after a crash and closed as interrupted.
     pub recovered_at: Option<String>,
+    /// Find My, passcode and management, as the phone told them (`null`: said nothing).
+    #[serde(flatten)]
+    pub management: ManagementState,
+    /// The lock as Apple's answer showed it; `null` when Apple was not asked.
+    pub activation_lock: Option<ActivationLock>,
     pub steps: Vec<StepTiming>,
 }
 
@@ -164,7 +178,8 @@ const ATTEMPT_COLUMNS: &str = "id, run_id, station_id, udid, serial, product_typ
     product_version, slot, location_id, started_at, finished_at, elapsed_ms, outcome, \
     message, stopped_at, current_step, activation_state, activation_locked, codes_tried, \
     released_source, released_kind, released_code, remote_source, remote_action, \
-    recovered_at";
+    recovered_at, find_my, passcode_set, supervised, organization, mdm_enrolled, \
+    mdm_unremovable";
 
 /// Attempts matching `filter`, oldest first (by start, then id).
 pub fn attempts(conn: &Connection, filter: &Filter) -> Result<Vec<AttemptRecord>, LedgerError> {
@@ -196,6 +211,19 @@ pub fn attempts(conn: &Connection, filter: &Filter) -> Result<Vec<AttemptRecord>
     }
     if filter.locked_only {
         clauses.push("activation_locked = 1".to_string());
+    }
+    if let Some(find_my) = filter.find_my {
+        clauses.push(bind("find_my = ?", i64::from(find_my).into(), &mut params));
+    }
+    if filter.supervised_only {
+        clauses.push("supervised = 1".to_string());
+    }
+    if let Some(organization) = &filter.organization {
+        clauses.push(bind(
+            "organization = ? COLLATE NOCASE",
+            organization.clone().into(),
+            &mut params,
+        ));
     }
     if !filter.statuses.is_empty() {
         let any: Vec<String> = filter
@@ -275,6 +303,14 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AttemptRecord, Led
     let recovered_at: Option<String> = row.get("recovered_at")?;
     let remote_source: Option<String> = row.get("remote_source")?;
     let remote_action: Option<String> = row.get("remote_action")?;
+    let management = ManagementState {
+        find_my: row.get("find_my")?,
+        passcode_set: row.get("passcode_set")?,
+        supervised: row.get("supervised")?,
+        organization: row.get("organization")?,
+        mdm_enrolled: row.get("mdm_enrolled")?,
+        mdm_unremovable: row.get("mdm_unremovable")?,
+    };
 
     let built = (|| {
         let location = u32::try_from(location).map_err(|_| corrupt("location_id", location))?;
@@ -289,6 +325,17 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AttemptRecord, Led
             Status::Finished(_) => stopped_at,
         };
         let to_u64 = |column, v: i64| u64::try_from(v).map_err(|_| corrupt(column, v));
+        let activation_lock = match status {
+            Status::InProgress => None,
+            Status::Finished(outcome) => ActivationLock::of(
+                outcome,
+                activation_locked,
+                released_source
+                    .clone()
+                    .map(|source| (source, released_code.clone()))
+                    .or_else(|| remote_source.clone().map(|source| (source, None))),
+            ),
+        };
         Ok(AttemptRecord {
             attempt_id: AttemptId(id),
             run_id,
@@ -325,6 +372,8 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AttemptRecord, Led
                 action: remote_action,
             }),
             recovered_at,
+            management,
+            activation_lock,
             steps: Vec::new(),
         })
     })();

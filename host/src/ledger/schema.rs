@@ -92,6 +92,17 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE runs;
     ALTER TABLE runs_v2 RENAME TO runs;
     "#,
+    // 3: each phone's lock and management state as it told it (docs/report.md). NULL is
+    // "said nothing", never false: older rows keep NULL.
+    r#"
+    ALTER TABLE attempts ADD COLUMN find_my INTEGER CHECK (find_my IN (0, 1));
+    ALTER TABLE attempts ADD COLUMN passcode_set INTEGER CHECK (passcode_set IN (0, 1));
+    ALTER TABLE attempts ADD COLUMN supervised INTEGER CHECK (supervised IN (0, 1));
+    ALTER TABLE attempts ADD COLUMN organization TEXT;
+    ALTER TABLE attempts ADD COLUMN mdm_enrolled INTEGER CHECK (mdm_enrolled IN (0, 1));
+    ALTER TABLE attempts ADD COLUMN mdm_unremovable INTEGER CHECK (mdm_unremovable IN (0, 1));
+    CREATE INDEX attempts_by_organization ON attempts (organization) WHERE organization IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -324,6 +335,50 @@ mod tests {
                 "INSERT INTO runs (run_id, station_id, started_at, status) VALUES ('bad', 's', 't', 'exploded')",
                 [],
             )
+            .is_err());
+    }
+
+    #[test]
+    fn version_2_ledgers_gain_the_management_columns_and_keep_their_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = ledger_path(dir.path());
+        {
+            let conn = Connection::open(&path).expect("create v2");
+            conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            conn.execute_batch(MIGRATIONS[1]).expect("v2 schema");
+            conn.execute_batch(
+                "INSERT INTO runs (run_id, station_id, started_at, status) VALUES ('old', 's', 't', 'finished');
+                 INSERT INTO attempts (run_id, station_id, udid, serial, location_id, started_at, outcome, activation_state)
+                     VALUES ('old', 's', 'U1', 'S1', 1, 't', 'activated', 'Activated'),
+                            ('old', 's', 'U2', 'S2', 2, 't', 'user_locked', 'Unactivated');",
+            )
+            .expect("v2 rows");
+            conn.pragma_update(None, "user_version", 2).expect("v2");
+        }
+        let conn = open(&path, Create::No).expect("migrate");
+        assert_eq!(user_version(&conn).expect("version"), SCHEMA_VERSION);
+        let rows: Vec<(String, String, Option<bool>, Option<String>)> = conn
+            .prepare("SELECT udid, outcome, find_my, organization FROM attempts ORDER BY udid")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            [
+                ("U1".into(), "activated".into(), None, None),
+                ("U2".into(), "user_locked".into(), None, None)
+            ],
+            "rows kept; what was never read stays NULL, not false"
+        );
+        conn.execute(
+            "UPDATE attempts SET find_my = 1, supervised = 1, organization = 'Acme' WHERE udid = 'U1'",
+            [],
+        )
+        .expect("the new columns take values");
+        assert!(conn
+            .execute("UPDATE attempts SET find_my = 2 WHERE udid = 'U1'", [])
             .is_err());
     }
 

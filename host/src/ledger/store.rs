@@ -320,7 +320,9 @@ pub fn finish(
            finished_at = ?5, outcome = ?6, message = ?7, stopped_at = ?8, \
            activation_state = ?9, activation_locked = ?10, codes_tried = ?11, \
            released_source = ?12, released_kind = ?13, released_code = ?14, elapsed_ms = ?15, \
-           remote_source = ?16, remote_action = ?17 \
+           remote_source = ?16, remote_action = ?17, \
+           find_my = ?18, passcode_set = ?19, supervised = ?20, organization = ?21, \
+           mdm_enrolled = ?22, mdm_unremovable = ?23 \
          WHERE id = ?1",
         params![
             id.get(),
@@ -343,6 +345,16 @@ pub fn finish(
                 .as_ref()
                 .map(|r| scrub_codes(&r.source).into_owned()),
             report.remote_release.as_ref().map(|r| r.action.clone()),
+            report.management.find_my,
+            report.management.passcode_set,
+            report.management.supervised,
+            report
+                .management
+                .organization
+                .as_deref()
+                .map(|o| scrub_codes(o).into_owned()),
+            report.management.mdm_enrolled,
+            report.management.mdm_unremovable,
         ],
     )
     .map_err(sqlite("finish attempt"))?;

@@ -30,6 +30,8 @@ pub(crate) fn report(udid: &str, outcome: Outcome) -> ActivationReport {
         message: format!("{} for {udid}", wire_name(&outcome)),
         activation_state: Some("Activated".into()),
         activation_locked: false,
+        management: Default::default(),
+        activation_lock: None,
         codes_tried: 0,
         released_by: None,
         remote_release: None,
@@ -797,4 +799,109 @@ async fn a_run_that_could_not_start_is_failed_with_its_reason() {
         Err(LedgerError::UnknownRun { .. })
     ));
     ledger.close().await;
+}
+
+#[tokio::test]
+async fn lock_and_management_state_round_trips_and_filters() {
+    use crate::lockstate::{ActivationLock, LockedTo, ManagementState};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ledger, _) = Ledger::open(dir.path(), "bench-1").expect("open");
+    ledger.start_run("r", at(0)).await.expect("run");
+    let phones = [
+        (
+            "fmi",
+            Outcome::FindMyOn,
+            ManagementState {
+                find_my: Some(true),
+                passcode_set: Some(true),
+                ..ManagementState::default()
+            },
+        ),
+        (
+            "supervised",
+            Outcome::Activated,
+            ManagementState {
+                find_my: Some(false),
+                supervised: Some(true),
+                organization: Some("Acme Corp".into()),
+                mdm_enrolled: Some(true),
+                mdm_unremovable: Some(false),
+                ..ManagementState::default()
+            },
+        ),
+        ("fresh", Outcome::UserLocked, ManagementState::default()),
+    ];
+    for (i, (udid, outcome, management)) in phones.iter().enumerate() {
+        let started = at(60 * i as u64);
+        let id = begin(&ledger, "r", udid, started).await;
+        let mut r = report(udid, *outcome);
+        r.management = management.clone();
+        r.activation_locked = *outcome == Outcome::UserLocked;
+        ledger
+            .finish(id, &r, started + Duration::from_secs(1))
+            .await
+            .expect("finish");
+    }
+    ledger.close().await;
+    let reader = reader(dir.path());
+    let udids = |filter: Filter| -> Vec<String> {
+        reader
+            .attempts(&filter)
+            .expect("attempts")
+            .into_iter()
+            .map(|r| r.udid)
+            .collect()
+    };
+    let all = reader.attempts(&Filter::default()).expect("attempts");
+    for (udid, _, management) in &phones {
+        let row = all.iter().find(|r| r.udid == *udid).expect("row");
+        assert_eq!(&row.management, management, "{udid}");
+    }
+    let lock = |udid: &str| {
+        all.iter()
+            .find(|r| r.udid == udid)
+            .and_then(|r| r.activation_lock.clone())
+    };
+    assert_eq!(lock("fmi"), None, "Apple was not asked");
+    assert_eq!(lock("supervised"), Some(ActivationLock::None));
+    assert_eq!(
+        lock("fresh"),
+        Some(ActivationLock::Locked {
+            locked_to: LockedTo::Personal
+        })
+    );
+    assert_eq!(
+        udids(Filter {
+            find_my: Some(true),
+            ..Filter::default()
+        }),
+        ["fmi"]
+    );
+    assert_eq!(
+        udids(Filter {
+            find_my: Some(false),
+            ..Filter::default()
+        }),
+        ["supervised"],
+        "a phone that said nothing is neither on nor off"
+    );
+    assert_eq!(
+        udids(Filter {
+            supervised_only: true,
+            ..Filter::default()
+        }),
+        ["supervised"]
+    );
+    assert_eq!(
+        udids(Filter {
+            organization: Some("acme corp".into()),
+            ..Filter::default()
+        }),
+        ["supervised"]
+    );
+    assert!(udids(Filter {
+        organization: Some("Other".into()),
+        ..Filter::default()
+    })
+    .is_empty());
 }

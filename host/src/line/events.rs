@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::activation::{Outcome, Release, Step};
+use crate::lockstate::ManagementState;
 
 /// Version of the event schema; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -81,6 +82,9 @@ pub enum EventKind {
         product_type: Option<String>,
         model: Option<String>,
         product_version: Option<String>,
+        /// Find My, passcode and management (`find_my`, `passcode_set`, …; since `v` 2).
+        #[serde(flatten)]
+        management: ManagementState,
     },
     Step {
         #[serde(flatten)]
@@ -107,6 +111,10 @@ pub enum EventKind {
         released_by: Option<Release>,
         step: Option<Step>,
         elapsed_ms: u64,
+        /// Find My, passcode and management as known at the end (since `v` 2): a phone
+        /// that refused pairing for its passcode says `passcode_set` here only.
+        #[serde(flatten)]
+        management: ManagementState,
     },
     /// Replugged after it was already done (activated) in this run.
     Skipped {
@@ -203,7 +211,7 @@ mod tests {
         });
         let event = rx.try_recv().expect("event");
         let json = serde_json::to_value(&event).expect("json");
-        assert_eq!(json["v"], 1);
+        assert_eq!(json["v"], SCHEMA_VERSION);
         assert_eq!(json["event"], "step");
         assert_eq!(json["udid"], "U");
         assert_eq!(json["slot"], "A1");
@@ -232,11 +240,44 @@ mod tests {
             }),
             step: None,
             elapsed_ms: 12,
+            management: ManagementState::default(),
         });
-        let event = rx.try_recv().expect("event");
-        let line = serde_json::to_string(&event).expect("json");
-        let back = Event::from_json(&line).expect("reads back");
-        assert_eq!(serde_json::to_string(&back).expect("json"), line);
+        sink.send(EventKind::Identified {
+            phone: PhoneRef {
+                udid: "U".into(),
+                slot: "A1".into(),
+            },
+            serial: "F2L".into(),
+            product_type: None,
+            model: None,
+            product_version: None,
+            management: ManagementState {
+                find_my: Some(true),
+                supervised: Some(true),
+                organization: Some("Acme".into()),
+                ..ManagementState::default()
+            },
+        });
+        for _ in 0..2 {
+            let event = rx.try_recv().expect("event");
+            let line = serde_json::to_string(&event).expect("json");
+            let back = Event::from_json(&line).expect("reads back");
+            assert_eq!(serde_json::to_string(&back).expect("json"), line);
+        }
+        let identified: serde_json::Value = serde_json::from_str(
+            r#"{"v":2,"ts_ms":1,"event":"identified","udid":"U","slot":"A1","serial":"F","find_my":true,"passcode_set":null,"organization":"Acme"}"#,
+        )
+        .expect("json");
+        let Ok(Event {
+            kind: EventKind::Identified { management, .. },
+            ..
+        }) = serde_json::from_value::<Event>(identified)
+        else {
+            panic!("identified reads back");
+        };
+        assert_eq!(management.find_my, Some(true));
+        assert_eq!(management.passcode_set, None);
+        assert_eq!(management.organization.as_deref(), Some("Acme"));
         assert!(
             Event::from_json(r#"{"v":1,"ts_ms":1,"event":"from_the_future"}"#).is_err(),
             "an unknown kind is the caller's to skip"

@@ -21,6 +21,7 @@ use crate::activation::{ActivationReport, ActivationServer, Activator, Observer,
 use crate::codes::CodeLookup;
 use crate::error::StationError;
 use crate::http::RetryPolicy;
+use crate::lockstate::ManagementState;
 use crate::phone::Bench;
 use events::{Attention, EventKind, EventSink, PhoneRef, Summary};
 use station_protocol::models::marketing_name;
@@ -519,6 +520,7 @@ impl Line {
             released_by: report.released_by.clone(),
             step: report.step,
             elapsed_ms: report.elapsed_ms,
+            management: report.management.clone(),
         });
         Finished {
             udid: device.udid,
@@ -787,6 +789,8 @@ fn interrupted_report(
         },
         activation_state: None,
         activation_locked: false,
+        management: Default::default(),
+        activation_lock: None,
         codes_tried: 0,
         released_by: None,
         remote_release: None,
@@ -885,6 +889,7 @@ impl Observer for WorkerObserver {
         serial: &str,
         product_type: Option<&str>,
         product_version: Option<&str>,
+        management: &ManagementState,
     ) {
         if let Some(id) = self.attempt {
             self.log
@@ -896,6 +901,7 @@ impl Observer for WorkerObserver {
             product_type: product_type.map(str::to_string),
             model: product_type.map(|t| marketing_name(t).unwrap_or(t).to_string()),
             product_version: product_version.map(str::to_string),
+            management: management.clone(),
         });
     }
 }

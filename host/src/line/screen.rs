@@ -51,6 +51,8 @@ struct Phone {
     phone: PhoneRef,
     model: String,
     serial: String,
+    /// `FMI`, `PASSCODE`, `SUPERVISED:<org>`, as identified; empty when none.
+    badges: String,
     state: State,
     /// When the current attempt (or wait) began: the clock of a row in progress.
     since: Instant,
@@ -124,6 +126,7 @@ impl Screen {
                 phone: phone.clone(),
                 model: String::new(),
                 serial: String::new(),
+                badges: String::new(),
                 state: State::Queued,
                 since: now,
                 unplugged: false,
@@ -177,11 +180,13 @@ impl Screen {
                 phone,
                 serial,
                 model,
+                management,
                 ..
             } => {
                 let p = self.phone(phone, now);
                 p.serial.clone_from(serial);
                 p.model = model.clone().unwrap_or_default();
+                p.badges = management.badges().join(" ");
             }
             EventKind::Step { phone, step } => {
                 let p = self.phone(phone, now);
@@ -216,9 +221,14 @@ impl Screen {
                 serial,
                 model,
                 elapsed_ms,
+                management,
                 ..
             } => {
                 let p = self.phone(phone, now);
+                let badges = management.badges();
+                if !badges.is_empty() {
+                    p.badges = badges.join(" ");
+                }
                 if let Some(serial) = serial {
                     p.serial.clone_from(serial);
                 }
@@ -416,6 +426,11 @@ fn row(p: &Phone, now: Instant, cols: &Cols) -> String {
     };
     let width = cols.width;
     let slot = format!("{:<w$} ", p.phone.slot, w = cols.slot);
+    let badges = if p.badges.is_empty() {
+        String::new()
+    } else {
+        format!("{} ", p.badges)
+    };
     if let State::Done {
         outcome,
         message,
@@ -425,7 +440,7 @@ fn row(p: &Phone, now: Instant, cols: &Cols) -> String {
     } = &p.state
     {
         // A final row keeps its room for the reason: no model column.
-        let head = format!("{slot}{serial:<14} ");
+        let head = format!("{slot}{serial:<14} {badges}");
         let resumed = if *resumed {
             " (resumed after replug)"
         } else {
@@ -449,7 +464,7 @@ fn row(p: &Phone, now: Instant, cols: &Cols) -> String {
     } else {
         String::new()
     };
-    let head = format!("{slot}{model}{serial:<14} ");
+    let head = format!("{slot}{model}{serial:<14} {badges}");
     let room = width.saturating_sub(head.chars().count());
     let (mark, text, tail) = match &p.state {
         State::Queued => ("·", style("queued").dim().to_string(), elapsed(p, now)),
@@ -583,6 +598,7 @@ pub fn fit(text: &str, width: usize) -> String {
 mod tests {
     use super::*;
     use crate::activation::Step;
+    use crate::lockstate::ManagementState;
 
     fn phone(i: usize) -> PhoneRef {
         PhoneRef {
@@ -603,6 +619,7 @@ mod tests {
             released_by: None,
             step: None,
             elapsed_ms: 1200,
+            management: ManagementState::default(),
         }
     }
 
@@ -839,5 +856,89 @@ mod tests {
         }
         assert_eq!(fit("short", 10), "short");
         assert_eq!(fit("three words here", 12), "three words…");
+    }
+
+    #[test]
+    fn rows_carry_the_lock_and_management_badges() {
+        let now = Instant::now();
+        let mut s = Screen::new(120, 24);
+        for i in 0..3 {
+            s.handle_at(
+                &EventKind::Attached {
+                    phone: phone(i),
+                    location_id: 0,
+                },
+                now,
+            );
+        }
+        s.handle_at(
+            &EventKind::Identified {
+                phone: phone(0),
+                serial: "F2LXFINDMY00".into(),
+                product_type: None,
+                model: None,
+                product_version: None,
+                management: ManagementState {
+                    find_my: Some(true),
+                    ..ManagementState::default()
+                },
+            },
+            now,
+        );
+        s.handle_at(
+            &EventKind::Identified {
+                phone: phone(1),
+                serial: "F2LXSUPERV00".into(),
+                product_type: None,
+                model: None,
+                product_version: None,
+                management: ManagementState {
+                    find_my: Some(false),
+                    supervised: Some(true),
+                    organization: Some("Acme".into()),
+                    ..ManagementState::default()
+                },
+            },
+            now,
+        );
+        let text = plain(&s.frame(now));
+        let line_of = |serial: &str, text: &str| {
+            text.lines()
+                .find(|l| l.contains(serial))
+                .unwrap_or_else(|| panic!("{serial} missing:\n{text}"))
+                .to_string()
+        };
+        assert!(line_of("F2LXFINDMY00", &text).contains("FMI"), "{text}");
+        assert!(
+            line_of("F2LXSUPERV00", &text).contains("SUPERVISED:Acme"),
+            "{text}"
+        );
+        assert!(!line_of("F2LXSUPERV00", &text).contains("FMI"), "{text}");
+
+        let mut done = finished(0, Outcome::FindMyOn, "still signed in to Find My");
+        if let EventKind::Finished { serial, .. } = &mut done {
+            *serial = Some("F2LXFINDMY00".into());
+        }
+        s.handle_at(&done, now);
+        let mut refused = finished(
+            2,
+            Outcome::DeviceError,
+            "the phone is locked with a passcode",
+        );
+        if let EventKind::Finished {
+            serial, management, ..
+        } = &mut refused
+        {
+            *serial = Some("F2LXPASSCODE".into());
+            management.passcode_set = Some(true);
+        }
+        s.handle_at(&refused, now);
+        let text = plain(&s.frame(now));
+        let row = line_of("F2LXFINDMY00", &text);
+        assert!(row.contains("FMI") && row.contains("find_my_on"), "{text}");
+        assert!(
+            line_of("F2LXPASSCODE", &text).contains("PASSCODE"),
+            "{text}"
+        );
     }
 }

@@ -2,13 +2,14 @@
 
 use super::aligned_table;
 use crate::commands::devices::DeviceRow;
+use crate::lockstate::{yes_no, ManagementState};
 
 pub fn table(rows: &[DeviceRow]) -> String {
     if rows.is_empty() {
         return "No phones attached.\n".to_string();
     }
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".to_string());
-    let table: Vec<[String; 9]> = rows
+    let table: Vec<[String; 12]> = rows
         .iter()
         .map(|r| {
             [
@@ -17,6 +18,9 @@ pub fn table(rows: &[DeviceRow]) -> String {
                 dash(&r.model),
                 dash(&r.product_version),
                 dash(&r.activation_state),
+                yes_no(r.management.find_my),
+                yes_no(r.management.passcode_set),
+                supervised_cell(&r.management),
                 r.connection.clone(),
                 r.location.clone(),
                 dash(&r.port_path),
@@ -25,12 +29,29 @@ pub fn table(rows: &[DeviceRow]) -> String {
         })
         .collect();
     let header = [
-        "UDID", "SERIAL", "MODEL", "iOS", "STATE", "CONN", "LOCATION", "PORT", "SLOT",
+        "UDID",
+        "SERIAL",
+        "MODEL",
+        "iOS",
+        "STATE",
+        "FIND MY",
+        "PASSCODE",
+        "SUPERVISED",
+        "CONN",
+        "LOCATION",
+        "PORT",
+        "SLOT",
     ];
     let mut out = aligned_table(header, &table);
     for r in rows {
         if let Some(note) = &r.note {
             out.push_str(&format!("note {}: {note}\n", r.udid));
+        }
+        if r.management.passcode_set == Some(true) && !r.paired {
+            out.push_str(&format!(
+                "note {}: a passcode is set: unlock the phone, or it cannot show the Trust prompt\n",
+                r.udid
+            ));
         }
     }
     if rows.iter().any(|r| r.port_path.is_none()) {
@@ -38,6 +59,48 @@ pub fn table(rows: &[DeviceRow]) -> String {
             "PORT —: no USB device on this machine has that UDID as its serial (virtual bench, or usbmuxd on another host); \
              those phones' slots are known by LOCATION only, which changes when a phone is replugged\n",
         );
+    }
+    out
+}
+
+/// The organisation of a supervised phone, `yes` when it has none, `no`, or `—`.
+pub(super) fn supervised_cell(state: &ManagementState) -> String {
+    match (state.supervised, &state.organization) {
+        (Some(true), Some(org)) => org.clone(),
+        (supervised, _) => yes_no(supervised),
+    }
+}
+
+/// `station info --summary`: one `name: value` line per field.
+pub fn summary(row: &DeviceRow) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".to_string());
+    let m = &row.management;
+    let lines = [
+        ("udid", row.udid.clone()),
+        ("serial", dash(&row.serial)),
+        ("model", dash(&row.model)),
+        ("product_version", dash(&row.product_version)),
+        ("activation_state", dash(&row.activation_state)),
+        ("find_my", yes_no(m.find_my)),
+        ("passcode_set", yes_no(m.passcode_set)),
+        ("supervised", yes_no(m.supervised)),
+        ("organization", dash(&m.organization)),
+        ("mdm_enrolled", yes_no(m.mdm_enrolled)),
+        ("mdm_unremovable", yes_no(m.mdm_unremovable)),
+        (
+            "activation_lock",
+            row.activation_lock
+                .as_ref()
+                .map_or_else(|| "—".to_string(), |l| l.describe()),
+        ),
+        ("badges", m.badges().join(" ")),
+    ];
+    let mut out: String = lines
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\n"))
+        .collect();
+    if let Some(note) = &row.note {
+        out.push_str(&format!("note: {note}\n"));
     }
     out
 }

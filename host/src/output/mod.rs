@@ -30,6 +30,8 @@ pub enum Output {
     /// Text written as it is (`station config example`).
     Text(&'static str),
     Devices(Vec<DeviceRow>),
+    /// One phone's identity and lock and management state (`station info --summary`).
+    Summary(Box<DeviceRow>),
     /// Lockdown values (`station info`).
     Values(plist::Value),
     Paired {
@@ -68,6 +70,8 @@ pub fn render(output: &Output, json: bool) -> Result<String, StationError> {
         Output::Text(text) => (*text).to_string(),
         Output::Devices(rows) if json => pretty(rows),
         Output::Devices(rows) => devices::table(rows),
+        Output::Summary(row) if json => pretty(row),
+        Output::Summary(row) => devices::summary(row),
         Output::Values(value) if json => pretty(&text::to_json(value)),
         Output::Values(value) => text::to_text(value),
         Output::Paired { udid, outcome } if json => {

@@ -6,6 +6,7 @@ use super::aligned_table;
 use crate::commands::report::Report;
 use crate::error::StationError;
 use crate::ledger::{AttemptRecord, Status};
+use crate::lockstate::{yes_no, ActivationLock};
 
 /// How `station report` shows its rows (`--format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,17 +95,20 @@ fn table(records: &[AttemptRecord]) -> String {
             &b.started_at,
         ))
     });
-    const HEADER: [&str; 8] = [
+    const HEADER: [&str; 11] = [
         "FINISHED (UTC)",
         "SLOT",
         "SERIAL",
         "MODEL",
         "iOS",
+        "FIND MY",
+        "PASSCODE",
+        "SUPERVISED",
         "OUTCOME",
         "TIME",
         "REASON / RELEASED BY",
     ];
-    let rows: Vec<[String; 8]> = records
+    let rows: Vec<[String; 11]> = records
         .iter()
         .map(|r| {
             [
@@ -115,6 +119,9 @@ fn table(records: &[AttemptRecord]) -> String {
                 or_dash(r.serial.as_deref()),
                 or_dash(r.model.as_deref()),
                 or_dash(r.product_version.as_deref()),
+                yes_no(r.management.find_my),
+                yes_no(r.management.passcode_set),
+                super::devices::supervised_cell(&r.management),
                 r.outcome.name(),
                 r.duration_ms.map_or_else(|| "—".into(), short_duration),
                 how_it_ended(r),
@@ -125,7 +132,7 @@ fn table(records: &[AttemptRecord]) -> String {
 }
 
 /// CSV columns, in order; [`csv_row`] fills them (same length, checked by the type).
-pub const CSV_COLUMNS: [&str; 26] = [
+pub const CSV_COLUMNS: [&str; 33] = [
     "attempt_id",
     "run_id",
     "station_id",
@@ -152,9 +159,16 @@ pub const CSV_COLUMNS: [&str; 26] = [
     "remote_release_action",
     "recovered_at",
     "steps",
+    "find_my",
+    "passcode_set",
+    "supervised",
+    "organization",
+    "mdm_enrolled",
+    "mdm_unremovable",
+    "activation_lock",
 ];
 
-fn csv_row(r: &AttemptRecord) -> [String; 26] {
+fn csv_row(r: &AttemptRecord) -> [String; 33] {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let (release, remote) = (r.released_by.as_ref(), r.remote_release.as_ref());
     // `pair=120;identify=45`: milliseconds per step, `?` for one cut short.
@@ -194,7 +208,22 @@ fn csv_row(r: &AttemptRecord) -> [String; 26] {
         remote.and_then(|x| x.action.clone()).unwrap_or_default(),
         text(&r.recovered_at),
         steps,
+        flag(r.management.find_my),
+        flag(r.management.passcode_set),
+        flag(r.management.supervised),
+        text(&r.management.organization),
+        flag(r.management.mdm_enrolled),
+        flag(r.management.mdm_unremovable),
+        r.activation_lock
+            .as_ref()
+            .map(ActivationLock::describe)
+            .unwrap_or_default(),
     ]
+}
+
+/// `true`, `false`, or empty where the phone said nothing.
+fn flag(value: Option<bool>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
 }
 
 fn csv(records: &[AttemptRecord]) -> Result<String, StationError> {
