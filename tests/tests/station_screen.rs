@@ -19,7 +19,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(40);
 
 /// Outcome names a row or cell can end with (`docs/events.md`).
-const OUTCOMES: [&str; 9] = [
+const OUTCOMES: [&str; 10] = [
     "activated",
     "already_activated",
     "locked_no_code",
@@ -29,6 +29,7 @@ const OUTCOMES: [&str; 9] = [
     "unsupported",
     "device_error",
     "interrupted",
+    "find_my_on",
 ];
 
 /// One look at the pane: what it showed, between `before` and `after` (seconds of the day,

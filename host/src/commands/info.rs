@@ -25,7 +25,8 @@ pub async fn values(
 }
 
 /// `--summary`: the phone as `station devices` lists it, with its lock and management
-/// state; pairs first (within `trust_wait`) when no record exists, as `info` does.
+/// state; pairs first (waiting up to `trust_wait` for Trust) when no record exists, as the
+/// raw `info` does, since most of the state needs a session.
 pub async fn summary(
     station: &Station,
     udid: &str,
@@ -34,7 +35,7 @@ pub async fn summary(
     let bench = station.bench()?;
     let slots = station.slots()?;
     let device = bench.usbmuxd.find(udid).await?;
-    if bench.pair_record(&device.udid).await?.is_none() && !trust_wait.is_zero() {
+    if bench.pair_record(&device.udid).await?.is_none() {
         bench.pair(&device, trust_wait).await?;
     }
     let row = crate::commands::devices::identify(&bench, &slots, &device).await;
