@@ -70,7 +70,7 @@ type Key = (String, String);
 fn cache_key(serial: &str, udid: &str) -> Key {
     (
         serial.trim().to_ascii_uppercase(),
-        crate::usbmuxd::normalise_udid(udid),
+        station_protocol::udid::normalise_udid(udid),
     )
 }
 
