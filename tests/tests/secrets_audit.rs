@@ -1,17 +1,19 @@
 //! One audit over everything the station writes or serves (docs/security.md): a whole
 //! `station run` at trace level on the virtual bench, with codes from every source kind (CSV,
-//! Intune, Kandji, a command hook), Intune's `bypassActivationLock`, retries (throttling and
-//! 5xx from Graph, Kandji and Apple) and failures (a rejected code, a failing hook, a
-//! personal lock, a phone nobody knows). Then every byte the station wrote or served is
+//! Intune with a secret and with a certificate, Kandji, a command hook), Intune's
+//! `bypassActivationLock`, retries (throttling and 5xx from Graph, Kandji and Apple) and
+//! failures (a rejected code, a failing hook, a personal lock, a phone nobody knows). Then every byte the station wrote or served is
 //! searched — the run's stdout (NDJSON) and stderr (logs), every file of the data directory
 //! (the ledger's raw bytes included), `station report` in every format, the `station watch`
 //! stream, `station config check`, `station codes lookup`, and the hook's arguments and
 //! environment — for every code (dashed, compact, lower case), the client secret, the Kandji
-//! token, a fake secret in the station's environment, any JWT and private-key material.
+//! token, a fake secret in the station's environment, any JWT (tokens, the signed client
+//! assertion) and private-key material.
 //!
 //! A new output channel (a web view, a fleet database) joins [`Audit`] when it is added.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -306,7 +308,6 @@ fn codes_of(bench: &InProcBench, index: usize) -> Vec<String> {
 /// code (compact, lower case: the station must accept it and never echo it), fails on
 /// another phone with a code in its stderr, and knows no other phone.
 fn write_hook(bench: &InProcBench) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let serial = |i: usize| bench.serials[i].clone();
     let hook_code = codes_of(bench, HOOK_PHONE)[0]
         .replace('-', "")
@@ -334,7 +335,14 @@ esac
 
 /// The bench's configuration with the Intune secret read from the environment, the action
 /// on, two phones at once, quick retries, and a CSV and a hook source after the MDMs.
-fn write_config(bench: &InProcBench, csv: &Path, hook: &Path, dump: &Path) -> PathBuf {
+fn write_config(
+    bench: &InProcBench,
+    csv: &Path,
+    hook: &Path,
+    dump: &Path,
+    (cert_file, key_file): (&Path, &Path),
+) -> PathBuf {
+    let graph = bench.bench.graph();
     let text = std::fs::read_to_string(bench.bench.station_config()).expect("bench config");
     let mut lines: Vec<String> = Vec::new();
     for line in text.lines() {
@@ -356,7 +364,17 @@ fn write_config(bench: &InProcBench, csv: &Path, hook: &Path, dump: &Path) -> Pa
          [[codes.sources]]\ntype = \"csv\"\npath = {csv:?}\n\n\
          [[codes.sources]]\ntype = \"command\"\nname = \"jamf\"\nprogram = {hook:?}\n\
          args = [{dump:?}, \"--format\", \"json\"]\n\
-         pass_env = [\"JAMF_URL\", \"STATION_INTUNE_SECRET\"]\n",
+         pass_env = [\"JAMF_URL\", \"STATION_INTUNE_SECRET\"]\n\n\
+         [[codes.sources]]\ntype = \"intune\"\nname = \"intune-cert\"\ntenant = {tenant:?}\n\
+         client_id = {client_id:?}\n\
+         certificate = {{ cert_file = {cert_file:?}, key_file = {key_file:?} }}\n\
+         token_url = {token_url:?}\ngraph_url = {graph_url:?}\n",
+        tenant = graph.tenant(),
+        client_id = graph.client_id(),
+        cert_file = cert_file.display().to_string(),
+        key_file = key_file.display().to_string(),
+        token_url = graph.token_url(),
+        graph_url = graph.url(),
         csv = csv.display().to_string(),
         hook = hook.display().to_string(),
         dump = dump.display().to_string(),
@@ -438,7 +456,22 @@ async fn nothing_the_station_writes_or_serves_holds_a_code_or_a_secret() {
             (CSV_PHONE, &csv_code, "device"),
         ],
     );
-    let config = write_config(&bench, &csv, &hook, &dump);
+    // A second Intune source signs its token requests with a certificate's private key.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec!["station".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    bench
+        .bench
+        .graph()
+        .add_certificate_pem(&cert.pem())
+        .expect("the stand-in takes the certificate");
+    let (cert_file, key_file) = (bench.path("intune.pem"), bench.path("intune.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = write_config(&bench, &csv, &hook, &dump, (&cert_file, &key_file));
     let config = config.to_str().expect("utf-8").to_string();
     let out_dir = bench.path("out");
     std::fs::create_dir_all(&out_dir).expect("out dir");
@@ -515,7 +548,9 @@ async fn nothing_the_station_writes_or_serves_holds_a_code_or_a_secret() {
         .collect();
     for source in ["intune", "kandji", "csv", "jamf"] {
         assert!(
-            released_by.iter().any(|s| s == source),
+            released_by
+                .iter()
+                .any(|s| s == source || (source == "intune" && s == "intune-cert")),
             "no phone released by {source}: {released_by:?}\n{events:#?}"
         );
     }
@@ -719,6 +754,19 @@ async fn nothing_the_station_writes_or_serves_holds_a_code_or_a_secret() {
     needles.secret("the Intune client secret", &client_secret);
     needles.secret("the Kandji token", &kandji_token);
     needles.secret("the fake secret in the station's environment", FAKE_SECRET);
+    for (index, line) in key.serialize_pem().lines().skip(1).take(3).enumerate() {
+        needles.secret(
+            &format!("the Intune certificate's private key (line {index})"),
+            line,
+        );
+    }
+    assert!(
+        graph
+            .token_requests()
+            .iter()
+            .any(|r| r.fields.iter().any(|f| f == "client_assertion")),
+        "the certificate source signed a client assertion"
+    );
     // The pairing identity's private keys: only in their own 0600 file.
     let identity = plist::Value::from_file(data.join("host-identity.plist")).expect("identity");
     for key in ["RootPrivateKey", "HostPrivateKey"] {
