@@ -395,7 +395,7 @@ pub struct DeviceSpec {
     pub mdm_unremovable: Option<bool>,
 }
 
-/// The cloud configuration a phone holds (docs/protocol.md §3.7).
+/// The cloud configuration a phone holds (protocol.md §3.7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CloudConfig {
     pub supervised: bool,
@@ -1485,6 +1485,11 @@ mod tests {
         assert!(devices.iter().any(|d| d.trust == Trust::Deny));
         assert!(devices.iter().any(|d| d.trust == Trust::Pending));
         assert!(devices.iter().any(|d| d.passcode_locked));
+        assert!(devices.iter().any(|d| d.find_my));
+        assert!(devices.iter().any(|d| d
+            .cloud_configuration
+            .as_ref()
+            .is_some_and(|c| c.supervised && c.organization.is_some())));
         assert!(devices.iter().any(|d| d.plug_at_ms.is_some()));
         assert!(devices.iter().any(|d| d.unplug_at_ms.is_some()));
         assert!(devices
