@@ -257,6 +257,8 @@ pub enum DeviceFault {
 pub enum UrlProblem {
     Invalid(String),
     NotHttp,
+    /// Plain `http://` to another machine, not allowed (the reason names the key).
+    PlainHttp(String),
 }
 
 /// How `station watch` failed to follow a run.
@@ -777,6 +779,10 @@ impl fmt::Display for StationError {
                 url,
                 problem: UrlProblem::Invalid(reason),
             } => write!(f, "invalid activation server URL {url:?}: {reason}"),
+            StationError::ActivationUrl {
+                problem: UrlProblem::PlainHttp(reason),
+                ..
+            } => write!(f, "{reason}"),
             StationError::ActivationUrl {
                 url,
                 problem: UrlProblem::NotHttp,

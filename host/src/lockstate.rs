@@ -3,6 +3,7 @@
 //! What each fact means and when it says nothing: docs/report.md ("Lock and management").
 
 use serde::{Deserialize, Serialize};
+use station_protocol::mcinstall::{self, CloudConfiguration, McInstallClient};
 use station_protocol::mobileactivation;
 
 use crate::activation::{ActivationReport, Outcome};
@@ -108,13 +109,42 @@ pub async fn read_management_state(
     state
 }
 
-/// The cloud configuration; `None` when it could not be read.
+/// The cloud configuration from `com.apple.mobile.MCInstall` (`GetCloudConfiguration`,
+/// protocol.md §3.7); `None` when it could not be read. A phone without a configuration
+/// answers with every fact `None`.
 async fn read_cloud_configuration(
-    _bench: &Bench,
-    _device: &DeviceInfo,
-    _session: &mut Session,
+    bench: &Bench,
+    device: &DeviceInfo,
+    session: &mut Session,
 ) -> Option<CloudFacts> {
-    None
+    let channel = match bench.service(device, session, mcinstall::SERVICE).await {
+        Ok(channel) => channel,
+        Err(e) => {
+            tracing::debug!("{} not started: {e}", mcinstall::SERVICE);
+            return None;
+        }
+    };
+    let mut client = McInstallClient::new(channel);
+    let answer = client.cloud_configuration().await;
+    client.close().await;
+    match answer {
+        Ok(config) => Some(CloudFacts::from(config)),
+        Err(e) => {
+            tracing::debug!("GetCloudConfiguration not answered: {e}");
+            None
+        }
+    }
+}
+
+impl From<CloudConfiguration> for CloudFacts {
+    fn from(c: CloudConfiguration) -> Self {
+        CloudFacts {
+            supervised: c.supervised,
+            organization: c.organization,
+            configuration_url_present: c.mdm_enrolled,
+            mdm_unremovable: c.mdm_unremovable,
+        }
+    }
 }
 
 async fn read_lockdown_facts(
@@ -286,6 +316,24 @@ mod tests {
         assert_eq!(state.organization, None);
         assert_eq!(state.badges(), ["FMI", "PASSCODE", "SUPERVISED"]);
         assert!(ManagementState::default().badges().is_empty());
+    }
+
+    #[test]
+    fn the_protocol_clients_configuration_maps_field_for_field() {
+        let none = CloudFacts::from(CloudConfiguration::default());
+        assert_eq!(none, CloudFacts::default(), "no configuration says nothing");
+        let facts = CloudFacts::from(CloudConfiguration {
+            supervised: Some(true),
+            organization: Some("Acme".into()),
+            mdm_enrolled: Some(true),
+            mdm_unremovable: Some(false),
+        });
+        let mut state = ManagementState::default();
+        state.absorb_cloud(facts);
+        assert_eq!(state.supervised, Some(true));
+        assert_eq!(state.organization.as_deref(), Some("Acme"));
+        assert_eq!(state.mdm_enrolled, Some(true));
+        assert_eq!(state.mdm_unremovable, Some(false));
     }
 
     #[test]

@@ -26,11 +26,13 @@ pub struct Preflight {
 }
 
 pub fn check(config: &StationConfig, data_dir: &Path, env: &Environment) -> Preflight {
+    let retry = RetryPolicy::from_config(&config.retry);
+    let secret_env = config.secret_env_names().into_keys().collect();
     let sources: Vec<SourceCheck> = config
         .codes
         .sources
         .iter()
-        .map(|source| registry::check(source, RetryPolicy::from_config(&config.retry), env))
+        .map(|source| registry::check(source, retry, env, &secret_env))
         .collect();
     let mut problems = Vec::new();
     for source in &sources {

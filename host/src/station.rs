@@ -17,7 +17,7 @@ use station_protocol::usbmux::Address;
 
 use crate::activation::ActivationServer;
 use crate::codes::{Chain, CodeLookup, NoSources};
-use crate::error::StationError;
+use crate::error::{StationError, UrlProblem};
 use crate::ledger::{Ledger, LedgerReader, Recovered};
 use crate::phone::{Bench, PairStore};
 use crate::preflight::Preflight;
@@ -167,6 +167,18 @@ impl Station {
     ) -> Result<ActivationServer, StationError> {
         let mut config = self.config()?.clone();
         if let Some(url) = url {
+            // The file's URL was checked with the configuration; this one was not.
+            let allowed = station_config::check_activation_url_override(
+                url,
+                config.activation.allow_insecure_http,
+            )
+            .map_err(|reason| StationError::ActivationUrl {
+                url: url.to_string(),
+                problem: UrlProblem::PlainHttp(reason),
+            })?;
+            if let Some(warning) = allowed {
+                tracing::warn!("{warning}");
+            }
             config.activation.url = url.to_string();
         }
         if multipart {

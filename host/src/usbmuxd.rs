@@ -9,7 +9,7 @@ use station_protocol::usbmux::{
 use crate::error::StationError;
 
 // The code sources still name it through this module; its home is `station_protocol::udid`.
-pub use station_protocol::udid::normalise_udid;
+use station_protocol::udid::normalise_udid;
 
 #[derive(Debug, Clone)]
 pub struct Usbmuxd {

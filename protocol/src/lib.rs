@@ -9,6 +9,7 @@ pub mod channel;
 pub mod frame;
 pub mod ios;
 pub mod lockdown;
+pub mod mcinstall;
 pub mod mobileactivation;
 pub mod models;
 pub mod pairing;

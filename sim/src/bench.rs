@@ -155,6 +155,7 @@ impl Bench {
         let mdm = crate::mdm::start(&cfg.world, &phones, &mut tasks, &stop_rx).await?;
         let mut services = ServiceRegistry::new();
         services.register(MobileActivationd::new(authority.clone(), cfg.idle_timeout));
+        services.register(crate::mcinstall::McInstall::new(cfg.idle_timeout));
         services.extend(&cfg.services);
 
         let listener = bind(&cfg.socket)?;

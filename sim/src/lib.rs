@@ -40,6 +40,7 @@ mod hub;
 #[cfg(feature = "legacy-tls")]
 pub mod legacy_tls;
 mod lockdownd;
+mod mcinstall;
 pub mod mdm;
 pub mod phone;
 pub mod ready;
@@ -60,7 +61,7 @@ pub use ready::{ReadyDevice, ReadyInfo, ReadyIntune, ReadyKandji, ReadyMdm};
 pub use services::{LockdownService, ServiceConnection, ServiceRegistry};
 pub use station_config::ConfigSource;
 pub use world::{
-    default_world, ActivationServerSpec, ActivationState, DeviceProfile, DeviceSpec, Enrollment,
-    EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm, Trust, World,
-    WorldError, WrongCredentials,
+    default_world, ActivationServerSpec, ActivationState, CloudConfig, DeviceProfile, DeviceSpec,
+    Enrollment, EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm, Trust,
+    World, WorldError, WrongCredentials,
 };

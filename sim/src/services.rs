@@ -4,7 +4,8 @@
 //! As on a real phone, `StartService` opens a fresh port for one connection; the host then
 //! makes a new usbmuxd `Connect` to that port and, if `EnableServiceSSL`, does a TLS
 //! handshake with its pair-record credentials. Every bench runs
-//! `com.apple.mobileactivationd` (`activation::device`); tests register more.
+//! `com.apple.mobileactivationd` (`activation::device`) and `com.apple.mobile.MCInstall`
+//! (`mcinstall`); tests register more.
 
 use std::collections::BTreeMap;
 use std::future::Future;

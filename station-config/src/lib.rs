@@ -3,6 +3,7 @@
 //! typo never silently falls back to a default. Secrets are references, never inline.
 
 mod env_file;
+mod exposure;
 mod schema;
 mod secret;
 mod suggest;
@@ -84,7 +85,7 @@ impl StationConfig {
                 has_line,
             }
         })?;
-        config.validate().map_err(|(key, message)| {
+        let warnings = config.validate().map_err(|(key, message)| {
             let (location, has_line) = locate_key(text, path, &key);
             ConfigError::Invalid {
                 location,
@@ -93,6 +94,12 @@ impl StationConfig {
             }
         })?;
         config.warnings = slot_warnings(text, path);
+        config
+            .warnings
+            .extend(warnings.into_iter().map(|(key, message)| ConfigWarning {
+                location: locate_key(text, path, &key).0,
+                message,
+            }));
         Ok(config)
     }
 

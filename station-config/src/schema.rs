@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::exposure::{check_url, is_env_name, SecretOwners, UrlKey};
 use crate::secret::Secret;
 
 /// The whole file. Every section is optional.
@@ -80,6 +81,25 @@ fn slots<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<SlotKey, String>, D
     Ok(out)
 }
 
+/// What an activation URL carries, said when plain HTTP would expose it.
+const ACTIVATION_CARRIES: &str = "the phone's activation info (its identity) and the bypass codes";
+
+/// The plain-HTTP rule for an activation URL given on the command line (`--activation-url`,
+/// `STATION_ACTIVATION_URL`), which replaces `[activation] url` after the file was checked.
+/// `Ok(Some(warning))`: plain HTTP allowed by `[activation] allow_insecure_http`.
+pub fn check_activation_url_override(
+    url: &str,
+    allow_insecure_http: bool,
+) -> Result<Option<String>, String> {
+    check_url(&UrlKey {
+        key: "--activation-url".into(),
+        url,
+        carries: ACTIVATION_CARRIES,
+        section: "[activation]",
+        allow_insecure_http,
+    })
+}
+
 impl StationConfig {
     /// The bench label of a phone: by its USB port path when known (stable across
     /// replugs), else by its usbmuxd `LocationID` (which is not).
@@ -90,8 +110,35 @@ impl StationConfig {
             .map(String::as_str)
     }
 
-    /// Checks that need more than one field. Returns the dotted key at fault.
-    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+    /// Environment variables named by a `{ env = … }` secret, each with the secret it
+    /// holds (`client_secret of code source `intune``): never passed to a hook.
+    pub fn secret_env_names(&self) -> BTreeMap<String, String> {
+        let mut owners = SecretOwners::new();
+        for source in &self.codes.sources {
+            let secrets: Vec<(&str, &Secret)> = match source {
+                SourceConfig::Intune(intune) => intune
+                    .client_secret
+                    .iter()
+                    .map(|s| ("client_secret", s))
+                    .collect(),
+                SourceConfig::Kandji(kandji) => vec![("token", &kandji.token)],
+                SourceConfig::Csv(_) | SourceConfig::Command(_) => Vec::new(),
+            };
+            for (key, secret) in secrets {
+                if let Secret::Env(name) = secret {
+                    owners
+                        .entry(name.clone())
+                        .or_insert_with(|| format!("{key} of code source `{}`", source.name()));
+                }
+            }
+        }
+        owners
+    }
+
+    /// Checks that need more than one field. `Err`: the dotted key at fault and why;
+    /// `Ok`: warnings, each with its dotted key.
+    pub(crate) fn validate(&self) -> Result<Vec<(String, String)>, (String, String)> {
+        let mut warnings = Vec::new();
         if self.station.id.trim().is_empty() || self.station.id.len() > 64 {
             return Err((
                 "station.id".into(),
@@ -104,14 +151,14 @@ impl StationConfig {
                 "retry.initial_backoff_ms must not exceed retry.max_backoff_ms".into(),
             ));
         }
-        if !(self.activation.url.starts_with("https://")
-            || self.activation.url.starts_with("http://"))
-        {
-            return Err((
-                "activation.url".into(),
-                "activation.url must be an http(s) URL".into(),
-            ));
-        }
+        let mut url_keys = vec![UrlKey {
+            key: "activation.url".into(),
+            url: &self.activation.url,
+            carries: ACTIVATION_CARRIES,
+            section: "[activation]",
+            allow_insecure_http: self.activation.allow_insecure_http,
+        }];
+        let secret_owners = self.secret_env_names();
         let mut names = std::collections::BTreeSet::new();
         for (index, source) in self.codes.sources.iter().enumerate() {
             let at = |key: &str| format!("codes.sources[{index}].{key}");
@@ -124,6 +171,7 @@ impl StationConfig {
                     ),
                 ));
             }
+            const ENTRY: &str = "this [[codes.sources]] entry";
             if let SourceConfig::Intune(intune) = source {
                 match (&intune.client_secret, &intune.certificate) {
                     (None, None) => {
@@ -140,27 +188,66 @@ impl StationConfig {
                     }
                     _ => {}
                 }
-                for (key, url) in [
-                    ("token_url", &intune.token_url),
-                    ("graph_url", &intune.graph_url),
+                for (key, url, carries) in [
+                    (
+                        "token_url",
+                        &intune.token_url,
+                        "the client secret (or signed assertion) and the access token",
+                    ),
+                    (
+                        "graph_url",
+                        &intune.graph_url,
+                        "the access token, serial numbers and bypass codes",
+                    ),
                 ] {
-                    if url
-                        .as_deref()
-                        .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
-                    {
-                        return Err((at(key), format!("{key} must be an http(s) URL")));
+                    if let Some(url) = url {
+                        url_keys.push(UrlKey {
+                            key: at(key),
+                            url,
+                            carries,
+                            section: ENTRY,
+                            allow_insecure_http: intune.allow_insecure_http,
+                        });
                     }
                 }
             }
             if let SourceConfig::Kandji(kandji) = source {
-                if !(kandji.api_url.starts_with("https://")
-                    || kandji.api_url.starts_with("http://"))
-                {
-                    return Err((at("api_url"), "api_url must be an http(s) URL".into()));
+                url_keys.push(UrlKey {
+                    key: at("api_url"),
+                    url: &kandji.api_url,
+                    carries: "the API token, serial numbers and bypass codes",
+                    section: ENTRY,
+                    allow_insecure_http: kandji.allow_insecure_http,
+                });
+            }
+            if let SourceConfig::Command(command) = source {
+                for name in &command.pass_env {
+                    if !is_env_name(name) {
+                        return Err((
+                            at("pass_env"),
+                            format!("pass_env: `{name}` is not an environment variable name (letters, digits and _)"),
+                        ));
+                    }
+                    if let Some(owner) = secret_owners.get(name) {
+                        warnings.push((
+                            at("pass_env"),
+                            format!(
+                                "{} lists {name}, which holds the {owner}: it is never passed to the hook",
+                                at("pass_env")
+                            ),
+                        ));
+                    }
                 }
             }
         }
-        Ok(())
+        for url_key in &url_keys {
+            match check_url(url_key) {
+                Ok(Some(warning)) => warnings.push((url_key.key.clone(), warning)),
+                Ok(None) => {}
+                Err(message) => return Err((url_key.key.clone(), message)),
+            }
+        }
+        Ok(warnings)
     }
 }
 
@@ -283,6 +370,9 @@ pub struct Activation {
     /// attention: it must be removed from Find My before it is erased) instead of
     /// `already_activated`.
     pub stop_on_find_my: bool,
+    /// Lets `url` be plain `http://` to another machine (the phone's identity then crosses
+    /// that network in clear; logged at start). Loopback needs no permission.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for Activation {
@@ -295,6 +385,7 @@ impl Default for Activation {
             session_max_age_secs: 120,
             user_agent: None,
             stop_on_find_my: true,
+            allow_insecure_http: false,
         }
     }
 }
@@ -478,6 +569,9 @@ pub struct IntuneSource {
     /// Seconds to wait after the action before activating again.
     #[serde(default = "default_action_wait", deserialize_with = "wait_range")]
     pub bypass_action_wait_secs: u64,
+    /// Lets `token_url` / `graph_url` be plain `http://` to another machine (logged at start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 impl IntuneSource {
@@ -513,6 +607,9 @@ pub struct KandjiSource {
     /// `https://<subdomain>.api.kandji.io` or `.api.eu.kandji.io`.
     pub api_url: String,
     pub token: Secret,
+    /// Lets `api_url` be plain `http://` to another machine (logged at start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 fn default_hook_timeout() -> u64 {
@@ -523,7 +620,8 @@ fn default_hook_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct CommandSource {
     pub name: Option<String>,
-    /// Run directly (no shell) with STATION_SERIAL / STATION_UDID in its environment.
+    /// Run directly (no shell) in a cleared environment: STATION_SERIAL, STATION_UDID,
+    /// STATION_SOURCE_NAME, PATH, HOME, LANG, LC_*, TZ and the names in `pass_env`.
     pub program: PathBuf,
     #[serde(default)]
     pub args: Vec<String>,
@@ -532,4 +630,8 @@ pub struct CommandSource {
         deserialize_with = "hook_timeout_range"
     )]
     pub timeout_secs: u64,
+    /// More of the station's environment variables the hook is given; a variable that holds
+    /// a `{ env = … }` secret of any source is never passed, even when listed here.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }

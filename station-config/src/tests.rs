@@ -220,3 +220,96 @@ fn find_my_policy_can_be_turned_off() {
     let config = parse("[activation]\nstop_on_find_my = false\n").expect("parses");
     assert!(!config.activation.stop_on_find_my);
 }
+
+#[test]
+fn plain_http_is_refused_for_every_url_key_except_to_this_machine() {
+    const INTUNE: &str = "[[codes.sources]]\ntype = \"intune\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\n";
+    const KANDJI: &str = "[[codes.sources]]\ntype = \"kandji\"\ntoken = { env = \"K\" }\n";
+    let cases = [
+        (
+            "[activation]\nurl = \"http://albert.example\"\n".to_string(),
+            "station.toml:2:1: activation.url is plain http:// to albert.example",
+            "in [activation]",
+        ),
+        (
+            format!("{INTUNE}token_url = \"http://login.example/t\"\n"),
+            "station.toml:6:1: codes.sources[0].token_url is plain http:// to login.example",
+            "in this [[codes.sources]] entry",
+        ),
+        (
+            format!("{INTUNE}graph_url = \"http://10.1.2.3:8080\"\n"),
+            "station.toml:6:1: codes.sources[0].graph_url is plain http:// to 10.1.2.3",
+            "in this [[codes.sources]] entry",
+        ),
+        (
+            format!("{KANDJI}api_url = \"http://acme.api.kandji.io\"\n"),
+            "station.toml:4:1: codes.sources[0].api_url is plain http:// to acme.api.kandji.io",
+            "in this [[codes.sources]] entry",
+        ),
+    ];
+    for (text, start, section) in &cases {
+        let err = error(text);
+        assert!(err.starts_with(start), "{err}");
+        assert!(
+            err.contains(&format!("allow_insecure_http = true {section}")),
+            "{err}"
+        );
+        // The section's allow_insecure_http lets it through, with a warning at its line.
+        let allowed = if text.starts_with("[activation]") {
+            text.replace(
+                "[activation]\n",
+                "[activation]\nallow_insecure_http = true\n",
+            )
+        } else {
+            format!("{text}allow_insecure_http = true\n")
+        };
+        let config = parse(&allowed).expect("allowed");
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        let warning = config.warnings[0].to_string();
+        assert!(
+            warning.contains("allowed by allow_insecure_http"),
+            "{warning}"
+        );
+        assert!(warning.contains("is plain http:// to "), "{warning}");
+    }
+    // One section's permission is not another's.
+    let text = format!(
+        "[activation]\nallow_insecure_http = true\n\n{KANDJI}api_url = \"http://acme.api.kandji.io\"\n"
+    );
+    assert!(error(&text).contains("codes.sources[0].api_url is plain http://"));
+    // Loopback (the virtual bench) needs no permission and gives no warning.
+    let text = format!(
+        "[activation]\nurl = \"http://127.0.0.1:4000\"\n\n{INTUNE}token_url = \"http://localhost:1/t\"\ngraph_url = \"http://[::1]:2\"\n\n{KANDJI}api_url = \"http://127.0.0.1:3\"\n"
+    );
+    let config = parse(&text).expect("loopback");
+    assert_eq!(config.warnings, vec![]);
+}
+
+#[test]
+fn pass_env_names_and_secret_variables() {
+    let text = "[[codes.sources]]\ntype = \"intune\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"STATION_INTUNE_SECRET\" }\n\n[[codes.sources]]\ntype = \"kandji\"\napi_url = \"https://a\"\ntoken = { file = \"/etc/station/kandji.token\" }\n\n[[codes.sources]]\ntype = \"command\"\nprogram = \"/usr/local/bin/jamf-codes\"\npass_env = [\"JAMF_URL\", \"STATION_INTUNE_SECRET\"]\n";
+    let config = parse(text).expect("valid");
+    let SourceConfig::Command(command) = &config.codes.sources[2] else {
+        panic!("command");
+    };
+    assert_eq!(command.pass_env, vec!["JAMF_URL", "STATION_INTUNE_SECRET"]);
+    assert_eq!(
+        config.secret_env_names().into_iter().collect::<Vec<_>>(),
+        vec![(
+            "STATION_INTUNE_SECRET".to_string(),
+            "client_secret of code source `intune`".to_string()
+        )]
+    );
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec!["station.toml:15:1: codes.sources[2].pass_env lists STATION_INTUNE_SECRET, which holds the client_secret of code source `intune`: it is never passed to the hook"]
+    );
+    let text = error(
+        "[[codes.sources]]\ntype = \"command\"\nprogram = \"/bin/true\"\npass_env = [\"A=B\"]\n",
+    );
+    assert!(
+        text.starts_with("station.toml:4:1: pass_env: `A=B` is not an environment variable name"),
+        "{text}"
+    );
+}

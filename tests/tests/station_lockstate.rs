@@ -72,7 +72,9 @@ async fn report(f: &InProcBench, config: &str, extra: &[&str]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_bench_reports_find_my_passcode_and_supervision() {
     let f = InProcBench::start(&world()).await;
-    let config = f.station_config(None, 3, "");
+    // A code source that knows only the clean phone: the user-locked one is unknown to it.
+    let codes = f.codes_csv("codes.csv", &[(CLEAN, fixtures::CODE_A, "device")]);
+    let config = f.station_config(Some(&codes), 3, "");
     let config = config.to_str().expect("utf-8");
 
     // Before the run: `station devices` reads what the paired or pairable phones tell.

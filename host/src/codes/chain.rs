@@ -70,7 +70,7 @@ type Key = (String, String);
 fn cache_key(serial: &str, udid: &str) -> Key {
     (
         serial.trim().to_ascii_uppercase(),
-        crate::usbmuxd::normalise_udid(udid),
+        station_protocol::udid::normalise_udid(udid),
     )
 }
 
@@ -110,15 +110,17 @@ impl Chain {
     pub fn from_config(config: &StationConfig) -> Result<Self, ChainError> {
         let retry = RetryPolicy::from_config(&config.retry);
         let env = Environment::process();
+        let secret_env = config.secret_env_names().into_keys().collect();
         let mut chain = Chain::new();
         for source in &config.codes.sources {
-            let built = super::registry::build(source, retry, &env).map_err(|reason| {
-                ChainError::Build {
-                    source_name: source.name().to_string(),
-                    kind: source.kind(),
-                    reason,
-                }
-            })?;
+            let built =
+                super::registry::build(source, retry, &env, &secret_env).map_err(|reason| {
+                    ChainError::Build {
+                        source_name: source.name().to_string(),
+                        kind: source.kind(),
+                        reason,
+                    }
+                })?;
             chain.links.push(Link {
                 name: source.name().to_string(),
                 kind: source.kind(),

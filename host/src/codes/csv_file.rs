@@ -141,12 +141,12 @@ impl CsvCodes {
         let Some(rows) = self.by_serial.get(&serial.trim().to_ascii_uppercase()) else {
             return lookup;
         };
-        let wanted = crate::usbmuxd::normalise_udid(udid);
+        let wanted = station_protocol::udid::normalise_udid(udid);
         for row in rows {
             if row
                 .udid
                 .as_deref()
-                .is_some_and(|u| crate::usbmuxd::normalise_udid(u) != wanted)
+                .is_some_and(|u| station_protocol::udid::normalise_udid(u) != wanted)
             {
                 continue;
             }

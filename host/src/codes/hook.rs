@@ -1,11 +1,17 @@
 //! The command hook: the escape hatch for an MDM without an API (Jamf workflows, in-house
-//! systems). The configured program runs directly (no shell) with stdin closed and
+//! systems). The configured program runs directly (no shell) with stdin closed, in a
+//! cleared environment holding only
 //!
 //! - `STATION_SERIAL`: the phone's serial number,
 //! - `STATION_UDID`: its UDID,
 //! - `STATION_SOURCE_NAME`: the source's name in the configuration,
+//! - `PATH`, `HOME`, `LANG`, `LC_*` and `TZ` from the station's environment,
+//! - the station's variables that the source's `pass_env` names,
 //!
-//! in its environment. It prints, on stdout, either
+//! so that a customer's script never sees the station's secrets: a variable that holds a
+//! `{ env = … }` secret of any source is left out even when `pass_env` lists it.
+//!
+//! It prints, on stdout, either
 //!
 //! - one code per line (blank lines and lines starting with `#` are skipped), or
 //! - JSON: `["CODE", …]`, or
@@ -18,6 +24,8 @@
 //! codes is a source error; the error names the line, never its text. Of stderr, only the
 //! first line is logged, cut short, and not at all if it may hold a code.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -45,6 +53,38 @@ pub struct HookSettings {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub timeout: Duration,
+    /// Station variables passed on besides the base set ([`BASE_ENV`], `LC_*`).
+    pub pass_env: Vec<String>,
+    /// Variables that hold secrets: never passed, whatever the lists say.
+    pub withheld_env: BTreeSet<String>,
+}
+
+/// The station's variables every hook gets (with `LC_*`): what a program needs to run and
+/// to read text, nothing about the station.
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+
+/// The variables the station sets for the hook itself.
+pub const CONTEXT_ENV: &[&str] = &["STATION_SERIAL", "STATION_UDID", "STATION_SOURCE_NAME"];
+
+/// What a hook inherits from `station_env` (the station's own environment): the base set,
+/// `LC_*` and `pass_env`, less the withheld names. The context variables are set apart.
+pub fn inherited_env(
+    station_env: impl IntoIterator<Item = (OsString, OsString)>,
+    pass_env: &[String],
+    withheld: &BTreeSet<String>,
+) -> Vec<(OsString, OsString)> {
+    station_env
+        .into_iter()
+        .filter(|(name, _)| {
+            let Some(name) = name.to_str() else {
+                return false;
+            };
+            let wanted = BASE_ENV.contains(&name)
+                || name.starts_with("LC_")
+                || pass_env.iter().any(|p| p == name);
+            wanted && !withheld.contains(name) && !CONTEXT_ENV.contains(&name)
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +154,11 @@ impl Hook {
 
     async fn run(&self, serial: &str, udid: &str) -> Result<Zeroizing<Vec<u8>>, HookError> {
         let s = &self.settings;
+        let inherited = inherited_env(std::env::vars_os(), &s.pass_env, &s.withheld_env);
         let mut child = tokio::process::Command::new(&s.program)
             .args(&s.args)
+            .env_clear()
+            .envs(inherited)
             .env("STATION_SERIAL", serial)
             .env("STATION_UDID", udid)
             .env("STATION_SOURCE_NAME", &s.name)
@@ -277,6 +320,8 @@ impl CodeSource for Hook {
             program: config.program.clone(),
             args: config.args.clone(),
             timeout: Duration::from_secs(config.timeout_secs),
+            pass_env: config.pass_env.clone(),
+            withheld_env: context.secret_env.iter().cloned().collect(),
         }))
     }
 
@@ -292,9 +337,14 @@ impl CodeSource for Hook {
             Ok(_) => Some(format!("{} is not executable", config.program.display())),
             Err(e) => Some(format!("{}: {e}", config.program.display())),
         };
+        let passed = if config.pass_env.is_empty() {
+            String::new()
+        } else {
+            format!("; passes {}", config.pass_env.join(", "))
+        };
         Description {
             detail: format!(
-                "runs {} (at most {} s)",
+                "runs {} (at most {} s{passed})",
                 config.program.display(),
                 config.timeout_secs
             ),
@@ -325,6 +375,8 @@ mod tests {
             program,
             args: vec!["--format".into(), "text".into()],
             timeout,
+            pass_env: Vec::new(),
+            withheld_env: BTreeSet::new(),
         })
     }
 
@@ -357,6 +409,71 @@ echo "{OTHER}""##,
         assert!(lookup.known);
         assert_eq!(revealed(&lookup), vec![GOOD, OTHER]);
         assert!(lookup.codes.iter().all(|c| c.source == "jamf-hook"));
+    }
+
+    #[test]
+    fn the_hook_inherits_only_the_base_set_and_pass_env_never_a_secret() {
+        let station: Vec<(OsString, OsString)> = [
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/var/lib/station"),
+            ("LANG", "C.UTF-8"),
+            ("LC_TIME", "en_GB.UTF-8"),
+            ("TZ", "UTC"),
+            ("JAMF_URL", "https://jamf.example"),
+            ("STATION_INTUNE_SECRET", "intune-secret-value"),
+            ("STATION_FAKE_SECRET", "fake-secret-value"),
+            ("STATION_CONFIG", "/etc/station/station.toml"),
+            ("STATION_SERIAL", "spoofed"),
+            ("AWS_SECRET_ACCESS_KEY", "aws"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+        let pass_env = vec![
+            "JAMF_URL".to_string(),
+            "STATION_INTUNE_SECRET".to_string(),
+            "STATION_SERIAL".to_string(),
+            "NOT_SET".to_string(),
+        ];
+        let withheld = BTreeSet::from(["STATION_INTUNE_SECRET".to_string()]);
+        let names: Vec<String> = inherited_env(station, &pass_env, &withheld)
+            .into_iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["PATH", "HOME", "LANG", "LC_TIME", "TZ", "JAMF_URL"],
+            "the secret and the context variables are never inherited"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_hook_runs_in_a_cleared_environment() {
+        let dir = tempfile::tempdir().expect("dir");
+        let dump = dir.path().join("environ");
+        // The shell's own start-up environment, exactly as it was given (no shell additions).
+        let program = script(
+            &dir,
+            "dump",
+            &format!("tr '\\000' '\\n' < /proc/$$/environ > {}", dump.display()),
+        );
+        let lookup = hook(program, Duration::from_secs(5))
+            .fetch("C8TJ500QF1MN", "00008030-AA")
+            .await
+            .expect("lookup");
+        assert_eq!(lookup, Lookup::default());
+        let text = std::fs::read_to_string(&dump).expect("dump");
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        names.sort_unstable();
+        let allowed = |name: &str| {
+            BASE_ENV.contains(&name) || CONTEXT_ENV.contains(&name) || name.starts_with("LC_")
+        };
+        assert!(names.iter().all(|n| allowed(n)), "{names:?}");
+        assert!(text.contains("STATION_SERIAL=C8TJ500QF1MN\n"), "{text}");
+        assert!(text.contains("STATION_SOURCE_NAME=jamf-hook\n"), "{text}");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! source through `registered`, so a new source is one line here (see
 //! docs/code-sources.md).
 
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
 use serde::Serialize;
@@ -32,6 +33,8 @@ pub struct BuildContext<'a> {
     pub retry: RetryPolicy,
     /// Where secrets named by environment variable are read.
     pub env: &'a Environment,
+    /// The variables that hold `{ env = … }` secrets of any source: never given to a hook.
+    pub secret_env: &'a BTreeSet<String>,
 }
 
 /// What `station config check` says of a source besides whether it builds.
@@ -85,16 +88,19 @@ impl<S: CodeSource> Registered for Entry<'_, S> {
     }
 }
 
-/// Builds one configured source as `station run` does before its first phone.
+/// Builds one configured source as `station run` does before its first phone;
+/// `secret_env` is [`StationConfig::secret_env_names`](station_config::StationConfig::secret_env_names).
 pub fn build(
     source: &SourceConfig,
     retry: RetryPolicy,
     env: &Environment,
+    secret_env: &BTreeSet<String>,
 ) -> Result<Box<dyn CodeLookup>, String> {
     registered(source).build(&BuildContext {
         name: source.name(),
         retry,
         env,
+        secret_env,
     })
 }
 
@@ -111,13 +117,19 @@ pub struct SourceCheck {
     pub warning: Option<String>,
 }
 
-pub fn check(source: &SourceConfig, retry: RetryPolicy, env: &Environment) -> SourceCheck {
+pub fn check(
+    source: &SourceConfig,
+    retry: RetryPolicy,
+    env: &Environment,
+    secret_env: &BTreeSet<String>,
+) -> SourceCheck {
     let entry = registered(source);
     let problem = entry
         .build(&BuildContext {
             name: source.name(),
             retry,
             env,
+            secret_env,
         })
         .err();
     let Description { detail, warning } = entry.describe();

@@ -440,7 +440,8 @@ fn row(p: &Phone, now: Instant, cols: &Cols) -> String {
     } = &p.state
     {
         // A final row keeps its room for the reason: no model column.
-        let head = format!("{slot}{serial:<14} {badges}");
+        // Badges after the outcome: a final row reads "slot serial outcome …".
+        let head = format!("{slot}{serial:<14} ");
         let resumed = if *resumed {
             " (resumed after replug)"
         } else {
@@ -448,11 +449,12 @@ fn row(p: &Phone, now: Instant, cols: &Cols) -> String {
         };
         let name = format!("{:<14}", wire_name(outcome));
         let clock = format!("{:>6} ", format!("{:.1}s", *elapsed_ms as f64 / 1000.0));
-        let used = head.chars().count() + name.chars().count() + clock.len();
+        let used =
+            head.chars().count() + name.chars().count() + clock.len() + badges.chars().count();
         let msg = fit(&format!("{message}{resumed}"), width.saturating_sub(used));
         return fit_line(
             format!(
-                "{head}{}{clock}{}",
+                "{head}{}{clock}{badges}{}",
                 coloured(*outcome, &name),
                 style(msg).dim()
             ),
@@ -936,6 +938,12 @@ mod tests {
         let text = plain(&s.frame(now));
         let row = line_of("F2LXFINDMY00", &text);
         assert!(row.contains("FMI") && row.contains("find_my_on"), "{text}");
+        let tokens: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            tokens.get(2),
+            Some(&"find_my_on"),
+            "slot serial outcome …: {row}"
+        );
         assert!(
             line_of("F2LXPASSCODE", &text).contains("PASSCODE"),
             "{text}"

@@ -268,9 +268,13 @@ pub fn domain(phone: &Phone, name: &str) -> Option<Dictionary> {
             d.insert("ForceNoBuddy".into(), Value::Boolean(false));
         }
         // On an erased phone Find My reports not associated even when Activation Lock is on
-        // (reference §3.6): only the activation server knows.
+        // (reference §3.6): only the activation server knows. A running phone signed in to
+        // Find My says so.
         "com.apple.fmip" => {
-            d.insert("IsAssociated".into(), Value::Boolean(false));
+            d.insert(
+                "IsAssociated".into(),
+                Value::Boolean(activated && p.find_my),
+            );
         }
         "com.apple.international" => {
             d.insert("Locale".into(), string("en_US"));
@@ -417,6 +421,44 @@ mod tests {
         for name in DOMAINS {
             assert!(domain(&p, name).is_some(), "{name}");
         }
+    }
+
+    #[tokio::test]
+    async fn find_my_answers_only_on_a_running_phone_signed_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(dir.path());
+        sd.create().expect("create");
+        let world = crate::world::World::from_toml(
+            "[[device]]\nactivation_state = \"Activated\"\nfind_my = true\npasscode_locked = true\n[[device]]\nactivation_state = \"Activated\"\n[[device]]\nlock = \"user\"\n",
+            "t",
+        )
+        .expect("world");
+        let phones: Vec<Phone> = world
+            .resolve()
+            .expect("resolve")
+            .into_iter()
+            .map(|p| Phone::new(p, &sd, false).expect("phone"))
+            .collect();
+        let associated = |p: &Phone| {
+            domain(p, "com.apple.fmip")
+                .and_then(|d| d.get("IsAssociated").and_then(Value::as_boolean))
+        };
+        let password_protected = |p: &Phone| {
+            global_domain(p, None)
+                .get("PasswordProtected")
+                .and_then(Value::as_boolean)
+        };
+        assert_eq!(associated(&phones[0]), Some(true));
+        assert_eq!(password_protected(&phones[0]), Some(true));
+        assert_eq!(associated(&phones[1]), Some(false));
+        assert_eq!(password_protected(&phones[1]), Some(false));
+        // Activation-Locked to a person, erased at Setup Assistant: still false (§3.6).
+        assert_eq!(associated(&phones[2]), Some(false));
+        // Deactivated on the bench: back at Setup Assistant, no longer associated.
+        phones[0]
+            .set_activation_state(ActivationState::Unactivated)
+            .await;
+        assert_eq!(associated(&phones[0]), Some(false));
     }
 
     #[test]

@@ -78,10 +78,14 @@ pub fn world_toml(devices: usize, seed: u64, latency_ms: u64) -> String {
                 )
             }
             Kind::UserLocked => writeln!(text, "lock = \"user\""),
-            Kind::Activated => writeln!(text, "activation_state = \"Activated\""),
+            // Still signed in to its owner's Find My.
+            Kind::Activated => writeln!(text, "activation_state = \"Activated\"\nfind_my = true"),
+            // Still supervised by and enrolled in its former organisation.
             Kind::TrustPending => writeln!(
                 text,
-                "activation_state = \"Activated\"\ntrust = \"accept\"\ntrust_delay_ms = 2500"
+                "activation_state = \"Activated\"\ntrust = \"accept\"\ntrust_delay_ms = 2500\nsupervised = true\norganization = \"{}\"\nconfiguration_url = \"{}\"\nmdm_unremovable = true",
+                crate::world::DEFAULT_ORGANIZATION,
+                crate::world::DEFAULT_CONFIGURATION_URL
             ),
             Kind::TwoRecords => {
                 let (good, stale) = (codes.next(), codes.next());
@@ -116,6 +120,25 @@ mod tests {
         );
         assert_eq!(unplugged_index(8), Some(7));
         assert_eq!(unplugged_index(5), None);
+    }
+
+    #[test]
+    fn the_demo_has_a_find_my_phone_and_a_supervised_one() {
+        let phones = World::from_toml(&world_toml(8, 7, 100), "demo")
+            .expect("valid world")
+            .resolve()
+            .expect("resolves");
+        let find_my: Vec<usize> = (0..8).filter(|&i| phones[i].find_my).collect();
+        assert_eq!(find_my, vec![4]);
+        let supervised: Vec<usize> = (0..8)
+            .filter(|&i| {
+                phones[i]
+                    .cloud_configuration
+                    .as_ref()
+                    .is_some_and(|c| c.supervised)
+            })
+            .collect();
+        assert_eq!(supervised, vec![5]);
     }
 
     #[test]

@@ -376,7 +376,38 @@ pub struct DeviceSpec {
     /// The phone's MDM records, each with its own codes; replaces `intune`/`kandji`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrollments: Option<Vec<EnrollmentSpec>>,
+    // --- Find My and management (what the running phone itself reports) ---
+    /// Find My is on: `com.apple.fmip` `IsAssociated` answers true. Needs an activated phone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub find_my: Option<bool>,
+    /// The cloud configuration's `IsSupervised`. Any of the four cloud-configuration fields
+    /// gives the phone a configuration (MCInstall `GetCloudConfiguration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<bool>,
+    /// The cloud configuration's `OrganizationName`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// The cloud configuration's `ConfigurationURL`: the MDM the phone enrols in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configuration_url: Option<String>,
+    /// The cloud configuration's `IsMDMUnremovable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mdm_unremovable: Option<bool>,
 }
+
+/// The cloud configuration a phone holds (protocol.md §3.7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloudConfig {
+    pub supervised: bool,
+    pub organization: Option<String>,
+    pub configuration_url: Option<String>,
+    pub mdm_unremovable: bool,
+}
+
+/// Longest `organization` a world may give (what the station keeps of one).
+const MAX_ORGANIZATION_CHARS: usize = station_protocol::mcinstall::MAX_ORGANIZATION_CHARS;
+/// Longest `configuration_url` a world may give.
+const MAX_CONFIGURATION_URL_LEN: usize = 2048;
 
 /// A fully resolved virtual iPhone: every identity value lockdown reports, and its state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -432,6 +463,10 @@ pub struct DeviceProfile {
     pub owner_hint: String,
     /// Intune records and Kandji devices for this phone, in enrolment order.
     pub enrollments: Vec<Enrollment>,
+    /// Find My is on (only ever on an activated phone).
+    pub find_my: bool,
+    /// `None`: the phone has no cloud configuration (erased, or never enrolled).
+    pub cloud_configuration: Option<CloudConfig>,
 }
 
 impl DeviceProfile {
@@ -518,16 +553,22 @@ impl World {
     }
 }
 
+/// The organisation supervising the default world's kind-1 phones.
+pub const DEFAULT_ORGANIZATION: &str = "Example School District";
+/// Its MDM's enrolment address.
+pub const DEFAULT_CONFIGURATION_URL: &str = "https://mdm.example.org/enroll";
+
 /// `n` phones, deterministic from `seed`, with realistic identities and a mix of states.
 /// Devices cycle through ten kinds:
 ///
 /// 0. Unactivated, not locked (a clean erased phone);
-/// 1. Activated, trust accepted at once;
+/// 1. Activated, trust accepted at once, supervised by an organisation (its cloud
+///    configuration names the organisation and its MDM);
 /// 2. Unactivated, MDM-locked, with a bypass code and a stale one: enrolled in Intune
 ///    twice (an older record with the stale code, the newer one with the good code and
 ///    the UDID);
 /// 3. Unactivated, locked to a person's Apple Account (enrolled nowhere);
-/// 4. Activated, trust accepted after 2.5 s;
+/// 4. Activated, trust accepted after 2.5 s, Find My on;
 /// 5. Unactivated, MDM-locked with two codes, only in Kandji (device- and user-based);
 /// 6. Unactivated, MDM-locked, one Intune record with its code;
 /// 7. Unactivated, MDM-locked, no code anywhere: one Intune record whose code is null
@@ -583,6 +624,9 @@ pub fn default_world(n: usize, seed: u64) -> World {
             9 => (Some(true), Some(true)),
             _ => (None, None),
         };
+        // Fixed values, not drawn: they must not shift any generated identity.
+        let supervised = kind == 1;
+        let find_my = kind == 4;
         let spec = DeviceSpec {
             udid: Some(spec_udid),
             serial: Some(spec_serial),
@@ -597,6 +641,10 @@ pub fn default_world(n: usize, seed: u64) -> World {
             stale_codes,
             intune,
             kandji,
+            find_my: find_my.then_some(true),
+            supervised: supervised.then_some(true),
+            organization: supervised.then(|| DEFAULT_ORGANIZATION.to_string()),
+            configuration_url: supervised.then(|| DEFAULT_CONFIGURATION_URL.to_string()),
             ..DeviceSpec::default()
         };
         // Fill the remaining identity from the same per-device stream, then pin it in the
@@ -663,6 +711,20 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         // An `mdm` phone is enrolled by default: an empty list keeps it out.
         enrollments: (p.lock == Lock::Mdm || !p.enrollments.is_empty())
             .then(|| mdm::pinned(&p.enrollments)),
+        find_my: p.find_my.then_some(true),
+        supervised: p.cloud_configuration.as_ref().map(|c| c.supervised),
+        organization: p
+            .cloud_configuration
+            .as_ref()
+            .and_then(|c| c.organization.clone()),
+        configuration_url: p
+            .cloud_configuration
+            .as_ref()
+            .and_then(|c| c.configuration_url.clone()),
+        mdm_unremovable: p
+            .cloud_configuration
+            .as_ref()
+            .and_then(|c| c.mdm_unremovable.then_some(true)),
     }
 }
 
@@ -853,6 +915,14 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
             "needs activation_state = \"Activated\" (an erased phone has no passcode)".to_string(),
         ));
     }
+    let find_my = spec.find_my.unwrap_or(false);
+    if find_my && activation_state == ActivationState::Unactivated {
+        return Err(invalid(
+            "find_my",
+            "needs activation_state = \"Activated\" (an erased phone is signed out; its Activation Lock is `lock`)".to_string(),
+        ));
+    }
+    let cloud_configuration = resolve_cloud_configuration(spec, activation_state, &invalid)?;
     if let (Some(plug), Some(unplug)) = (spec.plug_at_ms, spec.unplug_at_ms) {
         if unplug <= plug {
             return Err(invalid(
@@ -979,7 +1049,70 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         stale_codes,
         owner_hint,
         enrollments,
+        find_my,
+        cloud_configuration,
     })
+}
+
+/// The phone's cloud configuration: present when the world sets any of its fields.
+fn resolve_cloud_configuration(
+    spec: &DeviceSpec,
+    activation_state: ActivationState,
+    invalid: &dyn Fn(&'static str, String) -> WorldError,
+) -> Result<Option<CloudConfig>, WorldError> {
+    let fields = [
+        ("supervised", spec.supervised.is_some()),
+        ("organization", spec.organization.is_some()),
+        ("configuration_url", spec.configuration_url.is_some()),
+        ("mdm_unremovable", spec.mdm_unremovable.is_some()),
+    ];
+    let Some((first, _)) = fields.into_iter().find(|(_, set)| *set) else {
+        return Ok(None);
+    };
+    if activation_state == ActivationState::Unactivated {
+        return Err(invalid(
+            first,
+            "needs activation_state = \"Activated\" (an erased phone has no cloud configuration until Setup Assistant downloads one)".to_string(),
+        ));
+    }
+    if let Some(org) = &spec.organization {
+        if org.trim().is_empty()
+            || org.chars().any(char::is_control)
+            || org.chars().count() > MAX_ORGANIZATION_CHARS
+        {
+            return Err(invalid(
+                "organization",
+                format!(
+                    "must be 1 to {MAX_ORGANIZATION_CHARS} characters without control characters"
+                ),
+            ));
+        }
+    }
+    if let Some(url) = &spec.configuration_url {
+        let valid = url.starts_with("https://")
+            && url.len() > "https://".len()
+            && url.len() <= MAX_CONFIGURATION_URL_LEN
+            && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !valid {
+            return Err(invalid(
+                "configuration_url",
+                format!("{url:?} is not an https:// address of at most {MAX_CONFIGURATION_URL_LEN} bytes"),
+            ));
+        }
+    }
+    let mdm_unremovable = spec.mdm_unremovable.unwrap_or(false);
+    if mdm_unremovable && spec.configuration_url.is_none() {
+        return Err(invalid(
+            "mdm_unremovable",
+            "needs a configuration_url (the MDM that cannot be removed)".to_string(),
+        ));
+    }
+    Ok(Some(CloudConfig {
+        supervised: spec.supervised.unwrap_or(false),
+        organization: spec.organization.clone(),
+        configuration_url: spec.configuration_url.clone(),
+        mdm_unremovable,
+    }))
 }
 
 /// A UDID as usbmuxd reports it: 40 hex digits, or 8 + `-` + 16 hex digits.
@@ -1352,6 +1485,11 @@ mod tests {
         assert!(devices.iter().any(|d| d.trust == Trust::Deny));
         assert!(devices.iter().any(|d| d.trust == Trust::Pending));
         assert!(devices.iter().any(|d| d.passcode_locked));
+        assert!(devices.iter().any(|d| d.find_my));
+        assert!(devices.iter().any(|d| d
+            .cloud_configuration
+            .as_ref()
+            .is_some_and(|c| c.supervised && c.organization.is_some())));
         assert!(devices.iter().any(|d| d.plug_at_ms.is_some()));
         assert!(devices.iter().any(|d| d.unplug_at_ms.is_some()));
         assert!(devices
@@ -1403,6 +1541,55 @@ mod tests {
     }
 
     #[test]
+    fn find_my_and_the_cloud_configuration_resolve_and_pin() {
+        let text = "seed = 4\n[[device]]\nactivation_state = \"Activated\"\nfind_my = true\n[[device]]\nactivation_state = \"Activated\"\nsupervised = true\norganization = \"Acme\"\n[[device]]\nactivation_state = \"Activated\"\nconfiguration_url = \"https://mdm.acme.test/enroll\"\nmdm_unremovable = true\n[[device]]\n";
+        let world = World::from_toml(text, "t").expect("parses");
+        let devices = world.resolve().expect("resolves");
+        assert!(devices[0].find_my);
+        assert_eq!(devices[0].cloud_configuration, None);
+        assert_eq!(
+            devices[1].cloud_configuration,
+            Some(CloudConfig {
+                supervised: true,
+                organization: Some("Acme".into()),
+                configuration_url: None,
+                mdm_unremovable: false,
+            })
+        );
+        assert_eq!(
+            devices[2].cloud_configuration,
+            Some(CloudConfig {
+                supervised: false,
+                organization: None,
+                configuration_url: Some("https://mdm.acme.test/enroll".into()),
+                mdm_unremovable: true,
+            })
+        );
+        assert!(!devices[3].find_my);
+        assert_eq!(devices[3].cloud_configuration, None);
+        let pinned = world.pinned().expect("pinned");
+        assert_eq!(pinned.resolve().expect("resolves"), devices);
+    }
+
+    #[test]
+    fn the_default_world_has_a_supervised_phone_and_a_find_my_phone() {
+        let devices = default_world(10, 5).resolve().expect("resolves");
+        let find_my: Vec<usize> = (0..10).filter(|&i| devices[i].find_my).collect();
+        assert_eq!(find_my, vec![4]);
+        let supervised: Vec<usize> = (0..10)
+            .filter(|&i| devices[i].cloud_configuration.is_some())
+            .collect();
+        assert_eq!(supervised, vec![1]);
+        assert_eq!(
+            devices[1]
+                .cloud_configuration
+                .as_ref()
+                .and_then(|c| c.organization.as_deref()),
+            Some(DEFAULT_ORGANIZATION)
+        );
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let err = World::from_toml("[[device]]\nudid = \"x\"\ncolour = \"red\"\n", "t.toml")
             .expect_err("unknown field");
@@ -1435,6 +1622,21 @@ mod tests {
             (
                 "activation_session_lifetime_ms = 0",
                 "activation_session_lifetime_ms",
+            ),
+            ("find_my = true", "find_my"),
+            ("organization = \"Acme\"", "organization"),
+            ("mdm_unremovable = false", "mdm_unremovable"),
+            (
+                "activation_state = \"Activated\"\norganization = \"\"",
+                "organization",
+            ),
+            (
+                "activation_state = \"Activated\"\nconfiguration_url = \"http://mdm.test\"",
+                "configuration_url",
+            ),
+            (
+                "activation_state = \"Activated\"\nsupervised = true\nmdm_unremovable = true",
+                "mdm_unremovable",
             ),
         ];
         for (body, field) in cases {

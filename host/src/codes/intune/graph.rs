@@ -129,11 +129,11 @@ impl Intune {
                 records.push(record);
             }
         }
-        let wanted = crate::usbmuxd::normalise_udid(udid);
+        let wanted = station_protocol::udid::normalise_udid(udid);
         let matches = |r: &DeviceRecord| {
             r.udid
                 .as_deref()
-                .is_some_and(|u| crate::usbmuxd::normalise_udid(u) == wanted)
+                .is_some_and(|u| station_protocol::udid::normalise_udid(u) == wanted)
         };
         records.sort_by(|a, b| {
             matches(b)

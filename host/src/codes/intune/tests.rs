@@ -588,12 +588,15 @@ async fn a_national_cloud_asks_for_its_own_graph() {
         max_requests_per_second: 1000.0,
         bypass_action: false,
         bypass_action_wait_secs: 60,
+        allow_insecure_http: false,
     };
     let env = Environment::process();
+    let secret_env = std::collections::BTreeSet::new();
     let context = BuildContext {
         name: "contoso",
         retry: s.settings().retry,
         env: &env,
+        secret_env: &secret_env,
     };
     let usgov = Intune::from_config(&config(Cloud::Usgov), &context).expect("source");
     let lookup = usgov.fetch(SERIAL, UDID).await.expect("lookup");
