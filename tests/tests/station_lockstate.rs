@@ -220,3 +220,38 @@ async fn a_mixed_bench_reports_find_my_passcode_and_supervision() {
     text.assert_success();
     assert!(text.stdout.contains(ORGANIZATION), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_find_my_policy_off_the_phone_ends_already_activated_and_still_says_so() {
+    let f = InProcBench::start(&fixtures::world(
+        32,
+        &[Phone::activated(FIND_MY).with("find_my", "true")],
+    ))
+    .await;
+    let config = f.station_config(None, 1, "");
+    // `station_config` writes `[activation]` itself: the policy goes into that table.
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen(
+        "[activation]\n",
+        "[activation]\nstop_on_find_my = false\n",
+        1,
+    );
+    assert!(text.contains("stop_on_find_my = false"), "{text}");
+    std::fs::write(&config, text).expect("write config");
+    let config = config.to_str().expect("utf-8");
+    let out = f
+        .station(&["--config", config, "run", "--once"], false)
+        .await;
+    out.assert_success();
+    let events = ndjson(&out.stdout);
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "finished")
+        .expect("finished");
+    assert_eq!(finished["outcome"], "already_activated", "{finished}");
+    assert_eq!(finished["find_my"], true, "{finished}");
+    assert_eq!(
+        udids_of(&report(&f, config, &["--find-my", "on"]).await),
+        vec![f.udid(FIND_MY).to_string()]
+    );
+}
