@@ -47,9 +47,9 @@ pub fn table(rows: &[DeviceRow]) -> String {
         if let Some(note) = &r.note {
             out.push_str(&format!("note {}: {note}\n", r.udid));
         }
-        if r.management.passcode_set == Some(true) && !r.paired {
+        if r.management.passcode_set == Some(true) {
             out.push_str(&format!(
-                "note {}: a passcode is set: unlock the phone, or it cannot show the Trust prompt\n",
+                "note {}: a passcode is set: the phone shows the Trust prompt only when unlocked\n",
                 r.udid
             ));
         }
@@ -103,4 +103,80 @@ pub fn summary(row: &DeviceRow) -> String {
         out.push_str(&format!("note: {note}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::SlotBy;
+
+    fn row(udid: &str, management: ManagementState) -> DeviceRow {
+        DeviceRow {
+            udid: udid.into(),
+            serial: Some(format!("S-{udid}")),
+            product_type: None,
+            model: None,
+            product_version: None,
+            build_version: None,
+            device_name: None,
+            activation_state: Some("Activated".into()),
+            management,
+            activation_lock: None,
+            paired: true,
+            connection: "USB".into(),
+            location: "0x00010002".into(),
+            port_path: Some("1-1".into()),
+            slot: None,
+            slot_by: SlotBy::PortPath,
+            device_id: 1,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_find_my_passcode_and_the_organisation() {
+        let rows = [
+            row(
+                "A",
+                ManagementState {
+                    find_my: Some(true),
+                    passcode_set: Some(true),
+                    ..ManagementState::default()
+                },
+            ),
+            row(
+                "B",
+                ManagementState {
+                    find_my: Some(false),
+                    supervised: Some(true),
+                    organization: Some("Acme".into()),
+                    ..ManagementState::default()
+                },
+            ),
+            row("C", ManagementState::default()),
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("FIND MY")
+                && lines[0].contains("PASSCODE")
+                && lines[0].contains("SUPERVISED"),
+            "{text}"
+        );
+        let cells = |udid: &str| -> Vec<String> {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(udid))
+                .unwrap_or_else(|| panic!("{udid}: {text}"));
+            line.split_whitespace().map(str::to_string).collect()
+        };
+        assert_eq!(cells("A")[5..8], ["yes", "yes", "—"], "{text}");
+        assert_eq!(cells("B")[5..8], ["no", "—", "Acme"], "{text}");
+        assert_eq!(cells("C")[5..8], ["—", "—", "—"], "{text}");
+        assert!(text.contains("note A: a passcode is set"), "{text}");
+        let summary = summary(&rows[1]);
+        assert!(summary.contains("organization: Acme\n"), "{summary}");
+        assert!(summary.contains("find_my: no\n"), "{summary}");
+        assert!(summary.contains("badges: SUPERVISED:Acme\n"), "{summary}");
+    }
 }
