@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use station_tests::fixtures::{self, Phone};
 use station_tests::{json_find, json_text, output_lines, parse_ideviceinfo, Bench};
 
 #[test]
@@ -156,4 +157,97 @@ fn station_find_my_agrees_with_ideviceinfo_where_it_is_believed() {
             assert!(summary.get(field).is_some(), "missing {field}: {out}");
         }
     }
+}
+
+/// Phones of [`lock_and_management_world`].
+const FIND_MY: &str = "find-my";
+const SUPERVISED: &str = "supervised";
+const PLAIN: &str = "plain";
+const CLEAN: &str = "clean";
+const ORGANIZATION: &str = "Example School District";
+
+fn lock_and_management_world() -> String {
+    fixtures::world(
+        41,
+        &[
+            Phone::activated(FIND_MY).with("find_my", "true"),
+            Phone::activated(SUPERVISED)
+                .with("supervised", "true")
+                .with("organization", &format!("{ORGANIZATION:?}"))
+                .with("configuration_url", "\"https://mdm.example.org/enroll\""),
+            Phone::activated(PLAIN),
+            Phone::unactivated(CLEAN),
+        ],
+    )
+}
+
+#[test]
+fn station_devices_agrees_with_the_peers_on_find_my_and_the_cloud_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = dir.path().join("lockstate.toml");
+    std::fs::write(&world, lock_and_management_world()).expect("write world");
+    let bench = Bench::start_with(&["--world", &world.to_string_lossy()]);
+    let udid = |name: &str| bench.device_named(name).udid.clone();
+    for name in [FIND_MY, SUPERVISED, PLAIN] {
+        bench
+            .idevice("idevicepair", &["-u", &udid(name), "pair"])
+            .assert_success();
+    }
+    let out = bench.station(&["devices", "--json"]);
+    out.assert_success();
+    let json = out.json();
+    let rows = json.as_array().expect("a list of phones");
+    let row = |name: &str| {
+        let udid = udid(name);
+        rows.iter()
+            .find(|r| r["udid"] == udid.as_str())
+            .unwrap_or_else(|| panic!("{name} not listed: {out}"))
+            .clone()
+    };
+    for name in [FIND_MY, SUPERVISED, PLAIN, CLEAN] {
+        let station = row(name);
+        let peer = bench.idevice(
+            "ideviceinfo",
+            &[
+                "-u",
+                &udid(name),
+                "-q",
+                "com.apple.fmip",
+                "-k",
+                "IsAssociated",
+            ],
+        );
+        peer.assert_success();
+        if name == CLEAN {
+            assert_eq!(station["find_my"], Value::Null, "{station}\n{peer}");
+        } else {
+            assert_eq!(
+                station["find_my"]
+                    .as_bool()
+                    .map(|b| b.to_string())
+                    .as_deref(),
+                Some(peer.stdout.trim()),
+                "{name}: {station}\n{peer}"
+            );
+        }
+        let cloud = bench.pmd3(&["profile", "cloud-configuration", "--udid", &udid(name)]);
+        cloud.assert_success();
+        let cloud = cloud.json();
+        if cloud.is_null() {
+            assert_eq!(station["supervised"], Value::Null, "{name}: {station}");
+            assert_eq!(station["organization"], Value::Null, "{name}: {station}");
+        } else {
+            assert_eq!(
+                station["supervised"], cloud["IsSupervised"],
+                "{name}: {station}\n{cloud}"
+            );
+            assert_eq!(
+                station["organization"], cloud["OrganizationName"],
+                "{name}: {station}\n{cloud}"
+            );
+        }
+    }
+    assert_eq!(row(FIND_MY)["find_my"], true);
+    assert_eq!(row(SUPERVISED)["organization"], ORGANIZATION);
+    assert_eq!(row(SUPERVISED)["mdm_enrolled"], true);
 }
