@@ -326,9 +326,18 @@ impl HttpClient {
             url: url.to_string(),
             reason: error_chain(&e),
         };
+        // Graph answers 411 to a bodyless POST that declares no length over HTTP/1.1, and
+        // hyper adds `content-length: 0` by itself only over HTTP/2 (docs/mdm.md §1.3).
+        let declares_empty_body = body.is_empty()
+            && matches!(
+                method,
+                reqwest::Method::POST | reqwest::Method::PUT | reqwest::Method::PATCH
+            );
         let mut request = self.client.request(method, url.clone());
         if !body.is_empty() {
             request = request.body(body.to_vec());
+        } else if declares_empty_body {
+            request = request.header(reqwest::header::CONTENT_LENGTH, "0");
         }
         for (name, value) in headers {
             let Ok(mut value) = reqwest::header::HeaderValue::from_str(value) else {

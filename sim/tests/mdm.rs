@@ -130,8 +130,46 @@ async fn graph_get(url: &str, token: &str) -> Reply {
     send(client().get(url).bearer_auth(token)).await
 }
 
+/// A bodyless POST as Graph wants it: `Content-Length: 0` (docs/mdm.md §1.3).
 async fn graph_post(url: &str, token: &str) -> Reply {
-    send(client().post(url).bearer_auth(token)).await
+    send(
+        client()
+            .post(url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_LENGTH, "0"),
+    )
+    .await
+}
+
+/// The status line, headers and body of one raw HTTP/1.1 exchange, sent exactly as given.
+async fn raw_http(url: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let addr = addr.split('/').next().unwrap_or(addr);
+    let mut stream = within(tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    within(stream.write_all(request.as_bytes()))
+        .await
+        .expect("request");
+    let mut raw = Vec::new();
+    within(stream.read_to_end(&mut raw)).await.expect("answer");
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Intune's nested error: `error.message` holds a JSON document whose `Message` ends in the
+/// support identifiers (docs/mdm.md §1.8). Returns that `Message`.
+fn nested_message(reply: &Reply) -> String {
+    let outer = reply.json["error"]["message"].as_str().expect("message");
+    let inner: Value = serde_json::from_str(outer).expect("a JSON document in error.message");
+    assert_eq!(inner["_version"], 3, "{inner}");
+    let message = inner["Message"].as_str().expect("Message").to_string();
+    assert!(
+        message.contains(" - Operation ID (for customer support): ")
+            && message.contains(" - Url: "),
+        "{message}"
+    );
+    message
 }
 
 /// Every record of a listing, following `@odata.nextLink`; returns the records and pages.
@@ -391,6 +429,23 @@ async fn certificate_assertions_are_verified() {
         assert_eq!(r.json["error_codes"], json!([code]), "{}", r.json);
     }
 
+    // Strict mode: Entra's current form only. RS256 (and a SHA-1 `x5t`) is refused with
+    // Entra's answer; PS256 with `x5t#S256` still passes.
+    g.set_strict_assertions(true);
+    let ps256_sha1 = json!({"alg": "PS256", "typ": "JWT", "x5t": x5t});
+    for header in [&rs256, &ps256_sha1] {
+        let r = assertion_request(&tb, &jwt(&key, header, &claims(&aud, &cid, now + 600))).await;
+        assert_eq!(r.status, 401, "{header}: {}", r.json);
+        assert_eq!(r.json["error"], "invalid_client");
+        assert_eq!(r.json["error_codes"], json!([5002738]), "{}", r.json);
+        assert!(r.json["error_description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("AADSTS5002738: ")));
+    }
+    let r = assertion_request(&tb, &jwt(&key, &ps256, &claims(&aud, &cid, now + 600))).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    g.set_strict_assertions(false);
+
     // A certificate added at run time is accepted from then on.
     let (new_key, new_pem, _) = within(tokio::task::spawn_blocking(app_certificate))
         .await
@@ -611,6 +666,7 @@ async fn single_get_with_select_returns_the_code() {
     )
     .await;
     assert_eq!(r.status, 404);
+    assert!(nested_message(&r).starts_with("Resource not found"));
     // A clean phone may be enrolled too: its code is there, harmless.
     let clean = device(&tb, CLEAN_ENROLLED);
     assert_eq!(clean.lock, "none");
@@ -737,7 +793,10 @@ async fn injected_server_errors_then_success() {
     let t = token(&tb).await;
     let url = devices_url(&tb, &[]);
     tb.bench.graph().set_fail_next(2);
-    assert_eq!(graph_get(&url, &t).await.status, 503);
+    let r = graph_get(&url, &t).await;
+    assert_eq!(r.status, 503);
+    // Intune's answer, nested as the real service's (docs/mdm.md §1.8).
+    assert!(nested_message(&r).starts_with("The service is temporarily unavailable."));
     tb.bench.graph().set_failure_status(502);
     assert_eq!(graph_get(&url, &t).await.status, 502);
     assert_eq!(graph_get(&url, &t).await.status, 200);
@@ -774,7 +833,7 @@ async fn missing_permissions_are_named() {
     let r = graph_get(&devices_url(&tb, &[]), &t).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json["error"]["code"], "Forbidden");
-    let message = r.json["error"]["message"].as_str().expect("message");
+    let message = nested_message(&r);
     assert!(message.starts_with("Application is not authorized to perform this operation. Application must have one of the following scopes: DeviceManagementManagedDevices.Read.All"), "{message}");
 
     // Read granted, but not the privileged action. Permissions count for new tokens.
@@ -829,6 +888,16 @@ async fn bypass_action_releases_the_lock_on_the_activation_server() {
     );
     // Only POST.
     assert_eq!(graph_get(&action, &t).await.status, 405);
+    // Without a length, as a bare HTTP/1.1 client sends it: 411, and nothing happens.
+    let path = action.trim_start_matches(tb.bench.graph().url());
+    let raw = raw_http(
+        tb.bench.graph().url(),
+        &format!("POST {path} HTTP/1.1\r\nHost: graph\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 411"), "{raw}");
+    assert!(raw.contains("LengthRequired"), "{raw}");
+    assert!(!device(&tb, NO_CODE).lock_released);
     let r = graph_post(&action, &t).await;
     assert_eq!(r.status, 204);
     assert_eq!(r.json, Value::Null, "no body");

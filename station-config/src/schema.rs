@@ -188,6 +188,12 @@ impl StationConfig {
                     }
                     _ => {}
                 }
+                if intune.assertion_alg.is_some() && intune.certificate.is_none() {
+                    return Err((
+                        at("assertion_alg"),
+                        "`assertion_alg` applies to a `certificate` credential only".into(),
+                    ));
+                }
                 for (key, url, carries) in [
                     (
                         "token_url",
@@ -538,6 +544,18 @@ pub struct CertificateCredential {
     pub key_file: PathBuf,
 }
 
+/// How a certificate credential signs its client assertion (docs/mdm.md §1.5).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionAlg {
+    /// RSA-PSS with SHA-256, the certificate named by `x5t#S256`: Entra's current form.
+    #[default]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, the certificate named by its SHA-1 `x5t`: the older
+    /// form, still accepted by Entra but no longer documented.
+    Rs256,
+}
+
 fn default_rate() -> f64 {
     5.0
 }
@@ -555,6 +573,8 @@ pub struct IntuneSource {
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub certificate: Option<CertificateCredential>,
+    /// How the certificate's assertion is signed [default: ps256]; only with `certificate`.
+    pub assertion_alg: Option<AssertionAlg>,
     #[serde(default)]
     pub cloud: Cloud,
     /// Overrides for stand-ins: the token endpoint URL and the Graph root.
@@ -575,6 +595,11 @@ pub struct IntuneSource {
 }
 
 impl IntuneSource {
+    /// The certificate assertion's algorithm: `assertion_alg`, else PS256.
+    pub fn assertion_alg(&self) -> AssertionAlg {
+        self.assertion_alg.unwrap_or_default()
+    }
+
     pub fn token_url(&self) -> String {
         self.token_url.clone().unwrap_or_else(|| {
             format!(

@@ -111,6 +111,28 @@ fn sources_are_checked() {
 }
 
 #[test]
+fn the_assertion_algorithm_defaults_to_ps256() {
+    const CERT: &str = "[[codes.sources]]\ntype = \"intune\"\ntenant = \"t\"\nclient_id = \"c\"\ncertificate = { cert_file = \"/c.pem\", key_file = \"/k.pem\" }\n";
+    let alg = |extra: &str| {
+        let config = parse(&format!("{CERT}{extra}")).expect("parse");
+        let SourceConfig::Intune(intune) = &config.codes.sources[0] else {
+            panic!("intune");
+        };
+        intune.assertion_alg()
+    };
+    assert_eq!(alg(""), AssertionAlg::Ps256);
+    assert_eq!(alg("assertion_alg = \"ps256\"\n"), AssertionAlg::Ps256);
+    assert_eq!(alg("assertion_alg = \"rs256\"\n"), AssertionAlg::Rs256);
+    let text = error(&format!("{CERT}assertion_alg = \"hs256\"\n"));
+    assert!(text.contains("hs256"), "{text}");
+    let text = error("[[codes.sources]]\ntype = \"intune\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\nassertion_alg = \"rs256\"\n");
+    assert!(
+        text.contains("`assertion_alg` applies to a `certificate` credential only"),
+        "{text}"
+    );
+}
+
+#[test]
 fn intune_urls_follow_the_cloud() {
     let config = parse(
         "[[codes.sources]]\ntype = \"intune\"\ntenant = \"contoso.onmicrosoft.us\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\ncloud = \"dod\"\n",

@@ -458,7 +458,10 @@ async fn a_certificate_credential_instead_of_a_secret() {
     assert!(out.stdout.contains("chmod 600"), "{out}");
 
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // The station's default (PS256, `x5t#S256`) passes a tenant that refuses RS256.
+    f.bench.graph().set_strict_assertions(true);
     let out = f.station(&config, &args, true).await;
+    f.bench.graph().set_strict_assertions(false);
     out.assert_success();
     let json: Value =
         serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));

@@ -4,7 +4,9 @@
 use crate::redact::scrubbed;
 
 /// `error.code` / `error.message` of a Graph error body, or `error` / `error_description` of
-/// an OAuth2 one, both scrubbed. `None` when the body is neither.
+/// an OAuth2 one, both scrubbed. Intune nests a JSON document in `error.message`; its
+/// `Message` is used, without the support identifiers and URL after it. `None` when the body
+/// is neither.
 pub fn service_error(body: &[u8]) -> Option<(String, String)> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let error = value.get("error")?;
@@ -19,7 +21,30 @@ pub fn service_error(body: &[u8]) -> Option<(String, String)> {
         ),
         _ => return None,
     };
-    Some((scrubbed(code), scrubbed(message.unwrap_or(""))))
+    let message = message.unwrap_or("");
+    let message = nested_message(message).unwrap_or_else(|| message.to_string());
+    Some((scrubbed(code), scrubbed(&message)))
+}
+
+/// Intune's nested error (docs/mdm.md §1.8): `{"_version": 3, "Message": "… - Operation ID
+/// (for customer support): … - Activity ID: … - Url: …", …}` gives the text before the
+/// first " - Operation ID" (or " - Activity ID", " - Url:").
+fn nested_message(message: &str) -> Option<String> {
+    let trimmed = message.trim_start();
+    if !trimmed.starts_with('{') {
+        return None;
+    }
+    let document: serde_json::Value = serde_json::from_str(trimmed).ok()?;
+    let text = document
+        .get("Message")
+        .or_else(|| document.get("message"))?
+        .as_str()?;
+    let end = [" - Operation ID", " - Activity ID", " - Url:"]
+        .iter()
+        .filter_map(|marker| text.find(marker))
+        .min()
+        .unwrap_or(text.len());
+    Some(text[..end].trim().to_string())
 }
 
 /// Parses a JSON answer. serde_json's messages can quote the document (codes, tokens), so
@@ -72,6 +97,39 @@ mod tests {
             Some("invalid_client".into())
         );
         assert_eq!(service_error(b"<html>"), None);
+    }
+
+    /// Shaped like a real Intune 403 (memdocs Graph Explorer sample, docs/mdm.md §1.8).
+    const NESTED_403: &[u8] = br#"{"error":{"code":"Forbidden","message":"{\r\n  \"_version\": 3,\r\n  \"Message\": \"Application is not authorized to perform this operation. Application must have one of the following scopes: DeviceManagementManagedDevices.Read.All, DeviceManagementManagedDevices.ReadWrite.All - Operation ID (for customer support): 00000000-0000-0000-0000-000000000000 - Activity ID: 7b3f1c2a-9d4e-4f5a-8b6c-1d2e3f4a5b6c - Url: https://fef.msua06.manage.microsoft.com/DeviceFE/StatelessDeviceFEService/deviceManagement/managedDevices?api-version=2023-08-01\",\r\n  \"CustomApiErrorPhrase\": \"\",\r\n  \"RetryAfter\": null,\r\n  \"ErrorSourceService\": \"\",\r\n  \"HttpHeaders\": \"{}\"\r\n}","innerError":{"date":"2024-05-02T10:11:12","request-id":"7b3f1c2a-9d4e-4f5a-8b6c-1d2e3f4a5b6c","client-request-id":"7b3f1c2a-9d4e-4f5a-8b6c-1d2e3f4a5b6c"}}}"#;
+
+    #[test]
+    fn intune_nested_messages_are_unwrapped() {
+        let (code, message) = service_error(NESTED_403).expect("a Graph error");
+        assert_eq!(code, "Forbidden");
+        assert_eq!(
+            message,
+            "Application is not authorized to perform this operation. Application must have one of the following scopes: DeviceManagementManagedDevices.Read.All, DeviceManagementManagedDevices.ReadWrite.All"
+        );
+        for tail in [
+            "Operation ID",
+            "Activity ID",
+            "Url",
+            "manage.microsoft.com",
+            "{",
+        ] {
+            assert!(!message.contains(tail), "{message}");
+        }
+    }
+
+    #[test]
+    fn nested_messages_never_show_a_token() {
+        let body = br#"{"error":{"code":"Forbidden","message":"{\"_version\":3,\"Message\":\"Denied for eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9abc123 - Operation ID (for customer support): x - Url: https://fef.example/\"}"}}"#;
+        let (_, message) = service_error(body).expect("a Graph error");
+        assert!(!message.contains("eyJ0eXAi"), "{message}");
+        assert!(message.starts_with("Denied for"), "{message}");
+        // Not a nested document: kept as it is.
+        let plain = br#"{"error":{"code":"BadRequest","message":"{ not json"}}"#;
+        assert_eq!(service_error(plain).map(|e| e.1), Some("{ not json".into()));
     }
 
     #[test]

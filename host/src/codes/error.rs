@@ -55,9 +55,9 @@ impl LookupError {
     pub fn kind(&self) -> FailureKind {
         match self {
             LookupError::Intune(e) => match e {
-                IntuneError::Credential { .. } | IntuneError::TokenRefused { .. } => {
-                    FailureKind::Unauthorised
-                }
+                IntuneError::Credential { .. }
+                | IntuneError::TokenRefused { .. }
+                | IntuneError::TokenRejected { .. } => FailureKind::Unauthorised,
                 IntuneError::Permission { .. } => FailureKind::Forbidden,
                 IntuneError::Throttled { retry_after } => FailureKind::Throttled {
                     retry_after: *retry_after,

@@ -184,11 +184,14 @@ fn token(inner: &IntuneInner, req: &Req, form: &[(String, String)]) -> Answer {
                     &format!("client_assertion_type must be {JWT_BEARER}."),
                 );
             }
-            let keys = inner.settings().keys.clone();
+            let (keys, strict) = {
+                let settings = inner.settings();
+                (settings.keys.clone(), settings.strict_assertions)
+            };
             // The audience is the URL the assertion was posted to.
             let audience = format!("{}{}", inner.token_base, req.path);
             if let Err((status, code, why)) =
-                verify_assertion(assertion, &keys, &inner.client_id, &audience, SystemTime::now())
+                verify_assertion(assertion, &keys, &inner.client_id, &audience, SystemTime::now(), strict)
             {
                 return aadsts(status, "invalid_client", code, &why);
             }
@@ -208,7 +211,8 @@ fn token(inner: &IntuneInner, req: &Req, form: &[(String, String)]) -> Answer {
 
 /// Checks a client assertion (RFC 7523 as Entra uses it): an RS256 or PS256 JWT signed by
 /// one of `keys` (the one `x5t`/`x5t#S256` names, if it names one), `aud` = the token URL,
-/// `iss` = `sub` = the client id, `exp` in the future, `nbf` not in the future.
+/// `iss` = `sub` = the client id, `exp` in the future, `nbf` not in the future. `strict`
+/// accepts only PS256 and no SHA-1 `x5t`, as Entra's current documentation prescribes.
 /// Errors are (status, AADSTS code, description).
 pub(crate) fn verify_assertion(
     jwt: &str,
@@ -216,6 +220,7 @@ pub(crate) fn verify_assertion(
     client_id: &str,
     audience: &str,
     now: SystemTime,
+    strict: bool,
 ) -> Result<(), (u16, u32, String)> {
     let malformed = |why: &str| {
         (
@@ -237,18 +242,25 @@ pub(crate) fn verify_assertion(
         serde_json::from_slice(&decode(p)?).map_err(|_| malformed("payload is not JSON"))?;
     let signature = decode(s)?;
 
-    let algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
-        match header.get("alg").and_then(Value::as_str) {
-            Some("RS256") => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-            Some("PS256") => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
-            _ => {
-                return Err((
-                    401,
-                    5002738,
-                    "The client assertion must be signed with RS256 or PS256.".to_string(),
-                ))
-            }
-        };
+    let alg = header.get("alg").and_then(Value::as_str);
+    if strict && (alg != Some("PS256") || header.get("x5t").is_some()) {
+        return Err((
+            401,
+            5002738,
+            "The client assertion must be signed with PS256 and name its certificate by x5t#S256; RS256 and SHA-1 x5t are not accepted for this application.".to_string(),
+        ));
+    }
+    let algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match alg {
+        Some("RS256") => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        Some("PS256") => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+        _ => {
+            return Err((
+                401,
+                5002738,
+                "The client assertion must be signed with RS256 or PS256.".to_string(),
+            ))
+        }
+    };
     let thumb = |name: &str| {
         header
             .get(name)

@@ -8,7 +8,11 @@
 //! - `GET managedDevices/{id}` (or `managedDevices('{id}')`): the code only when
 //!   `$select` names it;
 //! - `POST managedDevices/{id}/bypassActivationLock`: 204, and the phone's `mdm` lock is
-//!   released (the stand-in Albert answers a record from then on).
+//!   released (the stand-in Albert answers a record from then on); a POST that declares no
+//!   length (neither `Content-Length` nor `Transfer-Encoding`) gets 411, as Graph's
+//!   HTTP/1.1 front end answers (docs/mdm.md §1.3);
+//! - Intune's own errors (403, 404, 5xx of `managedDevices`) carry a JSON document inside
+//!   `error.message`, as the real service's do (docs/mdm.md §1.8).
 //!
 //! `udid` and a few other properties are `$select`-only: null unless selected.
 
@@ -53,15 +57,41 @@ fn bad_request(message: &str) -> Answer {
     )
 }
 
-/// Throttling and injected failures.
+/// An error raised by Intune behind Graph: `error.message` is itself a JSON document whose
+/// `Message` ends in the support identifiers and the Intune URL (docs/mdm.md §1.8).
+fn intune_error(status: u16, code: &str, message: &str, outcome: MdmOutcome) -> Answer {
+    let operation = uuid::Uuid::new_v4().hyphenated().to_string();
+    let activity = uuid::Uuid::new_v4().hyphenated().to_string();
+    let inner = json!({
+        "_version": 3,
+        "Message": format!(
+            "{message} - Operation ID (for customer support): {operation} - Activity ID: {activity} - Url: https://fef.msua06.manage.microsoft.com/DeviceFE/StatelessDeviceFEService/deviceManagement/managedDevices?api-version=2024-01-01"
+        ),
+        "CustomApiErrorPhrase": "",
+        "RetryAfter": null,
+        "ErrorSourceService": "",
+        "HttpHeaders": "{}",
+    });
+    graph_error(status, code, &inner.to_string(), outcome)
+}
+
+/// Throttling and injected failures; a throttled request is answered by Graph's gateway,
+/// anything else by Intune.
 pub(crate) fn error_answer(status: u16, message: &str) -> Answer {
     let code = match status {
-        429 => "TooManyRequests",
+        429 => {
+            return graph_error(
+                status,
+                "TooManyRequests",
+                message,
+                outcome_for(status, message),
+            )
+        }
         503 => "ServiceNotAvailable",
         504 => "GatewayTimeout",
         _ => "InternalServerError",
     };
-    graph_error(status, code, message, outcome_for(status, message))
+    intune_error(status, code, message, outcome_for(status, message))
 }
 
 /// Which resource a path names.
@@ -148,6 +178,17 @@ pub(crate) fn route(inner: &IntuneInner, req: &Req) -> Answer {
         )
         .with_header("Allow", wanted);
     }
+    if req.method == "POST" && !req.declares_length {
+        let message = "Length Required: a POST must carry Content-Length (0 when it has no body).";
+        return graph_error(
+            411,
+            "LengthRequired",
+            message,
+            MdmOutcome::BadRequest {
+                reason: message.to_string(),
+            },
+        );
+    }
     let roles = match authorize(inner, req) {
         Ok(roles) => roles,
         Err(answer) => return *answer,
@@ -220,7 +261,7 @@ fn forbidden(any_of: &[&str]) -> Answer {
         "Application is not authorized to perform this operation. Application must have one of the following scopes: {}",
         any_of.join(", ")
     );
-    graph_error(
+    intune_error(
         403,
         "Forbidden",
         &message,
@@ -231,7 +272,7 @@ fn forbidden(any_of: &[&str]) -> Answer {
 }
 
 fn not_found(id: &str) -> Answer {
-    graph_error(
+    intune_error(
         404,
         "ResourceNotFound",
         &format!("Resource not found: no managedDevice with id '{id}'."),

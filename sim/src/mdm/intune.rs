@@ -121,6 +121,8 @@ pub(crate) struct Settings {
     pub page_size: u32,
     pub ignore_filters: bool,
     pub bypass_delay: Duration,
+    /// Only PS256 client assertions are accepted.
+    pub strict_assertions: bool,
     pub tokens: HashMap<String, IssuedToken>,
 }
 
@@ -390,6 +392,7 @@ impl Graph {
                     page_size: spec.page_size.unwrap_or(DEFAULT_PAGE_SIZE),
                     ignore_filters: spec.ignore_filters,
                     bypass_delay: Duration::from_millis(spec.bypass_delay_ms),
+                    strict_assertions: spec.strict_assertions,
                     tokens: HashMap::new(),
                 }),
             }),
@@ -470,6 +473,12 @@ impl Graph {
     /// Ignore every `$filter` (return everything, paged), as Graph does with unsupported ones.
     pub fn set_ignore_filters(&self, on: bool) {
         self.inner.settings().ignore_filters = on;
+    }
+
+    /// Refuse RS256 client assertions with Entra's `invalid_client` answer: only PS256 with
+    /// `x5t#S256` (or a bare key) passes, as Entra's current documentation prescribes.
+    pub fn set_strict_assertions(&self, on: bool) {
+        self.inner.settings().strict_assertions = on;
     }
 
     /// `bypassActivationLock` takes effect this long after it is accepted.

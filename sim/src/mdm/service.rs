@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::{Request, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -268,6 +268,8 @@ impl ServiceCore {
         };
         let authorization = header(AUTHORIZATION);
         let content_type = header(CONTENT_TYPE);
+        let declares_length = req.headers().contains_key(CONTENT_LENGTH)
+            || req.headers().contains_key(TRANSFER_ENCODING);
         let verdict = self.faults().decide(at);
         let answer = match verdict {
             Verdict::Throttle { retry_after, early } => {
@@ -297,6 +299,7 @@ impl ServiceCore {
                     query: &query,
                     authorization: authorization.as_deref(),
                     content_type: content_type.as_deref(),
+                    declares_length,
                     body: &body,
                 }),
             },
@@ -349,6 +352,8 @@ pub(crate) struct Req<'a> {
     pub query: &'a [(String, String)],
     pub authorization: Option<&'a str>,
     pub content_type: Option<&'a str>,
+    /// The request declared its body's length (`Content-Length` or `Transfer-Encoding`).
+    pub declares_length: bool,
     pub body: &'a [u8],
 }
 

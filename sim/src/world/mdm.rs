@@ -248,6 +248,10 @@ pub struct IntuneSpec {
     /// `bypassActivationLock` takes effect this long after it is accepted.
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub bypass_delay_ms: u64,
+    /// Refuse RS256 client assertions (and SHA-1 `x5t`), as a tenant that only takes Entra's
+    /// current PS256 + `x5t#S256` form would (docs/mdm.md §1.5).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict_assertions: bool,
     /// Faults of Graph.
     #[serde(skip_serializing_if = "HttpFaultSpec::is_default")]
     pub graph: HttpFaultSpec,

@@ -279,7 +279,9 @@ impl Intune {
 fn graph_failure(response: &HttpResponse, permission: &'static str) -> IntuneError {
     let (code, message) = service_error(&response.body).unwrap_or_default();
     match response.status {
-        401 | 403 => IntuneError::Permission {
+        // Only after the token was renewed once (see `graph`).
+        401 => IntuneError::TokenRejected { code, message },
+        403 => IntuneError::Permission {
             status: response.status,
             code,
             message,

@@ -70,6 +70,9 @@ pub enum IntuneError {
         message: String,
         permission: &'static str,
     },
+    /// Graph refused a token Entra ID had just issued, also after renewing it.
+    #[error("Graph keeps refusing the token Entra ID issued (HTTP 401 {code}{}): this usually means the wrong tenant, cloud or client_id (a token for another directory or national cloud), not a missing permission", colon_prefixed(.message))]
+    TokenRejected { code: String, message: String },
     #[error("Graph is throttling this app (HTTP 429{}): retry later or lower max_requests_per_second", retry_after_text(*.retry_after))]
     Throttled { retry_after: Option<Duration> },
     #[error("Graph answered HTTP {status} {code}{}", colon_prefixed(.message))]
@@ -178,7 +181,9 @@ impl CodeSource for Intune {
                 let key_pem =
                     station_config::read_private_file(&cert.key_file).map_err(|e| e.to_string())?;
                 Credential::Certificate(
-                    Certificate::from_pem(&cert_pem, &key_pem).map_err(|e| e.to_string())?,
+                    Certificate::from_pem(&cert_pem, &key_pem)
+                        .map_err(|e| e.to_string())?
+                        .with_algorithm(config.assertion_alg()),
                 )
             }
             (None, None) => return Err("needs client_secret or certificate".into()),
@@ -203,7 +208,14 @@ impl CodeSource for Intune {
     fn describe(config: &IntuneSource) -> Description {
         let credential = match (&config.client_secret, &config.certificate) {
             (Some(secret), _) => format!("client secret from {}", secret.describe()),
-            (None, Some(cert)) => format!("certificate {}", cert.cert_file.display()),
+            (None, Some(cert)) => format!(
+                "certificate {} ({})",
+                cert.cert_file.display(),
+                match config.assertion_alg() {
+                    station_config::AssertionAlg::Ps256 => "PS256, x5t#S256",
+                    station_config::AssertionAlg::Rs256 => "RS256, SHA-1 x5t",
+                }
+            ),
             (None, None) => "no credential".into(),
         };
         let action = if config.bypass_action {

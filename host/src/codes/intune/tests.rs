@@ -451,6 +451,45 @@ async fn a_missing_permission_is_named() {
     );
     assert!(text.contains("HTTP 403 Forbidden"), "{text}");
     assert!(guids(&text).is_empty(), "{text}");
+    // The stand-in nests Intune's message as the real service does; only its text shows.
+    assert!(
+        text.contains(": Application is not authorized to perform this operation."),
+        "{text}"
+    );
+    for tail in ["{", "_version", "Operation ID", "Activity ID", "Url:"] {
+        assert!(!text.contains(tail), "{tail} in {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_401_points_at_tenant_cloud_or_client() {
+    // Tokens from one directory's Entra, sent to another's Graph: Entra issues them, Graph
+    // never takes them.
+    let s = setup(vec![this_phone()]).await;
+    let elsewhere = setup(vec![this_phone()]).await;
+    let mut settings = s.settings();
+    settings.graph_root = elsewhere.graph.url().to_string();
+    let err = Intune::new(settings)
+        .expect("client")
+        .fetch(SERIAL, UDID)
+        .await
+        .expect_err("401");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, IntuneError::TokenRejected { code, .. } if code == "InvalidAuthenticationToken"),
+        "{text}"
+    );
+    assert!(
+        text.contains("usually means the wrong tenant, cloud or client_id")
+            && text.contains("not a missing permission"),
+        "{text}"
+    );
+    assert!(!text.contains("needs the application permission"), "{text}");
+    assert_eq!(s.token_requests(), 2, "renewed once, then reported");
+    assert_eq!(
+        LookupError::from(err).kind(),
+        crate::codes::error::FailureKind::Unauthorised
+    );
 }
 
 #[tokio::test]
@@ -582,6 +621,7 @@ async fn a_national_cloud_asks_for_its_own_graph() {
         client_id: CLIENT_ID.into(),
         client_secret: Some(Secret::File(secret_file.clone())),
         certificate: None,
+        assertion_alg: None,
         cloud,
         token_url: Some(s.graph.token_url()),
         graph_url: Some(s.graph.url().to_string()),
@@ -613,44 +653,33 @@ async fn a_national_cloud_asks_for_its_own_graph() {
     );
 }
 
-#[tokio::test]
-async fn a_certificate_signs_an_rs256_assertion() {
+/// A self-signed RSA certificate and its key, PEM.
+fn certificate_pair() -> (rcgen::Certificate, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("rsa key");
     let cert = rcgen::CertificateParams::new(vec!["station".to_string()])
         .expect("params")
         .self_signed(&key)
         .expect("cert");
-    let certificate = Certificate::from_pem(&cert.pem(), &key.serialize_pem()).expect("credential");
-    let thumbprint =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, cert.der());
-    assert_eq!(
-        certificate.x5t(),
-        URL_SAFE_NO_PAD.encode(thumbprint.as_ref())
-    );
-    assert!(!format!("{certificate:?}").contains("PRIVATE"));
+    (cert, key)
+}
 
-    let s = setup(vec![this_phone()]).await;
-    s.graph
-        .add_certificate_pem(&cert.pem())
-        .expect("certificate registered");
-    let mut settings = s.settings();
-    let token_url = settings.token_url.clone();
-
-    // The assertion as the token request carries it (the stand-in's log keeps no values).
-    let jwt = certificate
-        .assertion(CLIENT_ID, &token_url)
-        .expect("assertion");
-    let jwt = jwt.expose();
+/// Header, claims, the signed part and the signature of a JWT.
+fn jwt_parts(jwt: &str) -> (serde_json::Value, serde_json::Value, String, Vec<u8>) {
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3);
     let decode = |p: &str| -> serde_json::Value {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).expect("base64url")).expect("json")
     };
-    let header = decode(parts[0]);
-    assert_eq!(header["alg"], "RS256");
-    assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(thumbprint.as_ref()));
-    let claims = decode(parts[1]);
-    assert_eq!(claims["aud"], token_url.as_str());
+    (
+        decode(parts[0]),
+        decode(parts[1]),
+        format!("{}.{}", parts[0], parts[1]),
+        URL_SAFE_NO_PAD.decode(parts[2]).expect("signature"),
+    )
+}
+
+fn check_claims(claims: &serde_json::Value, token_url: &str) {
+    assert_eq!(claims["aud"], token_url);
     assert_eq!(claims["iss"], CLIENT_ID);
     assert_eq!(claims["sub"], claims["iss"]);
     assert_eq!(claims["jti"].as_str().map(str::len), Some(32));
@@ -659,29 +688,127 @@ async fn a_certificate_signs_an_rs256_assertion() {
         claims["exp"].as_u64().expect("exp"),
     );
     assert!(exp > nbf);
-    let signature = URL_SAFE_NO_PAD.decode(parts[2]).expect("signature");
-    aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        certificate.public_key(),
-    )
-    .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
-    .expect("signature verifies");
+}
 
-    // The stand-in checks what Entra checks: the assertion type, the key the `x5t` names,
-    // the signature, `aud` = the URL posted to, `iss` = `sub` = the client id, the times.
+/// Looks the phone up with `certificate` as the credential; the token request's status.
+async fn lookup_with_certificate(
+    s: &Setup,
+    certificate: Certificate,
+) -> Result<Lookup, IntuneError> {
+    let mut settings = s.settings();
     settings.credential = Credential::Certificate(certificate);
-    let lookup = Intune::new(settings)
+    let result = Intune::new(settings)
         .expect("client")
         .fetch(SERIAL, UDID)
-        .await
-        .expect("lookup");
-    assert_eq!(revealed(&lookup), vec![GOOD]);
-    let request = &s.graph.token_requests()[0];
-    assert_eq!(request.status, 200);
+        .await;
+    let request = s
+        .graph
+        .token_requests()
+        .last()
+        .cloned()
+        .expect("a token request");
     assert!(!request.fields.iter().any(|f| f == "client_secret"));
     for field in ["client_assertion_type", "client_assertion"] {
         assert!(request.fields.iter().any(|f| f == field), "{field}");
     }
+    result
+}
+
+#[tokio::test]
+async fn a_certificate_signs_a_ps256_assertion_by_default() {
+    let (cert, key) = certificate_pair();
+    let certificate = Certificate::from_pem(&cert.pem(), &key.serialize_pem()).expect("credential");
+    let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
+    assert_eq!(
+        certificate.x5t_s256(),
+        URL_SAFE_NO_PAD.encode(sha256.as_ref())
+    );
+    assert!(!format!("{certificate:?}").contains("PRIVATE"));
+
+    let s = setup(vec![this_phone()]).await;
+    s.graph
+        .add_certificate_pem(&cert.pem())
+        .expect("certificate registered");
+    // Entra's current form only: RS256 and SHA-1 `x5t` would be refused.
+    s.graph.set_strict_assertions(true);
+    let token_url = s.graph.token_url();
+
+    let jwt = certificate
+        .assertion(CLIENT_ID, &token_url)
+        .expect("assertion");
+    let (header, claims, signed, signature) = jwt_parts(jwt.expose());
+    assert_eq!(header["alg"], "PS256");
+    assert_eq!(header["x5t#S256"], URL_SAFE_NO_PAD.encode(sha256.as_ref()));
+    assert!(header.get("x5t").is_none(), "{header}");
+    check_claims(&claims, &token_url);
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+        certificate.public_key(),
+    )
+    .verify(signed.as_bytes(), &signature)
+    .expect("signature verifies");
+
+    let lookup = lookup_with_certificate(&s, certificate)
+        .await
+        .expect("lookup in strict mode");
+    assert_eq!(revealed(&lookup), vec![GOOD]);
+    assert_eq!(s.graph.token_requests()[0].status, 200);
+}
+
+#[tokio::test]
+async fn an_rs256_assertion_is_a_fallback_strict_tenants_refuse() {
+    let (cert, key) = certificate_pair();
+    let certificate = || {
+        Certificate::from_pem(&cert.pem(), &key.serialize_pem())
+            .expect("credential")
+            .with_algorithm(station_config::AssertionAlg::Rs256)
+    };
+    let thumbprint =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, cert.der());
+    assert_eq!(
+        certificate().x5t(),
+        URL_SAFE_NO_PAD.encode(thumbprint.as_ref())
+    );
+
+    let s = setup(vec![this_phone()]).await;
+    s.graph
+        .add_certificate_pem(&cert.pem())
+        .expect("certificate registered");
+    let token_url = s.graph.token_url();
+
+    // The assertion as the token request carries it (the stand-in's log keeps no values).
+    let jwt = certificate()
+        .assertion(CLIENT_ID, &token_url)
+        .expect("assertion");
+    let (header, claims, signed, signature) = jwt_parts(jwt.expose());
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(thumbprint.as_ref()));
+    check_claims(&claims, &token_url);
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        certificate().public_key(),
+    )
+    .verify(signed.as_bytes(), &signature)
+    .expect("signature verifies");
+
+    // The stand-in checks what Entra checks: the assertion type, the key the `x5t` names,
+    // the signature, `aud` = the URL posted to, `iss` = `sub` = the client id, the times.
+    let lookup = lookup_with_certificate(&s, certificate())
+        .await
+        .expect("lookup");
+    assert_eq!(revealed(&lookup), vec![GOOD]);
+    assert_eq!(s.graph.token_requests()[0].status, 200);
+
+    // A tenant that takes only Entra's current form refuses it, as Entra does.
+    s.graph.set_strict_assertions(true);
+    let err = lookup_with_certificate(&s, certificate())
+        .await
+        .expect_err("refused in strict mode");
+    assert!(
+        matches!(&err, IntuneError::TokenRefused { status: 401, code, .. } if code == "invalid_client"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("AADSTS5002738"), "{err}");
 }
 
 #[test]

@@ -1,14 +1,15 @@
-//! The app-only token: a client secret or a certificate assertion (RS256, `x5t#S256`) sent
-//! to Entra ID's token endpoint, kept until shortly before it expires and shared by the
+//! The app-only token: a client secret or a certificate assertion (PS256 with `x5t#S256` by
+//! default, RS256 with a SHA-1 `x5t` as a fallback; docs/mdm.md §1.5) sent to Entra ID's
+//! token endpoint, kept until shortly before it expires and shared by the
 //! source's concurrent look-ups.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{RsaEncoding, RsaKeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::Deserialize;
-use station_config::SecretString;
+use station_config::{AssertionAlg, SecretString};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
@@ -29,16 +30,23 @@ pub enum Credential {
     Certificate(Certificate),
 }
 
-/// A certificate credential: the key signs an RS256 client assertion, the certificate's
-/// SHA-1 thumbprint names it (`x5t`).
+/// A certificate credential: the key signs the client assertion, PS256 named by the
+/// certificate's SHA-256 thumbprint (`x5t#S256`) unless RS256 with its SHA-1 one (`x5t`)
+/// was chosen.
 pub struct Certificate {
     x5t: String,
+    x5t_s256: String,
+    algorithm: AssertionAlg,
     key: RsaKeyPair,
 }
 
 impl std::fmt::Debug for Certificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Certificate {{ x5t: {}, key: <redacted> }}", self.x5t)
+        write!(
+            f,
+            "Certificate {{ x5t#S256: {}, algorithm: {:?}, key: <redacted> }}",
+            self.x5t_s256, self.algorithm
+        )
     }
 }
 
@@ -54,10 +62,11 @@ impl Certificate {
             .iter()
             .find(|b| b.tag() == "CERTIFICATE")
             .ok_or_else(|| bad("certificate file holds no CERTIFICATE block"))?;
-        let thumbprint = aws_lc_rs::digest::digest(
+        let sha1 = aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
             cert.contents(),
         );
+        let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.contents());
         // Parse errors of the key file say nothing of its contents.
         let blocks = pem::parse_many(key_pem).map_err(|_| bad("key file is not PEM"))?;
         let key = blocks
@@ -70,15 +79,29 @@ impl Certificate {
             .ok_or_else(|| bad("key file holds no PRIVATE KEY or RSA PRIVATE KEY block"))?
             .map_err(|_| bad("key file does not hold a usable RSA key (2048 bits or more)"))?;
         Ok(Certificate {
-            x5t: URL_SAFE_NO_PAD.encode(thumbprint.as_ref()),
+            x5t: URL_SAFE_NO_PAD.encode(sha1.as_ref()),
+            x5t_s256: URL_SAFE_NO_PAD.encode(sha256.as_ref()),
+            algorithm: AssertionAlg::default(),
             key,
         })
+    }
+
+    /// Signs with `algorithm` instead of the default PS256.
+    pub fn with_algorithm(mut self, algorithm: AssertionAlg) -> Self {
+        self.algorithm = algorithm;
+        self
     }
 
     /// The `x5t` header value: base64url of the certificate's SHA-1 thumbprint.
     #[cfg(test)]
     pub(super) fn x5t(&self) -> &str {
         &self.x5t
+    }
+
+    /// The `x5t#S256` header value: base64url of the certificate's SHA-256 thumbprint.
+    #[cfg(test)]
+    pub(super) fn x5t_s256(&self) -> &str {
+        &self.x5t_s256
     }
 
     /// The DER `RSAPublicKey` of the key, for tests that check the signature.
@@ -88,7 +111,7 @@ impl Certificate {
         self.key.public_key().as_ref().to_vec()
     }
 
-    /// An RS256 JWT: `aud` the token URL, `iss` = `sub` = the client id, a random `jti`.
+    /// A PS256 (or RS256) JWT: `aud` the token URL, `iss` = `sub` = the client id, a random `jti`.
     pub(super) fn assertion(
         &self,
         client_id: &str,
@@ -101,7 +124,16 @@ impl Certificate {
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| IntuneError::Credential {
             reason: "no randomness for the assertion id".into(),
         })?;
-        let header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "x5t": self.x5t });
+        let (header, encoding): (_, &'static dyn RsaEncoding) = match self.algorithm {
+            AssertionAlg::Ps256 => (
+                serde_json::json!({ "alg": "PS256", "typ": "JWT", "x5t#S256": self.x5t_s256 }),
+                &RSA_PSS_SHA256,
+            ),
+            AssertionAlg::Rs256 => (
+                serde_json::json!({ "alg": "RS256", "typ": "JWT", "x5t": self.x5t }),
+                &RSA_PKCS1_SHA256,
+            ),
+        };
         let claims = serde_json::json!({
             "aud": audience,
             "iss": client_id,
@@ -119,7 +151,7 @@ impl Certificate {
         let mut signature = vec![0u8; self.key.public_modulus_len()];
         self.key
             .sign(
-                &RSA_PKCS1_SHA256,
+                encoding,
                 &aws_lc_rs::rand::SystemRandom::new(),
                 signing_input.as_bytes(),
                 &mut signature,
