@@ -177,26 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
             .send(&plist::Value::Dictionary(message))
             .await?;
         let reply = self.channel.recv().await?;
-        let plist::Value::Dictionary(reply) = reply else {
-            return Err(LockdownError::UnexpectedReply {
-                request: request.into(),
-                detail: "reply is not a dictionary".into(),
-            });
-        };
-        if let Some(error) = reply.get("Error").and_then(|v| v.as_string()) {
-            return Err(LockdownError::Refused {
-                request: request.into(),
-                kind: LockdownErrorKind::parse(error),
-            });
-        }
-        // Before iOS 5 failures came as Result: Failure without an Error string.
-        if reply.get("Result").and_then(|v| v.as_string()) == Some("Failure") {
-            return Err(LockdownError::Refused {
-                request: request.into(),
-                kind: LockdownErrorKind::InvalidResponse,
-            });
-        }
-        Ok(reply)
+        check_reply(request, reply)
     }
 
     /// `QueryType`; fails unless the port is lockdownd in normal OS mode.
@@ -412,6 +393,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LockdownClient<S> {
     pub fn into_channel(self) -> PlistChannel<S> {
         self.channel
     }
+}
+
+/// Checks one lockdown reply: a dictionary without `Error` and without `Result: Failure`.
+/// Public only so the fuzz targets reach it.
+#[doc(hidden)]
+pub fn check_reply(request: &str, reply: plist::Value) -> Result<plist::Dictionary, LockdownError> {
+    let plist::Value::Dictionary(reply) = reply else {
+        return Err(LockdownError::UnexpectedReply {
+            request: request.into(),
+            detail: "reply is not a dictionary".into(),
+        });
+    };
+    if let Some(error) = reply.get("Error").and_then(|v| v.as_string()) {
+        return Err(LockdownError::Refused {
+            request: request.into(),
+            kind: LockdownErrorKind::parse(error),
+        });
+    }
+    // Before iOS 5 failures came as Result: Failure without an Error string.
+    if reply.get("Result").and_then(|v| v.as_string()) == Some("Failure") {
+        return Err(LockdownError::Refused {
+            request: request.into(),
+            kind: LockdownErrorKind::InvalidResponse,
+        });
+    }
+    Ok(reply)
 }
 
 #[cfg(test)]

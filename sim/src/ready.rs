@@ -134,9 +134,117 @@ impl ReadyInfo {
 
     pub fn read(path: &Path) -> Result<ReadyInfo, SimError> {
         let text = std::fs::read_to_string(path).map_err(|e| SimError::io("read", path, e))?;
-        serde_json::from_str(&text).map_err(|e| SimError::State {
+        Self::from_json(&text).map_err(|e| SimError::State {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })
+    }
+
+    /// Parses the file's text; what [`ReadyInfo::read`] does after reading it. Public for the
+    /// fuzz target and the round-trip property test.
+    #[doc(hidden)]
+    pub fn from_json(text: &str) -> Result<ReadyInfo, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "[ -~é\\n\\t\"]{0,16}"
+    }
+
+    prop_compose! {
+        fn device()(
+            udid in "[0-9A-F]{8}-[0-9A-F]{16}",
+            names in proptest::collection::vec(text(), 12),
+            numbers in (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()),
+            flags in (any::<bool>(), any::<bool>(), any::<bool>()),
+            optional in (
+                proptest::option::of("[0-9]{15}"),
+                proptest::option::of("[0-9]{15}"),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u32>()),
+            ),
+            codes in proptest::collection::vec(text(), 0..3),
+        ) -> ReadyDevice {
+            ReadyDevice {
+                udid,
+                serial: names[0].clone(),
+                product_type: names[1].clone(),
+                product_version: names[2].clone(),
+                build_version: names[3].clone(),
+                hardware_model: names[4].clone(),
+                marketing_name: names[5].clone(),
+                device_class: names[6].clone(),
+                device_name: names[7].clone(),
+                activation_state: names[8].clone(),
+                trust: names[9].clone(),
+                trust_delay_ms: numbers.0,
+                passcode_locked: flags.0,
+                imei: optional.0,
+                imei2: optional.1,
+                wifi_address: names[10].clone(),
+                unique_chip_id: numbers.1,
+                location_id: numbers.2,
+                product_id: numbers.3,
+                plug_at_ms: optional.2,
+                unplug_at_ms: optional.3,
+                attached: flags.1,
+                device_id: optional.4,
+                lock: names[11].clone(),
+                codes: codes.clone(),
+                stale_codes: codes,
+                enrollments: Vec::new(),
+                lock_released: flags.2,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn ready_info()(
+            paths in ("/[a-z0-9/._-]{1,24}", "/[a-z0-9/._-]{1,24}"),
+            system_buid in text(),
+            pid: u32,
+            activation_url in text(),
+            mdm in proptest::option::of(proptest::collection::vec(text(), 7)),
+            station_config in proptest::option::of("/[a-z0-9/._-]{1,24}"),
+            devices in proptest::collection::vec(device(), 0..3),
+        ) -> ReadyInfo {
+            ReadyInfo {
+                socket: paths.0.into(),
+                state_dir: paths.1.into(),
+                system_buid,
+                pid,
+                activation_url,
+                mdm: mdm.map(|m| ReadyMdm {
+                    intune: ReadyIntune {
+                        token_url_base: m[0].clone(),
+                        token_url: m[1].clone(),
+                        graph_url: m[2].clone(),
+                        tenant: m[3].clone(),
+                        client_id: m[4].clone(),
+                        scope: m[5].clone(),
+                    },
+                    kandji: ReadyKandji { api_url: m[6].clone() },
+                }),
+                station_config: station_config.map(PathBuf::from),
+                devices,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn ready_files_round_trip(info in ready_info()) {
+            let parsed = ReadyInfo::from_json(&info.to_json()).expect("parses");
+            prop_assert_eq!(parsed, info);
+        }
     }
 }
