@@ -97,6 +97,45 @@ impl InProcBench {
         self.dir.path().join("usbmuxd.sock")
     }
 
+    /// A fresh connection to the bench's usbmuxd, as a peer tool would open one.
+    pub async fn usbmux_client(
+        &self,
+    ) -> station_protocol::usbmux::UsbmuxClient<station_protocol::usbmux::UsbmuxStream> {
+        use station_protocol::usbmux::{connect_address, Address, UsbmuxClient};
+        let address = Address::Unix(self.socket());
+        let stream = connect_address(&address, HAND_STEP)
+            .await
+            .expect("bench socket");
+        UsbmuxClient::new(stream).with_timeout(HAND_STEP)
+    }
+
+    /// A plain lockdown connection to the phone with this UDID, opened by hand through the
+    /// bench's usbmuxd, with the bench's SystemBUID: where a test that pairs by hand starts.
+    pub async fn lockdown_by_hand(&self, udid: &str, label: &str) -> HandLockdown {
+        use station_protocol::lockdown::{LockdownClient, LOCKDOWN_PORT};
+        let device = self
+            .usbmux_client()
+            .await
+            .list_devices()
+            .await
+            .expect("devices")
+            .into_iter()
+            .find(|d| d.udid == udid)
+            .expect("the phone is attached");
+        let buid = self.usbmux_client().await.read_buid().await.expect("BUID");
+        let stream = self
+            .usbmux_client()
+            .await
+            .connect(device.device_id, LOCKDOWN_PORT)
+            .await
+            .expect("lockdown");
+        HandLockdown {
+            lockdown: LockdownClient::new(stream, label),
+            buid,
+            device_id: device.device_id,
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -378,4 +417,16 @@ impl Drop for StreamingStation {
             self.kill();
         }
     }
+}
+
+/// How long one usbmuxd request may take in the tests that talk to the bench by hand.
+const HAND_STEP: Duration = Duration::from_secs(10);
+
+/// See [`InProcBench::lockdown_by_hand`].
+pub struct HandLockdown {
+    pub lockdown:
+        station_protocol::lockdown::LockdownClient<station_protocol::usbmux::UsbmuxStream>,
+    pub buid: String,
+    /// usbmuxd's DeviceID of the phone, for connecting to its service ports.
+    pub device_id: u32,
 }

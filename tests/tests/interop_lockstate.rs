@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use station_protocol::channel::PlistChannel;
-use station_protocol::lockdown::{LockdownClient, LockdownErrorKind, LOCKDOWN_PORT};
+use station_protocol::lockdown::{LockdownClient, LockdownErrorKind};
 use station_protocol::mcinstall::{self, CloudConfiguration, McInstallClient};
 use station_protocol::pairing::{generate_pair_record, PairRecord};
-use station_protocol::usbmux::{connect_address, Address, UsbmuxClient, UsbmuxStream};
+use station_protocol::usbmux::UsbmuxStream;
 use station_tests::fixtures::{self, Phone};
-use station_tests::inproc::InProcBench;
+use station_tests::inproc::{HandLockdown, InProcBench};
 use station_tests::{Bench, ReadyDevice};
 
 const FIND_MY: &str = "find-my";
@@ -108,11 +108,6 @@ fn pymobiledevice3_reads_the_cloud_configuration() {
     assert_eq!(out.json(), Value::Null, "{out}");
 }
 
-async fn usbmux(address: &Address) -> UsbmuxClient<UsbmuxStream> {
-    let stream = connect_address(address, STEP).await.expect("bench socket");
-    UsbmuxClient::new(stream).with_timeout(STEP)
-}
-
 /// What the station's protocol client reads from one phone: Find My and the passcode from
 /// lockdown, the cloud configuration from MCInstall (its TLS as lockdown asks).
 struct Read {
@@ -122,22 +117,11 @@ struct Read {
 }
 
 async fn read_with_the_protocol_client(bench: &InProcBench, udid: &str) -> Read {
-    let address = Address::Unix(bench.socket());
-    let device = usbmux(&address)
-        .await
-        .list_devices()
-        .await
-        .expect("devices")
-        .into_iter()
-        .find(|d| d.udid == udid)
-        .expect("the phone is attached");
-    let buid = usbmux(&address).await.read_buid().await.expect("BUID");
-    let stream = usbmux(&address)
-        .await
-        .connect(device.device_id, LOCKDOWN_PORT)
-        .await
-        .expect("lockdown");
-    let mut lockdown = LockdownClient::new(stream, "lockstate-test");
+    let HandLockdown {
+        mut lockdown,
+        buid,
+        device_id,
+    } = bench.lockdown_by_hand(udid, "lockstate-test").await;
     let record = pair(&mut lockdown, &buid).await;
     let tls =
         station_protocol::tls::client_config(&record.host_certificate, &record.host_private_key)
@@ -161,9 +145,10 @@ async fn read_with_the_protocol_client(bench: &InProcBench, udid: &str) -> Read 
         .await
         .expect("StartService MCInstall");
     assert!(service.ssl, "a phone asks for TLS on MCInstall");
-    let stream = usbmux(&address)
+    let stream = bench
+        .usbmux_client()
         .await
-        .connect(device.device_id, service.port)
+        .connect(device_id, service.port)
         .await
         .expect("service port");
     let mut channel = PlistChannel::new(stream);
@@ -243,23 +228,10 @@ async fn the_protocol_client_reads_what_the_peers_read() {
     assert_eq!(r.cloud.supervised, None);
 
     // A passcode-locked phone cannot show the Trust prompt: Pair is refused as such.
-    let address = Address::Unix(bench.socket());
     let udid = bench.udid(PASSCODE).to_string();
-    let device = usbmux(&address)
-        .await
-        .list_devices()
-        .await
-        .expect("devices")
-        .into_iter()
-        .find(|d| d.udid == udid)
-        .expect("the phone is attached");
-    let buid = usbmux(&address).await.read_buid().await.expect("BUID");
-    let stream = usbmux(&address)
-        .await
-        .connect(device.device_id, LOCKDOWN_PORT)
-        .await
-        .expect("lockdown");
-    let mut lockdown = LockdownClient::new(stream, "lockstate-test");
+    let HandLockdown {
+        mut lockdown, buid, ..
+    } = bench.lockdown_by_hand(&udid, "lockstate-test").await;
     let key = lockdown
         .get_value(None, Some("DevicePublicKey"))
         .await

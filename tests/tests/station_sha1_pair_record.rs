@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use station_protocol::lockdown::{LockdownClient, LOCKDOWN_PORT};
 use station_protocol::pairing::{generate_pair_record, PairRecord};
 use station_protocol::tls_engine::TlsVersion;
-use station_protocol::usbmux::{connect_address, Address, UsbmuxClient, UsbmuxStream};
 use station_tests::fixtures::{self, Phone};
-use station_tests::inproc::InProcBench;
+use station_tests::inproc::{HandLockdown, InProcBench};
 use station_tests::sha1_records::sha1_signed;
 use x509_parser::oid_registry::OID_PKCS1_SHA1WITHRSA;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -24,11 +22,6 @@ fn world() -> String {
     fixtures::world(17, &[Phone::unactivated(PHONE)])
 }
 
-async fn usbmux(address: &Address) -> UsbmuxClient<UsbmuxStream> {
-    let stream = connect_address(address, STEP).await.expect("bench socket");
-    UsbmuxClient::new(stream).with_timeout(STEP)
-}
-
 fn host_cert_is_sha1(record: &PairRecord) -> bool {
     let block = pem::parse(&record.host_certificate).expect("PEM");
     let (_, cert) = X509Certificate::from_der(block.contents()).expect("certificate");
@@ -38,22 +31,11 @@ fn host_cert_is_sha1(record: &PairRecord) -> bool {
 /// Pairs the phone the way go-ios does (every certificate SHA-1-signed), checks a session
 /// with the station's TLS client, and saves the record through usbmuxd.
 async fn pair_with_sha1_record(bench: &InProcBench, udid: &str) -> PairRecord {
-    let address = Address::Unix(bench.socket());
-    let device = usbmux(&address)
-        .await
-        .list_devices()
-        .await
-        .expect("devices")
-        .into_iter()
-        .find(|d| d.udid == udid)
-        .expect("the phone is attached");
-    let buid = usbmux(&address).await.read_buid().await.expect("BUID");
-    let stream = usbmux(&address)
-        .await
-        .connect(device.device_id, LOCKDOWN_PORT)
-        .await
-        .expect("lockdown");
-    let mut lockdown = LockdownClient::new(stream, "sha1-host");
+    let HandLockdown {
+        mut lockdown,
+        buid,
+        device_id,
+    } = bench.lockdown_by_hand(udid, "sha1-host").await;
     let key = lockdown
         .get_value(None, Some("DevicePublicKey"))
         .await
@@ -94,9 +76,10 @@ async fn pair_with_sha1_record(bench: &InProcBench, udid: &str) -> PairRecord {
     lockdown.stop_session().await.expect("StopSession");
     let _ = lockdown.goodbye().await;
 
-    usbmux(&address)
+    bench
+        .usbmux_client()
         .await
-        .save_pair_record(udid, record.to_binary(), Some(device.device_id))
+        .save_pair_record(udid, record.to_binary(), Some(device_id))
         .await
         .expect("SavePairRecord");
     record
@@ -115,7 +98,8 @@ async fn station_activates_through_a_sha1_signed_pair_record() {
     assert_eq!(out.status.code(), Some(0), "{out}");
 
     // The station used the record as it was: same pairing, same SHA-1 certificate.
-    let stored = usbmux(&Address::Unix(bench.socket()))
+    let stored = bench
+        .usbmux_client()
         .await
         .read_pair_record(&udid)
         .await
