@@ -180,6 +180,11 @@ pub struct RunOptions {
     /// before the phones it took along count as interrupted.
     #[arg(long, default_value_t = 30)]
     pub replug_grace: u64,
+    /// Serve the live view of the line (page, /events, /metrics, /healthz) at this address,
+    /// e.g. 127.0.0.1:8080 (port 0: any free port; the address is printed on stderr). Only
+    /// this machine's addresses unless [ui] allow_remote = true [config: ui.http].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

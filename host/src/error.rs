@@ -84,12 +84,13 @@ pub enum ErrorCode {
     RunGone,
     Output,
     Demo,
+    HttpView,
 }
 
 impl ErrorCode {
     /// The catalogue, in the order `docs/errors.md` lists it.
     #[cfg_attr(not(test), allow(dead_code))] // read by the docs test
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::DeviceNotFound,
         ErrorCode::TrustPending,
         ErrorCode::TrustDenied,
@@ -129,6 +130,7 @@ impl ErrorCode {
         ErrorCode::RunGone,
         ErrorCode::Output,
         ErrorCode::Demo,
+        ErrorCode::HttpView,
     ];
 
     /// The stable identifier, e.g. `trust-pending`.
@@ -173,6 +175,7 @@ impl ErrorCode {
             ErrorCode::RunGone => "run-gone",
             ErrorCode::Output => "output",
             ErrorCode::Demo => "demo",
+            ErrorCode::HttpView => "http-view",
         }
     }
 
@@ -199,7 +202,8 @@ impl ErrorCode {
             | ErrorCode::ConfigInvalid
             | ErrorCode::ConfigRefused
             | ErrorCode::EnvFile
-            | ErrorCode::ReportRange => exit::USAGE,
+            | ErrorCode::ReportRange
+            | ErrorCode::HttpView => exit::USAGE,
             ErrorCode::UsbmuxdError
             | ErrorCode::PairingError
             | ErrorCode::TlsError
@@ -376,6 +380,11 @@ pub enum StationError {
         what: &'static str,
         reason: String,
     },
+    /// The live view's address is refused (not this machine's, without `[ui]
+    /// allow_remote`), unreadable, or cannot be bound.
+    HttpView {
+        reason: String,
+    },
 }
 
 impl StationError {
@@ -472,6 +481,7 @@ impl StationError {
             StationError::RunGone { .. } => ErrorCode::RunGone,
             StationError::Output(_) => ErrorCode::Output,
             StationError::Demo { .. } => ErrorCode::Demo,
+            StationError::HttpView { .. } => ErrorCode::HttpView,
         }
     }
 
@@ -561,6 +571,9 @@ impl StationError {
                 ..
             } => {
                 "it was stopped, or this watcher fell behind and was dropped; `station report` shows what it recorded".into()
+            }
+            StationError::HttpView { .. } => {
+                "give --http (or [ui] http) a free address of this machine, like 127.0.0.1:8080; another host's only with [ui] allow_remote = true".into()
             }
             StationError::Device { .. }
             | StationError::Usbmuxd(_)
@@ -693,6 +706,7 @@ impl StationError {
                 what: "demo world",
                 reason: text(),
             },
+            ErrorCode::HttpView => StationError::HttpView { reason: text() },
         }
     }
 
@@ -837,6 +851,7 @@ impl fmt::Display for StationError {
             },
             StationError::Output(e) => write!(f, "cannot write output: {e}"),
             StationError::Demo { what, reason } => write!(f, "{what}: {reason}"),
+            StationError::HttpView { reason } => write!(f, "live view: {reason}"),
         }
     }
 }

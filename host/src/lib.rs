@@ -24,5 +24,6 @@ pub mod station;
 #[cfg(test)]
 mod test_server;
 pub mod usbmuxd;
+pub mod web;
 
 pub use station::{Options, Station};

@@ -246,6 +246,13 @@ impl StationConfig {
                 }
             }
         }
+        if let Some(http) = &self.ui.http {
+            match check_http_listen("ui.http", http, self.ui.allow_remote) {
+                Ok((_, Some(warning))) => warnings.push(("ui.http".into(), warning)),
+                Ok((_, None)) => {}
+                Err(message) => return Err(("ui.http".into(), message)),
+            }
+        }
         for url_key in &url_keys {
             match check_url(url_key) {
                 Ok(Some(warning)) => warnings.push((url_key.key.clone(), warning)),
@@ -444,6 +451,45 @@ pub enum ColorMode {
 pub struct Ui {
     #[serde(default)]
     pub color: ColorMode,
+    /// Where `station run` serves the live view of the line (docs/dashboard.md), e.g.
+    /// `127.0.0.1:8080`; none by default. `--http` overrides it.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Lets `http` (and `--http`) be an address other hosts can reach. The view has no
+    /// log-in: it is read-only and carries no code or secret, but it does show serial
+    /// numbers and the line's state to whoever can reach the port.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+/// The loopback rule of the live view's listen address (`[ui] http`, `--http`): an address
+/// of this machine passes; any other (a LAN address, `0.0.0.0`, `[::]`) only with
+/// `[ui] allow_remote = true`, with a warning. `Ok((address, warning))`.
+pub fn check_http_listen(
+    key: &str,
+    text: &str,
+    allow_remote: bool,
+) -> Result<(std::net::SocketAddr, Option<String>), String> {
+    let addr: std::net::SocketAddr = text.trim().parse().map_err(|_| {
+        format!("{key} must be an IP address and port, like 127.0.0.1:8080 (got `{text}`)")
+    })?;
+    let ip = addr.ip();
+    let loopback = ip.is_loopback()
+        || matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    if loopback {
+        return Ok((addr, None));
+    }
+    if allow_remote {
+        return Ok((
+            addr,
+            Some(format!(
+                "{key} = {addr} serves the live view beyond this machine, without a log-in (allowed by [ui] allow_remote = true): anyone who reaches the port sees serial numbers and the line's state"
+            )),
+        ));
+    }
+    Err(format!(
+        "{key} = {addr} would serve the live view beyond this machine, without a log-in; use a loopback address (127.0.0.1:8080), or set allow_remote = true in [ui] if that network is trusted"
+    ))
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

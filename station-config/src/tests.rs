@@ -335,3 +335,29 @@ fn pass_env_names_and_secret_variables() {
         "{text}"
     );
 }
+
+#[test]
+fn the_live_view_listens_on_loopback_unless_remote_is_allowed() {
+    let config = parse("[ui]\nhttp = \"127.0.0.1:8080\"\n").expect("loopback");
+    assert_eq!(config.ui.http.as_deref(), Some("127.0.0.1:8080"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    parse("[ui]\nhttp = \"[::1]:0\"\n").expect("IPv6 loopback");
+    for remote in ["0.0.0.0:8080", "192.168.1.20:8080", "[::]:8080"] {
+        let text = error(&format!("[ui]\nhttp = \"{remote}\"\n"));
+        assert!(text.contains("allow_remote = true"), "{text}");
+        let allowed =
+            parse(&format!("[ui]\nhttp = \"{remote}\"\nallow_remote = true\n")).expect("allowed");
+        assert!(
+            allowed
+                .warnings
+                .iter()
+                .any(|w| w.to_string().contains("without a log-in")),
+            "{:?}",
+            allowed.warnings
+        );
+    }
+    assert!(error("[ui]\nhttp = \"localhost:8080\"\n").contains("IP address and port"));
+    assert!(check_http_listen("--http", "10.0.0.1:80", false).is_err());
+    let (addr, warning) = check_http_listen("--http", "127.0.0.1:0", false).expect("ok");
+    assert_eq!((addr.port(), warning), (0, None));
+}

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub mod fixtures;
 pub mod inproc;
 pub mod sha1_records;
+pub mod web;
 
 use serde_json::Value;
 use station_protocol::usbmux::{connect_address, Address, UsbmuxClient};

@@ -23,6 +23,7 @@ use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 use crate::codes::{CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode};
 use crate::error::{ErrorCode, StationError, UrlProblem};
 use crate::http::{HttpClient, HttpError, RetryPolicy};
+use crate::line::events::AnswerClass;
 use crate::lockstate::{read_management_state, ActivationLock, ManagementState};
 use crate::phone::{Bench, Session};
 
@@ -416,6 +417,10 @@ pub trait Observer: Send + Sync {
         _management: &ManagementState,
     ) {
     }
+    /// The phone's bypass-code look-up came back, after `elapsed` (the metrics count it).
+    fn code_lookup(&self, _result: &Result<Lookup, LookupError>, _elapsed: Duration) {}
+    /// The activation server answered one request (or did not: `Transport`).
+    fn server_answer(&self, _class: AnswerClass, _elapsed: Duration) {}
 }
 
 /// An observer for single-phone commands: the log is enough there.
@@ -613,7 +618,13 @@ impl Activator<'_> {
 
         // Codes are looked up while the phone and Apple talk, not after the lock form:
         // a slow MDM then does not leave the phone's activation session waiting.
-        let mut lookup = PendingLookup::Running(self.codes.lookup(&serial, &device.udid));
+        let timed_lookup = async {
+            let asked = Instant::now();
+            let result = self.codes.lookup(&serial, &device.udid).await;
+            self.observer.code_lookup(&result, asked.elapsed());
+            result
+        };
+        let mut lookup = PendingLookup::Running(Box::pin(timed_lookup));
         let answer = lookup
             .alongside(self.request_activation(device, progress))
             .await?;
@@ -1051,7 +1062,11 @@ impl Activator<'_> {
         url: &str,
         request: &HttpRequestParts,
     ) -> Result<ActivationResponse, Stop> {
-        match self.server.send(url, request).await {
+        let asked = Instant::now();
+        let answer = self.server.send(url, request).await;
+        self.observer
+            .server_answer(answer_class(answer.as_ref().ok()), asked.elapsed());
+        match answer {
             Ok(ActivationResponse::ServerError { status }) => Err(Stop::new(
                 Outcome::ServerError,
                 format!(
@@ -1225,6 +1240,24 @@ fn unexpected_answer(what: &str, answer: ActivationResponse) -> Stop {
         Outcome::ServerError,
         format!("activation server refused {what}: {detail}"),
     )
+}
+
+/// The class an answer is counted under (`None`: no HTTP answer at all).
+fn answer_class(answer: Option<&ActivationResponse>) -> AnswerClass {
+    match answer {
+        None => AnswerClass::Transport,
+        Some(ActivationResponse::Record { .. }) => AnswerClass::Record,
+        Some(ActivationResponse::HandshakeReply { .. }) => AnswerClass::HandshakeReply,
+        Some(ActivationResponse::Acknowledged) => AnswerClass::Acknowledged,
+        Some(ActivationResponse::LockForm(_)) => AnswerClass::LockForm,
+        Some(ActivationResponse::ContinueForm(_)) => AnswerClass::ContinueForm,
+        Some(ActivationResponse::AuthAlert { .. }) => AnswerClass::AuthAlert,
+        Some(ActivationResponse::ErrorPage { .. }) => AnswerClass::ErrorPage,
+        Some(ActivationResponse::HtmlAuthRequired { .. }) => AnswerClass::HtmlAuthRequired,
+        Some(ActivationResponse::ServerError { .. }) => AnswerClass::ServerError,
+        Some(ActivationResponse::Malformed { .. }) => AnswerClass::Malformed,
+        Some(ActivationResponse::Unknown { .. }) => AnswerClass::Unknown,
+    }
 }
 
 fn answer_name(answer: &ActivationResponse) -> &'static str {

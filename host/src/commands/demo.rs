@@ -29,6 +29,11 @@ pub struct DemoArgs {
     /// Seed of the bench's phones (identities, codes).
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
+    /// Show the live view of the line (docs/dashboard.md) at this address of this machine,
+    /// e.g. 127.0.0.1:8080 (port 0: any free port; the address is printed on stderr). The
+    /// page stays up after the demo until Ctrl-C, so it can be looked at.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 /// Runs the demo; its screen (or NDJSON) is shown as it goes.
@@ -70,10 +75,25 @@ async fn run_demo(
     let mut config = StationConfig::load(sim.station_config()).map_err(station::invalid_config)?;
     config.station.id = "demo".into();
     config.station.data_dir = dir.join("station-data");
+    // A bench's labels, as a real one has them in `[slots]`: rows A, B, … of four.
+    for (index, device) in sim.ready_info().devices.iter().enumerate() {
+        let row = char::from(b'A' + u8::try_from(index / 4 % 26).unwrap_or(0));
+        config.slots.insert(
+            station_config::SlotKey::Location(device.location_id),
+            format!("{row}{}", index % 4 + 1),
+        );
+    }
     let station = Station::with_config(Options::default(), config);
     let bench = station.bench()?;
     let codes = station.code_lookup()?;
     let mode = live_mode(json);
+    // The demo's view is for this machine only: it has no `[ui] allow_remote` to give.
+    let web = match args.http.as_deref() {
+        Some(addr) => Some(Arc::new(
+            crate::web::start("--http", addr, false, &station.config()?.slots).await?,
+        )),
+        None => None,
+    };
     if mode == Mode::Terminal {
         println!(
             "Virtual bench: {} phones (clean, MDM-locked with codes in the stand-in Intune, a stale code, a user-locked one, activated ones, one waiting for Trust, one pulled out and plugged back), server latency {} ms.\n",
@@ -95,6 +115,7 @@ async fn run_demo(
             concurrency: None,
             trust_wait: Duration::from_secs(30),
             replug_grace: Duration::from_secs(20),
+            web: web.clone(),
         },
         mode,
     )
@@ -120,7 +141,36 @@ async fn run_demo(
             render(&records, ReportFormat::Table)?
         );
     }
+    if let Some(web) = web {
+        // A newcomer opens the page when the demo is already over: it stays up until they
+        // are done with it, unless they stopped the demo themselves.
+        if !summary.stopped_early {
+            eprintln!(
+                "station: the demo is over; its live view stays up at {} until Ctrl-C",
+                web.url()
+            );
+            wait_for_stop().await;
+        }
+        web.close();
+    }
     Ok(0)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_stop() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminate = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// Pulls the phone out once its activation exchange has started, plugs it back 1.5 s later.

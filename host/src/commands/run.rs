@@ -1,5 +1,6 @@
 //! `station run`: line mode, after the same checks as `station config check`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::RunOptions;
@@ -20,14 +21,31 @@ pub async fn run(
     preflight.log_warnings();
     preflight.refusal()?;
     let codes = station.code_lookup()?;
+    let config = station.config()?;
+    let web = match options.http.as_deref() {
+        Some(addr) => Some(("--http", addr)),
+        None => config.ui.http.as_deref().map(|addr| ("ui.http", addr)),
+    };
+    let web = match web {
+        Some((key, addr)) => Some(Arc::new(
+            crate::web::start(key, addr, config.ui.allow_remote, &config.slots).await?,
+        )),
+        None => None,
+    };
     let args = RunArgs {
         once: options.once,
         redo: options.redo,
         concurrency: options.concurrency,
         trust_wait: Duration::from_secs(options.trust_wait),
         replug_grace: Duration::from_secs(options.replug_grace),
+        web: web.clone(),
     };
-    let summary = runner::run(station, bench, codes, args, live_mode(json)).await?;
+    let summary = runner::run(station, bench, codes, args, live_mode(json)).await;
+    // The view goes with the run: its streams end after the summary they were sent.
+    if let Some(web) = web {
+        web.close();
+    }
+    let summary = summary?;
     Ok(Output::Streamed(exit_code(&summary, options.once)))
 }
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::activation::{Outcome, Release, Step};
+use crate::codes::chain::ChainError;
+use crate::codes::{Lookup, LookupError};
 use crate::lockstate::ManagementState;
 
 /// Version of the event schema; bumped on any incompatible change.
@@ -116,6 +118,25 @@ pub enum EventKind {
         #[serde(flatten)]
         management: ManagementState,
     },
+    /// The phone's bypass-code look-up came back (docs/events.md; added within `v` 2).
+    CodeLookup {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        /// The whole look-up. The sources are asked at once, so this is the slowest
+        /// source's time (or the cache's, when every answer was kept from earlier).
+        elapsed_ms: u64,
+        /// Each configured source's answer, in configuration order.
+        sources: Vec<SourceResult>,
+    },
+    /// Apple's activation server answered one request (docs/events.md; added within `v` 2).
+    ServerAnswer {
+        #[serde(flatten)]
+        phone: PhoneRef,
+        /// What the answer was, by [`AnswerClass`].
+        class: AnswerClass,
+        /// From the request to the classified answer, the client's own retries included.
+        elapsed_ms: u64,
+    },
     /// Replugged after it was already done (activated) in this run.
     Skipped {
         #[serde(flatten)]
@@ -168,6 +189,138 @@ pub struct Attention {
     pub serial: Option<String>,
     pub outcome: Outcome,
     pub message: String,
+}
+
+/// One code source's part in a look-up: never a code, only how many.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceResult {
+    /// The source's name (`intune`, `csv:codes.csv`, …).
+    pub source: String,
+    /// Its type: `csv`, `intune`, `kandji`, `command`.
+    pub kind: String,
+    pub result: SourceOutcome,
+    /// Codes it gave (duplicates of earlier sources included).
+    pub codes: usize,
+    /// Answered from this run's cache, without asking the source again.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceOutcome {
+    /// It knows the device and gave at least one code.
+    Codes,
+    /// It knows the device but has no code for it.
+    NoCode,
+    /// It does not know the device.
+    Unknown,
+    /// It could not answer (unreachable, refused, throttled, a failing hook).
+    Failed,
+}
+
+impl SourceOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceOutcome::Codes => "codes",
+            SourceOutcome::NoCode => "no_code",
+            SourceOutcome::Unknown => "unknown",
+            SourceOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Each source's part in a look-up, from the chain's report. When every source failed the
+/// chain answers an error that names them; any other error counts as one failed `codes`.
+pub fn source_results(result: &Result<Lookup, LookupError>) -> Vec<SourceResult> {
+    let failed = |source: &str, kind: &str| SourceResult {
+        source: source.to_string(),
+        kind: kind.to_string(),
+        result: SourceOutcome::Failed,
+        codes: 0,
+        cached: false,
+    };
+    match result {
+        Ok(lookup) => {
+            let mut out: Vec<SourceResult> = lookup
+                .answered
+                .iter()
+                .map(|a| SourceResult {
+                    source: a.source.clone(),
+                    kind: a.kind.to_string(),
+                    result: if a.codes > 0 {
+                        SourceOutcome::Codes
+                    } else if a.known {
+                        SourceOutcome::NoCode
+                    } else {
+                        SourceOutcome::Unknown
+                    },
+                    codes: a.codes,
+                    cached: a.cached,
+                })
+                .collect();
+            out.extend(lookup.failures.iter().map(|f| failed(&f.source, f.kind)));
+            out
+        }
+        Err(LookupError::Chain(ChainError::AllFailed { failures })) => {
+            failures.iter().map(|f| failed(&f.source, f.kind)).collect()
+        }
+        Err(_) => vec![failed("codes", "chain")],
+    }
+}
+
+/// What Apple's activation server answered, as the workflow classifies it
+/// (`classify_response`, docs/protocol.md §5).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerClass {
+    Record,
+    HandshakeReply,
+    Acknowledged,
+    LockForm,
+    ContinueForm,
+    AuthAlert,
+    ErrorPage,
+    HtmlAuthRequired,
+    /// HTTP 5xx after the client's retries.
+    ServerError,
+    Malformed,
+    Unknown,
+    /// No HTTP answer at all: connection refused, time-out, TLS.
+    Transport,
+}
+
+impl AnswerClass {
+    pub const ALL: [AnswerClass; 12] = [
+        AnswerClass::Record,
+        AnswerClass::HandshakeReply,
+        AnswerClass::Acknowledged,
+        AnswerClass::LockForm,
+        AnswerClass::ContinueForm,
+        AnswerClass::AuthAlert,
+        AnswerClass::ErrorPage,
+        AnswerClass::HtmlAuthRequired,
+        AnswerClass::ServerError,
+        AnswerClass::Malformed,
+        AnswerClass::Unknown,
+        AnswerClass::Transport,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerClass::Record => "record",
+            AnswerClass::HandshakeReply => "handshake_reply",
+            AnswerClass::Acknowledged => "acknowledged",
+            AnswerClass::LockForm => "lock_form",
+            AnswerClass::ContinueForm => "continue_form",
+            AnswerClass::AuthAlert => "auth_alert",
+            AnswerClass::ErrorPage => "error_page",
+            AnswerClass::HtmlAuthRequired => "html_auth_required",
+            AnswerClass::ServerError => "server_error",
+            AnswerClass::Malformed => "malformed",
+            AnswerClass::Unknown => "unknown",
+            AnswerClass::Transport => "transport",
+        }
+    }
 }
 
 /// Where events go. Cloned into every worker; sending never blocks.

@@ -2,7 +2,9 @@
 //! concurrency limit, with unplug/replug handled, transient failures retried, each outcome
 //! committed to the ledger before it is shown, and a summary at the end.
 
+pub mod board;
 pub mod events;
+pub mod metrics;
 pub mod publish;
 pub mod render;
 pub mod runner;
@@ -902,6 +904,26 @@ impl Observer for WorkerObserver {
             model: product_type.map(|t| marketing_name(t).unwrap_or(t).to_string()),
             product_version: product_version.map(str::to_string),
             management: management.clone(),
+        });
+    }
+
+    fn code_lookup(
+        &self,
+        result: &Result<crate::codes::Lookup, crate::codes::LookupError>,
+        elapsed: Duration,
+    ) {
+        self.events.send(EventKind::CodeLookup {
+            phone: self.phone.clone(),
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            sources: events::source_results(result),
+        });
+    }
+
+    fn server_answer(&self, class: events::AnswerClass, elapsed: Duration) {
+        self.events.send(EventKind::ServerAnswer {
+            phone: self.phone.clone(),
+            class,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         });
     }
 }

@@ -28,6 +28,8 @@ pub struct RunArgs {
     /// `--once`: how long an unplugged phone (or usbmuxd) may stay away before its phones
     /// count as interrupted.
     pub replug_grace: Duration,
+    /// The live view, bound by the caller, fed the run's events (docs/dashboard.md).
+    pub web: Option<Arc<crate::web::WebView>>,
 }
 
 /// A run id that sorts by time: `run-20261127T061502Z-3f9a`.
@@ -118,6 +120,13 @@ pub async fn run(
             (rx, None)
         }
     };
+    let (rx, viewed) = match &args.web {
+        Some(web) => {
+            let (rx, handle) = crate::web::tee(rx, Arc::clone(web));
+            (rx, Some(handle))
+        }
+        None => (rx, None),
+    };
     let renderer = tokio::spawn(render::render(rx, mode));
     for r in recovered {
         events.send(EventKind::Recovered {
@@ -159,6 +168,9 @@ pub async fn run(
     let result = line.run(watch_signals()).await;
     // The line's sink is gone with it: the renderer drains what is left and stops.
     let _ = renderer.await;
+    if let Some(viewed) = viewed {
+        let _ = viewed.await;
+    }
     if let Some(published) = published {
         let _ = published.await;
     }

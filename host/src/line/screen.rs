@@ -267,7 +267,10 @@ impl Screen {
                 style("▶").cyan(),
                 *outage_ms as f64 / 1000.0
             )),
-            EventKind::Summary(_) => {}
+            // Counted by the metrics; the screen has nothing to show for them.
+            EventKind::Summary(_)
+            | EventKind::CodeLookup { .. }
+            | EventKind::ServerAnswer { .. } => {}
         }
     }
 
