@@ -45,16 +45,23 @@ impl Answer {
 /// by its `Content-Length` (Chromium's DevTools server keeps the connection open), else to
 /// the end of the connection.
 pub fn request(base: &str, method: &str, path: &str, host: Option<&str>) -> Answer {
-    let mut stream = TcpStream::connect(authority(base)).expect("connect");
-    stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
-        .expect("timeout");
+    try_request(base, method, path, host).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+}
+
+/// [`request`], with a connection that fails (the server is gone) as an error.
+pub fn try_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(authority(base))?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let host = host.unwrap_or(authority(base));
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: station-tests\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
+    )?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -66,13 +73,16 @@ pub fn request(base: &str, method: &str, path: &str, host: Option<&str>) -> Answ
                 .and_then(|l| l.parse::<usize>().ok())
             {
                 if raw.len() >= end + 4 + length {
-                    return parse_answer(&raw[..end + 4 + length]);
+                    return Ok(parse_answer(&raw[..end + 4 + length]));
                 }
             }
         }
-        let n = stream.read(&mut chunk).expect("read the answer");
+        let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return parse_answer(&raw);
+            if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Err(std::io::Error::other("closed before an answer"));
+            }
+            return Ok(parse_answer(&raw));
         }
         raw.extend_from_slice(&chunk[..n]);
     }

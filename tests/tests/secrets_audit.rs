@@ -5,12 +5,15 @@
 //! failures (a rejected code, a failing hook, a personal lock, a phone nobody knows). Then every byte the station wrote or served is
 //! searched — the run's stdout (NDJSON) and stderr (logs), every file of the data directory
 //! (the ledger's raw bytes included), `station report` in every format, the `station watch`
-//! stream, `station config check`, `station codes lookup`, and the hook's arguments and
+//! stream, the live view, `station config check`, `station codes lookup`, and the hook's arguments and
 //! environment — for every code (dashed, compact, lower case), the client secret, the Kandji
 //! token, a fake secret in the station's environment, any JWT (tokens, the signed client
 //! assertion) and private-key material.
 //!
-//! A new output channel (a web view, a fleet database) joins [`Audit`] when it is added.
+//! The live view (`--http`) is audited too: its whole `/events` stream, and its page,
+//! assets, `/metrics` and `/healthz` fetched every 100 ms while the run goes on.
+//!
+//! A new output channel (a fleet database) joins [`Audit`] when it is added.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use station_sim::{ConfigSource, Endpoint, MdmOutcome};
 use station_tests::inproc::{ndjson, InProcBench};
+use station_tests::web;
 
 /// The phones. Codes not written here are drawn from the seed; the audit reads every code
 /// of the world from the bench's ready information.
@@ -501,7 +505,16 @@ async fn nothing_the_station_writes_or_serves_holds_a_code_or_a_secret() {
     let run = station(
         &bench,
         &client_secret,
-        &["--config", &config, "--json", "-vvv", "run", "--once"],
+        &[
+            "--config",
+            &config,
+            "--json",
+            "-vvv",
+            "run",
+            "--once",
+            "--http",
+            "127.0.0.1:0",
+        ],
     );
     let run_out = out_dir.join("run.stdout");
     let run_err = out_dir.join("run.stderr");
@@ -515,6 +528,42 @@ async fn nothing_the_station_writes_or_serves_holds_a_code_or_a_secret() {
         assert!(waited.elapsed() < Duration::from_secs(60), "no socket");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The live view: its /events stream read whole, and every page and number it serves
+    // fetched again and again while the run goes on.
+    let base = loop {
+        let err = std::fs::read_to_string(&run_err).unwrap_or_default();
+        if let Some(url) = web::live_view_url(&err) {
+            break url;
+        }
+        assert!(
+            !runner.is_finished() && waited.elapsed() < Duration::from_secs(60),
+            "no live-view address on stderr"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let live_events = std::thread::spawn({
+        let base = base.clone();
+        move || web::read_events(&base, Duration::from_secs(240), |_| false)
+    });
+    let live_pages = std::thread::spawn({
+        let base = base.clone();
+        move || {
+            let mut served: Vec<(String, Vec<u8>)> = Vec::new();
+            'polling: loop {
+                for path in [
+                    "/", "/app.js", "/app.css", "/metrics", "/healthz", "/nothing",
+                ] {
+                    match web::try_request(&base, "GET", path, None) {
+                        Ok(answer) => served.push((path.to_string(), answer.body)),
+                        // The run is over: the view went with it.
+                        Err(_) => break 'polling,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            served
+        }
+    });
     let mut watchers = Vec::new();
     for (name, json) in [("watch-json", true), ("watch-screen", false)] {
         let mut args = vec!["--config", config.as_str()];
@@ -625,6 +674,35 @@ async fn nothing_the_station_writes_or_serves_holds_a_code_or_a_secret() {
         }
         audit.add(format!("{name} stdout"), out);
         audit.add(format!("{name} stderr"), err);
+    }
+
+    let (messages, stream_bytes) = live_events.join().expect("/events reader");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.event == "message" && m.data.contains("\"event\":\"summary\"")),
+        "/events carried the run to its summary"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.data.contains("\"event\":\"code_lookup\"")),
+        "/events carried the code look-ups"
+    );
+    audit.add("live view /events", stream_bytes);
+    let served = live_pages.join().expect("live view poller");
+    let metrics_fetched = served.iter().filter(|(path, _)| path == "/metrics").count();
+    assert!(
+        metrics_fetched >= 3,
+        "/metrics fetched {metrics_fetched} times"
+    );
+    assert!(
+        served.iter().any(|(path, body)| path == "/metrics"
+            && String::from_utf8_lossy(body).contains("station_code_lookups_total{")),
+        "/metrics counted code look-ups while the run was on"
+    );
+    for (index, (path, body)) in served.into_iter().enumerate() {
+        audit.add(format!("live view {path} (fetch {index})"), body);
     }
 
     // Everything the station reads back or prints afterwards.

@@ -80,8 +80,8 @@ struct State {
 
 struct Hub {
     state: Mutex<State>,
-    /// Bound to loopback: the `Host` header must name this machine.
-    loopback_port: Option<u16>,
+    /// Bound to loopback (this address): the `Host` header must name this machine.
+    loopback: Option<SocketAddr>,
     connections: Arc<Semaphore>,
 }
 
@@ -150,7 +150,7 @@ impl WebView {
                 dirty: false,
                 closed: false,
             }),
-            loopback_port: addr.ip().is_loopback().then_some(addr.port()),
+            loopback: addr.ip().is_loopback().then_some(addr),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         });
         let tasks = vec![
@@ -353,13 +353,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// Whether the request's `Host` names this machine (when bound to loopback).
 fn host_allowed(hub: &Hub, request: &Request<hyper::body::Incoming>) -> bool {
-    let Some(port) = hub.loopback_port else {
+    let Some(bound) = hub.loopback else {
         return true;
     };
     let Some(host) = request.headers().get(HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
     let host = host.trim().to_ascii_lowercase();
+    let port = bound.port();
+    if host == bound.to_string() {
+        return true;
+    }
     ["127.0.0.1", "localhost", "[::1]"]
         .iter()
         .any(|name| host == format!("{name}:{port}") || (port == 80 && host == *name))
@@ -454,4 +458,156 @@ fn events(hub: &Hub, streaming: &AtomicBool) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::Outcome;
+    use crate::line::events::{EventSink, PhoneRef};
+    use crate::lockstate::ManagementState;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn finished(udid: &str, outcome: Outcome) -> EventKind {
+        EventKind::Finished {
+            phone: PhoneRef {
+                udid: udid.into(),
+                slot: "A1".into(),
+            },
+            outcome,
+            message: "m".into(),
+            serial: None,
+            model: None,
+            activation_locked: false,
+            codes_tried: 0,
+            released_by: None,
+            step: None,
+            elapsed_ms: 1,
+            management: ManagementState::default(),
+        }
+    }
+
+    async fn connect(view: &WebView, head: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(view.local_addr())
+            .await
+            .expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("send");
+        stream
+    }
+
+    /// Reads until `needle` arrived (or the stream ended): everything read.
+    async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains(needle) {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("no stall")
+                .expect("read");
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn a_late_browser_gets_the_board_then_the_live_events() {
+        let view = Arc::new(
+            WebView::bind("127.0.0.1:0".parse().expect("addr"), Board::new(["A1"]))
+                .await
+                .expect("bind"),
+        );
+        let (sink, rx) = EventSink::channel();
+        let (mut out, tee) = tee(rx, view.clone());
+        sink.send(finished("U1", Outcome::Activated));
+        out.recv().await.expect("passed on");
+
+        let head = format!(
+            "GET /events HTTP/1.0\r\nHost: {}\r\n\r\n",
+            view.local_addr()
+        );
+        let mut stream = connect(&view, &head).await;
+        let first = read_until(&mut stream, "}\n\n").await;
+        assert!(
+            first.starts_with("HTTP/1.") && first[9..].starts_with("200"),
+            "{first}"
+        );
+        assert!(first.contains("text/event-stream"), "{first}");
+        assert!(first.contains("event: board\ndata: {"), "{first}");
+        assert!(first.contains("\"outcome\":\"activated\""), "{first}");
+
+        sink.send(finished("U2", Outcome::UserLocked));
+        let live = read_until(&mut stream, "\"udid\":\"U2\"").await;
+        assert!(live.contains("id: 2\ndata: {\"v\":2,"), "{live}");
+        drop(sink);
+        tee.await.expect("tee");
+
+        // What the server refuses: another Host, a write, an unknown path.
+        let port = view.local_addr().port();
+        for (head, status) in [
+            (
+                "GET / HTTP/1.0\r\nHost: rebound.example\r\n\r\n".to_string(),
+                "421",
+            ),
+            (
+                format!("POST / HTTP/1.0\r\nHost: localhost:{port}\r\n\r\n"),
+                "405",
+            ),
+            (
+                format!("GET /x HTTP/1.0\r\nHost: localhost:{port}\r\n\r\n"),
+                "404",
+            ),
+            (
+                format!("GET /healthz HTTP/1.0\r\nHost: [::1]:{port}\r\n\r\n"),
+                "200",
+            ),
+        ] {
+            let mut stream = connect(&view, &head).await;
+            let answer = read_until(&mut stream, "\r\n\r\n").await;
+            assert_eq!(answer.split(' ').nth(1), Some(status), "{head:?}: {answer}");
+        }
+        view.close();
+        let ended = read_until(&mut stream, "never sent").await;
+        assert!(
+            !ended.contains("never sent"),
+            "the stream ends with the view"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once() {
+        let view = WebView::bind("127.0.0.1:0".parse().expect("addr"), Board::new([]))
+            .await
+            .expect("bind");
+        // Idle connections that never send a request hold their places.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(
+                TcpStream::connect(view.local_addr())
+                    .await
+                    .expect("connect"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut extra = TcpStream::connect(view.local_addr())
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf))
+            .await
+            .expect("closed at once, not left waiting")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // An idle connection is closed once its headers are overdue, freeing its place.
+        let n = tokio::time::timeout(
+            HEADER_TIMEOUT + Duration::from_secs(5),
+            idle[0].read(&mut buf),
+        )
+        .await
+        .expect("the idle connection was closed")
+        .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
 }
