@@ -355,11 +355,15 @@ fn parse_labels(body: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(labels)
 }
 
+/// A sample's labels, `le` left out: one series of a histogram.
+type Labels = BTreeMap<String, String>;
+/// A histogram series: its (`le`, value) buckets in order, and its `_count`.
+type Series = (Vec<(f64, f64)>, Option<f64>);
+
 fn check_histograms(samples: &[Sample], types: &BTreeMap<String, String>) -> Result<(), String> {
     for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
         // Per label set (without `le`): the buckets in order, and the count.
-        let mut series: BTreeMap<BTreeMap<String, String>, (Vec<(f64, f64)>, Option<f64>)> =
-            BTreeMap::new();
+        let mut series: BTreeMap<Labels, Series> = BTreeMap::new();
         for s in samples
             .iter()
             .filter(|s| family_of(&s.name, types) == *family)

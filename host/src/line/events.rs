@@ -438,6 +438,59 @@ mod tests {
     }
 
     #[test]
+    fn each_source_of_a_look_up_is_reported_by_result_never_by_code() {
+        use crate::codes::{SourceAnswer, SourceFailure};
+        let answer = |source: &str, known: bool, codes: usize| SourceAnswer {
+            source: source.into(),
+            kind: "csv",
+            known,
+            codes,
+            cached: false,
+        };
+        let failure = SourceFailure {
+            source: "kandji".into(),
+            kind: "kandji",
+            reason: "HTTP 503".into(),
+        };
+        let lookup = Lookup {
+            known: true,
+            codes: Vec::new(),
+            answered: vec![
+                answer("a", true, 2),
+                answer("b", true, 0),
+                answer("c", false, 0),
+            ],
+            failures: vec![failure.clone()],
+        };
+        let results: Vec<(String, SourceOutcome, usize)> = source_results(&Ok(lookup))
+            .into_iter()
+            .map(|r| (r.source, r.result, r.codes))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("a".to_string(), SourceOutcome::Codes, 2),
+                ("b".to_string(), SourceOutcome::NoCode, 0),
+                ("c".to_string(), SourceOutcome::Unknown, 0),
+                ("kandji".to_string(), SourceOutcome::Failed, 0),
+            ]
+        );
+        let all_failed = Err(LookupError::Chain(ChainError::AllFailed {
+            failures: vec![failure],
+        }));
+        let results = source_results(&all_failed);
+        assert_eq!(results.len(), 1);
+        assert_eq!(
+            (results[0].source.as_str(), results[0].result),
+            ("kandji", SourceOutcome::Failed)
+        );
+        assert_eq!(
+            source_results(&Err(LookupError::NotConfigured))[0].kind,
+            "chain"
+        );
+    }
+
+    #[test]
     fn summary_is_an_event_too() {
         let summary = Summary {
             run_id: "r".into(),
