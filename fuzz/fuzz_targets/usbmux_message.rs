@@ -2,7 +2,9 @@
 //! usbmuxd packets: header, plist (v1) and binary (v0) payloads, as the client reads replies and
 //! events and as the sim reads requests.
 use libfuzzer_sys::fuzz_target;
-use station_protocol::usbmux::{read_packet_capped, result_number, DeviceInfo, Event, Request};
+use station_protocol::usbmux::{
+    read_packet_capped, result_number, DeviceInfo, Event, Request,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut reader = data;
