@@ -3,7 +3,7 @@
 //! followed, 5xx / 429 / transport failures retried with exponential backoff, `Retry-After`
 //! honoured, and optionally a request-rate bound shared by every request of one client.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -182,7 +182,12 @@ impl RateLimiter {
 
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    /// Built on the first request, shared by every clone (one connection pool). Building it
+    /// loads the system's root certificates (rustls-platform-verifier reads them all from
+    /// disk), a cost a command that ends before reaching the server must not pay.
+    client: Arc<OnceLock<reqwest::Client>>,
+    user_agent: String,
+    timeout: Duration,
     retry: RetryPolicy,
     /// Names the server in errors and logs.
     service: &'static str,
@@ -200,23 +205,46 @@ impl HttpClient {
         timeout: Duration,
         retry: RetryPolicy,
     ) -> Result<Self, HttpError> {
-        let client = reqwest::Client::builder()
-            .user_agent(user_agent)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(|e| HttpError::Transport {
-                service,
-                url: String::new(),
-                reason: e.to_string(),
-            })?;
+        // A user agent reqwest would refuse fails here, as it did when the client was built
+        // at once; everything else that can fail is the TLS set-up of the first request.
+        reqwest::header::HeaderValue::from_str(user_agent).map_err(|_| HttpError::BadHeader {
+            service,
+            name: "user-agent".into(),
+        })?;
         Ok(HttpClient {
-            client,
+            client: Arc::new(OnceLock::new()),
+            user_agent: user_agent.to_string(),
+            timeout,
             retry,
             service,
             limiter: None,
         })
+    }
+
+    /// The reqwest client, built on first use.
+    fn client(&self) -> Result<&reqwest::Client, HttpError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(self.user_agent.as_str())
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| HttpError::Transport {
+                service: self.service,
+                url: String::new(),
+                reason: error_chain(&e),
+            })?;
+        // Two first requests at once may both build one; the first stored wins.
+        Ok(self.client.get_or_init(|| client))
+    }
+
+    /// True once a request has built the underlying client (and loaded the root
+    /// certificates).
+    pub fn is_built(&self) -> bool {
+        self.client.get().is_some()
     }
 
     /// Bounds the request rate of this client (and its clones) to `per_second`.
@@ -333,7 +361,7 @@ impl HttpClient {
                 method,
                 reqwest::Method::POST | reqwest::Method::PUT | reqwest::Method::PATCH
             );
-        let mut request = self.client.request(method, url.clone());
+        let mut request = self.client()?.request(method, url.clone());
         if !body.is_empty() {
             request = request.body(body.to_vec());
         } else if declares_empty_body {
@@ -558,6 +586,29 @@ mod tests {
         assert_eq!(response.status, 429);
         assert_eq!(response.retry_after(), Some(Duration::from_secs(3600)));
         assert_eq!(server.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_client_is_built_by_the_first_request_and_shared_by_clones() {
+        let (url, server) = server(vec![200]).await;
+        let client =
+            HttpClient::new("test", Duration::from_secs(5), quick_retry(1)).expect("client");
+        let clone = client.clone();
+        assert!(!client.is_built(), "built before any request");
+        let response = clone.post(&url, &[], b"x").await.expect("post");
+        assert_eq!(response.status, 200);
+        assert!(
+            client.is_built(),
+            "a clone's request did not build the shared client"
+        );
+        assert_eq!(server.await.expect("server"), 1);
+    }
+
+    #[test]
+    fn a_user_agent_no_header_can_carry_is_refused_at_once() {
+        let err = HttpClient::new("bad\nagent", Duration::from_secs(5), quick_retry(1))
+            .expect_err("a newline in the user agent");
+        assert!(matches!(err, HttpError::BadHeader { .. }), "{err}");
     }
 
     #[test]

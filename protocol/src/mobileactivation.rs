@@ -177,6 +177,15 @@ pub async fn send_command<S: AsyncRead + AsyncWrite + Unpin + Send>(
         .send_as(&command.to_plist(), PlistFormat::Binary)
         .await?;
     let reply = channel.recv().await?;
+    reply_value(command, reply)
+}
+
+/// Checks the daemon's reply to `command`: a dictionary, `Error` a refusal, else its `Value`
+/// (`None` when it has none).
+pub fn reply_value(
+    command: &Command,
+    reply: plist::Value,
+) -> Result<Option<plist::Value>, MobileActivationError> {
     let mut reply = match reply {
         plist::Value::Dictionary(d) => d,
         _ => {

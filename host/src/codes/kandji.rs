@@ -218,6 +218,41 @@ fn failure(response: &HttpResponse, what: &'static str, permission: &'static str
     }
 }
 
+/// Every decoder of a Kandji answer body, for the fuzz target `kandji_answer`
+/// (fuzz/fuzz_targets/kandji_answer.rs): the device list (bare or wrapped), the device
+/// secrets and their two bypass codes, and the error each refused status makes of the body.
+/// Not used by the station itself.
+#[doc(hidden)]
+pub fn decode_answer_for_fuzzing(body: &[u8]) {
+    if let Ok(DeviceList::Bare(devices) | DeviceList::Wrapped { results: devices }) =
+        parse_json::<DeviceList>(body)
+    {
+        for device in devices {
+            let _ = device
+                .serial_number
+                .as_deref()
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("C39XK0AAJC67"));
+            let _ = device.device_id.map(|id| encode_component(&id));
+        }
+    }
+    if let Ok(secrets) = parse_json::<Secrets>(body) {
+        for text in [secrets.user_based_albc, secrets.device_based_albc]
+            .into_iter()
+            .flatten()
+        {
+            let _ = BypassCode::parse(&text).map(|code| code.reveal());
+        }
+    }
+    for status in [401, 403, 429, 500] {
+        let response = HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.to_vec(),
+        };
+        let _ = failure(&response, "fuzzing", "fuzzing").to_string();
+    }
+}
+
 impl CodeLookup for Kandji {
     fn lookup<'a>(
         &'a self,

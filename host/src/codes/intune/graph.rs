@@ -298,6 +298,41 @@ fn graph_failure(response: &HttpResponse, permission: &'static str) -> IntuneErr
     }
 }
 
+/// Every decoder of a Graph answer body, for the fuzz target `graph_answer`
+/// (fuzz/fuzz_targets/graph_answer.rs): the device list and its next link, a device record
+/// and its bypass code, and the error each refused status makes of the body (Entra ID's
+/// OAuth2 errors included). Not used by the station itself.
+#[doc(hidden)]
+pub fn decode_answer_for_fuzzing(body: &[u8]) {
+    if let Ok(page) = parse_json::<ListPage>(body, "fuzzing") {
+        for device in &page.value {
+            let _ = device
+                .serial_number
+                .as_deref()
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("C39XK0AAJC67"));
+        }
+        if let Some(link) = &page.next_link {
+            let _ = reqwest::Url::parse(link).map(|u| u.origin().ascii_serialization());
+        }
+    }
+    if let Ok(detail) = parse_json::<DeviceDetail>(body, "fuzzing") {
+        if let Some(text) = detail.activation_lock_bypass_code.as_deref() {
+            let _ = BypassCode::parse(text).map(|code| code.reveal());
+        }
+        if let Some(udid) = detail.udid.as_deref() {
+            let _ = station_protocol::udid::normalise_udid(udid);
+        }
+    }
+    for status in [401, 403, 429, 500] {
+        let response = HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.to_vec(),
+        };
+        let _ = graph_failure(&response, READ_PERMISSION).to_string();
+    }
+}
+
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     what: &'static str,

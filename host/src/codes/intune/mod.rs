@@ -21,6 +21,8 @@ use station_config::IntuneSource;
 use super::registry::{BuildContext, CodeSource, Description};
 use super::{CodeLookup, Lookup, LookupError, RemoteRelease, MDM_REQUEST_TIMEOUT};
 use crate::http::{HttpClient, HttpError, RetryPolicy};
+#[doc(hidden)]
+pub use graph::decode_answer_for_fuzzing;
 use graph::MAX_PAGES;
 use token::Token;
 pub use token::{Certificate, Credential};
