@@ -382,6 +382,7 @@ mod tests {
                         source: "intune".into(),
                         action: "bypassActivationLock".into(),
                         wait: Duration::from_millis(1),
+                        ..RemoteRelease::default()
                     })),
                 }
             })

@@ -112,16 +112,85 @@ impl Lookup {
     }
 }
 
-/// An MDM told to release a phone's Activation Lock itself (Intune `bypassActivationLock`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An MDM told to release a phone's Activation Lock itself (Intune `bypassActivationLock`),
+/// and what the station saw of it afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RemoteRelease {
     /// The source's name.
     pub source: String,
     /// The MDM action, e.g. `bypassActivationLock`.
     pub action: String,
-    /// How long to wait before activating again (the action is asynchronous).
+    /// The action's progress as the MDM last reported it.
+    pub action_state: ActionState,
+    /// The phone's record held a bypass code when it was read again after the action.
+    pub record_has_code: bool,
+    /// Codes the record held after the action that it did not hold before: tried before
+    /// Apple is asked again.
+    #[serde(skip)]
+    pub codes: Vec<SourcedCode>,
+    /// How long the station watched the action.
     #[serde(skip)]
     pub wait: Duration,
+}
+
+/// An MDM action's progress: Graph's `deviceActionResult.actionState`
+/// (`none`, `pending`, `canceled`, `active`, `done`, `failed`, `notSupported`), or that the
+/// MDM reported nothing of it while the station watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// No result of this action appeared while the station watched.
+    #[default]
+    NotReported,
+    Pending,
+    Active,
+    Done,
+    Failed,
+    Canceled,
+    /// The MDM says the action does not apply to this device (not supervised through ADE).
+    NotSupported,
+    /// A state this station does not know.
+    Other,
+}
+
+impl ActionState {
+    /// Graph's `actionState` text.
+    pub fn from_graph(text: &str) -> ActionState {
+        match text {
+            "none" | "pending" => ActionState::Pending,
+            "active" => ActionState::Active,
+            "done" => ActionState::Done,
+            "failed" => ActionState::Failed,
+            "canceled" => ActionState::Canceled,
+            "notSupported" => ActionState::NotSupported,
+            _ => ActionState::Other,
+        }
+    }
+
+    /// The action has ended, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ActionState::Done
+                | ActionState::Failed
+                | ActionState::Canceled
+                | ActionState::NotSupported
+                | ActionState::Other
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::NotReported => "not reported",
+            ActionState::Pending => "pending",
+            ActionState::Active => "active",
+            ActionState::Done => "done",
+            ActionState::Failed => "failed",
+            ActionState::Canceled => "canceled",
+            ActionState::NotSupported => "not supported",
+            ActionState::Other => "in an unknown state",
+        }
+    }
 }
 
 /// Something that can name the bypass codes of a phone.
