@@ -391,6 +391,11 @@ async fn activate_with_only_intune_and_with_the_remote_action() {
     assert_eq!(json["outcome"], "locked_no_code", "{out}");
     assert_eq!(out.status.code(), Some(7));
     assert!(json["remote_release"].is_null());
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("in Intune (intune) without a code: the code was removed by a reset"),
+        "{message}"
+    );
 
     // With the action enabled: Intune's bypassActivationLock is sent and watched, but a
     // record without a code gives the action nothing to hand Apple: the phone stays locked
@@ -428,6 +433,12 @@ async fn activate_with_only_intune_and_with_the_remote_action() {
         .activate(&f.config_with_action(), USER_LOCKED, false)
         .await;
     assert_eq!(json["outcome"], "user_locked", "{out}");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not in Intune (intune): no record of the serial")
+            && message.contains("personal Apple Account"),
+        "the reason says the code may have vanished, not only a personal account: {message}"
+    );
 }
 
 /// The phones of [`action_world`].

@@ -1105,15 +1105,22 @@ impl Activator<'_> {
                 })?,
         };
         if lookup.codes.is_empty() {
+            // Each source says why it has none: a code that vanished (a reset, a deleted
+            // record) must not read as a personal Apple Account.
+            let why = if lookup.absent.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", lookup.absent.join("; "))
+            };
             let stop = if lookup.known {
                 Stop::new(
                     Outcome::LockedNoCode,
-                    format!("Activation-Locked and no bypass code for serial {serial}: device not supervised or code expired in the MDM; ask the customer's IT for the code"),
+                    format!("Activation-Locked and no bypass code for serial {serial}{why}: ask the customer's IT for the code, or to release the phone in Apple Business Manager"),
                 )
             } else {
                 Stop::new(
                     Outcome::UserLocked,
-                    format!("Activation-Locked to an Apple Account no code source knows (serial {serial}): the owner must remove it from Find My, or the customer must release it in Apple Business Manager"),
+                    format!("Activation-Locked, and no code source knows serial {serial}{why}: a phone that left the MDM (record deleted, code removed by a reset) looks the same as one locked to a personal Apple Account; the owner must remove it from Find My, or the customer's IT must release it in Apple Business Manager or give the code"),
                 )
             };
             return self

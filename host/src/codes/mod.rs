@@ -79,6 +79,10 @@ pub struct Lookup {
     pub answered: Vec<SourceAnswer>,
     /// The sources that failed, in order, and why (filled by the chain).
     pub failures: Vec<SourceFailure>,
+    /// Why a source that answered had no code, one line per source naming it ("not in
+    /// Intune (contoso): …", "known to Kandji (kandji), no code …"): codes vanish (a reset,
+    /// a clean-up rule), and the report must not take that for a personal Apple Account.
+    pub absent: Vec<String>,
 }
 
 /// One source's answer in a chained lookup.
@@ -92,6 +96,9 @@ pub struct SourceAnswer {
     pub codes: usize,
     /// Answered from this run's cache, without asking the source again.
     pub cached: bool,
+    /// Why it had no code (see [`Lookup::absent`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absent: Option<String>,
 }
 
 /// A source that could not answer, and why (never a secret or a code).
@@ -103,6 +110,13 @@ pub struct SourceFailure {
 }
 
 impl Lookup {
+    /// Notes why this source has no code, when it has none.
+    pub fn explain_absence(&mut self, reason: impl FnOnce() -> String) {
+        if self.codes.is_empty() {
+            self.absent.push(reason());
+        }
+    }
+
     /// Adds a code unless the same code is already there.
     pub fn push(&mut self, code: SourcedCode) {
         self.known = true;

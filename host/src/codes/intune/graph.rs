@@ -112,6 +112,14 @@ impl Intune {
                 ),
             }
         }
+        let name = &self.settings.name;
+        lookup.explain_absence(|| {
+            if records.is_empty() {
+                format!("not in Intune ({name}): no record of the serial (record deleted by a clean-up rule or a retirement, or the phone was never enrolled there)")
+            } else {
+                format!("in Intune ({name}) without a code: the code was removed by a reset before it was copied, expired, or was never escrowed (the phone not supervised with Activation Lock allowed)")
+            }
+        });
         tracing::debug!(
             source = %self.settings.name,
             serial,

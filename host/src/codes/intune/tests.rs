@@ -207,8 +207,16 @@ async fn a_record_without_code_is_known_and_an_unknown_serial_is_not() {
     let client = s.client();
     let lookup = client.fetch(SERIAL, UDID).await.expect("lookup");
     assert!(lookup.known && lookup.codes.is_empty());
+    assert_eq!(
+        lookup.absent,
+        ["in Intune (contoso) without a code: the code was removed by a reset before it was copied, expired, or was never escrowed (the phone not supervised with Activation Lock allowed)"]
+    );
     let lookup = client.fetch("F2LNOTKNOWN1", UDID).await.expect("lookup");
-    assert_eq!(lookup, Lookup::default());
+    assert!(!lookup.known && lookup.codes.is_empty());
+    assert_eq!(
+        lookup.absent,
+        ["not in Intune (contoso): no record of the serial (record deleted by a clean-up rule or a retirement, or the phone was never enrolled there)"]
+    );
     // The unmatched filter cost one list call and no GET.
     assert_eq!(s.graph_requests().len(), 3);
 }
