@@ -105,7 +105,7 @@ impl Kandji {
             let url = format!(
                 "{}/api/v1/devices/{}/secrets/bypasscode",
                 self.base(),
-                encode_component(&id)
+                encode_component(id)
             );
             let response = self.get(&url).await?;
             match response.status {
