@@ -864,9 +864,11 @@ async fn missing_permissions_are_named() {
 #[tokio::test]
 async fn bypass_action_releases_the_lock_on_the_activation_server() {
     let tb = start(default_world(10, 50)).await;
-    let dev = device(&tb, NO_CODE);
+    // The record holds the phone's current code: the default reading ("submits the stored
+    // code") releases the lock.
+    let dev = device(&tb, SINGLE_RECORD);
     assert_eq!(dev.lock, "mdm");
-    assert!(dev.codes.is_empty() && !dev.lock_released);
+    assert!(!dev.codes.is_empty() && !dev.lock_released);
     let url = tb.bench.ready_info().activation_url;
     let mut d = within(Driver::connect(&tb.socket, &dev.udid, &url))
         .await
@@ -897,11 +899,11 @@ async fn bypass_action_releases_the_lock_on_the_activation_server() {
     .await;
     assert!(raw.starts_with("HTTP/1.1 411"), "{raw}");
     assert!(raw.contains("LengthRequired"), "{raw}");
-    assert!(!device(&tb, NO_CODE).lock_released);
+    assert!(!device(&tb, SINGLE_RECORD).lock_released);
     let r = graph_post(&action, &t).await;
     assert_eq!(r.status, 204);
     assert_eq!(r.json, Value::Null, "no body");
-    assert!(device(&tb, NO_CODE).lock_released);
+    assert!(device(&tb, SINGLE_RECORD).lock_released);
 
     // Albert answers a record now, without any code.
     let info = within(d.activation_info()).await.expect("activation info");
@@ -922,15 +924,135 @@ async fn bypass_action_releases_the_lock_on_the_activation_server() {
         within(d.activation_state()).await.expect("state"),
         "Activated"
     );
+    let results = action_results(&tb, &dev, &t).await;
+    assert_eq!(results[0]["actionName"], "bypassActivationLock");
+    assert_eq!(results[0]["actionState"], "done");
+
+    // A record without a code: accepted, and nothing is released (the action can only hand
+    // Apple a code Intune holds); `deviceActionResults` says it failed.
+    let none = device(&tb, NO_CODE);
+    let action = format!(
+        "{}/v1.0/deviceManagement/managedDevices/{}/bypassActivationLock",
+        tb.bench.graph().url(),
+        intune_ids(&none)[0]
+    );
+    assert_eq!(graph_post(&action, &t).await.status, 204);
+    assert!(!device(&tb, NO_CODE).lock_released);
+    assert_eq!(
+        action_results(&tb, &none, &t).await[0]["actionState"],
+        "failed"
+    );
     tb.shutdown().await;
+}
+
+/// `deviceActionResults` of the phone's first Intune record.
+async fn action_results(tb: &TestBench, dev: &ReadyDevice, t: &str) -> Vec<Value> {
+    let url = format!(
+        "{}/v1.0/deviceManagement/managedDevices/{}?$select=id,activationLockBypassCode,deviceActionResults",
+        tb.bench.graph().url(),
+        intune_ids(dev)[0]
+    );
+    let r = graph_get(&url, t).await;
+    assert_eq!(r.status, 200);
+    r.json["deviceActionResults"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The two readings of the action (docs/mdm.md §1.3), a record that is not ADE-supervised,
+/// and a record without a code, which no reading releases.
+#[tokio::test]
+async fn bypass_action_readings_and_supervision() {
+    const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+    const STALE: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
+    let phone = |code: Option<&str>, supervised: bool| DeviceSpec {
+        lock: Some(Lock::Mdm),
+        codes: Some(vec![GOOD.to_string()]),
+        stale_codes: Some(vec![STALE.to_string()]),
+        enrollments: Some(vec![EnrollmentSpec {
+            code: code.map(str::to_string),
+            ade_supervised: (!supervised).then_some(false),
+            ..EnrollmentSpec::default()
+        }]),
+        ..DeviceSpec::default()
+    };
+    let phones = vec![
+        phone(Some(STALE), true),
+        phone(None, true),
+        phone(Some(STALE), false),
+    ];
+    // Submits the stored code (default): a stale code releases nothing.
+    let tb = start(world(52, phones.clone())).await;
+    let t = token(&tb).await;
+    for i in 0..3 {
+        let dev = device(&tb, i);
+        let action = format!(
+            "{}/v1.0/deviceManagement/managedDevices/{}/bypassActivationLock",
+            tb.bench.graph().url(),
+            intune_ids(&dev)[0]
+        );
+        assert_eq!(graph_post(&action, &t).await.status, 204);
+        assert!(!device(&tb, i).lock_released, "phone {i}");
+    }
+    let states: Vec<Value> = action_states(&tb, &t).await;
+    assert_eq!(states, ["failed", "failed", "notSupported"]);
+    tb.shutdown().await;
+
+    // Refreshes the code: the supervised record with a code gets the phone's current one.
+    let mut w = world(52, phones);
+    w.intune.bypass_action = station_sim::world::BypassActionReading::RefreshesCode;
+    let tb = start(w).await;
+    let t = token(&tb).await;
+    for i in 0..3 {
+        let dev = device(&tb, i);
+        let action = format!(
+            "{}/v1.0/deviceManagement/managedDevices/{}/bypassActivationLock",
+            tb.bench.graph().url(),
+            intune_ids(&dev)[0]
+        );
+        assert_eq!(graph_post(&action, &t).await.status, 204);
+        assert!(!device(&tb, i).lock_released, "a refresh releases nothing");
+    }
+    assert_eq!(
+        action_states(&tb, &t).await,
+        ["done", "failed", "notSupported"]
+    );
+    let codes: Vec<Value> = {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let url = format!(
+                "{}/v1.0/deviceManagement/managedDevices/{}?$select=activationLockBypassCode,isSupervised",
+                tb.bench.graph().url(),
+                intune_ids(&device(&tb, i))[0]
+            );
+            out.push(graph_get(&url, &t).await.json["activationLockBypassCode"].clone());
+        }
+        out
+    };
+    assert_eq!(codes, [Value::from(GOOD), Value::Null, Value::from(STALE)]);
+    tb.shutdown().await;
+}
+
+/// `actionState` of each phone's action, in phone order.
+async fn action_states(tb: &TestBench, t: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let results = action_results(tb, &device(tb, i), t).await;
+        out.push(results[0]["actionState"].clone());
+    }
+    out
 }
 
 #[tokio::test]
 async fn bypass_action_can_be_delayed_or_have_no_effect() {
+    const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+    // The record holds the phone's current code: the only case the action releases.
     let phone = |action_releases| DeviceSpec {
         lock: Some(Lock::Mdm),
-        codes: Some(Vec::new()),
+        codes: Some(vec![GOOD.to_string()]),
         enrollments: Some(vec![EnrollmentSpec {
+            code: Some(GOOD.to_string()),
             action_releases: Some(action_releases),
             ..EnrollmentSpec::default()
         }]),

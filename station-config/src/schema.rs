@@ -492,12 +492,43 @@ pub fn check_http_listen(
     ))
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Codes {
     /// Tried in order; codes from all sources that answer are merged.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// A source's answer without a code is reused this long in a run, then asked again
+    /// (codes reappear: a phone re-enrolled, an admin re-escrowing).
+    #[serde(
+        default = "default_no_code_recheck",
+        deserialize_with = "no_code_recheck_range"
+    )]
+    pub no_code_recheck_secs: u64,
+}
+
+impl Default for Codes {
+    fn default() -> Self {
+        Codes {
+            sources: Vec::new(),
+            no_code_recheck_secs: default_no_code_recheck(),
+        }
+    }
+}
+
+fn default_no_code_recheck() -> u64 {
+    600
+}
+
+/// 0 (always ask again) to a day.
+fn no_code_recheck_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = u64::deserialize(d)?;
+    if secs > 86_400 {
+        return Err(serde::de::Error::custom(format!(
+            "no_code_recheck_secs = {secs}: at most 86400 (a day)"
+        )));
+    }
+    Ok(secs)
 }
 
 /// One bypass-code source.

@@ -31,6 +31,9 @@ use station_tests::web;
 const WORLD: &str = r#"
 seed = 31
 
+[intune]
+bypass_action = "refreshes_code"
+
 # released by Intune.
 [[device]]
 device_name = "intune-released"
@@ -55,11 +58,13 @@ device_name = "hook-only"
 lock = "mdm"
 intune = false
 
-# in Intune without a code: released by bypassActivationLock.
+# in Intune with a code Apple no longer takes: bypassActivationLock puts the current one on
+# the record (the bench's Intune reads the action as "refreshes the code").
 [[device]]
 device_name = "action-released"
 lock = "mdm"
-codes = []
+stale_codes = ["PXH8M-QYJZA-2H1J-H9CV-HN5U-KDN7"]
+enrollments = [{ code = "PXH8M-QYJZA-2H1J-H9CV-HN5U-KDN7" }]
 
 # a personal Apple Account: nothing releases it.
 [[device]]

@@ -53,7 +53,11 @@ impl std::ops::Deref for Fixture {
 
 impl Fixture {
     async fn start(sources: &[ConfigSource]) -> Fixture {
-        let inner = InProcBench::start_with(&world(), |config| {
+        Fixture::start_world(&world(), sources).await
+    }
+
+    async fn start_world(world: &str, sources: &[ConfigSource]) -> Fixture {
+        let inner = InProcBench::start_with(world, |config| {
             config.station_config_sources = sources.to_vec();
         })
         .await;
@@ -67,17 +71,23 @@ impl Fixture {
         &self.devices[self.index_of(name)]
     }
 
+    /// Whether the phone's lock was released on Apple's side (by an MDM), now.
+    fn released(&self, name: &str) -> bool {
+        self.bench.ready_info().devices[self.index_of(name)].lock_released
+    }
+
     fn config(&self) -> PathBuf {
         self.bench.station_config().to_path_buf()
     }
 
-    /// The bench's configuration with the Intune action turned on (1 s wait).
+    /// The bench's configuration with the Intune action turned on (its progress watched
+    /// for up to 5 s).
     fn config_with_action(&self) -> PathBuf {
         let text = std::fs::read_to_string(self.config()).expect("read config");
         assert!(text.contains("bypass_action = false"), "{text}");
         let text = text.replace(
             "bypass_action = false",
-            "bypass_action = true\nbypass_action_wait_secs = 1",
+            "bypass_action = true\nbypass_action_wait_secs = 5",
         );
         let path = self.path("station-action.toml");
         std::fs::write(&path, text).expect("write config");
@@ -381,14 +391,26 @@ async fn activate_with_only_intune_and_with_the_remote_action() {
     assert_eq!(json["outcome"], "locked_no_code", "{out}");
     assert_eq!(out.status.code(), Some(7));
     assert!(json["remote_release"].is_null());
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("in Intune (intune) without a code: the code was removed by a reset"),
+        "{message}"
+    );
 
-    // With the action enabled: Intune's bypassActivationLock releases it, then Apple
-    // answers an activation record.
+    // With the action enabled: Intune's bypassActivationLock is sent and watched, but a
+    // record without a code gives the action nothing to hand Apple: the phone stays locked
+    // and the report says what the action needs and can do.
     let (out, json) = f.activate(&f.config_with_action(), NO_CODE, true).await;
-    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["outcome"], "locked_no_code", "{out}");
+    assert_eq!(out.status.code(), Some(7));
     assert_eq!(json["remote_release"]["source"], "intune");
     assert_eq!(json["remote_release"]["action"], "bypassActivationLock");
+    assert_eq!(json["remote_release"]["action_state"], "failed");
+    assert_eq!(json["remote_release"]["record_has_code"], false);
     assert_eq!(json["codes_tried"], 0);
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Intune holds no bypass code"), "{message}");
+    assert!(message.contains("Automated Device Enrollment"), "{message}");
     assert!(
         out.stderr
             .contains("asked the MDM to release the Activation Lock"),
@@ -403,6 +425,7 @@ async fn activate_with_only_intune_and_with_the_remote_action() {
         .collect();
     assert_eq!(posts.len(), 1);
     assert!(posts[0].path.ends_with("/bypassActivationLock"));
+    assert!(!f.released(NO_CODE));
     assert_no_secrets(&out, &f.secrets());
 
     // A personal Apple Account: no source knows it, the action has nothing to act on.
@@ -410,6 +433,113 @@ async fn activate_with_only_intune_and_with_the_remote_action() {
         .activate(&f.config_with_action(), USER_LOCKED, false)
         .await;
     assert_eq!(json["outcome"], "user_locked", "{out}");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not in Intune (intune): no record of the serial")
+            && message.contains("personal Apple Account"),
+        "the reason says the code may have vanished, not only a personal account: {message}"
+    );
+}
+
+/// The phones of [`action_world`].
+const STALE_IN_INTUNE: &str = "stale-in-intune";
+const NOT_ADE: &str = "not-ade";
+
+/// A world for `bypassActivationLock`: a record without a code, a record whose code Apple
+/// no longer takes (the phone's current code is `GOOD`), and a phone not supervised through
+/// ADE; `reading` is the stand-in's reading of the action (docs/mdm.md §1.3).
+fn action_world(reading: &str) -> String {
+    fixtures::world_with(
+        22,
+        &format!("[intune]\nbypass_action = \"{reading}\""),
+        &[
+            Phone::mdm_locked(NO_CODE, &[]),
+            Phone::mdm_locked(STALE_IN_INTUNE, &[GOOD])
+                .with("stale_codes", &toml_list(&[STALE]))
+                .with("enrollments", &format!("[{{ code = \"{STALE}\" }}]")),
+            Phone::mdm_locked(NOT_ADE, &[]).with("enrollments", "[{ ade_supervised = false }]"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_action_submits_the_stored_code_and_cannot_help_without_one() {
+    let f = Fixture::start_world(
+        &action_world("submits_stored_code"),
+        &[ConfigSource::Intune],
+    )
+    .await;
+    let config = f.config_with_action();
+
+    // No code on the record: nothing to submit.
+    let (out, json) = f.activate(&config, NO_CODE, false).await;
+    assert_eq!(json["outcome"], "locked_no_code", "{out}");
+    assert_eq!(json["remote_release"]["action_state"], "failed");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Intune holds no bypass code"), "{message}");
+    assert!(
+        message.contains("can only hand Apple a code Intune holds"),
+        "{message}"
+    );
+
+    // A stale code: Apple rejects it from the station, and again from Intune.
+    let (out, json) = f.activate(&config, STALE_IN_INTUNE, false).await;
+    assert_eq!(json["outcome"], "locked_no_code", "{out}");
+    assert_eq!(json["codes_tried"], 1);
+    assert_eq!(json["remote_release"]["record_has_code"], true);
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Apple rejected the code Intune holds"),
+        "{message}"
+    );
+
+    // Not supervised through ADE: accepted, no effect, and the precondition is named.
+    let (out, json) = f.activate(&config, NOT_ADE, false).await;
+    assert_eq!(json["outcome"], "locked_no_code", "{out}");
+    assert_eq!(json["remote_release"]["action_state"], "not_supported");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(message.contains("had no effect"), "{message}");
+    assert!(
+        message.contains("supervised through Automated Device Enrollment (ADE)")
+            && message.contains("Activation Lock Allowed While Supervised"),
+        "{message}"
+    );
+    for phone in [NO_CODE, STALE_IN_INTUNE, NOT_ADE] {
+        assert!(!f.released(phone), "{phone}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_action_that_refreshes_the_code_is_followed_by_the_new_code() {
+    let f = Fixture::start_world(&action_world("refreshes_code"), &[ConfigSource::Intune]).await;
+    let config = f.config_with_action();
+
+    // The stale code is rejected, the action puts the phone's current code on the record,
+    // the station reads it again and that code releases the lock.
+    let (out, json) = f.activate(&config, STALE_IN_INTUNE, true).await;
+    assert_eq!(json["outcome"], "activated", "{out}");
+    assert_eq!(json["codes_tried"], 2);
+    assert_eq!(json["released_by"]["code"], masked(GOOD).as_str());
+    assert_eq!(json["released_by"]["source"], "intune");
+    assert_eq!(json["remote_release"]["action"], "bypassActivationLock");
+    assert_eq!(json["remote_release"]["action_state"], "done");
+    let reads = f
+        .bench
+        .graph()
+        .graph_requests()
+        .into_iter()
+        .filter(|r| {
+            r.query_value("$select")
+                .is_some_and(|q| q.contains("deviceActionResults"))
+        })
+        .count();
+    assert!(reads >= 2, "the record is read before and after the action");
+    assert_no_secrets(&out, &f.secrets());
+
+    // A record that never held a code gets none: the phone stays locked.
+    let (out, json) = f.activate(&config, NO_CODE, false).await;
+    assert_eq!(json["outcome"], "locked_no_code", "{out}");
+    assert_eq!(json["remote_release"]["record_has_code"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

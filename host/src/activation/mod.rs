@@ -20,7 +20,9 @@ use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FRO
 use station_protocol::mobileactivation::{self, Command, MobileActivationError};
 use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 
-use crate::codes::{CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode};
+use crate::codes::{
+    ActionState, CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode,
+};
 use crate::error::{ErrorCode, StationError, UrlProblem};
 use crate::http::{HttpClient, HttpError, RetryPolicy};
 use crate::line::events::AnswerClass;
@@ -816,7 +818,9 @@ impl Activator<'_> {
         }
     }
 
-    /// An MDM released the lock without a code: wait as configured, then ask Apple once more.
+    /// An MDM was asked to release the lock and its record read again (the source watched
+    /// the action): Apple is asked once more, any code the record gained since is tried, and
+    /// a lock that stays is reported with what the action can and cannot do.
     async fn after_release(
         &self,
         device: &DeviceInfo,
@@ -824,25 +828,27 @@ impl Activator<'_> {
         release: &RemoteRelease,
         progress: &mut Progress,
     ) -> Result<(Vec<u8>, Vec<(String, String)>), Stop> {
-        tracing::info!(source = %release.source, action = %release.action, wait = ?release.wait, "waiting for the MDM's release, then activating again");
-        tokio::time::sleep(release.wait).await;
-        match self.request_activation(device, progress).await? {
+        tracing::info!(source = %release.source, action = %release.action, state = release.action_state.as_str(), new_codes = release.codes.len(), "activating again after the MDM's action");
+        let page = match self.request_activation(device, progress).await? {
             ActivationResponse::Record {
                 raw_body, headers, ..
-            } => Ok((raw_body, headers)),
-            ActivationResponse::LockForm(_) | ActivationResponse::AuthAlert { .. } => {
-                Err(Stop::new(
-                    Outcome::LockedNoCode,
-                    format!(
-                        "Activation-Locked: {}'s {} was sent for serial {serial}, but Apple still asks for the lock after {} s: run again later (the release can take a while), or ask the customer's IT for the code",
-                        release.source,
-                        release.action,
-                        release.wait.as_secs()
-                    ),
-                ))
+            } => return Ok((raw_body, headers)),
+            ActivationResponse::LockForm(page) | ActivationResponse::AuthAlert { page, .. } => page,
+            other => return Err(unexpected_answer("deviceActivation", other)),
+        };
+        self.enter(device, progress, Step::Bypass);
+        if !release.codes.is_empty() {
+            if let Some(Bypassed::Record(body, headers)) = self
+                .submit_codes(device, page, &release.codes, progress)
+                .await?
+            {
+                return Ok((body, headers));
             }
-            other => Err(unexpected_answer("deviceActivation", other)),
         }
+        Err(Stop::new(
+            Outcome::LockedNoCode,
+            release_limits(serial, release),
+        ))
     }
 
     /// No code released the lock: where a source is configured to, the MDM is asked to
@@ -1114,23 +1120,57 @@ impl Activator<'_> {
                 })?,
         };
         if lookup.codes.is_empty() {
+            // Each source says why it has none: a code that vanished (a reset, a deleted
+            // record) must not read as a personal Apple Account.
+            let why = if lookup.absent.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", lookup.absent.join("; "))
+            };
             let stop = if lookup.known {
                 Stop::new(
                     Outcome::LockedNoCode,
-                    format!("Activation-Locked and no bypass code for serial {serial}: device not supervised or code expired in the MDM; ask the customer's IT for the code"),
+                    format!("Activation-Locked and no bypass code for serial {serial}{why}: ask the customer's IT for the code, or to release the phone in Apple Business Manager"),
                 )
             } else {
                 Stop::new(
                     Outcome::UserLocked,
-                    format!("Activation-Locked to an Apple Account no code source knows (serial {serial}): the owner must remove it from Find My, or the customer must release it in Apple Business Manager"),
+                    format!("Activation-Locked, and no code source knows serial {serial}{why}: a phone that left the MDM (record deleted, code removed by a reset) looks the same as one locked to a personal Apple Account; the owner must remove it from Find My, or the customer's IT must release it in Apple Business Manager or give the code"),
                 )
             };
             return self
                 .try_release(device, serial, &mut progress.report, stop)
                 .await;
         }
+        if let Some(record) = self
+            .submit_codes(device, page, &lookup.codes, progress)
+            .await?
+        {
+            return Ok(record);
+        }
+        let stop = Stop::new(
+            Outcome::CodeRejected,
+            format!(
+                "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: stale in {} (the phone was supervised again or erased since); fetch a fresh code there",
+                progress.report.codes_tried,
+                sources_of(&lookup.codes)
+            ),
+        );
+        self.try_release(device, serial, &mut progress.report, stop)
+            .await
+    }
+
+    /// Answers the lock form with each of `codes` once (see [`Self::bypass`]): the record when
+    /// one released the lock (or Apple stopped asking), `None` when Apple rejected them all.
+    async fn submit_codes(
+        &self,
+        device: &DeviceInfo,
+        page: BuddyPage,
+        codes: &[SourcedCode],
+        progress: &mut Progress,
+    ) -> Result<Option<Bypassed>, Stop> {
         let mut form = Some(page);
-        for code in &lookup.codes {
+        for code in codes {
             let page = match form.take() {
                 Some(page) if !self.session_is_stale(progress) => page,
                 stale => {
@@ -1142,7 +1182,7 @@ impl Activator<'_> {
                     }
                     match self.exchange_again(device, progress).await? {
                         Ok(page) => page,
-                        Err(record) => return Ok(record),
+                        Err(record) => return Ok(Some(record)),
                     }
                 }
             };
@@ -1165,7 +1205,7 @@ impl Activator<'_> {
                     raw_body, headers, ..
                 } => {
                     progress.report.released_by = Some(Release::from(code));
-                    return Ok(Bypassed::Record(raw_body, headers));
+                    return Ok(Some(Bypassed::Record(raw_body, headers)));
                 }
                 ActivationResponse::AuthAlert { page: next, .. }
                 | ActivationResponse::LockForm(next) => {
@@ -1176,16 +1216,38 @@ impl Activator<'_> {
                 other => return Err(unexpected_answer("the Activation Lock form", other)),
             }
         }
-        let stop = Stop::new(
-            Outcome::CodeRejected,
-            format!(
-                "Activation-Locked: Apple rejected all {} bypass code(s) for serial {serial}: stale in {} (the phone was supervised again or erased since); fetch a fresh code there",
-                progress.report.codes_tried,
-                sources_of(&lookup.codes)
-            ),
-        );
-        self.try_release(device, serial, &mut progress.report, stop)
-            .await
+        Ok(None)
+    }
+}
+
+/// Why a lock outlived an MDM's release action, naming what the action needs and can do
+/// (docs/mdm.md §1.3, §1.8): it only works on a phone supervised through Automated Device
+/// Enrollment with "Activation Lock Allowed While Supervised", and it can only hand Apple a
+/// code the MDM holds (or, by Microsoft's other description, fetch a fresh one).
+fn release_limits(serial: &str, release: &RemoteRelease) -> String {
+    const NEEDS: &str = "it works only for a phone supervised through Automated Device Enrollment (ADE) with the policy \"Activation Lock Allowed While Supervised\"";
+    const NEXT: &str = "ask the customer's IT to release the phone in Apple Business Manager or to read the code from the device's Hardware page";
+    let head = format!(
+        "Activation-Locked: {}'s {} for serial {serial}",
+        release.source, release.action
+    );
+    match release.action_state {
+        ActionState::NotSupported => format!(
+            "{head} had no effect (Intune reports it not supported for this device): {NEEDS}; {NEXT}"
+        ),
+        ActionState::Pending | ActionState::Active | ActionState::NotReported => format!(
+            "{head} was accepted but is still {} after {} s and Apple still asks for the lock: {NEEDS}, and it can only hand Apple a code Intune holds; run again later, or {NEXT}",
+            release.action_state.as_str(),
+            release.wait.as_secs()
+        ),
+        _ if !release.record_has_code => format!(
+            "{head} ended {} and cannot help: Intune holds no bypass code for this record, and the action can only hand Apple a code Intune holds ({NEEDS}); {NEXT}",
+            release.action_state.as_str()
+        ),
+        _ => format!(
+            "{head} ended {}, but Apple still asks for the lock: Apple rejected the code Intune holds and the action brought no new one ({NEEDS}); {NEXT}",
+            release.action_state.as_str()
+        ),
     }
 }
 

@@ -3,10 +3,13 @@
 //! that fails is reported and the others still count; only when every source failed is the
 //! lookup an error. Answers are kept for the length of a run (one chain per run), per source
 //! and per serial + UDID, so a replugged phone costs no new API calls; a source that failed is
-//! asked again next time.
+//! asked again next time, and an answer without a code only for a while
+//! (`[codes] no_code_recheck_secs`): codes appear later (a reset phone re-enrolled, an admin
+//! re-escrowing), and a long run must see them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, BoxFuture};
 use station_config::{Environment, StationConfig};
@@ -74,19 +77,40 @@ fn cache_key(serial: &str, udid: &str) -> Key {
     )
 }
 
-#[derive(Default)]
+/// How long an answer without a code is reused, unless configured.
+pub const NO_CODE_RECHECK: Duration = Duration::from_secs(600);
+
 pub struct Chain {
     links: Vec<Link>,
-    /// Answers per (link index, key).
-    cache: Mutex<HashMap<(usize, Key), Lookup>>,
+    /// Answers per (link index, key), with when they were given.
+    cache: Mutex<HashMap<(usize, Key), (Lookup, Instant)>>,
+    /// An answer without a code is asked again once it is this old.
+    no_code_recheck: Duration,
     /// One lookup per key at a time, so a second one for the same phone waits and reads the
     /// cache instead of asking again.
     busy: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            links: Vec::new(),
+            cache: Mutex::default(),
+            no_code_recheck: NO_CODE_RECHECK,
+            busy: Mutex::default(),
+        }
+    }
+}
+
 impl Chain {
     pub fn new() -> Self {
         Chain::default()
+    }
+
+    /// Answers without a code are asked again once they are `after` old.
+    pub fn with_no_code_recheck(mut self, after: Duration) -> Self {
+        self.no_code_recheck = after;
+        self
     }
 
     /// Appends a source; `kind` is its type (`csv`, `intune`, …).
@@ -111,7 +135,8 @@ impl Chain {
         let retry = RetryPolicy::from_config(&config.retry);
         let env = Environment::process();
         let secret_env = config.secret_env_names().into_keys().collect();
-        let mut chain = Chain::new();
+        let mut chain = Chain::new()
+            .with_no_code_recheck(Duration::from_secs(config.codes.no_code_recheck_secs));
         for source in &config.codes.sources {
             let built =
                 super::registry::build(source, retry, &env, &secret_env).map_err(|reason| {
@@ -175,7 +200,9 @@ impl Chain {
                         known: lookup.known,
                         codes: lookup.codes.len(),
                         cached,
+                        absent: lookup.absent.first().cloned(),
                     });
+                    merged.absent.extend(lookup.absent);
                     for mut code in lookup.codes {
                         code.source = link.name.clone();
                         merged.push(code);
@@ -223,7 +250,11 @@ impl Chain {
             .unwrap_or_else(|e| e.into_inner())
             .get(&slot)
             .cloned();
-        if let Some(lookup) = cached {
+        // "No code" is not final: it is asked again once it has aged.
+        let fresh = |(lookup, at): &(Lookup, Instant)| {
+            !lookup.codes.is_empty() || at.elapsed() < self.no_code_recheck
+        };
+        if let Some((lookup, _)) = cached.filter(fresh) {
             tracing::debug!(source = %link.name, "bypass codes from this run's cache");
             return Ok((lookup, true));
         }
@@ -231,7 +262,7 @@ impl Chain {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(slot, lookup.clone());
+            .insert(slot, (lookup.clone(), Instant::now()));
         Ok((lookup, false))
     }
 
@@ -382,6 +413,7 @@ mod tests {
                         source: "intune".into(),
                         action: "bypassActivationLock".into(),
                         wait: Duration::from_millis(1),
+                        ..RemoteRelease::default()
                     })),
                 }
             })
@@ -471,6 +503,33 @@ mod tests {
             Chain::new().lookup_all("S", "U").await,
             Err(ChainError::NoSources)
         ));
+    }
+
+    /// "No code" is not kept for a whole run: it is asked again once it has aged, while an
+    /// answer with codes stays cached.
+    #[tokio::test]
+    async fn an_answer_without_a_code_is_asked_again_after_the_recheck_time() {
+        let (intune, intune_calls) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
+        let (empty, empty_calls) = Fixed::new(Vec::new());
+        let chain = Chain::new()
+            .with_no_code_recheck(Duration::from_millis(300))
+            .with("contoso", "intune", intune)
+            .with("kandji", "kandji", empty);
+        for _ in 0..2 {
+            chain.lookup_all("C8TJ500QF1MN", "U").await.expect("lookup");
+        }
+        assert_eq!(intune_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            empty_calls.load(Ordering::SeqCst),
+            1,
+            "within the recheck time"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let later = chain.lookup_all("C8TJ500QF1MN", "U").await.expect("later");
+        assert_eq!(intune_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(empty_calls.load(Ordering::SeqCst), 2, "asked again");
+        assert!(later.answered[0].cached && !later.answered[1].cached);
+        assert_eq!(Chain::new().no_code_recheck, NO_CODE_RECHECK);
     }
 
     #[tokio::test]

@@ -62,6 +62,8 @@ struct Row {
 pub struct CsvCodes {
     by_serial: HashMap<String, Vec<Row>>,
     rows: usize,
+    /// The file's name, in reasons.
+    label: String,
 }
 
 impl CsvCodes {
@@ -100,7 +102,10 @@ impl CsvCodes {
         if names != COLUMNS {
             return Err(ParseError::Header);
         }
-        let mut codes = CsvCodes::default();
+        let mut codes = CsvCodes {
+            label: label.to_string(),
+            ..CsvCodes::default()
+        };
         let mut errors = Vec::new();
         for (index, record) in reader.records().enumerate() {
             let line = record
@@ -138,7 +143,9 @@ impl CsvCodes {
     /// in a stale export must not feed codes to the wrong phone).
     pub fn lookup_now(&self, serial: &str, udid: &str) -> Lookup {
         let mut lookup = Lookup::default();
+        let label = &self.label;
         let Some(rows) = self.by_serial.get(&serial.trim().to_ascii_uppercase()) else {
+            lookup.explain_absence(|| format!("not in {label}: the serial is not in the file"));
             return lookup;
         };
         let wanted = station_protocol::udid::normalise_udid(udid);
@@ -155,6 +162,14 @@ impl CsvCodes {
                 lookup.push(code.clone());
             }
         }
+        let known = lookup.known;
+        lookup.explain_absence(|| {
+            if known {
+                format!("in {label} without a code: the serial's row has an empty code")
+            } else {
+                format!("not in {label}: the serial's rows name another UDID")
+            }
+        });
         lookup
     }
 }
@@ -290,7 +305,16 @@ mod tests {
         let lookup = codes.lookup_now("C8TJ500QF1MN", "x");
         assert!(lookup.known);
         assert!(lookup.codes.is_empty());
-        assert_eq!(codes.lookup_now("F2LXXXXXXXXX", "x"), Lookup::default());
+        assert_eq!(
+            lookup.absent,
+            ["in codes.csv without a code: the serial's row has an empty code"]
+        );
+        let unknown = codes.lookup_now("F2LXXXXXXXXX", "x");
+        assert!(!unknown.known && unknown.codes.is_empty());
+        assert_eq!(
+            unknown.absent,
+            ["not in codes.csv: the serial is not in the file"]
+        );
     }
 
     #[test]
@@ -305,9 +329,11 @@ mod tests {
                 .lookup_now("C8TJ500QF1MN", "00008030-00000000000000AA")
                 .known
         );
+        let other = codes.lookup_now("C8TJ500QF1MN", "00008030-00000000000000BB");
+        assert!(!other.known && other.codes.is_empty());
         assert_eq!(
-            codes.lookup_now("C8TJ500QF1MN", "00008030-00000000000000BB"),
-            Lookup::default()
+            other.absent,
+            ["not in codes.csv: the serial's rows name another UDID"]
         );
     }
 

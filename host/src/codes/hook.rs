@@ -251,6 +251,19 @@ fn kill_group(pid: Option<u32>) {
 
 /// Reads the hook's output: lines of codes or JSON (see the module documentation).
 pub fn parse_output(text: &str, source: &str) -> Result<Lookup, HookError> {
+    let mut lookup = parse_codes(text, source)?;
+    let known = lookup.known;
+    lookup.explain_absence(|| {
+        if known {
+            format!("known to hook {source}, no code")
+        } else {
+            format!("not known to hook {source}")
+        }
+    });
+    Ok(lookup)
+}
+
+fn parse_codes(text: &str, source: &str) -> Result<Lookup, HookError> {
     let trimmed = text.trim_start();
     let tag = |code: BypassCode, kind: CodeKind| SourcedCode {
         code,
@@ -461,7 +474,7 @@ echo "{OTHER}""##,
             .fetch("C8TJ500QF1MN", "00008030-AA")
             .await
             .expect("lookup");
-        assert_eq!(lookup, Lookup::default());
+        assert!(!lookup.known && lookup.codes.is_empty());
         let text = std::fs::read_to_string(&dump).expect("dump");
         let mut names: Vec<&str> = text
             .lines()
@@ -507,13 +520,15 @@ echo "{OTHER}""##,
             .await
             .expect("known");
         assert!(lookup.known && lookup.codes.is_empty());
+        assert_eq!(lookup.absent, ["known to hook jamf-hook, no code"]);
 
         let empty = script(&dir, "empty", "exit 0");
         let lookup = hook(empty, Duration::from_secs(5))
             .fetch("S", "U")
             .await
             .expect("empty");
-        assert_eq!(lookup, Lookup::default());
+        assert!(!lookup.known && lookup.codes.is_empty());
+        assert_eq!(lookup.absent, ["not known to hook jamf-hook"]);
     }
 
     #[tokio::test]

@@ -98,16 +98,24 @@ impl Kandji {
     pub async fn fetch(&self, serial: &str) -> Result<Lookup, KandjiError> {
         let serial = serial.trim();
         let mut lookup = Lookup::default();
-        for id in self.devices(serial).await? {
+        let devices = self.devices(serial).await?;
+        let mut without_secrets = 0usize;
+        for id in &devices {
+            let id = id.as_str();
             let url = format!(
                 "{}/api/v1/devices/{}/secrets/bypasscode",
                 self.base(),
-                encode_component(&id)
+                encode_component(id)
             );
             let response = self.get(&url).await?;
             match response.status {
                 200 => {}
-                404 => continue,
+                // The device is Kandji's; it holds no secrets for it (docs/mdm.md §3.1).
+                404 => {
+                    lookup.known = true;
+                    without_secrets += 1;
+                    continue;
+                }
                 _ => return Err(failure(&response, "device secrets", "Device secrets")),
             }
             lookup.known = true;
@@ -143,6 +151,16 @@ impl Kandji {
                 }
             }
         }
+        let name = &self.settings.name;
+        lookup.explain_absence(|| {
+            if devices.is_empty() {
+                format!("not in Kandji ({name}): no device with the serial (deleted, or never enrolled there)")
+            } else if without_secrets > 0 {
+                format!("known to Kandji ({name}), no code: secrets/bypasscode answered 404 (the code was removed by a reset, or never escrowed)")
+            } else {
+                format!("known to Kandji ({name}), no code: its secrets hold no bypass code")
+            }
+        });
         Ok(lookup)
     }
 
@@ -315,6 +333,8 @@ mod tests {
                 .with_user_based_albc(GOOD)
                 .with_device_based_albc(OTHER),
             KandjiDevice::new("dev-other", "F2L000000001"),
+            KandjiDevice::new("dev-empty", "F2LEMPTY0001"),
+            KandjiDevice::new("dev-gone", "F2LGONE00001").without_secrets(),
         ];
         KandjiServer::start(&spec, 1, devices)
             .await
@@ -373,7 +393,31 @@ mod tests {
             .fetch("F2LNOTKNOWN1")
             .await
             .expect("lookup");
-        assert_eq!(lookup, Lookup::default());
+        assert!(!lookup.known && lookup.codes.is_empty());
+        assert_eq!(
+            lookup.absent,
+            ["not in Kandji (acme-kandji): no device with the serial (deleted, or never enrolled there)"]
+        );
+    }
+
+    /// A device without codes, and one whose `secrets/bypasscode` answers 404: both known,
+    /// both say why there is no code.
+    #[tokio::test]
+    async fn a_known_device_without_a_code_says_so() {
+        let server = server().await;
+        let kandji = client(server.url(), TOKEN);
+        let gone = kandji.fetch("F2LGONE00001").await.expect("lookup");
+        assert!(gone.known && gone.codes.is_empty());
+        assert_eq!(
+            gone.absent,
+            ["known to Kandji (acme-kandji), no code: secrets/bypasscode answered 404 (the code was removed by a reset, or never escrowed)"]
+        );
+        let empty = kandji.fetch("F2LEMPTY0001").await.expect("lookup");
+        assert!(empty.known && empty.codes.is_empty());
+        assert_eq!(
+            empty.absent,
+            ["known to Kandji (acme-kandji), no code: its secrets hold no bypass code"]
+        );
     }
 
     #[tokio::test]

@@ -79,6 +79,10 @@ pub struct Lookup {
     pub answered: Vec<SourceAnswer>,
     /// The sources that failed, in order, and why (filled by the chain).
     pub failures: Vec<SourceFailure>,
+    /// Why a source that answered had no code, one line per source naming it ("not in
+    /// Intune (contoso): …", "known to Kandji (kandji), no code …"): codes vanish (a reset,
+    /// a clean-up rule), and the report must not take that for a personal Apple Account.
+    pub absent: Vec<String>,
 }
 
 /// One source's answer in a chained lookup.
@@ -92,6 +96,9 @@ pub struct SourceAnswer {
     pub codes: usize,
     /// Answered from this run's cache, without asking the source again.
     pub cached: bool,
+    /// Why it had no code (see [`Lookup::absent`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absent: Option<String>,
 }
 
 /// A source that could not answer, and why (never a secret or a code).
@@ -103,6 +110,13 @@ pub struct SourceFailure {
 }
 
 impl Lookup {
+    /// Notes why this source has no code, when it has none.
+    pub fn explain_absence(&mut self, reason: impl FnOnce() -> String) {
+        if self.codes.is_empty() {
+            self.absent.push(reason());
+        }
+    }
+
     /// Adds a code unless the same code is already there.
     pub fn push(&mut self, code: SourcedCode) {
         self.known = true;
@@ -112,16 +126,85 @@ impl Lookup {
     }
 }
 
-/// An MDM told to release a phone's Activation Lock itself (Intune `bypassActivationLock`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An MDM told to release a phone's Activation Lock itself (Intune `bypassActivationLock`),
+/// and what the station saw of it afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RemoteRelease {
     /// The source's name.
     pub source: String,
     /// The MDM action, e.g. `bypassActivationLock`.
     pub action: String,
-    /// How long to wait before activating again (the action is asynchronous).
+    /// The action's progress as the MDM last reported it.
+    pub action_state: ActionState,
+    /// The phone's record held a bypass code when it was read again after the action.
+    pub record_has_code: bool,
+    /// Codes the record held after the action that it did not hold before: tried before
+    /// Apple is asked again.
+    #[serde(skip)]
+    pub codes: Vec<SourcedCode>,
+    /// How long the station watched the action.
     #[serde(skip)]
     pub wait: Duration,
+}
+
+/// An MDM action's progress: Graph's `deviceActionResult.actionState`
+/// (`none`, `pending`, `canceled`, `active`, `done`, `failed`, `notSupported`), or that the
+/// MDM reported nothing of it while the station watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// No result of this action appeared while the station watched.
+    #[default]
+    NotReported,
+    Pending,
+    Active,
+    Done,
+    Failed,
+    Canceled,
+    /// The MDM says the action does not apply to this device (not supervised through ADE).
+    NotSupported,
+    /// A state this station does not know.
+    Other,
+}
+
+impl ActionState {
+    /// Graph's `actionState` text.
+    pub fn from_graph(text: &str) -> ActionState {
+        match text {
+            "none" | "pending" => ActionState::Pending,
+            "active" => ActionState::Active,
+            "done" => ActionState::Done,
+            "failed" => ActionState::Failed,
+            "canceled" => ActionState::Canceled,
+            "notSupported" => ActionState::NotSupported,
+            _ => ActionState::Other,
+        }
+    }
+
+    /// The action has ended, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ActionState::Done
+                | ActionState::Failed
+                | ActionState::Canceled
+                | ActionState::NotSupported
+                | ActionState::Other
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::NotReported => "not reported",
+            ActionState::Pending => "pending",
+            ActionState::Active => "active",
+            ActionState::Done => "done",
+            ActionState::Failed => "failed",
+            ActionState::Canceled => "canceled",
+            ActionState::NotSupported => "not supported",
+            ActionState::Other => "in an unknown state",
+        }
+    }
 }
 
 /// Something that can name the bypass codes of a phone.

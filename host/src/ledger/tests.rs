@@ -324,6 +324,7 @@ async fn a_remote_release_is_recorded() {
         source: "intune".into(),
         action: "bypassActivationLock".into(),
         wait: Duration::from_secs(30),
+        ..Default::default()
     });
     ledger.finish(id, &r, at(1)).await.expect("finish");
     let stored = latest(&ledger, "u").await;

@@ -7,8 +7,13 @@
 //!   `activationLockBypassCode` is always null here, even when selected;
 //! - `GET managedDevices/{id}` (or `managedDevices('{id}')`): the code only when
 //!   `$select` names it;
-//! - `POST managedDevices/{id}/bypassActivationLock`: 204, and the phone's `mdm` lock is
-//!   released (the stand-in Albert answers a record from then on); a POST that declares no
+//! - `POST managedDevices/{id}/bypassActivationLock`: 204; what it then does is the world's
+//!   reading of Microsoft's two descriptions (docs/mdm.md §1.3): "submits the stored code"
+//!   (default) releases the phone's `mdm` lock only when the record's code is the phone's
+//!   current one, "refreshes the code" puts the phone's current code on the record and
+//!   releases nothing; neither helps a record without a code, and a record not supervised
+//!   through ADE gets nothing done. `deviceActionResults` shows the action `pending`, then
+//!   `done`, `failed` or `notSupported`, after `bypass_delay_ms`; a POST that declares no
 //!   length (neither `Content-Length` nor `Transfer-Encoding`) gets 411, as Graph's
 //!   HTTP/1.1 front end answers (docs/mdm.md §1.3);
 //! - Intune's own errors (403, 404, 5xx of `managedDevices`) carry a JSON document inside
@@ -210,17 +215,13 @@ pub(crate) fn route(inner: &IntuneInner, req: &Req) -> Answer {
             let Some(record) = find(inner, id) else {
                 return not_found(id);
             };
-            let delay = inner.settings().bypass_delay;
+            let (delay, reading) = {
+                let settings = inner.settings();
+                (settings.bypass_delay, settings.bypass_reading)
+            };
             let (id, serial) = (&record.device.id, &record.device.serial);
-            let released = record
-                .releases
-                .as_ref()
-                .is_some_and(|phone| phone.release_activation_lock(delay));
-            if released {
-                tracing::info!(%id, %serial, ?delay, "bypassActivationLock: Activation Lock released");
-            } else {
-                tracing::info!(%id, %serial, "bypassActivationLock accepted; the lock stays");
-            }
+            let outcome = record.bypass_activation_lock(reading, delay);
+            tracing::info!(%id, %serial, ?reading, ?delay, outcome, "bypassActivationLock accepted");
             Answer::empty(204, MdmOutcome::Ok)
         }
     }
@@ -340,6 +341,7 @@ const PROPERTIES: &[&str] = &[
     "notes",
     "ethernetMacAddress",
     "physicalMemoryInBytes",
+    "deviceActionResults",
 ];
 
 /// How a record is being read.
@@ -369,12 +371,14 @@ fn property(rec: &IntuneRecord, name: &str, selected: bool, read: Read) -> Value
         "deviceEnrollmentType" => "appleBulkWithoutUser".into(),
         // docs/mdm.md §1.1: null in every list call, even when selected.
         "activationLockBypassCode" if selected && read == Read::Single => {
-            d.code.clone().map_or(Value::Null, Value::from)
+            rec.code().map_or(Value::Null, Value::from)
         }
+        "deviceActionResults" => rec.action_results(),
         "azureADDeviceId" => "00000000-0000-0000-0000-000000000000".into(),
         "deviceRegistrationState" => "notRegistered".into(),
         "deviceCategoryDisplayName" => "Unknown".into(),
-        "isSupervised" | "isEncrypted" => true.into(),
+        "isSupervised" => d.ade_supervised.into(),
+        "isEncrypted" => true.into(),
         "exchangeAccessState" | "exchangeAccessStateReason" => "none".into(),
         "model" => d.model.clone().into(),
         "manufacturer" => "Apple".into(),

@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use rand::Rng;
+use station_protocol::bypass_code::BypassCode;
 use x509_parser::prelude::FromDer;
 
 use super::service::{rate, MdmRequest, MdmService, ServiceCore};
@@ -20,7 +21,7 @@ use crate::phone::Phone;
 use crate::world::mdm::{
     guid, DEFAULT_PAGE_SIZE, DEFAULT_TOKEN_LIFETIME_SECS, PRIVILEGED_PERMISSION, READ_PERMISSIONS,
 };
-use crate::world::{DeviceProfile, Enrollment, IntuneSpec, Mdm};
+use crate::world::{BypassActionReading, DeviceProfile, Enrollment, IntuneSpec, Mdm};
 
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// Expired tokens are remembered this long, so Graph can say "expired" rather than "unknown".
@@ -121,6 +122,8 @@ pub(crate) struct Settings {
     pub page_size: u32,
     pub ignore_filters: bool,
     pub bypass_delay: Duration,
+    /// What `bypassActivationLock` does (docs/mdm.md §1.3).
+    pub bypass_reading: BypassActionReading,
     /// Only PS256 client assertions are accepted.
     pub strict_assertions: bool,
     pub tokens: HashMap<String, IssuedToken>,
@@ -152,6 +155,11 @@ pub struct ManagedDevice {
     /// The Wi-Fi address as the phone reports it (`wiFiMacAddress` drops the colons).
     pub wifi_address: String,
     pub storage_gb: u32,
+    /// `isSupervised`: supervised through ADE, which `bypassActivationLock` needs.
+    pub ade_supervised: bool,
+    /// The code Apple holds for the phone now: what a "refreshes the code" action puts on
+    /// the record; `None`: Apple has none to give.
+    pub apple_code: Option<String>,
 }
 
 impl ManagedDevice {
@@ -170,7 +178,21 @@ impl ManagedDevice {
             meid: None,
             wifi_address: "00:00:00:00:00:00".to_string(),
             storage_gb: 128,
+            ade_supervised: true,
+            apple_code: None,
         }
+    }
+
+    /// Not supervised through ADE: the action is accepted and does nothing.
+    pub fn unsupervised(mut self) -> Self {
+        self.ade_supervised = false;
+        self
+    }
+
+    /// The code Apple would hand out now (what a refresh puts on the record).
+    pub fn with_apple_code(mut self, code: &str) -> Self {
+        self.apple_code = Some(code.to_string());
+        self
     }
 
     pub fn with_udid(mut self, udid: &str) -> Self {
@@ -203,6 +225,11 @@ impl ManagedDevice {
             meid: profile.meid.clone(),
             wifi_address: profile.wifi_address.clone(),
             storage_gb: profile.storage_gb,
+            ade_supervised: enrollment.ade_supervised,
+            // Only an `mdm` lock has a code Apple will take.
+            apple_code: (profile.lock == crate::world::Lock::Mdm)
+                .then(|| profile.codes.first().cloned())
+                .flatten(),
         }
     }
 
@@ -218,15 +245,131 @@ pub(crate) struct IntuneRecord {
     /// The bench phone whose `mdm` lock the action releases; `None`: the action is
     /// accepted and releases nothing (a standalone stand-in, or a record that does not).
     pub releases: Option<Arc<Phone>>,
+    /// What the action changed on the record.
+    pub action: Mutex<ActionTrace>,
+}
+
+/// What `bypassActivationLock` left on a record.
+#[derive(Debug, Default)]
+pub(crate) struct ActionTrace {
+    /// The code a "refreshes the code" action put on the record, and from when it shows.
+    pub refreshed_code: Option<(String, Instant)>,
+    /// The last action, for `deviceActionResults`.
+    pub last: Option<ActionRun>,
+}
+
+/// Graph's `DateTimeOffset` form: seven fractional digits, UTC.
+fn graph_timestamp(since_epoch: Duration) -> String {
+    let whole = super::service::utc_timestamp(since_epoch.as_secs());
+    format!(
+        "{}.{:07}Z",
+        whole.trim_end_matches('Z'),
+        since_epoch.subsec_nanos() / 100
+    )
+}
+
+/// One `bypassActivationLock`: `pending` until `settles_at`, then `outcome`.
+#[derive(Debug, Clone)]
+pub(crate) struct ActionRun {
+    pub started: String,
+    pub settled: String,
+    pub settles_at: Instant,
+    /// `done`, `failed` or `notSupported` (Graph's `actionState` values).
+    pub outcome: &'static str,
+}
+
+impl IntuneRecord {
+    fn new(device: ManagedDevice, releases: Option<Arc<Phone>>) -> IntuneRecord {
+        IntuneRecord {
+            device,
+            releases,
+            action: Mutex::new(ActionTrace::default()),
+        }
+    }
+
+    /// `activationLockBypassCode` now: a refreshed code replaces the stored one once the
+    /// action has settled.
+    pub fn code(&self) -> Option<String> {
+        match &lock(&self.action).refreshed_code {
+            Some((code, from)) if Instant::now() >= *from => Some(code.clone()),
+            _ => self.device.code.clone(),
+        }
+    }
+
+    /// `bypassActivationLock` on this record under `reading`, taking effect after `delay`;
+    /// the `actionState` it settles to. Never releases a phone whose record holds no code,
+    /// and does nothing for a phone not supervised through ADE (docs/mdm.md §1.3).
+    pub fn bypass_activation_lock(
+        &self,
+        reading: BypassActionReading,
+        delay: Duration,
+    ) -> &'static str {
+        let same = |a: &str, b: &str| match (BypassCode::parse(a), BypassCode::parse(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        let stored = self.code();
+        let settles_at = Instant::now() + delay;
+        let mut refreshed = None;
+        let outcome = if !self.device.ade_supervised {
+            "notSupported"
+        } else {
+            match (
+                reading,
+                stored.as_deref(),
+                self.device.apple_code.as_deref(),
+            ) {
+                // Apple takes the stored code only when it is the phone's current one.
+                (BypassActionReading::SubmitsStoredCode, Some(stored), Some(current))
+                    if same(stored, current) =>
+                {
+                    if let Some(phone) = &self.releases {
+                        phone.release_activation_lock(delay);
+                    }
+                    "done"
+                }
+                // A fresh code only for a record that held one (the phone was escrowed).
+                (BypassActionReading::RefreshesCode, Some(_), Some(current)) => {
+                    refreshed = Some((current.to_string(), settles_at));
+                    "done"
+                }
+                _ => "failed",
+            }
+        };
+        let now = super::service::unix_now_precise();
+        let mut trace = lock(&self.action);
+        if refreshed.is_some() {
+            trace.refreshed_code = refreshed;
+        }
+        trace.last = Some(ActionRun {
+            started: graph_timestamp(now),
+            settled: graph_timestamp(now + delay),
+            settles_at,
+            outcome,
+        });
+        outcome
+    }
+
+    /// `deviceActionResults` now.
+    pub fn action_results(&self) -> serde_json::Value {
+        let trace = lock(&self.action);
+        let Some(run) = &trace.last else {
+            return serde_json::Value::Array(Vec::new());
+        };
+        let settled = Instant::now() >= run.settles_at;
+        serde_json::json!([{
+            "actionName": "bypassActivationLock",
+            "actionState": if settled { run.outcome } else { "pending" },
+            "startDateTime": run.started,
+            "lastUpdatedDateTime": if settled { &run.settled } else { &run.started },
+        }])
+    }
 }
 
 impl IntuneRecord {
     /// A record of its own, tied to no phone.
     pub fn standalone(device: ManagedDevice) -> IntuneRecord {
-        IntuneRecord {
-            device,
-            releases: None,
-        }
+        IntuneRecord::new(device, None)
     }
 
     /// The records of the bench phones' Intune enrolments, in phone order.
@@ -239,9 +382,11 @@ impl IntuneRecord {
                     .enrollments
                     .iter()
                     .filter(|e| e.mdm == Mdm::Intune)
-                    .map(|e| IntuneRecord {
-                        device: ManagedDevice::of_phone(profile, e),
-                        releases: e.action_releases.then(|| phone.clone()),
+                    .map(|e| {
+                        IntuneRecord::new(
+                            ManagedDevice::of_phone(profile, e),
+                            e.action_releases.then(|| phone.clone()),
+                        )
                     })
                     .collect::<Vec<_>>()
             })
@@ -392,6 +537,7 @@ impl Graph {
                     page_size: spec.page_size.unwrap_or(DEFAULT_PAGE_SIZE),
                     ignore_filters: spec.ignore_filters,
                     bypass_delay: Duration::from_millis(spec.bypass_delay_ms),
+                    bypass_reading: spec.bypass_action,
                     strict_assertions: spec.strict_assertions,
                     tokens: HashMap::new(),
                 }),
@@ -484,6 +630,11 @@ impl Graph {
     /// `bypassActivationLock` takes effect this long after it is accepted.
     pub fn set_bypass_delay(&self, delay: Duration) {
         self.inner.settings().bypass_delay = delay;
+    }
+
+    /// What `bypassActivationLock` does from now on (docs/mdm.md §1.3).
+    pub fn set_bypass_reading(&self, reading: BypassActionReading) {
+        self.inner.settings().bypass_reading = reading;
     }
 
     /// The next `n` Graph requests are answered `429` with `Retry-After: <retry_after>`

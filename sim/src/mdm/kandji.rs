@@ -54,6 +54,9 @@ pub struct KandjiDevice {
     pub user_based_albc: Option<String>,
     /// The MDM-generated code (organisation-linked lock); `None`: `null`.
     pub device_based_albc: Option<String>,
+    /// Kandji keeps no secrets for the device: `secrets/bypasscode` answers 404 (a known
+    /// device whose code is gone).
+    pub no_secrets: bool,
 }
 
 impl KandjiDevice {
@@ -68,6 +71,7 @@ impl KandjiDevice {
             enrolled_at: "2025-01-01T00:00:00Z".to_string(),
             user_based_albc: None,
             device_based_albc: None,
+            no_secrets: false,
         }
     }
 
@@ -78,6 +82,12 @@ impl KandjiDevice {
 
     pub fn with_device_based_albc(mut self, code: &str) -> Self {
         self.device_based_albc = Some(code.to_string());
+        self
+    }
+
+    /// `secrets/bypasscode` answers 404: Kandji keeps no secrets for it.
+    pub fn without_secrets(mut self) -> Self {
+        self.no_secrets = true;
         self
     }
 
@@ -164,6 +174,7 @@ impl Kandji {
                         enrolled_at: e.enrolled_at.clone(),
                         user_based_albc: Some(gen::bypass_code(&mut rng)),
                         device_based_albc: Some(gen::bypass_code(&mut rng)),
+                        no_secrets: false,
                     },
                     lookalike: true,
                 });
@@ -177,6 +188,7 @@ impl Kandji {
                         enrolled_at: e.enrolled_at.clone(),
                         user_based_albc: e.user_based_albc.clone(),
                         device_based_albc: e.device_based_albc.clone(),
+                        no_secrets: false,
                     },
                     lookalike: false,
                 });
@@ -359,6 +371,9 @@ fn route(inner: &KandjiInner, req: &Req) -> Answer {
             };
             if !secrets {
                 return Answer::json(200, JSON, &device.json(), MdmOutcome::Ok);
+            }
+            if device.no_secrets {
+                return detail(404, "Not found.", MdmOutcome::NotFound);
             }
             if !*lock(&inner.secrets_permission) {
                 return detail(

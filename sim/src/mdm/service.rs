@@ -438,6 +438,13 @@ pub(crate) fn outcome_for(status: u16, reason: &str) -> MdmOutcome {
 }
 
 /// Seconds since the Unix epoch now.
+/// Time since the epoch, to the nanosecond.
+pub(crate) fn unix_now_precise() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -60,9 +60,15 @@ pub struct EnrollmentSpec {
     /// `YYYY-MM-DDTHH:MM:SSZ` (Intune `enrolledDateTime`, Kandji `first_enrollment`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrolled_at: Option<String>,
-    /// Intune: whether `bypassActivationLock` on this record releases the lock (default true).
+    /// Intune: whether `bypassActivationLock` on this record can reach the phone's lock at
+    /// all (default true); what it then does is the world's `[intune] bypass_action`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action_releases: Option<bool>,
+    /// Intune: the phone is supervised through Automated Device Enrollment (default true).
+    /// Without it `bypassActivationLock` is accepted, has no effect, and its
+    /// `deviceActionResults` entry ends `notSupported` (docs/mdm.md §1.3, §1.8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ade_supervised: Option<bool>,
 }
 
 /// A resolved enrolment (what the stand-in MDM serves). Codes are dashed; test data.
@@ -81,9 +87,16 @@ pub struct Enrollment {
     #[serde(default)]
     pub udid: bool,
     pub enrolled_at: String,
-    /// Intune: `bypassActivationLock` on this record releases the phone's `mdm` lock.
+    /// Intune: `bypassActivationLock` on this record can reach the phone's `mdm` lock.
     #[serde(default)]
     pub action_releases: bool,
+    /// Intune: supervised through ADE, the action's precondition.
+    #[serde(default = "supervised_by_default")]
+    pub ade_supervised: bool,
+}
+
+fn supervised_by_default() -> bool {
+    true
 }
 
 impl Enrollment {
@@ -110,6 +123,7 @@ impl Enrollment {
             udid: intune.then_some(self.udid),
             enrolled_at: Some(self.enrolled_at.clone()),
             action_releases: intune.then_some(self.action_releases),
+            ade_supervised: (intune && !self.ade_supervised).then_some(false),
         }
     }
 }
@@ -248,6 +262,10 @@ pub struct IntuneSpec {
     /// `bypassActivationLock` takes effect this long after it is accepted.
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub bypass_delay_ms: u64,
+    /// What `bypassActivationLock` does, as Microsoft's two pages describe it (docs/mdm.md
+    /// §1.3): `submits_stored_code` (default) or `refreshes_code`.
+    #[serde(skip_serializing_if = "BypassActionReading::is_default")]
+    pub bypass_action: BypassActionReading,
     /// Refuse RS256 client assertions (and SHA-1 `x5t`), as a tenant that only takes Entra's
     /// current PS256 + `x5t#S256` form would (docs/mdm.md §1.5).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -258,6 +276,29 @@ pub struct IntuneSpec {
     /// Faults of the token endpoint.
     #[serde(skip_serializing_if = "HttpFaultSpec::is_default")]
     pub token: HttpFaultSpec,
+}
+
+/// What the stand-in's `bypassActivationLock` does. Microsoft documents it both ways
+/// (docs/mdm.md §1.3); the default is the reading under which the action helps less, so a
+/// station that works against it also works against the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BypassActionReading {
+    /// Intune hands Apple the code the record holds: the lock goes only when that code is
+    /// the phone's current one; a record without a code gets nothing released
+    /// (memdocs `device-activation-lock-disable.md`, 2025).
+    #[default]
+    SubmitsStoredCode,
+    /// Intune fetches a fresh code from Apple and puts it on the record; the lock stays
+    /// until someone uses it. A record that never held a code gets none
+    /// (memdocs `troubleshoot-device-actions.md`, 2019).
+    RefreshesCode,
+}
+
+impl BypassActionReading {
+    pub fn is_default(&self) -> bool {
+        *self == BypassActionReading::default()
+    }
 }
 
 pub const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
@@ -482,9 +523,13 @@ pub(super) fn resolve_enrollments(
                 }
             }
             Mdm::Kandji => {
-                if entry.code.is_some() || entry.udid.is_some() || entry.action_releases.is_some() {
+                if entry.code.is_some()
+                    || entry.udid.is_some()
+                    || entry.action_releases.is_some()
+                    || entry.ade_supervised.is_some()
+                {
                     return Err(bad(
-                        "code/udid/action_releases are Intune's; a Kandji device holds device_based_albc and user_based_albc".to_string(),
+                        "code/udid/action_releases/ade_supervised are Intune's; a Kandji device holds device_based_albc and user_based_albc".to_string(),
                     ));
                 }
             }
@@ -548,6 +593,7 @@ pub(super) fn resolve_enrollments(
                 },
             enrolled_at,
             action_releases: intune && entry.action_releases.unwrap_or(true),
+            ade_supervised: entry.ade_supervised.unwrap_or(true),
         });
     }
     Ok(out)

@@ -20,7 +20,10 @@ use station_protocol::bypass_code::BypassCode;
 use crate::phone::tls::TlsGeneration;
 
 use catalog::{Model, MODELS};
-pub use mdm::{Cloud, Enrollment, EnrollmentSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Mdm};
+pub use mdm::{
+    BypassActionReading, Cloud, Enrollment, EnrollmentSpec, HttpFaultSpec, IntuneSpec, KandjiSpec,
+    Mdm,
+};
 
 /// Default USB product id of an iPhone in normal mode (0x12a8).
 pub const IPHONE_PRODUCT_ID: u32 = 0x12a8;

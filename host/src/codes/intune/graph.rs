@@ -7,7 +7,7 @@ use station_protocol::bypass_code::BypassCode;
 
 use super::{Intune, IntuneError, ACTION, ACTION_PERMISSION, READ_PERMISSION};
 use crate::codes::answer::{encode_component, service_error};
-use crate::codes::{CodeKind, Lookup, SourcedCode};
+use crate::codes::{ActionState, CodeKind, Lookup, SourcedCode};
 use crate::http::HttpResponse;
 
 /// Pages of a device list followed at most: a Graph that ignores the filter lists the whole
@@ -15,6 +15,41 @@ use crate::http::HttpResponse;
 pub(super) const MAX_PAGES: usize = 100;
 const LIST_SELECT: &str = "id,serialNumber,enrolledDateTime";
 const DEVICE_SELECT: &str = "id,serialNumber,udid,activationLockBypassCode";
+/// The record again after the action: its code and the action's progress (docs/mdm.md §1.3).
+const ACTION_SELECT: &str = "id,serialNumber,activationLockBypassCode,deviceActionResults";
+
+/// A record read again after `bypassActivationLock`.
+#[derive(Debug, Clone, Default)]
+pub struct ActionStatus {
+    pub(super) code: Option<String>,
+    /// The newest `bypassActivationLock` entry of `deviceActionResults`.
+    pub result: Option<ActionResult>,
+}
+
+/// One `deviceActionResults` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionResult {
+    pub state: ActionState,
+    /// `startDateTime` as Graph wrote it: tells this action from an earlier one.
+    pub started: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDetail {
+    serial_number: Option<String>,
+    activation_lock_bypass_code: Option<String>,
+    #[serde(default)]
+    device_action_results: Option<Vec<DeviceActionResult>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceActionResult {
+    action_name: Option<String>,
+    action_state: Option<String>,
+    start_date_time: Option<String>,
+}
 
 /// One managed-device record of the serial, with its `$select`-only fields.
 #[derive(Debug, Clone)]
@@ -77,6 +112,14 @@ impl Intune {
                 ),
             }
         }
+        let name = &self.settings.name;
+        lookup.explain_absence(|| {
+            if records.is_empty() {
+                format!("not in Intune ({name}): no record of the serial (record deleted by a clean-up rule or a retirement, or the phone was never enrolled there)")
+            } else {
+                format!("in Intune ({name}) without a code: the code was removed by a reset before it was copied, expired, or was never escrowed (the phone not supervised with Activation Lock allowed)")
+            }
+        });
         tracing::debug!(
             source = %self.settings.name,
             serial,
@@ -98,21 +141,61 @@ impl Intune {
         let Some(record) = records.first() else {
             return Ok(None);
         };
+        self.send_action(serial, &record.id).await?;
+        Ok(Some(record.id.clone()))
+    }
+
+    /// The bodyless POST of `bypassActivationLock` for record `id`.
+    pub(super) async fn send_action(&self, serial: &str, id: &str) -> Result<(), IntuneError> {
         let url = format!(
             "{}/v1.0/deviceManagement/managedDevices/{}/{ACTION}",
             self.settings.graph_root,
-            encode_component(&record.id)
+            encode_component(id)
         );
         let response = self
             .graph(reqwest::Method::POST, &url, ACTION_PERMISSION)
             .await?;
         match response.status {
             200..=299 => {
-                tracing::info!(source = %self.settings.name, serial, device = %record.id, "Intune {ACTION} sent");
-                Ok(Some(record.id.clone()))
+                tracing::info!(source = %self.settings.name, serial, device = %id, "Intune {ACTION} sent");
+                Ok(())
             }
             _ => Err(graph_failure(&response, ACTION_PERMISSION)),
         }
+    }
+
+    /// Record `id` read again: its code and the newest `bypassActivationLock` result of
+    /// `deviceActionResults`. `Ok(None)` when the record is gone.
+    pub(super) async fn action_status(
+        &self,
+        id: &str,
+        serial: &str,
+    ) -> Result<Option<ActionStatus>, IntuneError> {
+        let url = format!(
+            "{}/v1.0/deviceManagement/managedDevices/{}?$select={ACTION_SELECT}",
+            self.settings.graph_root,
+            encode_component(id)
+        );
+        let response = self
+            .graph(reqwest::Method::GET, &url, READ_PERMISSION)
+            .await?;
+        match response.status {
+            200 => {}
+            404 => return Ok(None),
+            _ => return Err(graph_failure(&response, READ_PERMISSION)),
+        }
+        let detail: StatusDetail = parse_json(&response.body, "Graph's device record")?;
+        if !detail
+            .serial_number
+            .as_deref()
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial))
+        {
+            return Ok(None);
+        }
+        Ok(Some(ActionStatus {
+            code: detail.activation_lock_bypass_code,
+            result: newest_action_result(detail.device_action_results.unwrap_or_default()),
+        }))
     }
 
     /// The serial's records with their `$select`-only fields: UDID match first, then the
@@ -273,6 +356,22 @@ impl Intune {
             return Ok(response);
         }
     }
+}
+
+/// The newest `bypassActivationLock` entry (Graph's timestamps sort as text).
+fn newest_action_result(results: Vec<DeviceActionResult>) -> Option<ActionResult> {
+    results
+        .into_iter()
+        .filter(|r| {
+            r.action_name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(ACTION))
+        })
+        .map(|r| ActionResult {
+            state: ActionState::from_graph(r.action_state.as_deref().unwrap_or("")),
+            started: r.start_date_time.unwrap_or_default(),
+        })
+        .max_by(|a, b| a.started.cmp(&b.started))
 }
 
 /// The error for a Graph answer that is not a success; the body is never quoted whole.

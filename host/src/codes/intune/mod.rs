@@ -19,7 +19,12 @@ use futures_util::future::BoxFuture;
 use station_config::IntuneSource;
 
 use super::registry::{BuildContext, CodeSource, Description};
-use super::{CodeLookup, Lookup, LookupError, RemoteRelease, MDM_REQUEST_TIMEOUT};
+use station_protocol::bypass_code::BypassCode;
+
+use super::{
+    ActionState, CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode,
+    MDM_REQUEST_TIMEOUT,
+};
 use crate::http::{HttpClient, HttpError, RetryPolicy};
 #[doc(hidden)]
 pub use graph::decode_answer_for_fuzzing;
@@ -49,8 +54,8 @@ pub struct IntuneSettings {
     /// Per request.
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    /// `Some(wait)` when the `bypassActivationLock` action is enabled: how long to wait
-    /// after it before activating again.
+    /// `Some(wait)` when the `bypassActivationLock` action is enabled: how long at most to
+    /// watch its progress (`deviceActionResults`) before activating again.
     pub bypass_action: Option<Duration>,
 }
 
@@ -157,13 +162,95 @@ impl CodeLookup for Intune {
             let Some(wait) = self.bypass_action_wait() else {
                 return Ok(None);
             };
-            let device = self.bypass_activation_lock(serial, udid).await?;
-            Ok(device.map(|_| RemoteRelease {
-                source: self.name().to_string(),
-                action: ACTION.to_string(),
-                wait,
-            }))
+            Ok(self.release_and_watch(serial, udid, wait).await?)
         })
+    }
+}
+
+/// How often the record is read again while the action runs: a tenth of the time allowed,
+/// within bounds (the request budget spaces them further when it must).
+fn poll_interval(wait: Duration) -> Duration {
+    (wait / 10).clamp(Duration::from_millis(200), Duration::from_secs(5))
+}
+
+impl Intune {
+    /// `bypassActivationLock` for the phone's record, then the record read again until the
+    /// action's `deviceActionResults` entry ends or `wait` passes (docs/mdm.md §1.3): what it
+    /// reports, whether the record holds a code, and any code it did not hold before.
+    /// `Ok(None)` when Intune has no record of the serial.
+    async fn release_and_watch(
+        &self,
+        serial: &str,
+        udid: &str,
+        wait: Duration,
+    ) -> Result<Option<RemoteRelease>, IntuneError> {
+        let records = self.records(serial, udid).await?;
+        let Some(record) = records.first() else {
+            return Ok(None);
+        };
+        let known_before: Vec<BypassCode> = records
+            .iter()
+            .filter_map(|r| r.code.as_deref())
+            .filter_map(|c| BypassCode::parse(c).ok())
+            .collect();
+        let earlier = self
+            .action_status(&record.id, serial)
+            .await?
+            .and_then(|s| s.result)
+            .map(|r| r.started);
+        let started = tokio::time::Instant::now();
+        self.send_action(serial, &record.id).await?;
+        let deadline = started + wait;
+        let status = loop {
+            tokio::time::sleep_until(
+                (tokio::time::Instant::now() + poll_interval(wait)).min(deadline),
+            )
+            .await;
+            let status = self.action_status(&record.id, serial).await?;
+            let finished = status
+                .as_ref()
+                .and_then(|s| s.result.as_ref())
+                .is_some_and(|r| Some(&r.started) != earlier.as_ref() && r.state.is_final());
+            if finished || tokio::time::Instant::now() >= deadline {
+                break status.unwrap_or_default();
+            }
+        };
+        let state = status
+            .result
+            .filter(|r| Some(&r.started) != earlier.as_ref())
+            .map_or(ActionState::NotReported, |r| r.state);
+        let code = status
+            .code
+            .as_deref()
+            .filter(|c| !c.trim().is_empty())
+            .and_then(|c| BypassCode::parse(c).ok());
+        let record_has_code = code.is_some();
+        let codes = code
+            .filter(|c| !known_before.contains(c))
+            .map(|code| SourcedCode {
+                code,
+                kind: CodeKind::Device,
+                source: self.settings.name.clone(),
+            })
+            .into_iter()
+            .collect::<Vec<_>>();
+        tracing::info!(
+            source = %self.settings.name,
+            serial,
+            device = %record.id,
+            state = state.as_str(),
+            record_has_code,
+            new_codes = codes.len(),
+            "Intune {ACTION} watched"
+        );
+        Ok(Some(RemoteRelease {
+            source: self.settings.name.clone(),
+            action: ACTION.to_string(),
+            action_state: state,
+            record_has_code,
+            codes,
+            wait: started.elapsed(),
+        }))
     }
 }
 
@@ -222,7 +309,7 @@ impl CodeSource for Intune {
         };
         let action = if config.bypass_action {
             format!(
-                ", bypassActivationLock after {} s when no code",
+                ", bypassActivationLock when no code works (watched up to {} s)",
                 config.bypass_action_wait_secs
             )
         } else {

@@ -207,8 +207,16 @@ async fn a_record_without_code_is_known_and_an_unknown_serial_is_not() {
     let client = s.client();
     let lookup = client.fetch(SERIAL, UDID).await.expect("lookup");
     assert!(lookup.known && lookup.codes.is_empty());
+    assert_eq!(
+        lookup.absent,
+        ["in Intune (contoso) without a code: the code was removed by a reset before it was copied, expired, or was never escrowed (the phone not supervised with Activation Lock allowed)"]
+    );
     let lookup = client.fetch("F2LNOTKNOWN1", UDID).await.expect("lookup");
-    assert_eq!(lookup, Lookup::default());
+    assert!(!lookup.known && lookup.codes.is_empty());
+    assert_eq!(
+        lookup.absent,
+        ["not in Intune (contoso): no record of the serial (record deleted by a clean-up rule or a retirement, or the phone was never enrolled there)"]
+    );
     // The unmatched filter cost one list call and no GET.
     assert_eq!(s.graph_requests().len(), 3);
 }
@@ -552,6 +560,112 @@ async fn the_remote_action_targets_this_phones_record() {
         "{err}"
     );
     assert!(err.to_string().contains(ACTION_PERMISSION), "{err}");
+}
+
+/// After the action the record is read again (`deviceActionResults` and the code) until
+/// the action ends: what it reports, and only a code the record did not hold before.
+#[tokio::test]
+async fn the_action_is_watched_and_the_record_read_again() {
+    let stale =
+        device("stale", SERIAL, UDID, Some(OTHER), "2025-01-01T00:00:00Z").with_apple_code(GOOD);
+    let none =
+        device("none", "F2LNOCODE001", "u2", None, "2025-01-01T00:00:00Z").with_apple_code(GOOD);
+    let unsupervised = device("unsup", "F2LNOTADE001", "u3", None, "2025-01-01T00:00:00Z")
+        .unsupervised()
+        .with_apple_code(GOOD);
+    let records = vec![stale, none, unsupervised];
+    let watch = |s: &Setup| {
+        let mut settings = s.settings();
+        settings.bypass_action = Some(Duration::from_secs(3));
+        Intune::new(settings).expect("client")
+    };
+    let summary = |r: Option<RemoteRelease>| {
+        let r = r.expect("a record");
+        (
+            r.action_state,
+            r.record_has_code,
+            r.codes.iter().map(|c| c.code.reveal()).collect::<Vec<_>>(),
+        )
+    };
+
+    // "Submits the stored code" (the stand-in's default): a stale code gets nothing done.
+    let s = setup(records.clone()).await;
+    s.graph.set_bypass_delay(Duration::from_millis(700));
+    let client = watch(&s);
+    let started = StdInstant::now();
+    let release = client.release(SERIAL, UDID).await.expect("action");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "ended before the time allowed"
+    );
+    assert_eq!(summary(release), (ActionState::Failed, true, vec![]));
+    let reads: Vec<String> = s
+        .graph_requests()
+        .into_iter()
+        .filter_map(|r| r.query_value("$select").map(str::to_string))
+        .filter(|q| q.contains("deviceActionResults"))
+        .collect();
+    assert!(reads.len() >= 3, "before, while pending, after: {reads:?}");
+    assert_eq!(
+        summary(client.release("F2LNOCODE001", "u2").await.expect("action")),
+        (ActionState::Failed, false, vec![])
+    );
+    assert_eq!(
+        summary(client.release("F2LNOTADE001", "u3").await.expect("action")),
+        (ActionState::NotSupported, false, vec![])
+    );
+    assert_eq!(
+        client.release("F2LNOTKNOWN1", UDID).await.expect("none"),
+        None
+    );
+
+    // "Refreshes the code": the new code is read and handed back; none for a record that
+    // never held one.
+    let s = setup_with(
+        IntuneSpec {
+            bypass_action: station_sim::world::BypassActionReading::RefreshesCode,
+            ..spec()
+        },
+        records,
+    )
+    .await;
+    let client = watch(&s);
+    assert_eq!(
+        summary(client.release(SERIAL, UDID).await.expect("action")),
+        (ActionState::Done, true, vec![GOOD.to_string()])
+    );
+    assert_eq!(
+        summary(client.release("F2LNOCODE001", "u2").await.expect("action")),
+        (ActionState::Failed, false, vec![])
+    );
+    // Done again: the code is no longer new, and an earlier result is not taken for this one.
+    assert_eq!(
+        summary(client.release(SERIAL, UDID).await.expect("action")),
+        (ActionState::Done, true, vec![])
+    );
+}
+
+/// A stand-in that never reports the action: the watch ends at the time allowed.
+#[tokio::test]
+async fn an_action_never_reported_ends_at_the_time_allowed() {
+    let s = setup(vec![this_phone()]).await;
+    s.graph.set_bypass_delay(Duration::from_secs(60));
+    let mut settings = s.settings();
+    settings.bypass_action = Some(Duration::from_secs(1));
+    let client = Intune::new(settings).expect("client");
+    let started = StdInstant::now();
+    let release = client
+        .release(SERIAL, UDID)
+        .await
+        .expect("action")
+        .expect("a record");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(release.action_state, ActionState::Pending);
+    assert!(release.codes.is_empty());
 }
 
 #[tokio::test]
