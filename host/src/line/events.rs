@@ -446,6 +446,7 @@ mod tests {
             known,
             codes,
             cached: false,
+            absent: None,
         };
         let failure = SourceFailure {
             source: "kandji".into(),
@@ -461,6 +462,7 @@ mod tests {
                 answer("c", false, 0),
             ],
             failures: vec![failure.clone()],
+            absent: Vec::new(),
         };
         let results: Vec<(String, SourceOutcome, usize)> = source_results(&Ok(lookup))
             .into_iter()

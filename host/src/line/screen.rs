@@ -206,10 +206,13 @@ impl Screen {
             }
             EventKind::Detached { phone } => {
                 let p = self.phone(phone, now);
-                if p.done().is_some() {
+                let finished = p.done().map(|(outcome, _)| outcome);
+                if finished.is_some() && finished != Some(Outcome::Interrupted) {
                     // The operator took a finished phone away: its row has done its job.
                     p.gone = true;
                 } else {
+                    // Still working, or its attempt already ended `interrupted` because the
+                    // cable went before usbmuxd's Detached reached us: either way, unplugged.
                     p.unplugged = true;
                     p.state = State::Unplugged;
                 }
@@ -763,6 +766,19 @@ mod tests {
             "{text}"
         );
         assert!(text.starts_with("1 phone · activated 1"), "{text}");
+    }
+
+    #[test]
+    fn an_attempt_interrupted_before_usbmuxd_says_detached_still_resumes_after_replug() {
+        // The station sees the closed connection (attempt `interrupted`) before usbmuxd's
+        // Detached arrives: the replugged phone's row must still say it resumed.
+        let now = Instant::now();
+        let mut s = Screen::new(120, 40);
+        s.handle_at(&finished(3, Outcome::Interrupted, "unplugged"), now);
+        s.handle_at(&EventKind::Detached { phone: phone(3) }, now);
+        s.handle_at(&finished(3, Outcome::Activated, "activated"), now);
+        let text = plain(&s.frame(now));
+        assert!(text.contains("resumed after replug"), "{text}");
     }
 
     #[test]
