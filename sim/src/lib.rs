@@ -35,6 +35,7 @@
 pub mod activation;
 pub mod bench;
 mod error;
+pub mod gadget;
 mod http;
 mod hub;
 #[cfg(feature = "legacy-tls")]

@@ -1,0 +1,243 @@
+//! A bench whose phones are USB gadgets: the bench (phones, stand-in servers, its own
+//! usbmuxd socket) plus one gadget per phone, bound and unbound as the bench plugs and
+//! unplugs the phone.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use station_protocol::usbmux::Event;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+
+use super::configfs::{busy_udcs, udcs, Gadget, MuxPort, PhoneShape};
+use super::ffs::PipeEvent;
+use super::{GadgetError, IOS_PRODUCT_IDS};
+use crate::{Bench, ReadyInfo};
+
+/// Where the kernel's interfaces are.
+#[derive(Debug, Clone)]
+pub struct GadgetOptions {
+    /// configfs mount point (`/sys/kernel/config`).
+    pub configfs: PathBuf,
+    /// The UDCs (`/sys/class/udc`).
+    pub sysfs_udc: PathBuf,
+    /// Under which the FunctionFS instances are mounted, one directory each.
+    pub ffs_root: PathBuf,
+}
+
+impl Default for GadgetOptions {
+    fn default() -> Self {
+        GadgetOptions {
+            configfs: PathBuf::from("/sys/kernel/config"),
+            sysfs_udc: PathBuf::from("/sys/class/udc"),
+            ffs_root: PathBuf::from("/run/station-sim/ffs"),
+        }
+    }
+}
+
+struct Plugged {
+    gadget: Gadget,
+    udc: String,
+}
+
+/// A running gadget bench. [`GadgetBench::shutdown`] unbinds and removes the gadgets.
+pub struct GadgetBench {
+    bench: Bench,
+    /// By UDID.
+    gadgets: Arc<Mutex<HashMap<String, Plugged>>>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for GadgetBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GadgetBench")
+            .field("bench", &self.bench)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GadgetBench {
+    /// Makes a gadget of every phone of `bench`, each on a free UDC, and binds those the
+    /// bench has plugged in. Fails when there are fewer free UDCs than phones.
+    pub async fn start(bench: Bench, options: GadgetOptions) -> Result<GadgetBench, GadgetError> {
+        let phones = bench.ready_info().devices;
+        let busy = busy_udcs(&options.configfs);
+        let free: Vec<String> = udcs(&options.sysfs_udc)?
+            .into_iter()
+            .filter(|u| !busy.contains(u))
+            .collect();
+        if free.len() < phones.len() {
+            return Err(GadgetError::Setup(format!(
+                "{} phones but {} free UDCs in {} (busy: {busy:?}); load dummy_hcd with num={} \
+                 (modprobe dummy_hcd num={})",
+                phones.len(),
+                free.len(),
+                options.sysfs_udc.display(),
+                phones.len(),
+                phones.len()
+            )));
+        }
+        let mut gadgets = HashMap::new();
+        let mut ports = Vec::new();
+        for (index, (phone, udc)) in phones.iter().zip(free).enumerate() {
+            if !IOS_PRODUCT_IDS.contains(&phone.product_id) {
+                return Err(GadgetError::Setup(format!(
+                    "{}: product id {:#06x} is not an iOS device's (0x1290–0x12af)",
+                    phone.udid, phone.product_id
+                )));
+            }
+            let shape = PhoneShape {
+                name: format!("station-sim-{index}"),
+                product_id: phone.product_id as u16,
+                udid: phone.udid.clone(),
+                product: "iPhone".to_string(),
+            };
+            let options = options.clone();
+            let speed_file = options.sysfs_udc.join(&udc).join("current_speed");
+            let (gadget, mux_ports) = tokio::task::spawn_blocking(move || {
+                Gadget::create(&options.configfs, &options.ffs_root, shape, speed_file)
+            })
+            .await
+            .map_err(|e| GadgetError::Setup(format!("gadget setup panicked: {e}")))??;
+            tracing::info!(udid = %phone.udid, udc = %udc, gadget = %gadget.shape.name, "gadget ready");
+            ports.extend(mux_ports.into_iter().map(|p| (phone.udid.clone(), p)));
+            gadgets.insert(phone.udid.clone(), Plugged { gadget, udc });
+        }
+        let gadgets = Arc::new(Mutex::new(gadgets));
+        let mut tasks = JoinSet::new();
+        for (udid, port) in ports {
+            tasks.spawn(serve_mux_port(udid, port));
+        }
+        let (attached, events) = bench.usb_events();
+        let mut device_udids = HashMap::new();
+        for info in attached {
+            device_udids.insert(info.device_id, info.udid.clone());
+            set_plugged(&gadgets, &info.udid, true);
+        }
+        tasks.spawn(follow_plugs(gadgets.clone(), events, device_udids));
+        Ok(GadgetBench {
+            bench,
+            gadgets,
+            tasks,
+        })
+    }
+
+    pub fn bench(&self) -> &Bench {
+        &self.bench
+    }
+
+    pub fn bench_mut(&mut self) -> &mut Bench {
+        &mut self.bench
+    }
+
+    /// The bench's ready file, with each phone's UDC.
+    pub fn ready_info(&self) -> ReadyInfo {
+        let mut info = self.bench.ready_info();
+        let gadgets = lock(&self.gadgets);
+        for device in &mut info.devices {
+            device.udc = gadgets.get(&device.udid).map(|p| p.udc.clone());
+        }
+        info
+    }
+
+    /// Unbinds every gadget (the host sees them go), removes them, stops the bench.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        let gadgets = self.gadgets.clone();
+        let removal = tokio::task::spawn_blocking(move || {
+            for (_, mut plugged) in lock(&gadgets).drain() {
+                plugged.gadget.remove();
+            }
+        });
+        if tokio::time::timeout(std::time::Duration::from_secs(10), removal)
+            .await
+            .is_err()
+        {
+            tracing::warn!("removing the gadgets took over 10 s; leaving the rest");
+        }
+        self.bench.shutdown().await;
+    }
+}
+
+fn lock(
+    gadgets: &Mutex<HashMap<String, Plugged>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Plugged>> {
+    gadgets.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Binds (`plugged`) or unbinds the phone's gadget; failures are logged, the rest goes on.
+fn set_plugged(gadgets: &Mutex<HashMap<String, Plugged>>, udid: &str, plugged: bool) {
+    let gadgets = lock(gadgets);
+    let Some(p) = gadgets.get(udid) else { return };
+    let result = if plugged {
+        p.gadget.bind(&p.udc)
+    } else {
+        p.gadget.unbind()
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(%udid, udc = %p.udc, plugged, "gadget {}", if plugged { "bound" } else { "unbound" })
+        }
+        Err(e) => tracing::error!(%udid, udc = %p.udc, error = %e, "gadget (un)bind failed"),
+    }
+}
+
+/// Mirrors the bench's Attached/Detached onto the gadgets.
+async fn follow_plugs(
+    gadgets: Arc<Mutex<HashMap<String, Plugged>>>,
+    mut events: broadcast::Receiver<Event>,
+    mut device_udids: HashMap<u32, String>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(Event::Attached(info)) => {
+                device_udids.insert(info.device_id, info.udid.clone());
+                let gadgets = gadgets.clone();
+                let udid = info.udid.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || set_plugged(&gadgets, &udid, true)).await;
+            }
+            Ok(Event::Detached { device_id }) => {
+                if let Some(udid) = device_udids.remove(&device_id) {
+                    let gadgets = gadgets.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || set_plugged(&gadgets, &udid, false))
+                            .await;
+                }
+            }
+            Ok(Event::Paired { .. }) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "gadget plug follower fell behind");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// One mux interface: sessions start when the host enables it and end when it goes away.
+async fn serve_mux_port(udid: String, mut port: MuxPort) {
+    let mut connected = false;
+    while let Some(event) = port.events.recv().await {
+        match event {
+            PipeEvent::Connected => {
+                if !connected {
+                    tracing::info!(%udid, configuration = port.configuration, "mux interface enabled");
+                }
+                connected = true;
+            }
+            PipeEvent::Disconnected => {
+                if connected {
+                    tracing::info!(%udid, configuration = port.configuration, "mux interface disabled");
+                }
+                connected = false;
+            }
+            PipeEvent::Transfer(bytes) => {
+                connected = true;
+                let head: String = bytes.iter().take(32).map(|b| format!("{b:02x}")).collect();
+                tracing::info!(%udid, configuration = port.configuration, len = bytes.len(),
+                    head = %head, "mux transfer from the host");
+            }
+        }
+    }
+}
