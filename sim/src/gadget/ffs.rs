@@ -143,6 +143,21 @@ fn spawn_ep0(
         .spawn(move || {
             let mut buf = [0u8; EVENT_SIZE * 4];
             loop {
+                // Wait in poll(), not in read(): a read waiting for events holds the
+                // function's mutex, which the kernel's unbind needs after it queued the
+                // UNBIND event, so a read issued right after an event deadlocks the unbind
+                // (and with it the UDC write of an unplug).
+                match wait_readable(&ep0) {
+                    Ok(true) => {}
+                    Ok(false) if stopping.load(Ordering::SeqCst) => return,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        if !stopping.load(Ordering::SeqCst) {
+                            tracing::warn!(function = %name, error = %e, "ep0 poll failed; function stops");
+                        }
+                        return;
+                    }
+                }
                 let n = match ep0.read(&mut buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -174,6 +189,22 @@ fn spawn_ep0(
         })
         .map_err(|e| GadgetError::Setup(format!("cannot start a thread for {instance}: {e}")))?;
     Ok(())
+}
+
+/// Waits up to a second for ep0 to have events; `Ok(false)` when none came (so a stopping
+/// function notices its flag).
+fn wait_readable(ep0: &File) -> std::io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(ep0, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0 && fds[0].revents().contains(PollFlags::IN)),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn send(events: &Option<mpsc::Sender<PipeEvent>>, event: PipeEvent) {
