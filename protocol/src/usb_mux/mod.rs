@@ -6,8 +6,10 @@
 //! - [`Mux`]: bring-up (VERSION, SETUP) and the TCP emulation, as the host
 //!   ([`Mux::host`], the station: opens connections to ports on the phone) or as the device
 //!   ([`Mux::device`], the simulator: accepts connections).
-//! - The async driver over bulk endpoints comes next.
+//! - [`driver`]: the same over tokio, each connection an `AsyncRead + AsyncWrite` stream, on
+//!   any pair of bulk endpoints ([`driver::BulkIn`], [`driver::BulkOut`]).
 
+pub mod driver;
 mod mux;
 pub mod wire;
 
