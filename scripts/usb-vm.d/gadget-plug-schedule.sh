@@ -39,10 +39,10 @@ echo "after the schedule: $(apple_ports)"
 # usbmuxd heard of the new phone through udevd (hotplug) and set it up.
 wait_for 30 grep -q 'Found new device with v/p 05ac:.* at 3-' "$RESULTS/usbmuxd.log" \
     || { show 'usbmuxd| ' "$RESULTS/usbmuxd.log"; fail "usbmuxd did not see phone 3 arrive"; }
-wait_for 30 sh -c "[ \$(grep -c 'len=20 head=0000000000000014000000020000000000000000' $RESULTS/sim.log) -ge 3 ]" \
-    || { show 'sim| ' "$RESULTS/sim.log"; fail "phone 3 did not get usbmuxd's VERSION request"; }
+wait_for 30 sh -c "[ \$(grep -c 'Connected to v2.0 device' $RESULTS/usbmuxd.log) -ge 3 ]" \
+    || { show 'usbmuxd| ' "$RESULTS/usbmuxd.log"; fail "usbmuxd did not bring the mux up with phone 3"; }
 show 'usbmuxd| ' "$RESULTS/usbmuxd.log"
-grep -E 'gadget (bound|unbound)|mux interface' "$RESULTS/sim.log" | sed 's/^/sim| /'
+grep -E 'gadget (bound|unbound)|mux session' "$RESULTS/sim.log" | sed 's/^/sim| /'
 grep -q 'gadget unbound' "$RESULTS/sim.log" || fail "no gadget was unbound"
 
 stop_usbmuxd

@@ -52,7 +52,7 @@ mod usbmuxd;
 pub mod world;
 
 pub use activation::albert::{Albert, AlbertOutcome, AlbertRequest, Endpoint};
-pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
+pub use bench::{Bench, BenchConfig, PhonePorts, DEFAULT_IDLE_TIMEOUT};
 pub use error::SimError;
 pub use mdm::{
     Graph, GraphServer, Kandji, KandjiDevice, KandjiServer, ManagedDevice, MdmOutcome, MdmRequest,

@@ -357,15 +357,7 @@ impl Client {
             return Ok(());
         };
         let lockdown = self.shared.lockdown.clone();
-        if port == LOCKDOWN_PORT {
-            crate::lockdownd::serve(phone, self.stream, lockdown, unplug).await;
-        } else if let Some(pending) = phone.take_service_port(port) {
-            let timeout = lockdown.idle_timeout;
-            tokio::select! {
-                _ = crate::services::run(phone, pending, self.stream, timeout) => {}
-                _ = crate::lockdownd::unplugged(unplug) => {}
-            }
-        }
+        serve_phone_port(phone, unplug, lockdown, port, self.stream).await;
         Ok(())
     }
 
@@ -472,4 +464,25 @@ fn listener_plist(number: u64, info: &ClientInfo) -> Value {
         Value::Integer(info.lib_version.into()),
     );
     Value::Dictionary(d)
+}
+
+/// A connection to `port` of a phone, however it arrived (the bench's socket after Connect,
+/// or a mux connection of a USB gadget phone): lockdownd on 62078, else the service started
+/// on that port; nothing (the stream closes) for a port nobody listens on.
+pub(crate) async fn serve_phone_port(
+    phone: Arc<crate::phone::Phone>,
+    unplug: tokio::sync::watch::Receiver<bool>,
+    lockdown: Arc<crate::lockdownd::LockdownContext>,
+    port: u16,
+    stream: UnixStream,
+) {
+    if port == LOCKDOWN_PORT {
+        crate::lockdownd::serve(phone, stream, lockdown, unplug).await;
+    } else if let Some(pending) = phone.take_service_port(port) {
+        let timeout = lockdown.idle_timeout;
+        tokio::select! {
+            _ = crate::services::run(phone, pending, stream, timeout) => {}
+            _ = crate::lockdownd::unplugged(unplug) => {}
+        }
+    }
 }

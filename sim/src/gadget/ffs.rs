@@ -38,7 +38,7 @@ pub struct FunctionFs {
 }
 
 /// Largest bulk OUT transfer read at once: usbmuxd's largest packet (`USB_MTU`, §2.4).
-const MAX_TRANSFER: usize = 49152;
+pub const MAX_TRANSFER: usize = 49152;
 
 impl FunctionFs {
     /// Mounts FunctionFS instance `instance` at `mount`, writes the descriptors and strings
@@ -279,8 +279,9 @@ fn spawn_reader(
     Ok(())
 }
 
-/// The bulk IN side of the mux interface: each [`BulkWriter::write_packet`] is one USB
-/// transfer, ended by a short packet as a phone does (docs/protocol.md §2.4).
+/// The bulk IN side of the mux interface (device to host): each
+/// [`BulkWriter::write_transfer`] is one USB transfer; an empty one is a zero-length packet
+/// (the mux driver adds those where docs/protocol.md §2.4 wants them).
 #[derive(Debug, Clone)]
 pub struct BulkWriter {
     to_host: Arc<File>,
@@ -288,12 +289,13 @@ pub struct BulkWriter {
     udc_speed_file: Arc<PathBuf>,
 }
 
-/// How long one bulk IN transfer may wait for the host to take it.
+/// How long one bulk IN transfer may wait for the host to take it (the mux driver has a
+/// shorter limit of its own; this one frees the caller if the kernel never answers).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl BulkWriter {
-    /// The bulk packet size at the speed the UDC runs now (sysfs `current_speed`).
-    fn max_packet(&self) -> usize {
+    /// The bulk packet size at the speed the UDC runs now.
+    pub fn max_packet_size(&self) -> usize {
         let speed = std::fs::read_to_string(&*self.udc_speed_file).unwrap_or_default();
         match speed.trim() {
             "full-speed" => usize::from(descriptors::FULL_SPEED_BULK_PACKET),
@@ -301,22 +303,17 @@ impl BulkWriter {
         }
     }
 
-    /// Sends one mux packet as one transfer; a packet whose length is a multiple of the
-    /// packet size is followed by a zero-length packet, or the host would wait for more.
-    pub async fn write_packet(&self, packet: Vec<u8>) -> std::io::Result<()> {
-        let zlp = !packet.is_empty() && packet.len().is_multiple_of(self.max_packet());
+    /// Sends `data` as one transfer (empty: a zero-length packet).
+    pub async fn write_transfer(&self, data: Vec<u8>) -> std::io::Result<()> {
         let file = self.to_host.clone();
         let job = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let n = (&*file).write(&packet)?;
-            if n != packet.len() {
+            // One write() is one transfer; FunctionFS never splits or merges them.
+            let n = (&*file).write(&data)?;
+            if n != data.len() {
                 return Err(std::io::Error::other(format!(
                     "short bulk write: {n} of {}",
-                    packet.len()
+                    data.len()
                 )));
-            }
-            if zlp {
-                // A zero-length write is a zero-length packet; it writes 0 bytes by design.
-                let _zero = (&*file).write(&[])?;
             }
             Ok(())
         });

@@ -11,9 +11,12 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use super::configfs::{busy_udcs, udcs, Gadget, MuxPort, PhoneShape};
-use super::ffs::PipeEvent;
+use super::ffs::{BulkWriter, PipeEvent, MAX_TRANSFER};
 use super::{GadgetError, IOS_PRODUCT_IDS};
-use crate::{Bench, ReadyInfo};
+use crate::{Bench, PhonePorts, ReadyInfo};
+use station_protocol::usb_mux::driver::{BulkIn, BulkOut, DriverConfig, MuxDriver, MuxStream};
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Where the kernel's interfaces are.
 #[derive(Debug, Clone)]
@@ -107,7 +110,7 @@ impl GadgetBench {
         let gadgets = Arc::new(Mutex::new(gadgets));
         let mut tasks = JoinSet::new();
         for (udid, port) in ports {
-            tasks.spawn(serve_mux_port(udid, port));
+            tasks.spawn(serve_mux_port(udid, port, bench.phone_ports()));
         }
         let (attached, events) = bench.usb_events();
         let mut device_udids = HashMap::new();
@@ -215,28 +218,137 @@ async fn follow_plugs(
     }
 }
 
-/// One mux interface: sessions start when the host enables it and end when it goes away.
-async fn serve_mux_port(udid: String, mut port: MuxPort) {
-    let mut connected = false;
-    while let Some(event) = port.events.recv().await {
-        match event {
-            PipeEvent::Connected => {
-                if !connected {
-                    tracing::info!(%udid, configuration = port.configuration, "mux interface enabled");
+/// The host's bulk OUT transfers of one session, for the mux driver.
+struct SessionInput {
+    events: Arc<tokio::sync::Mutex<mpsc::Receiver<PipeEvent>>>,
+    /// A transfer that arrived before the session started (it started the session).
+    first: Option<Vec<u8>>,
+}
+
+impl BulkIn for SessionInput {
+    async fn read_transfer(&mut self) -> std::io::Result<Vec<u8>> {
+        if let Some(first) = self.first.take() {
+            return Ok(first);
+        }
+        let mut events = self.events.lock().await;
+        loop {
+            match events.recv().await {
+                Some(PipeEvent::Transfer(bytes)) => return Ok(bytes),
+                // Enable can reach us after the first transfer: the same session.
+                Some(PipeEvent::Connected) => continue,
+                Some(PipeEvent::Disconnected) | None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "the host deconfigured the mux interface (unplug, reset or another configuration)",
+                    ))
                 }
-                connected = true;
             }
-            PipeEvent::Disconnected => {
-                if connected {
-                    tracing::info!(%udid, configuration = port.configuration, "mux interface disabled");
+        }
+    }
+
+    fn transfer_size(&self) -> usize {
+        MAX_TRANSFER
+    }
+}
+
+struct SessionOutput(BulkWriter);
+
+impl BulkOut for SessionOutput {
+    async fn write_transfer(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        self.0.write_transfer(data).await
+    }
+
+    fn max_packet_size(&self) -> usize {
+        self.0.max_packet_size()
+    }
+}
+
+/// One mux interface: a mux session (the device end of docs/protocol.md §2.5–2.8) starts
+/// when the host enables the interface or sends to it, and ends when the interface goes
+/// away; each connection the host opens is served by the bench's phone, through the same
+/// lockdownd and services as the bench's socket.
+async fn serve_mux_port(udid: String, port: MuxPort, phones: PhonePorts) {
+    let configuration = port.configuration;
+    let writer = port.writer;
+    let events = Arc::new(tokio::sync::Mutex::new(port.events));
+    loop {
+        // Idle: wait for the host to take the interface into use.
+        let first = {
+            let mut rx = events.lock().await;
+            match rx.recv().await {
+                Some(PipeEvent::Connected) => None,
+                Some(PipeEvent::Transfer(bytes)) => Some(bytes),
+                Some(PipeEvent::Disconnected) => continue,
+                None => return,
+            }
+        };
+        tracing::info!(%udid, configuration, "mux session starts");
+        let input = SessionInput {
+            events: events.clone(),
+            first,
+        };
+        let (handle, mut incoming) = MuxDriver::device(
+            input,
+            SessionOutput(writer.clone()),
+            DriverConfig::default(),
+        );
+        let accept = {
+            let udid = udid.clone();
+            let phones = phones.clone();
+            async move {
+                while let Some(connection) = incoming.next().await {
+                    let port = connection.port();
+                    if !phones.is_open(&udid, port) {
+                        tracing::debug!(%udid, port, "connection to a closed port refused");
+                        connection.refuse();
+                        continue;
+                    }
+                    match connection.accept() {
+                        Ok(stream) => {
+                            tokio::spawn(serve_connection(
+                                udid.clone(),
+                                port,
+                                stream,
+                                phones.clone(),
+                            ));
+                        }
+                        Err(e) => tracing::debug!(%udid, port, error = %e, "accept failed"),
+                    }
                 }
-                connected = false;
             }
-            PipeEvent::Transfer(bytes) => {
-                connected = true;
-                let head: String = bytes.iter().take(32).map(|b| format!("{b:02x}")).collect();
-                tracing::info!(%udid, configuration = port.configuration, len = bytes.len(),
-                    head = %head, "mux transfer from the host");
+        };
+        let reason = tokio::select! {
+            reason = handle.closed() => reason,
+            () = accept => handle.closed().await,
+        };
+        tracing::info!(%udid, configuration, %reason, "mux session ends");
+        handle.shutdown();
+    }
+}
+
+/// Splices a mux connection onto a socket pair whose other end the phone serves: the
+/// phone code (lockdownd, TLS, services) runs on Unix streams, as behind the bench's socket.
+async fn serve_connection(udid: String, port: u16, mut stream: MuxStream, phones: PhonePorts) {
+    let (mut ours, theirs) = match tokio::net::UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(%udid, port, error = %e, "cannot make a socket pair");
+            return;
+        }
+    };
+    let serve = phones.serve(&udid, port, theirs);
+    let splice = tokio::io::copy_bidirectional(&mut stream, &mut ours);
+    tokio::pin!(serve, splice);
+    tokio::select! {
+        result = &mut splice => {
+            if let Err(e) = result {
+                tracing::debug!(%udid, port, error = %e, "mux connection ended");
+            }
+        }
+        // The phone is done (its end closed): let what it wrote last reach the host.
+        () = &mut serve => {
+            if tokio::time::timeout(Duration::from_secs(30), &mut splice).await.is_err() {
+                tracing::debug!(%udid, port, "the host kept a finished connection open; closing it");
             }
         }
     }
