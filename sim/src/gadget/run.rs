@@ -98,11 +98,26 @@ impl GadgetBench {
             };
             let options = options.clone();
             let speed_file = options.sysfs_udc.join(&udc).join("current_speed");
-            let (gadget, mux_ports) = tokio::task::spawn_blocking(move || {
+            let created = tokio::task::spawn_blocking(move || {
                 Gadget::create(&options.configfs, &options.ffs_root, shape, speed_file)
             })
             .await
-            .map_err(|e| GadgetError::Setup(format!("gadget setup panicked: {e}")))??;
+            .map_err(|e| GadgetError::Setup(format!("gadget setup panicked: {e}")))
+            .and_then(|result| result);
+            let (gadget, mux_ports) = match created {
+                Ok(created) => created,
+                Err(e) => {
+                    // Leave nothing behind: the gadgets made so far go too.
+                    let made: Vec<Plugged> = gadgets.into_values().collect();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for mut plugged in made {
+                            plugged.gadget.remove();
+                        }
+                    })
+                    .await;
+                    return Err(e);
+                }
+            };
             tracing::info!(udid = %phone.udid, udc = %udc, gadget = %gadget.shape.name, "gadget ready");
             ports.extend(mux_ports.into_iter().map(|p| (phone.udid.clone(), p)));
             gadgets.insert(phone.udid.clone(), Plugged { gadget, udc });
