@@ -260,6 +260,10 @@ impl Bench {
         self.usbmuxd.is_some()
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
