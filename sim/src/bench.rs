@@ -260,6 +260,10 @@ impl Bench {
         self.usbmuxd.is_some()
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -364,14 +368,6 @@ impl Bench {
             }),
             station_config: Some(self.station_config.clone()),
             devices,
-        }
-    }
-
-    /// The phones' ports as the bench's usbmuxd reaches them, for other ways in (the
-    /// gadget bench's mux connections).
-    pub fn phone_ports(&self) -> PhonePorts {
-        PhonePorts {
-            shared: self.shared.clone(),
         }
     }
 
@@ -547,44 +543,4 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, mut stop: watc
         }
     }
     clients.shutdown().await;
-}
-
-/// The phones' ports, reachable from outside the bench's socket: what a mux connection of
-/// a USB gadget phone is served with, through the same lockdownd and services.
-#[derive(Clone)]
-pub struct PhonePorts {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for PhonePorts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PhonePorts").finish_non_exhaustive()
-    }
-}
-
-impl PhonePorts {
-    /// Whether a connection to `port` of the phone would be answered now (it is plugged
-    /// in, and the port is lockdownd's or a started service's): else the phone refuses it.
-    pub fn is_open(&self, udid: &str, port: u16) -> bool {
-        let Some(device_id) = self.shared.hub.device_id(udid) else {
-            return false;
-        };
-        let Some((phone, _)) = self.shared.hub.connect(device_id) else {
-            return false;
-        };
-        port == station_protocol::lockdown::LOCKDOWN_PORT || phone.has_service_port(port)
-    }
-
-    /// Serves one connection to `port` of the phone until either side ends it or the
-    /// phone is unplugged.
-    pub async fn serve(&self, udid: &str, port: u16, stream: tokio::net::UnixStream) {
-        let Some(device_id) = self.shared.hub.device_id(udid) else {
-            return;
-        };
-        let Some((phone, unplug)) = self.shared.hub.connect(device_id) else {
-            return;
-        };
-        let lockdown = self.shared.lockdown.clone();
-        crate::usbmuxd::serve_phone_port(phone, unplug, lockdown, port, stream).await;
-    }
 }

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::bench::Shared;
 use crate::state::EINVAL;
+use crate::stream::PhoneStream;
 
 /// usbmuxd result codes (`usbmuxd-proto.h`).
 const RESULT_OK: u32 = 0;
@@ -357,7 +358,16 @@ impl Client {
             return Ok(());
         };
         let lockdown = self.shared.lockdown.clone();
-        serve_phone_port(phone, unplug, lockdown, port, self.stream).await;
+        if port == LOCKDOWN_PORT {
+            crate::lockdownd::serve(phone, PhoneStream::Usbmuxd(self.stream), lockdown, unplug)
+                .await;
+        } else if let Some(pending) = phone.take_service_port(port) {
+            let timeout = lockdown.idle_timeout;
+            tokio::select! {
+                _ = crate::services::run(phone, pending, PhoneStream::Usbmuxd(self.stream), timeout) => {}
+                _ = crate::lockdownd::unplugged(unplug) => {}
+            }
+        }
         Ok(())
     }
 
@@ -464,25 +474,4 @@ fn listener_plist(number: u64, info: &ClientInfo) -> Value {
         Value::Integer(info.lib_version.into()),
     );
     Value::Dictionary(d)
-}
-
-/// A connection to `port` of a phone, however it arrived (the bench's socket after Connect,
-/// or a mux connection of a USB gadget phone): lockdownd on 62078, else the service started
-/// on that port; nothing (the stream closes) for a port nobody listens on.
-pub(crate) async fn serve_phone_port(
-    phone: Arc<crate::phone::Phone>,
-    unplug: tokio::sync::watch::Receiver<bool>,
-    lockdown: Arc<crate::lockdownd::LockdownContext>,
-    port: u16,
-    stream: UnixStream,
-) {
-    if port == LOCKDOWN_PORT {
-        crate::lockdownd::serve(phone, stream, lockdown, unplug).await;
-    } else if let Some(pending) = phone.take_service_port(port) {
-        let timeout = lockdown.idle_timeout;
-        tokio::select! {
-            _ = crate::services::run(phone, pending, stream, timeout) => {}
-            _ = crate::lockdownd::unplugged(unplug) => {}
-        }
-    }
 }

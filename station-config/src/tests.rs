@@ -16,6 +16,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(config.station.id, "station-1");
     assert_eq!(config.station.concurrency, 10);
     assert_eq!(config.station.timeout_secs, 10);
+    assert_eq!(config.station.transport, TransportKind::Usbmuxd);
     assert_eq!(config.activation.url, "https://albert.apple.com");
     assert_eq!(config.activation.command_timeout_secs, 60);
     assert_eq!(config.activation.session_max_age_secs, 120);
@@ -334,4 +335,13 @@ fn pass_env_names_and_secret_variables() {
         text.starts_with("station.toml:4:1: pass_env: `A=B` is not an environment variable name"),
         "{text}"
     );
+}
+
+#[test]
+fn transport_is_usbmuxd_or_usb() {
+    let usb = parse("[station]\ntransport = \"usb\"\n").expect("usb");
+    assert_eq!(usb.station.transport, TransportKind::Usb);
+    assert!(parse("[station]\ntransport = \"wifi\"\n").is_err());
+    assert_eq!("usb".parse::<TransportKind>(), Ok(TransportKind::Usb));
+    assert!("USB3".parse::<TransportKind>().is_err());
 }

@@ -13,9 +13,9 @@ use tokio::task::JoinSet;
 use super::configfs::{busy_udcs, udcs, Gadget, MuxPort, PhoneShape};
 use super::ffs::{BulkWriter, PipeEvent, MAX_TRANSFER};
 use super::{GadgetError, IOS_PRODUCT_IDS};
-use crate::{Bench, PhonePorts, ReadyInfo};
-use station_protocol::usb_mux::driver::{BulkIn, BulkOut, DriverConfig, MuxDriver, MuxStream};
-use std::time::Duration;
+use crate::bench::Shared;
+use crate::{Bench, ReadyInfo, UsbDevice};
+use station_protocol::usb_mux::driver::{BulkIn, BulkOut};
 use tokio::sync::mpsc;
 
 /// Where the kernel's interfaces are.
@@ -125,7 +125,7 @@ impl GadgetBench {
         let gadgets = Arc::new(Mutex::new(gadgets));
         let mut tasks = JoinSet::new();
         for (udid, port) in ports {
-            tasks.spawn(serve_mux_port(udid, port, bench.phone_ports()));
+            tasks.spawn(serve_mux_port(udid, port, bench.shared().clone()));
         }
         let (attached, events) = bench.usb_events();
         let mut device_udids = HashMap::new();
@@ -278,11 +278,11 @@ impl BulkOut for SessionOutput {
     }
 }
 
-/// One mux interface: a mux session (the device end of docs/protocol.md §2.5–2.8) starts
-/// when the host enables the interface or sends to it, and ends when the interface goes
-/// away; each connection the host opens is served by the bench's phone, through the same
-/// lockdownd and services as the bench's socket.
-async fn serve_mux_port(udid: String, port: MuxPort, phones: PhonePorts) {
+/// One mux interface: a mux session (the device end of docs/protocol.md §2.5–2.8, the
+/// bench's [`crate::UsbDevice`]) starts when the host enables the interface or sends to it,
+/// and ends when the interface goes away or the bench unplugs the phone; the connections
+/// reach the same lockdownd and services as the bench's socket.
+async fn serve_mux_port(udid: String, port: MuxPort, shared: Arc<Shared>) {
     let configuration = port.configuration;
     let writer = port.writer;
     let events = Arc::new(tokio::sync::Mutex::new(port.events));
@@ -297,74 +297,20 @@ async fn serve_mux_port(udid: String, port: MuxPort, phones: PhonePorts) {
                 None => return,
             }
         };
+        let device = match UsbDevice::plugged(shared.clone(), &udid) {
+            Ok(device) => device,
+            Err(e) => {
+                // The host saw the gadget just before the bench unplugged the phone.
+                tracing::debug!(%udid, error = %e, "mux interface enabled for a phone not plugged in");
+                continue;
+            }
+        };
         tracing::info!(%udid, configuration, "mux session starts");
         let input = SessionInput {
             events: events.clone(),
             first,
         };
-        let (handle, mut incoming) = MuxDriver::device(
-            input,
-            SessionOutput(writer.clone()),
-            DriverConfig::default(),
-        );
-        let accept = {
-            let udid = udid.clone();
-            let phones = phones.clone();
-            async move {
-                while let Some(connection) = incoming.next().await {
-                    let port = connection.port();
-                    if !phones.is_open(&udid, port) {
-                        tracing::debug!(%udid, port, "connection to a closed port refused");
-                        connection.refuse();
-                        continue;
-                    }
-                    match connection.accept() {
-                        Ok(stream) => {
-                            tokio::spawn(serve_connection(
-                                udid.clone(),
-                                port,
-                                stream,
-                                phones.clone(),
-                            ));
-                        }
-                        Err(e) => tracing::debug!(%udid, port, error = %e, "accept failed"),
-                    }
-                }
-            }
-        };
-        let reason = tokio::select! {
-            reason = handle.closed() => reason,
-            () = accept => handle.closed().await,
-        };
-        tracing::info!(%udid, configuration, %reason, "mux session ends");
-        handle.shutdown();
-    }
-}
-
-/// Splices a mux connection onto a socket pair whose other end the phone serves: the
-/// phone code (lockdownd, TLS, services) runs on Unix streams, as behind the bench's socket.
-async fn serve_connection(udid: String, port: u16, mut stream: MuxStream, phones: PhonePorts) {
-    let (mut ours, theirs) = match tokio::net::UnixStream::pair() {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::error!(%udid, port, error = %e, "cannot make a socket pair");
-            return;
-        }
-    };
-    let serve = phones.serve(&udid, port, theirs);
-    let splice = tokio::io::copy_bidirectional(&mut stream, &mut ours);
-    tokio::pin!(serve, splice);
-    tokio::select! {
-        result = &mut splice => {
-            if let Err(e) = result {
-                tracing::debug!(%udid, port, error = %e, "mux connection ended");
-            }
-        }
-        // The phone is done (its end closed): let what it wrote last reach the host.
-        () = &mut serve => {
-            if tokio::time::timeout(Duration::from_secs(30), &mut splice).await.is_err() {
-                tracing::debug!(%udid, port, "the host kept a finished connection open; closing it");
-            }
-        }
+        let end = device.serve(input, SessionOutput(writer.clone())).await;
+        tracing::info!(%udid, configuration, ?end, "mux session ends");
     }
 }
