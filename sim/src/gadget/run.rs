@@ -238,17 +238,40 @@ struct SessionInput {
     events: Arc<tokio::sync::Mutex<mpsc::Receiver<PipeEvent>>>,
     /// A transfer that arrived before the session started (it started the session).
     first: Option<Vec<u8>>,
+    /// Transfers taken so far in this session.
+    taken: u64,
+    /// A VERSION request in the middle of a session: handed to the next one.
+    restart: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+/// The host's VERSION request (docs/protocol.md §2.6): a v1 header, protocol 0, length 20.
+/// A host process that opens the mux interface anew (a new usbmuxd, the next `station`
+/// command) starts with it while the configuration, and so our session, stays up: the
+/// phone starts afresh, as a real one does when usbmuxd restarts.
+fn is_version_request(transfer: &[u8]) -> bool {
+    transfer.len() == 20 && transfer[..8] == [0, 0, 0, 0, 0, 0, 0, 20]
 }
 
 impl BulkIn for SessionInput {
     async fn read_transfer(&mut self) -> std::io::Result<Vec<u8>> {
         if let Some(first) = self.first.take() {
+            self.taken += 1;
             return Ok(first);
         }
         let mut events = self.events.lock().await;
         loop {
             match events.recv().await {
-                Some(PipeEvent::Transfer(bytes)) => return Ok(bytes),
+                Some(PipeEvent::Transfer(bytes)) if self.taken > 0 && is_version_request(&bytes) => {
+                    *self.restart.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "the host started the mux afresh (VERSION)",
+                    ));
+                }
+                Some(PipeEvent::Transfer(bytes)) => {
+                    self.taken += 1;
+                    return Ok(bytes);
+                }
                 // Enable can reach us after the first transfer: the same session.
                 Some(PipeEvent::Connected) => continue,
                 Some(PipeEvent::Disconnected) | None => {
@@ -286,9 +309,13 @@ async fn serve_mux_port(udid: String, port: MuxPort, shared: Arc<Shared>) {
     let configuration = port.configuration;
     let writer = port.writer;
     let events = Arc::new(tokio::sync::Mutex::new(port.events));
+    let restart = Arc::new(std::sync::Mutex::new(None));
     loop {
         // Idle: wait for the host to take the interface into use.
-        let first = {
+        let pending = restart.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let first = if pending.is_some() {
+            pending
+        } else {
             let mut rx = events.lock().await;
             match rx.recv().await {
                 Some(PipeEvent::Connected) => None,
@@ -309,8 +336,28 @@ async fn serve_mux_port(udid: String, port: MuxPort, shared: Arc<Shared>) {
         let input = SessionInput {
             events: events.clone(),
             first,
+            taken: 0,
+            restart: restart.clone(),
         };
         let end = device.serve(input, SessionOutput(writer.clone())).await;
         tracing::info!(%udid, configuration, ?end, "mux session ends");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_version_request;
+
+    #[test]
+    fn version_requests_are_recognised_by_their_v1_header() {
+        let version = [
+            0, 0, 0, 0, 0, 0, 0, 0x14, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert!(is_version_request(&version));
+        let setup = [
+            0, 0, 0, 2, 0, 0, 0, 0x11, 0xfe, 0xed, 0xfa, 0xce, 0, 0, 0xff, 0xff, 7,
+        ];
+        assert!(!is_version_request(&setup));
+        assert!(!is_version_request(&version[..19]));
     }
 }
