@@ -279,7 +279,13 @@ fn main() -> ExitCode {
         },
         #[cfg(target_os = "linux")]
         Command::Gadget(args) => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(gadget(args)),
+            Ok(rt) => {
+                let result = rt.block_on(gadget(args));
+                // A bulk write the host never takes blocks its thread in the kernel: do not
+                // wait for such threads at exit.
+                rt.shutdown_timeout(Duration::from_secs(2));
+                result
+            }
             Err(e) => Err(format!("cannot start the async runtime: {e}")),
         },
     };
