@@ -43,6 +43,11 @@ pub struct Cli {
     )]
     pub usbmuxd: Option<String>,
 
+    /// How to reach the phones: usbmuxd (the daemon) or usb (directly, no daemon)
+    /// [config: station.transport, default usbmuxd].
+    #[arg(long, global = true, value_parser = parse_transport, help_heading = "Global options")]
+    pub transport: Option<station_config::TransportKind>,
+
     /// Keep pair records in this directory (/var/lib/lockdown layout) instead of usbmuxd.
     #[arg(long, global = true, help_heading = "Global options")]
     pub pair_records: Option<PathBuf>,
@@ -64,12 +69,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+fn parse_transport(text: &str) -> Result<station_config::TransportKind, String> {
+    text.parse()
+}
+
 impl Cli {
     /// The global options that say something over the configuration.
     pub fn options(&self) -> Options {
         Options {
             config: self.config.clone(),
             usbmuxd: self.usbmuxd.clone(),
+            transport: self.transport,
             pair_records: self.pair_records.clone(),
             timeout: self.timeout,
             data_dir: self.data_dir.clone(),

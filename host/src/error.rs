@@ -18,6 +18,7 @@ use station_protocol::usbmux::{Address, UsbmuxError};
 
 use crate::codes::chain::ChainError;
 use crate::ledger::LedgerError;
+use crate::usb::UsbError;
 
 /// Process exit codes; stable, listed per error code in `docs/errors.md`.
 pub mod exit {
@@ -59,6 +60,9 @@ pub enum ErrorCode {
     UsbmuxdUnreachable,
     UsbmuxdAddress,
     UsbmuxdError,
+    UsbUnavailable,
+    UsbBusy,
+    UsbAccess,
     PairingError,
     TlsError,
     HostIdentity,
@@ -90,7 +94,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The catalogue, in the order `docs/errors.md` lists it.
     #[cfg_attr(not(test), allow(dead_code))] // read by the docs test
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 43] = [
         ErrorCode::DeviceNotFound,
         ErrorCode::TrustPending,
         ErrorCode::TrustDenied,
@@ -105,6 +109,9 @@ impl ErrorCode {
         ErrorCode::UsbmuxdUnreachable,
         ErrorCode::UsbmuxdAddress,
         ErrorCode::UsbmuxdError,
+        ErrorCode::UsbUnavailable,
+        ErrorCode::UsbBusy,
+        ErrorCode::UsbAccess,
         ErrorCode::PairingError,
         ErrorCode::TlsError,
         ErrorCode::HostIdentity,
@@ -150,6 +157,9 @@ impl ErrorCode {
             ErrorCode::UsbmuxdUnreachable => "usbmuxd-unreachable",
             ErrorCode::UsbmuxdAddress => "usbmuxd-address",
             ErrorCode::UsbmuxdError => "usbmuxd-error",
+            ErrorCode::UsbUnavailable => "usb-unavailable",
+            ErrorCode::UsbBusy => "usb-busy",
+            ErrorCode::UsbAccess => "usb-access",
             ErrorCode::PairingError => "pairing-error",
             ErrorCode::TlsError => "tls-error",
             ErrorCode::HostIdentity => "host-identity",
@@ -193,7 +203,10 @@ impl ErrorCode {
             ErrorCode::DeviceDisconnected | ErrorCode::DeviceTimeout | ErrorCode::DeviceError => {
                 exit::DEVICE_ERROR
             }
-            ErrorCode::UsbmuxdUnreachable => exit::NO_USBMUXD,
+            ErrorCode::UsbmuxdUnreachable
+            | ErrorCode::UsbUnavailable
+            | ErrorCode::UsbBusy
+            | ErrorCode::UsbAccess => exit::NO_USBMUXD,
             ErrorCode::UsbmuxdAddress
             | ErrorCode::ActivationUrl
             | ErrorCode::CodesSource
@@ -329,6 +342,8 @@ pub enum StationError {
     },
     /// `usbmuxd-unreachable`, `usbmuxd-address` or `usbmuxd-error`, by the inner error.
     Usbmuxd(UsbmuxError),
+    /// `usb-unavailable`, `usb-busy` or `usb-access`: the direct USB transport, by the inner error.
+    Usb(UsbError),
     Pairing(PairingError),
     Tls(TlsError),
     /// The station's pairing identity cannot be read or made.
@@ -456,6 +471,9 @@ impl StationError {
             StationError::Usbmuxd(UsbmuxError::Unreachable { .. }) => ErrorCode::UsbmuxdUnreachable,
             StationError::Usbmuxd(UsbmuxError::BadAddress(_)) => ErrorCode::UsbmuxdAddress,
             StationError::Usbmuxd(_) => ErrorCode::UsbmuxdError,
+            StationError::Usb(UsbError::Busy { .. }) => ErrorCode::UsbBusy,
+            StationError::Usb(UsbError::Access { .. }) => ErrorCode::UsbAccess,
+            StationError::Usb(_) => ErrorCode::UsbUnavailable,
             StationError::Pairing(_) => ErrorCode::PairingError,
             StationError::Tls(_) => ErrorCode::TlsError,
             StationError::HostIdentity(_) => ErrorCode::HostIdentity,
@@ -534,6 +552,15 @@ impl StationError {
             StationError::Usbmuxd(UsbmuxError::Unreachable { address, .. }) => format!(
                 "start usbmuxd (`systemctl start usbmuxd`) or point USBMUXD_SOCKET_ADDRESS at it (tried {address})"
             ),
+            StationError::Usb(UsbError::Busy { .. }) => {
+                "stop usbmuxd for direct USB (`systemctl stop usbmuxd`, and the udev rule in hardware/README.md keeps it off) or run with `--transport usbmuxd`".into()
+            }
+            StationError::Usb(UsbError::Access { .. }) => {
+                "install the station's udev rule (hardware/README.md) so the station's user may open Apple devices, then replug".into()
+            }
+            StationError::Usb(UsbError::NoBus { .. }) => {
+                "this machine shows no USB bus: run on the bench machine, or use `--transport usbmuxd`".into()
+            }
             StationError::Ledger(LedgerError::InUse { .. }) => {
                 "only one `station run` per data directory: stop the other one, or give this one its own --data-dir".into()
             }
@@ -577,6 +604,7 @@ impl StationError {
             }
             StationError::Device { .. }
             | StationError::Usbmuxd(_)
+            | StationError::Usb(_)
             | StationError::Pairing(_)
             | StationError::Tls(_)
             | StationError::HostIdentity(_)
@@ -636,6 +664,18 @@ impl StationError {
             },
             ErrorCode::UsbmuxdAddress => StationError::Usbmuxd(UsbmuxError::BadAddress(text())),
             ErrorCode::UsbmuxdError => StationError::Usbmuxd(UsbmuxError::Closed),
+            ErrorCode::UsbUnavailable => StationError::Usb(UsbError::NoBus {
+                reason: "/sys/bus/usb/devices does not exist".into(),
+            }),
+            ErrorCode::UsbBusy => StationError::Usb(UsbError::Busy {
+                location: "1-1.4".into(),
+                holder: "usbmuxd, running as pid 812".into(),
+                reason: "device or resource busy".into(),
+            }),
+            ErrorCode::UsbAccess => StationError::Usb(UsbError::Access {
+                location: "1-1.4".into(),
+                reason: "permission denied".into(),
+            }),
             ErrorCode::PairingError => StationError::Pairing(PairingError::NotADictionary),
             ErrorCode::TlsError => StationError::Tls(TlsError::NoCertificate),
             ErrorCode::HostIdentity => StationError::HostIdentity(text()),
@@ -784,6 +824,7 @@ impl fmt::Display for StationError {
                 fault: DeviceFault::NotData(key),
             } => write!(f, "{udid}: {key} is not data"),
             StationError::Usbmuxd(e) => fmt::Display::fmt(e, f),
+            StationError::Usb(e) => fmt::Display::fmt(e, f),
             StationError::Pairing(e) => fmt::Display::fmt(e, f),
             StationError::Tls(e) => fmt::Display::fmt(e, f),
             StationError::HostIdentity(message) => f.write_str(message),
@@ -861,6 +902,12 @@ impl std::error::Error for StationError {}
 impl From<UsbmuxError> for StationError {
     fn from(err: UsbmuxError) -> Self {
         StationError::Usbmuxd(err)
+    }
+}
+
+impl From<UsbError> for StationError {
+    fn from(err: UsbError) -> Self {
+        StationError::Usb(err)
     }
 }
 

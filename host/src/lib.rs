@@ -23,6 +23,8 @@ pub mod slots;
 pub mod station;
 #[cfg(test)]
 mod test_server;
+pub mod transport;
+pub mod usb;
 pub mod usbmuxd;
 pub mod web;
 

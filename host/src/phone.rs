@@ -13,7 +13,7 @@ use station_protocol::tls::client_config;
 use station_protocol::usbmux::{DeviceInfo, UsbmuxStream};
 
 use crate::error::{DeviceFault, StationError};
-use crate::usbmuxd::Usbmuxd;
+use crate::transport::Transport;
 
 /// Sent as `Label` with every lockdown request; phones log it.
 pub const LOCKDOWN_LABEL: &str = "station";
@@ -44,7 +44,7 @@ type CachedTls = (Vec<u8>, Arc<rustls::ClientConfig>);
 
 /// Access to the phones behind one usbmuxd.
 pub struct Bench {
-    pub usbmuxd: Usbmuxd,
+    pub transport: Transport,
     pub store: Arc<PairStore>,
     identity: crate::identity::IdentityStore,
     /// The TLS client configuration of the last host certificate used: every record of
@@ -63,12 +63,12 @@ pub struct Session {
 impl Bench {
     /// `identity_file`: where the station's pairing identity is kept (in memory if `None`).
     pub fn new(
-        usbmuxd: Usbmuxd,
+        transport: Transport,
         store: PairStore,
         identity_file: Option<std::path::PathBuf>,
     ) -> Self {
         Bench {
-            usbmuxd,
+            transport,
             store: Arc::new(store),
             identity: crate::identity::IdentityStore::new(identity_file),
             tls: std::sync::Mutex::new(None),
@@ -77,9 +77,9 @@ impl Bench {
 
     /// A plaintext lockdown connection, checked with `QueryType`.
     pub async fn lockdown(&self, device: &DeviceInfo) -> Result<Lockdown, StationError> {
-        let stream = self.usbmuxd.connect(device, LOCKDOWN_PORT).await?;
+        let stream = self.transport.connect(device, LOCKDOWN_PORT).await?;
         let mut lockdown = LockdownClient::new(stream, LOCKDOWN_LABEL);
-        lockdown.set_timeout(self.usbmuxd.timeout());
+        lockdown.set_timeout(self.transport.timeout());
         lockdown
             .query_type()
             .await
@@ -260,9 +260,9 @@ impl Bench {
             .start_service(service, None)
             .await
             .map_err(|e| StationError::from_lockdown(&device.udid, e))?;
-        let stream = self.usbmuxd.connect(device, info.port).await?;
+        let stream = self.transport.connect(device, info.port).await?;
         let mut channel = PlistChannel::new(stream);
-        channel.set_timeout(Some(self.usbmuxd.timeout()));
+        channel.set_timeout(Some(self.transport.timeout()));
         if info.ssl {
             let tls = self.tls_config(&session.record)?;
             channel.start_tls_client(tls).await.map_err(|e| {

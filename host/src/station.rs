@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use station_config::TransportKind;
 use station_config::{ConfigError, Environment, StationConfig};
 use station_protocol::pairing::{DirPairStore, UsbmuxdPairStore};
 use station_protocol::usbmux::Address;
@@ -22,7 +23,13 @@ use crate::ledger::{Ledger, LedgerReader, Recovered};
 use crate::phone::{Bench, PairStore};
 use crate::preflight::Preflight;
 use crate::slots::{PortPaths, Slots};
+use crate::transport::Transport;
+use crate::usb::UsbTransport;
 use crate::usbmuxd::Usbmuxd;
+
+/// Pair records of the `usb` transport without `[pairing] records_dir`, under the data
+/// directory (the `/var/lib/lockdown` layout; usbmuxd's own directory belongs to usbmuxd).
+pub const USB_PAIR_RECORDS_DIR: &str = "lockdown";
 
 /// What the command line says over the configuration (the global options).
 #[derive(Debug, Clone, Default)]
@@ -31,6 +38,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// `--usbmuxd`: over `[usbmuxd] address`.
     pub usbmuxd: Option<String>,
+    /// `--transport`: over `[station] transport`.
+    pub transport: Option<station_config::TransportKind>,
     /// `--pair-records`: over `[pairing] records_dir`.
     pub pair_records: Option<PathBuf>,
     /// `--timeout` in seconds: over `[station] timeout_secs`.
@@ -116,20 +125,27 @@ impl Station {
                 .unwrap_or(config.station.timeout_secs)
                 .max(1),
         );
-        let store = match options
+        let kind = options.transport.unwrap_or(config.station.transport);
+        let records_dir = options
             .pair_records
             .clone()
-            .or_else(|| config.pairing.records_dir.clone())
-        {
-            Some(dir) => PairStore::Dir(DirPairStore::new(dir)),
-            None => PairStore::Usbmuxd(UsbmuxdPairStore::new(address.clone(), timeout)),
+            .or_else(|| config.pairing.records_dir.clone());
+        let store = match (records_dir, kind) {
+            (Some(dir), _) => PairStore::Dir(DirPairStore::new(dir)),
+            (None, TransportKind::Usbmuxd) => {
+                PairStore::Usbmuxd(UsbmuxdPairStore::new(address.clone(), timeout))
+            }
+            // No usbmuxd to keep them: the station's own /var/lib/lockdown-layout directory.
+            (None, TransportKind::Usb) => PairStore::Dir(DirPairStore::new(
+                self.data_dir()?.join(USB_PAIR_RECORDS_DIR),
+            )),
+        };
+        let transport = match kind {
+            TransportKind::Usbmuxd => Transport::Usbmuxd(Usbmuxd::new(address, timeout)),
+            TransportKind::Usb => Transport::Usb(UsbTransport::system(timeout)),
         };
         let identity = self.data_dir()?.join(crate::identity::IDENTITY_FILE);
-        Ok(Bench::new(
-            Usbmuxd::new(address, timeout),
-            store,
-            Some(identity),
-        ))
+        Ok(Bench::new(transport, store, Some(identity)))
     }
 
     /// The `[slots]` labels over this machine's USB ports.

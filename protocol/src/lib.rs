@@ -16,4 +16,5 @@ pub mod pairing;
 pub mod tls;
 pub mod tls_engine;
 pub mod udid;
+pub mod usb_mux;
 pub mod usbmux;

@@ -626,11 +626,14 @@ impl fmt::Display for Address {
     }
 }
 
-/// A connection to usbmuxd, over a unix socket or TCP.
+/// A connection to usbmuxd, over a unix socket or TCP, or, with no daemon in between, a
+/// mux connection straight over USB (`usb_mux::driver`): after `Connect` all three carry a
+/// phone port's bytes the same way.
 #[derive(Debug)]
 pub enum UsbmuxStream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Usb(crate::usb_mux::driver::MuxStream),
 }
 
 impl AsyncRead for UsbmuxStream {
@@ -642,6 +645,7 @@ impl AsyncRead for UsbmuxStream {
         match self.get_mut() {
             UsbmuxStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             UsbmuxStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UsbmuxStream::Usb(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -655,6 +659,7 @@ impl AsyncWrite for UsbmuxStream {
         match self.get_mut() {
             UsbmuxStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             UsbmuxStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UsbmuxStream::Usb(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -662,6 +667,7 @@ impl AsyncWrite for UsbmuxStream {
         match self.get_mut() {
             UsbmuxStream::Unix(s) => Pin::new(s).poll_flush(cx),
             UsbmuxStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UsbmuxStream::Usb(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -669,6 +675,7 @@ impl AsyncWrite for UsbmuxStream {
         match self.get_mut() {
             UsbmuxStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             UsbmuxStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UsbmuxStream::Usb(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -260,6 +260,10 @@ impl Bench {
         self.usbmuxd.is_some()
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -338,6 +342,7 @@ impl Bench {
                     stale_codes: p.stale_codes.clone(),
                     enrollments: p.enrollments.clone(),
                     lock_released: phone.activation_lock_released(),
+                    udc: None,
                 }
             })
             .collect();
@@ -364,6 +369,17 @@ impl Bench {
             station_config: Some(self.station_config.clone()),
             devices,
         }
+    }
+
+    /// The phones plugged in now and every later Attached/Detached/Paired, atomically (the
+    /// gadget bench mirrors them onto its USB gadgets).
+    pub fn usb_events(
+        &self,
+    ) -> (
+        Vec<station_protocol::usbmux::DeviceInfo>,
+        tokio::sync::broadcast::Receiver<station_protocol::usbmux::Event>,
+    ) {
+        self.shared.hub.subscribe()
     }
 
     /// Plugs a phone in (listeners see `Attached`); returns its new DeviceID.

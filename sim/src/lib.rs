@@ -26,7 +26,7 @@
 //!
 //! Layout: [`world`] (what phones exist, and what their MDMs hold), `phone` (one phone's
 //! state and lockdown values), `hub` (plugged phones, DeviceIDs, events), `usbmuxd` (socket
-//! protocol), `lockdownd` (port 62078), [`services`] (StartService), [`activation`]
+//! protocol), [`usb_device`] (the same phones on USB bulk endpoints, for the gadget), `lockdownd` (port 62078), [`services`] (StartService), [`activation`]
 //! (mobileactivationd and the stand-in activation server), `http` (the loopback HTTP
 //! servers), [`mdm`] (the MDM stand-ins), `phone::tls` (the TLS of each iOS version) and
 //! `legacy_tls` (OpenSSL for iOS 11 and earlier, feature `legacy-tls`), `state` (what survives a restart), [`bench`]
@@ -35,6 +35,7 @@
 pub mod activation;
 pub mod bench;
 mod error;
+pub mod gadget;
 mod http;
 mod hub;
 #[cfg(feature = "legacy-tls")]
@@ -47,6 +48,8 @@ pub mod ready;
 pub mod services;
 mod state;
 pub mod station_config;
+mod stream;
+pub mod usb_device;
 mod usbmuxd;
 pub mod world;
 
@@ -60,6 +63,8 @@ pub use mdm::{
 pub use ready::{ReadyDevice, ReadyInfo, ReadyIntune, ReadyKandji, ReadyMdm};
 pub use services::{LockdownService, ServiceConnection, ServiceRegistry};
 pub use station_config::ConfigSource;
+pub use stream::PhoneStream;
+pub use usb_device::{UsbDevice, UsbDeviceEnd};
 pub use world::{
     default_world, ActivationServerSpec, ActivationState, CloudConfig, DeviceProfile, DeviceSpec,
     Enrollment, EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm, Trust,

@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stream::PhoneStream;
 use plist::{Dictionary, Value};
 use rand::RngCore;
 use station_protocol::channel::{ChannelError, PlistChannel};
 use station_protocol::lockdown::{LockdownErrorKind, LOCKDOWN_TYPE};
 use station_protocol::pairing::{verify_pair_request, PairingError};
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -58,7 +58,7 @@ enum Flow {
 
 struct Connection {
     phone: Arc<Phone>,
-    channel: PlistChannel<UnixStream>,
+    channel: PlistChannel<PhoneStream>,
     session: Option<Session>,
     ctx: Arc<LockdownContext>,
 }
@@ -72,7 +72,7 @@ pub(crate) async fn unplugged(mut rx: watch::Receiver<bool>) {
 /// phone is unplugged.
 pub(crate) async fn serve(
     phone: Arc<Phone>,
-    stream: UnixStream,
+    stream: PhoneStream,
     ctx: Arc<LockdownContext>,
     unplug: watch::Receiver<bool>,
 ) {

@@ -31,6 +31,38 @@ enum Command {
     Serve(ServeArgs),
     /// Print a generated world as TOML (a starting point for a world file).
     World(WorldArgs),
+    /// Serve the bench's phones as USB gadgets (configfs + FunctionFS; Linux, as root),
+    /// one per free UDC, until SIGINT/SIGTERM. The bench's own socket is served too.
+    #[cfg(target_os = "linux")]
+    Gadget(GadgetArgs),
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Args)]
+struct GadgetArgs {
+    #[command(flatten)]
+    source: WorldSource,
+    /// The bench's own usbmuxd-compatible socket (the real usbmuxd uses /var/run/usbmuxd).
+    #[arg(long, default_value = "/run/station-sim/bench.sock")]
+    socket: PathBuf,
+    /// Write a JSON description of the bench, with each phone's UDC, once the gadgets exist.
+    #[arg(long)]
+    ready: Option<PathBuf>,
+    /// Where pairings, keys and the SystemBUID persist [default: <socket>.state].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Close lockdown connections idle for this long (a real phone: ~10 s).
+    #[arg(long, default_value_t = 10_000)]
+    idle_timeout_ms: u64,
+    /// configfs mount point.
+    #[arg(long, default_value = "/sys/kernel/config")]
+    configfs: PathBuf,
+    /// Directory of the UDCs.
+    #[arg(long, default_value = "/sys/class/udc")]
+    udc_dir: PathBuf,
+    /// Where the FunctionFS instances are mounted (one directory each).
+    #[arg(long, default_value = "/run/station-sim/ffs")]
+    ffs_root: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +181,47 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
+async fn gadget(args: GadgetArgs) -> Result<(), String> {
+    use station_sim::gadget::{GadgetBench, GadgetOptions};
+    let world = load_world(&args.source)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        let mut s = args.socket.clone().into_os_string();
+        s.push(".state");
+        PathBuf::from(s)
+    });
+    if let Some(path) = &args.ready {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(parent) = args.socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let mut cfg = BenchConfig::new(args.socket.clone(), world, state_dir);
+    cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
+    let bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
+    let options = GadgetOptions {
+        configfs: args.configfs.clone(),
+        sysfs_udc: args.udc_dir.clone(),
+        ffs_root: args.ffs_root.clone(),
+    };
+    let mut gadgets = GadgetBench::start(bench, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &args.ready {
+        if let Err(e) = gadgets.ready_info().write(path) {
+            gadgets.shutdown().await;
+            return Err(e.to_string());
+        }
+    }
+    serve_until_stopped(gadgets.bench_mut()).await;
+    gadgets.shutdown().await;
+    if let Some(path) = &args.ready {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// Serves until SIGINT or SIGTERM. SIGUSR1 makes the bench's usbmuxd go away as the real
 /// daemon does when it exits; SIGUSR2 starts it again (same socket, same phones).
 async fn serve_until_stopped(bench: &mut Bench) {
@@ -202,6 +275,17 @@ fn main() -> ExitCode {
         }),
         Command::Serve(args) => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(serve(args)),
+            Err(e) => Err(format!("cannot start the async runtime: {e}")),
+        },
+        #[cfg(target_os = "linux")]
+        Command::Gadget(args) => match tokio::runtime::Runtime::new() {
+            Ok(rt) => {
+                let result = rt.block_on(gadget(args));
+                // A bulk write the host never takes blocks its thread in the kernel: do not
+                // wait for such threads at exit.
+                rt.shutdown_timeout(Duration::from_secs(2));
+                result
+            }
             Err(e) => Err(format!("cannot start the async runtime: {e}")),
         },
     };

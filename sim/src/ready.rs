@@ -105,6 +105,10 @@ pub struct ReadyDevice {
     /// Its `mdm` lock was released through the MDM (Intune's bypassActivationLock).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lock_released: bool,
+    /// `station-sim gadget`: the USB device controller the phone's gadget is on
+    /// (`/sys/class/udc/<udc>`; with dummy_hcd, `dummy_udc.N` pairs with USB bus N+1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udc: Option<String>,
 }
 
 fn no_lock() -> String {
@@ -169,6 +173,7 @@ mod tests {
                 proptest::option::of(any::<u64>()),
                 proptest::option::of(any::<u64>()),
                 proptest::option::of(any::<u32>()),
+                proptest::option::of("dummy_udc\\.[0-9]{1,2}"),
             ),
             codes in proptest::collection::vec(text(), 0..3),
         ) -> ReadyDevice {
@@ -201,6 +206,7 @@ mod tests {
                 stale_codes: codes,
                 enrollments: Vec::new(),
                 lock_released: flags.2,
+                udc: optional.5,
             }
         }
     }

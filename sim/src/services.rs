@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stream::PhoneStream;
 use station_protocol::channel::PlistChannel;
 use station_protocol::lockdown::LockdownErrorKind;
-use tokio::net::UnixStream;
 use tracing::Instrument;
 
 use crate::phone::tls::ServerTls;
@@ -31,7 +31,7 @@ pub struct ServiceConnection {
     pub phone: Arc<Phone>,
     pub service: String,
     /// The stream, already in TLS when the service asked for it.
-    pub channel: PlistChannel<UnixStream>,
+    pub channel: PlistChannel<PhoneStream>,
 }
 
 /// A service a virtual phone can start.
@@ -131,7 +131,7 @@ impl PendingService {
 pub(crate) async fn run(
     phone: Arc<Phone>,
     pending: PendingService,
-    stream: UnixStream,
+    stream: PhoneStream,
     handshake_timeout: Duration,
 ) {
     let name = pending.service.name().to_string();

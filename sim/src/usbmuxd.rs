@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::bench::Shared;
 use crate::state::EINVAL;
+use crate::stream::PhoneStream;
 
 /// usbmuxd result codes (`usbmuxd-proto.h`).
 const RESULT_OK: u32 = 0;
@@ -358,11 +359,12 @@ impl Client {
         };
         let lockdown = self.shared.lockdown.clone();
         if port == LOCKDOWN_PORT {
-            crate::lockdownd::serve(phone, self.stream, lockdown, unplug).await;
+            crate::lockdownd::serve(phone, PhoneStream::Usbmuxd(self.stream), lockdown, unplug)
+                .await;
         } else if let Some(pending) = phone.take_service_port(port) {
             let timeout = lockdown.idle_timeout;
             tokio::select! {
-                _ = crate::services::run(phone, pending, self.stream, timeout) => {}
+                _ = crate::services::run(phone, pending, PhoneStream::Usbmuxd(self.stream), timeout) => {}
                 _ = crate::lockdownd::unplugged(unplug) => {}
             }
         }

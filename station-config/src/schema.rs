@@ -310,6 +310,8 @@ pub struct Station {
     /// Seconds to wait for usbmuxd and for each answer of a phone.
     #[serde(deserialize_with = "timeout_range")]
     pub timeout_secs: u64,
+    /// How the phones are reached: through usbmuxd (default) or straight over USB.
+    pub transport: TransportKind,
 }
 
 impl Default for Station {
@@ -319,6 +321,30 @@ impl Default for Station {
             data_dir: default_data_dir(),
             concurrency: 10,
             timeout_secs: 10,
+            transport: TransportKind::Usbmuxd,
+        }
+    }
+}
+
+/// `[station] transport`: `"usbmuxd"` (the daemon) or `"usb"` (direct, no daemon).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Usbmuxd,
+    Usb,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "usbmuxd" => Ok(TransportKind::Usbmuxd),
+            "usb" => Ok(TransportKind::Usb),
+            other => Err(format!(
+                "unknown transport {other:?}: expected usbmuxd or usb"
+            )),
         }
     }
 }

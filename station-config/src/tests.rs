@@ -16,6 +16,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(config.station.id, "station-1");
     assert_eq!(config.station.concurrency, 10);
     assert_eq!(config.station.timeout_secs, 10);
+    assert_eq!(config.station.transport, TransportKind::Usbmuxd);
     assert_eq!(config.activation.url, "https://albert.apple.com");
     assert_eq!(config.activation.command_timeout_secs, 60);
     assert_eq!(config.activation.session_max_age_secs, 120);
@@ -360,4 +361,13 @@ fn the_live_view_listens_on_loopback_unless_remote_is_allowed() {
     assert!(check_http_listen("--http", "10.0.0.1:80", false).is_err());
     let (addr, warning) = check_http_listen("--http", "127.0.0.1:0", false).expect("ok");
     assert_eq!((addr.port(), warning), (0, None));
+}
+
+#[test]
+fn transport_is_usbmuxd_or_usb() {
+    let usb = parse("[station]\ntransport = \"usb\"\n").expect("usb");
+    assert_eq!(usb.station.transport, TransportKind::Usb);
+    assert!(parse("[station]\ntransport = \"wifi\"\n").is_err());
+    assert_eq!("usb".parse::<TransportKind>(), Ok(TransportKind::Usb));
+    assert!("USB3".parse::<TransportKind>().is_err());
 }

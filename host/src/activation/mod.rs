@@ -566,7 +566,7 @@ impl Activator<'_> {
     /// Whether a failure was the phone (or usbmuxd) going away rather than the phone.
     async fn presence(&self, device: &DeviceInfo) -> Presence {
         // Same usbmuxd DeviceID: a replugged phone gets a new one, and is a new attempt.
-        match self.bench.usbmuxd.probe().await {
+        match self.bench.transport.probe().await {
             Ok(devices) if devices.iter().any(|d| d.device_id == device.device_id) => {
                 Presence::Attached
             }

@@ -41,7 +41,7 @@ pub async fn activate(station: &Station, args: ActivateArgs<'_>) -> Result<Outpu
     };
     // The configuration's server, retries and encoding, unless the command line says otherwise.
     let server = station.activation_server_with(args.activation_url, args.multipart)?;
-    let device = bench.usbmuxd.find(args.udid).await?;
+    let device = bench.transport.find(args.udid).await?;
     let activator = Activator {
         bench: &bench,
         server: &server,

@@ -178,7 +178,7 @@ async fn identify_into(
 pub async fn list(station: &Station) -> Result<Output, StationError> {
     let bench = station.bench()?;
     let slots = station.slots()?;
-    let devices = bench.usbmuxd.list_devices().await?;
+    let devices = bench.transport.list_devices().await?;
     let rows =
         futures_util::future::join_all(devices.iter().map(|d| identify(&bench, &slots, d))).await;
     Ok(Output::Devices(rows))

@@ -14,7 +14,7 @@ pub async fn values(
     trust_wait: Duration,
 ) -> Result<Output, StationError> {
     let bench = station.bench()?;
-    let device = bench.usbmuxd.find(udid).await?;
+    let device = bench.transport.find(udid).await?;
     let mut session = bench.session_or_pair(&device, trust_wait).await?;
     let value = session
         .get_value(domain, key)
@@ -34,7 +34,7 @@ pub async fn summary(
 ) -> Result<Output, StationError> {
     let bench = station.bench()?;
     let slots = station.slots()?;
-    let device = bench.usbmuxd.find(udid).await?;
+    let device = bench.transport.find(udid).await?;
     if bench.pair_record(&device.udid).await?.is_none() {
         bench.pair(&device, trust_wait).await?;
     }

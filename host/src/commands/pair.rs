@@ -17,7 +17,7 @@ pub enum PairOutcome {
 
 pub async fn pair(station: &Station, udid: &str, wait: Duration) -> Result<Output, StationError> {
     let bench = station.bench()?;
-    let device = bench.usbmuxd.find(udid).await?;
+    let device = bench.transport.find(udid).await?;
     if let Some(record) = bench.pair_record(&device.udid).await? {
         match bench.session_with(&device, record).await {
             Ok(session) => {
@@ -46,7 +46,7 @@ fn paired(udid: &str, outcome: PairOutcome) -> Output {
 
 pub async fn unpair(station: &Station, udid: &str) -> Result<Output, StationError> {
     let bench = station.bench()?;
-    let device = bench.usbmuxd.find(udid).await?;
+    let device = bench.transport.find(udid).await?;
     Ok(Output::Unpaired {
         udid: udid.to_string(),
         existed: bench.unpair(&device).await?,

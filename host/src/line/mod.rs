@@ -819,7 +819,7 @@ async fn connect_usbmuxd(
     ),
     StationError,
 > {
-    let initial = bench.usbmuxd.list_devices().await?;
+    let initial = bench.transport.list_devices().await?;
     let events = spawn_listener(bench).await?;
     Ok((initial, events))
 }
@@ -841,11 +841,11 @@ async fn next_usb_event(usb: &mut Usb) -> Result<UsbEvent, StationError> {
 async fn spawn_listener(
     bench: &Bench,
 ) -> Result<mpsc::UnboundedReceiver<Result<UsbEvent, StationError>>, StationError> {
-    let mut stream = bench.usbmuxd.listen().await?;
+    let mut stream = bench.transport.listen().await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let event = stream.next_event().await.map_err(StationError::from);
+            let event = stream.next_event().await;
             let failed = event.is_err();
             if tx.send(event).is_err() || failed {
                 break;

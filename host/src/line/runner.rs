@@ -97,7 +97,7 @@ pub async fn run(
     let slots = Arc::new(station.slots()?);
     if args.once {
         // `--once` handles the phones attached now, so it needs usbmuxd now.
-        if let Err(e) = bench.usbmuxd.list_devices().await {
+        if let Err(e) = bench.transport.list_devices().await {
             record_start_failure(station, &e).await;
             return Err(e);
         }

@@ -1,0 +1,51 @@
+# Scenario: the world's plug schedule binds and unbinds gadgets; usbmuxd sees them come and go
+# A phone with `plug_at_ms` is bound to its UDC late, one with `unplug_at_ms` is unbound:
+# real USB connects and disconnects on the host side, which udevd announces and the real
+# usbmuxd follows (libusb hotplug).
+. /usb-vm/lib.sh
+
+load_usb_modules 3
+cat >/tmp/world.toml <<'TOML'
+seed = 11
+
+[[device]]
+
+[[device]]
+unplug_at_ms = 9000
+
+[[device]]
+plug_at_ms = 9000
+TOML
+
+step "station-sim gadget --world (phone 2 leaves, phone 3 arrives at 9 s)"
+station-sim gadget --world /tmp/world.toml --ready "$RESULTS/ready.json" >"$RESULTS/sim.log" 2>&1 &
+SIM=$!
+wait_for 60 test -s "$RESULTS/ready.json" || { show 'sim| ' "$RESULTS/sim.log"; fail "no ready file"; }
+start_usbmuxd
+apple_ports() {
+    for d in /sys/bus/usb/devices/*; do
+        [ "$(cat "$d/idVendor" 2>/dev/null)" = 05ac ] && basename "$d"
+    done | sort | tr '\n' ' '
+}
+echo "at start: $(apple_ports)"
+[ "$(apple_ports)" = "1-1 2-1 " ] || fail "expected phones on 1-1 and 2-1 at start, got: $(apple_ports)"
+wait_for 30 sh -c "[ \$(grep -c 'Found new device with v/p 05ac:' $RESULTS/usbmuxd.log) -ge 2 ]" \
+    || { show 'usbmuxd| ' "$RESULTS/usbmuxd.log"; fail "usbmuxd did not find the 2 phones plugged at start"; }
+
+step "waiting for the schedule"
+wait_for 40 sh -c '[ "$(for d in /sys/bus/usb/devices/*; do [ "$(cat $d/idVendor 2>/dev/null)" = 05ac ] && basename $d; done | sort | tr "\n" " ")" = "1-1 3-1 " ]' \
+    || { show 'sim| ' "$RESULTS/sim.log"; fail "after the schedule expected phones on 1-1 and 3-1, got: $(apple_ports)"; }
+echo "after the schedule: $(apple_ports)"
+# usbmuxd heard of the new phone through udevd (hotplug) and set it up.
+wait_for 30 grep -q 'Found new device with v/p 05ac:.* at 3-' "$RESULTS/usbmuxd.log" \
+    || { show 'usbmuxd| ' "$RESULTS/usbmuxd.log"; fail "usbmuxd did not see phone 3 arrive"; }
+wait_for 30 sh -c "[ \$(grep -c 'Connected to v2.0 device' $RESULTS/usbmuxd.log) -ge 3 ]" \
+    || { show 'usbmuxd| ' "$RESULTS/usbmuxd.log"; fail "usbmuxd did not bring the mux up with phone 3"; }
+show 'usbmuxd| ' "$RESULTS/usbmuxd.log"
+grep -E 'gadget (bound|unbound)|mux session' "$RESULTS/sim.log" | sed 's/^/sim| /'
+grep -q 'gadget unbound' "$RESULTS/sim.log" || fail "no gadget was unbound"
+
+stop_usbmuxd
+kill "$SIM"
+wait_for 20 sh -c "! kill -0 $SIM" || fail "station-sim gadget did not stop on SIGTERM"
+echo "gadget-plug-schedule: ok"
