@@ -27,8 +27,11 @@ apple_ports() {
         [ "$(cat "$d/idVendor" 2>/dev/null)" = 05ac ] && basename "$d"
     done | sort | tr '\n' ' '
 }
+# The ready file is written once the gadgets are bound; the host side enumerates them a
+# moment later (under TCG, sometimes after this line), so wait for the kernel.
+wait_for 30 sh -c '[ "$(for d in /sys/bus/usb/devices/*; do [ "$(cat $d/idVendor 2>/dev/null)" = 05ac ] && basename $d; done | sort | tr "\n" " ")" = "1-1 2-1 " ]' \
+    || fail "expected phones on 1-1 and 2-1 at start, got: $(apple_ports)"
 echo "at start: $(apple_ports)"
-[ "$(apple_ports)" = "1-1 2-1 " ] || fail "expected phones on 1-1 and 2-1 at start, got: $(apple_ports)"
 wait_for 30 sh -c "[ \$(grep -c 'Found new device with v/p 05ac:' $RESULTS/usbmuxd.log) -ge 2 ]" \
     || { show 'usbmuxd| ' "$RESULTS/usbmuxd.log"; fail "usbmuxd did not find the 2 phones plugged at start"; }
 
