@@ -149,28 +149,11 @@ async fn run_demo(
                 "station: the demo is over; its live view stays up at {} until Ctrl-C",
                 web.url()
             );
-            wait_for_stop().await;
+            crate::line::runner::stop_requested(&mut crate::line::runner::terminate_signal()).await;
         }
         web.close();
     }
     Ok(0)
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_stop() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminate = async {
-        match term.as_mut() {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 /// Pulls the phone out once its activation exchange has started, plugs it back 1.5 s later.

@@ -46,26 +46,35 @@ fn new_run_id() -> String {
     format!("run-{stamp}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
 }
 
+/// The SIGTERM stream of this process, if it can be had (a supervisor's stop).
+pub(crate) fn terminate_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
+/// The next Ctrl-C or SIGTERM (`term` from [`terminate_signal`]).
+pub(crate) async fn stop_requested(term: &mut Option<tokio::signal::unix::Signal>) {
+    let terminate = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// Ctrl-C (or SIGTERM) once: drain; twice: abort.
 fn watch_signals() -> watch::Receiver<Shutdown> {
     let (tx, rx) = watch::channel(Shutdown::Running);
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = terminate_signal();
         let mut level = Shutdown::Running;
         loop {
-            let terminate = async {
-                match term.as_mut() {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = terminate => {}
-            }
+            stop_requested(&mut term).await;
             level = if level == Shutdown::Running {
                 Shutdown::Drain
             } else {

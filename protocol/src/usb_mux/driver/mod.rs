@@ -217,7 +217,12 @@ impl Shared {
 
     fn fail(&self, state: &mut State, error: DriverError) {
         if state.failure.is_none() {
-            tracing::warn!(%error, "mux link failed");
+            // Our own shutdown is not a failure worth a warning.
+            if matches!(error, DriverError::Shutdown) {
+                tracing::debug!("mux link shut down");
+            } else {
+                tracing::warn!(%error, "mux link failed");
+            }
             state.failure = Some(error.clone());
         }
         for (_, tx) in state.connecting.drain() {
