@@ -10,10 +10,10 @@ use crate::activation::{ActivationReport, Outcome};
 use crate::phone::{Bench, Session};
 use station_protocol::usbmux::DeviceInfo;
 
-/// The lockdown domain and key third-party tools read to see Find My (protocol.md §3.6).
+/// The lockdown domain and key third-party tools read to see Find My (docs/protocol.md §3.6).
 pub const FMIP_DOMAIN: &str = "com.apple.fmip";
 pub const FMIP_KEY: &str = "IsAssociated";
-/// Global-domain key: whether a passcode is set (protocol.md §3.4).
+/// Global-domain key: whether a passcode is set (docs/protocol.md §3.4).
 pub const PASSCODE_KEY: &str = "PasswordProtected";
 
 /// What the phone itself says about its lock and management. `None` everywhere the phone
@@ -22,7 +22,7 @@ pub const PASSCODE_KEY: &str = "PasswordProtected";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagementState {
     /// `com.apple.fmip IsAssociated` on an activated phone; `None` on an unactivated one,
-    /// where it answers false even when the phone is Activation-Locked (protocol.md §3.6).
+    /// where it answers false even when the phone is Activation-Locked (docs/protocol.md §3.6).
     pub find_my: Option<bool>,
     /// `PasswordProtected`.
     pub passcode_set: Option<bool>,
@@ -110,7 +110,7 @@ pub async fn read_management_state(
 }
 
 /// The cloud configuration from `com.apple.mobile.MCInstall` (`GetCloudConfiguration`,
-/// protocol.md §3.7); `None` when it could not be read. A phone without a configuration
+/// docs/protocol.md §3.7); `None` when it could not be read. A phone without a configuration
 /// answers with every fact `None`.
 async fn read_cloud_configuration(
     bench: &Bench,

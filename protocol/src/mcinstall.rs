@@ -4,7 +4,7 @@
 //! The service is started with lockdown's `StartService` like any other (TLS when the answer
 //! says `EnableServiceSSL`) and speaks the usual length-prefixed plists. Every request is a
 //! dictionary with `RequestType`; every answer carries `Status`, `Acknowledged` on success
-//! (protocol.md §3.7). Both the station and the bench's phones build on this module.
+//! (docs/protocol.md §3.7). Both the station and the bench's phones build on this module.
 
 use std::time::Duration;
 

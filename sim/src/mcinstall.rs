@@ -1,5 +1,5 @@
 //! The phone's `com.apple.mobile.MCInstall`: the managed-configuration service, as far as
-//! hosts read a phone's cloud configuration (protocol.md §3.7).
+//! hosts read a phone's cloud configuration (docs/protocol.md §3.7).
 //!
 //! As on a real phone the connection is TLS (lockdown answers `EnableServiceSSL`), carries
 //! any number of requests, and every answer has `Status`. `HelloHostIdentifier` and `Flush`
@@ -99,7 +99,7 @@ fn current_configuration(phone: &Phone) -> Option<&CloudConfig> {
 }
 
 /// The dictionary a phone stores once Setup Assistant applied a configuration: the flags it
-/// was given plus the ones the phone sets itself (protocol.md §3.7).
+/// was given plus the ones the phone sets itself (docs/protocol.md §3.7).
 fn configuration_plist(config: &CloudConfig) -> Dictionary {
     let mut d = Dictionary::new();
     d.insert("AllowPairing".into(), Value::Boolean(true));

@@ -1,4 +1,4 @@
-//! Find My, passcode and the cloud configuration (protocol.md §3.6–3.7): the peers' own
+//! Find My, passcode and the cloud configuration (docs/protocol.md §3.6–3.7): the peers' own
 //! tools read the virtual phones as the world sets them, and the station's protocol client
 //! (`station_protocol::mcinstall`) reads the same values.
 //!

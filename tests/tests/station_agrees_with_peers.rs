@@ -137,7 +137,7 @@ fn station_find_my_agrees_with_ideviceinfo_where_it_is_believed() {
         let associated = peer.stdout.trim();
         let find_my = summary.get("find_my").cloned().unwrap_or(Value::Null);
         if dev.activation_state == "Unactivated" {
-            // At Setup Assistant the phone answers false even when locked (protocol.md §3.6):
+            // At Setup Assistant the phone answers false even when locked (docs/protocol.md §3.6):
             // the station says nothing rather than "off".
             assert_eq!(find_my, Value::Null, "{out}\n{peer}");
         } else {

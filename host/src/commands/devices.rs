@@ -29,7 +29,7 @@ pub struct DeviceRow {
     /// Find My, passcode and management, as the phone tells them (`find_my`, …).
     #[serde(flatten)]
     pub management: ManagementState,
-    /// Only Apple's answer during activation tells the lock (protocol.md §3.6): listing a
+    /// Only Apple's answer during activation tells the lock (docs/protocol.md §3.6): listing a
     /// phone never asks Apple, so this is always `null` here.
     pub activation_lock: Option<ActivationLock>,
     pub paired: bool,

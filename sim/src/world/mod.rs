@@ -398,7 +398,7 @@ pub struct DeviceSpec {
     pub mdm_unremovable: Option<bool>,
 }
 
-/// The cloud configuration a phone holds (protocol.md §3.7).
+/// The cloud configuration a phone holds (docs/protocol.md §3.7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CloudConfig {
     pub supervised: bool,
