@@ -63,11 +63,11 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    /// The first header of that (lower-case) name.
+    /// The first header of that name; names are case-insensitive (RFC 9110 §5.1).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 

@@ -319,6 +319,34 @@ mod tests {
     const GOOD: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
     const OTHER: &str = "8LNYD-DVNKU-GYRC-E6GU-3YFD-CT86";
 
+    /// Kandji's device list as the API sends it: a bare array of devices with many more
+    /// fields than the station reads (docs/mdm.md §3.1).
+    #[test]
+    fn a_real_device_list_is_a_bare_array() {
+        let body = format!(
+            r#"[{{"device_id":"9f5b3a62-1c4e-4d7a-8e2b-5a6c7d8e9f01","device_name":"Loaner 14","model":"iPhone 12","serial_number":"{SERIAL}","platform":"iPhone","os_version":"17.5.1","last_check_in":"2025-03-14T09:26:53.000000Z","user":"","asset_tag":"","blueprint_id":"4c0f1d2e-3b4a-5c6d-7e8f-9a0b1c2d3e4f","mdm_enabled":true,"agent_installed":false,"is_missing":false,"is_removed":false,"first_enrollment":"2024-09-02 08:11:40.000000+00:00"}}]"#
+        );
+        let list: DeviceList = parse_json(body.as_bytes()).expect("a real list parses");
+        let DeviceList::Bare(devices) = list else {
+            panic!("read as the wrapped form");
+        };
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].serial_number.as_deref(), Some(SERIAL));
+        assert_eq!(
+            devices[0].device_id.as_deref(),
+            Some("9f5b3a62-1c4e-4d7a-8e2b-5a6c7d8e9f01")
+        );
+    }
+
+    /// `secrets/bypasscode`: both codes as strings, the organisation-linked one often empty.
+    #[test]
+    fn a_real_secrets_object_carries_both_codes() {
+        let body = format!(r#"{{"user_based_albc":"{GOOD}","device_based_albc":""}}"#);
+        let secrets: Secrets = parse_json(body.as_bytes()).expect("a real secrets object parses");
+        assert_eq!(secrets.user_based_albc.as_deref(), Some(GOOD));
+        assert_eq!(secrets.device_based_albc.as_deref(), Some(""));
+    }
+
     /// The stand-in Kandji API with a partial match of the serial listed first: the serial
     /// filter matches partially, like the real one.
     async fn server() -> KandjiServer {

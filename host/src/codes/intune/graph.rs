@@ -294,21 +294,11 @@ impl Intune {
             }
             _ => return Err(graph_failure(&response, READ_PERMISSION)),
         }
-        let detail: DeviceDetail = parse_json(&response.body, "Graph's device record")?;
-        if !detail
-            .serial_number
-            .as_deref()
-            .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial))
-        {
+        let record = record_from_answer(&response.body, id, serial, enrolled)?;
+        if record.is_none() {
             tracing::warn!(source = %self.settings.name, device = id, "record's serial differs from its listing; ignored");
-            return Ok(None);
         }
-        Ok(Some(DeviceRecord {
-            id: id.to_string(),
-            udid: detail.udid,
-            enrolled,
-            code: detail.activation_lock_bypass_code,
-        }))
+        Ok(record)
     }
 
     /// A next-page link must not carry the token to another host.
@@ -356,6 +346,31 @@ impl Intune {
             return Ok(response);
         }
     }
+}
+
+/// The record in a single GET's answer (the entity at the top level, as Graph sends it);
+/// `None` when it is not a record of `serial` — another phone's, or not a record at all
+/// (such as the documentation's example, which wraps the entity in `"value"`).
+fn record_from_answer(
+    body: &[u8],
+    id: &str,
+    serial: &str,
+    enrolled: Option<String>,
+) -> Result<Option<DeviceRecord>, IntuneError> {
+    let detail: DeviceDetail = parse_json(body, "Graph's device record")?;
+    if !detail
+        .serial_number
+        .as_deref()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial))
+    {
+        return Ok(None);
+    }
+    Ok(Some(DeviceRecord {
+        id: id.to_string(),
+        udid: detail.udid,
+        enrolled,
+        code: detail.activation_lock_bypass_code,
+    }))
 }
 
 /// The newest `bypassActivationLock` entry (Graph's timestamps sort as text).
@@ -437,4 +452,92 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     what: &'static str,
 ) -> Result<T, IntuneError> {
     crate::codes::answer::parse_json(body).map_err(|reason| IntuneError::BadAnswer { what, reason })
+}
+
+/// Answers shaped like captured real ones (docs/mdm.md §1.8, item 7), not like the
+/// documentation's generated examples, which real answers contradict.
+#[cfg(test)]
+mod real_answer_fixtures {
+    use super::*;
+
+    const SERIAL: &str = "F17XK0AAJC67";
+    const CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_single_get_has_the_entity_at_the_top_level_and_the_code_in_it() {
+        let body = format!(
+            r#"{{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#deviceManagement/managedDevices(id,serialNumber,udid,activationLockBypassCode)/$entity","id":"0f7a9c52-5a3e-4c1d-9b61-2d8e4f0a7b13","serialNumber":"{SERIAL}","udid":"00008030-001A2B3C4D5E6F70","activationLockBypassCode":"{CODE}"}}"#
+        );
+        let record = record_from_answer(body.as_bytes(), "id-1", SERIAL, None)
+            .expect("a real single GET parses")
+            .expect("it is this serial's record");
+        let code = record.code.expect("the code is at the top level");
+        assert_eq!(
+            BypassCode::parse(&code).expect("a code").reveal(),
+            BypassCode::parse(CODE).expect("a code").reveal()
+        );
+        assert_eq!(record.udid.as_deref(), Some("00008030-001A2B3C4D5E6F70"));
+    }
+
+    #[test]
+    fn the_documentation_example_wrapping_the_entity_in_value_is_not_a_record() {
+        // The official v1.0 "Get managedDevice" example. Real answers never look like this;
+        // a parser "fixed" to read it would take whatever a wrapper holds for a record.
+        let body = r##"{"value":{"@odata.type":"#microsoft.graph.managedDevice","id":"705c034c-034c-705c-4c03-5c704c035c70","serialNumber":"F17XK0AAJC67","activationLockBypassCode":"3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"}}"##;
+        let record =
+            record_from_answer(body.as_bytes(), "id-1", SERIAL, None).expect("well-formed JSON");
+        assert!(record.is_none(), "{record:?}");
+    }
+
+    #[test]
+    fn a_real_list_carries_count_and_a_null_code() {
+        let body = format!(
+            r#"{{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#deviceManagement/managedDevices(id,serialNumber,enrolledDateTime)","@odata.count":1,"value":[{{"id":"0f7a9c52-5a3e-4c1d-9b61-2d8e4f0a7b13","serialNumber":"{SERIAL}","enrolledDateTime":"2025-03-14T09:26:53Z","activationLockBypassCode":null}}]}}"#
+        );
+        let page: ListPage = parse_json(body.as_bytes(), "list").expect("a real list parses");
+        assert_eq!(page.value.len(), 1);
+        assert!(page.next_link.is_none());
+        let device = &page.value[0];
+        assert_eq!(device.serial_number.as_deref(), Some(SERIAL));
+        assert_eq!(
+            device.enrolled_date_time.as_deref(),
+            Some("2025-03-14T09:26:53Z")
+        );
+    }
+
+    #[test]
+    fn a_429_names_its_retry_after() {
+        let throttled = answer(
+            429,
+            &[("Retry-After", "7")],
+            r#"{"error":{"code":"TooManyRequests","message":"Too many requests"}}"#,
+        );
+        match graph_failure(&throttled, READ_PERMISSION) {
+            IntuneError::Throttled { retry_after } => {
+                assert_eq!(retry_after, Some(std::time::Duration::from_secs(7)));
+            }
+            other => panic!("not throttling: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nested_403_shows_intunes_message_without_its_tail() {
+        let body = r#"{"error":{"code":"Forbidden","message":"{\r\n  \"_version\": 3,\r\n  \"Message\": \"Application is not authorized to perform this operation. Application must have one of the following scopes: DeviceManagementManagedDevices.Read.All - Operation ID (for customer support): 00000000-0000-0000-0000-000000000000 - Activity ID: 7b2c9a5e-1f3d-4e6a-8b9c-0d1e2f3a4b5c - Url: https://fef.msua06.manage.microsoft.com/DeviceFE/StatelessDeviceFEService/deviceManagement/managedDevices?api-version=5023-05-31\",\r\n  \"CustomApiErrorPhrase\": \"\",\r\n  \"RetryAfter\": null,\r\n  \"ErrorSourceService\": \"\",\r\n  \"HttpHeaders\": \"{}\"\r\n}","innerError":{"date":"2025-03-14T09:26:53","request-id":"7b2c9a5e-1f3d-4e6a-8b9c-0d1e2f3a4b5c","client-request-id":"7b2c9a5e-1f3d-4e6a-8b9c-0d1e2f3a4b5c"}}}"#;
+        let text = graph_failure(&answer(403, &[], body), READ_PERMISSION).to_string();
+        assert!(text.contains("Application is not authorized"), "{text}");
+        for tail in ["_version", "Operation ID", "Activity ID", "Url:", "{"] {
+            assert!(!text.contains(tail), "{tail:?} in {text}");
+        }
+    }
 }
