@@ -171,25 +171,11 @@ impl Intune {
         id: &str,
         serial: &str,
     ) -> Result<Option<ActionStatus>, IntuneError> {
-        let url = format!(
-            "{}/v1.0/deviceManagement/managedDevices/{}?$select={ACTION_SELECT}",
-            self.settings.graph_root,
-            encode_component(id)
-        );
-        let response = self
-            .graph(reqwest::Method::GET, &url, READ_PERMISSION)
-            .await?;
-        match response.status {
-            200 => {}
-            404 => return Ok(None),
-            _ => return Err(graph_failure(&response, READ_PERMISSION)),
-        }
-        let detail: StatusDetail = parse_json(&response.body, "Graph's device record")?;
-        if !detail
-            .serial_number
-            .as_deref()
-            .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial))
-        {
+        let Some(body) = self.get_record(id, ACTION_SELECT).await? else {
+            return Ok(None);
+        };
+        let detail: StatusDetail = parse_json(&body, "Graph's device record")?;
+        if !is_serial(detail.serial_number.as_deref(), serial) {
             return Ok(None);
         }
         Ok(Some(ActionStatus {
@@ -245,10 +231,7 @@ impl Intune {
             }
             let page: ListPage = parse_json(&response.body, "Graph's device list")?;
             for device in page.value {
-                let same = device
-                    .serial_number
-                    .as_deref()
-                    .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial));
+                let same = is_serial(device.serial_number.as_deref(), serial);
                 match device.id {
                     Some(id) if same => found.push((id, device.enrolled_date_time)),
                     _ => ignored += 1,
@@ -278,8 +261,22 @@ impl Intune {
         serial: &str,
         enrolled: Option<String>,
     ) -> Result<Option<DeviceRecord>, IntuneError> {
+        let Some(body) = self.get_record(id, DEVICE_SELECT).await? else {
+            tracing::debug!(source = %self.settings.name, device = id, "record vanished between list and GET");
+            return Ok(None);
+        };
+        let record = record_from_answer(&body, id, serial, enrolled)?;
+        if record.is_none() {
+            tracing::warn!(source = %self.settings.name, device = id, "record's serial differs from its listing; ignored");
+        }
+        Ok(record)
+    }
+
+    /// The body of record `id` with the `$select`ed fields; `None` when Graph has no such
+    /// record (404).
+    async fn get_record(&self, id: &str, select: &str) -> Result<Option<Vec<u8>>, IntuneError> {
         let url = format!(
-            "{}/v1.0/deviceManagement/managedDevices/{}?$select={DEVICE_SELECT}",
+            "{}/v1.0/deviceManagement/managedDevices/{}?$select={select}",
             self.settings.graph_root,
             encode_component(id)
         );
@@ -287,18 +284,10 @@ impl Intune {
             .graph(reqwest::Method::GET, &url, READ_PERMISSION)
             .await?;
         match response.status {
-            200 => {}
-            404 => {
-                tracing::debug!(source = %self.settings.name, device = id, "record vanished between list and GET");
-                return Ok(None);
-            }
-            _ => return Err(graph_failure(&response, READ_PERMISSION)),
+            200 => Ok(Some(response.body)),
+            404 => Ok(None),
+            _ => Err(graph_failure(&response, READ_PERMISSION)),
         }
-        let record = record_from_answer(&response.body, id, serial, enrolled)?;
-        if record.is_none() {
-            tracing::warn!(source = %self.settings.name, device = id, "record's serial differs from its listing; ignored");
-        }
-        Ok(record)
     }
 
     /// A next-page link must not carry the token to another host.
@@ -348,6 +337,11 @@ impl Intune {
     }
 }
 
+/// Whether a record's `serialNumber` is `serial` (Graph's filter is not trusted alone).
+fn is_serial(record_serial: Option<&str>, serial: &str) -> bool {
+    record_serial.is_some_and(|s| s.trim().eq_ignore_ascii_case(serial))
+}
+
 /// The record in a single GET's answer (the entity at the top level, as Graph sends it);
 /// `None` when it is not a record of `serial` — another phone's, or not a record at all
 /// (such as the documentation's example, which wraps the entity in `"value"`).
@@ -358,11 +352,7 @@ fn record_from_answer(
     enrolled: Option<String>,
 ) -> Result<Option<DeviceRecord>, IntuneError> {
     let detail: DeviceDetail = parse_json(body, "Graph's device record")?;
-    if !detail
-        .serial_number
-        .as_deref()
-        .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial))
-    {
+    if !is_serial(detail.serial_number.as_deref(), serial) {
         return Ok(None);
     }
     Ok(Some(DeviceRecord {
@@ -420,10 +410,7 @@ fn graph_failure(response: &HttpResponse, permission: &'static str) -> IntuneErr
 pub fn decode_answer_for_fuzzing(body: &[u8]) {
     if let Ok(page) = parse_json::<ListPage>(body, "fuzzing") {
         for device in &page.value {
-            let _ = device
-                .serial_number
-                .as_deref()
-                .is_some_and(|s| s.trim().eq_ignore_ascii_case("C39XK0AAJC67"));
+            let _ = is_serial(device.serial_number.as_deref(), "C39XK0AAJC67");
         }
         if let Some(link) = &page.next_link {
             let _ = reqwest::Url::parse(link).map(|u| u.origin().ascii_serialization());
