@@ -578,7 +578,7 @@ impl StationError {
                 "fix the sources named above; `station config check` validates the file".into()
             }
             StationError::CodesInvalid(_) => {
-                "fix the rows named above; the header must be serial_number,udid,bypass_code,code_kind,source,retrieved_at".into()
+                "fix the rows named above; the file is the station's CSV (header serial_number,udid,bypass_code,code_kind,source,retrieved_at), a Kandji device-secrets export or an IntuneCD activation-lock backup (docs/code-sources.md)".into()
             }
             StationError::ConfigInvalid(e) => e.help().into(),
             StationError::ConfigRefused { .. } => {
