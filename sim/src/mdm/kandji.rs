@@ -404,11 +404,14 @@ fn route(inner: &KandjiInner, req: &Req) -> Answer {
     }
 }
 
+/// A field `ordering` can name.
+type SortKey = fn(&KandjiDevice) -> &str;
+
 /// Sorts `devices` as Kandji's `ordering` parameter asks: comma-separated fields, each
 /// descending with a leading `-`; fields it does not know are skipped. A stable sort, so
 /// equal keys keep the held order.
 fn order(devices: &mut [&KandjiDevice], ordering: &str) {
-    let keys: Vec<(fn(&KandjiDevice) -> &str, bool)> = ordering
+    let keys: Vec<(SortKey, bool)> = ordering
         .split(',')
         .filter_map(|field| {
             let field = field.trim();
@@ -416,7 +419,7 @@ fn order(devices: &mut [&KandjiDevice], ordering: &str) {
                 Some(name) => (name, true),
                 None => (field, false),
             };
-            let key: fn(&KandjiDevice) -> &str = match name {
+            let key: SortKey = match name {
                 "serial_number" => |d| &d.serial,
                 "device_id" => |d| &d.device_id,
                 "device_name" => |d| &d.name,
