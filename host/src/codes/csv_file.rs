@@ -8,7 +8,7 @@
 //!   with, among other columns, `serial_number`, `user_based_albc` and `device_based_albc`;
 //! - IntuneCD's activation-lock backup (`--activationlock`, almenscorner/IntuneCD): JSON, a
 //!   list of `{"id", "deviceName", "serialNumber", "activationLockBypassCode"}` (or one such
-//!   object).
+//!   object), or the same as YAML in the block layout PyYAML writes.
 //!
 //! Every row is validated; errors name the line (or entry) and the column, never the code
 //! itself.
@@ -87,7 +87,7 @@ const KANDJI_DEVICE_BASED: &str = "device_based_albc";
 pub enum CsvError {
     #[error("cannot read codes file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("{path}: header must be `{}` (the station's format), or a Kandji device-secrets export's (with `serial_number`, `user_based_albc`, `device_based_albc`); or the file an IntuneCD activation-lock backup (JSON)", COLUMNS.join(","))]
+    #[error("{path}: header must be `{}` (the station's format), or a Kandji device-secrets export's (with `serial_number`, `user_based_albc`, `device_based_albc`); or the file an IntuneCD activation-lock backup (JSON or YAML)", COLUMNS.join(","))]
     Header { path: PathBuf },
     #[error("{path}: not an IntuneCD activation-lock backup: {reason}")]
     Json { path: PathBuf, reason: String },
@@ -150,7 +150,8 @@ impl CsvCodes {
 
     /// Parses the file's bytes; `label` names the file in each code's source tag. A file
     /// whose first character (after a byte order mark and blanks) is `[` or `{` is read as
-    /// an IntuneCD backup, any other as CSV, its header telling the layout.
+    /// an IntuneCD backup in JSON, one that looks like YAML (`looks_like_yaml`) as one in
+    /// YAML, any other as CSV, its header telling the layout.
     pub fn parse(bytes: &[u8], label: &str) -> Result<Self, ParseError> {
         let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
         if matches!(
@@ -158,6 +159,12 @@ impl CsvCodes {
             Some(b'[' | b'{')
         ) {
             return Self::parse_intunecd(bytes, label);
+        }
+        if let Some(text) = std::str::from_utf8(bytes)
+            .ok()
+            .filter(|t| looks_like_yaml(t))
+        {
+            return Self::parse_intunecd_yaml(text, label);
         }
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
@@ -254,19 +261,37 @@ impl CsvCodes {
             serde_json::Value::Array(entries) => entries,
             one => vec![one],
         };
+        let devices = entries
+            .into_iter()
+            .map(|entry| {
+                serde_json::from_value::<IntuneCdDevice>(entry).map_err(|_| {
+                    "expected an object with `serialNumber` and `activationLockBypassCode` strings"
+                        .to_string()
+                })
+            })
+            .collect();
+        Self::from_intunecd_devices(devices, label)
+    }
+
+    /// IntuneCD's `-o yaml` form (see [`intunecd_yaml_devices`]).
+    fn parse_intunecd_yaml(text: &str, label: &str) -> Result<Self, ParseError> {
+        let devices = intunecd_yaml_devices(text).map_err(ParseError::Json)?;
+        Self::from_intunecd_devices(devices.into_iter().map(Ok).collect(), label)
+    }
+
+    fn from_intunecd_devices(
+        devices: Vec<Result<IntuneCdDevice, String>>,
+        label: &str,
+    ) -> Result<Self, ParseError> {
         let mut codes = CsvCodes {
             label: label.to_string(),
             format: FileFormat::IntuneCd,
             ..CsvCodes::default()
         };
         let mut errors = Vec::new();
-        for (index, entry) in entries.into_iter().enumerate() {
+        for (index, device) in devices.into_iter().enumerate() {
             let place = Place::Entry(index + 1);
-            let row = (|| {
-                let device: IntuneCdDevice = serde_json::from_value(entry).map_err(|_| {
-                    "expected an object with `serialNumber` and `activationLockBypassCode` strings"
-                        .to_string()
-                })?;
+            let row = device.and_then(|device| {
                 let serial = checked_serial(device.serial_number.as_deref().unwrap_or_default())
                     .map_err(|e| format!("serialNumber: {e}"))?;
                 let code = match device.code.as_deref().map(str::trim) {
@@ -279,8 +304,8 @@ impl CsvCodes {
                         source: format!("csv:{label}:intune"),
                     }),
                 };
-                Ok::<_, String>((serial, Row { udid: None, code }))
-            })();
+                Ok((serial, Row { udid: None, code }))
+            });
             match row {
                 Ok(row) => codes.add(vec![row]),
                 Err(message) => errors.push(RowError { place, message }),
@@ -347,7 +372,8 @@ impl CsvCodes {
 #[derive(Debug)]
 pub enum ParseError {
     Header,
-    /// An IntuneCD backup that is not the expected JSON; the reason never quotes the file.
+    /// An IntuneCD backup that is not the expected JSON or YAML; the reason never quotes
+    /// the file.
     Json(String),
     Rows(Vec<RowError>),
 }
@@ -397,6 +423,119 @@ fn line_at(bytes: &[u8], offset: u64) -> u64 {
         .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && before.get(i + 1) != Some(&b'\n')))
         .count();
     breaks as u64 + 1
+}
+
+/// The first line that holds something starts a YAML block list (`- `), is a document
+/// marker (`---`), or is a `key: value` line: no CSV header looks like that.
+fn looks_like_yaml(text: &str) -> bool {
+    let Some(first) = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    else {
+        return false;
+    };
+    first.starts_with("- ")
+        || first == "-"
+        || first.starts_with("---")
+        || yaml_key_value(first).is_some_and(|(key, _)| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '@' || c == '.')
+        })
+}
+
+/// `key: value` (or `key:` with nothing after it).
+fn yaml_key_value(line: &str) -> Option<(&str, &str)> {
+    if let Some(key) = line.strip_suffix(':') {
+        return Some((key, ""));
+    }
+    line.split_once(": ")
+}
+
+/// A plain or quoted YAML scalar as PyYAML writes one on a line; `None` for null.
+fn yaml_scalar(value: &str) -> Result<Option<String>, &'static str> {
+    let value = value.trim();
+    match value {
+        "" | "~" | "null" | "Null" | "NULL" => return Ok(None),
+        _ => {}
+    }
+    if let Some(rest) = value.strip_prefix('\'') {
+        let inner = rest
+            .strip_suffix('\'')
+            .ok_or("a quoted value that goes on over several lines")?;
+        return Ok(Some(inner.replace("''", "'")));
+    }
+    if let Some(rest) = value.strip_prefix('"') {
+        let inner = rest
+            .strip_suffix('"')
+            .ok_or("a quoted value that goes on over several lines")?;
+        if inner.contains('\\') {
+            return Err("a quoted value with escapes");
+        }
+        return Ok(Some(inner.to_string()));
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// The devices of IntuneCD's `-o yaml` backup, which PyYAML writes with
+/// `yaml.dump(…, sort_keys=False, default_flow_style=False)`: a block list, each device
+/// starting with `- key: value` and its other keys on lines indented by two spaces
+/// (`  key: value`), or (the later module's single device) the keys at the start of the
+/// line. Only that layout is read, and of it only `serialNumber` and
+/// `activationLockBypassCode`; a value PyYAML folded onto further, deeper-indented lines
+/// (a long `deviceName`) is skipped. Errors give the line, never its text.
+fn intunecd_yaml_devices(text: &str) -> Result<Vec<IntuneCdDevice>, String> {
+    let mut devices: Vec<IntuneCdDevice> = Vec::new();
+    let mut list: Option<bool> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        let number = index + 1;
+        if line.trim().is_empty() || line.starts_with('#') || line.starts_with("---") {
+            continue;
+        }
+        let (starts_device, key_line) = if let Some(rest) = line.strip_prefix("- ") {
+            (true, rest)
+        } else if let Some(rest) = line.strip_prefix("  ") {
+            if rest.starts_with(' ') || list != Some(true) {
+                // A folded value's continuation (or nested text): not a key of ours.
+                continue;
+            }
+            (false, rest)
+        } else {
+            (devices.is_empty(), line)
+        };
+        let is_list = line.starts_with("- ");
+        match list {
+            None => list = Some(is_list),
+            Some(was) if was != is_list && (is_list || !line.starts_with("  ")) => {
+                return Err(format!(
+                    "line {number}: expected IntuneCD's YAML list of devices (`- serialNumber: …`)"
+                ));
+            }
+            Some(_) => {}
+        }
+        if starts_device {
+            devices.push(IntuneCdDevice {
+                serial_number: None,
+                code: None,
+            });
+        }
+        let Some((key, value)) = yaml_key_value(key_line) else {
+            return Err(format!("line {number}: expected `key: value`"));
+        };
+        let Some(device) = devices.last_mut() else {
+            return Err(format!("line {number}: a key before the first device"));
+        };
+        let slot = match key.trim() {
+            "serialNumber" => &mut device.serial_number,
+            "activationLockBypassCode" => &mut device.code,
+            _ => continue,
+        };
+        *slot = yaml_scalar(value).map_err(|why| format!("line {number}: {key}: {why}"))?;
+    }
+    Ok(devices)
 }
 
 /// A serial as the files give it, upper-cased, or why it is not one.
@@ -740,6 +879,63 @@ C02ZK0AAMD6T,1c2d3e4f-5061-7283-94a5-b6c7d8e9f0a1,Sam's MacBook,\"Macs, staff\",
             codes.lookup_now("C8TJ500QF1MN", "x").codes[0].code.reveal(),
             OTHER
         );
+    }
+
+    /// The same backup with `-o yaml`, as PyYAML's `yaml.dump(…, sort_keys=False,
+    /// default_flow_style=False)` writes it: a block list, a long device name folded onto
+    /// a deeper-indented line, an all-digit value quoted, a missing code `null`.
+    #[test]
+    fn an_intunecd_yaml_backup_is_read() {
+        let list = format!(
+            "- id: 5f2c1e0a-7b3d-4c8e-9a1f-2b3c4d5e6f70\n  deviceName: Loaner 14 with a very long name that PyYAML folds onto the next line\n    because it is longer than eighty characters\n  serialNumber: C8TJ500QF1MN\n  activationLockBypassCode: {GOOD}\n- id: 6a3d2f1b-8c4e-4d9f-0b2a-3c4d5e6f7081\n  deviceName: 'iPad: 3'\n  serialNumber: '123456789012'\n  activationLockBypassCode: '{OTHER}'\n- id: 7b4e3a2c-9d5f-4e0a-1c3b-4d5e6f708192\n  deviceName: iPad 4\n  serialNumber: F2LXK0AAJC67\n  activationLockBypassCode: null\n"
+        );
+        let codes = parse(&list).expect("IntuneCD's YAML parses");
+        assert_eq!(codes.format(), FileFormat::IntuneCd);
+        assert_eq!(codes.rows(), 3);
+        let first = codes.lookup_now("C8TJ500QF1MN", "x");
+        assert_eq!(first.codes.len(), 1);
+        assert_eq!(first.codes[0].code.reveal(), GOOD);
+        assert_eq!(first.codes[0].source, "csv:codes.csv:intune");
+        assert_eq!(
+            codes.lookup_now("123456789012", "x").codes[0].code.reveal(),
+            OTHER
+        );
+        let none = codes.lookup_now("F2LXK0AAJC67", "x");
+        assert!(none.known && none.codes.is_empty());
+
+        // The later module's single device: its keys at the start of the line.
+        let one = format!(
+            "deviceName: Loaner 14\nserialNumber: C8TJ500QF1MN\nactivationLockBypassCode: {OTHER}\n"
+        );
+        let codes = parse(&one).expect("one device parses");
+        assert_eq!(
+            codes.lookup_now("C8TJ500QF1MN", "x").codes[0].code.reveal(),
+            OTHER
+        );
+
+        // A bad code names its entry; layouts it does not read name their line.
+        let bad = "- serialNumber: C8TJ500QF1MN\n  activationLockBypassCode: 3UM43-PUYVY-QYD1-UVCC-HEHJ-FKAO\n";
+        let Err(ParseError::Rows(errors)) = parse(bad) else {
+            panic!("expected an entry error");
+        };
+        assert_eq!(errors[0].place, Place::Entry(1));
+        assert!(!errors[0].message.contains("PUYVY"));
+        let Err(ParseError::Json(reason)) =
+            parse("- serialNumber: C8TJ500QF1MN\nserialNumber: F2LXK0AAJC67\n")
+        else {
+            panic!("expected a layout error");
+        };
+        assert!(reason.starts_with("line 2:"), "{reason}");
+        let Err(ParseError::Json(reason)) = parse(&format!(
+            "- serialNumber: C8TJ500QF1MN\n  activationLockBypassCode: \"{GOOD}\\n\"\n"
+        )) else {
+            panic!("expected a quoting error");
+        };
+        assert!(
+            reason.starts_with("line 2: activationLockBypassCode:"),
+            "{reason}"
+        );
+        assert!(!reason.contains("PUYVY"), "{reason}");
     }
 
     #[test]
