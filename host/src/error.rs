@@ -262,6 +262,9 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The next step for every `fleet-config` failure.
+const FLEET_CONFIG_HELP: &str = "give [fleet] database_url as { env = \"NAME\" } or { file = \"PATH\" } holding a postgresql:// URL (docs/fleet.md); `station config check` tests it";
+
 /// What a phone took too long to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
@@ -623,12 +626,8 @@ impl StationError {
             StationError::HttpView { .. } => {
                 "give --http (or [ui] http) a free address of this machine, like 127.0.0.1:8080; another host's only with [ui] allow_remote = true".into()
             }
-            StationError::FleetNotConfigured => {
-                "add a [fleet] section with database_url = { env = \"…\" } (docs/fleet.md)".into()
-            }
-            StationError::Fleet(e) if e.is_configuration() => {
-                "fix [fleet] database_url (docs/fleet.md); `station config check` tests it".into()
-            }
+            StationError::FleetNotConfigured => FLEET_CONFIG_HELP.into(),
+            StationError::Fleet(e) if e.is_configuration() => FLEET_CONFIG_HELP.into(),
             StationError::Fleet(_) => {
                 "check that the fleet database is up and the station's role may use it (docs/fleet.md); the stations keep working and ship later".into()
             }

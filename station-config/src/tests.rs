@@ -378,17 +378,24 @@ fn fleet_database_url_is_a_secret_by_reference() {
     let fleet = config.fleet.expect("[fleet]");
     assert_eq!(fleet.database_url, Secret::Env("STATION_FLEET_URL".into()));
     assert_eq!(fleet.station_id, None);
-    let config = parse("[fleet]\ndatabase_url = { file = \"/etc/station/fleet.url\" }\nstation_id = \"bench-7\"\n")
-        .expect("file");
+    let config = parse(
+        "[fleet]\ndatabase_url = { file = \"/etc/station/fleet.url\" }\nstation_id = \"bench-7\"\n",
+    )
+    .expect("file");
     assert_eq!(
         config.fleet.expect("[fleet]").station_id.as_deref(),
         Some("bench-7")
     );
     let inline = error("[fleet]\ndatabase_url = \"postgresql://station:hunter2@db/fleet\"\n");
     assert!(inline.contains("never written inline"), "{inline}");
-    assert!(!inline.contains("hunter2"), "the secret is not repeated: {inline}");
-    assert!(error("[fleet]\ndatabase_url = { env = \"U\" }\nstation_id = \"\"\n")
-        .contains("fleet.station_id"));
+    assert!(
+        !inline.contains("hunter2"),
+        "the secret is not repeated: {inline}"
+    );
+    assert!(
+        error("[fleet]\ndatabase_url = { env = \"U\" }\nstation_id = \"\"\n")
+            .contains("fleet.station_id")
+    );
     assert!(error("[fleet]\nstation_id = \"x\"\n").contains("database_url"));
     assert!(parse("").expect("empty").fleet.is_none());
     let owners = parse("[fleet]\ndatabase_url = { env = \"STATION_FLEET_URL\" }\n")

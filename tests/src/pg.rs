@@ -164,7 +164,14 @@ impl Cluster {
         let data = self.data();
         let out = self.server_command(
             "pg_ctl",
-            &["-D", data.to_str().expect("utf-8"), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         );
         assert!(out.success(), "pg_ctl stop failed: {}", out.combined());
         self.running = false;
@@ -185,8 +192,20 @@ impl Cluster {
         self.server_command(
             "psql",
             &[
-                "-h", &socket, "-p", &port, "-U", "postgres", "-d", database, "-X", "-At",
-                "-v", "ON_ERROR_STOP=1", "-c", sql,
+                "-h",
+                &socket,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
             ],
         )
     }
@@ -221,7 +240,14 @@ impl Drop for Cluster {
             let data = self.data();
             let _ = self.server_command(
                 "pg_ctl",
-                &["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"],
+                &[
+                    "-D",
+                    data.to_str().unwrap_or_default(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
             );
         }
     }

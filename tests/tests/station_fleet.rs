@@ -33,7 +33,13 @@ struct Station {
 }
 
 impl Station {
-    async fn start(id: &str, seed: u64, phones: &[Phone], codes: &[(&str, &str, &str)], url: String) -> Station {
+    async fn start(
+        id: &str,
+        seed: u64,
+        phones: &[Phone],
+        codes: &[(&str, &str, &str)],
+        url: String,
+    ) -> Station {
         let bench = InProcBench::start(&fixtures::world(seed, phones)).await;
         let codes = (!codes.is_empty()).then(|| bench.codes_csv("codes.csv", codes));
         let config = bench.station_config(
@@ -86,15 +92,21 @@ impl Station {
 /// Waits until the station reported an outcome for each of its bench's phones.
 async fn wait_all_finished(run: &mut StreamingStation, bench: &InProcBench) {
     for udid in &bench.udids {
-        run.seen_or_wait(SHIP_TIMEOUT, |e| e["event"] == "finished" && e["udid"] == udid.as_str())
-            .await;
+        run.seen_or_wait(SHIP_TIMEOUT, |e| {
+            e["event"] == "finished" && e["udid"] == udid.as_str()
+        })
+        .await;
     }
 }
 
 fn ledger_counts(data_dir: &Path) -> (i64, i64) {
     let conn = rusqlite::Connection::open(data_dir.join("ledger.sqlite3")).expect("ledger");
     let finished: i64 = conn
-        .query_row("SELECT COUNT(*) FROM attempts WHERE outcome IS NOT NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM attempts WHERE outcome IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
         .expect("attempts");
     let queued: i64 = conn
         .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
@@ -134,7 +146,10 @@ async fn wait_drained(cluster: &Cluster, station: &Station) {
     let id = std::fs::read_to_string(&station.config)
         .expect("config")
         .lines()
-        .find_map(|l| l.strip_prefix("id = \"").map(|r| r.trim_end_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("id = \"")
+                .map(|r| r.trim_end_matches('"').to_string())
+        })
         .expect("station id");
     let deadline = Instant::now() + SHIP_TIMEOUT;
     loop {
@@ -188,8 +203,22 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
         Phone::unactivated("b2"),
         Phone::activated("b-done"),
     ];
-    let a = Station::start("bench-a", 21, &phones_a, &[("a-mdm", CODE_A, "device")], url.clone()).await;
-    let b = Station::start("bench-b", 22, &phones_b, &[("b-mdm", CODE_B, "device")], url.clone()).await;
+    let a = Station::start(
+        "bench-a",
+        21,
+        &phones_a,
+        &[("a-mdm", CODE_A, "device")],
+        url.clone(),
+    )
+    .await;
+    let b = Station::start(
+        "bench-b",
+        22,
+        &phones_b,
+        &[("b-mdm", CODE_B, "device")],
+        url.clone(),
+    )
+    .await;
     // Slow enough that the phones finish while the database is down.
     for station in [&a, &b] {
         station
@@ -208,7 +237,11 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
         if seen.success() && seen.stdout.trim() == "2" {
             break;
         }
-        assert!(Instant::now() < deadline, "no heartbeats: {}", seen.combined());
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeats: {}",
+            seen.combined()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.stop();
@@ -232,7 +265,10 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
     // The heartbeat after the last batch says the outbox is empty.
     let deadline = Instant::now() + SHIP_TIMEOUT;
     loop {
-        let backlog = cluster.query("fleet", "SELECT sum(outbox_backlog) FROM station_heartbeats");
+        let backlog = cluster.query(
+            "fleet",
+            "SELECT sum(outbox_backlog) FROM station_heartbeats",
+        );
         if backlog == ["0"] {
             break;
         }
@@ -244,9 +280,20 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
     }
     let (_, status_a) = run_a.finish(SHIP_TIMEOUT).await;
     let (_, status_b) = run_b.finish(SHIP_TIMEOUT).await;
-    assert!(status_a.success() && status_b.success(), "{status_a} {status_b}");
-    assert_eq!(ledger_counts(&a.data_dir()).1, 0, "bench-a's outbox emptied");
-    assert_eq!(ledger_counts(&b.data_dir()).1, 0, "bench-b's outbox emptied");
+    assert!(
+        status_a.success() && status_b.success(),
+        "{status_a} {status_b}"
+    );
+    assert_eq!(
+        ledger_counts(&a.data_dir()).1,
+        0,
+        "bench-a's outbox emptied"
+    );
+    assert_eq!(
+        ledger_counts(&b.data_dir()).1,
+        0,
+        "bench-b's outbox emptied"
+    );
 
     // Exactly once: one row per (station, attempt), as many as the ledgers hold.
     let rows = cluster.query(
@@ -272,7 +319,14 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
     assert_eq!(fleet.len(), 2);
     // The same filters and formats: one station, CSV, byte for byte.
     let fleet_csv = b
-        .station(&["report", "--fleet", "--station", "bench-b", "--format", "csv"])
+        .station(&[
+            "report",
+            "--fleet",
+            "--station",
+            "bench-b",
+            "--format",
+            "csv",
+        ])
         .await;
     fleet_csv.assert_success();
     assert_eq!(fleet_csv.stdout, b.local_report("csv").await);
@@ -286,7 +340,20 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
             .station(&[&["report", "--format", "json"][..], filter].concat())
             .await;
         let fleet = a
-            .station(&[&["report", "--fleet", "--station", "bench-a", "--format", "json"][..], filter].concat())
+            .station(
+                &[
+                    &[
+                        "report",
+                        "--fleet",
+                        "--station",
+                        "bench-a",
+                        "--format",
+                        "json",
+                    ][..],
+                    filter,
+                ]
+                .concat(),
+            )
             .await;
         assert_eq!(
             json_rows(&fleet.assert_success().stdout),
@@ -304,13 +371,18 @@ async fn two_stations_through_a_database_outage_ship_every_attempt_once() {
         assert_eq!(station["outbox_backlog"], 0, "{station}");
         assert_eq!(station["attempts"], expected, "{station}");
         assert!(
-            station["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+            station["last_error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
             "the outage is remembered: {station}"
         );
     }
     let text = a.station(&["fleet", "status"]).await;
     let text = text.assert_success();
-    assert!(text.stdout.contains("bench-a") && text.stdout.contains("LAST SEEN"), "{text}");
+    assert!(
+        text.stdout.contains("bench-a") && text.stdout.contains("LAST SEEN"),
+        "{text}"
+    );
     assert!(!text.combined().contains(PASSWORD), "{text}");
 }
 
@@ -324,7 +396,14 @@ async fn the_outbox_survives_sigkill_and_a_crash_after_shipping_ships_nothing_tw
         Phone::mdm_locked("k-mdm", &[CODE_C]),
         Phone::activated("k-done"),
     ];
-    let station = Station::start("bench-k", 31, &phones, &[("k-mdm", CODE_C, "device")], cluster.url("fleet")).await;
+    let station = Station::start(
+        "bench-k",
+        31,
+        &phones,
+        &[("k-mdm", CODE_C, "device")],
+        cluster.url("fleet"),
+    )
+    .await;
     // The database is down: the attempts commit locally and wait; then SIGKILL.
     let mut run = station.spawn_run();
     wait_all_finished(&mut run, &station.bench).await;
@@ -339,7 +418,10 @@ async fn the_outbox_survives_sigkill_and_a_crash_after_shipping_ships_nothing_tw
     wait_all_finished(&mut run, &station.bench).await;
     wait_drained(&cluster, &station).await;
     assert_eq!(
-        cluster.query("fleet", "SELECT count(*) FROM station_attempts WHERE attempt_id <= 3"),
+        cluster.query(
+            "fleet",
+            "SELECT count(*) FROM station_attempts WHERE attempt_id <= 3"
+        ),
         ["3"],
         "the attempts of the killed run are there"
     );
@@ -348,7 +430,8 @@ async fn the_outbox_survives_sigkill_and_a_crash_after_shipping_ships_nothing_tw
     // As a crash between the database's commit and the outbox's delete leaves it: every
     // attempt queued again. The next start ships them again; the database keeps one each.
     {
-        let conn = rusqlite::Connection::open(station.data_dir().join("ledger.sqlite3")).expect("ledger");
+        let conn =
+            rusqlite::Connection::open(station.data_dir().join("ledger.sqlite3")).expect("ledger");
         conn.execute(
             "INSERT INTO outbox (attempt_id) SELECT id FROM attempts WHERE outcome IS NOT NULL ORDER BY id",
             [],
@@ -368,7 +451,9 @@ async fn the_outbox_survives_sigkill_and_a_crash_after_shipping_ships_nothing_tw
     );
     assert_eq!(rows, [format!("{total}|{total}")], "every attempt once");
     let local = json_rows(&station.local_report("json").await);
-    let fleet = station.station(&["report", "--fleet", "--format", "json"]).await;
+    let fleet = station
+        .station(&["report", "--fleet", "--format", "json"])
+        .await;
     assert_eq!(json_rows(&fleet.assert_success().stdout), local);
 }
 
@@ -376,7 +461,14 @@ async fn the_outbox_survives_sigkill_and_a_crash_after_shipping_ships_nothing_tw
 async fn stations_migrating_a_fresh_database_at_once_apply_each_migration_once() {
     let cluster = Cluster::start();
     cluster.create_database("fleet");
-    let station = Station::start("bench-m", 41, &[Phone::activated("m")], &[], cluster.url("fleet")).await;
+    let station = Station::start(
+        "bench-m",
+        41,
+        &[Phone::activated("m")],
+        &[],
+        cluster.url("fleet"),
+    )
+    .await;
     let runs: Vec<std::process::Child> = (0..6)
         .map(|_| {
             let mut cmd = station.command(&["--json", "fleet", "migrate"]);
@@ -404,9 +496,15 @@ async fn stations_migrating_a_fresh_database_at_once_apply_each_migration_once()
         }
         assert!(!stdout.contains(PASSWORD));
     }
-    assert_eq!(migrated_from_zero, 1, "one station migrated, the others found it done");
     assert_eq!(
-        cluster.query("fleet", "SELECT version FROM station_schema_migrations ORDER BY version"),
+        migrated_from_zero, 1,
+        "one station migrated, the others found it done"
+    );
+    assert_eq!(
+        cluster.query(
+            "fleet",
+            "SELECT version FROM station_schema_migrations ORDER BY version"
+        ),
         ["1"]
     );
     assert_eq!(
@@ -431,7 +529,11 @@ async fn bypass_codes_never_reach_the_database_whole() {
         "bench-s",
         51,
         &phones,
-        &[("s-mdm", CODE_A, "device"), ("s-two", CODE_B, "device"), ("s-two", CODE_C, "device")],
+        &[
+            ("s-mdm", CODE_A, "device"),
+            ("s-two", CODE_B, "device"),
+            ("s-two", CODE_C, "device"),
+        ],
         cluster.url("fleet"),
     )
     .await;
@@ -441,12 +543,25 @@ async fn bypass_codes_never_reach_the_database_whole() {
     run.signal("TERM");
     let _ = run.finish(SHIP_TIMEOUT).await;
     let dump = cluster.dump("fleet");
-    assert!(dump.contains(CODE_A_MASKED), "the masked code is shipped: {dump}");
-    for code in [CODE_A, CODE_B, CODE_C, fixtures::CODE_D, fixtures::CODE_E, fixtures::CODE_F] {
+    assert!(
+        dump.contains(CODE_A_MASKED),
+        "the masked code is shipped: {dump}"
+    );
+    for code in [
+        CODE_A,
+        CODE_B,
+        CODE_C,
+        fixtures::CODE_D,
+        fixtures::CODE_E,
+        fixtures::CODE_F,
+    ] {
         assert!(!dump.contains(code), "{code} whole in the fleet database");
         // Nor its middle, in any other shape.
         let middle = &code[6..17];
-        assert!(!dump.contains(middle), "{code}'s middle in the fleet database");
+        assert!(
+            !dump.contains(middle),
+            "{code}'s middle in the fleet database"
+        );
     }
     assert!(!dump.contains(PASSWORD));
 }
@@ -455,23 +570,38 @@ async fn bypass_codes_never_reach_the_database_whole() {
 async fn config_check_says_what_it_found_and_never_the_password() {
     let mut cluster = Cluster::start();
     cluster.create_database("fleet");
-    let station = Station::start("bench-c", 61, &[Phone::activated("c")], &[], cluster.url("fleet")).await;
+    let station = Station::start(
+        "bench-c",
+        61,
+        &[Phone::activated("c")],
+        &[],
+        cluster.url("fleet"),
+    )
+    .await;
 
     let out = station.station(&["config", "check"]).await;
     let text = out.assert_success().combined();
     assert!(!text.contains(PASSWORD), "{text}");
     assert!(text.contains("postgres:***@127.0.0.1"), "{text}");
-    assert!(text.contains("PostgreSQL 1"), "the server's version: {text}");
+    assert!(
+        text.contains("PostgreSQL 1"),
+        "the server's version: {text}"
+    );
     assert!(text.contains("no station schema yet"), "{text}");
 
-    station.station(&["fleet", "migrate"]).await.assert_success();
+    station
+        .station(&["fleet", "migrate"])
+        .await
+        .assert_success();
     let out = station.station(&["--json", "config", "check"]).await;
     let check = out.assert_success().json();
     assert!(!out.combined().contains(PASSWORD));
     assert_eq!(check["fleet"]["schema_version"], 1, "{check}");
     assert_eq!(check["fleet"]["station_id"], "bench-c");
     assert_eq!(check["fleet"]["error"], Value::Null);
-    assert!(check["fleet"]["server_version"].as_str().is_some_and(|v| v.starts_with("1")));
+    assert!(check["fleet"]["server_version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("1")));
 
     // Down: said, not refused (the line runs; attempts wait in the outbox).
     cluster.stop();
@@ -482,8 +612,11 @@ async fn config_check_says_what_it_found_and_never_the_password() {
 
     // A wrong password: the server's refusal, not the password.
     cluster.start_server();
-    let mut wrong = Station::start("bench-w", 62, &[Phone::activated("w")], &[], String::new()).await;
-    wrong.url = cluster.url("fleet").replace(PASSWORD, "not-the-password-77");
+    let mut wrong =
+        Station::start("bench-w", 62, &[Phone::activated("w")], &[], String::new()).await;
+    wrong.url = cluster
+        .url("fleet")
+        .replace(PASSWORD, "not-the-password-77");
     let out = wrong.station(&["config", "check"]).await;
     let text = out.combined();
     assert!(text.contains("password authentication failed"), "{text}");
@@ -504,7 +637,166 @@ async fn config_check_says_what_it_found_and_never_the_password() {
     let plain = InProcBench::start(&fixtures::world(63, &[Phone::activated("p")])).await;
     let config = plain.station_config(None, 1, "");
     let out = plain
-        .station(&["--config", config.to_str().expect("utf-8"), "fleet", "status"], false)
+        .station(
+            &[
+                "--config",
+                config.to_str().expect("utf-8"),
+                "fleet",
+                "status",
+            ],
+            false,
+        )
         .await;
-    assert!(out.assert_failure().stderr.contains("fleet-config"), "{out}");
+    assert!(
+        out.assert_failure().stderr.contains("fleet-config"),
+        "{out}"
+    );
+}
+
+/// docs/fleet.md's grants for the stations' role, word for word.
+const STATION_ROLE_GRANTS: &str = "
+GRANT CONNECT ON DATABASE fleet TO station;
+GRANT USAGE ON SCHEMA public TO station;
+GRANT SELECT, INSERT ON station_attempts TO station;
+GRANT SELECT, INSERT, UPDATE ON station_heartbeats TO station;
+GRANT SELECT ON station_schema_migrations TO station;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_only_insert_and_select_is_enough_for_a_station() {
+    let cluster = Cluster::start();
+    cluster.create_database("fleet");
+    // The owner migrates once; the stations then run as `station`.
+    let owner = Station::start(
+        "bench-r",
+        71,
+        &[Phone::unactivated("r1"), Phone::activated("r2")],
+        &[],
+        cluster.url("fleet"),
+    )
+    .await;
+    owner.station(&["fleet", "migrate"]).await.assert_success();
+    cluster.query(
+        "fleet",
+        "CREATE ROLE station LOGIN PASSWORD 'station-pw-4411'",
+    );
+    cluster.query("fleet", STATION_ROLE_GRANTS);
+    let mut station = owner;
+    station.url = format!(
+        "postgresql://station:station-pw-4411@127.0.0.1:{}/fleet",
+        cluster.port
+    );
+
+    let mut run = station.spawn_run();
+    wait_all_finished(&mut run, &station.bench).await;
+    wait_drained(&cluster, &station).await;
+    run.signal("TERM");
+    let (_, status) = run.finish(SHIP_TIMEOUT).await;
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        cluster.query("fleet", "SELECT station_id FROM station_heartbeats"),
+        ["bench-r"]
+    );
+    // What the role may not do.
+    for forbidden in [
+        "DELETE FROM station_attempts",
+        "UPDATE station_attempts SET outcome = 'activated'",
+        "CREATE TABLE sneaky (x int)",
+        "DROP TABLE station_heartbeats",
+    ] {
+        let out = cluster.psql("fleet", &format!("SET ROLE station; {forbidden}"));
+        assert!(!out.success(), "{forbidden} was allowed");
+        assert!(
+            out.stderr.contains("permission denied") || out.stderr.contains("must be owner"),
+            "{out}"
+        );
+    }
+    // `report --fleet` and `fleet status` work with it too.
+    let fleet = station
+        .station(&["report", "--fleet", "--format", "json"])
+        .await;
+    assert_eq!(
+        json_rows(&fleet.assert_success().stdout),
+        json_rows(&station.local_report("json").await)
+    );
+    station.station(&["fleet", "status"]).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_station_under_its_old_name_is_refused_and_ships_under_a_new_one() {
+    let cluster = Cluster::start();
+    cluster.create_database("fleet");
+    let mut station = Station::start(
+        "bench-d",
+        81,
+        &[Phone::unactivated("d1")],
+        &[],
+        cluster.url("fleet"),
+    )
+    .await;
+    let mut run = station.spawn_run();
+    wait_all_finished(&mut run, &station.bench).await;
+    wait_drained(&cluster, &station).await;
+    run.signal("TERM");
+    let _ = run.finish(SHIP_TIMEOUT).await;
+    let before = cluster.query(
+        "fleet",
+        "SELECT attempt_id, udid, started_at FROM station_attempts",
+    );
+
+    // The disk died: a fresh ledger, whose attempt ids start again at 1.
+    std::fs::remove_dir_all(station.data_dir()).expect("wipe the data directory");
+    let mut run = station.spawn_run();
+    wait_all_finished(&mut run, &station.bench).await;
+    let deadline = Instant::now() + SHIP_TIMEOUT;
+    loop {
+        let error = cluster.query(
+            "fleet",
+            "SELECT coalesce(last_error, '') FROM station_heartbeats WHERE station_id = 'bench-d'",
+        );
+        if error
+            .first()
+            .is_some_and(|e| e.contains("another ledger shipped under this name"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collision was not reported: {error:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run.signal("TERM");
+    let _ = run.finish(SHIP_TIMEOUT).await;
+    assert_eq!(
+        cluster.query(
+            "fleet",
+            "SELECT attempt_id, udid, started_at FROM station_attempts"
+        ),
+        before,
+        "the old ledger's rows are kept as they were"
+    );
+    assert_eq!(
+        ledger_counts(&station.data_dir()).1,
+        1,
+        "the new attempt waits in the outbox"
+    );
+
+    // The documented recovery: a new station id. The waiting attempt ships under it.
+    let text = std::fs::read_to_string(&station.config).expect("config");
+    std::fs::write(
+        &station.config,
+        text.replace("id = \"bench-d\"", "id = \"bench-d2\""),
+    )
+    .expect("config");
+    station.url = cluster.url("fleet");
+    let mut run = station.spawn_run();
+    wait_all_finished(&mut run, &station.bench).await;
+    wait_drained(&cluster, &station).await;
+    run.signal("TERM");
+    let _ = run.finish(SHIP_TIMEOUT).await;
+    assert_eq!(
+        cluster.query("fleet", "SELECT station_id, count(*) FROM station_attempts GROUP BY station_id ORDER BY station_id"),
+        ["bench-d|1".to_string(), format!("bench-d2|{}", ledger_counts(&station.data_dir()).0)]
+    );
 }

@@ -49,8 +49,11 @@ impl Target {
     /// `postgresql://user:password@host:port/database?sslmode=…&sslrootcert=…`; a unix
     /// socket as `postgresql://user@%2Frun%2Fpostgresql/database` or `?host=/run/postgresql`.
     pub fn parse(text: &str) -> Result<Target, FleetError> {
-        let url = url::Url::parse(text.trim())
-            .map_err(|e| bad(format!("{e} (expected postgresql://user:password@host/database)")))?;
+        let url = url::Url::parse(text.trim()).map_err(|e| {
+            bad(format!(
+                "{e} (expected postgresql://user:password@host/database)"
+            ))
+        })?;
         if !matches!(url.scheme(), "postgresql" | "postgres") {
             return Err(bad(format!(
                 "the scheme is {:?}; expected postgresql://",
@@ -227,8 +230,8 @@ mod tests {
             "postgresql://station:***@db.floor:5432/fleet?sslmode=verify-full"
         );
         assert!(!format!("{target:?}").contains("s3cr"));
-        let target = Target::parse("postgres://db/fleet?user=station&password=s3cret")
-            .expect("parse");
+        let target =
+            Target::parse("postgres://db/fleet?user=station&password=s3cret").expect("parse");
         assert!(!target.shown().contains("s3cret"), "{}", target.shown());
         assert_eq!(target.tls(), TlsMode::Plain);
     }

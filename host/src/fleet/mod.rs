@@ -53,6 +53,10 @@ pub enum FleetError {
     NewerSchema { found: i32, supported: i32 },
     #[error("the fleet database has no station schema yet: start a station with rights to create it, or run `station fleet migrate`")]
     NoSchema,
+    /// The database holds other attempts under this station's name and ids: another
+    /// ledger (a rebuilt station) ships under the same `station_id`.
+    #[error("the fleet database already holds different attempts as station {station_id} (attempt {attempt_id}): another ledger shipped under this name; give this station a new [fleet] station_id (docs/fleet.md, \"A station whose disk died\")")]
+    StationIdTaken { station_id: String, attempt_id: i64 },
     #[error("fleet database row {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
     #[error("the local ledger: {0}")]
@@ -188,6 +192,9 @@ mod tests {
             .expect("settings")
             .expect("[fleet]");
         assert_eq!(settings.station_id, "b2");
-        assert_eq!(settings.target.shown(), "postgresql://station:***@127.0.0.1:5432/fleet");
+        assert_eq!(
+            settings.target.shown(),
+            "postgresql://station:***@127.0.0.1:5432/fleet"
+        );
     }
 }

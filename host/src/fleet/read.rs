@@ -26,10 +26,18 @@ pub async fn attempts(
         clause.replace('?', &format!("${}", params.len()))
     };
     if let Some(since) = filter.since {
-        clauses.push(bind("started_at >= ?", Box::new(format_stamp(since)?), &mut params));
+        clauses.push(bind(
+            "started_at >= ?",
+            Box::new(format_stamp(since)?),
+            &mut params,
+        ));
     }
     if let Some(before) = filter.before {
-        clauses.push(bind("started_at < ?", Box::new(format_stamp(before)?), &mut params));
+        clauses.push(bind(
+            "started_at < ?",
+            Box::new(format_stamp(before)?),
+            &mut params,
+        ));
     }
     if let Some(run_id) = &filter.run_id {
         clauses.push(bind("run_id = ?", Box::new(run_id.clone()), &mut params));
@@ -38,7 +46,11 @@ pub async fn attempts(
         clauses.push(bind("udid = ?", Box::new(udid.clone()), &mut params));
     }
     if let Some(station) = station {
-        clauses.push(bind("station_id = ?", Box::new(station.to_string()), &mut params));
+        clauses.push(bind(
+            "station_id = ?",
+            Box::new(station.to_string()),
+            &mut params,
+        ));
     }
     if filter.locked_only {
         clauses.push("activation_locked".to_string());
@@ -133,7 +145,10 @@ pub async fn stations(client: &Client) -> Result<Vec<StationStatus>, FleetError>
          FROM station_heartbeats h ORDER BY h.station_id"
     );
     let rows = timed("reading heartbeats", QUERY_TIMEOUT, async {
-        client.query(&sql, &[]).await.map_err(query("read heartbeats"))
+        client
+            .query(&sql, &[])
+            .await
+            .map_err(query("read heartbeats"))
     })
     .await?;
     Ok(rows

@@ -109,10 +109,8 @@ async fn run(settings: Settings, ledger: Ledger, mut stopping: watch::Receiver<b
                 continue;
             }
             Err(e) => {
-                let stamp = crate::ledger::format_stamp(time::OffsetDateTime::now_utc())
-                    .unwrap_or_default();
                 tracing::warn!("fleet database: {e}; the attempts wait in the outbox");
-                state.last_error = Some(format!("{stamp}: {e}"));
+                state.last_error = Some(format!("{}: {e}", now_stamp()));
                 state.client = None;
                 if stop || matches!(e, FleetError::Ledger(crate::ledger::LedgerError::Closed)) {
                     break;
@@ -129,14 +127,22 @@ async fn run(settings: Settings, ledger: Ledger, mut stopping: watch::Receiver<b
 
 /// One round: connect if needed, ship one batch, write the heartbeat when due. Returns how
 /// many attempts it shipped.
-async fn round(settings: &Settings, ledger: &Ledger, state: &mut State) -> Result<usize, FleetError> {
+async fn round(
+    settings: &Settings,
+    ledger: &Ledger,
+    state: &mut State,
+) -> Result<usize, FleetError> {
     let client = match &mut state.client {
         Some(client) if !client.is_closed() => client,
         slot => {
             let mut client = connect(&settings.target).await?;
             let migrated = schema::migrate(&mut client).await?;
             if migrated.from != migrated.to {
-                tracing::info!(from = migrated.from, to = migrated.to, "fleet database migrated");
+                tracing::info!(
+                    from = migrated.from,
+                    to = migrated.to,
+                    "fleet database migrated"
+                );
             }
             slot.insert(client)
         }
@@ -147,7 +153,14 @@ async fn round(settings: &Settings, ledger: &Ledger, state: &mut State) -> Resul
     if shipped > 0 {
         let inserted = insert(client, &settings.station_id, &pending.records).await?;
         if inserted < shipped {
-            // Shipped before, and the station stopped before it heard so.
+            // Shipped before, and the station stopped before it heard so; unless the
+            // rows there are another ledger's under the same name.
+            if let Err(e) = same_attempts(client, &settings.station_id, &pending.records).await {
+                let said = format!("{}: {e}", now_stamp());
+                // Said in the heartbeat too, for `station fleet status`.
+                let _ = heartbeat(client, &settings.station_id, backlog, false, Some(&said)).await;
+                return Err(e);
+            }
             tracing::info!(
                 already_there = shipped - inserted,
                 "the fleet database already had some attempts"
@@ -159,11 +172,53 @@ async fn round(settings: &Settings, ledger: &Ledger, state: &mut State) -> Resul
         .last_heartbeat
         .is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY);
     if shipped > 0 || due {
-        heartbeat(client, &settings.station_id, backlog, shipped > 0, state.last_error.as_deref())
-            .await?;
+        heartbeat(
+            client,
+            &settings.station_id,
+            backlog,
+            shipped > 0,
+            state.last_error.as_deref(),
+        )
+        .await?;
         state.last_heartbeat = Some(Instant::now());
     }
     Ok(shipped)
+}
+
+fn now_stamp() -> String {
+    crate::ledger::format_stamp(time::OffsetDateTime::now_utc()).unwrap_or_default()
+}
+
+/// Checks that the rows the database kept for this batch's ids are these attempts (same
+/// phone, same start), not another ledger's that reused the station's name.
+async fn same_attempts(
+    client: &Client,
+    station_id: &str,
+    records: &[AttemptRecord],
+) -> Result<(), FleetError> {
+    let ids: Vec<i64> = records.iter().map(|r| r.attempt_id.get()).collect();
+    let rows = timed("checking shipped attempts", QUERY_TIMEOUT, async {
+        client
+            .query(
+                "SELECT attempt_id, udid, started_at FROM station_attempts \
+                 WHERE station_id = $1 AND attempt_id = ANY($2)",
+                &[&station_id, &ids],
+            )
+            .await
+            .map_err(query("check shipped attempts"))
+    })
+    .await?;
+    for row in rows {
+        let (id, udid, started_at): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+        let ours = records.iter().find(|r| r.attempt_id.get() == id);
+        if ours.is_some_and(|r| r.udid != udid || r.started_at != started_at) {
+            return Err(FleetError::StationIdTaken {
+                station_id: station_id.to_string(),
+                attempt_id: id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Inserts a batch in one statement (one transaction); an attempt the database has
@@ -200,10 +255,12 @@ async fn insert(
         find_my.push(record.management.find_my);
         supervised.push(record.management.supervised);
         organizations.push(record.management.organization.clone());
-        documents.push(serde_json::to_string(&record).map_err(|e| FleetError::Corrupt {
-            what: "attempt",
-            reason: e.to_string(),
-        })?);
+        documents.push(
+            serde_json::to_string(&record).map_err(|e| FleetError::Corrupt {
+                what: "attempt",
+                reason: e.to_string(),
+            })?,
+        );
     }
     timed("shipping attempts", QUERY_TIMEOUT, async {
         let inserted = client
@@ -282,7 +339,9 @@ mod tests {
     #[test]
     fn the_backoff_doubles_up_to_its_cap_and_resets() {
         let mut backoff = Backoff::default();
-        let waits: Vec<u64> = (0..9).map(|_| backoff.next_wait().as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..9)
+            .map(|_| backoff.next_wait().as_millis() as u64)
+            .collect();
         assert_eq!(
             waits,
             [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]

@@ -915,7 +915,10 @@ async fn finished_attempts_are_queued_for_the_fleet_with_their_outcome() {
     let first = begin(&ledger, "r", "a", at(1)).await;
     let second = begin(&ledger, "r", "b", at(2)).await;
     let pending = ledger.outbox_pending(10).await.expect("outbox");
-    assert!(pending.records.is_empty(), "nothing queued while in progress");
+    assert!(
+        pending.records.is_empty(),
+        "nothing queued while in progress"
+    );
     // Finished in the other order: the outbox keeps the order they finished in.
     ledger
         .finish(second, &report("b", Outcome::Activated), at(3))
@@ -929,13 +932,22 @@ async fn finished_attempts_are_queued_for_the_fleet_with_their_outcome() {
     let ids: Vec<AttemptId> = pending.records.iter().map(|r| r.attempt_id).collect();
     assert_eq!(ids, [second, first]);
     assert_eq!(pending.backlog, 2);
-    assert_eq!(pending.records[1].outcome, Status::Finished(Outcome::UserLocked));
+    assert_eq!(
+        pending.records[1].outcome,
+        Status::Finished(Outcome::UserLocked)
+    );
     // A batch of one, then the rest.
     let head = ledger.outbox_pending(1).await.expect("outbox");
     assert_eq!(head.records.len(), 1);
     assert_eq!(ledger.outbox_shipped(head.up_to).await.expect("shipped"), 1);
     let rest = ledger.outbox_pending(10).await.expect("outbox");
-    assert_eq!(rest.records.iter().map(|r| r.attempt_id).collect::<Vec<_>>(), [first]);
+    assert_eq!(
+        rest.records
+            .iter()
+            .map(|r| r.attempt_id)
+            .collect::<Vec<_>>(),
+        [first]
+    );
     assert_eq!(ledger.outbox_shipped(rest.up_to).await.expect("shipped"), 0);
     // A refused outcome queues nothing: the finish and its queueing are one transaction.
     assert!(ledger
@@ -1024,7 +1036,9 @@ async fn records_read_back_from_their_json_unchanged() {
     // back into the same record, so both reports render alike.
     let dir = tempfile::tempdir().expect("tempdir");
     sample_ledger(dir.path()).await;
-    let records = reader(dir.path()).attempts(&Filter::default()).expect("read");
+    let records = reader(dir.path())
+        .attempts(&Filter::default())
+        .expect("read");
     assert!(records.iter().any(|r| r.released_by.is_some()));
     for record in &records {
         let text = serde_json::to_string(record).expect("json");

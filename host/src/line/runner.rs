@@ -112,7 +112,8 @@ pub async fn run(
         }
     }
     // Checked by the preflight; resolved before the ledger opens, like the rest.
-    let fleet = crate::fleet::Settings::from_config(config, &station_config::Environment::process())?;
+    let fleet =
+        crate::fleet::Settings::from_config(config, &station_config::Environment::process())?;
     let (ledger, recovered) = station.open_ledger().await?;
     // In its own task, reading the outbox: no phone waits on the fleet database.
     let shipper = fleet.map(|settings| crate::fleet::shipper::spawn(settings, ledger.clone()));

@@ -39,7 +39,13 @@ pub fn status(s: &FleetStatus) -> String {
         })
         .collect();
     out.push_str(&aligned_table(
-        ["STATION", "LAST SEEN (UTC)", "BACKLOG", "SHIPPED", "LAST ERROR"],
+        [
+            "STATION",
+            "LAST SEEN (UTC)",
+            "BACKLOG",
+            "SHIPPED",
+            "LAST ERROR",
+        ],
         &rows,
     ));
     out
