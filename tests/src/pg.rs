@@ -24,6 +24,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     pub port: u16,
     running: bool,
+    /// Serving TLS only (see [`Cluster::require_tls`]).
+    tls: bool,
 }
 
 /// The newest installed server's bin directory, or `None` (Debian: `apt-get install
@@ -70,6 +72,7 @@ impl Cluster {
             dir,
             port: free_port(),
             running: false,
+            tls: false,
         };
         let pwfile = cluster.dir.path().join("pwfile");
         std::fs::write(&pwfile, format!("{PASSWORD}\n")).expect("pwfile");
@@ -128,11 +131,14 @@ impl Cluster {
 
     /// Starts the server (again, after [`stop`](Self::stop)) on the same port.
     pub fn start_server(&mut self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB -c max_connections=50",
             self.port,
             self.socket_dir().display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let data = self.data();
         let log = self.dir.path().join("server.log");
         let out = self.server_command(
@@ -157,6 +163,39 @@ impl Cluster {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         self.running = true;
+    }
+
+    /// Restarts the server with TLS (this certificate and key, PEM) and lets TCP clients in
+    /// over TLS only (`hostssl` in pg_hba.conf): a plain connection is refused.
+    pub fn require_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        if self.running {
+            self.stop();
+        }
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert_pem).expect("server.crt");
+        std::fs::write(data.join("server.key"), key_pem).expect("server.key");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .arg(data.join("pg_hba.conf"))
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the TLS files to postgres");
+        }
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod server.key");
+        self.tls = true;
+        self.start_server();
     }
 
     /// Stops the server (fast: connections are cut, as in an outage).

@@ -800,3 +800,78 @@ async fn a_rebuilt_station_under_its_old_name_is_refused_and_ships_under_a_new_o
         ["bench-d|1".to_string(), format!("bench-d2|{}", ledger_counts(&station.data_dir()).0)]
     );
 }
+
+/// A CA and a server certificate it signed for 127.0.0.1 and localhost: (CA PEM, server
+/// certificate PEM, server key PEM).
+fn test_pki(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_checks_the_server_certificate() {
+    let mut cluster = Cluster::start();
+    cluster.create_database("fleet");
+    let (ca, cert, key) = test_pki("fleet test CA");
+    cluster.require_tls(&cert, &key);
+    let (other_ca, _, _) = test_pki("some other CA");
+    let mut station = Station::start(
+        "bench-t",
+        91,
+        &[Phone::unactivated("t1")],
+        &[],
+        String::new(),
+    )
+    .await;
+    let ca_file = station.bench.path("fleet-ca.pem");
+    std::fs::write(&ca_file, ca).expect("CA file");
+    let other_file = station.bench.path("other-ca.pem");
+    std::fs::write(&other_file, other_ca).expect("CA file");
+    let tls_url = |root: &Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            cluster.url("fleet"),
+            root.display()
+        )
+    };
+
+    // Verified TLS: connects, migrates, ships.
+    station.url = tls_url(&ca_file);
+    let check = station.station(&["--json", "config", "check"]).await;
+    let check = check.assert_success().json();
+    assert_eq!(check["fleet"]["tls"], true, "{check}");
+    assert_eq!(check["fleet"]["error"], Value::Null, "{check}");
+    let mut run = station.spawn_run();
+    wait_all_finished(&mut run, &station.bench).await;
+    wait_drained(&cluster, &station).await;
+    run.signal("TERM");
+    let _ = run.finish(SHIP_TIMEOUT).await;
+
+    // A server certificate from a CA the station does not trust: refused.
+    station.url = tls_url(&other_file);
+    let out = station.station(&["fleet", "status"]).await;
+    let text = out.assert_failure().combined();
+    assert!(
+        text.contains("fleet-database") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+
+    // Without TLS this server lets nobody in over TCP: the first connection was TLS.
+    station.url = cluster.url("fleet");
+    let out = station.station(&["fleet", "status"]).await;
+    let text = out.assert_failure().combined();
+    assert!(text.contains("no pg_hba.conf entry"), "{text}");
+}
