@@ -94,7 +94,7 @@ impl Target {
                 },
             );
         }
-        let mut config = Config::from_str(kept.as_str()).map_err(|e| bad(e.to_string()))?;
+        let mut config = Config::from_str(kept.as_str()).map_err(|e| bad(describe(&e)))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("station");
         Ok(Target {
