@@ -120,7 +120,12 @@ async fn run(settings: Settings, ledger: Ledger, mut stopping: watch::Receiver<b
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stopping.changed() => {}
+            changed = stopping.changed() => {
+                // The run that owned this shipper is gone without stopping it: so is it.
+                if changed.is_err() {
+                    break;
+                }
+            }
         }
     }
 }
