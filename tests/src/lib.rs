@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod fixtures;
 pub mod inproc;
+pub mod pg;
 pub mod sha1_records;
 pub mod web;
 
