@@ -695,9 +695,9 @@ pub const INTUNE_REQUESTS_PER_SECOND: f64 = 50.0;
 /// Kandji's default hourly budget: 90 % of its 10,000 requests an hour per tenant
 /// (docs/mdm.md §3.1), the rest left to the tenant's other integrations.
 pub const KANDJI_REQUESTS_PER_HOUR: u32 = 9_000;
-/// Kandji's default per-second budget. Kandji documents no per-second limit; this bounds a
-/// burst so that a full bench cannot spend the hour's budget in a few minutes.
-pub const KANDJI_REQUESTS_PER_SECOND: f64 = 25.0;
+/// Kandji's default per-second budget. Kandji documents no limit shorter than the hour;
+/// this bounds a burst (a full bench plugged at once) to the same rate as Intune's.
+pub const KANDJI_REQUESTS_PER_SECOND: f64 = 50.0;
 
 fn default_rate() -> f64 {
     INTUNE_REQUESTS_PER_SECOND
