@@ -128,12 +128,6 @@ impl Budget {
             per_hour: None,
         }
     }
-
-    /// The most requests one call may take at once (a Graph `$batch` counts each of its
-    /// inner requests): what fits in the smallest window.
-    pub fn largest_burst(&self) -> usize {
-        RateLimiter::new_budget(*self).largest_burst()
-    }
 }
 
 /// Added to the limiter's windows: requests leave here spaced by the window, and arrive at

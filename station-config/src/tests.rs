@@ -148,7 +148,7 @@ fn intune_urls_follow_the_cloud() {
     );
     assert_eq!(intune.graph_root(), "https://dod-graph.microsoft.us");
     assert_eq!(intune.scope(), "https://dod-graph.microsoft.us/.default");
-    assert_eq!(intune.max_requests_per_second, 50.0);
+    assert_eq!(intune.max_requests_per_second, 80.0);
     // Each cloud's scope is its Graph root's `.default`.
     for cloud in [Cloud::Global, Cloud::Usgov, Cloud::Dod, Cloud::China] {
         assert_eq!(
