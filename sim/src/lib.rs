@@ -57,8 +57,8 @@ pub use activation::albert::{Albert, AlbertOutcome, AlbertRequest, Endpoint};
 pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
 pub use error::SimError;
 pub use mdm::{
-    Graph, GraphServer, Kandji, KandjiDevice, KandjiServer, ManagedDevice, MdmOutcome, MdmRequest,
-    MdmService,
+    Budget, Graph, GraphServer, Kandji, KandjiDevice, KandjiServer, LoadReport, ManagedDevice,
+    MdmOutcome, MdmRequest, MdmService,
 };
 pub use ready::{ReadyDevice, ReadyInfo, ReadyIntune, ReadyKandji, ReadyMdm};
 pub use services::{LockdownService, ServiceConnection, ServiceRegistry};

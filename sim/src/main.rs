@@ -161,6 +161,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         // A file left by an earlier run must not be mistaken for this one being ready.
         let _ = std::fs::remove_file(path);
     }
+    let load_path = state_dir.join(MDM_LOAD_FILE);
     let mut cfg = BenchConfig::new(args.socket.clone(), world, state_dir);
     cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
     cfg.cache_keys = !args.no_key_cache;
@@ -174,11 +175,48 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     }
     serve_until_stopped(&mut bench).await;
+    let loads = [bench.graph().load(), bench.kandji().load()];
     bench.shutdown().await;
     if let Some(path) = &args.ready {
         let _ = std::fs::remove_file(path);
     }
-    Ok(())
+    report_load(&load_path, &loads)
+}
+
+/// What the MDM stand-ins saw of the station's request rate, written at the end of `serve`
+/// into the state directory (docs/world.md, "The MDM stand-ins").
+const MDM_LOAD_FILE: &str = "mdm-load.json";
+
+/// Writes the stand-ins' load reports; a budget exceeded fails the run.
+fn report_load(path: &std::path::Path, loads: &[station_sim::LoadReport]) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(loads).map_err(|e| e.to_string())?;
+    station_protocol::atomic_file::write(
+        path,
+        text.as_bytes(),
+        station_protocol::atomic_file::SHARED,
+    )
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let exceeded: Vec<String> = loads
+        .iter()
+        .filter(|l| l.violations > 0)
+        .map(|l| {
+            format!(
+                "{}: {} time(s), first: {}",
+                l.service,
+                l.violations,
+                l.first_violations.first().map_or("", String::as_str)
+            )
+        })
+        .collect();
+    if exceeded.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the station exceeded an MDM request budget ({}); see {}",
+            exceeded.join("; "),
+            path.display()
+        ))
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -309,11 +309,24 @@ ranged!(hook_timeout_range, u64, 1, 300);
 ranged!(wait_range, u64, 0, 3600);
 ranged!(session_age_range, u64, 1, 3600);
 
+/// A per-second budget: at most the documented limit of either service (Intune's devices
+/// service allows 2000 requests per 20 s per app and tenant, docs/mdm.md §1.7).
 fn rate_range<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let value = f64::deserialize(d)?;
-    if !(0.1..=50.0).contains(&value) {
+    if !(0.1..=100.0).contains(&value) {
         return Err(serde::de::Error::custom(format!(
-            "{value} is out of range 0.1..=50"
+            "{value} is out of range 0.1..=100"
+        )));
+    }
+    Ok(value)
+}
+
+/// A per-hour budget: at most Kandji's documented 10,000 requests an hour (docs/mdm.md §3.1).
+fn hourly_range<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let value = u32::deserialize(d)?;
+    if !(1..=10_000).contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "{value} is out of range 1..=10000"
         )));
     }
     Ok(value)
@@ -569,6 +582,9 @@ pub struct Codes {
         deserialize_with = "no_code_recheck_range"
     )]
     pub no_code_recheck_secs: u64,
+    /// Whether a source is asked when a source before it already gave codes.
+    #[serde(default)]
+    pub later_sources: LaterSources,
 }
 
 impl Default for Codes {
@@ -576,8 +592,21 @@ impl Default for Codes {
         Codes {
             sources: Vec::new(),
             no_code_recheck_secs: default_no_code_recheck(),
+            later_sources: LaterSources::default(),
         }
     }
+}
+
+/// `[codes] later_sources`: how the chain asks its sources (docs/code-sources.md).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LaterSources {
+    /// Every source at once, each within its own budget: the fastest answer, every code.
+    #[default]
+    Always,
+    /// One source after the other, in order; a source is asked only when those before it
+    /// gave no code: fewer requests, slower when the code is in a later source.
+    WhenNoCode,
 }
 
 fn default_no_code_recheck() -> u64 {
@@ -697,8 +726,27 @@ pub enum AssertionAlg {
     Rs256,
 }
 
+/// Intune's default per-second budget: 80 % of the devices service's 2000 requests per 20 s
+/// per app and tenant (100 a second, docs/mdm.md §1.7): the station's app registration is
+/// its own, and 80 a second is 40 % of the 4000 per 20 s the tenant's apps share.
+pub const INTUNE_REQUESTS_PER_SECOND: f64 = 80.0;
+/// Kandji's default hourly budget: 90 % of its 10,000 requests an hour per tenant
+/// (docs/mdm.md §3.1), the rest left to the tenant's other integrations.
+pub const KANDJI_REQUESTS_PER_HOUR: u32 = 9_000;
+/// Kandji's default per-second budget. Kandji documents no limit shorter than the hour;
+/// this bounds a burst (a full bench plugged at once): 100 requests are 1 % of the hour's.
+pub const KANDJI_REQUESTS_PER_SECOND: f64 = 100.0;
+
 fn default_rate() -> f64 {
-    5.0
+    INTUNE_REQUESTS_PER_SECOND
+}
+
+fn default_kandji_rate() -> f64 {
+    KANDJI_REQUESTS_PER_SECOND
+}
+
+fn default_kandji_hourly() -> u32 {
+    KANDJI_REQUESTS_PER_HOUR
 }
 
 fn default_action_wait() -> u64 {
@@ -721,7 +769,7 @@ pub struct IntuneSource {
     /// Overrides for stand-ins: the token endpoint URL and the Graph root.
     pub token_url: Option<String>,
     pub graph_url: Option<String>,
-    /// Request budget, below Graph's Intune limits.
+    /// Request budget per second, below Graph's Intune limits.
     #[serde(default = "default_rate", deserialize_with = "rate_range")]
     pub max_requests_per_second: f64,
     /// Opt-in: trigger `bypassActivationLock` when no code is available.
@@ -776,6 +824,12 @@ pub struct KandjiSource {
     /// Lets `api_url` be plain `http://` to another machine (logged at start).
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Request budget per second.
+    #[serde(default = "default_kandji_rate", deserialize_with = "rate_range")]
+    pub max_requests_per_second: f64,
+    /// Request budget per hour, below Kandji's 10,000.
+    #[serde(default = "default_kandji_hourly", deserialize_with = "hourly_range")]
+    pub max_requests_per_hour: u32,
 }
 
 fn default_hook_timeout() -> u64 {

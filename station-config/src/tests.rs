@@ -148,7 +148,7 @@ fn intune_urls_follow_the_cloud() {
     );
     assert_eq!(intune.graph_root(), "https://dod-graph.microsoft.us");
     assert_eq!(intune.scope(), "https://dod-graph.microsoft.us/.default");
-    assert_eq!(intune.max_requests_per_second, 5.0);
+    assert_eq!(intune.max_requests_per_second, 80.0);
     // Each cloud's scope is its Graph root's `.default`.
     for cloud in [Cloud::Global, Cloud::Usgov, Cloud::Dod, Cloud::China] {
         assert_eq!(
@@ -405,4 +405,36 @@ fn fleet_database_url_is_a_secret_by_reference() {
         owners.get("STATION_FLEET_URL").map(String::as_str),
         Some("database_url of [fleet]")
     );
+}
+
+/// Request budgets default below each service's documented limit (docs/code-sources.md,
+/// "Request budgets") and cannot be set above it; the chain's policy defaults to asking
+/// every source.
+#[test]
+fn request_budgets_and_the_chain_policy() {
+    const KANDJI: &str =
+        "[[codes.sources]]\ntype = \"kandji\"\napi_url = \"https://a\"\ntoken = { env = \"K\" }\n";
+    let config = parse(KANDJI).expect("parse");
+    let SourceConfig::Kandji(kandji) = &config.codes.sources[0] else {
+        panic!("kandji");
+    };
+    assert_eq!(kandji.max_requests_per_second, KANDJI_REQUESTS_PER_SECOND);
+    assert_eq!(kandji.max_requests_per_hour, 9_000);
+    assert_eq!(config.codes.later_sources, LaterSources::Always);
+    let config = parse(&format!(
+        "[codes]\nlater_sources = \"when_no_code\"\n\n{KANDJI}max_requests_per_second = 2.5\nmax_requests_per_hour = 10000\n"
+    ))
+    .expect("parse");
+    let SourceConfig::Kandji(kandji) = &config.codes.sources[0] else {
+        panic!("kandji");
+    };
+    assert_eq!(kandji.max_requests_per_second, 2.5);
+    assert_eq!(kandji.max_requests_per_hour, 10_000);
+    assert_eq!(config.codes.later_sources, LaterSources::WhenNoCode);
+    let text = error(&format!("{KANDJI}max_requests_per_hour = 10001\n"));
+    assert!(text.contains("out of range 1..=10000"), "{text}");
+    let text = error(&format!("{KANDJI}max_requests_per_second = 101\n"));
+    assert!(text.contains("out of range 0.1..=100"), "{text}");
+    let text = error("[codes]\nlater_sources = \"sometimes\"\n");
+    assert!(text.contains("sometimes"), "{text}");
 }

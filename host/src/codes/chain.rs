@@ -1,4 +1,6 @@
-//! The configured code sources, asked together and merged in configuration order: codes
+//! The configured code sources, asked together (or, with `[codes] later_sources =
+//! "when_no_code"`, one after the other until one gives codes) and merged in configuration
+//! order: codes
 //! without duplicates, each tagged with the name of the source that gave it first. A source
 //! that fails is reported and the others still count; only when every source failed is the
 //! lookup an error. Answers are kept for the length of a run (one chain per run), per source
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, BoxFuture};
-use station_config::{Environment, StationConfig};
+use station_config::{Environment, LaterSources, StationConfig};
 
 use super::{CodeLookup, Lookup, LookupError, RemoteRelease, SourceAnswer, SourceFailure};
 use crate::error::StationError;
@@ -89,6 +91,8 @@ pub struct Chain {
     /// One lookup per key at a time, so a second one for the same phone waits and reads the
     /// cache instead of asking again.
     busy: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether a source is asked when one before it gave codes.
+    later_sources: LaterSources,
 }
 
 impl Default for Chain {
@@ -98,6 +102,7 @@ impl Default for Chain {
             cache: Mutex::default(),
             no_code_recheck: NO_CODE_RECHECK,
             busy: Mutex::default(),
+            later_sources: LaterSources::default(),
         }
     }
 }
@@ -110,6 +115,12 @@ impl Chain {
     /// Answers without a code are asked again once they are `after` old.
     pub fn with_no_code_recheck(mut self, after: Duration) -> Self {
         self.no_code_recheck = after;
+        self
+    }
+
+    /// How later sources are asked (`[codes] later_sources`).
+    pub fn with_later_sources(mut self, policy: LaterSources) -> Self {
+        self.later_sources = policy;
         self
     }
 
@@ -136,7 +147,8 @@ impl Chain {
         let env = Environment::process();
         let secret_env = config.secret_env_names().into_keys().collect();
         let mut chain = Chain::new()
-            .with_no_code_recheck(Duration::from_secs(config.codes.no_code_recheck_secs));
+            .with_no_code_recheck(Duration::from_secs(config.codes.no_code_recheck_secs))
+            .with_later_sources(config.codes.later_sources);
         for source in &config.codes.sources {
             let built =
                 super::registry::build(source, retry, &env, &secret_env).map_err(|reason| {
@@ -182,15 +194,36 @@ impl Chain {
             busy.entry(key.clone()).or_default().clone()
         };
         let _one_at_a_time = busy.lock().await;
-        let answers = join_all(
-            self.links
-                .iter()
-                .enumerate()
-                .map(|(index, link)| self.ask(index, link, &key, serial, udid)),
-        )
-        .await;
+        let answers: Vec<Option<_>> = match self.later_sources {
+            LaterSources::Always => join_all(
+                self.links
+                    .iter()
+                    .enumerate()
+                    .map(|(index, link)| self.ask(index, link, &key, serial, udid)),
+            )
+            .await
+            .into_iter()
+            .map(Some)
+            .collect(),
+            LaterSources::WhenNoCode => {
+                let mut answers = Vec::with_capacity(self.links.len());
+                let mut have_codes = false;
+                for (index, link) in self.links.iter().enumerate() {
+                    if have_codes {
+                        tracing::debug!(source = %link.name, "not asked: an earlier source gave codes ([codes] later_sources = \"when_no_code\")");
+                        answers.push(None);
+                        continue;
+                    }
+                    let answer = self.ask(index, link, &key, serial, udid).await;
+                    have_codes = answer.as_ref().is_ok_and(|(l, _)| !l.codes.is_empty());
+                    answers.push(Some(answer));
+                }
+                answers
+            }
+        };
         let mut merged = Lookup::default();
         for (link, answer) in self.links.iter().zip(answers) {
+            let Some(answer) = answer else { continue };
             match answer {
                 Ok((lookup, cached)) => {
                     merged.known |= lookup.known;
@@ -586,6 +619,53 @@ mod tests {
         let (a, b) = tokio::join!(chain.lookup_all("S1", "U"), chain.lookup_all("S1", "U"));
         assert_eq!(tagged(&a.expect("a")), tagged(&b.expect("b")));
         assert_eq!(slow_calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// `when_no_code`: a later source is asked only when those before it gave no code; by
+    /// default every source is asked.
+    #[tokio::test]
+    async fn later_sources_can_wait_for_earlier_ones_to_come_up_empty() {
+        let (intune, _) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
+        let (kandji, kandji_calls) = Fixed::new(vec![(OTHER, CodeKind::Server)]);
+        let chain = Chain::new()
+            .with_later_sources(LaterSources::WhenNoCode)
+            .with("contoso", "intune", intune)
+            .with("kandji", "kandji", kandji);
+        let lookup = chain.lookup_all("S1", "U").await.expect("lookup");
+        assert_eq!(
+            tagged(&lookup),
+            vec![(GOOD.to_string(), CodeKind::Device, "contoso".to_string())]
+        );
+        assert_eq!(kandji_calls.load(Ordering::SeqCst), 0, "not asked");
+        assert_eq!(lookup.answered.len(), 1);
+
+        // An earlier source without a code, or failing, lets the next one be asked.
+        let (empty, _) = Fixed::new(Vec::new());
+        let (broken, _) = Fixed::failing(|| KandjiError::Unauthorized.into());
+        let (kandji, kandji_calls) = Fixed::new(vec![(OTHER, CodeKind::Server)]);
+        let chain = Chain::new()
+            .with_later_sources(LaterSources::WhenNoCode)
+            .with("contoso", "intune", empty)
+            .with("broken", "kandji", broken)
+            .with("kandji", "kandji", kandji);
+        let lookup = chain.lookup_all("S2", "U").await.expect("lookup");
+        assert_eq!(
+            tagged(&lookup),
+            vec![(OTHER.to_string(), CodeKind::Server, "kandji".to_string())]
+        );
+        assert_eq!(kandji_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(lookup.failures.len(), 1);
+
+        // The default asks them all.
+        let (intune, _) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
+        let (kandji, kandji_calls) = Fixed::new(vec![(OTHER, CodeKind::Server)]);
+        let chain = Chain::new()
+            .with("contoso", "intune", intune)
+            .with("kandji", "kandji", kandji);
+        assert_eq!(chain.later_sources, LaterSources::Always);
+        let lookup = chain.lookup_all("S3", "U").await.expect("lookup");
+        assert_eq!(lookup.codes.len(), 2);
+        assert_eq!(kandji_calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::answer::{encode_component, parse_json};
 use super::registry::{BuildContext, CodeSource, Description};
 use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode, MDM_REQUEST_TIMEOUT};
-use crate::http::{HttpClient, HttpError, HttpResponse, RetryPolicy};
+use crate::http::{Budget, HttpClient, HttpError, HttpResponse, RetryPolicy};
 use crate::redact::scrubbed;
 
 /// The device list's page size: Kandji's hard upper `limit` (docs/mdm.md §3.1).
@@ -21,8 +21,13 @@ const PAGE_SIZE: usize = 300;
 /// Pages followed at most by default: the serial filter matches partially, so a short or
 /// odd serial could list a large fleet; 20 pages are 6 000 devices.
 pub const DEFAULT_MAX_PAGES: usize = 20;
-/// Kandji allows about 10 000 requests an hour per tenant; a bench needs far fewer.
-const REQUESTS_PER_SECOND: f64 = 5.0;
+
+/// Kandji counts requests per hour and tenant (docs/mdm.md §3.1); the defaults of
+/// `[[codes.sources]]` leave headroom below that.
+const DEFAULT_BUDGET: Budget = Budget {
+    per_second: station_config::KANDJI_REQUESTS_PER_SECOND,
+    per_hour: Some(station_config::KANDJI_REQUESTS_PER_HOUR),
+};
 
 #[derive(Debug)]
 pub struct KandjiSettings {
@@ -98,8 +103,14 @@ impl Kandji {
             settings.timeout,
             settings.retry,
         )?
-        .with_rate_limit(REQUESTS_PER_SECOND);
+        .with_budget(DEFAULT_BUDGET);
         Ok(Kandji { settings, http })
+    }
+
+    /// Replaces the default request budget (docs/code-sources.md, "Request budgets").
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.http = self.http.with_budget(budget);
+        self
     }
 
     pub async fn fetch(&self, serial: &str) -> Result<Lookup, KandjiError> {
@@ -328,6 +339,12 @@ impl CodeSource for Kandji {
             timeout: MDM_REQUEST_TIMEOUT,
             retry: context.retry,
             max_pages: DEFAULT_MAX_PAGES,
+        })
+        .map(|kandji| {
+            kandji.with_budget(Budget {
+                per_second: config.max_requests_per_second,
+                per_hour: Some(config.max_requests_per_hour),
+            })
         })
         .map_err(|e| e.to_string())
     }

@@ -166,6 +166,9 @@ fn resource(path: &str) -> Result<(&str, Resource<'_>), Box<Answer>> {
 }
 
 pub(crate) fn route(inner: &IntuneInner, req: &Req) -> Answer {
+    if let Some(version) = batch_path(req.path) {
+        return batch(inner, req, version);
+    }
     let (version, resource) = match resource(req.path) {
         Ok(r) => r,
         Err(answer) => return *answer,
@@ -225,6 +228,157 @@ pub(crate) fn route(inner: &IntuneInner, req: &Req) -> Answer {
             Answer::empty(204, MdmOutcome::Ok)
         }
     }
+}
+
+/// Graph's limit of requests in one `$batch` (docs/mdm.md §1.7).
+pub(crate) const MAX_BATCH: usize = 20;
+
+/// `/{v1.0|beta}/$batch`: the version.
+fn batch_path(path: &str) -> Option<&str> {
+    let (version, rest) = path.trim_start_matches('/').split_once('/')?;
+    ((version == "v1.0" || version == "beta") && rest.eq_ignore_ascii_case("$batch"))
+        .then_some(version)
+}
+
+/// JSON batching (docs/code-sources.md, "Graph JSON batching"): `{"requests": [{"id",
+/// "method", "url"}, …]}`, at most 20, each answered as if sent alone with the batch's
+/// token, in `{"responses": [{"id", "status", "headers", "body"}, …]}`. Each inner request
+/// counts against the budget and may be throttled (or injected a 404) on its own, so a batch
+/// answered 200 can hold 429s.
+fn batch(inner: &IntuneInner, req: &Req, version: &str) -> Answer {
+    if req.method != "POST" {
+        return graph_error(
+            405,
+            "BadRequest",
+            &format!("The HTTP method '{}' is not allowed here.", req.method),
+            MdmOutcome::MethodNotAllowed,
+        )
+        .with_header("Allow", "POST");
+    }
+    if !req
+        .content_type
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"))
+    {
+        return bad_request("Invalid batch payload format: Content-Type must be application/json.");
+    }
+    let Ok(payload) = serde_json::from_slice::<Value>(req.body) else {
+        return bad_request("Invalid batch payload format.");
+    };
+    let Some(requests) = payload.get("requests").and_then(Value::as_array) else {
+        return bad_request("Invalid batch payload format: no requests array.");
+    };
+    if requests.is_empty() {
+        return bad_request("Invalid batch payload format: the batch holds no request.");
+    }
+    if requests.len() > MAX_BATCH {
+        return bad_request(&format!(
+            "Number of batch request steps exceeds the maximum of {MAX_BATCH}."
+        ));
+    }
+    let mut steps = Vec::with_capacity(requests.len());
+    for step in requests {
+        let field = |name: &str| {
+            step.get(name)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(id), Some(method), Some(url)) = (field("id"), field("method"), field("url"))
+        else {
+            return bad_request(
+                "Invalid batch payload format: every request needs an id, a method and a url.",
+            );
+        };
+        if steps.iter().any(|(other, _, _)| *other == id) {
+            return bad_request(&format!(
+                "Invalid batch payload format: request id '{id}' is used twice."
+            ));
+        }
+        if url.contains("://") {
+            return bad_request("Invalid batch payload format: urls are relative to the version.");
+        }
+        steps.push((id, method.to_ascii_uppercase(), url));
+    }
+    // The batch request itself was counted as it arrived; each inner request counts too.
+    inner.graph_core.count(req.at, steps.len() - 1);
+    let mut responses = Vec::with_capacity(steps.len());
+    for (id, method, url) in steps {
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let path = format!("/{version}/{}", path.trim_start_matches('/'));
+        let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let answer = if batch_path(&path).is_some() {
+            bad_request("A batch cannot hold a batch.")
+        } else {
+            match inner_fault(inner) {
+                Some(answer) => answer,
+                None => route(
+                    inner,
+                    &Req {
+                        at: req.at,
+                        method: &method,
+                        path: &path,
+                        query: &query,
+                        authorization: req.authorization,
+                        content_type: None,
+                        declares_length: true,
+                        body: &[],
+                    },
+                ),
+            }
+        };
+        inner
+            .graph_core
+            .log_inner(&method, &path, &query, &answer, req.at);
+        let mut headers = Map::new();
+        if let Some(content_type) = answer.content_type {
+            headers.insert("Content-Type".into(), content_type.into());
+        }
+        for (name, value) in &answer.headers {
+            headers.insert(name.clone(), value.clone().into());
+        }
+        let mut response = Map::new();
+        response.insert("id".into(), id.into());
+        response.insert("status".into(), answer.status.into());
+        response.insert("headers".into(), Value::Object(headers));
+        if !answer.body.is_empty() {
+            let body = serde_json::from_slice::<Value>(&answer.body).unwrap_or_else(|_| {
+                base64::engine::general_purpose::STANDARD
+                    .encode(&answer.body)
+                    .into()
+            });
+            response.insert("body".into(), body);
+        }
+        responses.push(Value::Object(response));
+    }
+    Answer::json(
+        200,
+        JSON,
+        &json!({ "responses": responses }),
+        MdmOutcome::Ok,
+    )
+}
+
+/// An injected answer to one request of a batch: a 429 or a 404 (the record gone between
+/// the list and the GET), as the run-time controls say.
+fn inner_fault(inner: &IntuneInner) -> Option<Answer> {
+    let mut settings = inner.settings();
+    if settings.batch_throttle_next > 0 {
+        settings.batch_throttle_next -= 1;
+        let secs = settings.batch_retry_after_secs;
+        let mut answer = error_answer(429, "Too many requests: retry after the advised delay.");
+        answer.outcome = MdmOutcome::Throttled { early: false };
+        answer
+            .headers
+            .push(("Retry-After".into(), secs.to_string()));
+        answer.retry_after = Some(secs);
+        return Some(answer);
+    }
+    if settings.batch_not_found_next > 0 {
+        settings.batch_not_found_next -= 1;
+        return Some(not_found("(removed)"));
+    }
+    None
 }
 
 /// The bearer token's permissions, or the 401 Graph answers.
@@ -728,5 +882,157 @@ mod tests {
         );
         assert_eq!(kind("/v2.0/deviceManagement/managedDevices"), "error 404");
         assert_eq!(kind("/v1.0/users"), "error 400");
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    //! `$batch` as Graph serves it, straight through `route` (no sockets).
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::mdm::intune::{Graph, ManagedDevice};
+    use crate::mdm::Budget;
+    use crate::world::IntuneSpec;
+
+    const CODE: &str = "3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4";
+
+    fn graph() -> Graph {
+        let records = vec![
+            IntuneRecord::standalone(ManagedDevice::new("dev-1", "SERIAL1").with_code(CODE)),
+            IntuneRecord::standalone(ManagedDevice::new("dev-2", "SERIAL2")),
+        ];
+        Graph::new(
+            &IntuneSpec::default(),
+            1,
+            "http://127.0.0.1:1".into(),
+            "http://127.0.0.1:2".into(),
+            records,
+            Vec::new(),
+        )
+    }
+
+    fn post(graph: &Graph, body: &Value) -> (u16, Value) {
+        let (token, _) = graph.inner.issue_token();
+        let authorization = format!("Bearer {token}");
+        let body = serde_json::to_vec(body).expect("json");
+        let answer = route(
+            &graph.inner,
+            &Req {
+                at: Instant::now(),
+                method: "POST",
+                path: "/v1.0/$batch",
+                query: &[],
+                authorization: Some(&authorization),
+                content_type: Some("application/json"),
+                declares_length: true,
+                body: &body,
+            },
+        );
+        let value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        (answer.status, value)
+    }
+
+    fn get(id: &str, url: &str) -> Value {
+        json!({"id": id, "method": "GET", "url": url})
+    }
+
+    #[test]
+    fn inner_requests_are_answered_one_by_one() {
+        let graph = graph();
+        graph.set_batch_throttle_next(1, Duration::from_secs(3));
+        let (status, answer) = post(
+            &graph,
+            &json!({"requests": [
+                get("a", "/deviceManagement/managedDevices/dev-1?$select=id,activationLockBypassCode"),
+                get("b", "/deviceManagement/managedDevices/dev-1?$select=id,activationLockBypassCode"),
+                get("c", "deviceManagement/managedDevices/nope"),
+            ]}),
+        );
+        assert_eq!(status, 200);
+        let responses = answer["responses"].as_array().expect("responses");
+        let by_id = |id: &str| {
+            responses
+                .iter()
+                .find(|r| r["id"] == id)
+                .unwrap_or_else(|| panic!("no answer {id}"))
+        };
+        assert_eq!(by_id("a")["status"], 429);
+        assert_eq!(by_id("a")["headers"]["Retry-After"], "3");
+        assert_eq!(by_id("b")["status"], 200);
+        assert_eq!(by_id("b")["body"]["activationLockBypassCode"], CODE);
+        assert_eq!(by_id("c")["status"], 404);
+        // Each inner request is logged, after the batch counts for three.
+        let inner: Vec<u16> = graph
+            .graph_requests()
+            .iter()
+            .filter(|r| r.in_batch)
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(inner, vec![429, 200, 404]);
+        assert_eq!(
+            graph.load().requests,
+            2,
+            "the POST itself is counted by serve"
+        );
+    }
+
+    #[test]
+    fn batches_are_checked_as_graph_checks_them() {
+        let graph = graph();
+        let many: Vec<Value> = (0..21)
+            .map(|i| get(&i.to_string(), "/deviceManagement/managedDevices/dev-1"))
+            .collect();
+        let (status, answer) = post(&graph, &json!({ "requests": many }));
+        assert_eq!(status, 400);
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("maximum of 20")),
+            "{answer}"
+        );
+        for bad in [
+            json!({"requests": [{"method": "GET", "url": "/deviceManagement/managedDevices"}]}),
+            json!({"requests": [{"id": "1", "url": "/deviceManagement/managedDevices"}]}),
+            json!({"requests": [{"id": "1", "method": "GET"}]}),
+            json!({"requests": [get("1", "/a"), get("1", "/b")]}),
+            json!({"requests": []}),
+            json!({"nothing": true}),
+        ] {
+            assert_eq!(post(&graph, &bad).0, 400, "{bad}");
+        }
+        let twenty: Vec<Value> = (0..20)
+            .map(|i| get(&i.to_string(), "/deviceManagement/managedDevices/dev-2"))
+            .collect();
+        assert_eq!(post(&graph, &json!({ "requests": twenty })).0, 200);
+    }
+
+    #[test]
+    fn a_batch_counts_as_its_requests_against_the_budget() {
+        let graph = graph();
+        graph.set_budget(Budget {
+            per_second: Some(10.0),
+            per_hour: Some(100),
+        });
+        let at = Instant::now();
+        graph.inner.graph_core.count(at, 1);
+        graph.inner.graph_core.count(at, 9);
+        assert_eq!(graph.load().violations, 0);
+        graph
+            .inner
+            .graph_core
+            .count(at + Duration::from_millis(500), 1);
+        let load = graph.load();
+        assert_eq!(load.violations, 1);
+        assert_eq!(load.peak_per_second, 11);
+        assert!(load.first_violations[0].contains("11 requests within one second, budget 10"));
+        // A second later the window has room again.
+        graph
+            .inner
+            .graph_core
+            .count(at + Duration::from_millis(1600), 9);
+        assert_eq!(graph.load().violations, 1);
+        assert_eq!(graph.load().requests, 20);
     }
 }

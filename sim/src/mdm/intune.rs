@@ -16,7 +16,7 @@ use rand::Rng;
 use station_protocol::bypass_code::BypassCode;
 use x509_parser::prelude::FromDer;
 
-use super::service::{rate, MdmRequest, MdmService, ServiceCore};
+use super::service::{rate, Budget, LoadReport, MdmRequest, MdmService, ServiceCore};
 use crate::phone::Phone;
 use crate::world::mdm::{
     guid, DEFAULT_PAGE_SIZE, DEFAULT_TOKEN_LIFETIME_SECS, PRIVILEGED_PERMISSION, READ_PERMISSIONS,
@@ -127,6 +127,10 @@ pub(crate) struct Settings {
     /// Only PS256 client assertions are accepted.
     pub strict_assertions: bool,
     pub tokens: HashMap<String, IssuedToken>,
+    /// The next requests inside `$batch`es answered 429 (with this `Retry-After`) / 404.
+    pub batch_throttle_next: u32,
+    pub batch_retry_after_secs: u64,
+    pub batch_not_found_next: u32,
 }
 
 /// One Intune managed-device record as Graph serves it: what a test gives a standalone
@@ -540,6 +544,9 @@ impl Graph {
                     bypass_reading: spec.bypass_action,
                     strict_assertions: spec.strict_assertions,
                     tokens: HashMap::new(),
+                    batch_throttle_next: 0,
+                    batch_retry_after_secs: 1,
+                    batch_not_found_next: 0,
                 }),
             }),
         }
@@ -643,6 +650,31 @@ impl Graph {
         let mut f = self.inner.graph_core.faults();
         f.throttle_next = n;
         f.retry_after_secs = whole_secs(retry_after);
+    }
+
+    /// The next `n` requests inside `$batch`es are answered `429` with `Retry-After:
+    /// <retry_after>` (the batch itself answers 200), as Graph throttles each inner request
+    /// on its own.
+    pub fn set_batch_throttle_next(&self, n: u32, retry_after: Duration) {
+        let mut s = self.inner.settings();
+        s.batch_throttle_next = n;
+        s.batch_retry_after_secs = whole_secs(retry_after);
+    }
+
+    /// The next `n` requests inside `$batch`es are answered `404` (the record removed
+    /// between the list and the GET).
+    pub fn set_batch_not_found_next(&self, n: u32) {
+        self.inner.settings().batch_not_found_next = n;
+    }
+
+    /// Holds the station to `budget` (Graph requests; a `$batch` counts its inner requests).
+    pub fn set_budget(&self, budget: Budget) {
+        self.inner.graph_core.set_budget(budget);
+    }
+
+    /// What Graph saw of the station's request rate, against its budget.
+    pub fn load(&self) -> LoadReport {
+        self.inner.graph_core.load()
     }
 
     /// Each Graph request is throttled with probability `rate`, drawn from the world's seed.

@@ -26,7 +26,8 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use super::service::{
-    outcome_for, rate, Answer, MdmOutcome, MdmRequest, MdmService, Req, ServiceCore,
+    outcome_for, rate, Answer, Budget, LoadReport, MdmOutcome, MdmRequest, MdmService, Req,
+    ServiceCore,
 };
 use crate::phone::Phone;
 use crate::world::mdm::{guid, last_sync_after};
@@ -273,6 +274,16 @@ impl Kandji {
 
     pub fn clear_requests(&self) {
         self.inner.core.clear_requests();
+    }
+
+    /// Holds the station to `budget`.
+    pub fn set_budget(&self, budget: Budget) {
+        self.inner.core.set_budget(budget);
+    }
+
+    /// What the API saw of the station's request rate, against its budget.
+    pub fn load(&self) -> LoadReport {
+        self.inner.core.load()
     }
 }
 

@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 pub use intune::{CertificateError, Graph, ManagedDevice};
 pub use kandji::{Kandji, KandjiDevice};
-pub use service::{MdmOutcome, MdmRequest, MdmService};
+pub use service::{Budget, LoadReport, MdmOutcome, MdmRequest, MdmService};
 
 use crate::error::SimError;
 use crate::phone::Phone;

@@ -12,6 +12,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TR
 use hyper::{Request, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::world::HttpFaultSpec;
@@ -92,6 +93,8 @@ pub struct MdmRequest {
     pub retry_after: Option<u64>,
     /// When the request arrived (headers read).
     pub at: Instant,
+    /// One of the requests inside a Graph `$batch` (the `POST $batch` itself is logged too).
+    pub in_batch: bool,
 }
 
 impl MdmRequest {
@@ -207,12 +210,140 @@ pub(crate) fn rate(rate: f64) -> f64 {
     }
 }
 
+/// A request budget a stand-in holds its clients to: at most `per_second` requests in any
+/// second and `per_hour` in any hour, the inner requests of a Graph `$batch` each counted
+/// (Graph throttles them one by one, docs/mdm.md §1.7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Budget {
+    pub per_second: Option<f64>,
+    pub per_hour: Option<u32>,
+}
+
+impl Budget {
+    /// Whole requests allowed in one second (2.5 allows 2, below one allows one).
+    fn second_limit(&self) -> Option<usize> {
+        self.per_second
+            .map(|r| if r >= 1.0 { r.floor() as usize } else { 1 })
+    }
+}
+
+/// What one stand-in saw of its clients' request rate: counted as the requests arrive,
+/// over sliding windows of a second and an hour.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LoadReport {
+    pub service: String,
+    pub budget: Budget,
+    /// Requests counted (a `$batch` as its inner requests).
+    pub requests: usize,
+    /// The most counted in any one second / any one hour.
+    pub peak_per_second: usize,
+    pub peak_per_hour: usize,
+    /// Requests per second from the first to the last request.
+    pub mean_per_second: f64,
+    /// How often a window held more than the budget, and the first few times, said.
+    pub violations: usize,
+    pub first_violations: Vec<String>,
+}
+
+/// Violations described in a report, at most.
+const VIOLATIONS_KEPT: usize = 10;
+
+#[derive(Debug, Default)]
+struct Load {
+    budget: Budget,
+    /// Arrivals of the last hour (of the last second without an hourly budget), with how
+    /// many requests each counts for.
+    arrivals: VecDeque<(Instant, usize)>,
+    requests: usize,
+    peak_second: usize,
+    peak_hour: usize,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    violations: usize,
+    first_violations: Vec<String>,
+}
+
+impl Load {
+    fn count(&mut self, service: MdmService, at: Instant, weight: usize) {
+        self.requests += weight;
+        self.first.get_or_insert(at);
+        self.last = Some(self.last.map_or(at, |l| l.max(at)));
+        self.arrivals.push_back((at, weight));
+        let hour = Duration::from_secs(3600);
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) >= hour)
+        {
+            self.arrivals.pop_front();
+        }
+        let within = |length: Duration| -> usize {
+            self.arrivals
+                .iter()
+                .rev()
+                .take_while(|(t, _)| at.saturating_duration_since(*t) < length)
+                .map(|(_, w)| *w)
+                .sum()
+        };
+        let second = within(Duration::from_secs(1));
+        let in_hour: usize = self.arrivals.iter().map(|(_, w)| *w).sum();
+        self.peak_second = self.peak_second.max(second);
+        self.peak_hour = self.peak_hour.max(in_hour);
+        let mut over = Vec::new();
+        if let Some(limit) = self.budget.second_limit().filter(|l| second > *l) {
+            over.push(format!(
+                "{second} requests within one second, budget {limit}"
+            ));
+        }
+        if let Some(limit) = self.budget.per_hour.filter(|l| in_hour > *l as usize) {
+            over.push(format!(
+                "{in_hour} requests within one hour, budget {limit}"
+            ));
+        }
+        for what in over {
+            self.violations += 1;
+            tracing::error!(?service, "request budget exceeded: {what}");
+            if self.first_violations.len() < VIOLATIONS_KEPT {
+                let since = self
+                    .first
+                    .map_or(Duration::ZERO, |f| at.saturating_duration_since(f));
+                self.first_violations.push(format!(
+                    "{:.3} s after the first request: {what}",
+                    since.as_secs_f64()
+                ));
+            }
+        }
+    }
+
+    fn report(&self, service: MdmService) -> LoadReport {
+        let span = match (self.first, self.last) {
+            (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        LoadReport {
+            service: format!("{service:?}"),
+            budget: self.budget,
+            requests: self.requests,
+            peak_per_second: self.peak_second,
+            peak_per_hour: self.peak_hour,
+            mean_per_second: if span > 0.0 {
+                self.requests as f64 / span
+            } else {
+                self.requests as f64
+            },
+            violations: self.violations,
+            first_violations: self.first_violations.clone(),
+        }
+    }
+}
+
 /// Faults and log of one service.
 #[derive(Debug)]
 pub(crate) struct ServiceCore {
     pub service: MdmService,
     pub faults: Mutex<Faults>,
     log: Mutex<VecDeque<MdmRequest>>,
+    load: Mutex<Load>,
 }
 
 impl ServiceCore {
@@ -221,7 +352,53 @@ impl ServiceCore {
             service,
             faults: Mutex::new(Faults::new(spec, seed)),
             log: Mutex::new(VecDeque::new()),
+            load: Mutex::new(Load {
+                budget: Budget {
+                    per_second: spec.max_requests_per_second,
+                    per_hour: spec.max_requests_per_hour,
+                },
+                ..Load::default()
+            }),
         }
+    }
+
+    /// Holds the clients to `budget` from now on (counts so far are kept).
+    pub fn set_budget(&self, budget: Budget) {
+        lock(&self.load).budget = budget;
+    }
+
+    /// The request rate seen so far.
+    pub fn load(&self) -> LoadReport {
+        lock(&self.load).report(self.service)
+    }
+
+    /// Counts `weight` more requests that arrived at `at`.
+    pub fn count(&self, at: Instant, weight: usize) {
+        lock(&self.load).count(self.service, at, weight);
+    }
+
+    /// Logs one request of a `$batch` (without secrets, as [`ServiceCore::serve`] logs).
+    pub fn log_inner(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(String, String)],
+        answer: &Answer,
+        at: Instant,
+    ) {
+        self.push(MdmRequest {
+            service: self.service,
+            method: method.to_string(),
+            path: path.to_string(),
+            query: redacted(query),
+            fields: Vec::new(),
+            authorization: true,
+            status: answer.status,
+            outcome: answer.outcome.clone(),
+            retry_after: answer.retry_after,
+            at,
+            in_batch: true,
+        });
     }
 
     pub fn faults(&self) -> MutexGuard<'_, Faults> {
@@ -270,6 +447,8 @@ impl ServiceCore {
         let content_type = header(CONTENT_TYPE);
         let declares_length = req.headers().contains_key(CONTENT_LENGTH)
             || req.headers().contains_key(TRANSFER_ENCODING);
+        // Counted as it arrives; a `$batch` adds its other inner requests once read.
+        self.count(at, 1);
         let verdict = self.faults().decide(at);
         let answer = match verdict {
             Verdict::Throttle { retry_after, early } => {
@@ -294,6 +473,7 @@ impl ServiceCore {
                     a
                 }
                 Ok(body) => route(&Req {
+                    at,
                     method: &method,
                     path: &path,
                     query: &query,
@@ -321,20 +501,14 @@ impl ServiceCore {
             service: self.service,
             method,
             path,
-            query: query
-                .into_iter()
-                .map(|(k, v)| {
-                    let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
-                    let v = if secret { "<redacted>".to_string() } else { v };
-                    (k, v)
-                })
-                .collect(),
+            query: redacted(&query),
             fields: answer.fields.clone(),
             authorization: authorization.is_some(),
             status: answer.status,
             outcome: answer.outcome.clone(),
             retry_after: answer.retry_after,
             at,
+            in_batch: false,
         });
         let mut headers = answer.headers;
         headers.push((
@@ -345,8 +519,26 @@ impl ServiceCore {
     }
 }
 
+/// Query parameters as the log keeps them: secret-looking values replaced.
+fn redacted(query: &[(String, String)]) -> Vec<(String, String)> {
+    query
+        .iter()
+        .map(|(k, v)| {
+            let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+            let v = if secret {
+                "<redacted>".to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
 /// A request as a route sees it: the body read in full (bounded).
 pub(crate) struct Req<'a> {
+    /// When the request arrived.
+    pub at: Instant,
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a [(String, String)],

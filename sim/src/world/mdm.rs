@@ -177,6 +177,13 @@ pub struct HttpFaultSpec {
     /// Status of injected failures, 500–599 [default 503].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_status: Option<u16>,
+    /// The clients' request budget per second: more in any one second is a violation the
+    /// stand-in reports (and `station-sim serve` exits non-zero for) [default: none].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<f64>,
+    /// The same per hour [default: none].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_hour: Option<u32>,
 }
 
 /// `Retry-After` of a throttled answer unless the world says otherwise.
@@ -216,6 +223,21 @@ impl HttpFaultSpec {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(invalid(field, format!("{rate} is not between 0.0 and 1.0")));
             }
+        }
+        if self
+            .max_requests_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            return Err(invalid(
+                "max_requests_per_second",
+                "must be a positive number".to_string(),
+            ));
+        }
+        if self.max_requests_per_hour == Some(0) {
+            return Err(invalid(
+                "max_requests_per_hour",
+                "must be at least 1".to_string(),
+            ));
         }
         if self.retry_after_secs.is_some_and(|s| s > 3600) {
             return Err(invalid(

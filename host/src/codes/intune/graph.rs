@@ -8,7 +8,7 @@ use station_protocol::bypass_code::BypassCode;
 use super::{Intune, IntuneError, ACTION, ACTION_PERMISSION, READ_PERMISSION};
 use crate::codes::answer::{encode_component, service_error};
 use crate::codes::{ActionState, CodeKind, Lookup, SourcedCode};
-use crate::http::HttpResponse;
+use crate::http::{HttpResponse, MAX_RETRY_AFTER};
 
 /// Pages of a device list followed at most: a Graph that ignores the filter lists the whole
 /// tenant, about 1000 devices a page.
@@ -273,16 +273,54 @@ impl Intune {
     }
 
     /// The body of record `id` with the `$select`ed fields; `None` when Graph has no such
-    /// record (404).
+    /// record (404). Sent in a `$batch` with other phones' GETs when they wait at the same
+    /// time ([`super::batch`]); an inner 429 or 5xx is retried here as `HttpClient` retries a
+    /// plain one (Retry-After honoured, the whole client paused), a 401 renews the token once.
     async fn get_record(&self, id: &str, select: &str) -> Result<Option<Vec<u8>>, IntuneError> {
-        let url = format!(
-            "{}/v1.0/deviceManagement/managedDevices/{}?$select={select}",
-            self.settings.graph_root,
+        let path = format!(
+            "/deviceManagement/managedDevices/{}?$select={select}",
             encode_component(id)
         );
-        let response = self
-            .graph(reqwest::Method::GET, &url, READ_PERMISSION)
-            .await?;
+        let retry = self.settings.retry;
+        let mut renewed = false;
+        let mut attempt = 1;
+        let response = loop {
+            let token = self.token().await?;
+            let answered = self
+                .batch
+                .get(
+                    &self.http,
+                    &self.settings.graph_root,
+                    path.clone(),
+                    token.clone(),
+                )
+                .await?;
+            let response = answered.response;
+            if response.status == 401 && !renewed {
+                tracing::debug!(source = %self.settings.name, "Graph refused the token; renewing it once");
+                self.forget_token(&token).await;
+                renewed = true;
+                continue;
+            }
+            let again = answered.batched
+                && (response.status == 429 || response.status >= 500)
+                && attempt < retry.attempts;
+            let wait = match response.retry_after() {
+                Some(after) if after > MAX_RETRY_AFTER => None,
+                Some(after) => Some(after.max(retry.backoff(attempt))),
+                None => Some(retry.backoff(attempt)),
+            };
+            match wait.filter(|_| again) {
+                Some(wait) => {
+                    tracing::warn!(source = %self.settings.name, status = response.status, attempt, ?wait, "Graph answered a batched request HTTP {}; retrying", response.status);
+                    // A 429 inside a batch throttles this app as a plain one does.
+                    self.http.pause_until(tokio::time::Instant::now() + wait);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                None => break response,
+            }
+        };
         match response.status {
             200 => Ok(Some(response.body)),
             404 => Ok(None),

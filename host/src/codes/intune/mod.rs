@@ -8,6 +8,7 @@
 //! matching records are returned, the record of this very phone (same UDID) first.
 //! National clouds are resolved by `station-config` (token host, Graph root, scope).
 
+mod batch;
 mod graph;
 #[cfg(test)]
 mod tests;
@@ -25,7 +26,7 @@ use super::{
     ActionState, CodeKind, CodeLookup, Lookup, LookupError, RemoteRelease, SourcedCode,
     MDM_REQUEST_TIMEOUT,
 };
-use crate::http::{HttpClient, HttpError, RetryPolicy};
+use crate::http::{Budget, HttpClient, HttpError, RetryPolicy};
 #[doc(hidden)]
 pub use graph::decode_answer_for_fuzzing;
 use graph::MAX_PAGES;
@@ -50,7 +51,8 @@ pub struct IntuneSettings {
     /// Graph root without `/v1.0`.
     pub graph_root: String,
     pub scope: String,
-    pub max_requests_per_second: f64,
+    /// Requests per second; a `$batch` counts each request in it, as Graph does.
+    pub budget: Budget,
     /// Per request.
     pub timeout: Duration,
     pub retry: RetryPolicy,
@@ -117,6 +119,8 @@ pub struct Intune {
     http: HttpClient,
     /// Held while a token is fetched, so concurrent lookups share one request.
     token: tokio::sync::Mutex<Option<Token>>,
+    /// The per-record GETs of every phone, batched (`$batch`) when several wait at once.
+    batch: batch::Batcher,
 }
 
 impl Intune {
@@ -127,11 +131,12 @@ impl Intune {
             settings.timeout,
             settings.retry,
         )?
-        .with_rate_limit(settings.max_requests_per_second);
+        .with_budget(settings.budget);
         Ok(Intune {
             settings,
             http,
             token: tokio::sync::Mutex::new(None),
+            batch: batch::Batcher::default(),
         })
     }
 
@@ -284,7 +289,7 @@ impl CodeSource for Intune {
             token_url: config.token_url(),
             graph_root: config.graph_root(),
             scope: config.scope(),
-            max_requests_per_second: config.max_requests_per_second,
+            budget: Budget::per_second(config.max_requests_per_second),
             timeout: MDM_REQUEST_TIMEOUT,
             retry: context.retry,
             bypass_action: config

@@ -74,7 +74,7 @@ impl Setup {
             token_url: self.graph.token_url(),
             graph_root: self.graph.url().to_string(),
             scope: "https://graph.microsoft.com/.default".into(),
-            max_requests_per_second: 1000.0,
+            budget: crate::http::Budget::per_second(1000.0),
             timeout: Duration::from_secs(5),
             retry: RetryPolicy {
                 attempts: 4,
@@ -675,7 +675,7 @@ async fn requests_are_rate_limited() {
         .collect();
     let s = setup(devices).await;
     let mut settings = s.settings();
-    settings.max_requests_per_second = 10.0;
+    settings.budget = crate::http::Budget::per_second(10.0);
     let started = StdInstant::now();
     Intune::new(settings)
         .expect("client")
@@ -933,4 +933,143 @@ fn unusable_key_files_are_refused_without_their_contents() {
     )
     .expect_err("no cert");
     assert!(err.to_string().contains("CERTIFICATE"), "{err}");
+}
+
+/// Phones looked up at the same time share `$batch`es for their per-record GETs, and each
+/// inner answer counts on its own: a 429 inside the batch is waited out (its Retry-After)
+/// and asked again, a 404 is a record that is gone.
+#[tokio::test]
+async fn concurrent_lookups_share_a_batch_whose_inner_429_and_404_are_handled_one_by_one() {
+    let codes = [GOOD, OTHER, THIRD];
+    let devices: Vec<ManagedDevice> = (0..6)
+        .map(|i| {
+            device(
+                &format!("dev-{i}"),
+                &format!("SERIAL{i:04}"),
+                &format!("UDID-{i}"),
+                Some(codes[i % 3]),
+                "2025-01-01T00:00:00Z",
+            )
+        })
+        .collect();
+    let s = setup(devices).await;
+    s.graph.set_batch_throttle_next(1, Duration::from_secs(1));
+    s.graph.set_batch_not_found_next(1);
+    let mut client = s.client();
+    // Long enough for every phone's list to come back before the batch leaves.
+    client.batch = batch::Batcher::with_window(Duration::from_millis(400));
+    let started = StdInstant::now();
+    let lookups = futures_util::future::join_all((0..6).map(|i| {
+        let client = &client;
+        async move {
+            client
+                .fetch(&format!("SERIAL{i:04}"), &format!("UDID-{i}"))
+                .await
+        }
+    }))
+    .await;
+    let requests = s.graph_requests();
+    let batches: Vec<&MdmRequest> = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1.0/$batch")
+        .collect();
+    assert_eq!(batches.len(), 1, "{requests:#?}");
+    let inner: Vec<&MdmRequest> = requests.iter().filter(|r| r.in_batch).collect();
+    assert_eq!(inner.len(), 6);
+    let throttled = inner
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("an inner 429");
+    assert_eq!(throttled.retry_after, Some(1));
+    let gone = inner
+        .iter()
+        .find(|r| r.status == 404)
+        .expect("an inner 404");
+    // The throttled GET was asked again, alone, once its Retry-After was over.
+    let again = requests
+        .iter()
+        .find(|r| !r.in_batch && r.method == "GET" && r.path == throttled.path)
+        .expect("the throttled GET again");
+    assert_eq!(again.status, 200);
+    assert!(
+        again.at.duration_since(throttled.at) >= Duration::from_millis(990),
+        "{:?}",
+        again.at.duration_since(throttled.at)
+    );
+    let gone_id = gone.path.rsplit('/').next().expect("an id").to_string();
+    for (i, lookup) in lookups.into_iter().enumerate() {
+        let lookup = lookup.expect("lookup");
+        if format!("dev-{i}") == gone_id {
+            // Gone between the list and the GET: no record, no code.
+            assert!(lookup.codes.is_empty(), "{lookup:?}");
+            assert!(
+                lookup.absent[0].contains("not in Intune"),
+                "{:?}",
+                lookup.absent
+            );
+        } else {
+            assert_eq!(revealed(&lookup), vec![codes[i % 3]], "phone {i}");
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(s.token_requests(), 1);
+}
+
+/// The batch is never larger than Graph takes (20), nor than the budget allows at once.
+#[tokio::test]
+async fn batches_hold_at_most_twenty_and_at_most_the_budget() {
+    let devices: Vec<ManagedDevice> = (0..25)
+        .map(|i| {
+            device(
+                &format!("dev-{i}"),
+                &format!("SERIAL{i:04}"),
+                &format!("UDID-{i}"),
+                Some(GOOD),
+                "2025-01-01T00:00:00Z",
+            )
+        })
+        .collect();
+    let s = setup(devices).await;
+    for (budget, largest) in [(1000.0, 20), (8.0, 8)] {
+        s.graph.clear_requests();
+        let mut settings = s.settings();
+        settings.budget = crate::http::Budget::per_second(budget);
+        let mut client = Intune::new(settings).expect("client");
+        client.batch = batch::Batcher::with_window(Duration::from_millis(1500));
+        let lookups = futures_util::future::join_all((0..25).map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .fetch(&format!("SERIAL{i:04}"), &format!("UDID-{i}"))
+                    .await
+            }
+        }))
+        .await;
+        assert!(lookups
+            .iter()
+            .all(|l| l.as_ref().is_ok_and(|l| l.codes.len() == 1)));
+        let requests = s.graph_requests();
+        let mut sizes = Vec::new();
+        let mut size = 0;
+        for r in &requests {
+            if r.in_batch {
+                size += 1;
+            } else if size > 0 {
+                sizes.push(size);
+                size = 0;
+            }
+        }
+        if size > 0 {
+            sizes.push(size);
+        }
+        assert!(
+            sizes.iter().all(|n| *n <= largest),
+            "budget {budget}: {sizes:?}"
+        );
+        assert_eq!(
+            sizes.iter().max(),
+            Some(&largest),
+            "budget {budget}: {sizes:?}"
+        );
+    }
 }
