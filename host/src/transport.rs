@@ -67,6 +67,15 @@ impl Transport {
         }
     }
 
+    /// Who knows the phones' port paths without searching sysfs: the `usb` transport
+    /// opened them at one. usbmuxd does not say, so its phones are found by serial.
+    pub fn known_ports(&self) -> Option<std::sync::Arc<dyn crate::slots::KnownPorts>> {
+        match self {
+            Transport::Usbmuxd(_) => None,
+            Transport::Usb(u) => Some(std::sync::Arc::new(u.phones().clone())),
+        }
+    }
+
     /// The attached phones, the usbmuxd error kept typed so the line tells "the transport is
     /// gone" from other failures. USB phones never go away all at once that way.
     pub async fn probe(&self) -> Result<Vec<DeviceInfo>, UsbmuxError> {
