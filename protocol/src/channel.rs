@@ -458,7 +458,7 @@ mod tests {
         let mut phone = PlistChannel::new(b);
         host.set_timeout(Some(Duration::from_secs(10)));
         phone.set_timeout(Some(Duration::from_secs(10)));
-        let blob: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 >> 2) as u8).collect();
+        let blob: Vec<u8> = (0..1_000_000u32).map(|i| ((i * 7) >> 2) as u8).collect();
         let big = dict([("Value", plist::Value::Data(blob))]);
         let expected = big.clone();
         let phone_task = tokio::spawn(async move {
