@@ -1563,6 +1563,25 @@ mod tests {
     }
 
     #[test]
+    fn nand_info_bytes_resolve_pin_and_are_capped() {
+        let world = World::from_toml("seed = 1\n\n[[device]]\nnand_info_bytes = 70000\n", "t")
+            .expect("parses");
+        let phones = world.resolve().expect("resolves");
+        assert_eq!(phones[0].nand_info_bytes, 70000);
+        let reparsed =
+            World::from_toml(&world.pinned().expect("pin").to_toml(), "p").expect("reparse");
+        assert_eq!(reparsed.resolve().expect("resolves"), phones);
+        let too_big = format!(
+            "seed = 1\n\n[[device]]\nnand_info_bytes = {}\n",
+            MAX_NAND_INFO_BYTES + 1
+        );
+        let err = World::from_toml(&too_big, "t")
+            .and_then(|w| w.resolve())
+            .expect_err("over the cap");
+        assert!(err.to_string().contains("nand_info_bytes"), "{err}");
+    }
+
+    #[test]
     fn find_my_and_the_cloud_configuration_resolve_and_pin() {
         let text = "seed = 4\n[[device]]\nactivation_state = \"Activated\"\nfind_my = true\n[[device]]\nactivation_state = \"Activated\"\nsupervised = true\norganization = \"Acme\"\n[[device]]\nactivation_state = \"Activated\"\nconfiguration_url = \"https://mdm.acme.test/enroll\"\nmdm_unremovable = true\n[[device]]\n";
         let world = World::from_toml(text, "t").expect("parses");
