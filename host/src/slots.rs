@@ -48,10 +48,9 @@ pub trait KnownPorts: Send + Sync {
 }
 
 /// Port paths of attached phones, from the transport when it knows them, else read from
-/// sysfs. A scan lists a few dozen small files;
-/// its answer is kept per (UDID, LocationID), so the Listen replay and repeated events of
-/// the same attachment cost nothing, and a replug (a new LocationID) looks again, since the
-/// phone may now be in another port.
+/// sysfs. A scan lists a few dozen small files; an answer is kept per (UDID, LocationID), so
+/// the Listen replay and repeated events of the same attachment cost nothing, and a replug
+/// (a new LocationID) looks again, since the phone may now be in another port.
 pub struct PortPaths {
     root: PathBuf,
     known: Option<Arc<dyn KnownPorts>>,

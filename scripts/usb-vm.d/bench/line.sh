@@ -25,10 +25,13 @@ load_usb_modules "$N"
 echo 'serial_number,udid,bypass_code,code_kind,source,retrieved_at' >/tmp/codes.csv
 ready_field() { sed -n "s/^ *\"$1\": \"\\(.*\\)\",\$/\\1/p" "$2"; }
 
-# Starts the gadget bench with fresh state ($1: a name) and waits for the N phones on the bus.
+STATE=/tmp/sim-state
+# Starts the gadget bench ($1: a name for its log) with the phones' keys of the warm-up but
+# no pairings, and waits for the N phones on the bus.
 start_gadgets() {
     rm -f /tmp/ready.json
-    station-sim gadget --world /tmp/world.toml --state-dir "/tmp/sim-$1" --socket "/tmp/sim-$1.sock" \
+    rm -rf "$STATE/phones" "$STATE/lockdown"
+    station-sim gadget --world /tmp/world.toml --state-dir "$STATE" --socket "/tmp/sim-$1.sock" \
         --ready /tmp/ready.json >"$RESULTS/sim-$1.log" 2>&1 &
     SIM=$!
     wait_for 120 test -s /tmp/ready.json || { show 'sim| ' "$RESULTS/sim-$1.log"; fail "no ready file"; }
@@ -85,9 +88,14 @@ measure() {
     rc=0
     timed "/tmp/line-$name.txt" station "$@" run --once --trust-wait 20 >"$RESULTS/run-$name.ndjson" 2>"$RESULTS/run-$name.log" || rc=$?
     daemon_cpu="$(awk -v a="$daemon_before" -v b="$(daemon_ticks)" -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" 'BEGIN {printf "%.2f", (b - a) / hz}')"
-    [ "$rc" = 0 ] || { tail -20 "$RESULTS/run-$name.log"; fail "$name: run --once exited with $rc"; }
-    activated="$(grep -c '"event":"finished",.*"outcome":"activated"' "$RESULTS/run-$name.ndjson")"
-    [ "$activated" = "$N" ] || fail "$name: $activated of $N phones activated"
+    # 1: some phone needs attention. A phone the line could not finish is a figure too (how
+    # the transport holds up under load), so it is counted and shown, not fatal.
+    [ "$rc" = 0 ] || [ "$rc" = 1 ] || { tail -20 "$RESULTS/run-$name.log"; fail "$name: run --once exited with $rc"; }
+    activated="$(grep -c '"event":"finished",.*"outcome":"activated"' "$RESULTS/run-$name.ndjson" || true)"
+    [ "$activated" -gt 0 ] || fail "$name: no phone activated"
+    grep '"event":"finished"' "$RESULTS/run-$name.ndjson" | grep -v '"outcome":"activated"' \
+        | sed -n 's/.*"slot":"\([^"]*\)","outcome":"\([^"]*\)","message":"\([^"]*\)".*/not activated: \1 \2: \3/p' \
+        | tee -a "$RESULTS/figures.txt"
     read -r wall user sys <"/tmp/line-$name.txt"
     echo "line: wall $wall s, station CPU user $user s + sys $sys s; usbmuxd's CPU meanwhile $daemon_cpu s"
 
@@ -107,9 +115,25 @@ measure() {
     small="$(cut -d' ' -f1 "/tmp/small-$name.txt" | median)"
     bps="$(awk -v n="$NAND" -v l="$large" -v s="$small" 'BEGIN {d = l - s; if (d <= 0) print "n/a"; else printf "%.0f", n / d}')"
     echo "GetValue: large $large s, small $small s (medians of $REPS): $bps bytes/s"
-    echo "BENCH transport=$name phones=$N line_wall_s=$wall station_user_s=$user station_sys_s=$sys usbmuxd_cpu_s=$daemon_cpu large_getvalue_s=$large small_getvalue_s=$small large_bytes=$NAND bytes_per_s=$bps" \
+    echo "BENCH transport=$name phones=$N activated=$activated line_wall_s=$wall station_user_s=$user station_sys_s=$sys usbmuxd_cpu_s=$daemon_cpu large_getvalue_s=$large small_getvalue_s=$small large_bytes=$NAND bytes_per_s=$bps" \
         | tee -a "$RESULTS/figures.txt"
 }
+
+# Warm-up, not measured: a phone makes its RSA key on first use, which under TCG takes
+# seconds of the VM's CPU; made here for all phones (on the socket bench, same world and
+# state directory) so neither transport's figures carry it.
+step "warm-up: the phones' keys"
+station-sim serve --world /tmp/world.toml --state-dir "$STATE" --socket /tmp/warm.sock \
+    --ready /tmp/warm-ready.json >"$RESULTS/warm.log" 2>&1 &
+WARM=$!
+wait_for 120 test -s /tmp/warm-ready.json || { show 'warm| ' "$RESULTS/warm.log"; fail "no ready file from serve"; }
+for u in $(ready_field udid /tmp/warm-ready.json); do
+    timeout 600 station --usbmuxd UNIX:/tmp/warm.sock --data-dir /tmp/warm --timeout 300 \
+        info --udid "$u" --key DevicePublicKey >/dev/null 2>>"$RESULTS/warm.log" &
+done
+wait_for 600 sh -c "[ \$(ls $STATE/keys 2>/dev/null | wc -l) -ge $N ]" || fail "the warm-up made $(ls "$STATE/keys" | wc -l) keys of $N"
+kill "$WARM"
+wait_for 60 sh -c "! kill -0 $WARM" || fail "station-sim serve did not stop"
 
 start_gadgets usb
 config usb >/tmp/usb.toml
@@ -120,7 +144,8 @@ start_gadgets usbmuxd
 config usbmuxd >/tmp/usbmuxd.toml
 mkdir -p /var/lib/lockdown
 start_usbmuxd
-wait_for 120 sh -c "[ \$(idevice_id -l 2>/dev/null | wc -l) -ge $N ]" || fail "usbmuxd does not list the $N phones"
+wait_for 240 sh -c "[ \$(idevice_id -l 2>/dev/null | wc -l) -ge $N ]" \
+    || { grep ERROR "$RESULTS/usbmuxd.log" | tail -5; fail "usbmuxd lists $(idevice_id -l | wc -l) of the $N phones"; }
 measure usbmuxd --config /tmp/usbmuxd.toml --usbmuxd /var/run/usbmuxd --timeout 120
 stop_usbmuxd
 stop_gadgets
