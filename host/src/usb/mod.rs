@@ -170,6 +170,15 @@ impl UsbPhones {
             .collect()
     }
 
+    /// Whether this phone's mux link is down: detached already, or its link failed and the
+    /// detach is on its way (a transfer error and the unplug reach us in either order).
+    pub fn link_down(&self, device: &DeviceInfo) -> bool {
+        match self.lock().phones.get(&device.device_id) {
+            Some(phone) => phone.info.udid == device.udid && phone.mux.failure().is_some(),
+            None => true,
+        }
+    }
+
     /// The phones now and the events after them.
     pub fn subscribe(&self) -> (Vec<DeviceInfo>, broadcast::Receiver<Event>) {
         let rx = self.events.subscribe();
