@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use station_config::SlotKey;
@@ -39,12 +39,21 @@ pub struct Slot {
     pub by: SlotBy,
 }
 
-/// Port paths of attached phones, read from sysfs. A scan lists a few dozen small files;
-/// its answer is kept per (UDID, LocationID), so the Listen replay and repeated events of
-/// the same attachment cost nothing, and a replug (a new LocationID) looks again, since the
-/// phone may now be in another port.
+/// A transport that knows each phone's port path itself: the `usb` transport reads it from
+/// the bus (bus number and port chain of the device it opened), so no search by serial is
+/// needed and two phones with one serial cannot be confused.
+pub trait KnownPorts: Send + Sync {
+    /// The port path of an attached phone; `None` when the transport does not know it.
+    fn port_path(&self, device: &DeviceInfo) -> Option<String>;
+}
+
+/// Port paths of attached phones, from the transport when it knows them, else read from
+/// sysfs. A scan lists a few dozen small files; an answer is kept per (UDID, LocationID), so
+/// the Listen replay and repeated events of the same attachment cost nothing, and a replug
+/// (a new LocationID) looks again, since the phone may now be in another port.
 pub struct PortPaths {
     root: PathBuf,
+    known: Option<Arc<dyn KnownPorts>>,
     cache: Mutex<HashMap<(String, u32), Option<String>>>,
 }
 
@@ -52,8 +61,16 @@ impl PortPaths {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         PortPaths {
             root: root.into(),
+            known: None,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Asks `known` first. Its answer is kept like a scan's, so a phone that has just gone
+    /// (its `detached` and `interrupted` events) keeps the slot it had.
+    pub fn knowing(mut self, known: Arc<dyn KnownPorts>) -> Self {
+        self.known = Some(known);
+        self
     }
 
     /// `STATION_SYSFS_ROOT`, else `/sys/bus/usb/devices`.
@@ -67,10 +84,16 @@ impl PortPaths {
     pub fn port_path(&self, device: &DeviceInfo) -> Option<String> {
         let key = (normalise_udid(&device.udid), device.location_id);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(key)
-            .or_insert_with_key(|(udid, _)| scan(&self.root, udid))
-            .clone()
+        if let Some(found) = cache.get(&key) {
+            return found.clone();
+        }
+        let found = self
+            .known
+            .as_ref()
+            .and_then(|known| known.port_path(device))
+            .or_else(|| scan(&self.root, &key.0));
+        cache.insert(key, found.clone());
+        found
     }
 }
 

@@ -148,12 +148,14 @@ impl Station {
         Ok(Bench::new(transport, store, Some(identity)))
     }
 
-    /// The `[slots]` labels over this machine's USB ports.
-    pub fn slots(&self) -> Result<Slots, StationError> {
-        Ok(Slots::new(
-            self.config()?.slots.clone(),
-            PortPaths::from_env(),
-        ))
+    /// The `[slots]` labels over this machine's USB ports; the port paths come from
+    /// `transport` when it knows them (the `usb` transport), else from sysfs.
+    pub fn slots(&self, transport: &Transport) -> Result<Slots, StationError> {
+        let ports = match transport.known_ports() {
+            Some(known) => PortPaths::from_env().knowing(known),
+            None => PortPaths::from_env(),
+        };
+        Ok(Slots::new(self.config()?.slots.clone(), ports))
     }
 
     /// The configured `[[codes.sources]]` as one chain; `None` when there are none.

@@ -67,6 +67,25 @@ impl Transport {
         }
     }
 
+    /// Who knows the phones' port paths without searching sysfs: the `usb` transport
+    /// opened them at one. usbmuxd does not say, so its phones are found by serial.
+    pub fn known_ports(&self) -> Option<std::sync::Arc<dyn crate::slots::KnownPorts>> {
+        match self {
+            Transport::Usbmuxd(_) => None,
+            Transport::Usb(u) => Some(std::sync::Arc::new(u.phones().clone())),
+        }
+    }
+
+    /// Whether the phone's link is gone (USB: its mux link failed or it was detached), so a
+    /// failure on it is an unplug, not the phone's fault. usbmuxd reports an unplug as the
+    /// connection's end, which already reads as one.
+    pub fn link_down(&self, device: &DeviceInfo) -> bool {
+        match self {
+            Transport::Usbmuxd(_) => false,
+            Transport::Usb(u) => u.phones().link_down(device),
+        }
+    }
+
     /// The attached phones, the usbmuxd error kept typed so the line tells "the transport is
     /// gone" from other failures. USB phones never go away all at once that way.
     pub async fn probe(&self) -> Result<Vec<DeviceInfo>, UsbmuxError> {

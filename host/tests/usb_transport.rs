@@ -3,14 +3,17 @@
 //! behave like USB. Over it the station's own code lists the phone, reads lockdown values,
 //! pairs, opens a TLS session and activates — the same code as over usbmuxd.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use station::activation::{ActivationServer, Activator, Outcome, Quiet};
 use station::codes::NoSources;
 use station::http::RetryPolicy;
 use station::phone::{Bench as StationBench, PairStore};
+use station::slots::{PortPaths, SlotBy, Slots};
 use station::transport::Transport;
 use station::usb::{UsbPhones, UsbTransport};
+use station_config::SlotKey;
 use station_protocol::pairing::DirPairStore;
 use station_protocol::usb_mux::driver::memory::pipe;
 use station_protocol::usb_mux::driver::{DriverConfig, MuxDriver, MuxHandle};
@@ -18,6 +21,8 @@ use station_protocol::usb_mux::wire::USB_MRU;
 use station_sim::{Bench, BenchConfig, UsbDeviceEnd, World};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the rig's phone is on its (pretend) bus.
+const PORT_PATH: &str = "1-1.3";
 
 struct Rig {
     sim: Bench,
@@ -52,7 +57,15 @@ async fn rig(activation_state: &str) -> Rig {
     mux.ready(TIMEOUT).await.expect("mux bring-up");
     let phones = UsbPhones::default();
     let serial = udid.replace('-', "");
-    phones.attach(&udid, 0x12a8, 0x0001_0002, 480_000_000, mux);
+    // Bus 1, address 2, in port 3 of the root hub's port 1.
+    phones.attach(
+        &udid,
+        0x12a8,
+        0x0001_0002,
+        480_000_000,
+        Some(PORT_PATH),
+        mux,
+    );
     assert_eq!(serial.len(), 24, "a modern UDID");
     let station = StationBench::new(
         Transport::Usb(UsbTransport::with_phones(phones.clone(), TIMEOUT)),
@@ -139,6 +152,21 @@ async fn unplugging_the_phone_detaches_it() {
     let rig = rig("Activated").await;
     let (now, mut events) = rig.phones.subscribe();
     assert_eq!(now.len(), 1);
+    // The slot comes from the port the transport opened the phone at, not from sysfs (an
+    // empty directory here), and stays with the phone once it is gone.
+    let empty_sysfs = tempfile::tempdir().expect("tempdir");
+    let known = rig
+        .station
+        .transport
+        .known_ports()
+        .expect("the usb transport knows ports");
+    let slots = Slots::new(
+        BTreeMap::from([(SlotKey::PortPath(PORT_PATH.into()), "B3".to_string())]),
+        PortPaths::new(empty_sysfs.path()).knowing(known),
+    );
+    let slot = slots.slot(&now[0]);
+    assert_eq!((slot.label.as_str(), slot.by), ("B3", SlotBy::PortPath));
+    assert_eq!(slot.port_path.as_deref(), Some(PORT_PATH));
     rig.sim.unplug(&rig.udid).expect("unplug");
     assert_eq!(
         tokio::time::timeout(TIMEOUT, rig.serving)
@@ -162,4 +190,16 @@ async fn unplugging_the_phone_detaches_it() {
         .await
         .expect("list")
         .is_empty());
+    assert_eq!(
+        slots.slot(&now[0]).label,
+        "B3",
+        "the slot outlives the phone's detach"
+    );
+    // A transport that does not know the phone leaves it to sysfs, which has nothing.
+    let unknown = Slots::new(
+        BTreeMap::from([(SlotKey::PortPath(PORT_PATH.into()), "B3".to_string())]),
+        PortPaths::new(empty_sysfs.path())
+            .knowing(rig.station.transport.known_ports().expect("usb")),
+    );
+    assert_eq!(unknown.slot(&now[0]).port_path, None);
 }

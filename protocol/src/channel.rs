@@ -448,6 +448,31 @@ mod tests {
         phone_task.await.expect("phone");
     }
 
+    /// A message above rustls' 64 KiB plaintext buffer (a large `GetValue` answer) goes
+    /// through a session whole, both ways.
+    #[tokio::test]
+    async fn messages_larger_than_the_tls_buffer_cross_a_session() {
+        let (client_cfg, server_cfg) = configs(true);
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut host = PlistChannel::new(a);
+        let mut phone = PlistChannel::new(b);
+        host.set_timeout(Some(Duration::from_secs(10)));
+        phone.set_timeout(Some(Duration::from_secs(10)));
+        let blob: Vec<u8> = (0..1_000_000u32).map(|i| ((i * 7) >> 2) as u8).collect();
+        let big = dict([("Value", plist::Value::Data(blob))]);
+        let expected = big.clone();
+        let phone_task = tokio::spawn(async move {
+            phone.start_tls_server(server_cfg).await.expect("server");
+            let got = phone.recv().await.expect("large from the host");
+            phone.send(&got).await.expect("large back");
+            got
+        });
+        host.start_tls_client(client_cfg).await.expect("client");
+        host.send(&big).await.expect("large send");
+        assert_eq!(host.recv().await.expect("large recv"), expected);
+        assert_eq!(phone_task.await.expect("phone"), expected);
+    }
+
     #[tokio::test]
     async fn phone_refuses_a_host_certificate_it_never_paired() {
         let (client_cfg, server_cfg) = configs(false);

@@ -115,15 +115,30 @@ impl RustlsEngine {
         let name = ServerName::try_from(SERVER_NAME)
             .map_err(|e| ChannelError::Tls(e.to_string()))?
             .to_owned();
-        let conn = rustls::ClientConnection::new(config, name).map_err(classify_rustls)?;
-        Ok(RustlsEngine { conn: conn.into() })
+        let mut conn: rustls::Connection = rustls::ClientConnection::new(config, name)
+            .map_err(classify_rustls)?
+            .into();
+        unlimited_plaintext(&mut conn);
+        Ok(RustlsEngine { conn })
     }
 
     /// A server (phone side) engine.
     pub fn server(config: Arc<rustls::ServerConfig>) -> Result<Self, ChannelError> {
-        let conn = rustls::ServerConnection::new(config).map_err(classify_rustls)?;
-        Ok(RustlsEngine { conn: conn.into() })
+        let mut conn: rustls::Connection = rustls::ServerConnection::new(config)
+            .map_err(classify_rustls)?
+            .into();
+        unlimited_plaintext(&mut conn);
+        Ok(RustlsEngine { conn })
     }
+}
+
+/// rustls holds at most 64 KiB of plaintext not yet turned into records, and its writer
+/// then takes nothing more, which `write_plaintext`'s `write_all` reports as a failed
+/// write: a message above 64 KiB (a large `GetValue` answer) could never be sent. One
+/// message is whole before it is flushed, and its size is capped by the framing
+/// (`frame::MAX_FRAME_LEN`), so the buffer is bounded without rustls' own limit.
+fn unlimited_plaintext(conn: &mut rustls::Connection) {
+    conn.set_buffer_limit(None);
 }
 
 impl TlsEngine for RustlsEngine {

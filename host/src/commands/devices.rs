@@ -177,7 +177,7 @@ async fn identify_into(
 
 pub async fn list(station: &Station) -> Result<Output, StationError> {
     let bench = station.bench()?;
-    let slots = station.slots()?;
+    let slots = station.slots(&bench.transport)?;
     let devices = bench.transport.list_devices().await?;
     let rows =
         futures_util::future::join_all(devices.iter().map(|d| identify(&bench, &slots, d))).await;

@@ -33,7 +33,7 @@ pub async fn summary(
     trust_wait: Duration,
 ) -> Result<Output, StationError> {
     let bench = station.bench()?;
-    let slots = station.slots()?;
+    let slots = station.slots(&bench.transport)?;
     let device = bench.transport.find(udid).await?;
     if bench.pair_record(&device.udid).await?.is_none() {
         bench.pair(&device, trust_wait).await?;

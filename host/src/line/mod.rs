@@ -488,6 +488,12 @@ impl Line {
                 interrupted_report(&device, why.unwrap_or(Cut::Aborted), step, started.elapsed())
             }
         };
+        // Over USB a transfer can fail (EPROTO, EPIPE) before the unplug is seen: a device
+        // error on a phone whose link is down is the unplug.
+        if report.outcome == Outcome::DeviceError && self.bench.transport.link_down(&device) {
+            let step = observer.last_step().unwrap_or(Step::Pair);
+            report = interrupted_report(&device, Cut::Unplugged, step, started.elapsed());
+        }
         if report.outcome == Outcome::Interrupted {
             report.retryable = false;
         }

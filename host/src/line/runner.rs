@@ -103,7 +103,7 @@ pub async fn run(
     let station_id = config.station.id.clone();
     // What can fail at start fails before a ledger is opened (or created for nothing).
     let server = Arc::new(station.activation_server()?);
-    let slots = Arc::new(station.slots()?);
+    let slots = Arc::new(station.slots(&bench.transport)?);
     if args.once {
         // `--once` handles the phones attached now, so it needs usbmuxd now.
         if let Err(e) = bench.transport.list_devices().await {

@@ -51,6 +51,8 @@ const EVENT_BACKLOG: usize = 256;
 
 struct Attached {
     info: DeviceInfo,
+    /// Where on the bus (`1-1.4.2`), when the phone came from a bus.
+    port_path: Option<String>,
     mux: MuxHandle,
 }
 
@@ -94,14 +96,16 @@ impl UsbPhones {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A phone whose mux is up. It stays listed until its mux goes down (unplug, USB
-    /// error), which detaches it.
+    /// A phone whose mux is up, at `port_path` on the bus (`1-1.4.2`; `None` for phones not
+    /// on a bus). It stays listed until its mux goes down (unplug, USB error), which
+    /// detaches it.
     pub fn attach(
         &self,
         udid: &str,
         product_id: u32,
         location_id: u32,
         speed: u64,
+        port_path: Option<&str>,
         mux: MuxHandle,
     ) -> DeviceInfo {
         let info = {
@@ -120,6 +124,7 @@ impl UsbPhones {
                 device_id,
                 Attached {
                     info: info.clone(),
+                    port_path: port_path.map(str::to_string),
                     mux: mux.clone(),
                 },
             );
@@ -165,6 +170,15 @@ impl UsbPhones {
             .collect()
     }
 
+    /// Whether this phone's mux link is down: detached already, or its link failed and the
+    /// detach is on its way (a transfer error and the unplug reach us in either order).
+    pub fn link_down(&self, device: &DeviceInfo) -> bool {
+        match self.lock().phones.get(&device.device_id) {
+            Some(phone) => phone.info.udid == device.udid && phone.mux.failure().is_some(),
+            None => true,
+        }
+    }
+
     /// The phones now and the events after them.
     pub fn subscribe(&self) -> (Vec<DeviceInfo>, broadcast::Receiver<Event>) {
         let rx = self.events.subscribe();
@@ -185,6 +199,17 @@ impl UsbPhones {
             .map(|p| p.mux.clone())
             .ok_or(DriverError::Shutdown)?;
         Ok(UsbmuxStream::Usb(mux.connect(port, timeout).await?))
+    }
+}
+
+impl crate::slots::KnownPorts for UsbPhones {
+    /// The port path the phone was opened at, if it is attached now as this `DeviceInfo`.
+    fn port_path(&self, device: &DeviceInfo) -> Option<String> {
+        let registry = self.lock();
+        let phone = registry.phones.get(&device.device_id)?;
+        (phone.info.udid == device.udid && phone.info.location_id == device.location_id)
+            .then(|| phone.port_path.clone())
+            .flatten()
     }
 }
 

@@ -10,13 +10,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use nusb::descriptors::TransferType;
 use nusb::hotplug::HotplugEvent;
-use nusb::transfer::{Buffer, Bulk, In, Out};
+use nusb::transfer::{Buffer, Bulk, ControlIn, ControlType, In, Out, Recipient};
 use nusb::{DeviceInfo, Endpoint, ErrorKind, Speed};
 use station_protocol::usb_mux::driver::{BulkIn, BulkOut, DriverConfig, MuxDriver};
 
 use super::select::{
-    choose_mux, is_phone, location_id, port_path, udid_from_serial, ConfigDesc, Direction,
-    EndpointDesc, InterfaceDesc, TransferKind,
+    choose_mux, describe_mode, is_phone, location_id, port_path, udid_from_serial, ConfigDesc,
+    Direction, EndpointDesc, InterfaceDesc, TransferKind, GET_MODE_LENGTH, GET_MODE_REQUEST,
 };
 use super::{UsbError, UsbPhones};
 
@@ -86,6 +86,7 @@ async fn open(
     })?;
     let udid = udid_from_serial(serial);
     let device = info.open().await.map_err(fail)?;
+    ask_mode(&device, location).await;
     let configs: Vec<ConfigDesc> = device.configurations().map(|c| config_desc(&c)).collect();
     let choice = choose_mux(&configs).ok_or_else(|| UsbError::NoMuxInterface {
         location: location.to_string(),
@@ -141,6 +142,7 @@ async fn open(
         u32::from(info.product_id()),
         location_id(info.busnum(), info.device_address()),
         speed,
+        Some(location),
         mux,
     );
     tracing::info!(udid = %attached.udid, %location, device_id = attached.device_id, "USB phone attached");
@@ -148,6 +150,27 @@ async fn open(
     drop(interface);
     drop(device);
     Ok(())
+}
+
+/// §2.2: current usbmuxd asks a phone its mode before choosing a configuration; so do we,
+/// for the log (a bench phone stays in the initial mode: the station never switches). An
+/// old phone may stall the request: that is fine.
+async fn ask_mode(device: &nusb::Device, location: &str) {
+    let query = ControlIn {
+        control_type: ControlType::Vendor,
+        recipient: Recipient::Device,
+        request: GET_MODE_REQUEST,
+        value: 0,
+        index: 0,
+        length: GET_MODE_LENGTH,
+    };
+    // usbmuxd's own limit for this request.
+    match device.control_in(query, Duration::from_secs(1)).await {
+        Ok(answer) => {
+            tracing::info!(%location, mode = %describe_mode(&answer), "USB mode query answered")
+        }
+        Err(e) => tracing::debug!(%location, error = %e, "USB mode query not answered"),
+    }
 }
 
 fn config_desc(config: &nusb::descriptors::ConfigurationDescriptor<'_>) -> ConfigDesc {

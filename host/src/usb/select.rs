@@ -9,6 +9,24 @@ pub const PHONE_PRODUCT_IDS: std::ops::RangeInclusive<u16> = 0x1290..=0x12AF;
 /// The mux interface: vendor class 255, subclass 254, protocol 2 (§2.3).
 pub const MUX_CLASS: (u8, u8, u8) = (0xFF, 0xFE, 0x02);
 
+/// §2.2: the vendor request that asks a phone its USB mode (`bmRequestType` 0xC0,
+/// `wValue` 0, `wIndex` 0, 4 bytes back).
+pub const GET_MODE_REQUEST: u8 = 0x45;
+/// The answer's length.
+pub const GET_MODE_LENGTH: u16 = 4;
+
+/// What a phone's answer to [`GET_MODE_REQUEST`] says, for the log: `3:3:3:0` is the initial
+/// mode 1 (the bench's, §2.2), `5:3:3:0` another one; anything else is shown as it came.
+pub fn describe_mode(answer: &[u8]) -> String {
+    let bytes: Vec<String> = answer.iter().map(u8::to_string).collect();
+    let shown = bytes.join(":");
+    match answer {
+        [3, 3, 3, 0] => format!("{shown} (initial mode)"),
+        [5, 3, 3, 0] => format!("{shown} (not the initial mode)"),
+        _ => format!("{shown} (unknown)"),
+    }
+}
+
 /// Whether vendor and product id are a phone in normal (mux) mode; recovery and DFU ids
 /// speak iBoot's protocol and are left alone.
 pub fn is_phone(vendor_id: u16, product_id: u16) -> bool {
@@ -134,6 +152,17 @@ pub fn port_path(bus: u8, ports: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mode_answers_are_described() {
+        assert_eq!(describe_mode(&[3, 3, 3, 0]), "3:3:3:0 (initial mode)");
+        assert_eq!(
+            describe_mode(&[5, 3, 3, 0]),
+            "5:3:3:0 (not the initial mode)"
+        );
+        assert_eq!(describe_mode(&[3, 3]), "3:3 (unknown)");
+        assert_eq!(describe_mode(&[]), " (unknown)");
+    }
 
     fn ep(address: u8, kind: TransferKind, mps: usize) -> EndpointDesc {
         EndpointDesc {

@@ -217,6 +217,11 @@ pub fn public_global_domain(phone: &Phone) -> Dictionary {
 }
 
 /// A non-global domain as seen in a session; `None` if the phone has no such domain.
+/// `nand_info_bytes` of a fixed pattern that does not compress to nothing.
+fn nand_info(len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(31) >> 3) as u8).collect()
+}
+
 pub fn domain(phone: &Phone, name: &str) -> Option<Dictionary> {
     let p = phone.profile();
     let activated = phone.activation_state() != ActivationState::Unactivated;
@@ -255,7 +260,7 @@ pub fn domain(phone: &Phone, name: &str) -> Option<Dictionary> {
             d.insert("TotalDataAvailable".into(), uint(data - used));
             d.insert("AmountDataAvailable".into(), uint(data - used));
             d.insert("AmountDataReserved".into(), uint(200_000_000));
-            d.insert("NANDInfo".into(), Value::Data(Vec::new()));
+            d.insert("NANDInfo".into(), Value::Data(nand_info(p.nand_info_bytes)));
             // Literally what phones report here.
             d.insert("CalculateDiskUsage".into(), string("OkilyDokily"));
         }

@@ -161,6 +161,10 @@ pub struct World {
     pub devices: Vec<DeviceSpec>,
 }
 
+/// Largest `nand_info_bytes`: the lockdown answer carries it base64-encoded in an XML plist,
+/// which must stay under the 4 MiB frame limit (`station_protocol::frame::MAX_FRAME_LEN`).
+pub const MAX_NAND_INFO_BYTES: u32 = 2 * 1024 * 1024;
+
 /// Longest mobileactivationd delay a world may ask for.
 const MAX_COMMAND_DELAY_MS: u64 = 600_000;
 
@@ -319,6 +323,11 @@ pub struct DeviceSpec {
     pub storage_gb: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub battery_percent: Option<u8>,
+    /// Bytes of `NANDInfo` in `com.apple.disk_usage`: one large `GetValue` answer, for
+    /// measuring a transport's throughput (`scripts/usb-vm-bench`) [default 0, at most
+    /// [`MAX_NAND_INFO_BYTES`]].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nand_info_bytes: Option<u32>,
     // --- USB ---
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location_id: Option<u32>,
@@ -443,6 +452,7 @@ pub struct DeviceProfile {
     pub mlb_serial: String,
     pub storage_gb: u32,
     pub battery_percent: u8,
+    pub nand_info_bytes: u32,
     pub location_id: u32,
     pub product_id: u32,
     pub activation_state: ActivationState,
@@ -689,6 +699,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         unique_chip_id: Some(p.unique_chip_id),
         storage_gb: Some(p.storage_gb),
         battery_percent: Some(p.battery_percent),
+        nand_info_bytes: (p.nand_info_bytes != 0).then_some(p.nand_info_bytes),
         location_id: Some(p.location_id),
         product_id: Some(p.product_id),
         activation_state: Some(p.activation_state),
@@ -907,6 +918,13 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
             format!("{battery_percent} is above 100"),
         ));
     }
+    let nand_info_bytes = spec.nand_info_bytes.unwrap_or(0);
+    if nand_info_bytes > MAX_NAND_INFO_BYTES {
+        return Err(invalid(
+            "nand_info_bytes",
+            format!("{nand_info_bytes} is above {MAX_NAND_INFO_BYTES}"),
+        ));
+    }
 
     let activation_state = spec
         .activation_state
@@ -1033,6 +1051,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         mlb_serial,
         storage_gb,
         battery_percent,
+        nand_info_bytes,
         location_id,
         product_id,
         activation_state,
@@ -1541,6 +1560,25 @@ mod tests {
             reparsed.resolve().expect("resolve"),
             world.resolve().expect("resolve")
         );
+    }
+
+    #[test]
+    fn nand_info_bytes_resolve_pin_and_are_capped() {
+        let world = World::from_toml("seed = 1\n\n[[device]]\nnand_info_bytes = 70000\n", "t")
+            .expect("parses");
+        let phones = world.resolve().expect("resolves");
+        assert_eq!(phones[0].nand_info_bytes, 70000);
+        let reparsed =
+            World::from_toml(&world.pinned().expect("pin").to_toml(), "p").expect("reparse");
+        assert_eq!(reparsed.resolve().expect("resolves"), phones);
+        let too_big = format!(
+            "seed = 1\n\n[[device]]\nnand_info_bytes = {}\n",
+            MAX_NAND_INFO_BYTES + 1
+        );
+        let err = World::from_toml(&too_big, "t")
+            .and_then(|w| w.resolve())
+            .expect_err("over the cap");
+        assert!(err.to_string().contains("nand_info_bytes"), "{err}");
     }
 
     #[test]
