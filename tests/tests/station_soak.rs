@@ -20,7 +20,7 @@
 //! open descriptors, sampled every few seconds, flat after warm-up (the series is printed);
 //! the time per phone does not grow with the count (medians per fifth of the arrivals).
 //!
-//! The suite runs a smoke version (`soak_smoke`: 30 phones, under a minute). `scripts/soak
+//! The suite runs a smoke version (`soak_with_faults` with its defaults: 30 phones, under a minute). `scripts/soak
 //! --phones 1000 --minutes 15` runs the long one by hand (`STATION_SOAK_*`, docs/testing.md).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -523,7 +523,7 @@ async fn soak(knobs: Knobs) {
 
 /// The suite's smoke version: 30 phones in about 40 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_smoke() {
+async fn soak_with_faults() {
     soak(Knobs {
         phones: knob("STATION_SOAK_PHONES", 30),
         minutes: knob("STATION_SOAK_MINUTES", 0.4),
