@@ -4,6 +4,8 @@
 
 pub mod board;
 pub mod events;
+#[cfg(test)]
+mod ledger_pause_tests;
 pub mod metrics;
 pub mod publish;
 pub mod render;
