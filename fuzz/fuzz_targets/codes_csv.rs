@@ -1,5 +1,6 @@
 #![no_main]
-//! The codes CSV (`[[codes.sources]] type = "csv"`) as the station reads it: what parses
+//! The codes file (`[[codes.sources]] type = "csv"`: the station's CSV, a Kandji device-secrets
+//! export, an IntuneCD backup) as the station reads it: what parses
 //! answers lookups, and every code it holds reveals and parses to itself.
 use libfuzzer_sys::fuzz_target;
 use station::codes::csv_file::CsvCodes;

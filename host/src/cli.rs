@@ -165,8 +165,24 @@ pub enum Command {
         #[arg(short, long)]
         udid: String,
     },
-    /// What the station processed, from its ledger: a table, CSV or JSON.
+    /// What the station processed, from its ledger: a table, CSV or JSON. With --fleet,
+    /// what every station of the floor shipped to the fleet database.
     Report(crate::commands::report::ReportArgs),
+    /// The fleet database that the stations of a floor share ([fleet], docs/fleet.md).
+    Fleet {
+        #[command(subcommand)]
+        action: FleetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Each station as its heartbeats tell it: last seen, attempts waiting in its outbox,
+    /// attempts shipped, its last error.
+    Status,
+    /// Create or update the fleet database's schema (what `station run` also does), e.g.
+    /// as the database's owner before the stations run with a role that may not.
+    Migrate,
 }
 
 /// What `station run` takes.

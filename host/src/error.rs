@@ -92,12 +92,14 @@ pub enum ErrorCode {
     Output,
     Demo,
     HttpView,
+    FleetConfig,
+    FleetDatabase,
 }
 
 impl ErrorCode {
     /// The catalogue, in the order `docs/errors.md` lists it.
     #[cfg_attr(not(test), allow(dead_code))] // read by the docs test
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 47] = [
         ErrorCode::DeviceNotFound,
         ErrorCode::TrustPending,
         ErrorCode::TrustDenied,
@@ -143,6 +145,8 @@ impl ErrorCode {
         ErrorCode::Output,
         ErrorCode::Demo,
         ErrorCode::HttpView,
+        ErrorCode::FleetConfig,
+        ErrorCode::FleetDatabase,
     ];
 
     /// The stable identifier, e.g. `trust-pending`.
@@ -193,6 +197,8 @@ impl ErrorCode {
             ErrorCode::Output => "output",
             ErrorCode::Demo => "demo",
             ErrorCode::HttpView => "http-view",
+            ErrorCode::FleetConfig => "fleet-config",
+            ErrorCode::FleetDatabase => "fleet-database",
         }
     }
 
@@ -223,7 +229,8 @@ impl ErrorCode {
             | ErrorCode::ConfigRefused
             | ErrorCode::EnvFile
             | ErrorCode::ReportRange
-            | ErrorCode::HttpView => exit::USAGE,
+            | ErrorCode::HttpView
+            | ErrorCode::FleetConfig => exit::USAGE,
             ErrorCode::UsbmuxdError
             | ErrorCode::PairingError
             | ErrorCode::TlsError
@@ -243,7 +250,8 @@ impl ErrorCode {
             | ErrorCode::WatchFailed
             | ErrorCode::RunGone
             | ErrorCode::Output
-            | ErrorCode::Demo => exit::FAILURE,
+            | ErrorCode::Demo
+            | ErrorCode::FleetDatabase => exit::FAILURE,
         }
     }
 
@@ -262,6 +270,9 @@ impl fmt::Display for ErrorCode {
         f.write_str(self.as_str())
     }
 }
+
+/// The next step for every `fleet-config` failure.
+const FLEET_CONFIG_HELP: &str = "give [fleet] database_url as { env = \"NAME\" } or { file = \"PATH\" } holding a postgresql:// URL (docs/fleet.md); `station config check` tests it";
 
 /// What a phone took too long to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +422,16 @@ pub enum StationError {
     HttpView {
         reason: String,
     },
+    /// A fleet command without `[fleet]`.
+    FleetNotConfigured,
+    /// The fleet database's URL, or the database itself.
+    Fleet(crate::fleet::FleetError),
+}
+
+impl From<crate::fleet::FleetError> for StationError {
+    fn from(e: crate::fleet::FleetError) -> Self {
+        StationError::Fleet(e)
+    }
 }
 
 impl StationError {
@@ -513,6 +534,9 @@ impl StationError {
             StationError::Output(_) => ErrorCode::Output,
             StationError::Demo { .. } => ErrorCode::Demo,
             StationError::HttpView { .. } => ErrorCode::HttpView,
+            StationError::FleetNotConfigured => ErrorCode::FleetConfig,
+            StationError::Fleet(e) if e.is_configuration() => ErrorCode::FleetConfig,
+            StationError::Fleet(_) => ErrorCode::FleetDatabase,
         }
     }
 
@@ -597,7 +621,7 @@ impl StationError {
                 "fix the sources named above; `station config check` validates the file".into()
             }
             StationError::CodesInvalid(_) => {
-                "fix the rows named above; the header must be serial_number,udid,bypass_code,code_kind,source,retrieved_at".into()
+                "fix the rows named above; the file is the station's CSV (header serial_number,udid,bypass_code,code_kind,source,retrieved_at), a Kandji device-secrets export or an IntuneCD activation-lock backup (docs/code-sources.md)".into()
             }
             StationError::ConfigInvalid(e) => e.help().into(),
             StationError::ConfigRefused { .. } => {
@@ -620,6 +644,11 @@ impl StationError {
             }
             StationError::HttpView { .. } => {
                 "give --http (or [ui] http) a free address of this machine, like 127.0.0.1:8080; another host's only with [ui] allow_remote = true".into()
+            }
+            StationError::FleetNotConfigured => FLEET_CONFIG_HELP.into(),
+            StationError::Fleet(e) if e.is_configuration() => FLEET_CONFIG_HELP.into(),
+            StationError::Fleet(_) => {
+                "check that the fleet database is up and the station's role may use it (docs/fleet.md); the stations keep working and ship later".into()
             }
             StationError::Device { .. }
             | StationError::Usbmuxd(_)
@@ -773,6 +802,11 @@ impl StationError {
                 reason: text(),
             },
             ErrorCode::HttpView => StationError::HttpView { reason: text() },
+            ErrorCode::FleetConfig => StationError::FleetNotConfigured,
+            ErrorCode::FleetDatabase => StationError::Fleet(crate::fleet::FleetError::Connect {
+                target: "postgresql://station:***@db/fleet".into(),
+                reason: text(),
+            }),
         }
     }
 
@@ -920,6 +954,10 @@ impl fmt::Display for StationError {
             StationError::Output(e) => write!(f, "cannot write output: {e}"),
             StationError::Demo { what, reason } => write!(f, "{what}: {reason}"),
             StationError::HttpView { reason } => write!(f, "live view: {reason}"),
+            StationError::FleetNotConfigured => {
+                write!(f, "no fleet database: the configuration has no [fleet] section")
+            }
+            StationError::Fleet(e) => write!(f, "{e}"),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod codes;
 pub mod commands;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod ledger;

@@ -62,6 +62,10 @@ pub fn check(config: &StationConfig, data_dir: &Path, env: &Environment) -> Pref
     if let Some(problem) = data_dir_problem(data_dir) {
         problems.push(problem);
     }
+    // The fleet database may be down (the shipper waits for it); its URL must be there.
+    if let Err(e) = crate::fleet::Settings::from_config(config, env) {
+        problems.push(e.to_string());
+    }
     let mut warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     warnings.extend(sources.iter().filter_map(|s| s.warning.clone()));
     Preflight {

@@ -1446,3 +1446,59 @@ fn default_world_has_every_mdm_case() {
         Some("3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4")
     );
 }
+
+/// The Kandji stand-in pages as Kandji does (docs/mdm.md §3.1): 300 devices an answer at
+/// most (a larger `limit` is cut, none means 300), `offset` skips, past the end an empty
+/// array, and `ordering` sorts (a leading `-` descending, unknown fields ignored).
+#[tokio::test]
+async fn kandji_pages_and_orders_like_kandji() {
+    let token = "kandji-paging-token-0123456789";
+    let spec = station_sim::KandjiSpec {
+        token: Some(token.into()),
+        ..station_sim::KandjiSpec::default()
+    };
+    // Held in descending serial order, so the held order and `ordering` differ.
+    let devices: Vec<station_sim::KandjiDevice> = (0..650)
+        .rev()
+        .map(|i| station_sim::KandjiDevice::new(&format!("dev-{i:04}"), &format!("F2L{i:09}")))
+        .collect();
+    let server = station_sim::KandjiServer::start(&spec, 7, devices)
+        .await
+        .expect("the stand-in starts");
+    let get = |query: String| {
+        let url = format!("{}/api/v1/devices{query}", server.url());
+        async move { send(client().get(url).bearer_auth(token)).await }
+    };
+    let serials = |reply: &Reply| -> Vec<String> {
+        reply
+            .json
+            .as_array()
+            .expect("a JSON list")
+            .iter()
+            .map(|d| d["serial_number"].as_str().expect("serial").to_string())
+            .collect()
+    };
+    let r = get(String::new()).await;
+    assert_eq!(r.status, 200);
+    let first = serials(&r);
+    assert_eq!(first.len(), 300, "no limit: Kandji's 300");
+    assert_eq!(first[0], "F2L000000649", "no ordering: the held order");
+    assert_eq!(serials(&get("?limit=1000".into()).await).len(), 300);
+    let page = |offset: usize| format!("?ordering=serial_number&limit=300&offset={offset}");
+    let mut all = Vec::new();
+    for offset in [0, 300, 600] {
+        all.extend(serials(&get(page(offset)).await));
+    }
+    assert_eq!(all.len(), 650);
+    let expected: Vec<String> = (0..650).map(|i| format!("F2L{i:09}")).collect();
+    assert_eq!(all, expected);
+    assert_eq!(get(page(900)).await.json, json!([]));
+    let r = get("?ordering=-serial_number,no_such_field&limit=2".into()).await;
+    assert_eq!(serials(&r), ["F2L000000649", "F2L000000648"]);
+    let r = get("?serial_number=F2L00000006&ordering=serial_number".into()).await;
+    assert_eq!(
+        serials(&r),
+        (60..70).map(|i| format!("F2L{i:09}")).collect::<Vec<_>>()
+    );
+    server.shutdown().await;
+}

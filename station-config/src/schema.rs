@@ -30,6 +30,9 @@ pub struct StationConfig {
     pub slots: BTreeMap<SlotKey, String>,
     #[serde(default)]
     pub codes: Codes,
+    /// The shared PostgreSQL ledger of a floor of stations (docs/fleet.md); none by default.
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
     /// Valid but unwise keys found by [`StationConfig::parse`]; `station config check` and
     /// `station run` print them.
     #[serde(skip)]
@@ -37,7 +40,7 @@ pub struct StationConfig {
 }
 
 /// The keys whose values are [`Secret`]s (an inline string there is refused).
-pub(crate) const SECRET_KEYS: &[&str] = &["client_secret", "token"];
+pub(crate) const SECRET_KEYS: &[&str] = &["client_secret", "token", "database_url"];
 
 /// A key of the slot map.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,6 +134,15 @@ impl StationConfig {
                         .or_insert_with(|| format!("{key} of code source `{}`", source.name()));
                 }
             }
+        }
+        if let Some(Fleet {
+            database_url: Secret::Env(name),
+            ..
+        }) = &self.fleet
+        {
+            owners
+                .entry(name.clone())
+                .or_insert_with(|| "database_url of [fleet]".to_string());
         }
         owners
     }
@@ -246,6 +258,16 @@ impl StationConfig {
                 }
             }
         }
+        if let Some(fleet) = &self.fleet {
+            if let Some(id) = &fleet.station_id {
+                if id.trim().is_empty() || id.len() > 64 {
+                    return Err((
+                        "fleet.station_id".into(),
+                        "fleet.station_id must be 1 to 64 characters".into(),
+                    ));
+                }
+            }
+        }
         if let Some(http) = &self.ui.http {
             match check_http_listen("ui.http", http, self.ui.allow_remote) {
                 Ok((_, Some(warning))) => warnings.push(("ui.http".into(), warning)),
@@ -297,6 +319,9 @@ fn rate_range<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(value)
 }
 
+/// `[station] id` when the file names none.
+pub const DEFAULT_STATION_ID: &str = "station-1";
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Station {
@@ -317,7 +342,7 @@ pub struct Station {
 impl Default for Station {
     fn default() -> Self {
         Station {
-            id: "station-1".to_string(),
+            id: DEFAULT_STATION_ID.to_string(),
             data_dir: default_data_dir(),
             concurrency: 10,
             timeout_secs: 10,
@@ -516,6 +541,19 @@ pub fn check_http_listen(
     Err(format!(
         "{key} = {addr} would serve the live view beyond this machine, without a log-in; use a loopback address (127.0.0.1:8080), or set allow_remote = true in [ui] if that network is trusted"
     ))
+}
+
+/// `[fleet]`: ship every finished attempt to a shared PostgreSQL database (docs/fleet.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// `postgresql://user:password@host:port/database?sslmode=verify-full`: a secret (it
+    /// carries the password), so a reference, never inline.
+    pub database_url: Secret,
+    /// Names this station in the fleet database; default `[station] id`, or the host name
+    /// while that is still the default `station-1` (two stations must never share one).
+    #[serde(default)]
+    pub station_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

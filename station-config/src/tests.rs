@@ -371,3 +371,38 @@ fn transport_is_usbmuxd_or_usb() {
     assert_eq!("usb".parse::<TransportKind>(), Ok(TransportKind::Usb));
     assert!("USB3".parse::<TransportKind>().is_err());
 }
+
+#[test]
+fn fleet_database_url_is_a_secret_by_reference() {
+    let config = parse("[fleet]\ndatabase_url = { env = \"STATION_FLEET_URL\" }\n").expect("env");
+    let fleet = config.fleet.expect("[fleet]");
+    assert_eq!(fleet.database_url, Secret::Env("STATION_FLEET_URL".into()));
+    assert_eq!(fleet.station_id, None);
+    let config = parse(
+        "[fleet]\ndatabase_url = { file = \"/etc/station/fleet.url\" }\nstation_id = \"bench-7\"\n",
+    )
+    .expect("file");
+    assert_eq!(
+        config.fleet.expect("[fleet]").station_id.as_deref(),
+        Some("bench-7")
+    );
+    let inline = error("[fleet]\ndatabase_url = \"postgresql://station:hunter2@db/fleet\"\n");
+    assert!(inline.contains("never written inline"), "{inline}");
+    assert!(
+        !inline.contains("hunter2"),
+        "the secret is not repeated: {inline}"
+    );
+    assert!(
+        error("[fleet]\ndatabase_url = { env = \"U\" }\nstation_id = \"\"\n")
+            .contains("fleet.station_id")
+    );
+    assert!(error("[fleet]\nstation_id = \"x\"\n").contains("database_url"));
+    assert!(parse("").expect("empty").fleet.is_none());
+    let owners = parse("[fleet]\ndatabase_url = { env = \"STATION_FLEET_URL\" }\n")
+        .expect("env")
+        .secret_env_names();
+    assert_eq!(
+        owners.get("STATION_FLEET_URL").map(String::as_str),
+        Some("database_url of [fleet]")
+    );
+}

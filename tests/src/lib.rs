@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub mod fixtures;
 pub mod hostile;
 pub mod inproc;
+pub mod pg;
 pub mod sha1_records;
 pub mod web;
 

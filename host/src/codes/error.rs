@@ -73,7 +73,9 @@ impl LookupError {
                 KandjiError::Forbidden { .. } => FailureKind::Forbidden,
                 KandjiError::Throttled => FailureKind::Throttled { retry_after: None },
                 KandjiError::Service { status, .. } => FailureKind::HttpStatus(*status),
-                KandjiError::BadAnswer { .. } => FailureKind::BadAnswer,
+                KandjiError::BadAnswer { .. } | KandjiError::TooManyMatches { .. } => {
+                    FailureKind::BadAnswer
+                }
                 KandjiError::Http(e) => http_kind(e),
             },
             LookupError::Hook(e) => match e {

@@ -16,10 +16,11 @@ use super::{CodeKind, CodeLookup, Lookup, LookupError, SourcedCode, MDM_REQUEST_
 use crate::http::{HttpClient, HttpError, HttpResponse, RetryPolicy};
 use crate::redact::scrubbed;
 
-/// Kandji's page size limit for the device list.
+/// The device list's page size: Kandji's hard upper `limit` (docs/mdm.md §3.1).
 const PAGE_SIZE: usize = 300;
-/// Pages followed at most: partial matches of a short serial could list a large fleet.
-const MAX_PAGES: usize = 20;
+/// Pages followed at most by default: the serial filter matches partially, so a short or
+/// odd serial could list a large fleet; 20 pages are 6 000 devices.
+pub const DEFAULT_MAX_PAGES: usize = 20;
 /// Kandji allows about 10 000 requests an hour per tenant; a bench needs far fewer.
 const REQUESTS_PER_SECOND: f64 = 5.0;
 
@@ -31,6 +32,8 @@ pub struct KandjiSettings {
     pub token: SecretString,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// Device-list pages followed at most ([`DEFAULT_MAX_PAGES`]).
+    pub max_pages: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,10 @@ pub enum KandjiError {
     },
     #[error("unreadable answer from Kandji for {what}: {reason}")]
     BadAnswer { what: &'static str, reason: String },
+    /// Every page up to the cap was full and none held the exact serial: the device may be
+    /// on a page not read, so "not in Kandji" would be a guess.
+    #[error("Kandji lists more than {pages} full pages of devices whose serial contains this one, none of them the serial itself: not searched further")]
+    TooManyMatches { pages: usize },
     #[error(transparent)]
     Http(#[from] HttpError),
 }
@@ -164,12 +171,16 @@ impl Kandji {
         Ok(lookup)
     }
 
-    /// Ids of the devices whose serial is exactly `serial`.
+    /// Ids of the devices whose serial is exactly `serial`. Kandji's serial filter matches
+    /// partially and answers at most [`PAGE_SIZE`] devices a request, so the list is paged
+    /// with `limit`/`offset`, ordered by `serial_number` so that the pages do not shift
+    /// between requests, as Kandji's own export script does (docs/mdm.md §3.1). It stops at
+    /// an empty page, or a short one (no page follows it), or after `max_pages`.
     async fn devices(&self, serial: &str) -> Result<Vec<String>, KandjiError> {
-        let mut ids = Vec::new();
-        for page in 0..MAX_PAGES {
+        let mut ids: Vec<String> = Vec::new();
+        for page in 0..self.settings.max_pages.max(1) {
             let url = format!(
-                "{}/api/v1/devices?serial_number={}&limit={PAGE_SIZE}&offset={}",
+                "{}/api/v1/devices?serial_number={}&ordering=serial_number&limit={PAGE_SIZE}&offset={}",
                 self.base(),
                 encode_component(serial),
                 page * PAGE_SIZE
@@ -185,18 +196,40 @@ impl Kandji {
                 })? {
                     DeviceList::Bare(d) | DeviceList::Wrapped { results: d } => d,
                 };
+            // A page longer than asked for is not Kandji's paging: stop rather than guess.
+            if devices.len() > PAGE_SIZE {
+                return Err(KandjiError::BadAnswer {
+                    what: "the device list",
+                    reason: format!("{} devices on a page of {PAGE_SIZE}", devices.len()),
+                });
+            }
             let full_page = devices.len() == PAGE_SIZE;
-            ids.extend(devices.into_iter().filter_map(|d| {
-                let exact = d
+            for device in devices {
+                let exact = device
                     .serial_number
                     .as_deref()
                     .is_some_and(|s| s.trim().eq_ignore_ascii_case(serial));
-                d.device_id.filter(|_| exact)
-            }));
+                match device.device_id {
+                    // A device seen on two pages (the list changed while paging) counts once.
+                    Some(id) if exact && !ids.contains(&id) => ids.push(id),
+                    _ => {}
+                }
+            }
             if !full_page {
-                break;
+                return Ok(ids);
             }
         }
+        if ids.is_empty() {
+            return Err(KandjiError::TooManyMatches {
+                pages: self.settings.max_pages.max(1),
+            });
+        }
+        tracing::warn!(
+            source = %self.settings.name,
+            pages = self.settings.max_pages,
+            "Kandji lists more devices containing the serial than the station pages through; \
+             using the exact matches found"
+        );
         Ok(ids)
     }
 
@@ -294,6 +327,7 @@ impl CodeSource for Kandji {
                 .map_err(|e| format!("token: {e}"))?,
             timeout: MDM_REQUEST_TIMEOUT,
             retry: context.retry,
+            max_pages: DEFAULT_MAX_PAGES,
         })
         .map_err(|e| e.to_string())
     }
@@ -380,6 +414,7 @@ mod tests {
                 initial_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(10),
             },
+            max_pages: DEFAULT_MAX_PAGES,
         })
         .expect("client")
     }
@@ -446,6 +481,79 @@ mod tests {
             empty.absent,
             ["known to Kandji (acme-kandji), no code: its secrets hold no bypass code"]
         );
+    }
+
+    /// A tenant where the serial's partial matches fill more than two pages: the station
+    /// pages with `ordering=serial_number`, `limit=300` and a growing `offset` until a short
+    /// page, and finds the exact device on the third page (held first, so only the ordered
+    /// list puts it there).
+    #[tokio::test]
+    async fn a_serial_past_the_first_page_is_found() {
+        let spec = KandjiSpec {
+            token: Some(TOKEN.into()),
+            ..KandjiSpec::default()
+        };
+        let mut devices = vec![KandjiDevice::new("dev-exact", SERIAL).with_user_based_albc(GOOD)];
+        // Serials containing SERIAL that sort before it.
+        devices.extend(
+            (0..650).map(|i| KandjiDevice::new(&format!("dev-{i}"), &format!("0{i:03}{SERIAL}"))),
+        );
+        let server = KandjiServer::start(&spec, 1, devices)
+            .await
+            .expect("the stand-in starts");
+        let lookup = client(server.url(), TOKEN)
+            .fetch(SERIAL)
+            .await
+            .expect("lookup");
+        let codes: Vec<String> = lookup.codes.iter().map(|c| c.code.reveal()).collect();
+        assert_eq!(codes, [GOOD]);
+        let lists: Vec<_> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/api/v1/devices")
+            .collect();
+        let offsets: Vec<Option<&str>> = lists.iter().map(|r| r.query_value("offset")).collect();
+        assert_eq!(offsets, [Some("0"), Some("300"), Some("600")]);
+        for list in &lists {
+            assert_eq!(list.query_value("ordering"), Some("serial_number"));
+            assert_eq!(list.query_value("limit"), Some("300"));
+            assert_eq!(list.query_value("serial_number"), Some(SERIAL));
+        }
+    }
+
+    /// Exactly a page of matches: the next page is empty, and the station stops there.
+    /// More full pages than the cap, none with the serial: an error, not "not in Kandji".
+    #[tokio::test]
+    async fn paging_stops_at_an_empty_page_and_at_the_cap() {
+        let spec = KandjiSpec {
+            token: Some(TOKEN.into()),
+            ..KandjiSpec::default()
+        };
+        let devices: Vec<KandjiDevice> = (0..600)
+            .map(|i| KandjiDevice::new(&format!("dev-{i}"), &format!("{SERIAL}{i:03}")))
+            .collect();
+        let server = KandjiServer::start(&spec, 1, devices)
+            .await
+            .expect("the stand-in starts");
+        let mut kandji = client(server.url(), TOKEN);
+        kandji.settings.max_pages = 3;
+        let lookup = kandji.fetch(SERIAL).await.expect("lookup");
+        assert!(!lookup.known && lookup.codes.is_empty());
+        let offsets: Vec<String> = server
+            .requests()
+            .iter()
+            .filter_map(|r| r.query_value("offset").map(str::to_string))
+            .collect();
+        assert_eq!(offsets, ["0", "300", "600"]);
+
+        server.clear_requests();
+        kandji.settings.max_pages = 2;
+        let err = kandji.fetch(SERIAL).await.expect_err("past the cap");
+        assert!(
+            matches!(err, KandjiError::TooManyMatches { pages: 2 }),
+            "{err}"
+        );
+        assert_eq!(server.requests().len(), 2);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod devices;
+pub mod fleet;
 pub mod info;
 pub mod pair;
 pub mod report;
@@ -33,7 +34,7 @@ pub async fn dispatch(
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::demo(args, json).await,
         // Works on a broken configuration file: that is what it is for.
-        Command::Config { action } => config::run(action, station),
+        Command::Config { action } => config::run(action, station).await,
         // Found the way `run` publishes it: the same configuration and data directory.
         Command::Watch => watch::watch(station.data_dir()?, live_mode(json))
             .await
@@ -98,6 +99,10 @@ pub async fn dispatch(
         )
         .await
         .map(Output::Codes),
+        Command::Report(args) if args.fleet => report::fleet_report(args, station)
+            .await
+            .map(Output::Report),
         Command::Report(args) => report::report(args, station).map(Output::Report),
+        Command::Fleet { action } => fleet::run(action, station).await,
     }
 }

@@ -54,6 +54,13 @@ pub struct ReportArgs {
     /// Output format [default: table on a terminal, else csv; `--json` means json].
     #[arg(long, value_enum)]
     pub format: Option<ReportFormat>,
+    /// Every station's attempts, from the fleet database ([fleet], docs/fleet.md), not
+    /// this station's ledger. Shipped attempts only: finished ones.
+    #[arg(long)]
+    pub fleet: bool,
+    /// With --fleet: only this station's attempts (its fleet station id).
+    #[arg(long, value_name = "ID", requires = "fleet")]
+    pub station: Option<String>,
 }
 
 /// `2026-11-27` (that UTC day from midnight) or an RFC 3339 timestamp; `true` for a day.
@@ -131,6 +138,20 @@ pub struct Report {
     /// The ledger that does not exist yet: said on stderr, with an empty report (exit 0):
     /// nothing was processed, which is an answer, not a failure.
     pub missing_ledger: Option<PathBuf>,
+}
+
+/// `station report --fleet`: the same filters and rows, from the fleet database.
+pub async fn fleet_report(args: &ReportArgs, station: &Station) -> Result<Report, StationError> {
+    let filter = args.filter()?;
+    let settings = crate::commands::fleet::settings(station)?;
+    let client = crate::fleet::connect(&settings.target).await?;
+    crate::fleet::schema::require_current(&client).await?;
+    let records = crate::fleet::read::attempts(&client, &filter, args.station.as_deref()).await?;
+    Ok(Report {
+        records,
+        format: args.format,
+        missing_ledger: None,
+    })
 }
 
 pub fn report(args: &ReportArgs, station: &Station) -> Result<Report, StationError> {

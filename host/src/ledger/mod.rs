@@ -11,6 +11,7 @@
 //!
 //! Schema and report fields: docs/report.md.
 
+mod outbox;
 mod query;
 mod schema;
 mod secret;
@@ -32,19 +33,23 @@ use crate::activation::ActivationReport;
 #[cfg(test)]
 use crate::activation::Outcome;
 
-pub use query::{AttemptRecord, Filter, Status};
+pub use outbox::Pending;
+pub use query::{keep_latest_per_phone, AttemptRecord, Filter, Status};
 #[cfg(test)]
 pub use query::{ReleaseRecord, RemoteReleaseRecord};
 pub use schema::ledger_path;
 #[cfg(test)]
 pub use schema::LEDGER_FILE;
 pub use stamp::after_millisecond;
+pub use stamp::format as format_stamp;
 #[cfg(test)]
 pub use store::OutcomeCount;
 pub use store::{AttemptStart, Recovered, RunSummary};
 
 /// One attempt's row in the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct AttemptId(i64);
 
@@ -278,6 +283,24 @@ impl Ledger {
         self.call(move |c| store::finish(c, id, &report, finished_at))
     }
 
+    /// The oldest `limit` attempts waiting for the fleet database, in the order they
+    /// finished (docs/fleet.md).
+    pub fn outbox_pending(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Pending, LedgerError>> + Send + 'static {
+        self.call(move |c| outbox::pending(c, limit))
+    }
+
+    /// The fleet database has committed every queued attempt up to `seq`: they leave the
+    /// outbox. Returns how many are still waiting.
+    pub fn outbox_shipped(
+        &self,
+        seq: i64,
+    ) -> impl Future<Output = Result<u64, LedgerError>> + Send + 'static {
+        self.call(move |c| outbox::shipped(c, seq))
+    }
+
     /// How `udid`'s newest finished attempt in `run_id` ended, if it had one.
     /// Read back what was written (the tests' view; `report` uses [`LedgerReader`]).
     #[cfg(test)]
@@ -340,6 +363,11 @@ impl LedgerReader {
 
     pub fn attempts(&self, filter: &Filter) -> Result<Vec<AttemptRecord>, LedgerError> {
         query::attempts(&self.conn, filter)
+    }
+
+    /// How many finished attempts wait for the fleet database.
+    pub fn outbox_backlog(&self) -> Result<u64, LedgerError> {
+        outbox::backlog(&self.conn)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use super::{sqlite, stamp, wire_name, AttemptId, LedgerError};
@@ -82,6 +82,16 @@ impl Serialize for Status {
     }
 }
 
+/// The fleet database keeps attempts as `station report --format json` writes them; this
+/// reads them back.
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Status::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown outcome {name:?}")))
+    }
+}
+
 pub fn parse_outcome(text: &str) -> Option<Outcome> {
     OUTCOMES.into_iter().find(|&o| wire_name(&o) == text)
 }
@@ -110,7 +120,7 @@ pub struct Filter {
 }
 
 /// The code source that released the lock; the code masked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     pub source: String,
     /// `device`, `server` or `unknown`.
@@ -120,13 +130,13 @@ pub struct ReleaseRecord {
 }
 
 /// An MDM asked to release the lock itself (no code), e.g. Intune `bypassActivationLock`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteReleaseRecord {
     pub source: String,
     pub action: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTiming {
     pub step: String,
     pub started_at: String,
@@ -135,7 +145,7 @@ pub struct StepTiming {
 }
 
 /// One attempt on one phone. Field names are a stable contract (docs/report.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub attempt_id: AttemptId,
     pub run_id: String,
@@ -241,6 +251,47 @@ pub fn attempts(conn: &Connection, filter: &Filter) -> Result<Vec<AttemptRecord>
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
+    let mut records = select(conn, &filter_sql, params)?;
+    if filter.latest_per_phone {
+        keep_latest_per_phone(&mut records);
+    }
+    Ok(records)
+}
+
+/// Of records listed oldest first, keeps each phone's newest (its last). Keyed by station
+/// and attempt: the fleet's attempts come from several ledgers, whose ids overlap.
+pub fn keep_latest_per_phone(records: &mut Vec<AttemptRecord>) {
+    let newest: std::collections::HashMap<&str, (&str, i64)> = records
+        .iter()
+        .map(|r| (r.udid.as_str(), (r.station_id.as_str(), r.attempt_id.get())))
+        .collect();
+    let keep: std::collections::HashSet<(String, i64)> = newest
+        .into_values()
+        .map(|(station, id)| (station.to_string(), id))
+        .collect();
+    records.retain(|r| keep.contains(&(r.station_id.clone(), r.attempt_id.get())));
+}
+
+/// The attempts with these ids, in the order of `ids` (the outbox's).
+pub fn attempts_by_id(conn: &Connection, ids: &[i64]) -> Result<Vec<AttemptRecord>, LedgerError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|n| format!("?{n}")).collect();
+    let params = ids.iter().map(|&id| Value::Integer(id)).collect();
+    let mut records = select(conn, &format!("WHERE id IN ({})", marks.join(", ")), params)?;
+    let position: std::collections::HashMap<i64, usize> =
+        ids.iter().enumerate().map(|(n, &id)| (id, n)).collect();
+    records.sort_by_key(|r| position.get(&r.attempt_id.get()).copied());
+    Ok(records)
+}
+
+/// Attempts and their steps, `filter_sql` (a `WHERE` clause or nothing) bound to `params`.
+fn select(
+    conn: &Connection,
+    filter_sql: &str,
+    params: Vec<Value>,
+) -> Result<Vec<AttemptRecord>, LedgerError> {
     let sql = format!(
         "SELECT {ATTEMPT_COLUMNS}, {} AS wall_ms FROM attempts {filter_sql} ORDER BY started_at, id",
         stamp::sql_millis_between("started_at", "finished_at")
@@ -254,15 +305,6 @@ pub fn attempts(conn: &Connection, filter: &Filter) -> Result<Vec<AttemptRecord>
         let mut record = attempt_from_row(row).map_err(sqlite("read attempts"))??;
         record.steps = steps(conn, record.attempt_id)?;
         records.push(record);
-    }
-    if filter.latest_per_phone {
-        // Oldest first: a phone's newest attempt is its last.
-        let newest: std::collections::HashMap<&str, i64> = records
-            .iter()
-            .map(|r| (r.udid.as_str(), r.attempt_id.get()))
-            .collect();
-        let keep: std::collections::HashSet<i64> = newest.into_values().collect();
-        records.retain(|r| keep.contains(&r.attempt_id.get()));
     }
     Ok(records)
 }

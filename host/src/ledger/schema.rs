@@ -19,7 +19,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema versions: `MIGRATIONS[n]` takes a ledger from `user_version` n to n + 1.
 /// Never edit a released entry; append a new one.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: runs, attempts and per-step timings. The CHECK on `released_code` is a last line
     // of defence: only the masked shape `XXXXX-…-XXXX` fits, never a whole code.
     r#"
@@ -102,6 +102,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE attempts ADD COLUMN mdm_enrolled INTEGER CHECK (mdm_enrolled IN (0, 1));
     ALTER TABLE attempts ADD COLUMN mdm_unremovable INTEGER CHECK (mdm_unremovable IN (0, 1));
     CREATE INDEX attempts_by_organization ON attempts (organization) WHERE organization IS NOT NULL;
+    "#,
+    // 4: the fleet outbox (docs/fleet.md): each attempt is queued here in the transaction
+    // that gives it its outcome, and leaves only once the fleet database has it. Attempts
+    // finished before this version are queued too, oldest first, so a station that joins
+    // a fleet ships its history.
+    r#"
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        attempt_id INTEGER NOT NULL UNIQUE REFERENCES attempts (id)
+    );
+    INSERT INTO outbox (attempt_id)
+        SELECT id FROM attempts WHERE outcome IS NOT NULL ORDER BY finished_at, id;
     "#,
 ];
 

@@ -358,6 +358,14 @@ pub fn finish(
         ],
     )
     .map_err(sqlite("finish attempt"))?;
+    enqueue(conn, id)
+}
+
+/// Queues a finished attempt for the fleet database, in the transaction that finished it:
+/// committed together, so a crash can neither lose nor repeat it (docs/fleet.md).
+fn enqueue(conn: &Connection, id: AttemptId) -> Result<(), LedgerError> {
+    conn.execute("INSERT INTO outbox (attempt_id) VALUES (?1)", [id.get()])
+        .map_err(sqlite("queue for the fleet"))?;
     Ok(())
 }
 
@@ -428,6 +436,7 @@ pub fn recover(conn: &Connection, now: SystemTime) -> Result<Vec<Recovered>, Led
             ],
         )
         .map_err(sqlite("recover"))?;
+        enqueue(conn, r.attempt_id)?;
     }
     // A run left open ended when its last attempt did, as far as anyone can tell.
     let open_runs: Vec<(String, String)> = conn

@@ -906,3 +906,143 @@ async fn lock_and_management_state_round_trips_and_filters() {
     })
     .is_empty());
 }
+
+#[tokio::test]
+async fn finished_attempts_are_queued_for_the_fleet_with_their_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ledger, _) = Ledger::open(dir.path(), "bench-1").expect("open");
+    ledger.start_run("r", at(0)).await.expect("run");
+    let first = begin(&ledger, "r", "a", at(1)).await;
+    let second = begin(&ledger, "r", "b", at(2)).await;
+    let pending = ledger.outbox_pending(10).await.expect("outbox");
+    assert!(
+        pending.records.is_empty(),
+        "nothing queued while in progress"
+    );
+    // Finished in the other order: the outbox keeps the order they finished in.
+    ledger
+        .finish(second, &report("b", Outcome::Activated), at(3))
+        .await
+        .expect("finish");
+    ledger
+        .finish(first, &report("a", Outcome::UserLocked), at(4))
+        .await
+        .expect("finish");
+    let pending = ledger.outbox_pending(10).await.expect("outbox");
+    let ids: Vec<AttemptId> = pending.records.iter().map(|r| r.attempt_id).collect();
+    assert_eq!(ids, [second, first]);
+    assert_eq!(pending.backlog, 2);
+    assert_eq!(
+        pending.records[1].outcome,
+        Status::Finished(Outcome::UserLocked)
+    );
+    // A batch of one, then the rest.
+    let head = ledger.outbox_pending(1).await.expect("outbox");
+    assert_eq!(head.records.len(), 1);
+    assert_eq!(ledger.outbox_shipped(head.up_to).await.expect("shipped"), 1);
+    let rest = ledger.outbox_pending(10).await.expect("outbox");
+    assert_eq!(
+        rest.records
+            .iter()
+            .map(|r| r.attempt_id)
+            .collect::<Vec<_>>(),
+        [first]
+    );
+    assert_eq!(ledger.outbox_shipped(rest.up_to).await.expect("shipped"), 0);
+    // A refused outcome queues nothing: the finish and its queueing are one transaction.
+    assert!(ledger
+        .finish(first, &report("a", Outcome::Activated), at(5))
+        .await
+        .is_err());
+    assert_eq!(reader(dir.path()).outbox_backlog().expect("backlog"), 0);
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn recovered_attempts_are_queued_and_a_kill_keeps_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    // The child finishes one attempt and aborts inside another (see crash_child).
+    let status = std::process::Command::new(exe)
+        .args([
+            "ledger::tests::crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run the child");
+    assert!(!status.success());
+    assert_eq!(
+        reader(dir.path()).outbox_backlog().expect("backlog"),
+        1,
+        "the committed outcome was queued before the kill"
+    );
+    let (ledger, recovered) = Ledger::open(dir.path(), "bench-1").expect("open");
+    assert_eq!(recovered.len(), 1);
+    let pending = ledger.outbox_pending(10).await.expect("outbox");
+    let queued: Vec<(&str, Status)> = pending
+        .records
+        .iter()
+        .map(|r| (r.udid.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        queued,
+        [
+            ("done", Status::Finished(Outcome::Activated)),
+            ("open", Status::Finished(Outcome::Interrupted))
+        ]
+    );
+    ledger.close().await;
+}
+
+#[test]
+fn version_3_ledgers_queue_their_finished_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = ledger_path(dir.path());
+    {
+        let conn = Connection::open(&path).expect("create");
+        for sql in &schema::MIGRATIONS[..3] {
+            conn.execute_batch(sql).expect("v3 schema");
+        }
+        conn.execute_batch(
+            "INSERT INTO runs (run_id, station_id, started_at) VALUES ('r', 's', 't');
+             INSERT INTO attempts (id, run_id, station_id, udid, location_id, started_at, finished_at, outcome)
+                 VALUES (1, 'r', 's', 'late', 1, '2026-11-27T00:00:01.000Z', '2026-11-27T00:00:09.000Z', 'activated'),
+                        (2, 'r', 's', 'early', 1, '2026-11-27T00:00:02.000Z', '2026-11-27T00:00:03.000Z', 'user_locked'),
+                        (3, 'r', 's', 'open', 1, '2026-11-27T00:00:04.000Z', NULL, NULL);",
+        )
+        .expect("v3 rows");
+        conn.pragma_update(None, "user_version", 3).expect("v3");
+    }
+    let conn = schema::open(&path, schema::Create::No).expect("migrate");
+    let queued: Vec<i64> = conn
+        .prepare("SELECT attempt_id FROM outbox ORDER BY seq")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(queued, [2, 1], "finished ones, in the order they finished");
+}
+
+#[tokio::test]
+async fn records_read_back_from_their_json_unchanged() {
+    // The fleet database keeps each attempt as the report's JSON; `report --fleet` reads it
+    // back into the same record, so both reports render alike.
+    let dir = tempfile::tempdir().expect("tempdir");
+    sample_ledger(dir.path()).await;
+    let records = reader(dir.path())
+        .attempts(&Filter::default())
+        .expect("read");
+    assert!(records.iter().any(|r| r.released_by.is_some()));
+    for record in &records {
+        let text = serde_json::to_string(record).expect("json");
+        let back: AttemptRecord = serde_json::from_str(&text).expect("parses back");
+        assert_eq!(&back, record);
+    }
+}

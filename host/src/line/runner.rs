@@ -111,7 +111,12 @@ pub async fn run(
             return Err(e);
         }
     }
+    // Checked by the preflight; resolved before the ledger opens, like the rest.
+    let fleet =
+        crate::fleet::Settings::from_config(config, &station_config::Environment::process())?;
     let (ledger, recovered) = station.open_ledger().await?;
+    // In its own task, reading the outbox: no phone waits on the fleet database.
+    let shipper = fleet.map(|settings| crate::fleet::shipper::spawn(settings, ledger.clone()));
     let run_id = new_run_id();
     ledger.start_run(&run_id, SystemTime::now()).await?;
     tracing::info!(ledger = %ledger.path().display(), run_id, "run started");
@@ -194,9 +199,16 @@ pub async fn run(
     if let Err(e) = closed {
         tracing::error!("could not close the run in the ledger: {e}");
     }
+    if let Some(shipper) = shipper {
+        shipper.stop(SHIPPER_DRAIN).await;
+    }
     ledger.close().await;
     result
 }
+
+/// How long a stopping run gives the fleet shipper to send what is left; the rest waits
+/// in the outbox for the next start.
+const SHIPPER_DRAIN: Duration = Duration::from_secs(10);
 
 /// How a failed run reads in the ledger: the error's stable code and its message.
 fn failure_reason(e: &StationError) -> String {

@@ -39,6 +39,30 @@ pub fn text(s: &ConfigCheck) -> String {
             out.push_str(&format!("  problem: {problem}\n"));
         }
     }
+    if let Some(fleet) = &s.fleet {
+        out.push_str(&format!(
+            "fleet database {} ({}), as station {}\n",
+            fleet.database,
+            if fleet.tls { "TLS" } else { "no TLS" },
+            fleet.station_id
+        ));
+        if let Some(version) = &fleet.server_version {
+            out.push_str(&format!("  PostgreSQL {version}\n"));
+        }
+        match (fleet.schema_version, &fleet.error) {
+            (_, Some(error)) => out.push_str(&format!(
+                "  error: {error} (the line still runs; attempts wait in the outbox)\n"
+            )),
+            (None, None) => out.push_str(&format!(
+                "  no station schema yet: the first station creates it (version {})\n",
+                fleet.schema_supported
+            )),
+            (Some(found), None) => out.push_str(&format!(
+                "  schema version {found} (this station writes {})\n",
+                fleet.schema_supported
+            )),
+        }
+    }
     for warning in &p.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }

@@ -6,6 +6,7 @@
 mod codes;
 mod config;
 mod devices;
+mod fleet;
 pub mod report;
 mod text;
 
@@ -17,6 +18,7 @@ use crate::activation::ActivationReport;
 use crate::commands::codes::CodesLookup;
 use crate::commands::config::ConfigCheck;
 use crate::commands::devices::DeviceRow;
+use crate::commands::fleet::{FleetMigrated, FleetStatus};
 use crate::commands::pair::PairOutcome;
 use crate::commands::report::Report;
 use crate::error::{exit, StationError};
@@ -51,6 +53,8 @@ pub enum Output {
     Codes(CodesLookup),
     Report(Report),
     ConfigCheck(Box<ConfigCheck>),
+    FleetStatus(FleetStatus),
+    FleetMigrated(FleetMigrated),
 }
 
 /// How the live commands show their events: the live screen on a terminal, NDJSON when
@@ -107,6 +111,10 @@ pub fn render(output: &Output, json: bool) -> Result<String, StationError> {
         Output::Report(found) => report::render(&found.records, report::format(found, json))?,
         Output::ConfigCheck(check) if json => pretty(check.as_ref()),
         Output::ConfigCheck(check) => config::text(check),
+        Output::FleetStatus(status) if json => pretty(status),
+        Output::FleetStatus(status) => fleet::status(status),
+        Output::FleetMigrated(migrated) if json => pretty(migrated),
+        Output::FleetMigrated(migrated) => fleet::migrated(migrated),
     })
 }
 

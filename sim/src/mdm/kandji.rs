@@ -1,8 +1,13 @@
 //! The stand-in Kandji API (docs/mdm.md §3.1), Bearer-token authenticated:
 //!
-//! - `GET /api/v1/devices?serial_number=…&limit=…&offset=…`: a JSON array of devices; the
-//!   serial filter is a case-insensitive *partial* match, as Kandji documents it, so with
-//!   look-alikes on a host that does not check the exact serial picks the wrong device;
+//! - `GET /api/v1/devices?serial_number=…&ordering=…&limit=…&offset=…`: a JSON array of
+//!   devices; the serial filter is a case-insensitive *partial* match, as Kandji documents it,
+//!   so with look-alikes on a host that does not check the exact serial picks the wrong
+//!   device. Paged as Kandji pages: at most 300 devices an answer (a larger `limit` is cut to
+//!   300, none means 300), `offset` devices skipped, an empty array past the end; `ordering`
+//!   sorts by the listed fields (`serial_number`, `device_id`, `device_name`, `model`,
+//!   `os_version`, `platform`; `-` before one reverses it; unknown fields are ignored, as
+//!   Django REST framework's ordering filter does), otherwise the held order;
 //! - `GET /api/v1/devices/{device_id}`: one device;
 //! - `GET /api/v1/devices/{device_id}/secrets/bypasscode`:
 //!   `{"user_based_albc": …, "device_based_albc": …}`, an absent code being `""` for the
@@ -28,7 +33,7 @@ use crate::world::mdm::{guid, last_sync_after};
 use crate::world::{gen, KandjiSpec, Mdm};
 
 const JSON: &str = "application/json";
-/// Kandji's largest `limit`.
+/// Kandji's largest `limit`, also its page size when none is given (docs/mdm.md §3.1).
 const MAX_LIMIT: usize = 300;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -350,12 +355,18 @@ fn route(inner: &KandjiInner, req: &Req) -> Answer {
             let wanted = req
                 .query_value("serial_number")
                 .map(str::to_ascii_uppercase);
-            let list: Vec<Value> = visible
+            let mut matching: Vec<&KandjiDevice> = visible
                 .filter(|d| {
                     wanted
                         .as_deref()
                         .is_none_or(|w| d.serial.to_ascii_uppercase().contains(w))
                 })
+                .collect();
+            if let Some(ordering) = req.query_value("ordering") {
+                order(&mut matching, ordering);
+            }
+            let list: Vec<Value> = matching
+                .into_iter()
                 .skip(offset)
                 .take(limit)
                 .map(KandjiDevice::json)
@@ -391,6 +402,48 @@ fn route(inner: &KandjiInner, req: &Req) -> Answer {
             Answer::json(200, JSON, &body, MdmOutcome::Ok)
         }
     }
+}
+
+/// A field `ordering` can name.
+type SortKey = fn(&KandjiDevice) -> &str;
+
+/// Sorts `devices` as Kandji's `ordering` parameter asks: comma-separated fields, each
+/// descending with a leading `-`; fields it does not know are skipped. A stable sort, so
+/// equal keys keep the held order.
+fn order(devices: &mut [&KandjiDevice], ordering: &str) {
+    let keys: Vec<(SortKey, bool)> = ordering
+        .split(',')
+        .filter_map(|field| {
+            let field = field.trim();
+            let (name, descending) = match field.strip_prefix('-') {
+                Some(name) => (name, true),
+                None => (field, false),
+            };
+            let key: SortKey = match name {
+                "serial_number" => |d| &d.serial,
+                "device_id" => |d| &d.device_id,
+                "device_name" => |d| &d.name,
+                "model" => |d| &d.model,
+                "os_version" => |d| &d.os_version,
+                "platform" => |_| "iPhone",
+                _ => return None,
+            };
+            Some((key, descending))
+        })
+        .collect();
+    devices.sort_by(|a, b| {
+        keys.iter()
+            .map(|(key, descending)| {
+                let o = key(a).cmp(key(b));
+                if *descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
 }
 
 /// Serves the API.
