@@ -18,6 +18,7 @@ use station_protocol::usbmux::{Address, UsbmuxError};
 
 use crate::codes::chain::ChainError;
 use crate::ledger::LedgerError;
+use crate::storage::StorageProblem;
 use crate::usb::UsbError;
 
 /// Process exit codes; stable, listed per error code in `docs/errors.md`.
@@ -71,6 +72,8 @@ pub enum ErrorCode {
     LedgerNewer,
     LedgerNoWal,
     LedgerError,
+    LedgerFull,
+    LedgerReadOnly,
     ActivationUrl,
     ActivationClient,
     CodesSource,
@@ -96,7 +99,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The catalogue, in the order `docs/errors.md` lists it.
     #[cfg_attr(not(test), allow(dead_code))] // read by the docs test
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 47] = [
         ErrorCode::DeviceNotFound,
         ErrorCode::TrustPending,
         ErrorCode::TrustDenied,
@@ -122,6 +125,8 @@ impl ErrorCode {
         ErrorCode::LedgerNewer,
         ErrorCode::LedgerNoWal,
         ErrorCode::LedgerError,
+        ErrorCode::LedgerFull,
+        ErrorCode::LedgerReadOnly,
         ErrorCode::ActivationUrl,
         ErrorCode::ActivationClient,
         ErrorCode::CodesSource,
@@ -172,6 +177,8 @@ impl ErrorCode {
             ErrorCode::LedgerNewer => "ledger-newer",
             ErrorCode::LedgerNoWal => "ledger-no-wal",
             ErrorCode::LedgerError => "ledger-error",
+            ErrorCode::LedgerFull => "ledger-full",
+            ErrorCode::LedgerReadOnly => "ledger-read-only",
             ErrorCode::ActivationUrl => "activation-url",
             ErrorCode::ActivationClient => "activation-client",
             ErrorCode::CodesSource => "codes-source",
@@ -233,6 +240,8 @@ impl ErrorCode {
             | ErrorCode::LedgerNewer
             | ErrorCode::LedgerNoWal
             | ErrorCode::LedgerError
+            | ErrorCode::LedgerFull
+            | ErrorCode::LedgerReadOnly
             | ErrorCode::ActivationClient
             | ErrorCode::CodesSourcesFailed
             | ErrorCode::ReportOutput
@@ -366,6 +375,8 @@ pub enum StationError {
     },
     /// `ledger-in-use`, `ledger-newer`, `ledger-no-wal` or `ledger-error`, by the inner error.
     Ledger(LedgerError),
+    /// `ledger-full` or `ledger-read-only`: the data directory cannot take the ledger's writes.
+    Storage(StorageProblem),
     ActivationUrl {
         url: String,
         problem: UrlProblem,
@@ -503,6 +514,8 @@ impl StationError {
             StationError::Ledger(LedgerError::NewerSchema { .. }) => ErrorCode::LedgerNewer,
             StationError::Ledger(LedgerError::NoWal { .. }) => ErrorCode::LedgerNoWal,
             StationError::Ledger(_) => ErrorCode::LedgerError,
+            StationError::Storage(StorageProblem::Full { .. }) => ErrorCode::LedgerFull,
+            StationError::Storage(StorageProblem::ReadOnly { .. }) => ErrorCode::LedgerReadOnly,
             StationError::ActivationUrl { .. } => ErrorCode::ActivationUrl,
             StationError::ActivationClient(_) => ErrorCode::ActivationClient,
             StationError::CodesSource { .. } => ErrorCode::CodesSource,
@@ -593,6 +606,12 @@ impl StationError {
             }
             StationError::Ledger(LedgerError::NoWal { .. }) => {
                 "put the data directory on a local filesystem (not NFS/SMB)".into()
+            }
+            StationError::Storage(StorageProblem::Full { .. }) => {
+                "free space in the data directory (or give it a larger disk); the line takes phones again by itself once there is room".into()
+            }
+            StationError::Storage(StorageProblem::ReadOnly { .. }) => {
+                "the filesystem went read-only (often after a disk error): check the disk and remount it read-write; the line takes phones again by itself".into()
             }
             StationError::CodesSource(e) => e.help().into(),
             StationError::CodesNotConfigured => {
@@ -726,6 +745,13 @@ impl StationError {
             ErrorCode::LedgerError => StationError::Ledger(LedgerError::Io {
                 path: PathBuf::from("<data-dir>"),
                 source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+            ErrorCode::LedgerFull => StationError::Storage(StorageProblem::Full {
+                dir: PathBuf::from("<data-dir>"),
+                free_bytes: 0,
+            }),
+            ErrorCode::LedgerReadOnly => StationError::Storage(StorageProblem::ReadOnly {
+                dir: PathBuf::from("<data-dir>"),
             }),
             ErrorCode::ActivationUrl => StationError::ActivationUrl {
                 url: "ftp://example".into(),
@@ -864,6 +890,7 @@ impl fmt::Display for StationError {
             StationError::HostIdentity(message) => f.write_str(message),
             StationError::Internal { task, reason } => write!(f, "{task} task failed: {reason}"),
             StationError::Ledger(e) => fmt::Display::fmt(e, f),
+            StationError::Storage(e) => fmt::Display::fmt(e, f),
             StationError::ActivationUrl {
                 url,
                 problem: UrlProblem::Invalid(reason),

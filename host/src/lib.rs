@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod redact;
 pub mod slots;
 pub mod station;
+pub mod storage;
 #[cfg(test)]
 mod test_server;
 pub mod transport;

@@ -122,6 +122,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
         self.stream
     }
 
+    /// The transport under the channel (and under TLS, when it is on), for a test peer
+    /// that must read or stay silent outside the framing.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Sends `bytes` as they are, no length prefix added (through TLS when it is on): for
+    /// test peers that must send broken frames.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ChannelError> {
+        let timeout = self.timeout;
+        with_timeout(timeout, self.write_bytes(bytes)).await
+    }
+
     /// Sends an XML plist.
     pub async fn send(&mut self, value: &plist::Value) -> Result<(), ChannelError> {
         self.send_as(value, PlistFormat::Xml).await

@@ -36,6 +36,7 @@ pub mod activation;
 pub mod bench;
 mod error;
 pub mod gadget;
+pub mod hostile;
 mod http;
 mod hub;
 #[cfg(feature = "legacy-tls")]

@@ -169,6 +169,12 @@ impl Connection {
         };
         let name = get_str(&d, "Request").unwrap_or_default().to_string();
         tracing::debug!(request = %name, label = get_str(&d, "Label").unwrap_or(""), "request");
+        if let Some(hostile) = self.phone.profile().hostile.clone() {
+            if hostile.applies_to(&name) {
+                crate::hostile::misbehave(&mut self.channel, hostile.how, &name).await;
+                return Ok(Flow::Close);
+            }
+        }
         let answer = match name.as_str() {
             "QueryType" => {
                 let mut r = reply(&name);

@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod fixtures;
+pub mod hostile;
 pub mod inproc;
 pub mod pg;
 pub mod sha1_records;

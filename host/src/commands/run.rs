@@ -16,6 +16,9 @@ pub async fn run(
     json: bool,
 ) -> Result<Output, StationError> {
     let bench = station.bench()?;
+    // A full or read-only data directory fails the ledger's first commit: refuse it by
+    // name before a phone is touched (the line pauses on the same check mid-run).
+    crate::storage::check(station.data_dir()?).map_err(StationError::Storage)?;
     // The same checks as `station config check`: refuse before the first phone.
     let preflight = station.preflight(&station_config::Environment::process())?;
     preflight.log_warnings();

@@ -59,6 +59,12 @@ impl AttemptId {
     }
 }
 
+/// An attempt id for stand-in attempt logs in tests.
+#[cfg(test)]
+pub fn test_attempt_id(n: usize) -> AttemptId {
+    AttemptId(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 impl fmt::Display for AttemptId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{}", self.0)

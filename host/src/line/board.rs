@@ -384,6 +384,8 @@ impl Board {
             }
             EventKind::UsbmuxdLost { reason, .. } => self.usbmuxd_lost = Some(reason.clone()),
             EventKind::UsbmuxdBack { .. } => self.usbmuxd_lost = None,
+            // The log and the terminal say why; the tiles keep showing the phones queued.
+            EventKind::LedgerPaused { .. } | EventKind::LedgerResumed { .. } => {}
             EventKind::Summary(summary) => self.summary = Some(summary.clone()),
         }
     }

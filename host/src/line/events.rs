@@ -158,6 +158,21 @@ pub enum EventKind {
         /// How long it was away.
         outage_ms: u64,
     },
+    /// The ledger cannot take writes (the data directory is full or read-only, or a
+    /// commit failed): no new phone is started; the ones in flight finish. Queued phones
+    /// wait; the station looks again every `recheck_ms`.
+    LedgerPaused {
+        /// The error code: `ledger-full`, `ledger-read-only` or `ledger-error`.
+        code: String,
+        reason: String,
+        recheck_ms: u64,
+    },
+    /// The ledger takes writes again (outcomes kept meanwhile are committed): the line
+    /// takes new phones.
+    LedgerResumed {
+        /// How long no phone was started.
+        paused_ms: u64,
+    },
     Summary(Summary),
 }
 

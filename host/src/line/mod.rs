@@ -4,6 +4,8 @@
 
 pub mod board;
 pub mod events;
+#[cfg(test)]
+mod ledger_pause_tests;
 pub mod metrics;
 pub mod publish;
 pub mod render;
@@ -29,6 +31,10 @@ use events::{Attention, EventKind, EventSink, PhoneRef, Summary};
 use station_protocol::models::marketing_name;
 
 use crate::ledger::{AttemptId, AttemptStart, Ledger, LedgerError};
+use crate::storage::StorageProblem;
+
+/// While the ledger cannot take writes, the line looks again this often.
+const LEDGER_RECHECK: Duration = Duration::from_secs(2);
 
 /// While usbmuxd is away the line retries after this, doubling up to [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);
@@ -56,6 +62,11 @@ pub trait AttemptLog: Send + Sync {
         id: AttemptId,
         report: &'a ActivationReport,
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
+    /// Whether the ledger's storage can take a new attempt now (free space, a writable
+    /// filesystem); asked before every phone is started.
+    fn storage(&self) -> Result<(), StorageProblem> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +160,27 @@ struct Finished {
     /// `PhoneState::plugs` when the worker started.
     plug: u64,
     report: ActivationReport,
+    ledger: LedgerFate,
+}
+
+/// What the ledger made of a worker's attempt.
+enum LedgerFate {
+    Committed,
+    /// The attempt could not be begun: the phone was not touched and goes back to the
+    /// queue.
+    NotBegun(LedgerError),
+    /// The outcome could not be committed: it is kept and committed once the ledger
+    /// takes writes again.
+    Uncommitted(AttemptId, LedgerError),
+}
+
+/// The line takes no new phone while the ledger cannot take writes (docs/errors.md,
+/// `ledger-full`, `ledger-read-only`).
+struct LedgerPause {
+    since: tokio::time::Instant,
+    recheck_at: tokio::time::Instant,
+    /// Outcomes to commit before the line resumes.
+    uncommitted: Vec<(AttemptId, ActivationReport)>,
 }
 
 impl Line {
@@ -179,6 +211,7 @@ impl Line {
         let mut queue: VecDeque<String> = VecDeque::new();
         let mut workers: JoinSet<Finished> = JoinSet::new();
         let mut stop = Shutdown::Running;
+        let mut pause: Option<LedgerPause> = None;
 
         // The initial inventory, then the live event stream (whose first Attached events
         // repeat it; they are recognised by DeviceID). `--once` needs usbmuxd at start; a
@@ -195,8 +228,14 @@ impl Line {
         };
 
         loop {
-            if stop == Shutdown::Running {
-                line.start_ready(&mut phones, &mut queue, &mut workers);
+            if pause
+                .as_ref()
+                .is_some_and(|p| p.recheck_at <= tokio::time::Instant::now())
+            {
+                pause = line.recheck_ledger(pause).await;
+            }
+            if stop == Shutdown::Running && pause.is_none() {
+                pause = line.start_ready(&mut phones, &mut queue, &mut workers);
             }
             let in_flight = workers.len();
             if in_flight == 0
@@ -204,7 +243,11 @@ impl Line {
             {
                 break;
             }
-            let next_timer = line.next_deadline(&phones, &usb);
+            let next_timer = line
+                .next_deadline(&phones, &usb)
+                .into_iter()
+                .chain(pause.as_ref().map(|p| p.recheck_at))
+                .min();
             let (listening, retry_at) = match &usb {
                 Usb::Connected(_) => (true, None),
                 Usb::Lost { retry_at, .. } => (false, Some(*retry_at)),
@@ -238,7 +281,7 @@ impl Line {
                     }
                 },
                 Some(joined) = workers.join_next(), if in_flight > 0 => match joined {
-                    Ok(finished) => line.finished(finished, &mut phones, &mut queue, stop),
+                    Ok(finished) => line.finished(finished, &mut phones, &mut queue, stop, &mut pause),
                     Err(e) => tracing::error!("a phone worker failed: {e}"),
                 },
                 () = sleep_until(next_timer) => line.wake(&mut phones, &mut queue),
@@ -252,6 +295,20 @@ impl Line {
             }
         }
 
+        if let Some(pause) = pause.filter(|p| !p.uncommitted.is_empty()) {
+            // One last try; what still fails is named in the log (the phones' rows stay
+            // open and a later start closes them as `interrupted`).
+            if let Some(left) = line.recheck_ledger(Some(pause)).await {
+                for (id, report) in &left.uncommitted {
+                    tracing::error!(
+                        udid = %report.udid,
+                        attempt = %id,
+                        outcome = %crate::output::wire_name(&report.outcome),
+                        "the outcome could not be committed to the ledger before the run ended"
+                    );
+                }
+            }
+        }
         let summary = line.summary(&phones, stop, started.elapsed());
         line.events.send(EventKind::Summary(summary.clone()));
         Ok(summary)
@@ -418,12 +475,20 @@ impl Line {
         }
     }
 
+    /// Starts queued phones up to the concurrency limit, unless the ledger's storage
+    /// cannot take them: then nothing is started and the line pauses.
     fn start_ready(
         self: &Arc<Self>,
         phones: &mut BTreeMap<String, PhoneState>,
         queue: &mut VecDeque<String>,
         workers: &mut JoinSet<Finished>,
-    ) {
+    ) -> Option<LedgerPause> {
+        if queue.is_empty() || workers.len() >= self.options.concurrency {
+            return None;
+        }
+        if let Err(problem) = self.log.storage() {
+            return Some(self.pause_for(StationError::Storage(problem)));
+        }
         while workers.len() < self.options.concurrency {
             let Some(udid) = queue.pop_front() else { break };
             let Some(state) = phones.get_mut(&udid) else {
@@ -448,6 +513,61 @@ impl Line {
             let plug = state.plugs;
             workers.spawn(async move { line.work(device, plug, phone, cancel_rx).await });
         }
+        None
+    }
+
+    /// Stops taking phones and says why: the storage's problem when `statvfs` shows one,
+    /// else the ledger's own error.
+    fn pause_for(&self, error: StationError) -> LedgerPause {
+        let error = match (self.log.storage(), error) {
+            (Err(problem), StationError::Ledger(_)) => StationError::Storage(problem),
+            (_, error) => error,
+        };
+        let help = error.help().map(|h| format!("; {h}")).unwrap_or_default();
+        tracing::error!(
+            "error[{}]: {error}: no new phones are started until the ledger takes writes again{help}",
+            error.code()
+        );
+        self.events.send(EventKind::LedgerPaused {
+            code: error.code().to_string(),
+            reason: error.to_string(),
+            recheck_ms: u64::try_from(LEDGER_RECHECK.as_millis()).unwrap_or(u64::MAX),
+        });
+        let now = tokio::time::Instant::now();
+        LedgerPause {
+            since: now,
+            recheck_at: now + LEDGER_RECHECK,
+            uncommitted: Vec::new(),
+        }
+    }
+
+    /// Looks at the ledger's storage again; once it is fine and the kept outcomes are
+    /// committed, the line resumes (`None`).
+    async fn recheck_ledger(&self, pause: Option<LedgerPause>) -> Option<LedgerPause> {
+        let mut pause = pause?;
+        let now = tokio::time::Instant::now();
+        pause.recheck_at = now + LEDGER_RECHECK;
+        if let Err(problem) = self.log.storage() {
+            tracing::debug!("the ledger still cannot take writes: {problem}");
+            return Some(pause);
+        }
+        while let Some((id, report)) = pause.uncommitted.first() {
+            if let Err(e) = self.log.finish(*id, report).await {
+                tracing::warn!("the ledger still refuses a kept outcome: {e}");
+                return Some(pause);
+            }
+            tracing::info!(udid = %report.udid, attempt = %id, "kept outcome committed");
+            pause.uncommitted.remove(0);
+        }
+        let paused = now - pause.since;
+        tracing::info!(
+            paused_ms = paused.as_millis(),
+            "the ledger takes writes again: the line takes new phones"
+        );
+        self.events.send(EventKind::LedgerResumed {
+            paused_ms: u64::try_from(paused.as_millis()).unwrap_or(u64::MAX),
+        });
+        None
     }
 
     /// One attempt on one phone: ledger entry first, the workflow (cut short by an unplug),
@@ -462,8 +582,15 @@ impl Line {
         let attempt = match self.log.begin(&phone, device.location_id).await {
             Ok(id) => Some(id),
             Err(e) => {
+                // No record, no work: the phone is not touched and waits in the queue.
                 tracing::error!(udid = %device.udid, "ledger refused the attempt: {e}");
-                None
+                let report = not_begun_report(&device);
+                return Finished {
+                    udid: device.udid,
+                    plug,
+                    report,
+                    ledger: LedgerFate::NotBegun(e),
+                };
             }
         };
         let observer = WorkerObserver {
@@ -497,22 +624,21 @@ impl Line {
         if report.outcome == Outcome::Interrupted {
             report.retryable = false;
         }
-        match attempt {
-            Some(id) => {
-                match self.log.finish(id, &report).await {
-                    // The moment the screen is measured against (tests/tests/station_screen.rs).
-                    Ok(()) => tracing::debug!(
-                        udid = %device.udid,
-                        slot = %phone.slot,
-                        outcome = %crate::output::wire_name(&report.outcome),
-                        "outcome committed"
-                    ),
-                    Err(e) => {
-                        tracing::error!(udid = %device.udid, "could not commit the outcome to the ledger: {e}")
-                    }
+        let mut ledger = LedgerFate::Committed;
+        if let Some(id) = attempt {
+            match self.log.finish(id, &report).await {
+                // The moment the screen is measured against (tests/tests/station_screen.rs).
+                Ok(()) => tracing::debug!(
+                    udid = %device.udid,
+                    slot = %phone.slot,
+                    outcome = %crate::output::wire_name(&report.outcome),
+                    "outcome committed"
+                ),
+                Err(e) => {
+                    tracing::error!(udid = %device.udid, "could not commit the outcome to the ledger (kept until it can): {e}");
+                    ledger = LedgerFate::Uncommitted(id, e);
                 }
             }
-            None => tracing::error!(udid = %device.udid, "outcome not recorded (no ledger entry)"),
         }
         self.events.send(EventKind::Finished {
             phone,
@@ -534,6 +660,7 @@ impl Line {
             udid: device.udid,
             plug,
             report,
+            ledger,
         }
     }
 
@@ -543,11 +670,38 @@ impl Line {
         phones: &mut BTreeMap<String, PhoneState>,
         queue: &mut VecDeque<String>,
         stop: Shutdown,
+        pause: &mut Option<LedgerPause>,
     ) {
         let Some(state) = phones.get_mut(&finished.udid) else {
             return;
         };
         let report = finished.report;
+        match finished.ledger {
+            LedgerFate::Committed => {}
+            LedgerFate::NotBegun(e) => {
+                // Its turn is given back: first in line once the ledger takes writes.
+                state.attempts = state.attempts.saturating_sub(1);
+                if matches!(state.status, Status::Running { .. }) && state.attached {
+                    state.status = Status::Queued;
+                    queue.push_front(finished.udid.clone());
+                    self.events.send(EventKind::Queued {
+                        phone: state.phone.clone(),
+                    });
+                } else {
+                    state.status = Status::Unplugged {
+                        since: tokio::time::Instant::now(),
+                    };
+                }
+                if pause.is_none() {
+                    *pause = Some(self.pause_for(StationError::Ledger(e)));
+                }
+                return;
+            }
+            LedgerFate::Uncommitted(id, e) => {
+                let paused = pause.get_or_insert_with(|| self.pause_for(StationError::Ledger(e)));
+                paused.uncommitted.push((id, report.clone()));
+            }
+        }
         if report.serial.is_some() {
             state.serial.clone_from(&report.serial);
         }
@@ -770,6 +924,21 @@ impl AttemptLog for RunLog {
                 .await
         })
     }
+
+    fn storage(&self) -> Result<(), StorageProblem> {
+        match self.ledger.path().parent() {
+            Some(dir) => crate::storage::check(dir),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Stands in for the report of a phone whose attempt the ledger refused: never shown,
+/// never recorded (the phone goes back to the queue).
+fn not_begun_report(device: &DeviceInfo) -> ActivationReport {
+    let mut report = interrupted_report(device, Cut::Aborted, Step::Pair, Duration::ZERO);
+    report.message = "not started: the ledger refused the attempt".into();
+    report
 }
 
 fn interrupted_report(

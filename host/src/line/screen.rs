@@ -270,6 +270,15 @@ impl Screen {
                 style("▶").cyan(),
                 *outage_ms as f64 / 1000.0
             )),
+            EventKind::LedgerPaused { code, reason, .. } => self.notices.push(format!(
+                "{} error[{code}]: {reason}: no new phones until the ledger takes writes again",
+                style("!").red()
+            )),
+            EventKind::LedgerResumed { paused_ms } => self.notices.push(format!(
+                "{} the ledger takes writes again after {:.1} s: new phones are taken",
+                style("▶").cyan(),
+                *paused_ms as f64 / 1000.0
+            )),
             // Counted by the metrics; the screen has nothing to show for them.
             EventKind::Summary(_)
             | EventKind::CodeLookup { .. }

@@ -52,6 +52,15 @@ impl LockdownService for MobileActivationd {
                     return;
                 }
             };
+            if let Some(hostile) = conn.phone.profile().hostile.clone() {
+                let name = Command::from_plist(&request)
+                    .map(|c| c.name())
+                    .unwrap_or_default();
+                if hostile.applies_to(name) {
+                    crate::hostile::misbehave(&mut conn.channel, hostile.how, name).await;
+                    return;
+                }
+            }
             let reply = handle(&conn.phone, &authority, &request).await;
             if let Err(e) = conn.channel.send(&Value::Dictionary(reply)).await {
                 tracing::debug!(error = %e, "reply not delivered");

@@ -366,6 +366,9 @@ pub struct DeviceSpec {
     /// After taking a record the phone reports `Activated` only this much later.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activated_after_ms: Option<u64>,
+    /// `[device.hostile]`: the phone answers one request wrongly (crate::hostile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<crate::hostile::HostileSpec>,
     // --- Activation Lock (what Apple's activation server knows) ---
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<Lock>,
@@ -469,6 +472,8 @@ pub struct DeviceProfile {
     /// `None`: the session lasts until the next `CreateTunnel1SessionInfoRequest`.
     pub activation_session_lifetime_ms: Option<u64>,
     pub activated_after_ms: u64,
+    /// Where and how the phone misbehaves, if it does.
+    pub hostile: Option<crate::hostile::HostileSpec>,
     pub lock: Lock,
     /// Dashed display form (`XXXXX-XXXXX-XXXX-XXXX-XXXX-XXXX`); test data, not secrets.
     pub codes: Vec<String>,
@@ -715,6 +720,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         handle_record_delay_ms: (p.handle_record_delay_ms != 0).then_some(p.handle_record_delay_ms),
         activation_session_lifetime_ms: p.activation_session_lifetime_ms,
         activated_after_ms: (p.activated_after_ms != 0).then_some(p.activated_after_ms),
+        hostile: p.hostile.clone(),
         lock: Some(p.lock),
         // A phone that is not MDM-locked has no codes: leave the empty list out.
         codes: (p.lock == Lock::Mdm || !p.codes.is_empty()).then(|| p.codes.clone()),
@@ -1066,6 +1072,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         handle_record_delay_ms: spec.handle_record_delay_ms.unwrap_or(0),
         activation_session_lifetime_ms: spec.activation_session_lifetime_ms,
         activated_after_ms: spec.activated_after_ms.unwrap_or(0),
+        hostile: spec.hostile.clone(),
         lock,
         codes,
         stale_codes,

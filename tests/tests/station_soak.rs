@@ -1,0 +1,533 @@
+//! The soak of issue 13: `station run` (a service run, not `--once`) against the virtual
+//! bench (`station_sim::Bench`, what `station-sim serve` runs) with N phones arriving over
+//! time and faults at every step:
+//!
+//! - phones plugged in over the first 70 % of the run (the world's `plug_at_ms`); while
+//!   phones are at work, one of them is pulled out about every 0.6 s (until 80 % of the
+//!   run) and plugged back 0.3–3 s later, by the driver below;
+//! - trust: one in twenty activated phones denies it, the world's slow-trust phones (2.5 s);
+//! - hostile phones (`[device.hostile]`): one in forty answers one lockdown request or
+//!   mobileactivationd command with silence, a drip, the wrong types or a broken frame;
+//! - the activation server: 50 ms latency, 5 % of each endpoint's requests answered 503;
+//! - Graph and Kandji: latency, 5 % 503, 5 % 429 with `Retry-After: 1`; Entra's token
+//!   endpoint 2 % 503; Kandji failing every request for a fifth of the run (minutes, in
+//!   the long run) in the middle;
+//! - usbmuxd going away once mid-run and coming back 2 s later.
+//!
+//! Checks, printed as it goes: every phone ended in a named outcome (its last `finished`);
+//! the ledger holds exactly one row per `started` attempt, each with an outcome, nothing
+//! left open; nothing stuck (every phone done at the end of the drain); resident memory and
+//! open descriptors, sampled every few seconds, flat after warm-up (the series is printed);
+//! the time per phone does not grow with the count (medians per fifth of the arrivals).
+//!
+//! The suite runs a smoke version (`soak_with_faults` with its defaults: 30 phones, under a minute). `scripts/soak
+//! --phones 1000 --minutes 15` runs the long one by hand (`STATION_SOAK_*`, docs/testing.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use station_sim::hostile::{HostileHow, HostileSpec};
+use station_sim::{default_world, ActivationState, Trust};
+use station_sim::{BenchConfig, ConfigSource};
+use station_tests::inproc::{InProcBench, StreamingStation};
+
+/// How often memory and descriptors are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(3);
+/// Concurrency of the run.
+const CONCURRENCY: u32 = 16;
+
+struct Knobs {
+    phones: usize,
+    minutes: f64,
+    seed: u64,
+}
+
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// splitmix64, so a seed replays the same faults.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
+const HOSTILE: [(&str, HostileHow); 5] = [
+    ("GetValue", HostileHow::Silent),
+    ("GetValue", HostileHow::WrongFieldTypes),
+    ("QueryType", HostileHow::TruncatedFrame),
+    (
+        "CreateTunnel1SessionInfoRequest",
+        HostileHow::OversizedFrame,
+    ),
+    ("CreateTunnel1ActivationInfoRequest", HostileHow::SlowDrip),
+];
+
+/// The world: the generated phones (every activation and MDM case in turn), arriving over
+/// `arrival`, with denied trust and hostile phones mixed in, and the services' faults.
+fn world(knobs: &Knobs, arrival: Duration) -> station_sim::World {
+    let mut world = default_world(knobs.phones, knobs.seed);
+    let step_ms = arrival.as_millis() as u64 / knobs.phones.max(1) as u64;
+    let mut rng = Rng(knobs.seed ^ 0x50a4);
+    for (i, device) in world.devices.iter_mut().enumerate() {
+        device.plug_at_ms = Some(1 + i as u64 * step_ms + rng.below(step_ms.max(1)));
+        if device.activation_state == Some(ActivationState::Activated) && i % 20 == 11 {
+            device.trust = Some(Trust::Deny);
+        }
+        if i % 40 == 23 {
+            let (at, how) = HOSTILE[(i / 40) % HOSTILE.len()];
+            device.hostile = Some(HostileSpec { at: at.into(), how });
+        }
+    }
+    let text = format!(
+        "seed = {}\n\n[activation_server]\nlatency_ms = 50\n[activation_server.drm_handshake]\nfail_rate = 0.05\n[activation_server.device_activation]\nfail_rate = 0.05\n\n[intune.graph]\nlatency_ms = 30\nfail_rate = 0.05\nthrottle_rate = 0.05\nretry_after_secs = 1\n[intune.token]\nfail_rate = 0.02\n\n[kandji.api]\nlatency_ms = 30\nfail_rate = 0.05\nthrottle_rate = 0.05\nretry_after_secs = 1\n",
+        knobs.seed
+    );
+    let faults = station_sim::World::from_toml(&text, "soak faults").expect("fault tables");
+    world.activation_server = faults.activation_server;
+    world.intune = faults.intune;
+    world.kandji = faults.kandji;
+    world
+}
+
+/// One sample of the station process.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at_s: f64,
+    rss_kb: u64,
+    fds: usize,
+}
+
+fn sample(pid: u32, started: Instant) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some(Sample {
+        at_s: started.elapsed().as_secs_f64(),
+        rss_kb,
+        fds,
+    })
+}
+
+fn median(values: &mut [u64]) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// What the driver knows of each phone from the events.
+#[derive(Debug, Default)]
+struct Seen {
+    started: BTreeMap<String, usize>,
+    finished: BTreeMap<String, usize>,
+    last_outcome: BTreeMap<String, String>,
+    /// elapsed_ms of each `activated` finish.
+    activated_ms: BTreeMap<String, u64>,
+    in_flight: BTreeSet<String>,
+    run_id: Option<String>,
+    paused: usize,
+    /// How the activation server answered (`server_answer`'s class), counted.
+    answers: BTreeMap<String, usize>,
+    /// Code-source results (`code_lookup`), counted per source and result.
+    lookups: BTreeMap<String, usize>,
+    /// Why attempts were retried, by the reason's first words.
+    retries: usize,
+}
+
+impl Seen {
+    fn take(&mut self, event: &serde_json::Value) {
+        let udid = event["udid"].as_str().unwrap_or_default().to_string();
+        match event["event"].as_str().unwrap_or_default() {
+            "run_started" => self.run_id = event["run_id"].as_str().map(str::to_string),
+            "started" => {
+                *self.started.entry(udid.clone()).or_default() += 1;
+                self.in_flight.insert(udid);
+            }
+            "finished" => {
+                *self.finished.entry(udid.clone()).or_default() += 1;
+                let outcome = event["outcome"].as_str().unwrap_or_default().to_string();
+                if outcome == "activated" {
+                    self.activated_ms
+                        .insert(udid.clone(), event["elapsed_ms"].as_u64().unwrap_or(0));
+                }
+                self.last_outcome.insert(udid.clone(), outcome);
+                self.in_flight.remove(&udid);
+            }
+            "ledger_paused" => self.paused += 1,
+            "retrying" => self.retries += 1,
+            "server_answer" => {
+                let class = event["class"].as_str().unwrap_or_default().to_string();
+                *self.answers.entry(class).or_default() += 1;
+            }
+            "code_lookup" => {
+                for source in event["sources"].as_array().into_iter().flatten() {
+                    let key = format!(
+                        "{}:{}",
+                        source["source"].as_str().unwrap_or_default(),
+                        source["result"].as_str().unwrap_or_default()
+                    );
+                    *self.lookups.entry(key).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn drain(station: &mut StreamingStation, seen: &mut Seen) {
+    while let Ok(line) = station.lines.try_recv() {
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not NDJSON ({e}): {line}"));
+        seen.take(&event);
+    }
+}
+
+async fn soak(knobs: Knobs) {
+    let run_for = Duration::from_secs_f64(knobs.minutes * 60.0);
+    let arrival = run_for.mul_f64(0.7);
+    eprintln!(
+        "soak: {} phones over {:.1} min (arrivals in the first {:.0} s), seed {}, concurrency {CONCURRENCY}",
+        knobs.phones,
+        knobs.minutes,
+        arrival.as_secs_f64(),
+        knobs.seed
+    );
+    let world = world(&knobs, arrival);
+    let udids: Vec<String> = world
+        .devices
+        .iter()
+        .map(|d| d.udid.clone().unwrap_or_default())
+        .collect();
+    let text = world.to_toml();
+    let mut f = InProcBench::start_with(&text, |config: &mut BenchConfig| {
+        config.station_config_sources = vec![ConfigSource::Intune, ConfigSource::Kandji];
+    })
+    .await;
+    let udids: Vec<String> = if udids.iter().all(|u| !u.is_empty()) {
+        udids
+    } else {
+        f.udids.clone()
+    };
+    let config = std::fs::read_to_string(f.bench.station_config()).expect("bench config");
+    let config = config.replacen(
+        "[station]\n",
+        &format!("[station]\nconcurrency = {CONCURRENCY}\n"),
+        1,
+    ) + "\n[retry]\nattempts = 3\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000\n";
+    let config_path = f.path("soak.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let config_path = config_path.to_str().expect("utf-8").to_string();
+    // `station_command` points STATION_DATA_DIR here, over the file's `data_dir`.
+    let data_dir = f.path("data");
+
+    let started = Instant::now();
+    let mut station = f.spawn_station(&["--config", &config_path, "--json", "run"]);
+    let pid = station.child.id();
+    let mut rng = Rng(knobs.seed ^ 0xfa17);
+    let mut seen = Seen::default();
+    let mut samples = Vec::new();
+    let mut next_sample = Instant::now();
+    // Phones the driver pulled out, and when each goes back in.
+    let mut pulled: Vec<(String, Instant)> = Vec::new();
+    let mut unplugs = 0;
+    let kandji_out = (run_for.mul_f64(0.3), run_for.mul_f64(0.5));
+    let mut kandji_down = false;
+    let usbmuxd_away_at = run_for.mul_f64(0.4);
+    let mut usbmuxd_gone: Option<Instant> = None;
+    let mut usbmuxd_done = false;
+    let faults_end = run_for.mul_f64(0.8);
+
+    while started.elapsed() < run_for {
+        drain(&mut station, &mut seen);
+        assert!(
+            matches!(station.child.try_wait(), Ok(None)),
+            "the station exited mid-run"
+        );
+        let now = started.elapsed();
+        if Instant::now() >= next_sample {
+            if let Some(s) = sample(pid, started) {
+                eprintln!(
+                    "soak: t={:>6.1}s rss={:>6.1} MB fds={:>3} started={} finished={} in_flight={}",
+                    s.at_s,
+                    s.rss_kb as f64 / 1024.0,
+                    s.fds,
+                    seen.started.values().sum::<usize>(),
+                    seen.finished.values().sum::<usize>(),
+                    seen.in_flight.len()
+                );
+                samples.push(s);
+            }
+            next_sample += SAMPLE_EVERY;
+        }
+        // A code source out for minutes.
+        let down = now >= kandji_out.0 && now < kandji_out.1;
+        if down != kandji_down {
+            kandji_down = down;
+            f.bench
+                .kandji()
+                .set_fail_rate(if down { 1.0 } else { 0.05 });
+            eprintln!(
+                "soak: t={:.1}s Kandji {}",
+                now.as_secs_f64(),
+                if down {
+                    "fails every request"
+                } else {
+                    "is back"
+                }
+            );
+        }
+        // usbmuxd away once, back 2 s later.
+        if !usbmuxd_done && usbmuxd_gone.is_none() && now >= usbmuxd_away_at {
+            f.stop_usbmuxd().await;
+            usbmuxd_gone = Some(Instant::now());
+            eprintln!("soak: t={:.1}s usbmuxd gone", now.as_secs_f64());
+        }
+        if usbmuxd_gone.is_some_and(|at| at.elapsed() >= Duration::from_secs(2)) {
+            f.start_usbmuxd();
+            usbmuxd_gone = None;
+            usbmuxd_done = true;
+            eprintln!(
+                "soak: t={:.1}s usbmuxd back",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        // Unplug a phone at work now and then; plug it back a moment later.
+        if now < faults_end
+            && usbmuxd_gone.is_none()
+            && !seen.in_flight.is_empty()
+            && rng.below(12) == 0
+        {
+            let pick = rng.below(seen.in_flight.len() as u64) as usize;
+            if let Some(udid) = seen.in_flight.iter().nth(pick).cloned() {
+                if !pulled.iter().any(|(u, _)| u == &udid) && f.bench.unplug(&udid).is_ok() {
+                    unplugs += 1;
+                    let back = Instant::now() + Duration::from_millis(300 + rng.below(2700));
+                    pulled.push((udid, back));
+                }
+            }
+        }
+        if usbmuxd_gone.is_none() {
+            let due: Vec<String> = pulled
+                .iter()
+                .filter(|(_, at)| *at <= Instant::now())
+                .map(|(u, _)| u.clone())
+                .collect();
+            for udid in due {
+                let _ = f.bench.plug(&udid);
+                pulled.retain(|(u, _)| u != &udid);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (udid, _) in pulled.drain(..) {
+        let _ = f.bench.plug(&udid);
+    }
+
+    // Drain: every phone must come to an end (retries and back-offs included).
+    let drain_limit = Duration::from_secs(180);
+    let drain_started = Instant::now();
+    loop {
+        drain(&mut station, &mut seen);
+        let done = udids.iter().all(|u| {
+            seen.finished.get(u).copied().unwrap_or(0) >= seen.started.get(u).copied().unwrap_or(1)
+                && seen.finished.contains_key(u)
+                && seen.last_outcome.get(u).is_some_and(|o| o != "interrupted")
+        });
+        if done {
+            break;
+        }
+        if drain_started.elapsed() > drain_limit {
+            let stuck: Vec<(&String, Option<&String>, usize, usize)> = udids
+                .iter()
+                .filter(|u| {
+                    !seen.finished.contains_key(*u)
+                        || seen.in_flight.contains(*u)
+                        || seen
+                            .last_outcome
+                            .get(*u)
+                            .is_some_and(|o| o == "interrupted")
+                })
+                .map(|u| {
+                    (
+                        u,
+                        seen.last_outcome.get(u),
+                        seen.started.get(u).copied().unwrap_or(0),
+                        seen.finished.get(u).copied().unwrap_or(0),
+                    )
+                })
+                .collect();
+            panic!(
+                "{} phone(s) stuck after {drain_limit:?} of drain: {stuck:#?}",
+                stuck.len()
+            );
+        }
+        if Instant::now() >= next_sample {
+            if let Some(s) = sample(pid, started) {
+                samples.push(s);
+            }
+            next_sample += SAMPLE_EVERY;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = started.elapsed();
+    station.signal("TERM");
+    let (rest, status) = station.finish(Duration::from_secs(60)).await;
+    for event in &rest {
+        seen.take(event);
+    }
+    assert!(status.success(), "the run ended {status}");
+
+    // Every phone: a named final outcome.
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    for udid in &udids {
+        let outcome = seen
+            .last_outcome
+            .get(udid)
+            .map(String::as_str)
+            .unwrap_or("");
+        assert!(!outcome.is_empty(), "{udid} has no outcome");
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    eprintln!("soak: outcomes {outcomes:?}");
+    eprintln!("soak: activation server answers {:?}", seen.answers);
+    eprintln!("soak: code look-ups {:?}", seen.lookups);
+    eprintln!("soak: {} retries", seen.retries);
+    eprintln!(
+        "soak: {} attempts, {unplugs} unplugs by the driver, {} ledger pauses",
+        seen.started.values().sum::<usize>(),
+        seen.paused
+    );
+
+    // The ledger: one row per attempt, each closed, the same count per phone as `started`.
+    let run_id = seen.run_id.clone().expect("run_started");
+    let conn = rusqlite::Connection::open(data_dir.join("ledger.sqlite3")).expect("ledger");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity_check");
+    assert_eq!(integrity, "ok");
+    let mut statement = conn
+        .prepare("SELECT udid, COUNT(*), SUM(outcome IS NULL) FROM attempts WHERE run_id = ?1 GROUP BY udid")
+        .expect("prepare");
+    let rows: BTreeMap<String, (usize, usize)> = statement
+        .query_map([&run_id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                (
+                    row.get::<_, i64>(1)? as usize,
+                    row.get::<_, i64>(2)? as usize,
+                ),
+            ))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for udid in &udids {
+        let (count, open) = rows.get(udid).copied().unwrap_or((0, 0));
+        let attempts = seen.started.get(udid).copied().unwrap_or(0);
+        assert_eq!(
+            count, attempts,
+            "{udid}: {count} ledger rows for {attempts} attempts"
+        );
+        assert_eq!(open, 0, "{udid}: {open} attempts left open");
+    }
+    assert_eq!(
+        rows.len(),
+        udids.len(),
+        "ledger rows for phones not in the world"
+    );
+
+    // Memory and descriptors flat after warm-up: the first fifth of the run is warm-up; the
+    // last quarter may not be above the second quarter by more than the margins.
+    eprintln!("soak: samples (t s, RSS MB, fds):");
+    for s in &samples {
+        eprintln!(
+            "soak:   {:>7.1} {:>7.1} {:>4}",
+            s.at_s,
+            s.rss_kb as f64 / 1024.0,
+            s.fds
+        );
+    }
+    let warm: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at_s >= total.as_secs_f64() * 0.2)
+        .collect();
+    if warm.len() >= 8 {
+        let quarter = warm.len() / 4;
+        let early = &warm[quarter..2 * quarter];
+        let late = &warm[warm.len() - quarter..];
+        let mut early_rss: Vec<u64> = early.iter().map(|s| s.rss_kb).collect();
+        let mut late_rss: Vec<u64> = late.iter().map(|s| s.rss_kb).collect();
+        let (early_rss, late_rss) = (median(&mut early_rss), median(&mut late_rss));
+        let early_fds = early.iter().map(|s| s.fds).max().unwrap_or(0);
+        let late_fds = late.iter().map(|s| s.fds).max().unwrap_or(0);
+        eprintln!(
+            "soak: RSS median {:.1} MB (after warm-up) -> {:.1} MB (end); fds max {early_fds} -> {late_fds}",
+            early_rss as f64 / 1024.0,
+            late_rss as f64 / 1024.0
+        );
+        assert!(
+            late_rss <= early_rss + early_rss / 4 + 8 * 1024,
+            "resident memory grows: {early_rss} kB -> {late_rss} kB"
+        );
+        assert!(
+            late_fds <= early_fds + 2 * CONCURRENCY as usize,
+            "descriptors grow: {early_fds} -> {late_fds}"
+        );
+    }
+
+    // Time per phone by arrival order, in fifths: the last no slower than the first.
+    let mut fifths: Vec<Vec<u64>> = vec![Vec::new(); 5];
+    for (i, udid) in udids.iter().enumerate() {
+        if let Some(ms) = seen.activated_ms.get(udid) {
+            fifths[i * 5 / udids.len().max(1)].push(*ms);
+        }
+    }
+    let medians: Vec<u64> = fifths.iter_mut().map(|v| median(v)).collect();
+    eprintln!("soak: median ms per activated phone, by fifth of the arrivals: {medians:?}");
+    if medians.iter().all(|m| *m > 0) {
+        assert!(
+            medians[4] <= medians[0] * 2 + 1000,
+            "time per phone grows with the count: {medians:?}"
+        );
+    }
+    eprintln!(
+        "soak: passed: {} phones in {:.1} s",
+        udids.len(),
+        total.as_secs_f64()
+    );
+}
+
+/// The suite's smoke version: 30 phones in about 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_with_faults() {
+    soak(Knobs {
+        phones: knob("STATION_SOAK_PHONES", 30),
+        minutes: knob("STATION_SOAK_MINUTES", 0.4),
+        seed: knob("STATION_SOAK_SEED", 13),
+    })
+    .await;
+}
