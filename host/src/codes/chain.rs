@@ -215,7 +215,7 @@ impl Chain {
                         continue;
                     }
                     let answer = self.ask(index, link, &key, serial, udid).await;
-                    have_codes = answer.as_ref().is_ok_and(|(l, _)| !l.codes.is_empty());
+                    have_codes = answer.0.as_ref().is_ok_and(|(l, _)| !l.codes.is_empty());
                     answers.push(Some(answer));
                 }
                 answers
@@ -223,7 +223,10 @@ impl Chain {
         };
         let mut merged = Lookup::default();
         for (link, answer) in self.links.iter().zip(answers) {
-            let Some(answer) = answer else { continue };
+            let Some((answer, elapsed)) = answer else {
+                continue;
+            };
+            let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
             match answer {
                 Ok((lookup, cached)) => {
                     merged.known |= lookup.known;
@@ -233,6 +236,7 @@ impl Chain {
                         known: lookup.known,
                         codes: lookup.codes.len(),
                         cached,
+                        elapsed_ms,
                         absent: lookup.absent.first().cloned(),
                     });
                     merged.absent.extend(lookup.absent);
@@ -247,6 +251,7 @@ impl Chain {
                         source: link.name.clone(),
                         kind: link.kind,
                         reason: error.to_string(),
+                        elapsed_ms,
                     });
                 }
             }
@@ -267,8 +272,21 @@ impl Chain {
         Ok(merged)
     }
 
-    /// One source's answer: from the cache, or asked and then cached.
+    /// One source's answer (from the cache, or asked and then cached) and the time it took.
     async fn ask(
+        &self,
+        index: usize,
+        link: &Link,
+        key: &Key,
+        serial: &str,
+        udid: &str,
+    ) -> (Result<(Lookup, bool), LookupError>, Duration) {
+        let started = Instant::now();
+        let answer = self.ask_untimed(index, link, key, serial, udid).await;
+        (answer, started.elapsed())
+    }
+
+    async fn ask_untimed(
         &self,
         index: usize,
         link: &Link,
@@ -308,6 +326,7 @@ impl Chain {
     ) -> Result<Option<RemoteRelease>, ChainError> {
         let mut failures = Vec::new();
         for link in &self.links {
+            let started = Instant::now();
             match link.source.release(serial, udid).await {
                 Ok(Some(release)) => return Ok(Some(release)),
                 Ok(None) => {}
@@ -317,6 +336,8 @@ impl Chain {
                         source: link.name.clone(),
                         kind: link.kind,
                         reason: error.to_string(),
+                        elapsed_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
                     });
                 }
             }
@@ -505,6 +526,7 @@ mod tests {
                 kind: "kandji",
                 reason: "Kandji refused the API token (HTTP 401): check the token and api_url"
                     .into(),
+                elapsed_ms: lookup.failures[0].elapsed_ms,
             }]
         );
         assert_eq!(chain.sources()[1], ("kandji", "kandji"));

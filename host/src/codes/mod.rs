@@ -96,6 +96,8 @@ pub struct SourceAnswer {
     pub codes: usize,
     /// Answered from this run's cache, without asking the source again.
     pub cached: bool,
+    /// Time spent on this source's answer (about 0 when it came from the cache).
+    pub elapsed_ms: u64,
     /// Why it had no code (see [`Lookup::absent`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub absent: Option<String>,
@@ -107,6 +109,8 @@ pub struct SourceFailure {
     pub source: String,
     pub kind: &'static str,
     pub reason: String,
+    /// Time spent before the source failed (its own retries included).
+    pub elapsed_ms: u64,
 }
 
 impl Lookup {

@@ -218,6 +218,10 @@ pub struct SourceResult {
     pub codes: usize,
     /// Answered from this run's cache, without asking the source again.
     pub cached: bool,
+    /// Time spent asking this source; none for a cached answer or when the chain itself
+    /// failed (added within `v` 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -247,12 +251,13 @@ impl SourceOutcome {
 /// Each source's part in a look-up, from the chain's report. When every source failed the
 /// chain answers an error that names them; any other error counts as one failed `codes`.
 pub fn source_results(result: &Result<Lookup, LookupError>) -> Vec<SourceResult> {
-    let failed = |source: &str, kind: &str| SourceResult {
+    let failed = |source: &str, kind: &str, elapsed_ms: Option<u64>| SourceResult {
         source: source.to_string(),
         kind: kind.to_string(),
         result: SourceOutcome::Failed,
         codes: 0,
         cached: false,
+        elapsed_ms,
     };
     match result {
         Ok(lookup) => {
@@ -271,15 +276,22 @@ pub fn source_results(result: &Result<Lookup, LookupError>) -> Vec<SourceResult>
                     },
                     codes: a.codes,
                     cached: a.cached,
+                    elapsed_ms: (!a.cached).then_some(a.elapsed_ms),
                 })
                 .collect();
-            out.extend(lookup.failures.iter().map(|f| failed(&f.source, f.kind)));
+            out.extend(
+                lookup
+                    .failures
+                    .iter()
+                    .map(|f| failed(&f.source, f.kind, Some(f.elapsed_ms))),
+            );
             out
         }
-        Err(LookupError::Chain(ChainError::AllFailed { failures })) => {
-            failures.iter().map(|f| failed(&f.source, f.kind)).collect()
-        }
-        Err(_) => vec![failed("codes", "chain")],
+        Err(LookupError::Chain(ChainError::AllFailed { failures })) => failures
+            .iter()
+            .map(|f| failed(&f.source, f.kind, Some(f.elapsed_ms)))
+            .collect(),
+        Err(_) => vec![failed("codes", "chain", None)],
     }
 }
 
@@ -460,13 +472,15 @@ mod tests {
             kind: "csv",
             known,
             codes,
-            cached: false,
+            cached: source == "c",
+            elapsed_ms: 40,
             absent: None,
         };
         let failure = SourceFailure {
             source: "kandji".into(),
             kind: "kandji",
             reason: "HTTP 503".into(),
+            elapsed_ms: 30_000,
         };
         let lookup = Lookup {
             known: true,
@@ -479,17 +493,18 @@ mod tests {
             failures: vec![failure.clone()],
             absent: Vec::new(),
         };
-        let results: Vec<(String, SourceOutcome, usize)> = source_results(&Ok(lookup))
+        let results: Vec<(String, SourceOutcome, usize, Option<u64>)> = source_results(&Ok(lookup))
             .into_iter()
-            .map(|r| (r.source, r.result, r.codes))
+            .map(|r| (r.source, r.result, r.codes, r.elapsed_ms))
             .collect();
+        // A cached answer took no time of the source's: it has no duration.
         assert_eq!(
             results,
             [
-                ("a".to_string(), SourceOutcome::Codes, 2),
-                ("b".to_string(), SourceOutcome::NoCode, 0),
-                ("c".to_string(), SourceOutcome::Unknown, 0),
-                ("kandji".to_string(), SourceOutcome::Failed, 0),
+                ("a".to_string(), SourceOutcome::Codes, 2, Some(40)),
+                ("b".to_string(), SourceOutcome::NoCode, 0, Some(40)),
+                ("c".to_string(), SourceOutcome::Unknown, 0, None),
+                ("kandji".to_string(), SourceOutcome::Failed, 0, Some(30_000)),
             ]
         );
         let all_failed = Err(LookupError::Chain(ChainError::AllFailed {

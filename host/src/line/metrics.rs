@@ -81,6 +81,8 @@ pub struct Metrics {
     /// (source, kind, result) → look-ups.
     lookups: BTreeMap<(String, String, &'static str), u64>,
     lookup_latency: Histogram,
+    /// (source, kind) → time each source took when asked (cached answers left out).
+    source_latency: BTreeMap<(String, String), Histogram>,
     answers: BTreeMap<AnswerClass, u64>,
     answer_latency: Histogram,
     retries: u64,
@@ -96,6 +98,7 @@ impl Default for Metrics {
             finished: BTreeMap::new(),
             lookups: BTreeMap::new(),
             lookup_latency: Histogram::new(&LATENCY_BUCKETS),
+            source_latency: BTreeMap::new(),
             answers: BTreeMap::new(),
             answer_latency: Histogram::new(&LATENCY_BUCKETS),
             retries: 0,
@@ -152,6 +155,12 @@ impl Metrics {
                         .lookups
                         .entry((s.source.clone(), s.kind.clone(), s.result.as_str()))
                         .or_default() += 1;
+                    if let Some(ms) = s.elapsed_ms {
+                        self.source_latency
+                            .entry((s.source.clone(), s.kind.clone()))
+                            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
+                            .observe_ms(ms);
+                    }
                 }
             }
             EventKind::ServerAnswer {
@@ -290,6 +299,19 @@ impl Metrics {
         );
         self.lookup_latency
             .render(&mut out, "station_code_lookup_duration_seconds", "");
+        family(
+            &mut out,
+            "station_code_source_duration_seconds",
+            "histogram",
+            "Time each code source took to answer or fail, by source (cached answers left out).",
+        );
+        for ((source, kind), histogram) in &self.source_latency {
+            histogram.render(
+                &mut out,
+                "station_code_source_duration_seconds",
+                &format!("source=\"{}\",kind=\"{}\"", escape(source), escape(kind)),
+            );
+        }
 
         family(
             &mut out,
@@ -419,6 +441,7 @@ mod tests {
                             result: SourceOutcome::Codes,
                             codes: 1,
                             cached: false,
+                            elapsed_ms: Some(20),
                         },
                         SourceResult {
                             source: "csv:\"odd\\name\"".into(),
@@ -426,6 +449,7 @@ mod tests {
                             result: SourceOutcome::Failed,
                             codes: 0,
                             cached: false,
+                            elapsed_ms: Some(7),
                         },
                     ],
                 },
@@ -511,6 +535,13 @@ mod tests {
         assert!(text.contains("station_activation_answer_duration_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("station_activation_answer_duration_seconds_count 1"));
         assert!(text.contains("station_code_lookup_duration_seconds_count 1"));
+        // Each source has its own latency, failures included.
+        assert!(text.contains(
+            "station_code_source_duration_seconds_bucket{source=\"intune\",kind=\"intune\",le=\"0.025\"} 1"
+        ));
+        assert!(text.contains(
+            "station_code_source_duration_seconds_sum{source=\"csv:\\\"odd\\\\name\\\"\",kind=\"csv\"} 0.007"
+        ));
         assert!(text.contains("station_attempts_total{outcome=\"activated\"} 1"));
         assert!(text.contains("station_run_ended 0"));
         // Every family is declared once, before its samples.
