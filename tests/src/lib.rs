@@ -21,6 +21,7 @@ pub mod fixtures;
 pub mod hostile;
 pub mod inproc;
 pub mod pg;
+pub mod seeded;
 pub mod sha1_records;
 pub mod web;
 

@@ -15,29 +15,13 @@ use std::time::{Duration, Instant};
 use station_sim::ActivationState;
 use station_tests::fixtures::{self, Phone, CODE_A};
 use station_tests::inproc::{InProcBench, StreamingStation};
+use station_tests::seeded::SeededRng;
 
 const DEFAULT_KILLS: u64 = 10;
 /// The longest a station runs before it is killed: long enough for a whole pass over the
 /// bench at the activation server's latency below, so kills land in every phase.
 const MAX_LIFETIME_MS: u64 = 2500;
 const SERVER_LATENCY: Duration = Duration::from_millis(150);
-
-/// splitmix64: a small deterministic generator, so a seed replays a failing loop.
-struct Moments(u64);
-
-impl Moments {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-}
 
 /// One attempt row as the checks compare it.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,7 +173,7 @@ async fn sigkill_at_random_moments_keeps_the_ledger_whole() {
             .map_or(13, |d| d.as_secs()),
     );
     eprintln!("sigkill loop: {kills} kills, STATION_KILL_SEED={seed}");
-    let mut moments = Moments(seed);
+    let mut moments = SeededRng::new(seed);
 
     let f = InProcBench::start(&fixtures::world(
         13,

@@ -30,6 +30,7 @@ use station_sim::hostile::{HostileHow, HostileSpec};
 use station_sim::{default_world, ActivationState, Trust};
 use station_sim::{BenchConfig, ConfigSource};
 use station_tests::inproc::{InProcBench, StreamingStation};
+use station_tests::seeded::SeededRng;
 
 /// How often memory and descriptors are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(3);
@@ -51,23 +52,6 @@ fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-/// splitmix64, so a seed replays the same faults.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-}
-
 const HOSTILE: [(&str, HostileHow); 5] = [
     ("GetValue", HostileHow::Silent),
     ("GetValue", HostileHow::WrongFieldTypes),
@@ -84,7 +68,7 @@ const HOSTILE: [(&str, HostileHow); 5] = [
 fn world(knobs: &Knobs, arrival: Duration) -> station_sim::World {
     let mut world = default_world(knobs.phones, knobs.seed);
     let step_ms = arrival.as_millis() as u64 / knobs.phones.max(1) as u64;
-    let mut rng = Rng(knobs.seed ^ 0x50a4);
+    let mut rng = SeededRng::new(knobs.seed ^ 0x50a4);
     for (i, device) in world.devices.iter_mut().enumerate() {
         device.plug_at_ms = Some(1 + i as u64 * step_ms + rng.below(step_ms.max(1)));
         if device.activation_state == Some(ActivationState::Activated) && i % 20 == 11 {
@@ -247,7 +231,7 @@ async fn soak(knobs: Knobs) {
     let started = Instant::now();
     let mut station = f.spawn_station(&["--config", &config_path, "--json", "run"]);
     let pid = station.child.id();
-    let mut rng = Rng(knobs.seed ^ 0xfa17);
+    let mut rng = SeededRng::new(knobs.seed ^ 0xfa17);
     let mut seen = Seen::default();
     let mut samples = Vec::new();
     let mut next_sample = Instant::now();
