@@ -6,8 +6,13 @@
 . /usb-vm/lib.sh
 
 load_usb_modules "$UDCS"
-step "station-sim gadget --devices $UDCS"
-station-sim gadget --devices "$UDCS" --ready "$RESULTS/ready.json" >"$RESULTS/sim.log" 2>&1 &
+# A phone drops a lockdown connection idle for 10 s (docs/protocol.md §3.1). Here the host
+# tools run under TCG emulation, where libimobiledevice's RSA key generation between two
+# requests of its first pairing took more than 10 s on a loaded machine (a GetValue, then
+# the Pair request 10 s later than the phone waits): the limit is scaled to the emulated
+# host's speed, as the rest of the scenario's time limits are.
+step "station-sim gadget --devices $UDCS --idle-timeout-ms 60000"
+station-sim gadget --devices "$UDCS" --idle-timeout-ms 60000 --ready "$RESULTS/ready.json" >"$RESULTS/sim.log" 2>&1 &
 SIM=$!
 wait_for 60 test -s "$RESULTS/ready.json" || { show 'sim| ' "$RESULTS/sim.log"; fail "no ready file"; }
 udids="$(sed -n 's/^ *"udid": "\(.*\)",$/\1/p' "$RESULTS/ready.json" | sort)"

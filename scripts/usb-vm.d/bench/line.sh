@@ -31,8 +31,10 @@ STATE=/tmp/sim-state
 start_gadgets() {
     rm -f /tmp/ready.json
     rm -rf "$STATE/phones" "$STATE/lockdown"
+    # --idle-timeout-ms: the phone's 10 s lockdown idle limit scaled to the emulated host, whose
+    # RSA key generation for usbmuxd's pairings can outlast it (see usbmuxd-judges.sh).
     station-sim gadget --world /tmp/world.toml --state-dir "$STATE" --socket "/tmp/sim-$1.sock" \
-        --ready /tmp/ready.json >"$RESULTS/sim-$1.log" 2>&1 &
+        --idle-timeout-ms 60000 --ready /tmp/ready.json >"$RESULTS/sim-$1.log" 2>&1 &
     SIM=$!
     wait_for 120 test -s /tmp/ready.json || { show 'sim| ' "$RESULTS/sim-$1.log"; fail "no ready file"; }
     wait_for 60 sh -c "[ \$(grep -l '^05ac\$' /sys/bus/usb/devices/*/idVendor 2>/dev/null | wc -l) -ge $N ]" \
