@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{describe, FleetError, CONNECT_TIMEOUT};
@@ -176,43 +177,37 @@ fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, FleetErr
 /// Connects (bounded by [`CONNECT_TIMEOUT`]); the connection's I/O runs in its own task,
 /// which ends when the client is dropped or the link breaks.
 pub async fn connect(target: &Target) -> Result<Client, FleetError> {
-    let failed = |e: tokio_postgres::Error| FleetError::Connect {
-        target: target.shown.clone(),
-        reason: describe(&e),
-    };
-    let timeout = |_| FleetError::Timeout {
-        what: "connecting",
-        timeout: CONNECT_TIMEOUT,
-    };
     match target.tls {
-        TlsMode::Plain => {
-            let (client, connection) =
-                tokio::time::timeout(CONNECT_TIMEOUT, target.config.connect(NoTls))
-                    .await
-                    .map_err(timeout)?
-                    .map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("fleet database connection closed: {}", describe(&e));
-                }
-            });
-            Ok(client)
-        }
+        TlsMode::Plain => connect_with(target, NoTls).await,
         TlsMode::Verified => {
             let tls = MakeRustlsConnect::new(tls_config(target.root_cert.as_deref())?);
-            let (client, connection) =
-                tokio::time::timeout(CONNECT_TIMEOUT, target.config.connect(tls))
-                    .await
-                    .map_err(timeout)?
-                    .map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("fleet database connection closed: {}", describe(&e));
-                }
-            });
-            Ok(client)
+            connect_with(target, tls).await
         }
     }
+}
+
+/// [`connect`] over the link `tls` makes (plain or rustls).
+async fn connect_with<T>(target: &Target, tls: T) -> Result<Client, FleetError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, target.config.connect(tls))
+        .await
+        .map_err(|_| FleetError::Timeout {
+            what: "connecting",
+            timeout: CONNECT_TIMEOUT,
+        })?
+        .map_err(|e| FleetError::Connect {
+            target: target.shown.clone(),
+            reason: describe(&e),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("fleet database connection closed: {}", describe(&e));
+        }
+    });
+    Ok(client)
 }
 
 #[cfg(test)]

@@ -492,11 +492,10 @@ fn crash_child() {
     });
 }
 
-#[tokio::test]
-async fn a_killed_process_loses_no_committed_outcome() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Runs [`crash_child`] in a child process of this test binary, its ledger in `dir`.
+fn run_crash_child(dir: &std::path::Path) -> std::process::ExitStatus {
     let exe = std::env::current_exe().expect("test binary");
-    let status = std::process::Command::new(exe)
+    std::process::Command::new(exe)
         .args([
             "ledger::tests::crash_child",
             "--exact",
@@ -504,11 +503,17 @@ async fn a_killed_process_loses_no_committed_outcome() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CRASH_DIR, dir.path())
+        .env(CRASH_DIR, dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .expect("run the child");
+        .expect("run the child")
+}
+
+#[tokio::test]
+async fn a_killed_process_loses_no_committed_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = run_crash_child(dir.path());
     assert!(!status.success(), "the child must die, not exit cleanly");
 
     let (ledger, recovered) =
@@ -961,21 +966,8 @@ async fn finished_attempts_are_queued_for_the_fleet_with_their_outcome() {
 #[tokio::test]
 async fn recovered_attempts_are_queued_and_a_kill_keeps_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("test binary");
     // The child finishes one attempt and aborts inside another (see crash_child).
-    let status = std::process::Command::new(exe)
-        .args([
-            "ledger::tests::crash_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CRASH_DIR, dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run the child");
+    let status = run_crash_child(dir.path());
     assert!(!status.success());
     assert_eq!(
         reader(dir.path()).outbox_backlog().expect("backlog"),
