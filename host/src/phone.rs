@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use station_protocol::channel::PlistChannel;
-use station_protocol::lockdown::{LockdownClient, LockdownError, LockdownErrorKind, LOCKDOWN_PORT};
+use station_protocol::lockdown::{
+    LockdownClient, LockdownError, LockdownErrorKind, ServiceInfo, LOCKDOWN_PORT,
+};
 use station_protocol::pairing::{
     generate_pair_record, PairRecord, PairRecordStore, UsbmuxdPairStore,
 };
@@ -260,11 +262,22 @@ impl Bench {
             .start_service(service, None)
             .await
             .map_err(|e| StationError::from_lockdown(&device.udid, e))?;
+        self.connect_service(device, &session.record, &info).await
+    }
+
+    /// Opens the connection of a service the phone started (`StartService` answered
+    /// `info`): TLS when the phone asks for it, with the session's certificates.
+    pub async fn connect_service(
+        &self,
+        device: &DeviceInfo,
+        record: &PairRecord,
+        info: &ServiceInfo,
+    ) -> Result<PlistChannel<UsbmuxStream>, StationError> {
         let stream = self.transport.connect(device, info.port).await?;
         let mut channel = PlistChannel::new(stream);
         channel.set_timeout(Some(self.transport.timeout()));
         if info.ssl {
-            let tls = self.tls_config(&session.record)?;
+            let tls = self.tls_config(record)?;
             channel.start_tls_client(tls).await.map_err(|e| {
                 StationError::from_lockdown(&device.udid, LockdownError::Channel(e))
             })?;

@@ -414,6 +414,11 @@ impl Bench {
         Ok(self.phone(udid)?.activation_state())
     }
 
+    /// How many lockdown sessions the phone started and idle connections it closed.
+    pub fn lockdown_stats(&self, udid: &str) -> Result<crate::phone::LockdownStats, SimError> {
+        Ok(self.phone(udid)?.lockdown_stats())
+    }
+
     /// Sets a phone's activation state as if it had been set up that way (persisted).
     pub async fn set_activation_state(
         &self,

@@ -115,6 +115,7 @@ pub(crate) async fn serve(
                     }
                     Err(ChannelError::Timeout(after)) => {
                         tracing::debug!(?after, "idle connection closed");
+                        conn.phone.note_idle_close();
                         break;
                     }
                     Err(e) => {
@@ -509,6 +510,7 @@ impl Connection {
             suite = negotiated.as_ref().map_or("", |t| t.cipher_suite_name.as_str()),
             "session started"
         );
+        self.phone.note_session_started();
         self.session = Some(Session {
             id: session_id,
             tls,

@@ -520,3 +520,44 @@ async fn a_page_of_hidden_fields_is_posted_back_and_the_user_agent_is_configurab
         assert_eq!(request.user_agent.as_deref(), Some(legacy));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lockdown_session_serves_the_activation_and_one_the_phone_closed_is_replaced() {
+    // As pymobiledevice3 does (docs/protocol.md §5.3): the session opened after pairing
+    // starts every mobileactivationd command (each on a service connection of its own) and
+    // takes the acknowledgement; before, each command and the verification opened one more
+    // (five TLS handshakes with the phone instead of one).
+    let b = InProcBench::start(&fixtures::world(
+        16,
+        &[Phone::mdm_locked(MDM, &[GOOD]), Phone::unactivated(CLEAN)],
+    ))
+    .await;
+    let csv = b.codes_csv("codes.csv", &[(MDM, GOOD, "device")]);
+    for phone in [MDM, CLEAN] {
+        let (out, json) = activate_configured(&b, phone, Some(&csv), "").await;
+        assert_eq!(outcome(&json), "activated", "{out}");
+        let stats = b.bench.lockdown_stats(b.udid(phone)).expect("stats");
+        assert_eq!(stats.sessions_started, 1, "{phone}: {stats:?}\n{out}");
+        assert_eq!(stats.idle_closed, 0, "{phone}: {stats:?}\n{out}");
+    }
+
+    // A phone that drops a lockdown connection idle for 1 s, and a server that takes 2.5 s
+    // per answer: the session kept across each answer is found closed at the next command
+    // and replaced by a new one; the phone is activated all the same.
+    let b = InProcBench::start_with(
+        &fixtures::world_with(
+            17,
+            "[activation_server]\nlatency_ms = 2500",
+            &[Phone::mdm_locked(MDM, &[GOOD])],
+        ),
+        |config| config.idle_timeout = Duration::from_secs(1),
+    )
+    .await;
+    let csv = b.codes_csv("codes.csv", &[(MDM, GOOD, "device")]);
+    let (out, json) = activate_configured(&b, MDM, Some(&csv), "").await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(b.ideviceinfo_state(MDM).await, "Activated");
+    let stats = b.bench.lockdown_stats(b.udid(MDM)).expect("stats");
+    assert!(stats.idle_closed >= 1, "{stats:?}\n{out}");
+    assert!(stats.sessions_started >= 2, "{stats:?}\n{out}");
+}

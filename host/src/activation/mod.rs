@@ -17,6 +17,7 @@ use station_protocol::activation::{
 };
 use station_protocol::channel::ChannelError;
 use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FROM};
+use station_protocol::lockdown::{LockdownError, ServiceInfo};
 use station_protocol::mobileactivation::{self, Command, MobileActivationError};
 use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 
@@ -158,6 +159,11 @@ const STATE_POLL: Duration = Duration::from_secs(8);
 const STATE_POLL_INTERVAL: Duration = Duration::from_millis(400);
 /// Pages of hidden fields posted back in a row before the answer counts as a loop.
 const MAX_CONTINUE_PAGES: usize = 3;
+/// A phone's lockdown session idle for longer than this is closed rather than reused for
+/// its next command: half the ~10 s after which a phone drops an idle lockdown connection
+/// (docs/protocol.md §3.1), so a reused session is seldom found closed (and if it is, a new
+/// one is opened).
+const SESSION_REUSE_IDLE: Duration = Duration::from_secs(5);
 
 /// Apple's activation server, or a stand-in at another base URL, and how the exchange with
 /// the phone is paced (the `[activation]` section).
@@ -445,6 +451,28 @@ struct Progress {
     step: Step,
     /// When the phone's current activation session began (`CreateTunnel1SessionInfoRequest`).
     handshake_at: Option<Instant>,
+    /// The phone's lockdown session, kept open for its next command.
+    kept: Option<KeptSession>,
+}
+
+/// A lockdown session kept between the steps of one phone's activation. pymobiledevice3
+/// starts every mobileactivationd command, and acknowledges the record, through the one
+/// session it opened at the start (docs/protocol.md §5.3); every new session would be
+/// another TLS handshake on both sides. mobileactivationd still gets a new service
+/// connection per command (§5.1).
+struct KeptSession {
+    session: Session,
+    /// The session's last request: the phone closes it after ~10 s without one (§3.1).
+    used_at: Instant,
+}
+
+/// Whether a request on a lockdown connection failed because the connection is gone (the
+/// phone closed it, e.g. idle), as opposed to the phone answering or staying silent.
+fn connection_gone(e: &LockdownError) -> bool {
+    matches!(
+        e,
+        LockdownError::Channel(ChannelError::Closed | ChannelError::Io(_))
+    )
 }
 
 /// The bypass-code look-up of one phone: started as soon as its serial is known, driven
@@ -516,9 +544,13 @@ impl Activator<'_> {
             },
             step: Step::Pair,
             handshake_at: None,
+            kept: None,
         };
         let span = tracing::info_span!("phone", udid = %device.udid, location = %format!("0x{:08x}", device.location_id));
         let result = tracing::Instrument::instrument(self.run(device, &mut progress), span).await;
+        if let Some(kept) = progress.kept.take() {
+            kept.session.close().await;
+        }
         let mut report = progress.report;
         match result {
             Ok(()) => report.step = None,
@@ -590,7 +622,8 @@ impl Activator<'_> {
                 read_management_state(self.bench, device, &mut session, Some(&identity.state))
                     .await;
         }
-        session.close().await;
+        // Kept for the first mobileactivationd command; `activate` closes what is left.
+        Self::keep(progress, session);
         let identity = identity?;
         let report = &mut progress.report;
         report.serial = Some(identity.serial.clone());
@@ -670,13 +703,10 @@ impl Activator<'_> {
             body: raw_body,
             headers,
         };
-        self.mobileactivation(device, command).await?;
+        self.mobileactivation(device, progress, command).await?;
 
         self.enter(device, progress, Step::Verify);
-        let mut session = self.session(device).await?;
-        let verified = self.acknowledge(device, &mut session).await;
-        session.close().await;
-        let state = verified?;
+        let state = self.acknowledge(device, progress).await?;
         let report = &mut progress.report;
         report.activation_state = Some(state.clone());
         if !mobileactivation::is_activated(&state) {
@@ -711,7 +741,7 @@ impl Activator<'_> {
     ) -> Result<ActivationResponse, Stop> {
         self.enter(device, progress, Step::Handshake);
         let session_info = self
-            .mobileactivation(device, Command::CreateTunnel1SessionInfo)
+            .mobileactivation(device, progress, Command::CreateTunnel1SessionInfo)
             .await?;
         progress.handshake_at = Some(Instant::now());
         let session_info =
@@ -733,7 +763,9 @@ impl Activator<'_> {
         let command = Command::CreateTunnel1ActivationInfo {
             handshake_response: handshake,
         };
-        let info = self.mobileactivation(device, command.clone()).await?;
+        let info = self
+            .mobileactivation(device, progress, command.clone())
+            .await?;
         let info = mobileactivation::dictionary(&command, info)
             .map_err(|e| Stop::new(Outcome::DeviceError, format!("{}: {e}", device.udid)))?;
 
@@ -983,21 +1015,42 @@ impl Activator<'_> {
         })
     }
 
+    /// `ActivationStateAcknowledged`, then the state read until it says activated, on the
+    /// phone's session (kept or new; left kept for `activate` to close).
     async fn acknowledge(
         &self,
         device: &DeviceInfo,
-        session: &mut Session,
+        progress: &mut Progress,
     ) -> Result<String, Stop> {
         let udid = device.udid.as_str();
-        session
-            .lockdown
-            .set_value(
-                None,
-                "ActivationStateAcknowledged",
-                plist::Value::Boolean(true),
-            )
-            .await
-            .map_err(|e| StationError::from_lockdown(udid, e))?;
+        async fn ack(session: &mut Session) -> Result<(), LockdownError> {
+            session
+                .lockdown
+                .set_value(
+                    None,
+                    "ActivationStateAcknowledged",
+                    plist::Value::Boolean(true),
+                )
+                .await
+        }
+        let (mut session, reused) = self.lockdown_session(device, progress).await?;
+        match ack(&mut session).await {
+            Ok(()) => {}
+            Err(e) if reused && connection_gone(&e) => {
+                tracing::debug!(udid, error = %e, "the kept lockdown session is gone: a new one");
+                session = self.session(device).await?;
+                ack(&mut session)
+                    .await
+                    .map_err(|e| StationError::from_lockdown(udid, e))?;
+            }
+            Err(e) => return Err(StationError::from_lockdown(udid, e).into()),
+        }
+        let state = Self::poll_activated(udid, &mut session).await;
+        Self::keep(progress, session);
+        state
+    }
+
+    async fn poll_activated(udid: &str, session: &mut Session) -> Result<String, Stop> {
         // The phone may say `Activated` a moment after it took the record: poll a while.
         let started = Instant::now();
         loop {
@@ -1018,21 +1071,77 @@ impl Activator<'_> {
         }
     }
 
-    /// One mobileactivationd command: a fresh session and a fresh service connection each
-    /// time (the daemon wants one connection per command, and lockdown drops sessions left
-    /// idle during the HTTP round trips). The session ends once the service is started, as
-    /// libimobiledevice's does: a command may take longer than lockdown's idle timeout.
+    /// The phone's session for its next request: the kept one if it was used within
+    /// [`SESSION_REUSE_IDLE`], else a new one; and whether it was the kept one.
+    async fn lockdown_session(
+        &self,
+        device: &DeviceInfo,
+        progress: &mut Progress,
+    ) -> Result<(Session, bool), Stop> {
+        if let Some(kept) = progress.kept.take() {
+            if kept.used_at.elapsed() < SESSION_REUSE_IDLE {
+                return Ok((kept.session, true));
+            }
+            kept.session.close().await;
+        }
+        Ok((self.session(device).await?, false))
+    }
+
+    /// Keeps the phone's session for its next request (replacing any kept one).
+    fn keep(progress: &mut Progress, session: Session) {
+        progress.kept = Some(KeptSession {
+            session,
+            used_at: Instant::now(),
+        });
+    }
+
+    /// `StartService` of mobileactivationd on the phone's session. A kept session the
+    /// phone has closed meanwhile (idle limit, docs/protocol.md §3.1) is replaced by a new
+    /// one, once.
+    async fn start_mobileactivation(
+        &self,
+        device: &DeviceInfo,
+        progress: &mut Progress,
+    ) -> Result<(Session, ServiceInfo), Stop> {
+        let udid = device.udid.as_str();
+        let (mut session, reused) = self.lockdown_session(device, progress).await?;
+        match session
+            .lockdown
+            .start_service(mobileactivation::SERVICE, None)
+            .await
+        {
+            Ok(info) => Ok((session, info)),
+            Err(e) if reused && connection_gone(&e) => {
+                tracing::debug!(udid, error = %e, "the kept lockdown session is gone: a new one");
+                let mut session = self.session(device).await?;
+                let info = session
+                    .lockdown
+                    .start_service(mobileactivation::SERVICE, None)
+                    .await
+                    .map_err(|e| StationError::from_lockdown(udid, e))?;
+                Ok((session, info))
+            }
+            Err(e) => Err(StationError::from_lockdown(udid, e).into()),
+        }
+    }
+
+    /// One mobileactivationd command on a service connection of its own (the daemon wants
+    /// one connection per command, docs/protocol.md §5.1), started through the phone's
+    /// session, which stays open for the next step (kept sessions: [`KeptSession`]). A
+    /// command may take longer than lockdown's idle limit: the next step then opens a new
+    /// session.
     async fn mobileactivation(
         &self,
         device: &DeviceInfo,
+        progress: &mut Progress,
         command: Command,
     ) -> Result<Option<plist::Value>, Stop> {
-        let mut session = self.session(device).await?;
+        let (session, info) = self.start_mobileactivation(device, progress).await?;
         let channel = self
             .bench
-            .service(device, &mut session, mobileactivation::SERVICE)
+            .connect_service(device, &session.record, &info)
             .await;
-        session.close().await;
+        Self::keep(progress, session);
         let mut channel = channel?;
         // Building the activation info runs FairPlay on the phone: its own, longer bound.
         channel.set_timeout(Some(self.server.command_timeout));

@@ -11,6 +11,7 @@ pub(crate) mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,17 @@ pub struct Phone {
     /// Session TLS configurations by HostID (with the device certificate they were built
     /// for): parsing the phone's key for every session costs more than the handshake.
     tls_configs: Mutex<HashMap<String, CachedTls>>,
+    /// Counters of what lockdownd saw (tests read them; nothing on the wire depends on them).
+    sessions_started: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+/// How many lockdown sessions a phone started (each a TLS handshake) and how many lockdown
+/// connections it closed for being idle, since the bench started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockdownStats {
+    pub sessions_started: u64,
+    pub idle_closed: u64,
 }
 
 impl std::fmt::Debug for Phone {
@@ -164,7 +176,26 @@ impl Phone {
             state: Mutex::new(state),
             persist: tokio::sync::Mutex::new(()),
             tls_configs: Mutex::new(HashMap::new()),
+            sessions_started: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
         })
+    }
+
+    /// A `StartSession` whose TLS handshake completed.
+    pub(crate) fn note_session_started(&self) {
+        self.sessions_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A lockdown connection closed because no request came within the idle limit.
+    pub(crate) fn note_idle_close(&self) {
+        self.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lockdown_stats(&self) -> LockdownStats {
+        LockdownStats {
+            sessions_started: self.sessions_started.load(Ordering::Relaxed),
+            idle_closed: self.idle_closed.load(Ordering::Relaxed),
+        }
     }
 
     /// The TLS this phone speaks: pinned by its world entry, else its iOS version's.
