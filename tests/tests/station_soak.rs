@@ -75,12 +75,19 @@ const HOSTILE: [(&str, HostileHow); 5] = [
     ("CreateTunnel1ActivationInfoRequest", HostileHow::SlowDrip),
 ];
 
-/// A stretch of the run, as fractions of it, in milliseconds since the bench started.
-fn window(run_for: Duration, from: f64, until: f64, answer: WindowAnswer) -> FaultWindow {
+/// A stretch of the run, as fractions of it, in milliseconds since the bench started; at
+/// least `at_least` long, so the short run meets it too.
+fn window(
+    run_for: Duration,
+    from: f64,
+    until: f64,
+    at_least: Duration,
+    answer: WindowAnswer,
+) -> FaultWindow {
     let ms = |f: f64| run_for.mul_f64(f).as_millis() as u64;
     FaultWindow {
         from_ms: ms(from),
-        until_ms: ms(until).max(ms(from) + 1),
+        until_ms: ms(until).max(ms(from) + at_least.as_millis() as u64),
         answer,
         latency_ms: if answer == WindowAnswer::Slow {
             SLOW_ANSWER_MS
@@ -130,10 +137,29 @@ fn world(knobs: &Knobs, run_for: Duration) -> (station_sim::World, usize) {
     // The activation server: too slow for the station's timeout for a while, then garbage
     // for a while; a code source down for a fifth of the run.
     world.activation_server.windows = vec![
-        window(run_for, 0.20, 0.26, WindowAnswer::Slow),
-        window(run_for, 0.55, 0.60, WindowAnswer::Garbage),
+        // Long enough for a few requests to run into the timeout in the short run too.
+        window(
+            run_for,
+            0.20,
+            0.26,
+            Duration::from_secs(ACTIVATION_TIMEOUT_SECS + 4),
+            WindowAnswer::Slow,
+        ),
+        window(
+            run_for,
+            0.55,
+            0.60,
+            Duration::from_secs(2),
+            WindowAnswer::Garbage,
+        ),
     ];
-    world.kandji.api.windows = vec![window(run_for, 0.3, 0.5, WindowAnswer::Fail)];
+    world.kandji.api.windows = vec![window(
+        run_for,
+        0.3,
+        0.5,
+        Duration::ZERO,
+        WindowAnswer::Fail,
+    )];
     (world, unplugs)
 }
 
@@ -197,6 +223,9 @@ struct Seen {
     retries: usize,
     /// Retries and outcomes that say a request timed out (the server's slow stretch).
     timeouts: usize,
+    /// Activation-server answers that took longer than the station's request timeout: a
+    /// request timed out and the HTTP client asked again.
+    late_answers: usize,
 }
 
 impl Seen {
@@ -236,6 +265,12 @@ impl Seen {
             }
             "server_answer" => {
                 let class = event["class"].as_str().unwrap_or_default().to_string();
+                if event["elapsed_ms"]
+                    .as_u64()
+                    .is_some_and(|ms| ms >= ACTIVATION_TIMEOUT_SECS * 1000)
+                {
+                    self.late_answers += 1;
+                }
                 *self.answers.entry(class).or_default() += 1;
             }
             "code_lookup" => {
@@ -439,8 +474,8 @@ async fn soak(knobs: Knobs) {
     eprintln!("soak: activation server answers {:?}", seen.answers);
     eprintln!("soak: code look-ups {:?}", seen.lookups);
     eprintln!(
-        "soak: {} retries; {} retries or outcomes after a request timed out",
-        seen.retries, seen.timeouts
+        "soak: {} retries; {} retries or outcomes after a request timed out; {} activation-server answers after one timed out",
+        seen.retries, seen.timeouts, seen.late_answers
     );
     eprintln!(
         "soak: {} attempts, {unplugs} phones pulled out and put back by the world, {} ledger pauses",
