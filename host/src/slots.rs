@@ -54,7 +54,20 @@ pub trait KnownPorts: Send + Sync {
 pub struct PortPaths {
     root: PathBuf,
     known: Option<Arc<dyn KnownPorts>>,
-    cache: Mutex<HashMap<(String, u32), Option<String>>>,
+    cache: Mutex<PortCache>,
+}
+
+/// Attachments whose port path is kept; past it the oldest goes. Every attachment (each
+/// replug gets a new LocationID) adds one, so a service run would otherwise keep one per
+/// plug-in for good (issue 13). A phone that has just gone is among the newest, so it keeps
+/// the slot it had for its last events.
+pub const PORT_CACHE_LIMIT: usize = 256;
+
+/// The answers by (UDID, LocationID), and their keys oldest first.
+#[derive(Default)]
+struct PortCache {
+    found: HashMap<(String, u32), Option<String>>,
+    order: std::collections::VecDeque<(String, u32)>,
 }
 
 impl PortPaths {
@@ -62,7 +75,7 @@ impl PortPaths {
         PortPaths {
             root: root.into(),
             known: None,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(PortCache::default()),
         }
     }
 
@@ -84,7 +97,7 @@ impl PortPaths {
     pub fn port_path(&self, device: &DeviceInfo) -> Option<String> {
         let key = (normalise_udid(&device.udid), device.location_id);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = cache.get(&key) {
+        if let Some(found) = cache.found.get(&key) {
             return found.clone();
         }
         let found = self
@@ -92,8 +105,22 @@ impl PortPaths {
             .as_ref()
             .and_then(|known| known.port_path(device))
             .or_else(|| scan(&self.root, &key.0));
-        cache.insert(key, found.clone());
+        cache.found.insert(key.clone(), found.clone());
+        cache.order.push_back(key);
+        while cache.order.len() > PORT_CACHE_LIMIT {
+            if let Some(oldest) = cache.order.pop_front() {
+                cache.found.remove(&oldest);
+            }
+        }
         found
+    }
+
+    /// Attachments whose port path is kept now (for the bound's test).
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(cache.found.len(), cache.order.len());
+        cache.found.len()
     }
 }
 
@@ -184,6 +211,23 @@ mod tests {
             std::fs::write(at.join("serial"), format!("{serial}\n")).expect("serial");
         }
         dir
+    }
+
+    /// Issue 13: a thousand attachments later the cache holds its limit, the newest.
+    #[test]
+    fn port_cache_is_bounded() {
+        let dir = sysfs(&[("1-1.4.2", "00008030001A2C3E0E90802E")]);
+        let ports = PortPaths::new(dir.path());
+        for i in 0..1000u32 {
+            ports.port_path(&device(&format!("00008030-{i:016X}"), 0x0001_0000 + i));
+        }
+        assert_eq!(ports.cached(), PORT_CACHE_LIMIT);
+        // The phone that is there is found, and kept, like any other.
+        assert_eq!(
+            ports.port_path(&device("00008030-001A2C3E0E90802E", 7)),
+            Some("1-1.4.2".to_string())
+        );
+        assert_eq!(ports.cached(), PORT_CACHE_LIMIT);
     }
 
     #[test]

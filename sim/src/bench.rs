@@ -180,7 +180,11 @@ impl Bench {
             if p.plug_at_ms.is_none() {
                 shared.hub.plug(&p.udid)?;
             }
-            for (at, plug) in [(p.plug_at_ms, true), (p.unplug_at_ms, false)] {
+            for (at, plug) in [
+                (p.plug_at_ms, true),
+                (p.unplug_at_ms, false),
+                (p.replug_at_ms, true),
+            ] {
                 let Some(at) = at else { continue };
                 let shared = shared.clone();
                 let udid = p.udid.clone();

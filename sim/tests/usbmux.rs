@@ -481,6 +481,7 @@ async fn world_schedules_plug_and_unplug() {
     let spec = DeviceSpec {
         plug_at_ms: Some(300),
         unplug_at_ms: Some(900),
+        replug_at_ms: Some(1200),
         ..DeviceSpec::default()
     };
     let tb = start(world(5, vec![spec])).await;
@@ -497,6 +498,11 @@ async fn world_schedules_plug_and_unplug() {
         Event::from_packet(&read_packet(&mut s).await),
         Ok(Event::Detached { .. })
     ));
+    // Plugged back (`replug_at_ms`): attached again under a new DeviceID.
+    match Event::from_packet(&read_packet(&mut s).await).expect("event") {
+        Event::Attached(info) => assert_eq!(info.udid, udid),
+        other => panic!("expected Attached again, got {other:?}"),
+    }
     tb.shutdown().await;
 }
 

@@ -639,7 +639,7 @@ impl Bench {
     pub fn station(&self, args: &[&str]) -> Output {
         let home = self.home().display().to_string();
         let address = self.libusbmuxd_address();
-        let data = self.dir().join("station-data").display().to_string();
+        let data = self.station_data_dir().display().to_string();
         self.annotate(run_station(
             args,
             &[
@@ -648,6 +648,56 @@ impl Bench {
                 ("STATION_DATA_DIR", &data),
             ],
         ))
+    }
+
+    /// A long-running `station` command against this bench, not yet started (for
+    /// [`inproc::StreamingStation::spawn`]): the bench's socket, the private HOME, its own data
+    /// directory (`<bench dir>/station-data`) and an empty sysfs, so the machine's own USB
+    /// devices stay out.
+    pub fn station_command(&self, args: &[&str]) -> Command {
+        let sysfs = self.dir().join("sysfs");
+        std::fs::create_dir_all(&sysfs).expect("an empty sysfs for the station");
+        let mut cmd = scrubbed_command(&workspace_bin("station"));
+        cmd.args(args)
+            .env("USBMUXD_SOCKET_ADDRESS", self.libusbmuxd_address())
+            .env("HOME", self.home())
+            .env_remove("STATION_CONFIG")
+            .env_remove("RUST_LOG")
+            .env("STATION_DATA_DIR", self.station_data_dir())
+            .env("STATION_SYSFS_ROOT", sysfs)
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Where [`Bench::station`] and [`Bench::station_command`] keep the station's data.
+    pub fn station_data_dir(&self) -> PathBuf {
+        self.dir().join("station-data")
+    }
+
+    /// The station configuration the simulator wrote (`station_config` of the ready file).
+    pub fn station_config(&self) -> PathBuf {
+        self.ready
+            .raw
+            .get("station_config")
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no `station_config` in the ready file: {}", self.ready.raw))
+    }
+
+    /// Sends a signal to the simulator (`"USR1"`: its usbmuxd goes away; `"USR2"`: back).
+    #[track_caller]
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Whether the simulator is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Appends the simulator's log to a failed command's stderr, so a failure shows both sides.

@@ -1,41 +1,53 @@
 //! The soak of issue 13: `station run` (a service run, not `--once`) against the virtual
-//! bench (`station_sim::Bench`, what `station-sim serve` runs) with N phones arriving over
-//! time and faults at every step:
+//! bench served by the `station-sim` binary (`station-sim serve --world FILE`, its own
+//! process, as `scripts/bench-line` runs it) with N phones arriving over time and faults at
+//! every step, all written into the world file (docs/world.md) except usbmuxd's outage:
 //!
-//! - phones plugged in over the first 70 % of the run (the world's `plug_at_ms`); while
-//!   phones are at work, one of them is pulled out about every 0.6 s (until 80 % of the
-//!   run) and plugged back 0.3–3 s later, by the driver below;
+//! - phones plugged in over the first 70 % of the run (`plug_at_ms`); until 80 % of the run
+//!   one phone in four is pulled out 0.2–3 s after it arrived (mostly mid-work, sometimes
+//!   after it was done) and plugged back 0.3–3 s later (`unplug_at_ms`, `replug_at_ms`);
 //! - trust: one in twenty activated phones denies it, the world's slow-trust phones (2.5 s);
 //! - hostile phones (`[device.hostile]`): one in forty answers one lockdown request or
 //!   mobileactivationd command with silence, a drip, the wrong types or a broken frame;
-//! - the activation server: 50 ms latency, 5 % of each endpoint's requests answered 503;
+//! - the activation server: 50 ms latency, 5 % of each endpoint's requests answered 503; a
+//!   stretch answering slower than the station's request timeout (`answer = "slow"`) and a
+//!   stretch answering garbage (`answer = "garbage"`), `[[activation_server.window]]`;
 //! - Graph and Kandji: latency, 5 % 503, 5 % 429 with `Retry-After: 1`; Entra's token
 //!   endpoint 2 % 503; Kandji failing every request for a fifth of the run (minutes, in
-//!   the long run) in the middle;
-//! - usbmuxd going away once mid-run and coming back 2 s later.
+//!   the long run) in the middle (`[[kandji.api.window]]`);
+//! - usbmuxd going away once mid-run and coming back 2 s later (SIGUSR1/SIGUSR2 to
+//!   `station-sim`, the one fault the driver times itself).
 //!
 //! Checks, printed as it goes: every phone ended in a named outcome (its last `finished`);
 //! the ledger holds exactly one row per `started` attempt, each with an outcome, nothing
 //! left open; nothing stuck (every phone done at the end of the drain); resident memory and
-//! open descriptors, sampled every few seconds, flat after warm-up (the series is printed);
-//! the time per phone does not grow with the count (medians per fifth of the arrivals).
+//! open descriptors, sampled every few seconds, flat after warm-up (the series is printed,
+//! its anonymous part too: the file-backed part is the binary's pages); the time per phone
+//! does not grow with the count (medians per fifth of the arrivals). The bounds on the
+//! station's per-phone state are asserted deterministically by unit tests (host/src/line,
+//! host/src/codes/chain.rs, host/src/slots.rs); the series here shows them at scale.
 //!
-//! The suite runs a smoke version (`soak_with_faults` with its defaults: 30 phones, under a minute). `scripts/soak
-//! --phones 1000 --minutes 15` runs the long one by hand (`STATION_SOAK_*`, docs/testing.md).
+//! The suite runs a smoke version (`soak_with_faults` with its defaults: 30 phones, about a
+//! minute). `scripts/soak --phones 1000 --minutes 15` runs the long one by hand
+//! (`STATION_SOAK_*`, docs/testing.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use station_sim::hostile::{HostileHow, HostileSpec};
-use station_sim::{default_world, ActivationState, Trust};
-use station_sim::{BenchConfig, ConfigSource};
-use station_tests::inproc::{InProcBench, StreamingStation};
+use station_sim::{default_world, ActivationState, FaultWindow, Trust, WindowAnswer};
+use station_tests::inproc::StreamingStation;
 use station_tests::seeded::SeededRng;
+use station_tests::Bench;
 
 /// How often memory and descriptors are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(3);
 /// Concurrency of the run.
 const CONCURRENCY: u32 = 16;
+/// The station's activation-server request timeout in the soak (`[activation]
+/// timeout_secs`), and how late the server's slow stretch answers: past it.
+const ACTIVATION_TIMEOUT_SECS: u64 = 4;
+const SLOW_ANSWER_MS: u64 = 6_000;
 
 struct Knobs {
     phones: usize,
@@ -63,20 +75,55 @@ const HOSTILE: [(&str, HostileHow); 5] = [
     ("CreateTunnel1ActivationInfoRequest", HostileHow::SlowDrip),
 ];
 
+/// A stretch of the run, as fractions of it, in milliseconds since the bench started; at
+/// least `at_least` long, so the short run meets it too.
+fn window(
+    run_for: Duration,
+    from: f64,
+    until: f64,
+    at_least: Duration,
+    answer: WindowAnswer,
+) -> FaultWindow {
+    let ms = |f: f64| run_for.mul_f64(f).as_millis() as u64;
+    FaultWindow {
+        from_ms: ms(from),
+        until_ms: ms(until).max(ms(from) + at_least.as_millis() as u64),
+        answer,
+        latency_ms: if answer == WindowAnswer::Slow {
+            SLOW_ANSWER_MS
+        } else {
+            0
+        },
+    }
+}
+
 /// The world: the generated phones (every activation and MDM case in turn), arriving over
-/// `arrival`, with denied trust and hostile phones mixed in, and the services' faults.
-fn world(knobs: &Knobs, arrival: Duration) -> station_sim::World {
+/// the first 70 % of `run_for`, with unplugs and replugs, denied trust and hostile phones
+/// mixed in, and the services' faults.
+fn world(knobs: &Knobs, run_for: Duration) -> (station_sim::World, usize) {
+    let arrival = run_for.mul_f64(0.7);
+    let faults_end = run_for.mul_f64(0.8).as_millis() as u64;
     let mut world = default_world(knobs.phones, knobs.seed);
     let step_ms = arrival.as_millis() as u64 / knobs.phones.max(1) as u64;
     let mut rng = SeededRng::new(knobs.seed ^ 0x50a4);
+    let mut unplugs = 0;
     for (i, device) in world.devices.iter_mut().enumerate() {
-        device.plug_at_ms = Some(1 + i as u64 * step_ms + rng.below(step_ms.max(1)));
+        let plug_at = 1 + i as u64 * step_ms + rng.below(step_ms.max(1));
+        device.plug_at_ms = Some(plug_at);
         if device.activation_state == Some(ActivationState::Activated) && i % 20 == 11 {
             device.trust = Some(Trust::Deny);
         }
         if i % 40 == 23 {
             let (at, how) = HOSTILE[(i / 40) % HOSTILE.len()];
             device.hostile = Some(HostileSpec { at: at.into(), how });
+        }
+        // Pulled out shortly after it arrived (at work, or done already) and put back.
+        let unplug_at = plug_at + 200 + rng.below(2800);
+        let replug_at = unplug_at + 300 + rng.below(2700);
+        if rng.below(4) == 0 && replug_at < faults_end {
+            device.unplug_at_ms = Some(unplug_at);
+            device.replug_at_ms = Some(replug_at);
+            unplugs += 1;
         }
     }
     let text = format!(
@@ -87,7 +134,33 @@ fn world(knobs: &Knobs, arrival: Duration) -> station_sim::World {
     world.activation_server = faults.activation_server;
     world.intune = faults.intune;
     world.kandji = faults.kandji;
-    world
+    // The activation server: too slow for the station's timeout for a while, then garbage
+    // for a while; a code source down for a fifth of the run.
+    world.activation_server.windows = vec![
+        // Long enough for a few requests to run into the timeout in the short run too.
+        window(
+            run_for,
+            0.20,
+            0.26,
+            Duration::from_secs(ACTIVATION_TIMEOUT_SECS + 4),
+            WindowAnswer::Slow,
+        ),
+        window(
+            run_for,
+            0.55,
+            0.60,
+            Duration::from_secs(2),
+            WindowAnswer::Garbage,
+        ),
+    ];
+    world.kandji.api.windows = vec![window(
+        run_for,
+        0.3,
+        0.5,
+        Duration::ZERO,
+        WindowAnswer::Fail,
+    )];
+    (world, unplugs)
 }
 
 /// One sample of the station process.
@@ -95,22 +168,30 @@ fn world(knobs: &Knobs, arrival: Duration) -> station_sim::World {
 struct Sample {
     at_s: f64,
     rss_kb: u64,
+    /// The anonymous part of the RSS (heap, stacks): what grows with retained state. The
+    /// file-backed rest is mostly the binary's pages, touched as code paths run.
+    anon_kb: u64,
+    file_kb: u64,
     fds: usize,
 }
 
 fn sample(pid: u32, started: Instant) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some(Sample {
         at_s: started.elapsed().as_secs_f64(),
-        rss_kb,
+        rss_kb: field("VmRSS:")?,
+        anon_kb: field("RssAnon:").unwrap_or(0),
+        file_kb: field("RssFile:").unwrap_or(0),
         fds,
     })
 }
@@ -138,8 +219,13 @@ struct Seen {
     answers: BTreeMap<String, usize>,
     /// Code-source results (`code_lookup`), counted per source and result.
     lookups: BTreeMap<String, usize>,
-    /// Why attempts were retried, by the reason's first words.
+    /// Attempts retried.
     retries: usize,
+    /// Retries and outcomes that say a request timed out (the server's slow stretch).
+    timeouts: usize,
+    /// Activation-server answers that took longer than the station's request timeout: a
+    /// request timed out and the HTTP client asked again.
+    late_answers: usize,
 }
 
 impl Seen {
@@ -158,13 +244,33 @@ impl Seen {
                     self.activated_ms
                         .insert(udid.clone(), event["elapsed_ms"].as_u64().unwrap_or(0));
                 }
+                if event["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("timed out"))
+                {
+                    self.timeouts += 1;
+                }
                 self.last_outcome.insert(udid.clone(), outcome);
                 self.in_flight.remove(&udid);
             }
             "ledger_paused" => self.paused += 1,
-            "retrying" => self.retries += 1,
+            "retrying" => {
+                self.retries += 1;
+                if event["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("timed out"))
+                {
+                    self.timeouts += 1;
+                }
+            }
             "server_answer" => {
                 let class = event["class"].as_str().unwrap_or_default().to_string();
+                if event["elapsed_ms"]
+                    .as_u64()
+                    .is_some_and(|ms| ms >= ACTIVATION_TIMEOUT_SECS * 1000)
+                {
+                    self.late_answers += 1;
+                }
                 *self.answers.entry(class).or_default() += 1;
             }
             "code_lookup" => {
@@ -192,58 +298,69 @@ fn drain(station: &mut StreamingStation, seen: &mut Seen) {
 
 async fn soak(knobs: Knobs) {
     let run_for = Duration::from_secs_f64(knobs.minutes * 60.0);
-    let arrival = run_for.mul_f64(0.7);
     eprintln!(
         "soak: {} phones over {:.1} min (arrivals in the first {:.0} s), seed {}, concurrency {CONCURRENCY}",
         knobs.phones,
         knobs.minutes,
-        arrival.as_secs_f64(),
+        run_for.mul_f64(0.7).as_secs_f64(),
         knobs.seed
     );
-    let world = world(&knobs, arrival);
-    let udids: Vec<String> = world
-        .devices
-        .iter()
-        .map(|d| d.udid.clone().unwrap_or_default())
-        .collect();
-    let text = world.to_toml();
-    let mut f = InProcBench::start_with(&text, |config: &mut BenchConfig| {
-        config.station_config_sources = vec![ConfigSource::Intune, ConfigSource::Kandji];
-    })
-    .await;
-    let udids: Vec<String> = if udids.iter().all(|u| !u.is_empty()) {
-        udids
-    } else {
-        f.udids.clone()
-    };
-    let config = std::fs::read_to_string(f.bench.station_config()).expect("bench config");
-    let config = config.replacen(
-        "[station]\n",
-        &format!("[station]\nconcurrency = {CONCURRENCY}\n"),
-        1,
-    ) + "\n[retry]\nattempts = 3\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000\n";
-    let config_path = f.path("soak.toml");
+    let (world, unplugs) = world(&knobs, run_for);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let world_path = dir.path().join("soak-world.toml");
+    std::fs::write(&world_path, world.to_toml()).expect("world file");
+    let mut bench = Bench::start_with(&[
+        "--world",
+        world_path.to_str().expect("utf-8"),
+        "--station-config-sources",
+        "intune,kandji",
+        "-q",
+    ]);
+    let udids: Vec<String> = bench.ready.devices.iter().map(|d| d.udid.clone()).collect();
+    assert_eq!(
+        udids.len(),
+        knobs.phones,
+        "the bench serves the world's phones"
+    );
+    let config = std::fs::read_to_string(bench.station_config()).expect("bench config");
+    let config = config
+        .replacen(
+            "[station]\n",
+            &format!("[station]\nconcurrency = {CONCURRENCY}\n"),
+            1,
+        )
+        .replacen(
+            "[activation]\n",
+            &format!("[activation]\ntimeout_secs = {ACTIVATION_TIMEOUT_SECS}\n"),
+            1,
+        )
+        + "\n[retry]\nattempts = 3\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000\n";
+    let config_path = dir.path().join("soak.toml");
     std::fs::write(&config_path, config).expect("config");
     let config_path = config_path.to_str().expect("utf-8").to_string();
     // `station_command` points STATION_DATA_DIR here, over the file's `data_dir`.
-    let data_dir = f.path("data");
+    let data_dir = bench.station_data_dir();
 
+    let mut command = bench.station_command(&["--config", &config_path, "--json", "run"]);
+    // Extra environment for the station alone, to profile it (docs/testing.md, "Soak"):
+    // `STATION_SOAK_STATION_ENV="LD_PRELOAD=… DUMP_HEAPTRACK_OUTPUT=…"`.
+    if let Ok(extra) = std::env::var("STATION_SOAK_STATION_ENV") {
+        for pair in extra.split_whitespace() {
+            let (key, value) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("STATION_SOAK_STATION_ENV: {pair:?} is not KEY=VALUE"));
+            command.env(key, value);
+        }
+    }
     let started = Instant::now();
-    let mut station = f.spawn_station(&["--config", &config_path, "--json", "run"]);
+    let mut station = StreamingStation::spawn(command);
     let pid = station.child.id();
-    let mut rng = SeededRng::new(knobs.seed ^ 0xfa17);
     let mut seen = Seen::default();
     let mut samples = Vec::new();
     let mut next_sample = Instant::now();
-    // Phones the driver pulled out, and when each goes back in.
-    let mut pulled: Vec<(String, Instant)> = Vec::new();
-    let mut unplugs = 0;
-    let kandji_out = (run_for.mul_f64(0.3), run_for.mul_f64(0.5));
-    let mut kandji_down = false;
     let usbmuxd_away_at = run_for.mul_f64(0.4);
     let mut usbmuxd_gone: Option<Instant> = None;
     let mut usbmuxd_done = false;
-    let faults_end = run_for.mul_f64(0.8);
 
     while started.elapsed() < run_for {
         drain(&mut station, &mut seen);
@@ -255,9 +372,11 @@ async fn soak(knobs: Knobs) {
         if Instant::now() >= next_sample {
             if let Some(s) = sample(pid, started) {
                 eprintln!(
-                    "soak: t={:>6.1}s rss={:>6.1} MB fds={:>3} started={} finished={} in_flight={}",
+                    "soak: t={:>6.1}s rss={:>6.1} MB (anon {:>5.1}, file {:>5.1}) fds={:>3} started={} finished={} in_flight={}",
                     s.at_s,
                     s.rss_kb as f64 / 1024.0,
+                    s.anon_kb as f64 / 1024.0,
+                    s.file_kb as f64 / 1024.0,
                     s.fds,
                     seen.started.values().sum::<usize>(),
                     seen.finished.values().sum::<usize>(),
@@ -267,31 +386,14 @@ async fn soak(knobs: Knobs) {
             }
             next_sample += SAMPLE_EVERY;
         }
-        // A code source out for minutes.
-        let down = now >= kandji_out.0 && now < kandji_out.1;
-        if down != kandji_down {
-            kandji_down = down;
-            f.bench
-                .kandji()
-                .set_fail_rate(if down { 1.0 } else { 0.05 });
-            eprintln!(
-                "soak: t={:.1}s Kandji {}",
-                now.as_secs_f64(),
-                if down {
-                    "fails every request"
-                } else {
-                    "is back"
-                }
-            );
-        }
         // usbmuxd away once, back 2 s later.
         if !usbmuxd_done && usbmuxd_gone.is_none() && now >= usbmuxd_away_at {
-            f.stop_usbmuxd().await;
+            bench.signal("USR1");
             usbmuxd_gone = Some(Instant::now());
             eprintln!("soak: t={:.1}s usbmuxd gone", now.as_secs_f64());
         }
         if usbmuxd_gone.is_some_and(|at| at.elapsed() >= Duration::from_secs(2)) {
-            f.start_usbmuxd();
+            bench.signal("USR2");
             usbmuxd_gone = None;
             usbmuxd_done = true;
             eprintln!(
@@ -299,36 +401,8 @@ async fn soak(knobs: Knobs) {
                 started.elapsed().as_secs_f64()
             );
         }
-        // Unplug a phone at work now and then; plug it back a moment later.
-        if now < faults_end
-            && usbmuxd_gone.is_none()
-            && !seen.in_flight.is_empty()
-            && rng.below(12) == 0
-        {
-            let pick = rng.below(seen.in_flight.len() as u64) as usize;
-            if let Some(udid) = seen.in_flight.iter().nth(pick).cloned() {
-                if !pulled.iter().any(|(u, _)| u == &udid) && f.bench.unplug(&udid).is_ok() {
-                    unplugs += 1;
-                    let back = Instant::now() + Duration::from_millis(300 + rng.below(2700));
-                    pulled.push((udid, back));
-                }
-            }
-        }
-        if usbmuxd_gone.is_none() {
-            let due: Vec<String> = pulled
-                .iter()
-                .filter(|(_, at)| *at <= Instant::now())
-                .map(|(u, _)| u.clone())
-                .collect();
-            for udid in due {
-                let _ = f.bench.plug(&udid);
-                pulled.retain(|(u, _)| u != &udid);
-            }
-        }
+        assert!(bench.running(), "station-sim exited mid-run");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (udid, _) in pulled.drain(..) {
-        let _ = f.bench.plug(&udid);
     }
 
     // Drain: every phone must come to an end (retries and back-offs included).
@@ -399,9 +473,12 @@ async fn soak(knobs: Knobs) {
     eprintln!("soak: outcomes {outcomes:?}");
     eprintln!("soak: activation server answers {:?}", seen.answers);
     eprintln!("soak: code look-ups {:?}", seen.lookups);
-    eprintln!("soak: {} retries", seen.retries);
     eprintln!(
-        "soak: {} attempts, {unplugs} unplugs by the driver, {} ledger pauses",
+        "soak: {} retries; {} retries or outcomes after a request timed out; {} activation-server answers after one timed out",
+        seen.retries, seen.timeouts, seen.late_answers
+    );
+    eprintln!(
+        "soak: {} attempts, {unplugs} phones pulled out and put back by the world, {} ledger pauses",
         seen.started.values().sum::<usize>(),
         seen.paused
     );

@@ -82,6 +82,13 @@ fn cache_key(serial: &str, udid: &str) -> Key {
 /// How long an answer without a code is reused, unless configured.
 pub const NO_CODE_RECHECK: Duration = Duration::from_secs(600);
 
+/// Answers the cache keeps (one per source and phone); past it the oldest goes. The cache
+/// spares a phone that is retried or replugged a second round trip; a phone long gone needs
+/// none, and a service run sees thousands of phones (issue 13: without a bound the cache
+/// grew by every phone of the run). 2048 answers are about 1,000 phones of two sources,
+/// a few hundred kilobytes at most.
+pub const CACHE_LIMIT: usize = 2048;
+
 pub struct Chain {
     links: Vec<Link>,
     /// Answers per (link index, key), with when they were given.
@@ -93,6 +100,8 @@ pub struct Chain {
     busy: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether a source is asked when one before it gave codes.
     later_sources: LaterSources,
+    /// At most this many answers in `cache`.
+    cache_limit: usize,
 }
 
 impl Default for Chain {
@@ -103,6 +112,26 @@ impl Default for Chain {
             no_code_recheck: NO_CODE_RECHECK,
             busy: Mutex::default(),
             later_sources: LaterSources::default(),
+            cache_limit: CACHE_LIMIT,
+        }
+    }
+}
+
+/// A phone's turn in `busy`: once the look-up is over (or dropped), the entry goes unless
+/// another look-up of the same phone holds or waits for it, so `busy` holds only the phones
+/// being looked up now.
+struct BusyTurn<'a> {
+    busy: &'a Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    key: Key,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for BusyTurn<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and this one: nobody else is in line.
+        if Arc::strong_count(&self.lock) == 2 {
+            busy.remove(&self.key);
         }
     }
 }
@@ -116,6 +145,20 @@ impl Chain {
     pub fn with_no_code_recheck(mut self, after: Duration) -> Self {
         self.no_code_recheck = after;
         self
+    }
+
+    /// Keeps at most `limit` answers (at least one).
+    pub fn with_cache_limit(mut self, limit: usize) -> Self {
+        self.cache_limit = limit.max(1);
+        self
+    }
+
+    /// Answers cached now, and phones with a look-up under way (for the bounds' tests).
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (cache, busy)
     }
 
     /// How later sources are asked (`[codes] later_sources`).
@@ -189,11 +232,16 @@ impl Chain {
             return Err(ChainError::NoSources);
         }
         let key = cache_key(serial, udid);
-        let busy = {
+        let turn = {
             let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-            busy.entry(key.clone()).or_default().clone()
+            BusyTurn {
+                busy: &self.busy,
+                key: key.clone(),
+                lock: busy.entry(key.clone()).or_default().clone(),
+            }
         };
-        let _one_at_a_time = busy.lock().await;
+        // Released before `turn` is dropped (reverse order of declaration).
+        let _one_at_a_time = turn.lock.lock().await;
         let answers: Vec<Option<_>> = match self.later_sources {
             LaterSources::Always => join_all(
                 self.links
@@ -310,10 +358,18 @@ impl Chain {
             return Ok((lookup, true));
         }
         let lookup = link.source.lookup(serial, udid).await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slot, (lookup.clone(), Instant::now()));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(slot, (lookup.clone(), Instant::now()));
+        while cache.len() > self.cache_limit {
+            let oldest = cache
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(slot, _)| slot.clone());
+            match oldest {
+                Some(slot) => cache.remove(&slot),
+                None => break,
+            };
+        }
         Ok((lookup, false))
     }
 
@@ -587,6 +643,42 @@ mod tests {
         assert_eq!(Chain::new().no_code_recheck, NO_CODE_RECHECK);
     }
 
+    /// Issue 13: after many phones came and went, the cache holds at most its limit (the
+    /// newest answers) and no phone is left in the one-at-a-time map.
+    #[tokio::test]
+    async fn cache_and_turns_stay_bounded_over_many_phones() {
+        let (intune, calls) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
+        let (kandji, _) = Fixed::new(Vec::new());
+        let chain = Chain::new()
+            .with("contoso", "intune", intune)
+            .with("kandji", "kandji", kandji)
+            .with_later_sources(LaterSources::Always)
+            .with_cache_limit(8);
+        for i in 0..200 {
+            let serial = format!("F2L{i:09}");
+            let udid = format!("00008030-{i:016X}");
+            chain.lookup_all(&serial, &udid).await.expect("lookup");
+            let (cache, busy) = chain.held();
+            assert!(cache <= 8, "{cache} answers cached after phone {i}");
+            assert_eq!(busy, 0, "phones left in `busy` after phone {i}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 200);
+        // The newest phone's answers are the ones kept.
+        let again = chain
+            .lookup_all("F2L000000199", &format!("00008030-{:016X}", 199))
+            .await
+            .expect("again");
+        assert!(again.answered.iter().all(|a| a.cached));
+        assert_eq!(calls.load(Ordering::SeqCst), 200);
+        // The oldest went.
+        let first = chain
+            .lookup_all("F2L000000000", &format!("00008030-{:016X}", 0))
+            .await
+            .expect("first again");
+        assert!(!first.answered[0].cached);
+        assert_eq!(Chain::new().cache_limit, CACHE_LIMIT);
+    }
+
     #[tokio::test]
     async fn answers_are_cached_for_the_run_but_failures_are_asked_again() {
         let (intune, intune_calls) = Fixed::new(vec![(GOOD, CodeKind::Device)]);
@@ -641,6 +733,7 @@ mod tests {
         let (a, b) = tokio::join!(chain.lookup_all("S1", "U"), chain.lookup_all("S1", "U"));
         assert_eq!(tagged(&a.expect("a")), tagged(&b.expect("b")));
         assert_eq!(slow_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(chain.held().1, 0, "both turns are over");
     }
 
     /// `when_no_code`: a later source is asked only when those before it gave no code; by

@@ -213,8 +213,18 @@ fn configure(conn: &Connection) -> Result<(), LedgerError> {
         .map_err(sqlite("synchronous"))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(sqlite("foreign_keys"))?;
+    // SQLite's page cache (2 MiB by default) fills as the ledger grows, so a long service
+    // run's memory grew with it for its first thousand phones (issue 13, docs/testing.md
+    // "Soak"). The line appends at the tail and `station report` reads through the
+    // operating system's file cache anyway: 512 KiB is plenty and is full early.
+    conn.pragma_update(None, "cache_size", LEDGER_CACHE_KIB)
+        .map_err(sqlite("cache_size"))?;
     Ok(())
 }
+
+/// The page cache of a ledger connection, as SQLite's `cache_size` takes it: negative means
+/// KiB.
+pub const LEDGER_CACHE_KIB: i64 = -512;
 
 fn user_version(conn: &Connection) -> Result<i64, LedgerError> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
@@ -278,6 +288,11 @@ mod tests {
         assert_eq!(mode, "wal");
         assert_eq!(synchronous, 2, "synchronous must be FULL (2)");
         assert_eq!(user_version(&conn).expect("version"), SCHEMA_VERSION);
+        // The page cache is bounded below SQLite's default (issue 13).
+        let cache: i64 = conn
+            .pragma_query_value(None, "cache_size", |r| r.get(0))
+            .expect("cache_size");
+        assert_eq!(cache, LEDGER_CACHE_KIB);
     }
 
     #[test]

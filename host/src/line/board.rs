@@ -141,6 +141,18 @@ struct PhoneEntry {
     seq: usize,
 }
 
+/// What the board keeps of a phone done with and unplugged.
+#[derive(Debug)]
+struct GonePhone {
+    /// Its tile's slot: freed if it comes back in another.
+    slot: String,
+    outcome: Outcome,
+    seq: usize,
+    serial: Option<String>,
+    /// Kept for an outcome needing attention only (shown again if it comes back).
+    message: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Board {
     run_id: Option<String>,
@@ -149,6 +161,9 @@ pub struct Board {
     /// Tile index by slot label.
     index: HashMap<String, usize>,
     phones: HashMap<String, PhoneEntry>,
+    /// Phones done and unplugged, compact: counted, off the attention list, and taken back
+    /// into `phones` if they come back (a long service run sees thousands, issue 13).
+    settled: HashMap<String, GonePhone>,
     next_seq: usize,
     summary: Option<Summary>,
     usbmuxd_lost: Option<String>,
@@ -202,6 +217,19 @@ impl Board {
 
     /// The phone's tile, taking the slot over for it (a new phone plugged in there).
     fn tile(&mut self, phone: &PhoneRef, ts_ms: u64) -> &mut Tile {
+        if let Some(gone) = self.settled.remove(&phone.udid) {
+            self.phones.insert(
+                phone.udid.clone(),
+                PhoneEntry {
+                    slot: gone.slot,
+                    serial: gone.serial,
+                    outcome: Some(gone.outcome),
+                    message: gone.message,
+                    gone: true,
+                    seq: gone.seq,
+                },
+            );
+        }
         let seq = self.next_seq;
         let entry = self
             .phones
@@ -332,8 +360,12 @@ impl Board {
                     tile.step = None;
                     tile.since_ms = ts;
                 }
-                if let Some(p) = self.entry(&phone.udid) {
+                let gone = self.entry(&phone.udid).is_some_and(|p| {
                     p.gone = p.outcome.is_some();
+                    p.gone
+                });
+                if gone {
+                    self.settle(&phone.udid);
                 }
             }
             EventKind::Finished {
@@ -390,6 +422,37 @@ impl Board {
         }
     }
 
+    /// Moves a phone that is done and unplugged into the compact `settled` map.
+    fn settle(&mut self, udid: &str) {
+        if let Some((udid, p)) = self.phones.remove_entry(udid) {
+            let Some(outcome) = p.outcome else {
+                self.phones.insert(udid, p);
+                return;
+            };
+            let message = if outcome.is_success() {
+                String::new()
+            } else {
+                p.message
+            };
+            self.settled.insert(
+                udid,
+                GonePhone {
+                    slot: p.slot,
+                    outcome,
+                    seq: p.seq,
+                    serial: p.serial,
+                    message,
+                },
+            );
+        }
+    }
+
+    /// Phones held in full and compact (for the bound's test).
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        (self.phones.len(), self.settled.len())
+    }
+
     /// Phones queued for a worker, and phones being worked on (retry waits are neither).
     pub fn queue_and_in_flight(&self) -> (usize, usize) {
         let mut queued = 0;
@@ -411,7 +474,13 @@ impl Board {
             return summary.counts.clone();
         }
         let mut counts = BTreeMap::new();
-        for outcome in self.phones.values().filter_map(|p| p.outcome) {
+        let settled = self.settled.values().map(|g| g.outcome);
+        for outcome in self
+            .phones
+            .values()
+            .filter_map(|p| p.outcome)
+            .chain(settled)
+        {
             *counts.entry(wire_name(&outcome)).or_default() += 1;
         }
         counts
@@ -469,7 +538,7 @@ impl Board {
             phones: self
                 .summary
                 .as_ref()
-                .map_or(self.phones.len(), |s| s.phones),
+                .map_or(self.phones.len() + self.settled.len(), |s| s.phones),
             working,
             queued,
             counts: self.counts(),
@@ -668,6 +737,55 @@ mod tests {
         assert_eq!(json["tiles"][0]["outcome"], "activated");
         assert_eq!(json["tiles"][0]["tone"], "ok");
         assert_eq!(json["board_v"], BOARD_VERSION);
+    }
+
+    /// Issue 13: after a thousand phones came and went through four slots, the board holds
+    /// none of them in full, still counts every one, and takes one back when it returns.
+    #[test]
+    fn phones_that_came_and_went_are_counted_but_not_kept_in_full() {
+        let mut board = Board::new(["A1", "A2", "A3", "A4"]);
+        let mut ts = 0;
+        let mut next = |kind| {
+            ts += 1;
+            at(ts, kind)
+        };
+        for i in 0..1000 {
+            let p = phone(&format!("U{i}"), &format!("A{}", i % 4 + 1));
+            let outcome = if i % 10 == 3 {
+                Outcome::CodeRejected
+            } else {
+                Outcome::Activated
+            };
+            board.apply(&next(EventKind::Attached {
+                phone: p.clone(),
+                location_id: i,
+            }));
+            board.apply(&next(finished(p.clone(), outcome, "ended")));
+            board.apply(&next(EventKind::Detached { phone: p }));
+            let (full, compact) = board.held();
+            assert_eq!(full, 0, "phones kept in full after {}", i + 1);
+            assert_eq!(compact, i as usize + 1);
+        }
+        let counts = board.counts();
+        assert_eq!(counts.get("activated"), Some(&900));
+        assert_eq!(counts.get("code_rejected"), Some(&100));
+        assert_eq!(board.snapshot(0).phones, 1000);
+        assert!(board.attention().is_empty(), "gone phones are off the list");
+        // U3 (code rejected) comes back in another slot: listed again, counted once.
+        board.apply(&next(EventKind::Attached {
+            phone: phone("U3", "A1"),
+            location_id: 5000,
+        }));
+        assert_eq!(board.held(), (1, 999));
+        assert_eq!(board.counts().get("code_rejected"), Some(&100));
+        let rows = board.attention();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].udid.as_str(), rows[0].message.as_str()),
+            ("U3", "ended")
+        );
+        assert_eq!(rows[0].serial.as_deref(), Some("F2LX0001"));
+        assert_eq!(tile(&board, "A1").udid.as_deref(), Some("U3"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod publish;
 pub mod render;
 pub mod runner;
 pub mod screen;
+#[cfg(test)]
+mod settle_tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -155,6 +157,191 @@ struct PhoneState {
     last: Option<ActivationReport>,
 }
 
+/// What the line keeps of a phone that is done with and gone (its outcome committed, the
+/// phone unplugged): enough for the summary, for "already done" when it comes back and for
+/// resuming it, and no more. A phone's full state (its `DeviceInfo`, last report, …) is about
+/// a kilobyte; this is a tenth of it for a phone that ended well, so a long service run's
+/// memory no longer grows with every phone it ever saw (issue 13, docs/testing.md "Soak").
+#[derive(Debug)]
+struct Settled {
+    /// `Some`: it was done; `None`: it was pulled out before it was, and resumes when it is
+    /// plugged back.
+    done: Option<Outcome>,
+    /// The outcome the summary gives it.
+    outcome: Outcome,
+    /// For an outcome that needs attention: what the summary's attention list shows.
+    attention: Option<Box<SettledAttention>>,
+}
+
+#[derive(Debug)]
+struct SettledAttention {
+    slot: String,
+    serial: Option<String>,
+    message: String,
+}
+
+/// The line's phones: those it is working on, waiting for or that are still plugged in
+/// (`live`, in full), and those done with and gone (`settled`, compact).
+#[derive(Debug, Default)]
+struct Phones {
+    live: BTreeMap<String, PhoneState>,
+    settled: BTreeMap<String, Settled>,
+}
+
+impl std::ops::Deref for Phones {
+    type Target = BTreeMap<String, PhoneState>;
+    fn deref(&self) -> &Self::Target {
+        &self.live
+    }
+}
+
+impl std::ops::DerefMut for Phones {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.live
+    }
+}
+
+impl Phones {
+    /// Moves the phones that are done with and unplugged out of `live`. A phone pulled out
+    /// mid-way is settled too in a service run (it resumes when plugged back); with `--once`
+    /// it stays, as its replug grace is timed from `live`.
+    fn settle(&mut self, once: bool) {
+        let gone: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, p)| {
+                !p.attached
+                    && match p.status {
+                        Status::Done(_) => true,
+                        Status::Unplugged { .. } => !once,
+                        _ => false,
+                    }
+            })
+            .map(|(udid, _)| udid.clone())
+            .collect();
+        for udid in gone {
+            if let Some(state) = self.live.remove(&udid) {
+                let (outcome, message) = summary_outcome(&state);
+                let done = match state.status {
+                    Status::Done(outcome) => Some(outcome),
+                    _ => None,
+                };
+                let attention = (!outcome.is_success()).then(|| {
+                    Box::new(SettledAttention {
+                        slot: state.phone.slot,
+                        serial: state.serial,
+                        message,
+                    })
+                });
+                self.settled.insert(
+                    udid,
+                    Settled {
+                        done,
+                        outcome,
+                        attention,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A settled phone seen again (plugged back, or listed by usbmuxd once it is back): its
+    /// full state again, detached, as it was when it was settled.
+    fn restore(&mut self, device: &DeviceInfo, phone: PhoneRef) {
+        let Some(settled) = self.settled.remove(&device.udid) else {
+            return;
+        };
+        let (serial, message) = match settled.attention {
+            Some(a) => (a.serial, a.message),
+            None => (None, String::new()),
+        };
+        let mut last = interrupted_report(device, Cut::Unplugged, Step::Pair, Duration::ZERO);
+        last.outcome = settled.outcome;
+        last.message = message;
+        last.serial.clone_from(&serial);
+        last.step = None;
+        self.live.insert(
+            device.udid.clone(),
+            PhoneState {
+                device: device.clone(),
+                attached: false,
+                plugs: 0,
+                phone,
+                status: match settled.done {
+                    Some(outcome) => Status::Done(outcome),
+                    None => Status::Unplugged {
+                        since: tokio::time::Instant::now(),
+                    },
+                },
+                attempts: 0,
+                serial,
+                last: Some(last),
+            },
+        );
+    }
+
+    /// Every phone of the run, live or settled.
+    fn count(&self) -> usize {
+        self.live.len() + self.settled.len()
+    }
+
+    /// Phones per outcome, and the attention list in UDID order, as the summary gives them.
+    fn tally(&self) -> (BTreeMap<String, usize>, Vec<Attention>) {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut attention = Vec::new();
+        for (udid, settled) in &self.settled {
+            *counts
+                .entry(crate::output::wire_name(&settled.outcome))
+                .or_default() += 1;
+            if let Some(a) = &settled.attention {
+                attention.push(Attention {
+                    phone: PhoneRef {
+                        udid: udid.clone(),
+                        slot: a.slot.clone(),
+                    },
+                    serial: a.serial.clone(),
+                    outcome: settled.outcome,
+                    message: a.message.clone(),
+                });
+            }
+        }
+        for state in self.live.values() {
+            let (outcome, message) = summary_outcome(state);
+            *counts
+                .entry(crate::output::wire_name(&outcome))
+                .or_default() += 1;
+            if !outcome.is_success() {
+                attention.push(Attention {
+                    phone: state.phone.clone(),
+                    serial: state.serial.clone(),
+                    outcome,
+                    message,
+                });
+            }
+        }
+        // In UDID order, as one map of every phone gave it.
+        attention.sort_by(|a, b| a.phone.udid.cmp(&b.phone.udid));
+        (counts, attention)
+    }
+}
+
+/// The outcome and message the summary gives a phone in its current state.
+fn summary_outcome(state: &PhoneState) -> (Outcome, String) {
+    let (outcome, message) = match (&state.status, &state.last) {
+        (_, Some(report)) => (report.outcome, report.message.clone()),
+        (Status::Done(outcome), None) => (*outcome, "not started: the run was stopped".to_string()),
+        _ => (
+            Outcome::Interrupted,
+            "not started: the run was stopped".to_string(),
+        ),
+    };
+    let outcome = match state.status {
+        Status::Done(done) => done,
+        _ => outcome,
+    };
+    (outcome, message)
+}
+
 struct Finished {
     udid: String,
     /// `PhoneState::plugs` when the worker started.
@@ -207,7 +394,7 @@ impl Line {
             once: options.once,
         });
 
-        let mut phones: BTreeMap<String, PhoneState> = BTreeMap::new();
+        let mut phones = Phones::default();
         let mut queue: VecDeque<String> = VecDeque::new();
         let mut workers: JoinSet<Finished> = JoinSet::new();
         let mut stop = Shutdown::Running;
@@ -228,6 +415,7 @@ impl Line {
         };
 
         loop {
+            phones.settle(options.once);
             if pause
                 .as_ref()
                 .is_some_and(|p| p.recheck_at <= tokio::time::Instant::now())
@@ -314,13 +502,9 @@ impl Line {
         Ok(summary)
     }
 
-    fn attach(
-        &self,
-        device: DeviceInfo,
-        phones: &mut BTreeMap<String, PhoneState>,
-        queue: &mut VecDeque<String>,
-    ) {
+    fn attach(&self, device: DeviceInfo, phones: &mut Phones, queue: &mut VecDeque<String>) {
         let phone = self.phone_ref(&device);
+        phones.restore(&device, phone.clone());
         if let Some(state) = phones.get_mut(&device.udid) {
             if state.attached && state.device.device_id == device.device_id {
                 return; // the Listen replay of a phone we already know
@@ -378,12 +562,7 @@ impl Line {
         );
     }
 
-    fn detach(
-        &self,
-        device_id: u32,
-        phones: &mut BTreeMap<String, PhoneState>,
-        queue: &mut VecDeque<String>,
-    ) {
+    fn detach(&self, device_id: u32, phones: &mut Phones, queue: &mut VecDeque<String>) {
         let Some(state) = phones
             .values_mut()
             .find(|p| p.attached && p.device.device_id == device_id)
@@ -419,12 +598,7 @@ impl Line {
 
     /// usbmuxd's connection broke or was refused: every phone is cut off as if unplugged,
     /// and the line retries the connection with a bounded backoff.
-    fn usbmuxd_lost(
-        &self,
-        reason: &str,
-        phones: &mut BTreeMap<String, PhoneState>,
-        queue: &mut VecDeque<String>,
-    ) -> Usb {
+    fn usbmuxd_lost(&self, reason: &str, phones: &mut Phones, queue: &mut VecDeque<String>) -> Usb {
         tracing::warn!(
             "usbmuxd is gone ({reason}); phones in flight are recorded as interrupted; retrying the connection"
         );
@@ -450,7 +624,7 @@ impl Line {
         &self,
         devices: Vec<DeviceInfo>,
         outage: Duration,
-        phones: &mut BTreeMap<String, PhoneState>,
+        phones: &mut Phones,
         queue: &mut VecDeque<String>,
     ) {
         tracing::info!(
@@ -463,6 +637,7 @@ impl Line {
             outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
         });
         for device in devices {
+            phones.restore(&device, self.phone_ref(&device));
             match phones.get_mut(&device.udid) {
                 Some(state) if matches!(state.status, Status::Done(_)) && !state.attached => {
                     state.phone = self.phone_ref(&device);
@@ -479,7 +654,7 @@ impl Line {
     /// cannot take them: then nothing is started and the line pauses.
     fn start_ready(
         self: &Arc<Self>,
-        phones: &mut BTreeMap<String, PhoneState>,
+        phones: &mut Phones,
         queue: &mut VecDeque<String>,
         workers: &mut JoinSet<Finished>,
     ) -> Option<LedgerPause> {
@@ -667,7 +842,7 @@ impl Line {
     fn finished(
         &self,
         finished: Finished,
-        phones: &mut BTreeMap<String, PhoneState>,
+        phones: &mut Phones,
         queue: &mut VecDeque<String>,
         stop: Shutdown,
         pause: &mut Option<LedgerPause>,
@@ -737,11 +912,7 @@ impl Line {
     }
 
     /// The earliest retry or replug deadline.
-    fn next_deadline(
-        &self,
-        phones: &BTreeMap<String, PhoneState>,
-        usb: &Usb,
-    ) -> Option<tokio::time::Instant> {
+    fn next_deadline(&self, phones: &Phones, usb: &Usb) -> Option<tokio::time::Instant> {
         let usbmuxd_grace = match usb {
             Usb::Lost { since, .. } if self.options.once => {
                 Some(*since + self.options.replug_grace)
@@ -761,7 +932,7 @@ impl Line {
             .min()
     }
 
-    fn wake(&self, phones: &mut BTreeMap<String, PhoneState>, queue: &mut VecDeque<String>) {
+    fn wake(&self, phones: &mut Phones, queue: &mut VecDeque<String>) {
         let now = tokio::time::Instant::now();
         for state in phones.values_mut() {
             match state.status {
@@ -781,7 +952,7 @@ impl Line {
 
     /// `--once` ends when every phone is done and usbmuxd is there (or has been away for
     /// longer than the replug grace: its phones then count as interrupted).
-    fn once_done(&self, phones: &BTreeMap<String, PhoneState>, usb: &Usb) -> bool {
+    fn once_done(&self, phones: &Phones, usb: &Usb) -> bool {
         let usbmuxd_settled = match usb {
             Usb::Connected(_) => true,
             Usb::Lost { since, .. } => since.elapsed() >= self.options.replug_grace,
@@ -789,12 +960,7 @@ impl Line {
         usbmuxd_settled && phones.values().all(|p| matches!(p.status, Status::Done(_)))
     }
 
-    fn stopping(
-        &self,
-        level: Shutdown,
-        phones: &mut BTreeMap<String, PhoneState>,
-        queue: &mut VecDeque<String>,
-    ) {
+    fn stopping(&self, level: Shutdown, phones: &mut Phones, queue: &mut VecDeque<String>) {
         queue.clear();
         for state in phones.values_mut() {
             match &mut state.status {
@@ -819,44 +985,11 @@ impl Line {
         );
     }
 
-    fn summary(
-        &self,
-        phones: &BTreeMap<String, PhoneState>,
-        stop: Shutdown,
-        elapsed: Duration,
-    ) -> Summary {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let mut attention = Vec::new();
-        for state in phones.values() {
-            let (outcome, message) = match (&state.status, &state.last) {
-                (_, Some(report)) => (report.outcome, report.message.clone()),
-                (Status::Done(outcome), None) => {
-                    (*outcome, "not started: the run was stopped".to_string())
-                }
-                _ => (
-                    Outcome::Interrupted,
-                    "not started: the run was stopped".to_string(),
-                ),
-            };
-            let outcome = match state.status {
-                Status::Done(done) => done,
-                _ => outcome,
-            };
-            *counts
-                .entry(crate::output::wire_name(&outcome))
-                .or_default() += 1;
-            if !outcome.is_success() {
-                attention.push(Attention {
-                    phone: state.phone.clone(),
-                    serial: state.serial.clone(),
-                    outcome,
-                    message,
-                });
-            }
-        }
+    fn summary(&self, phones: &Phones, stop: Shutdown, elapsed: Duration) -> Summary {
+        let (counts, attention) = phones.tally();
         Summary {
             run_id: self.options.run_id.clone(),
-            phones: phones.len(),
+            phones: phones.count(),
             counts,
             attention,
             stopped_early: stop != Shutdown::Running,

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::world::HttpFaultSpec;
+use crate::world::{FaultWindow, HttpFaultSpec, WindowAnswer};
 
 /// Requests kept in each log (oldest dropped first).
 const LOG_LIMIT: usize = 10_000;
@@ -66,6 +66,8 @@ pub enum MdmOutcome {
     },
     /// An injected 5xx.
     InjectedFailure,
+    /// A 200 whose body is no JSON (a `garbage` window).
+    Garbage,
     NotFound,
     /// 4xx other than the above.
     BadRequest {
@@ -120,14 +122,24 @@ pub(crate) struct Faults {
     /// A throttled client must not come back before this.
     throttled_until: Option<Instant>,
     rng: StdRng,
+    /// The world's stretches of wrong answers, timed from `started`.
+    windows: Vec<FaultWindow>,
+    started: Instant,
 }
 
 /// What the fault controls decide for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Pass,
-    Throttle { retry_after: u64, early: bool },
-    Fail { status: u16 },
+    Throttle {
+        retry_after: u64,
+        early: bool,
+    },
+    Fail {
+        status: u16,
+    },
+    /// HTTP 200 whose body is no JSON (a `garbage` window).
+    Garbage,
 }
 
 impl Faults {
@@ -142,12 +154,38 @@ impl Faults {
             failure_status: spec.failure_status(),
             throttled_until: None,
             rng: StdRng::seed_from_u64(seed),
+            windows: spec.windows.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The window in force at `now`, if any.
+    fn window(&self, now: Instant) -> Option<FaultWindow> {
+        FaultWindow::active(&self.windows, now.saturating_duration_since(self.started))
+    }
+
+    /// The delay before an answer at `now`: the latency, plus a `slow` window's.
+    pub fn latency_at(&self, now: Instant) -> Duration {
+        match self.window(now) {
+            Some(w) if w.answer == WindowAnswer::Slow => {
+                self.latency + Duration::from_millis(w.latency_ms)
+            }
+            _ => self.latency,
         }
     }
 
     /// Throttling first (an early return is throttled again for what is left of the wait),
     /// then injected failures; `*_next` counters count down before rates are drawn.
     pub fn decide(&mut self, now: Instant) -> Verdict {
+        match self.window(now).map(|w| w.answer) {
+            Some(WindowAnswer::Fail) => {
+                return Verdict::Fail {
+                    status: self.failure_status,
+                }
+            }
+            Some(WindowAnswer::Garbage) => return Verdict::Garbage,
+            Some(WindowAnswer::Slow) | None => {}
+        }
         if let Some(until) = self.throttled_until {
             if now < until {
                 let left = until - now;
@@ -464,6 +502,15 @@ impl ServiceCore {
                 a.outcome = MdmOutcome::InjectedFailure;
                 a
             }
+            Verdict::Garbage => Answer {
+                status: 200,
+                content_type: Some("application/json"),
+                body: b"\x00{\"value\": [\xff garbage, not JSON".to_vec(),
+                headers: Vec::new(),
+                outcome: MdmOutcome::Garbage,
+                fields: Vec::new(),
+                retry_after: None,
+            },
             Verdict::Pass => match crate::http::read_body(req.into_body(), MAX_BODY).await {
                 Err(e) => {
                     let mut a = error_body(e.status(), &e.to_string());
@@ -484,7 +531,7 @@ impl ServiceCore {
                 }),
             },
         };
-        let latency = self.faults().latency;
+        let latency = self.faults().latency_at(at);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -668,6 +715,48 @@ pub(crate) fn utc_timestamp(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// `[[kandji.api.window]]` & co.: inside a window every request gets its answer, before
+    /// throttling and failures; outside, the usual rules.
+    #[test]
+    fn windows_answer_every_request_their_way() {
+        let spec = HttpFaultSpec {
+            windows: vec![
+                FaultWindow {
+                    from_ms: 1000,
+                    until_ms: 2000,
+                    answer: WindowAnswer::Fail,
+                    latency_ms: 0,
+                },
+                FaultWindow {
+                    from_ms: 3000,
+                    until_ms: 4000,
+                    answer: WindowAnswer::Garbage,
+                    latency_ms: 0,
+                },
+                FaultWindow {
+                    from_ms: 5000,
+                    until_ms: 6000,
+                    answer: WindowAnswer::Slow,
+                    latency_ms: 7000,
+                },
+            ],
+            latency_ms: 10,
+            ..HttpFaultSpec::default()
+        };
+        let mut f = Faults::new(&spec, 1);
+        let t0 = f.started;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(f.decide(at(500)), Verdict::Pass);
+        assert_eq!(f.decide(at(1000)), Verdict::Fail { status: 503 });
+        assert_eq!(f.decide(at(1999)), Verdict::Fail { status: 503 });
+        assert_eq!(f.decide(at(2000)), Verdict::Pass);
+        assert_eq!(f.decide(at(3500)), Verdict::Garbage);
+        assert_eq!(f.decide(at(5500)), Verdict::Pass);
+        assert_eq!(f.latency_at(at(5500)), Duration::from_millis(7010));
+        assert_eq!(f.latency_at(at(6000)), Duration::from_millis(10));
+    }
+
     use super::*;
 
     #[test]

@@ -184,6 +184,10 @@ pub struct HttpFaultSpec {
     /// The same per hour [default: none].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_requests_per_hour: Option<u32>,
+    /// Stretches of the run in which every request is answered wrongly (`[[kandji.api.window]]`
+    /// and so on), before throttling and failures are decided.
+    #[serde(rename = "window", skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<super::FaultWindow>,
 }
 
 /// `Retry-After` of a throttled answer unless the world says otherwise.
@@ -238,6 +242,11 @@ impl HttpFaultSpec {
                 "max_requests_per_hour",
                 "must be at least 1".to_string(),
             ));
+        }
+        for window in &self.windows {
+            window
+                .validate()
+                .map_err(|reason| invalid("window", reason))?;
         }
         if self.retry_after_secs.is_some_and(|s| s > 3600) {
             return Err(invalid(

@@ -195,7 +195,74 @@ pub struct ActivationServerSpec {
     /// What a wrong code or password gets.
     #[serde(skip_serializing_if = "WrongCredentials::is_default")]
     pub wrong_credentials: WrongCredentials,
+    /// Stretches of the run in which every request is answered wrongly
+    /// (`[[activation_server.window]]`), for the soak (issue 13).
+    #[serde(rename = "window", skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<FaultWindow>,
 }
+
+/// A stretch of a bench's run (milliseconds since the bench started, `from_ms` included,
+/// `until_ms` not) in which a stand-in service answers every request one wrong way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultWindow {
+    pub from_ms: u64,
+    pub until_ms: u64,
+    pub answer: WindowAnswer,
+    /// `slow`: the answer comes this much later than it otherwise would [default 0].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_ms: u64,
+}
+
+/// How a service answers inside a [`FaultWindow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowAnswer {
+    /// The failure status (5xx), as an injected failure.
+    Fail,
+    /// The usual answer, `latency_ms` late: longer than a client's request timeout, a
+    /// timeout for it.
+    Slow,
+    /// HTTP 200 whose body is no answer at all (bytes that are neither a plist, a page nor
+    /// JSON).
+    Garbage,
+}
+
+impl FaultWindow {
+    /// Whether `elapsed` (since the bench started) is inside the window.
+    pub fn covers(&self, elapsed: std::time::Duration) -> bool {
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        self.from_ms <= ms && ms < self.until_ms
+    }
+
+    /// The window in force at `elapsed`, the first listed when several are.
+    pub fn active(windows: &[FaultWindow], elapsed: std::time::Duration) -> Option<FaultWindow> {
+        windows.iter().copied().find(|w| w.covers(elapsed))
+    }
+
+    /// `until_ms` after `from_ms`, latencies within 10 minutes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.until_ms <= self.from_ms {
+            return Err(format!(
+                "until_ms {} is not after from_ms {}",
+                self.until_ms, self.from_ms
+            ));
+        }
+        if self.latency_ms > MAX_WINDOW_LATENCY_MS {
+            return Err(format!(
+                "latency_ms {} is over {MAX_WINDOW_LATENCY_MS}",
+                self.latency_ms
+            ));
+        }
+        if self.answer == WindowAnswer::Slow && self.latency_ms == 0 {
+            return Err("answer = \"slow\" needs latency_ms".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// The longest delay a window may add (10 minutes, like the phone's delays).
+const MAX_WINDOW_LATENCY_MS: u64 = 600_000;
 
 /// Albert's answer to wrong credentials on the lock form.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +335,11 @@ impl ActivationServerSpec {
                     format!("{status} is not a 5xx status"),
                 ));
             }
+        }
+        for window in &self.windows {
+            window
+                .validate()
+                .map_err(|reason| invalid("window", reason))?;
         }
         for (field, fault) in [
             ("drm_handshake.fail_rate", &self.drm_handshake),
@@ -353,6 +425,10 @@ pub struct DeviceSpec {
     pub plug_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unplug_at_ms: Option<u64>,
+    /// Plugged back in this long after start (after `unplug_at_ms`): a phone pulled out
+    /// mid-work and put back, as the soak does (issue 13).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replug_at_ms: Option<u64>,
     // --- mobileactivationd timing ---
     /// `CreateTunnel1ActivationInfoRequest` takes this long (FairPlay on a real phone).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -467,6 +543,7 @@ pub struct DeviceProfile {
     pub tls: Option<TlsGeneration>,
     pub plug_at_ms: Option<u64>,
     pub unplug_at_ms: Option<u64>,
+    pub replug_at_ms: Option<u64>,
     pub activation_info_delay_ms: u64,
     pub handle_record_delay_ms: u64,
     /// `None`: the session lasts until the next `CreateTunnel1SessionInfoRequest`.
@@ -715,6 +792,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         tls: p.tls,
         plug_at_ms: p.plug_at_ms,
         unplug_at_ms: p.unplug_at_ms,
+        replug_at_ms: p.replug_at_ms,
         activation_info_delay_ms: (p.activation_info_delay_ms != 0)
             .then_some(p.activation_info_delay_ms),
         handle_record_delay_ms: (p.handle_record_delay_ms != 0).then_some(p.handle_record_delay_ms),
@@ -958,6 +1036,24 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
             ));
         }
     }
+    if let Some(replug) = spec.replug_at_ms {
+        match spec.unplug_at_ms {
+            None => {
+                return Err(invalid(
+                    "replug_at_ms",
+                    "needs unplug_at_ms (a phone is plugged back only after it was pulled out)"
+                        .to_string(),
+                ))
+            }
+            Some(unplug) if replug <= unplug => {
+                return Err(invalid(
+                    "replug_at_ms",
+                    format!("{replug} is not after unplug_at_ms {unplug}"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     for (field, delay) in [
         ("activation_info_delay_ms", spec.activation_info_delay_ms),
         ("handle_record_delay_ms", spec.handle_record_delay_ms),
@@ -1068,6 +1164,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         tls: spec.tls,
         plug_at_ms: spec.plug_at_ms,
         unplug_at_ms: spec.unplug_at_ms,
+        replug_at_ms: spec.replug_at_ms,
         activation_info_delay_ms: spec.activation_info_delay_ms.unwrap_or(0),
         handle_record_delay_ms: spec.handle_record_delay_ms.unwrap_or(0),
         activation_session_lifetime_ms: spec.activation_session_lifetime_ms,
@@ -1163,6 +1260,7 @@ fn validate_udid(udid: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn profiles(n: usize, seed: u64) -> Vec<DeviceProfile> {
         default_world(n, seed)
@@ -1494,6 +1592,74 @@ mod tests {
         assert!(err.to_string().contains("latncy_ms"), "{err}");
     }
 
+    /// `[[activation_server.window]]` and `[[kandji.api.window]]` (the soak's stretches of
+    /// slow, garbage or failing answers): parsed, printed back, checked.
+    #[test]
+    fn fault_windows_are_read_and_checked() {
+        let w = World::from_toml(
+            "[[activation_server.window]]\nfrom_ms = 100\nuntil_ms = 200\nanswer = \"slow\"\nlatency_ms = 5000\n\
+             [[activation_server.window]]\nfrom_ms = 300\nuntil_ms = 400\nanswer = \"garbage\"\n\
+             [[kandji.api.window]]\nfrom_ms = 0\nuntil_ms = 60000\nanswer = \"fail\"\n",
+            "t",
+        )
+        .expect("parses");
+        assert_eq!(w.activation_server.windows.len(), 2);
+        assert_eq!(w.activation_server.windows[0].answer, WindowAnswer::Slow);
+        assert_eq!(w.activation_server.windows[1].answer, WindowAnswer::Garbage);
+        assert_eq!(w.kandji.api.windows[0].answer, WindowAnswer::Fail);
+        let at = |ms| Duration::from_millis(ms);
+        let windows = &w.activation_server.windows;
+        assert_eq!(FaultWindow::active(windows, at(99)), None);
+        assert_eq!(FaultWindow::active(windows, at(100)), Some(windows[0]));
+        assert_eq!(FaultWindow::active(windows, at(200)), None);
+        assert_eq!(FaultWindow::active(windows, at(399)), Some(windows[1]));
+        w.resolve().expect("valid");
+        let again = World::from_toml(&w.to_toml(), "printed").expect("reparse");
+        assert_eq!(again, w);
+        for text in [
+            "[[activation_server.window]]\nfrom_ms = 200\nuntil_ms = 100\nanswer = \"fail\"\n",
+            "[[activation_server.window]]\nfrom_ms = 0\nuntil_ms = 100\nanswer = \"slow\"\n",
+        ] {
+            let err = World::from_toml(text, "t")
+                .expect("parses")
+                .resolve()
+                .expect_err(text);
+            assert!(
+                matches!(
+                    &err,
+                    WorldError::InvalidServer {
+                        field: "window",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let err = World::from_toml(
+            "[[kandji.api.window]]\nfrom_ms = 5\nuntil_ms = 5\nanswer = \"fail\"\n",
+            "t",
+        )
+        .expect("parses")
+        .resolve()
+        .expect_err("empty window");
+        assert!(
+            matches!(
+                &err,
+                WorldError::InvalidMdm {
+                    field: "window",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = World::from_toml(
+            "[[kandji.api.window]]\nfrom_ms = 0\nuntil_ms = 5\nanswer = \"late\"\n",
+            "t",
+        )
+        .expect_err("unknown answer");
+        assert!(err.to_string().contains("late"), "{err}");
+    }
+
     #[test]
     fn printed_default_world_reloads_identically() {
         let world = default_world(5, 77);
@@ -1660,6 +1826,11 @@ mod tests {
             ),
             ("passcode_locked = true", "passcode_locked"),
             ("plug_at_ms = 500\nunplug_at_ms = 100", "unplug_at_ms"),
+            (
+                "plug_at_ms = 5\nunplug_at_ms = 100\nreplug_at_ms = 50",
+                "replug_at_ms",
+            ),
+            ("replug_at_ms = 50", "replug_at_ms"),
             ("wifi_address = \"3c:22\"", "wifi_address"),
             (
                 "activation_info_delay_ms = 600001",

@@ -29,7 +29,7 @@ pub use station_protocol::activation::Endpoint;
 
 use crate::activation::Authority;
 use crate::phone::Phone;
-use crate::world::{ActivationServerSpec, FaultSpec, WrongCredentials};
+use crate::world::{ActivationServerSpec, FaultSpec, FaultWindow, WindowAnswer, WrongCredentials};
 
 /// Largest request body read; activation-info is ~10–30 KiB.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -55,6 +55,8 @@ pub enum AlbertOutcome {
     },
     /// A failure injected by the world file or [`Albert::set_failures`] & co.
     InjectedFailure,
+    /// Bytes that are no answer (a `[[activation_server.window]]` of `garbage`).
+    Garbage,
     /// 4xx: unreadable request, wrong content type, body too large or too slow.
     BadRequest {
         reason: String,
@@ -94,6 +96,9 @@ struct Controls {
     device_activation: FaultSpec,
     rng: StdRng,
     scenario: exchange::Scenario,
+    /// The world's stretches of wrong answers, timed from `started`.
+    windows: Vec<FaultWindow>,
+    started: Instant,
 }
 
 impl Controls {
@@ -173,6 +178,8 @@ impl Albert {
                         continue_page: spec.continue_page,
                         wrong_credentials: spec.wrong_credentials,
                     },
+                    windows: spec.windows.clone(),
+                    started: Instant::now(),
                 }),
                 log: Mutex::new(VecDeque::new()),
             }),
@@ -289,6 +296,10 @@ impl Albert {
         let endpoint = Endpoint::from_path(&path);
         let at = Instant::now();
         let mut seen = exchange::Seen::default();
+        let window = {
+            let c = lock(&self.inner.controls);
+            FaultWindow::active(&c.windows, c.started.elapsed())
+        };
 
         let answer = match endpoint {
             None => plain(404, "Not Found", AlbertOutcome::NotFound),
@@ -302,9 +313,16 @@ impl Albert {
                 Ok(body) => {
                     let (fail, status, scenario) = {
                         let mut c = lock(&self.inner.controls);
-                        (c.should_fail(endpoint), c.failure_status, c.scenario)
+                        let failing = window.is_some_and(|w| w.answer == WindowAnswer::Fail);
+                        (
+                            failing || c.should_fail(endpoint),
+                            c.failure_status,
+                            c.scenario,
+                        )
                     };
-                    if fail {
+                    if window.is_some_and(|w| w.answer == WindowAnswer::Garbage) {
+                        garbage()
+                    } else if fail {
                         plain(
                             status,
                             "Service Unavailable",
@@ -323,7 +341,10 @@ impl Albert {
                 }
             },
         };
-        let latency = lock(&self.inner.controls).latency;
+        let mut latency = lock(&self.inner.controls).latency;
+        if let Some(w) = window.filter(|w| w.answer == WindowAnswer::Slow) {
+            latency += Duration::from_millis(w.latency_ms);
+        }
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -394,6 +415,18 @@ fn server_headers() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A `[[activation_server.window]]` of `answer = "garbage"`: HTTP 200 under an XML content
+/// type whose body is neither a plist nor a page.
+fn garbage() -> exchange::Answer {
+    exchange::Answer {
+        status: 200,
+        content_type: "text/xml",
+        body: b"\x00\x9f<plist\xff garbage \x01\x02 not an answer".to_vec(),
+        headers: Vec::new(),
+        outcome: AlbertOutcome::Garbage,
+    }
+}
+
 fn plain(status: u16, text: &str, outcome: AlbertOutcome) -> exchange::Answer {
     exchange::Answer {
         status,
@@ -434,6 +467,8 @@ mod tests {
             device_activation: activation,
             rng: StdRng::seed_from_u64(1),
             scenario: exchange::Scenario::default(),
+            windows: Vec::new(),
+            started: Instant::now(),
         }
     }
 
