@@ -68,6 +68,6 @@ pub use stream::PhoneStream;
 pub use usb_device::{UsbDevice, UsbDeviceEnd};
 pub use world::{
     default_world, ActivationServerSpec, ActivationState, CloudConfig, DeviceProfile, DeviceSpec,
-    Enrollment, EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm, Trust,
-    World, WorldError, WrongCredentials,
+    Enrollment, EnrollmentSpec, FaultSpec, HttpFaultSpec, IntuneSpec, KandjiSpec, Lock, Mdm,
+    PlugPeriod, Trust, World, WorldError, WrongCredentials,
 };
