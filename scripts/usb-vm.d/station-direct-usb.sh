@@ -154,6 +154,8 @@ SIM=$!
 wait_for 60 test -s "$RESULTS/replug-ready.json" || { show 'sim| ' "$RESULTS/replug-sim.log"; fail "no ready file"; }
 [ "$(ready_field udid "$RESULTS/replug-ready.json" | sort)" = "$udids" ] || fail "the replug world has other UDIDs"
 grep -q '"plug_periods"' "$RESULTS/replug-ready.json" || fail "the ready file does not show the plug periods"
+# This bench's stand-in activation server listens on a port of its own.
+station_config /tmp/station "$(ready_field activation_url "$RESULTS/replug-ready.json")" "" >/tmp/usb.toml
 wait_for 30 sh -c "[ \$(grep -l '^05ac\$' /sys/bus/usb/devices/*/idVendor 2>/dev/null | wc -l) -ge 4 ]" \
     || fail "the gadgets did not enumerate"
 station_usb run --once --trust-wait 20 --replug-grace 60 >"$RESULTS/usb-run.ndjson" 2>"$RESULTS/usb-run.log" &

@@ -78,7 +78,8 @@ timed() {
     out="$1"; shift
     rc=0
     time -o /tmp/time.txt -f '%e %U %S' "$@" || rc=$?
-    cat /tmp/time.txt >>"$out"
+    # The last line: before it busybox notes a non-zero exit ("Command exited with ...").
+    tail -1 /tmp/time.txt >>"$out"
     return "$rc"
 }
 # usbmuxd's CPU time so far (user + system, clock ticks; 0 when it is not running): the
