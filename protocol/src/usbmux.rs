@@ -680,14 +680,36 @@ impl AsyncWrite for UsbmuxStream {
     }
 }
 
+/// The first pause before connecting again to a usbmuxd whose listen backlog is full; it
+/// doubles up to [`BUSY_RETRY_MAX`].
+const BUSY_RETRY_INITIAL: Duration = Duration::from_millis(10);
+const BUSY_RETRY_MAX: Duration = Duration::from_millis(200);
+
 /// Opens a connection to usbmuxd at `address`, bounded by `timeout`.
+///
+/// usbmuxd listens with a backlog of 5 and accepts only between the other work of its
+/// single-threaded main loop (docs/protocol.md §1.10); while it is busy, a connect to its
+/// socket fails at once with `EAGAIN` (tokio's sockets are non-blocking). That is a busy
+/// daemon, not a gone one: we connect again, with growing pauses, until `timeout`.
 pub async fn connect_address(
     address: &Address,
     timeout: Duration,
 ) -> Result<UsbmuxStream, UsbmuxError> {
     let attempt = async {
         match address {
-            Address::Unix(path) => UnixStream::connect(path).await.map(UsbmuxStream::Unix),
+            Address::Unix(path) => {
+                let mut pause = BUSY_RETRY_INITIAL;
+                loop {
+                    match UnixStream::connect(path).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            tracing::debug!(path = %path.display(), "usbmuxd's listen backlog is full; connecting again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(BUSY_RETRY_MAX);
+                        }
+                        other => break other.map(UsbmuxStream::Unix),
+                    }
+                }
+            }
             Address::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
                 .await
                 .map(UsbmuxStream::Tcp),
@@ -1260,6 +1282,58 @@ mod tests {
             }
         );
         assert_eq!(&raw, b"raw");
+    }
+
+    #[tokio::test]
+    async fn a_full_listen_backlog_is_waited_out_not_taken_for_a_gone_daemon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("usbmuxd");
+        // A daemon that does not accept for now, with the smallest backlog.
+        let socket = tokio::net::UnixSocket::new_stream().expect("socket");
+        socket.bind(&path).expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let mut queued = Vec::new();
+        let full = loop {
+            match UnixStream::connect(&path).await {
+                Ok(stream) => queued.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                Err(e) => panic!("connect: {e}"),
+            }
+            if queued.len() > 64 {
+                break false;
+            }
+        };
+        assert!(full, "the backlog never filled");
+        let address = Address::Unix(path.clone());
+        let connecting =
+            tokio::spawn(async move { connect_address(&address, Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!connecting.is_finished(), "gave up on a busy daemon");
+        // The daemon takes the waiting connections: ours gets in.
+        for _ in 0..=queued.len() {
+            let (_conn, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .expect("accept in time")
+                .expect("accept");
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .expect("connected in time")
+            .expect("join");
+        assert!(matches!(stream, Ok(UsbmuxStream::Unix(_))), "{stream:?}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_listens_on_is_unreachable_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("usbmuxd");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        // Refused, not retried until the time limit (which would end as TimedOut).
+        let result = connect_address(&Address::Unix(path), Duration::from_secs(10)).await;
+        assert!(
+            matches!(&result, Err(UsbmuxError::Unreachable { source, .. }) if source.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]

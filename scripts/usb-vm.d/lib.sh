@@ -39,10 +39,12 @@ wait_for() {
 }
 
 # Starts Debian's usbmuxd in the foreground mode, as root, verbose (-v), logging to $1
-# (default $RESULTS/usbmuxd.log); sets USBMUXD_PID; waits for its socket.
+# (default $RESULTS/usbmuxd.log), with the further options $2...; sets USBMUXD_PID; waits for
+# its socket.
 start_usbmuxd() {
     USBMUXD_LOG="${1:-$RESULTS/usbmuxd.log}"
-    usbmuxd -f -U root -v >"$USBMUXD_LOG" 2>&1 &
+    [ $# -gt 0 ] && shift
+    usbmuxd -f -U root -v "$@" >"$USBMUXD_LOG" 2>&1 &
     USBMUXD_PID=$!
     wait_for 20 test -S /run/usbmuxd || { cat "$USBMUXD_LOG"; fail "usbmuxd did not create /run/usbmuxd"; }
 }

@@ -1,24 +1,26 @@
-# Scenario: `station --transport usb` without usbmuxd: devices with slots from port paths, info, the mode query, `run --once` as on the socket bench with an unplug and replug; a clear error while usbmuxd holds the phones
+# Scenario: `station --transport usb` without usbmuxd: devices with slots from port paths, info, the mode query, `run --once` as on the socket bench with an unplug and replug from the world's plug schedule; a clear error while usbmuxd holds the phones
 # The station's own USB transport (nusb) on 4 gadget phones through the kernel's USB stack:
 # `devices` lists them with the `[slots]` labels of the port paths the transport opened them
 # at (sysfs' serial search is switched off, so the labels can only come from the bus), each
 # phone answers the §2.2 mode query as a phone in the initial mode, `info` reads the lockdown
 # dump (pair records in the data directory), `run --once` ends every phone as the same run
-# on the socket bench does, a phone unbound from its UDC mid-activation ends `interrupted`
-# and, bound again, is activated; then, with Debian's usbmuxd holding the phones, `devices`
-# says so and exits non-zero (issue 11, "Done when").
+# on the socket bench does; a phone whose world pulls it out mid-activation (its gadget
+# unbound from its UDC by the world's `plug_periods`) ends `interrupted` and, bound again by
+# the schedule, is activated; then, with Debian's usbmuxd holding the phones, `devices` says
+# so and exits non-zero (issue 11, "Done when").
 . /usb-vm/lib.sh
 
 CODE="3UM43-PUYVY-QYD1-UVCC-HEHJ-FKA4"
-# The line's mix (tests/tests/station_line.rs): the first phone's activation takes 4 s on
-# the phone, long enough to pull it out in the middle.
-cat >/tmp/world.toml <<TOML
+# The line's mix (tests/tests/station_line.rs). world [CLEAN-LINES]: the world, with
+# CLEAN-LINES added to the first (clean) phone; the same seed and phones give the same UDIDs.
+world() {
+    cat <<TOML
 seed = 11
 
 [[device]]
 device_name = "clean"
 activation_state = "Unactivated"
-activation_info_delay_ms = 4000
+${1:-activation_info_delay_ms = 4000}
 
 [[device]]
 device_name = "mdm"
@@ -35,6 +37,14 @@ lock = "user"
 device_name = "activated"
 activation_state = "Activated"
 TOML
+}
+world >/tmp/world.toml
+# For the run with an unplug: the clean phone's activation_info takes 20 s on the phone and
+# its world pulls it out at 15 s (the bench's clock) and puts it back at 17 s. The run starts
+# a few seconds after the bench and reaches that step about 1 s later (under TCG on a busy
+# host, up to some 10 s), so the unplug lands in it with room either side.
+world "activation_info_delay_ms = 20000
+plug_periods = [{ unplug_at_ms = 15000 }, { plug_at_ms = 17000 }]" >/tmp/replug-world.toml
 
 # station.toml for a bench: $1 data directory, $2 activation URL, $3 extra lines.
 station_config() {
@@ -94,7 +104,7 @@ wait_for 20 sh -c "! kill -0 $SERVE" || fail "station-sim serve did not stop on 
 
 step "station-sim gadget --world (the same 4 phones)"
 load_usb_modules 4
-station-sim gadget --world /tmp/world.toml --ready "$RESULTS/ready.json" >"$RESULTS/sim.log" 2>&1 &
+station-sim gadget --world /tmp/world.toml --state-dir /tmp/gadget-state --ready "$RESULTS/ready.json" >"$RESULTS/sim.log" 2>&1 &
 SIM=$!
 wait_for 60 test -s "$RESULTS/ready.json" || { show 'sim| ' "$RESULTS/sim.log"; fail "no ready file"; }
 udids="$(ready_field udid "$RESULTS/ready.json" | sort)"
@@ -134,23 +144,22 @@ head -15 "$RESULTS/info.txt"; echo "... ($(wc -l <"$RESULTS/info.txt") lines)"
 grep -q "$clean" "$RESULTS/info.txt" || fail "station info does not show the UDID"
 grep -q 'ProductType' "$RESULTS/info.txt" || fail "station info shows no ProductType"
 
-step "station --transport usb run --once; $clean unbound from its UDC mid-activation, then bound again"
-gadget=""
-for g in /sys/kernel/config/usb_gadget/station-sim-*; do
-    [ "$(cat "$g/strings/0x409/serialnumber")" = "$(echo "$clean" | tr -d -)" ] && gadget="$g"
-done
-[ -n "$gadget" ] || fail "no gadget has $clean's serial"
-udc="$(cat "$gadget/UDC")"
+step "station --transport usb run --once on a gadget bench whose world pulls $clean out at 15 s and back at 17 s"
+# The same phones (and state directory: keys, pairings) with the replug world.
+kill "$SIM"
+wait_for 20 sh -c "! kill -0 $SIM" || fail "station-sim gadget did not stop on SIGTERM"
+station-sim gadget --world /tmp/replug-world.toml --state-dir /tmp/gadget-state \
+    --ready "$RESULTS/replug-ready.json" >"$RESULTS/replug-sim.log" 2>&1 &
+SIM=$!
+wait_for 60 test -s "$RESULTS/replug-ready.json" || { show 'sim| ' "$RESULTS/replug-sim.log"; fail "no ready file"; }
+[ "$(ready_field udid "$RESULTS/replug-ready.json" | sort)" = "$udids" ] || fail "the replug world has other UDIDs"
+grep -q '"plug_periods"' "$RESULTS/replug-ready.json" || fail "the ready file does not show the plug periods"
+# This bench's stand-in activation server listens on a port of its own.
+station_config /tmp/station "$(ready_field activation_url "$RESULTS/replug-ready.json")" "" >/tmp/usb.toml
+wait_for 30 sh -c "[ \$(grep -l '^05ac\$' /sys/bus/usb/devices/*/idVendor 2>/dev/null | wc -l) -ge 4 ]" \
+    || fail "the gadgets did not enumerate"
 station_usb run --once --trust-wait 20 --replug-grace 60 >"$RESULTS/usb-run.ndjson" 2>"$RESULTS/usb-run.log" &
 RUN=$!
-wait_for 90 grep -q "\"event\":\"step\",\"udid\":\"$clean\",\"slot\":\"[^\"]*\",\"step\":\"activation_info\"" "$RESULTS/usb-run.ndjson" \
-    || { cat "$RESULTS/usb-run.ndjson" "$RESULTS/usb-run.log"; fail "$clean never reached activation_info"; }
-echo "unbinding $gadget from $udc"
-echo "" >"$gadget/UDC"
-wait_for 60 grep -q "\"event\":\"finished\",\"udid\":\"$clean\",.*\"outcome\":\"interrupted\"" "$RESULTS/usb-run.ndjson" \
-    || { cat "$RESULTS/usb-run.ndjson" "$RESULTS/usb-run.log"; fail "$clean did not end interrupted when unplugged"; }
-echo "binding $gadget to $udc again"
-echo "$udc" >"$gadget/UDC"
 rc=0
 wait "$RUN" || rc=$?
 finished "$RESULTS/usb-run.ndjson" | sed 's/^/finished: /'
@@ -159,6 +168,11 @@ final_outcomes "$RESULTS/usb-run.ndjson" | tee "$RESULTS/usb-outcomes.txt"
 [ "$(finished "$RESULTS/usb-run.ndjson" | grep "^$clean " | cut -d' ' -f2 | tr '\n' ' ')" = "interrupted activated " ] \
     || fail "$clean did not end interrupted, then activated"
 grep -q "\"event\":\"detached\",\"udid\":\"$clean\"" "$RESULTS/usb-run.ndjson" || fail "no detached event for $clean"
+echo "$clean was interrupted at: $(grep "\"event\":\"finished\",\"udid\":\"$clean\",.*\"outcome\":\"interrupted\"" "$RESULTS/usb-run.ndjson" | sed -n 's/.*"step":"\([^"]*\)".*/\1/p')"
+# The world's schedule, not this script, unbound the gadget and bound it again.
+grep -E "gadget (bound|unbound) udid=$clean" "$RESULTS/replug-sim.log" | sed 's/^/sim| /'
+[ "$(grep -E "gadget (bound|unbound) udid=$clean" "$RESULTS/replug-sim.log" | sed 's/.*gadget \([a-z]*\) .*/\1/' | tr '\n' ' ')" = "bound unbound bound " ] \
+    || fail "the sim did not bind, unbind and bind $clean's gadget as its world says"
 # Attached twice, with a new LocationID (a new USB address) the second time.
 locations="$(sed -n "s/.*\"event\":\"attached\",\"udid\":\"$clean\",.*\"location_id\":\([0-9]*\).*/\1/p" "$RESULTS/usb-run.ndjson" | tr '\n' ' ')"
 echo "$clean attached at LocationIDs: $locations"

@@ -112,8 +112,8 @@ impl std::fmt::Debug for Bench {
 }
 
 impl Bench {
-    /// Resolves the world, binds the socket and starts serving. Phones without
-    /// `plug_at_ms` are plugged in before this returns.
+    /// Resolves the world, binds the socket and starts serving. Phones plugged in at start
+    /// (no `plug_at_ms` in their first period) are plugged in before this returns.
     pub async fn start(cfg: BenchConfig) -> Result<Bench, SimError> {
         let profiles = cfg.world.resolve()?;
         let state = StateDir::new(&cfg.state_dir);
@@ -175,31 +175,37 @@ impl Bench {
             crate::http::serve(albert.clone(), http, stop_rx.clone())
                 .instrument(tracing::info_span!("albert", url = %albert.url())),
         );
+        // The world's times count from here; one task per phone walks its schedule in order
+        // (a replug must not overtake the unplug before it).
+        let started = tokio::time::Instant::now();
         for phone in shared.hub.phones() {
             let p = phone.profile();
-            if p.plug_at_ms.is_none() {
+            if p.plugged_at_start() {
                 shared.hub.plug(&p.udid)?;
             }
-            for (at, plug) in [
-                (p.plug_at_ms, true),
-                (p.unplug_at_ms, false),
-                (p.replug_at_ms, true),
-            ] {
-                let Some(at) = at else { continue };
-                let shared = shared.clone();
-                let udid = p.udid.clone();
-                tasks.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(at)).await;
+            let schedule = p.plug_schedule();
+            if schedule.is_empty() {
+                continue;
+            }
+            let shared = shared.clone();
+            let udid = p.udid.clone();
+            tasks.spawn(async move {
+                for (at, plug) in schedule {
+                    // A time past what the clock can hold never comes.
+                    let Some(when) = started.checked_add(Duration::from_millis(at)) else {
+                        return;
+                    };
+                    tokio::time::sleep_until(when).await;
                     let result = if plug {
                         shared.hub.plug(&udid).map(|_| ())
                     } else {
                         shared.hub.unplug(&udid).map(|_| ())
                     };
                     if let Err(e) = result {
-                        tracing::warn!(error = %e, "scheduled plug/unplug failed");
+                        tracing::warn!(%udid, at_ms = at, plug, error = %e, "scheduled plug/unplug failed");
                     }
-                });
-            }
+                }
+            });
         }
         let usbmuxd = spawn_usbmuxd(listener, &shared, stop_rx, &cfg.socket);
         let station_config = write_station_config(&cfg, &albert, &mdm).await?;
@@ -337,8 +343,13 @@ impl Bench {
                         .location_id(&p.udid)
                         .unwrap_or(p.location_id),
                     product_id: p.product_id,
-                    plug_at_ms: p.plug_at_ms,
-                    unplug_at_ms: p.unplug_at_ms,
+                    plug_at_ms: p.single_plug_period().and_then(|only| only.plug_at_ms),
+                    unplug_at_ms: p.single_plug_period().and_then(|only| only.unplug_at_ms),
+                    plug_periods: if p.plug_periods.len() > 1 {
+                        p.plug_periods.clone()
+                    } else {
+                        Vec::new()
+                    },
                     attached: device_id.is_some(),
                     device_id,
                     lock: p.lock.as_str().to_string(),

@@ -69,5 +69,5 @@ pub use usb_device::{UsbDevice, UsbDeviceEnd};
 pub use world::{
     default_world, ActivationServerSpec, ActivationState, CloudConfig, DeviceProfile, DeviceSpec,
     Enrollment, EnrollmentSpec, FaultSpec, FaultWindow, HttpFaultSpec, IntuneSpec, KandjiSpec,
-    Lock, Mdm, Trust, WindowAnswer, World, WorldError, WrongCredentials,
+    Lock, Mdm, PlugPeriod, Trust, WindowAnswer, World, WorldError, WrongCredentials,
 };

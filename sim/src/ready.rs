@@ -85,6 +85,10 @@ pub struct ReadyDevice {
     pub plug_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unplug_at_ms: Option<u64>,
+    /// The world's `plug_periods` of a phone plugged in more than once (then `plug_at_ms` and
+    /// `unplug_at_ms` are left out); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plug_periods: Vec<crate::world::PlugPeriod>,
     /// Plugged in when the file was written.
     pub attached: bool,
     /// usbmuxd DeviceID while plugged in.
@@ -176,6 +180,11 @@ mod tests {
                 proptest::option::of("dummy_udc\\.[0-9]{1,2}"),
             ),
             codes in proptest::collection::vec(text(), 0..3),
+            periods in proptest::collection::vec(
+                (proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()))
+                    .prop_map(|(plug_at_ms, unplug_at_ms)| crate::world::PlugPeriod { plug_at_ms, unplug_at_ms }),
+                0..3,
+            ),
         ) -> ReadyDevice {
             ReadyDevice {
                 udid,
@@ -199,6 +208,7 @@ mod tests {
                 product_id: numbers.3,
                 plug_at_ms: optional.2,
                 unplug_at_ms: optional.3,
+                plug_periods: periods,
                 attached: flags.1,
                 device_id: optional.4,
                 lock: names[11].clone(),

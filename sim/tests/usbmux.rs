@@ -10,7 +10,7 @@ use station_protocol::lockdown::LOCKDOWN_PORT;
 use station_protocol::usbmux::{
     self, DeviceInfo, Event, MessageType, BINARY_DEVICE_RECORD_LEN, HEADER_LEN,
 };
-use station_sim::{default_world, DeviceSpec};
+use station_sim::{default_world, DeviceSpec, PlugPeriod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn device_list(p: &station_protocol::usbmux::Packet) -> Vec<DeviceInfo> {
@@ -481,7 +481,6 @@ async fn world_schedules_plug_and_unplug() {
     let spec = DeviceSpec {
         plug_at_ms: Some(300),
         unplug_at_ms: Some(900),
-        replug_at_ms: Some(1200),
         ..DeviceSpec::default()
     };
     let tb = start(world(5, vec![spec])).await;
@@ -498,11 +497,53 @@ async fn world_schedules_plug_and_unplug() {
         Event::from_packet(&read_packet(&mut s).await),
         Ok(Event::Detached { .. })
     ));
-    // Plugged back (`replug_at_ms`): attached again under a new DeviceID.
+    tb.shutdown().await;
+}
+
+#[tokio::test]
+async fn world_schedules_several_plug_periods_of_one_phone() {
+    // Plugged at 300 ms, pulled out at 900, back at 1500 for good: Attached, Detached,
+    // Attached again with a new DeviceID and a new address on the same bus.
+    let spec = DeviceSpec {
+        plug_periods: Some(vec![
+            PlugPeriod {
+                plug_at_ms: Some(300),
+                unplug_at_ms: Some(900),
+            },
+            PlugPeriod {
+                plug_at_ms: Some(1500),
+                unplug_at_ms: None,
+            },
+        ]),
+        ..DeviceSpec::default()
+    };
+    let tb = start(world(5, vec![spec])).await;
+    let udid = tb.udids()[0].clone();
+    let ready = tb.bench.ready_info();
+    assert!(!ready.devices[0].attached);
+    assert_eq!(ready.devices[0].plug_periods.len(), 2);
+    assert_eq!(ready.devices[0].plug_at_ms, None);
+    let mut s = mux(&tb.socket).await;
+    send_plist(&mut s, 1, &request("Listen", vec![])).await;
+    assert_eq!(result_number(&read_packet(&mut s).await), Some(0));
+    let first = match Event::from_packet(&read_packet(&mut s).await).expect("event") {
+        Event::Attached(info) => info,
+        other => panic!("expected Attached, got {other:?}"),
+    };
+    assert_eq!(first.udid, udid);
     match Event::from_packet(&read_packet(&mut s).await).expect("event") {
-        Event::Attached(info) => assert_eq!(info.udid, udid),
-        other => panic!("expected Attached again, got {other:?}"),
+        Event::Detached { device_id } => assert_eq!(device_id, first.device_id),
+        other => panic!("expected Detached, got {other:?}"),
     }
+    let second = match Event::from_packet(&read_packet(&mut s).await).expect("event") {
+        Event::Attached(info) => info,
+        other => panic!("expected Attached again, got {other:?}"),
+    };
+    assert_eq!(second.udid, udid);
+    assert_ne!(second.device_id, first.device_id);
+    assert_ne!(second.location_id, first.location_id);
+    assert_eq!(second.location_id >> 16, first.location_id >> 16);
+    assert!(tb.bench.ready_info().devices[0].attached);
     tb.shutdown().await;
 }
 

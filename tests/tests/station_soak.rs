@@ -5,7 +5,7 @@
 //!
 //! - phones plugged in over the first 70 % of the run (`plug_at_ms`); until 80 % of the run
 //!   one phone in four is pulled out 0.2–3 s after it arrived (mostly mid-work, sometimes
-//!   after it was done) and plugged back 0.3–3 s later (`unplug_at_ms`, `replug_at_ms`);
+//!   after it was done) and plugged back 0.3–3 s later (`plug_periods`);
 //! - trust: one in twenty activated phones denies it, the world's slow-trust phones (2.5 s);
 //! - hostile phones (`[device.hostile]`): one in forty answers one lockdown request or
 //!   mobileactivationd command with silence, a drip, the wrong types or a broken frame;
@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use station_sim::hostile::{HostileHow, HostileSpec};
-use station_sim::{default_world, ActivationState, FaultWindow, Trust, WindowAnswer};
+use station_sim::{default_world, ActivationState, FaultWindow, PlugPeriod, Trust, WindowAnswer};
 use station_tests::inproc::StreamingStation;
 use station_tests::seeded::SeededRng;
 use station_tests::Bench;
@@ -121,8 +121,17 @@ fn world(knobs: &Knobs, run_for: Duration) -> (station_sim::World, usize) {
         let unplug_at = plug_at + 200 + rng.below(2800);
         let replug_at = unplug_at + 300 + rng.below(2700);
         if rng.below(4) == 0 && replug_at < faults_end {
-            device.unplug_at_ms = Some(unplug_at);
-            device.replug_at_ms = Some(replug_at);
+            device.plug_at_ms = None;
+            device.plug_periods = Some(vec![
+                PlugPeriod {
+                    plug_at_ms: Some(plug_at),
+                    unplug_at_ms: Some(unplug_at),
+                },
+                PlugPeriod {
+                    plug_at_ms: Some(replug_at),
+                    unplug_at_ms: None,
+                },
+            ]);
             unplugs += 1;
         }
     }

@@ -14,20 +14,32 @@ N="$UDCS"
 NAND=2097152
 REPS=3
 load_usb_modules "$N"
-{
+# The phones are plugged in one after another, PLUG_STEP_MS apart (the world's plug_at_ms), as
+# an operator fills a line: Debian's usbmuxd 1.1.1 cannot take 16 phones that are there at
+# once. On start it sets up every phone in its single-threaded main loop before it accepts a
+# client; meanwhile each phone's preflight thread connects to usbmuxd's own socket, whose
+# listen backlog is 5, and libimobiledevice-glue's socket_connect_unix connects non-blocking,
+# so a full backlog fails at once (EAGAIN): "Could not connect to lockdownd ..., lockdown
+# error -8" within milliseconds, no "Client accepted" for those threads, and the phone is
+# never announced (seen: 9 of 16). The warm-up world ($1 = warm) has them all at start.
+PLUG_STEP_MS=1000
+world() {
     echo "seed = 7"
     i=1
     while [ "$i" -le "$N" ]; do
         printf '\n[[device]]\ndevice_name = "bench-%s"\nactivation_state = "Unactivated"\nnand_info_bytes = %s\n' "$i" "$NAND"
+        [ "$1" = warm ] || [ "$i" = 1 ] || printf 'plug_at_ms = %s\n' $(((i - 1) * PLUG_STEP_MS))
         i=$((i + 1))
     done
-} >/tmp/world.toml
+}
+world warm >/tmp/world-warm.toml
+world staggered >/tmp/world.toml
 echo 'serial_number,udid,bypass_code,code_kind,source,retrieved_at' >/tmp/codes.csv
 ready_field() { sed -n "s/^ *\"$1\": \"\\(.*\\)\",\$/\\1/p" "$2"; }
 
 STATE=/tmp/sim-state
 # Starts the gadget bench ($1: a name for its log) with the phones' keys of the warm-up but
-# no pairings, and waits for the N phones on the bus.
+# no pairings, and waits for the N phones on the bus (plugged in one after another).
 start_gadgets() {
     rm -f /tmp/ready.json
     rm -rf "$STATE/phones" "$STATE/lockdown"
@@ -37,7 +49,7 @@ start_gadgets() {
         --idle-timeout-ms 60000 --ready /tmp/ready.json >"$RESULTS/sim-$1.log" 2>&1 &
     SIM=$!
     wait_for 120 test -s /tmp/ready.json || { show 'sim| ' "$RESULTS/sim-$1.log"; fail "no ready file"; }
-    wait_for 60 sh -c "[ \$(grep -l '^05ac\$' /sys/bus/usb/devices/*/idVendor 2>/dev/null | wc -l) -ge $N ]" \
+    wait_for $((60 + N * PLUG_STEP_MS / 1000)) sh -c "[ \$(grep -l '^05ac\$' /sys/bus/usb/devices/*/idVendor 2>/dev/null | wc -l) -ge $N ]" \
         || fail "the $N gadgets did not enumerate"
     URL="$(ready_field activation_url /tmp/ready.json)"
     FIRST="$(ready_field udid /tmp/ready.json | head -1)"
@@ -66,7 +78,8 @@ timed() {
     out="$1"; shift
     rc=0
     time -o /tmp/time.txt -f '%e %U %S' "$@" || rc=$?
-    cat /tmp/time.txt >>"$out"
+    # The last line: before it busybox notes a non-zero exit ("Command exited with ...").
+    tail -1 /tmp/time.txt >>"$out"
     return "$rc"
 }
 # usbmuxd's CPU time so far (user + system, clock ticks; 0 when it is not running): the
@@ -125,7 +138,7 @@ measure() {
 # seconds of the VM's CPU; made here for all phones (on the socket bench, same world and
 # state directory) so neither transport's figures carry it.
 step "warm-up: the phones' keys"
-station-sim serve --world /tmp/world.toml --state-dir "$STATE" --socket /tmp/warm.sock \
+station-sim serve --world /tmp/world-warm.toml --state-dir "$STATE" --socket /tmp/warm.sock \
     --ready /tmp/warm-ready.json >"$RESULTS/warm.log" 2>&1 &
 WARM=$!
 wait_for 120 test -s /tmp/warm-ready.json || { show 'warm| ' "$RESULTS/warm.log"; fail "no ready file from serve"; }
@@ -142,12 +155,13 @@ config usb >/tmp/usb.toml
 measure usb --config /tmp/usb.toml --transport usb --timeout 120
 stop_gadgets
 
-start_gadgets usbmuxd
-config usbmuxd >/tmp/usbmuxd.toml
+# usbmuxd first, so it meets the phones one by one as they are plugged in (hotplug).
 mkdir -p /var/lib/lockdown
 start_usbmuxd
+start_gadgets usbmuxd
+config usbmuxd >/tmp/usbmuxd.toml
 wait_for 240 sh -c "[ \$(idevice_id -l 2>/dev/null | wc -l) -ge $N ]" \
-    || { grep ERROR "$RESULTS/usbmuxd.log" | tail -5; fail "usbmuxd lists $(idevice_id -l | wc -l) of the $N phones"; }
+    || { grep ERROR "$RESULTS/usbmuxd.log" | tail -5; dmesg >"$RESULTS/dmesg.txt"; fail "usbmuxd lists $(idevice_id -l | wc -l) of the $N phones"; }
 measure usbmuxd --config /tmp/usbmuxd.toml --usbmuxd /var/run/usbmuxd --timeout 120
 stop_usbmuxd
 stop_gadgets

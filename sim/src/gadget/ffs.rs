@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,8 +94,16 @@ impl FunctionFs {
             let from_host =
                 File::open(&out_path).map_err(|e| GadgetError::io("open", &out_path, e))?;
             let in_path = mount.join(in_name);
+            // O_NONBLOCK: a write while the host has the interface disabled (unplugged,
+            // unbound) fails with EAGAIN instead of waiting in the kernel for the next enable
+            // and then sending the ended session's bytes to a new host session, which a real
+            // phone, starting its mux afresh on every enumeration, never does. A write on an
+            // enabled endpoint still waits for the host to take it (FunctionFS applies the
+            // flag only to the wait for the endpoint, ffs_epfile_io in drivers/usb/gadget/
+            // function/f_fs.c).
             let to_host = OpenOptions::new()
                 .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
                 .open(&in_path)
                 .map_err(|e| GadgetError::io("open", &in_path, e))?;
             spawn_reader(instance, from_host, events.clone(), stopping.clone())?;

@@ -356,6 +356,21 @@ impl ActivationServerSpec {
     }
 }
 
+/// One time a phone is plugged in, in milliseconds after the bench starts: `plug_at_ms`
+/// absent = plugged in at start (first period only), `unplug_at_ms` absent = stays plugged
+/// in (last period only). See docs/world.md ("USB").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlugPeriod {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plug_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unplug_at_ms: Option<u64>,
+}
+
+/// At most this many plug periods per phone: a schedule, not a stress generator.
+pub const MAX_PLUG_PERIODS: usize = 1000;
+
 /// One `[[device]]` entry. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -425,10 +440,10 @@ pub struct DeviceSpec {
     pub plug_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unplug_at_ms: Option<u64>,
-    /// Plugged back in this long after start (after `unplug_at_ms`): a phone pulled out
-    /// mid-work and put back, as the soak does (issue 13).
+    /// Several plugged-in periods, in order (the phone pulled out and put back); instead of
+    /// `plug_at_ms`/`unplug_at_ms`, which are one period.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub replug_at_ms: Option<u64>,
+    pub plug_periods: Option<Vec<PlugPeriod>>,
     // --- mobileactivationd timing ---
     /// `CreateTunnel1ActivationInfoRequest` takes this long (FairPlay on a real phone).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -541,9 +556,8 @@ pub struct DeviceProfile {
     pub pair_escrow_bag: bool,
     /// `None`: the TLS of `product_version`.
     pub tls: Option<TlsGeneration>,
-    pub plug_at_ms: Option<u64>,
-    pub unplug_at_ms: Option<u64>,
-    pub replug_at_ms: Option<u64>,
+    /// When the phone is plugged in: never empty, validated (times strictly increase).
+    pub plug_periods: Vec<PlugPeriod>,
     pub activation_info_delay_ms: u64,
     pub handle_record_delay_ms: u64,
     /// `None`: the session lasts until the next `CreateTunnel1SessionInfoRequest`.
@@ -790,9 +804,9 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         passcode_locked: Some(p.passcode_locked),
         pair_escrow_bag: (!p.pair_escrow_bag).then_some(false),
         tls: p.tls,
-        plug_at_ms: p.plug_at_ms,
-        unplug_at_ms: p.unplug_at_ms,
-        replug_at_ms: p.replug_at_ms,
+        plug_at_ms: p.single_plug_period().and_then(|only| only.plug_at_ms),
+        unplug_at_ms: p.single_plug_period().and_then(|only| only.unplug_at_ms),
+        plug_periods: (p.plug_periods.len() > 1).then(|| p.plug_periods.clone()),
         activation_info_delay_ms: (p.activation_info_delay_ms != 0)
             .then_some(p.activation_info_delay_ms),
         handle_record_delay_ms: (p.handle_record_delay_ms != 0).then_some(p.handle_record_delay_ms),
@@ -856,6 +870,112 @@ fn default_location(index: usize) -> u32 {
     let bus = 1 + (index / 120) as u32;
     let address = 2 + (index % 120) as u32;
     (bus << 16) | address
+}
+
+/// The phone's plug periods: `plug_periods`, or the one period of `plug_at_ms` and
+/// `unplug_at_ms` (both absent: plugged in throughout). Every time is after the one before.
+fn resolve_plug_periods(
+    spec: &DeviceSpec,
+    invalid: &impl Fn(&'static str, String) -> WorldError,
+) -> Result<Vec<PlugPeriod>, WorldError> {
+    let (periods, field) = match &spec.plug_periods {
+        None => (
+            vec![PlugPeriod {
+                plug_at_ms: spec.plug_at_ms,
+                unplug_at_ms: spec.unplug_at_ms,
+            }],
+            "unplug_at_ms",
+        ),
+        Some(_) if spec.plug_at_ms.is_some() || spec.unplug_at_ms.is_some() => {
+            return Err(invalid(
+                "plug_periods",
+                "give either plug_periods or plug_at_ms/unplug_at_ms, not both".to_string(),
+            ))
+        }
+        Some(periods) if periods.is_empty() => {
+            return Err(invalid(
+                "plug_periods",
+                "is empty (leave it out for a phone plugged in throughout)".to_string(),
+            ))
+        }
+        Some(periods) if periods.len() > MAX_PLUG_PERIODS => {
+            return Err(invalid(
+                "plug_periods",
+                format!("{} periods, at most {MAX_PLUG_PERIODS}", periods.len()),
+            ))
+        }
+        Some(periods) => (periods.clone(), "plug_periods"),
+    };
+    let last = periods.len() - 1;
+    // The time of the event before, to check that each one comes after it.
+    let mut previous: Option<(u64, &str)> = None;
+    for (i, period) in periods.iter().enumerate() {
+        let n = i + 1;
+        match period.plug_at_ms {
+            None if i > 0 => {
+                return Err(invalid(
+                    field,
+                    format!("period {n} has no plug_at_ms (only the first may start plugged in)"),
+                ))
+            }
+            None => {}
+            Some(plug) => {
+                if let Some((before, what)) = previous.filter(|(before, _)| plug <= *before) {
+                    return Err(invalid(
+                        field,
+                        format!("plug_at_ms {plug} of period {n} is not after {what} {before}"),
+                    ));
+                }
+                previous = Some((plug, "plug_at_ms"));
+            }
+        }
+        match period.unplug_at_ms {
+            None if i < last => {
+                return Err(invalid(
+                    field,
+                    format!("period {n} has no unplug_at_ms but another period follows"),
+                ))
+            }
+            None => {}
+            Some(unplug) => {
+                if let Some((before, what)) = previous.filter(|(before, _)| unplug <= *before) {
+                    return Err(invalid(
+                        field,
+                        format!("{unplug} is not after {what} {before}"),
+                    ));
+                }
+                previous = Some((unplug, "unplug_at_ms"));
+            }
+        }
+    }
+    Ok(periods)
+}
+
+impl DeviceProfile {
+    /// Plugged in when the bench starts (before any schedule).
+    pub fn plugged_at_start(&self) -> bool {
+        self.plug_periods
+            .first()
+            .is_none_or(|first| first.plug_at_ms.is_none())
+    }
+
+    /// The timed plugs (`true`) and unplugs (`false`), in milliseconds after the bench
+    /// starts, in order.
+    pub fn plug_schedule(&self) -> Vec<(u64, bool)> {
+        self.plug_periods
+            .iter()
+            .flat_map(|p| [(p.plug_at_ms, true), (p.unplug_at_ms, false)])
+            .filter_map(|(at, plug)| at.map(|at| (at, plug)))
+            .collect()
+    }
+
+    /// The period of a phone plugged in once (what `plug_at_ms`/`unplug_at_ms` describe).
+    pub fn single_plug_period(&self) -> Option<PlugPeriod> {
+        match self.plug_periods.as_slice() {
+            [only] => Some(*only),
+            _ => None,
+        }
+    }
 }
 
 fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DeviceProfile, WorldError> {
@@ -1028,32 +1148,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         ));
     }
     let cloud_configuration = resolve_cloud_configuration(spec, activation_state, &invalid)?;
-    if let (Some(plug), Some(unplug)) = (spec.plug_at_ms, spec.unplug_at_ms) {
-        if unplug <= plug {
-            return Err(invalid(
-                "unplug_at_ms",
-                format!("{unplug} is not after plug_at_ms {plug}"),
-            ));
-        }
-    }
-    if let Some(replug) = spec.replug_at_ms {
-        match spec.unplug_at_ms {
-            None => {
-                return Err(invalid(
-                    "replug_at_ms",
-                    "needs unplug_at_ms (a phone is plugged back only after it was pulled out)"
-                        .to_string(),
-                ))
-            }
-            Some(unplug) if replug <= unplug => {
-                return Err(invalid(
-                    "replug_at_ms",
-                    format!("{replug} is not after unplug_at_ms {unplug}"),
-                ))
-            }
-            Some(_) => {}
-        }
-    }
+    let plug_periods = resolve_plug_periods(spec, &invalid)?;
     for (field, delay) in [
         ("activation_info_delay_ms", spec.activation_info_delay_ms),
         ("handle_record_delay_ms", spec.handle_record_delay_ms),
@@ -1162,9 +1257,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         passcode_locked,
         pair_escrow_bag: spec.pair_escrow_bag.unwrap_or(true),
         tls: spec.tls,
-        plug_at_ms: spec.plug_at_ms,
-        unplug_at_ms: spec.unplug_at_ms,
-        replug_at_ms: spec.replug_at_ms,
+        plug_periods,
         activation_info_delay_ms: spec.activation_info_delay_ms.unwrap_or(0),
         handle_record_delay_ms: spec.handle_record_delay_ms.unwrap_or(0),
         activation_session_lifetime_ms: spec.activation_session_lifetime_ms,
@@ -1685,8 +1778,11 @@ mod tests {
             .cloud_configuration
             .as_ref()
             .is_some_and(|c| c.supervised && c.organization.is_some())));
-        assert!(devices.iter().any(|d| d.plug_at_ms.is_some()));
-        assert!(devices.iter().any(|d| d.unplug_at_ms.is_some()));
+        assert!(devices.iter().any(|d| !d.plugged_at_start()));
+        assert!(devices
+            .iter()
+            .any(|d| d.plug_schedule().iter().any(|(_, plug)| !plug)));
+        assert!(devices.iter().any(|d| d.plug_periods.len() > 1));
         assert!(devices
             .iter()
             .any(|d| d.lock == Lock::Mdm && d.codes.len() == 2));
@@ -1732,6 +1828,68 @@ mod tests {
         assert_eq!(
             reparsed.resolve().expect("resolve"),
             world.resolve().expect("resolve")
+        );
+    }
+
+    #[test]
+    fn plug_periods_make_an_ordered_schedule_and_pin() {
+        let text = "seed = 1\n\n[[device]]\n\n[[device]]\nplug_at_ms = 100\nunplug_at_ms = 200\n\n\
+                    [[device]]\nplug_periods = [{ unplug_at_ms = 50 }, { plug_at_ms = 80, unplug_at_ms = 90 }, { plug_at_ms = 120 }]\n";
+        let world = World::from_toml(text, "t").expect("parses");
+        let phones = world.resolve().expect("resolves");
+        assert!(phones[0].plugged_at_start());
+        assert_eq!(phones[0].plug_schedule(), vec![]);
+        assert!(!phones[1].plugged_at_start());
+        assert_eq!(phones[1].plug_schedule(), vec![(100, true), (200, false)]);
+        assert_eq!(
+            phones[1].single_plug_period(),
+            Some(PlugPeriod {
+                plug_at_ms: Some(100),
+                unplug_at_ms: Some(200)
+            })
+        );
+        assert!(phones[2].plugged_at_start());
+        assert_eq!(
+            phones[2].plug_schedule(),
+            vec![(50, false), (80, true), (90, false), (120, true)]
+        );
+        assert_eq!(phones[2].single_plug_period(), None);
+        // Pinned: one period stays in the old fields, several in plug_periods.
+        let pinned = world.pinned().expect("pin");
+        assert_eq!(pinned.devices[1].plug_at_ms, Some(100));
+        assert_eq!(pinned.devices[1].plug_periods, None);
+        assert_eq!(pinned.devices[2].plug_at_ms, None);
+        assert_eq!(
+            pinned.devices[2].plug_periods.as_ref().map(Vec::len),
+            Some(3)
+        );
+        let reparsed = World::from_toml(&pinned.to_toml(), "p").expect("reparse");
+        assert_eq!(reparsed.resolve().expect("resolve"), phones);
+    }
+
+    #[test]
+    fn plug_periods_are_capped() {
+        let periods: Vec<String> = (0..=MAX_PLUG_PERIODS as u64)
+            .map(|i| {
+                format!(
+                    "{{ plug_at_ms = {}, unplug_at_ms = {} }}",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect();
+        let text = format!("[[device]]\nplug_periods = [{}]\n", periods.join(", "));
+        let world = World::from_toml(&text, "t").expect("parses");
+        let err = world.resolve().expect_err("too many periods");
+        assert!(
+            matches!(
+                &err,
+                WorldError::Invalid {
+                    field: "plug_periods",
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 
@@ -1826,11 +1984,28 @@ mod tests {
             ),
             ("passcode_locked = true", "passcode_locked"),
             ("plug_at_ms = 500\nunplug_at_ms = 100", "unplug_at_ms"),
+            ("plug_at_ms = 500\nunplug_at_ms = 500", "unplug_at_ms"),
+            ("plug_periods = []", "plug_periods"),
             (
-                "plug_at_ms = 5\nunplug_at_ms = 100\nreplug_at_ms = 50",
-                "replug_at_ms",
+                "plug_at_ms = 5\nplug_periods = [{ unplug_at_ms = 10 }]",
+                "plug_periods",
             ),
-            ("replug_at_ms = 50", "replug_at_ms"),
+            (
+                "plug_periods = [{ unplug_at_ms = 10 }, { unplug_at_ms = 20 }]",
+                "plug_periods",
+            ),
+            (
+                "plug_periods = [{ unplug_at_ms = 10 }, { plug_at_ms = 10 }]",
+                "plug_periods",
+            ),
+            (
+                "plug_periods = [{ plug_at_ms = 1 }, { plug_at_ms = 50 }]",
+                "plug_periods",
+            ),
+            (
+                "plug_periods = [{ plug_at_ms = 30, unplug_at_ms = 20 }]",
+                "plug_periods",
+            ),
             ("wifi_address = \"3c:22\"", "wifi_address"),
             (
                 "activation_info_delay_ms = 600001",
