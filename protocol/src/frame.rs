@@ -92,7 +92,8 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 /// Reads a body of `len` bytes (already checked against its cap) in chunks of at most
 /// [`BODY_CHUNK`], growing the buffer as bytes arrive: a peer that announces a large body and
 /// then sends little or nothing makes us allocate what it sent plus one chunk, not `len`
-/// (found by fuzzing: a header announcing 4 MiB cost 4 MiB of zeroed memory per frame).
+/// (seen profiling the `usbmux_message` fuzz target: a header announcing up to the cap cost
+/// that much zeroed memory before any byte of the body came).
 pub async fn read_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     len: usize,

@@ -209,8 +209,9 @@ fn refine_offset(text: &str, start: usize, message: &str) -> usize {
 
 /// Where each key is written in the document, from one plain scan of it (good enough for
 /// pointing an operator at the line). Built once per parse: scanning the text again for every
-/// key to locate (one warning per LocationID slot) was quadratic in the file's size, which
-/// fuzzing `station_toml` found (4,000 such slots took 13 s to parse, 16,000 took 3½ min).
+/// key to locate (one warning per LocationID slot) was quadratic in the file's size, found
+/// profiling the `station_toml` fuzz target (in its build 4,000 such slots took 13 s to parse,
+/// 16,000 took 3½ min).
 struct KeyLines<'a> {
     path: &'a Path,
     /// `(table, leaf)` → the first `(line, column)` of that key in any instance of the table.

@@ -439,7 +439,7 @@ fn request_budgets_and_the_chain_policy() {
     assert!(text.contains("sometimes"), "{text}");
 }
 
-/// Fuzzing `station_toml` found the parse quadratic in the number of LocationID slots (each
+/// Profiling the `station_toml` fuzz target found the parse quadratic in the number of LocationID slots (each
 /// slot's warning rescanned the whole file for its line). Many slots still get one warning
 /// each, pointing at its own line.
 #[test]
