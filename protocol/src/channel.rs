@@ -171,8 +171,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
             }
             .into());
         }
-        let mut body = vec![0u8; len as usize];
-        self.read_exact(&mut body).await?;
+        // The buffer grows with the bytes that arrive, as in `frame::read_body`: an announced
+        // body that never comes costs one chunk, not `len`.
+        let len = len as usize;
+        let mut body = Vec::with_capacity(len.min(frame::BODY_CHUNK));
+        while body.len() < len {
+            let start = body.len();
+            body.resize(start + (len - start).min(frame::BODY_CHUNK), 0);
+            self.read_exact(&mut body[start..]).await?;
+        }
         Ok(frame::decode_plist(&body)?)
     }
 
@@ -413,6 +420,20 @@ mod tests {
 
     fn message(text: &str) -> plist::Value {
         dict([("Request", plist::Value::from(text))])
+    }
+
+    #[tokio::test]
+    async fn an_announced_body_that_never_comes_is_not_allocated_up_front() {
+        let mut bytes = MAX_FRAME_LEN.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"<?xml");
+        let mut channel = PlistChannel::new(crate::frame::tests::LargestAsk {
+            data: std::io::Cursor::new(bytes),
+            largest: 0,
+        });
+        let err = channel.recv().await.expect_err("short");
+        assert!(matches!(err, ChannelError::Closed), "{err:?}");
+        let largest = channel.get_ref().largest;
+        assert!(largest <= frame::BODY_CHUNK, "asked for {largest} bytes");
     }
 
     #[tokio::test]

@@ -86,7 +86,29 @@ pub fn decode_plist(bytes: &[u8]) -> Result<plist::Value, FrameError> {
         .map_err(|e| FrameError::Plist(e.to_string()))
 }
 
-/// Reads one length-prefixed plist. The cap is enforced before the body is allocated.
+/// How much of an announced body is allocated ahead of the bytes that fill it.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// Reads a body of `len` bytes (already checked against its cap) in chunks of at most
+/// [`BODY_CHUNK`], growing the buffer as bytes arrive: a peer that announces a large body and
+/// then sends little or nothing makes us allocate what it sent plus one chunk, not `len`
+/// (seen profiling the `usbmux_message` fuzz target: a header announcing up to the cap cost
+/// that much zeroed memory before any byte of the body came).
+pub async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(len.min(BODY_CHUNK));
+    while body.len() < len {
+        let start = body.len();
+        body.resize(start + (len - start).min(BODY_CHUNK), 0);
+        reader.read_exact(&mut body[start..]).await?;
+    }
+    Ok(body)
+}
+
+/// Reads one length-prefixed plist. The cap is enforced before the body is read, and the body
+/// buffer grows with the bytes that arrive ([`read_body`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<plist::Value, FrameError> {
     let mut len = [0u8; 4];
     reader.read_exact(&mut len).await?;
@@ -97,8 +119,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<plist::V
             max: MAX_FRAME_LEN,
         });
     }
-    let mut body = vec![0u8; len as usize];
-    reader.read_exact(&mut body).await?;
+    let body = read_body(reader, len as usize).await?;
     decode_plist(&body)
 }
 
@@ -128,7 +149,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sample() -> plist::Value {
@@ -179,6 +200,76 @@ mod tests {
             .await
             .expect_err("short");
         assert!(matches!(err, FrameError::Io(_)));
+    }
+
+    /// A reader that serves `data` and then ends, recording the largest buffer it was asked
+    /// to fill: how much the decoder allocated ahead of the bytes that arrived.
+    pub(crate) struct LargestAsk {
+        pub(crate) data: Cursor<Vec<u8>>,
+        pub(crate) largest: usize,
+    }
+
+    impl AsyncRead for LargestAsk {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest = self.largest.max(buf.remaining());
+            std::pin::Pin::new(&mut self.data).poll_read(cx, buf)
+        }
+    }
+
+    /// Writes are dropped: the reader side is what is measured.
+    impl AsyncWrite for LargestAsk {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announced_body_that_never_comes_is_not_allocated_up_front() {
+        let mut bytes = MAX_FRAME_LEN.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"<?xml");
+        let mut reader = LargestAsk {
+            data: Cursor::new(bytes),
+            largest: 0,
+        };
+        let err = read_frame(&mut reader).await.expect_err("short");
+        assert!(
+            matches!(err, FrameError::Io(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+        );
+        assert!(
+            reader.largest <= BODY_CHUNK,
+            "asked for {} bytes",
+            reader.largest
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_one_chunk_reads_whole() {
+        let big = plist::Value::Data(vec![0x5a; 3 * BODY_CHUNK + 17]);
+        let bytes = encode_frame(&big, PlistFormat::Binary).expect("encode");
+        let value = read_frame(&mut Cursor::new(bytes)).await.expect("decode");
+        assert_eq!(value, big);
     }
 
     #[test]

@@ -189,7 +189,8 @@ impl Packet {
     }
 }
 
-/// Reads one packet, refusing lengths above `max` before allocating.
+/// Reads one packet, refusing lengths above `max` before allocating; the payload buffer grows
+/// with the bytes that arrive (`frame::read_body`).
 pub async fn read_packet_capped<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: u32,
@@ -208,8 +209,7 @@ pub async fn read_packet_capped<R: AsyncRead + Unpin>(
         .ok_or_else(|| {
             UsbmuxError::Malformed(format!("length {} below header size", header.length))
         })?;
-    let mut payload = vec![0u8; body_len];
-    reader.read_exact(&mut payload).await?;
+    let payload = frame::read_body(reader, body_len).await?;
     Ok(Packet { header, payload })
 }
 
@@ -1134,6 +1134,29 @@ mod tests {
             read_packet(&mut reader).await,
             Err(UsbmuxError::Malformed(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_announced_payload_that_never_comes_is_not_allocated_up_front() {
+        let header = Header {
+            length: MAX_PACKET_LEN,
+            version: 1,
+            message: 8,
+            tag: 1,
+        };
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(b"<?xml");
+        let mut reader = crate::frame::tests::LargestAsk {
+            data: std::io::Cursor::new(bytes),
+            largest: 0,
+        };
+        let err = read_packet(&mut reader).await.expect_err("short");
+        assert!(matches!(err, UsbmuxError::Closed), "{err:?}");
+        assert!(
+            reader.largest <= frame::BODY_CHUNK,
+            "asked for {} bytes",
+            reader.largest
+        );
     }
 
     #[test]

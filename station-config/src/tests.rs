@@ -438,3 +438,56 @@ fn request_budgets_and_the_chain_policy() {
     let text = error("[codes]\nlater_sources = \"sometimes\"\n");
     assert!(text.contains("sometimes"), "{text}");
 }
+
+/// Profiling the `station_toml` fuzz target found the parse quadratic in the number of LocationID slots (each
+/// slot's warning rescanned the whole file for its line). Many slots still get one warning
+/// each, pointing at its own line.
+#[test]
+fn many_location_id_slots_each_warn_at_their_own_line() {
+    const SLOTS: usize = 20_000;
+    let mut text = String::from("[slots]\n");
+    for n in 0..SLOTS {
+        text.push_str(&format!("\"0x{n:08x}\" = \"S{n}\"\n"));
+    }
+    let config = parse(&text).expect("valid");
+    assert_eq!(config.warnings.len(), SLOTS);
+    for (n, warning) in config.warnings.iter().enumerate() {
+        let line = n + 2;
+        assert!(
+            warning
+                .to_string()
+                .starts_with(&format!("station.toml:{line}:1: slot `0x{n:08x}` (S{n})")),
+            "{warning}"
+        );
+    }
+}
+
+#[test]
+fn keys_of_array_tables_are_located_in_their_instance() {
+    let text = "[station]\nid = \"s\"\n\n[[codes.sources]]\ntype = \"csv\"\n\n[[codes.sources]]\n  type = \"csv\"\n";
+    let lines = KeyLines::new(text, Path::new("station.toml"));
+    assert_eq!(
+        lines.locate("station.id"),
+        ("station.toml:2:1".into(), true)
+    );
+    assert_eq!(
+        lines.locate("codes.sources[0].type"),
+        ("station.toml:5:1".into(), true)
+    );
+    assert_eq!(
+        lines.locate("codes.sources[1].type"),
+        ("station.toml:8:3".into(), true)
+    );
+    assert_eq!(
+        lines.locate("codes.sources[2].type"),
+        ("station.toml (codes.sources[2].type)".into(), false)
+    );
+    assert_eq!(
+        lines.locate("codes.sources.type"),
+        ("station.toml:5:1".into(), true)
+    );
+    assert_eq!(
+        lines.locate("station.concurrency"),
+        ("station.toml (station.concurrency)".into(), false)
+    );
+}
