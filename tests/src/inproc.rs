@@ -316,12 +316,7 @@ impl StreamingStation {
 impl StreamingStation {
     /// Sends a signal (`"INT"`, `"TERM"`) to the station.
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} {pid}");
+        crate::send_signal(&self.child, name);
     }
 
     /// Waits (up to `timeout`) for an event matching `pred`; every event read is kept in

@@ -687,12 +687,7 @@ impl Bench {
     /// Sends a signal to the simulator (`"USR1"`: its usbmuxd goes away; `"USR2"`: back).
     #[track_caller]
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} {pid}");
+        send_signal(&self.child, name);
     }
 
     /// Whether the simulator is still running.
@@ -797,6 +792,17 @@ pub fn json_text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Sends signal `name` (`"TERM"`, `"USR1"`, ...) to a child process through `kill`.
+#[track_caller]
+pub fn send_signal(child: &std::process::Child, name: &str) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 #[cfg(test)]
