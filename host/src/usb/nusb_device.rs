@@ -237,6 +237,16 @@ fn likely_holder() -> String {
 }
 
 /// A bulk-IN endpoint with `IN_FLIGHT` transfers always pending.
+/// A failed bulk transfer as the mux driver sees it: an unplugged phone is `NotConnected` (the
+/// normal end of a phone's link, not a fault); anything else broke the link.
+fn transfer_error(error: nusb::transfer::TransferError) -> io::Error {
+    let kind = match error {
+        nusb::transfer::TransferError::Disconnected => io::ErrorKind::NotConnected,
+        _ => io::ErrorKind::BrokenPipe,
+    };
+    io::Error::new(kind, error)
+}
+
 struct NusbIn {
     endpoint: Endpoint<Bulk, In>,
 }
@@ -254,9 +264,7 @@ impl BulkIn for NusbIn {
             self.endpoint.submit(buffer);
         }
         let completion = self.endpoint.next_complete().await;
-        let buffer = completion
-            .into_result()
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        let buffer = completion.into_result().map_err(transfer_error)?;
         Ok(buffer.into_vec())
     }
 
@@ -277,7 +285,7 @@ impl BulkOut for NusbOut {
             .await
             .into_result()
             .map(|_| ())
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
+            .map_err(transfer_error)
     }
 
     fn max_packet_size(&self) -> usize {
@@ -289,5 +297,26 @@ impl Drop for NusbOut {
     fn drop(&mut self) {
         // A transfer cut short by a timeout must not complete into a dropped future.
         self.endpoint.cancel_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nusb::transfer::TransferError;
+
+    #[test]
+    fn an_unplugged_phone_is_not_connected_and_other_transfer_errors_break_the_link() {
+        assert_eq!(
+            transfer_error(TransferError::Disconnected).kind(),
+            io::ErrorKind::NotConnected
+        );
+        for other in [
+            TransferError::Stall,
+            TransferError::Fault,
+            TransferError::Cancelled,
+        ] {
+            assert_eq!(transfer_error(other).kind(), io::ErrorKind::BrokenPipe);
+        }
     }
 }

@@ -95,6 +95,17 @@ impl DriverError {
         }
     }
 
+    /// Whether the transport says the device went away (unplugged), as opposed to a fault.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(
+            self,
+            DriverError::Transport {
+                kind: io::ErrorKind::NotConnected,
+                ..
+            }
+        )
+    }
+
     fn to_io(&self) -> io::Error {
         let kind = match self {
             DriverError::Transport { kind, .. } => *kind,
@@ -217,9 +228,12 @@ impl Shared {
 
     fn fail(&self, state: &mut State, error: DriverError) {
         if state.failure.is_none() {
-            // Our own shutdown is not a failure worth a warning.
+            // Our own shutdown and an unplugged phone are how links end, not failures worth
+            // a warning.
             if matches!(error, DriverError::Shutdown) {
                 tracing::debug!("mux link shut down");
+            } else if error.is_disconnect() {
+                tracing::info!(%error, "mux link ended: the device is gone");
             } else {
                 tracing::warn!(%error, "mux link failed");
             }

@@ -263,3 +263,19 @@ async fn a_vanished_device_fails_every_stream() {
         })
     ));
 }
+
+#[test]
+fn only_a_transport_saying_not_connected_is_a_disconnect() {
+    let transport = |kind| DriverError::Transport {
+        kind,
+        message: String::new(),
+    };
+    assert!(transport(io::ErrorKind::NotConnected).is_disconnect());
+    assert!(!transport(io::ErrorKind::BrokenPipe).is_disconnect());
+    assert!(!DriverError::Shutdown.is_disconnect());
+    assert!(!DriverError::Timeout {
+        what: "a bulk-OUT transfer",
+        after: WAIT,
+    }
+    .is_disconnect());
+}
