@@ -173,12 +173,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PlistChannel<S> {
         }
         // The buffer grows with the bytes that arrive, as in `frame::read_body`: an announced
         // body that never comes costs one chunk, not `len`.
-        let len = len as usize;
-        let mut body = Vec::with_capacity(len.min(frame::BODY_CHUNK));
-        while body.len() < len {
-            let start = body.len();
-            body.resize(start + (len - start).min(frame::BODY_CHUNK), 0);
-            self.read_exact(&mut body[start..]).await?;
+        let mut body = Vec::new();
+        while let Some(next) = frame::grow_body(&mut body, len as usize) {
+            self.read_exact(next).await?;
         }
         Ok(frame::decode_plist(&body)?)
     }

@@ -98,13 +98,23 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     len: usize,
 ) -> std::io::Result<Vec<u8>> {
-    let mut body = Vec::with_capacity(len.min(BODY_CHUNK));
-    while body.len() < len {
-        let start = body.len();
-        body.resize(start + (len - start).min(BODY_CHUNK), 0);
-        reader.read_exact(&mut body[start..]).await?;
+    let mut body = Vec::new();
+    while let Some(next) = grow_body(&mut body, len) {
+        reader.read_exact(next).await?;
     }
     Ok(body)
+}
+
+/// One step of reading a body of `len` bytes chunk by chunk: grows `body` by at most
+/// [`BODY_CHUNK`] and returns the new part to fill, or `None` once `body` is `len` long. For
+/// readers that are not an `AsyncRead` (the plist channel reads through TLS).
+pub fn grow_body(body: &mut Vec<u8>, len: usize) -> Option<&mut [u8]> {
+    let start = body.len();
+    if start >= len {
+        return None;
+    }
+    body.resize(start + (len - start).min(BODY_CHUNK), 0);
+    Some(&mut body[start..])
 }
 
 /// Reads one length-prefixed plist. The cap is enforced before the body is read, and the body
