@@ -17,7 +17,7 @@ use station_protocol::activation::{
 };
 use station_protocol::channel::ChannelError;
 use station_protocol::ios::{IosVersion, Support, FULLY_SUPPORTED_FROM, TRIED_FROM};
-use station_protocol::lockdown::{LockdownError, ServiceInfo};
+use station_protocol::lockdown::LockdownError;
 use station_protocol::mobileactivation::{self, Command, MobileActivationError};
 use station_protocol::usbmux::{DeviceInfo, UsbmuxError};
 
@@ -1033,18 +1033,7 @@ impl Activator<'_> {
                 )
                 .await
         }
-        let (mut session, reused) = self.lockdown_session(device, progress).await?;
-        match ack(&mut session).await {
-            Ok(()) => {}
-            Err(e) if reused && connection_gone(&e) => {
-                tracing::debug!(udid, error = %e, "the kept lockdown session is gone: a new one");
-                session = self.session(device).await?;
-                ack(&mut session)
-                    .await
-                    .map_err(|e| StationError::from_lockdown(udid, e))?;
-            }
-            Err(e) => return Err(StationError::from_lockdown(udid, e).into()),
-        }
+        let (mut session, ()) = self.on_session(device, progress, ack).await?;
         let state = Self::poll_activated(udid, &mut session).await;
         Self::keep(progress, session);
         state
@@ -1095,31 +1084,25 @@ impl Activator<'_> {
         });
     }
 
-    /// `StartService` of mobileactivationd on the phone's session. A kept session the
-    /// phone has closed meanwhile (idle limit, docs/protocol.md §3.1) is replaced by a new
-    /// one, once.
-    async fn start_mobileactivation(
+    /// `request` on the phone's session (kept or new). A kept session the phone has closed
+    /// meanwhile (idle limit, docs/protocol.md §3.1) is replaced by a new one, once.
+    async fn on_session<T>(
         &self,
         device: &DeviceInfo,
         progress: &mut Progress,
-    ) -> Result<(Session, ServiceInfo), Stop> {
+        mut request: impl AsyncFnMut(&mut Session) -> Result<T, LockdownError>,
+    ) -> Result<(Session, T), Stop> {
         let udid = device.udid.as_str();
         let (mut session, reused) = self.lockdown_session(device, progress).await?;
-        match session
-            .lockdown
-            .start_service(mobileactivation::SERVICE, None)
-            .await
-        {
-            Ok(info) => Ok((session, info)),
+        match request(&mut session).await {
+            Ok(value) => Ok((session, value)),
             Err(e) if reused && connection_gone(&e) => {
                 tracing::debug!(udid, error = %e, "the kept lockdown session is gone: a new one");
                 let mut session = self.session(device).await?;
-                let info = session
-                    .lockdown
-                    .start_service(mobileactivation::SERVICE, None)
+                let value = request(&mut session)
                     .await
                     .map_err(|e| StationError::from_lockdown(udid, e))?;
-                Ok((session, info))
+                Ok((session, value))
             }
             Err(e) => Err(StationError::from_lockdown(udid, e).into()),
         }
@@ -1136,7 +1119,14 @@ impl Activator<'_> {
         progress: &mut Progress,
         command: Command,
     ) -> Result<Option<plist::Value>, Stop> {
-        let (session, info) = self.start_mobileactivation(device, progress).await?;
+        let (session, info) = self
+            .on_session(device, progress, async |session: &mut Session| {
+                session
+                    .lockdown
+                    .start_service(mobileactivation::SERVICE, None)
+                    .await
+            })
+            .await?;
         let channel = self
             .bench
             .connect_service(device, &session.record, &info)
