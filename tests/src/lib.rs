@@ -794,6 +794,23 @@ pub fn json_text(value: &Value) -> String {
     }
 }
 
+/// Opens a station's ledger in `data_dir` and checks it with `PRAGMA integrity_check`.
+#[track_caller]
+pub fn open_checked_ledger(data_dir: &Path) -> rusqlite::Connection {
+    let path = data_dir.join("ledger.sqlite3");
+    let conn = rusqlite::Connection::open(&path).expect("open the ledger");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity_check");
+    assert_eq!(
+        integrity,
+        "ok",
+        "PRAGMA integrity_check of {}",
+        path.display()
+    );
+    conn
+}
+
 /// Sends signal `name` (`"TERM"`, `"USR1"`, ...) to a child process through `kill`.
 #[track_caller]
 pub fn send_signal(child: &std::process::Child, name: &str) {

@@ -118,11 +118,7 @@ fn rounds() -> u32 {
 
 /// Every attempt row: (udid, outcome), in id order, after `PRAGMA integrity_check`.
 fn ledger_rows(data_dir: &Path) -> Vec<(String, Option<String>)> {
-    let conn = rusqlite::Connection::open(data_dir.join("ledger.sqlite3")).expect("ledger");
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .expect("integrity_check");
-    assert_eq!(integrity, "ok");
+    let conn = station_tests::open_checked_ledger(data_dir);
     let mut statement = conn
         .prepare("SELECT udid, outcome FROM attempts ORDER BY id")
         .expect("prepare");

@@ -47,11 +47,7 @@ fn read_ledger(data_dir: &Path) -> Option<Snapshot> {
         // Killed before the first start got as far as creating it.
         return None;
     }
-    let conn = rusqlite::Connection::open(&path).expect("open the ledger");
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .expect("integrity_check");
-    assert_eq!(integrity, "ok", "PRAGMA integrity_check after a kill");
+    let conn = station_tests::open_checked_ledger(data_dir);
     let has_tables: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('attempts', 'runs')",

@@ -494,11 +494,7 @@ async fn soak(knobs: Knobs) {
 
     // The ledger: one row per attempt, each closed, the same count per phone as `started`.
     let run_id = seen.run_id.clone().expect("run_started");
-    let conn = rusqlite::Connection::open(data_dir.join("ledger.sqlite3")).expect("ledger");
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .expect("integrity_check");
-    assert_eq!(integrity, "ok");
+    let conn = station_tests::open_checked_ledger(&data_dir);
     let mut statement = conn
         .prepare("SELECT udid, COUNT(*), SUM(outcome IS NULL) FROM attempts WHERE run_id = ?1 GROUP BY udid")
         .expect("prepare");
