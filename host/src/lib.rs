@@ -4,6 +4,9 @@
 //! the configuration), [`commands::dispatch`] (the command, returning an
 //! [`output::Output`]) and [`output::write`] (text or JSON on stdout, and the exit code).
 
+// No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
+#![forbid(unsafe_code)]
+
 pub mod activation;
 pub mod cli;
 pub mod codes;

@@ -1,6 +1,9 @@
 //! `station`: the provisioning station's command-line program. Parses the command line,
 //! builds the station's context, runs the command and writes what it returned.
 
+// No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -2,6 +2,9 @@
 //! client protocol, lockdown, pairing certificates and TLS sessions. No policy and no
 //! configuration live here; the station (`host/`) and the simulator (`sim/`) both build on it.
 
+// No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
+#![forbid(unsafe_code)]
+
 pub mod activation;
 pub mod atomic_file;
 pub mod bypass_code;

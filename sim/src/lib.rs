@@ -32,6 +32,9 @@
 //! `legacy_tls` (OpenSSL for iOS 11 and earlier, feature `legacy-tls`), `state` (what survives a restart), [`bench`]
 //! (putting it together), [`ready`] (the `--ready` file).
 
+// No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
+#![forbid(unsafe_code)]
+
 pub mod activation;
 pub mod bench;
 mod error;

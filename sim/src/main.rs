@@ -1,5 +1,8 @@
 //! `station-sim`: serve a virtual bench of iPhones on a usbmuxd-compatible socket.
 
+// No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! the nearest valid key, and a wrong type or value names the file, line and column, so a
 //! typo never silently falls back to a default. Secrets are references, never inline.
 
+// No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
+#![forbid(unsafe_code)]
+
 mod env_file;
 mod exposure;
 mod schema;
