@@ -5,6 +5,7 @@
 //! [`output::Output`]) and [`output::write`] (text or JSON on stdout, and the exit code).
 
 pub mod activation;
+pub mod bounded;
 pub mod cli;
 pub mod codes;
 pub mod commands;
