@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activation;
+pub mod bounded;
 pub mod cli;
 pub mod codes;
 pub mod commands;

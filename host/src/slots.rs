@@ -4,7 +4,7 @@
 //! not change: it is found on this machine by matching the phone's UDID against the USB
 //! serial numbers in sysfs (the UDID is the USB serial, docs/protocol.md §1.9, §2.9).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +12,8 @@ use serde::Serialize;
 use station_config::SlotKey;
 use station_protocol::udid::normalise_udid;
 use station_protocol::usbmux::DeviceInfo;
+
+use crate::bounded::BoundedMap;
 
 /// Points the port-path look-up at another directory of `<port>/serial` entries (tests).
 pub const SYSFS_ROOT_ENV: &str = "STATION_SYSFS_ROOT";
@@ -54,7 +56,8 @@ pub trait KnownPorts: Send + Sync {
 pub struct PortPaths {
     root: PathBuf,
     known: Option<Arc<dyn KnownPorts>>,
-    cache: Mutex<PortCache>,
+    /// The answers by (UDID, LocationID).
+    cache: Mutex<BoundedMap<(String, u32), Option<String>>>,
 }
 
 /// Attachments whose port path is kept; past it the oldest goes. Every attachment (each
@@ -63,19 +66,12 @@ pub struct PortPaths {
 /// the slot it had for its last events.
 pub const PORT_CACHE_LIMIT: usize = 256;
 
-/// The answers by (UDID, LocationID), and their keys oldest first.
-#[derive(Default)]
-struct PortCache {
-    found: HashMap<(String, u32), Option<String>>,
-    order: std::collections::VecDeque<(String, u32)>,
-}
-
 impl PortPaths {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         PortPaths {
             root: root.into(),
             known: None,
-            cache: Mutex::new(PortCache::default()),
+            cache: Mutex::new(BoundedMap::new(PORT_CACHE_LIMIT)),
         }
     }
 
@@ -97,7 +93,7 @@ impl PortPaths {
     pub fn port_path(&self, device: &DeviceInfo) -> Option<String> {
         let key = (normalise_udid(&device.udid), device.location_id);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = cache.found.get(&key) {
+        if let Some(found) = cache.get(&key) {
             return found.clone();
         }
         let found = self
@@ -105,22 +101,14 @@ impl PortPaths {
             .as_ref()
             .and_then(|known| known.port_path(device))
             .or_else(|| scan(&self.root, &key.0));
-        cache.found.insert(key.clone(), found.clone());
-        cache.order.push_back(key);
-        while cache.order.len() > PORT_CACHE_LIMIT {
-            if let Some(oldest) = cache.order.pop_front() {
-                cache.found.remove(&oldest);
-            }
-        }
+        cache.insert(key, found.clone());
         found
     }
 
     /// Attachments whose port path is kept now (for the bound's test).
     #[cfg(test)]
     fn cached(&self) -> usize {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(cache.found.len(), cache.order.len());
-        cache.found.len()
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

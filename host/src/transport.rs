@@ -95,7 +95,8 @@ impl Transport {
         }
     }
 
-    /// The attached phone with this UDID (dashes ignored).
+    /// The attached phone with this UDID; dashes are ignored because some usbmuxd builds
+    /// report the modern form without its dash.
     pub async fn find(&self, udid: &str) -> Result<DeviceInfo, StationError> {
         let wanted = normalise_udid(udid);
         self.list_devices()

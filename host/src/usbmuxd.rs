@@ -8,9 +8,6 @@ use station_protocol::usbmux::{
 
 use crate::error::StationError;
 
-// The code sources still name it through this module; its home is `station_protocol::udid`.
-use station_protocol::udid::normalise_udid;
-
 #[derive(Debug, Clone)]
 pub struct Usbmuxd {
     address: Address,
@@ -41,17 +38,6 @@ impl Usbmuxd {
         let mut devices = self.client().await?.list_devices().await?;
         devices.sort_by_key(|d| d.device_id);
         Ok(devices)
-    }
-
-    /// The attached phone with this UDID; dashes are ignored because some usbmuxd builds
-    /// report the modern form without its dash.
-    pub async fn find(&self, udid: &str) -> Result<DeviceInfo, StationError> {
-        let wanted = normalise_udid(udid);
-        self.list_devices()
-            .await?
-            .into_iter()
-            .find(|d| normalise_udid(&d.udid) == wanted)
-            .ok_or_else(|| StationError::device_not_found(udid))
     }
 
     /// Attach/detach events; the first ones repeat the phones attached now.

@@ -3,7 +3,7 @@
 // No unsafe code: memory safety of what we parse rests on the compiler (docs/testing.md, fuzzing).
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,19 +44,10 @@ enum Command {
 #[derive(Debug, Args)]
 struct GadgetArgs {
     #[command(flatten)]
-    source: WorldSource,
+    bench: BenchArgs,
     /// The bench's own usbmuxd-compatible socket (the real usbmuxd uses /var/run/usbmuxd).
     #[arg(long, default_value = "/run/station-sim/bench.sock")]
     socket: PathBuf,
-    /// Write a JSON description of the bench, with each phone's UDC, once the gadgets exist.
-    #[arg(long)]
-    ready: Option<PathBuf>,
-    /// Where pairings, keys and the SystemBUID persist [default: <socket>.state].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Close lockdown connections idle for this long (a real phone: ~10 s).
-    #[arg(long, default_value_t = 10_000)]
-    idle_timeout_ms: u64,
     /// configfs mount point.
     #[arg(long, default_value = "/sys/kernel/config")]
     configfs: PathBuf,
@@ -81,14 +72,13 @@ struct WorldSource {
     seed: Option<u64>,
 }
 
+/// What `serve` and `gadget` both take: the world, the ready file and the state.
 #[derive(Debug, Args)]
-struct ServeArgs {
+struct BenchArgs {
     #[command(flatten)]
     source: WorldSource,
-    /// Unix socket to serve; point clients at it with USBMUXD_SOCKET_ADDRESS=UNIX:<path>.
-    #[arg(long, default_value_os_t = default_socket())]
-    socket: PathBuf,
-    /// Write a JSON description of the bench here once the socket listens.
+    /// Write a JSON description of the bench here once it serves (`gadget`: with each
+    /// phone's UDC, once the gadgets exist).
     #[arg(long)]
     ready: Option<PathBuf>,
     /// Where pairings, keys and the SystemBUID persist [default: <socket>.state].
@@ -97,6 +87,38 @@ struct ServeArgs {
     /// Close lockdown connections idle for this long (a real phone: ~10 s).
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
+}
+
+impl BenchArgs {
+    /// The bench on `socket` as these arguments describe it. A ready file left by an
+    /// earlier run is removed first: it must not be mistaken for this one being ready.
+    fn config(&self, socket: &Path) -> Result<BenchConfig, String> {
+        let world = load_world(&self.source)?;
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| {
+            let mut s = socket.to_path_buf().into_os_string();
+            s.push(".state");
+            PathBuf::from(s)
+        });
+        self.remove_ready();
+        let mut cfg = BenchConfig::new(socket, world, state_dir);
+        cfg.idle_timeout = Duration::from_millis(self.idle_timeout_ms.max(1));
+        Ok(cfg)
+    }
+
+    fn remove_ready(&self) {
+        if let Some(path) = &self.ready {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    bench: BenchArgs,
+    /// Unix socket to serve; point clients at it with USBMUXD_SOCKET_ADDRESS=UNIX:<path>.
+    #[arg(long, default_value_os_t = default_socket())]
+    socket: PathBuf,
     /// Generate phone keys afresh each run instead of caching them in the state dir.
     #[arg(long)]
     no_key_cache: bool,
@@ -154,24 +176,13 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let world = load_world(&args.source)?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        let mut s = args.socket.clone().into_os_string();
-        s.push(".state");
-        PathBuf::from(s)
-    });
-    if let Some(path) = &args.ready {
-        // A file left by an earlier run must not be mistaken for this one being ready.
-        let _ = std::fs::remove_file(path);
-    }
-    let load_path = state_dir.join(MDM_LOAD_FILE);
-    let mut cfg = BenchConfig::new(args.socket.clone(), world, state_dir);
-    cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
+    let mut cfg = args.bench.config(&args.socket)?;
+    let load_path = cfg.state_dir.join(MDM_LOAD_FILE);
     cfg.cache_keys = !args.no_key_cache;
     cfg.activation_port = args.activation_port;
     cfg.station_config_sources = args.station_config_sources.clone();
     let mut bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
-    if let Some(path) = &args.ready {
+    if let Some(path) = &args.bench.ready {
         if let Err(e) = bench.ready_info().write(path) {
             bench.shutdown().await;
             return Err(e.to_string());
@@ -180,9 +191,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     serve_until_stopped(&mut bench).await;
     let loads = [bench.graph().load(), bench.kandji().load()];
     bench.shutdown().await;
-    if let Some(path) = &args.ready {
-        let _ = std::fs::remove_file(path);
-    }
+    args.bench.remove_ready();
     report_load(&load_path, &loads)
 }
 
@@ -225,21 +234,11 @@ fn report_load(path: &std::path::Path, loads: &[station_sim::LoadReport]) -> Res
 #[cfg(target_os = "linux")]
 async fn gadget(args: GadgetArgs) -> Result<(), String> {
     use station_sim::gadget::{GadgetBench, GadgetOptions};
-    let world = load_world(&args.source)?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        let mut s = args.socket.clone().into_os_string();
-        s.push(".state");
-        PathBuf::from(s)
-    });
-    if let Some(path) = &args.ready {
-        let _ = std::fs::remove_file(path);
-    }
+    let cfg = args.bench.config(&args.socket)?;
     if let Some(parent) = args.socket.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    let mut cfg = BenchConfig::new(args.socket.clone(), world, state_dir);
-    cfg.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
     let bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
     let options = GadgetOptions {
         configfs: args.configfs.clone(),
@@ -249,7 +248,7 @@ async fn gadget(args: GadgetArgs) -> Result<(), String> {
     let mut gadgets = GadgetBench::start(bench, options)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(path) = &args.ready {
+    if let Some(path) = &args.bench.ready {
         if let Err(e) = gadgets.ready_info().write(path) {
             gadgets.shutdown().await;
             return Err(e.to_string());
@@ -257,9 +256,7 @@ async fn gadget(args: GadgetArgs) -> Result<(), String> {
     }
     serve_until_stopped(gadgets.bench_mut()).await;
     gadgets.shutdown().await;
-    if let Some(path) = &args.ready {
-        let _ = std::fs::remove_file(path);
-    }
+    args.bench.remove_ready();
     Ok(())
 }
 

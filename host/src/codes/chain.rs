@@ -17,6 +17,7 @@ use futures_util::future::{join_all, BoxFuture};
 use station_config::{Environment, LaterSources, StationConfig};
 
 use super::{CodeLookup, Lookup, LookupError, RemoteRelease, SourceAnswer, SourceFailure};
+use crate::bounded::BoundedMap;
 use crate::error::StationError;
 use crate::http::RetryPolicy;
 
@@ -91,8 +92,9 @@ pub const CACHE_LIMIT: usize = 2048;
 
 pub struct Chain {
     links: Vec<Link>,
-    /// Answers per (link index, key), with when they were given.
-    cache: Mutex<HashMap<(usize, Key), (Lookup, Instant)>>,
+    /// Answers per (link index, key), with when they were given; at most `CACHE_LIMIT` (or
+    /// `with_cache_limit`), the oldest going first.
+    cache: Mutex<BoundedMap<(usize, Key), (Lookup, Instant)>>,
     /// An answer without a code is asked again once it is this old.
     no_code_recheck: Duration,
     /// One lookup per key at a time, so a second one for the same phone waits and reads the
@@ -100,19 +102,16 @@ pub struct Chain {
     busy: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether a source is asked when one before it gave codes.
     later_sources: LaterSources,
-    /// At most this many answers in `cache`.
-    cache_limit: usize,
 }
 
 impl Default for Chain {
     fn default() -> Self {
         Chain {
             links: Vec::new(),
-            cache: Mutex::default(),
+            cache: Mutex::new(BoundedMap::new(CACHE_LIMIT)),
             no_code_recheck: NO_CODE_RECHECK,
             busy: Mutex::default(),
             later_sources: LaterSources::default(),
-            cache_limit: CACHE_LIMIT,
         }
     }
 }
@@ -148,9 +147,11 @@ impl Chain {
     }
 
     /// Keeps at most `limit` answers (at least one).
-    pub fn with_cache_limit(mut self, limit: usize) -> Self {
-        self.cache_limit = limit.max(1);
-        self
+    pub fn with_cache_limit(self, limit: usize) -> Self {
+        Chain {
+            cache: Mutex::new(BoundedMap::new(limit)),
+            ..self
+        }
     }
 
     /// Answers cached now, and phones with a look-up under way (for the bounds' tests).
@@ -358,18 +359,11 @@ impl Chain {
             return Ok((lookup, true));
         }
         let lookup = link.source.lookup(serial, udid).await?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.insert(slot, (lookup.clone(), Instant::now()));
-        while cache.len() > self.cache_limit {
-            let oldest = cache
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(slot, _)| slot.clone());
-            match oldest {
-                Some(slot) => cache.remove(&slot),
-                None => break,
-            };
-        }
+        // Asked again (a failure, or "no code" aged): the answer is the newest again.
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, (lookup.clone(), Instant::now()));
         Ok((lookup, false))
     }
 
@@ -676,7 +670,14 @@ mod tests {
             .await
             .expect("first again");
         assert!(!first.answered[0].cached);
-        assert_eq!(Chain::new().cache_limit, CACHE_LIMIT);
+        assert_eq!(
+            Chain::new()
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .limit(),
+            CACHE_LIMIT
+        );
     }
 
     #[tokio::test]

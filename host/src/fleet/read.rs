@@ -7,10 +7,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::{query, timed, FleetError, QUERY_TIMEOUT};
-use crate::ledger::{format_stamp, keep_latest_per_phone, AttemptRecord, Filter, Status};
-use crate::output::wire_name;
-
-type Param = Box<dyn ToSql + Sync + Send>;
+use crate::ledger::{keep_latest_per_phone, AttemptRecord, Dialect, Filter, FilterValue};
 
 /// The attempts matching `filter` (and `station`, when given), oldest first like the local
 /// report; attempts of one instant are ordered by station, then attempt.
@@ -19,80 +16,23 @@ pub async fn attempts(
     filter: &Filter,
     station: Option<&str>,
 ) -> Result<Vec<AttemptRecord>, FleetError> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut params: Vec<Param> = Vec::new();
-    let bind = |clause: &str, value: Param, params: &mut Vec<Param>| {
-        params.push(value);
-        clause.replace('?', &format!("${}", params.len()))
-    };
-    if let Some(since) = filter.since {
-        clauses.push(bind(
-            "started_at >= ?",
-            Box::new(format_stamp(since)?),
-            &mut params,
-        ));
-    }
-    if let Some(before) = filter.before {
-        clauses.push(bind(
-            "started_at < ?",
-            Box::new(format_stamp(before)?),
-            &mut params,
-        ));
-    }
-    if let Some(run_id) = &filter.run_id {
-        clauses.push(bind("run_id = ?", Box::new(run_id.clone()), &mut params));
-    }
-    if let Some(udid) = &filter.udid {
-        clauses.push(bind("udid = ?", Box::new(udid.clone()), &mut params));
-    }
+    let mut filter_sql = filter.to_sql(Dialect::Postgres)?;
     if let Some(station) = station {
-        clauses.push(bind(
-            "station_id = ?",
-            Box::new(station.to_string()),
-            &mut params,
-        ));
+        filter_sql.push("station_id = ?", FilterValue::Text(station.to_string()));
     }
-    if filter.locked_only {
-        clauses.push("activation_locked".to_string());
-    }
-    if let Some(find_my) = filter.find_my {
-        clauses.push(bind("find_my = ?", Box::new(find_my), &mut params));
-    }
-    if filter.supervised_only {
-        clauses.push("supervised".to_string());
-    }
-    if let Some(organization) = &filter.organization {
-        clauses.push(bind(
-            "lower(organization) = lower(?)",
-            Box::new(organization.clone()),
-            &mut params,
-        ));
-    }
-    if !filter.statuses.is_empty() {
-        let any: Vec<String> = filter
-            .statuses
-            .iter()
-            .map(|status| match status {
-                // Only finished attempts are shipped.
-                Status::InProgress => "false".to_string(),
-                Status::Finished(o) => bind("outcome = ?", Box::new(wire_name(o)), &mut params),
-            })
-            .collect();
-        clauses.push(format!("({})", any.join(" OR ")));
-    }
-    let filter_sql = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
     let sql = format!(
-        "SELECT record::text FROM station_attempts {filter_sql} \
-         ORDER BY started_at, station_id, attempt_id"
+        "SELECT record::text FROM station_attempts {} \
+         ORDER BY started_at, station_id, attempt_id",
+        filter_sql.where_sql()
     );
     let rows = timed("reading attempts", QUERY_TIMEOUT, async {
-        let refs: Vec<&(dyn ToSql + Sync)> = params
+        let refs: Vec<&(dyn ToSql + Sync)> = filter_sql
+            .params
             .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .map(|value| match value {
+                FilterValue::Text(text) => text as &(dyn ToSql + Sync),
+                FilterValue::Bool(flag) => flag,
+            })
             .collect();
         client
             .query(&sql, &refs)

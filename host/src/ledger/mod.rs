@@ -35,6 +35,7 @@ use crate::activation::Outcome;
 
 pub use outbox::Pending;
 pub use query::{keep_latest_per_phone, AttemptRecord, Filter, Status};
+pub use query::{Dialect, FilterSql, FilterValue};
 #[cfg(test)]
 pub use query::{ReleaseRecord, RemoteReleaseRecord};
 pub use schema::ledger_path;

@@ -119,6 +119,123 @@ pub struct Filter {
     pub latest_per_phone: bool,
 }
 
+/// Where a [`Filter`] is read: the ledger (SQLite) or the fleet database (PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a filter's placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterValue {
+    Text(String),
+    Bool(bool),
+}
+
+/// A filter as SQL in one dialect: conditions joined by `AND`, their placeholders numbered
+/// in the order of `params`.
+#[derive(Debug)]
+pub struct FilterSql {
+    dialect: Dialect,
+    clauses: Vec<String>,
+    pub params: Vec<FilterValue>,
+}
+
+impl FilterSql {
+    fn new(dialect: Dialect) -> Self {
+        FilterSql {
+            dialect,
+            clauses: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// `clause` with its one `?` as the placeholder of `value`, now bound.
+    fn bind(&mut self, clause: &str, value: FilterValue) -> String {
+        self.params.push(value);
+        let n = self.params.len();
+        let mark = match self.dialect {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        };
+        clause.replace('?', &mark)
+    }
+
+    /// Adds the condition `clause`, its one `?` bound to `value`.
+    pub fn push(&mut self, clause: &str, value: FilterValue) {
+        let clause = self.bind(clause, value);
+        self.clauses.push(clause);
+    }
+
+    /// A boolean column is true (SQLite keeps them as 0 and 1).
+    fn push_flag(&mut self, column: &str) {
+        self.clauses.push(match self.dialect {
+            Dialect::Sqlite => format!("{column} = 1"),
+            Dialect::Postgres => column.to_string(),
+        });
+    }
+
+    /// `WHERE …`, or nothing when no condition was added.
+    pub fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}
+
+impl Filter {
+    /// The conditions of this filter (`latest_per_phone` is applied to the rows after).
+    pub fn to_sql(&self, dialect: Dialect) -> Result<FilterSql, LedgerError> {
+        use FilterValue::{Bool, Text};
+        let mut sql = FilterSql::new(dialect);
+        if let Some(since) = self.since {
+            sql.push("started_at >= ?", Text(stamp::format(since)?));
+        }
+        if let Some(before) = self.before {
+            sql.push("started_at < ?", Text(stamp::format(before)?));
+        }
+        if let Some(run_id) = &self.run_id {
+            sql.push("run_id = ?", Text(run_id.clone()));
+        }
+        if let Some(udid) = &self.udid {
+            sql.push("udid = ?", Text(udid.clone()));
+        }
+        if self.locked_only {
+            sql.push_flag("activation_locked");
+        }
+        if let Some(find_my) = self.find_my {
+            sql.push("find_my = ?", Bool(find_my));
+        }
+        if self.supervised_only {
+            sql.push_flag("supervised");
+        }
+        if let Some(organization) = &self.organization {
+            let clause = match dialect {
+                Dialect::Sqlite => "organization = ? COLLATE NOCASE",
+                Dialect::Postgres => "lower(organization) = lower(?)",
+            };
+            sql.push(clause, Text(organization.clone()));
+        }
+        if !self.statuses.is_empty() {
+            let any: Vec<String> = self
+                .statuses
+                .iter()
+                .map(|status| match (status, dialect) {
+                    (Status::InProgress, Dialect::Sqlite) => "outcome IS NULL".to_string(),
+                    // Only finished attempts are shipped to the fleet.
+                    (Status::InProgress, Dialect::Postgres) => "false".to_string(),
+                    (Status::Finished(o), _) => sql.bind("outcome = ?", Text(wire_name(o))),
+                })
+                .collect();
+            sql.clauses.push(format!("({})", any.join(" OR ")));
+        }
+        Ok(sql)
+    }
+}
+
 /// The code source that released the lock; the code masked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
@@ -193,65 +310,16 @@ const ATTEMPT_COLUMNS: &str = "id, run_id, station_id, udid, serial, product_typ
 
 /// Attempts matching `filter`, oldest first (by start, then id).
 pub fn attempts(conn: &Connection, filter: &Filter) -> Result<Vec<AttemptRecord>, LedgerError> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut params: Vec<Value> = Vec::new();
-    let bind = |clause: &str, value: Value, params: &mut Vec<Value>| {
-        params.push(value);
-        clause.replace('?', &format!("?{}", params.len()))
-    };
-    if let Some(since) = filter.since {
-        clauses.push(bind(
-            "started_at >= ?",
-            stamp::format(since)?.into(),
-            &mut params,
-        ));
-    }
-    if let Some(before) = filter.before {
-        clauses.push(bind(
-            "started_at < ?",
-            stamp::format(before)?.into(),
-            &mut params,
-        ));
-    }
-    if let Some(run_id) = &filter.run_id {
-        clauses.push(bind("run_id = ?", run_id.clone().into(), &mut params));
-    }
-    if let Some(udid) = &filter.udid {
-        clauses.push(bind("udid = ?", udid.clone().into(), &mut params));
-    }
-    if filter.locked_only {
-        clauses.push("activation_locked = 1".to_string());
-    }
-    if let Some(find_my) = filter.find_my {
-        clauses.push(bind("find_my = ?", i64::from(find_my).into(), &mut params));
-    }
-    if filter.supervised_only {
-        clauses.push("supervised = 1".to_string());
-    }
-    if let Some(organization) = &filter.organization {
-        clauses.push(bind(
-            "organization = ? COLLATE NOCASE",
-            organization.clone().into(),
-            &mut params,
-        ));
-    }
-    if !filter.statuses.is_empty() {
-        let any: Vec<String> = filter
-            .statuses
-            .iter()
-            .map(|status| match status {
-                Status::InProgress => "outcome IS NULL".to_string(),
-                Status::Finished(o) => bind("outcome = ?", wire_name(o).into(), &mut params),
-            })
-            .collect();
-        clauses.push(format!("({})", any.join(" OR ")));
-    }
-    let filter_sql = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    let mut records = select(conn, &filter_sql, params)?;
+    let sql = filter.to_sql(Dialect::Sqlite)?;
+    let params = sql
+        .params
+        .iter()
+        .map(|value| match value {
+            FilterValue::Text(text) => Value::Text(text.clone()),
+            FilterValue::Bool(flag) => Value::Integer(i64::from(*flag)),
+        })
+        .collect();
+    let mut records = select(conn, &sql.where_sql(), params)?;
     if filter.latest_per_phone {
         keep_latest_per_phone(&mut records);
     }
@@ -500,5 +568,49 @@ mod tests {
         assert_eq!(Status::parse("in_progress"), Some(Status::InProgress));
         assert_eq!(Status::parse("activate"), None);
         assert_eq!(Status::names().len(), OUTCOMES.len() + 1);
+    }
+
+    /// One filter, two dialects: the same conditions in the same order, each database's
+    /// placeholders, booleans and case-insensitive comparison.
+    #[test]
+    fn a_filter_is_written_for_each_database() {
+        let filter = Filter {
+            run_id: Some("r1".into()),
+            locked_only: true,
+            find_my: Some(false),
+            supervised_only: true,
+            organization: Some("Acme".into()),
+            statuses: vec![Status::InProgress, Status::Finished(Outcome::Activated)],
+            ..Filter::default()
+        };
+        let sqlite = filter.to_sql(Dialect::Sqlite).expect("sqlite");
+        assert_eq!(
+            sqlite.where_sql(),
+            "WHERE run_id = ?1 AND activation_locked = 1 AND find_my = ?2 AND supervised = 1 \
+             AND organization = ?3 COLLATE NOCASE AND (outcome IS NULL OR outcome = ?4)"
+        );
+        let mut postgres = filter.to_sql(Dialect::Postgres).expect("postgres");
+        postgres.push("station_id = ?", FilterValue::Text("s1".into()));
+        assert_eq!(
+            postgres.where_sql(),
+            "WHERE run_id = $1 AND activation_locked AND find_my = $2 AND supervised \
+             AND lower(organization) = lower($3) AND (false OR outcome = $4) \
+             AND station_id = $5"
+        );
+        let values = [
+            FilterValue::Text("r1".into()),
+            FilterValue::Bool(false),
+            FilterValue::Text("Acme".into()),
+            FilterValue::Text("activated".into()),
+        ];
+        assert_eq!(sqlite.params, values);
+        assert_eq!(postgres.params[..4], values);
+        assert_eq!(
+            Filter::default()
+                .to_sql(Dialect::Postgres)
+                .expect("empty")
+                .where_sql(),
+            ""
+        );
     }
 }
