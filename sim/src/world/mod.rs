@@ -1825,6 +1825,7 @@ mod tests {
             .iter()
             .any(|d| d.plug_schedule().iter().any(|(_, plug)| !plug)));
         assert!(devices.iter().any(|d| d.plug_periods.len() > 1));
+        assert!(devices.iter().any(|d| d.leave_when_idle_ms == Some(5000)));
         assert!(devices
             .iter()
             .any(|d| d.lock == Lock::Mdm && d.codes.len() == 2));
