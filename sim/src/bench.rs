@@ -404,6 +404,11 @@ impl Bench {
         Ok(self.phone(udid)?.lockdown_stats())
     }
 
+    /// Whether the phone is plugged in and how the host uses it (`leave_when_idle_ms`).
+    pub fn host_use(&self, udid: &str) -> Result<crate::phone::HostUse, SimError> {
+        Ok(self.phone(udid)?.host_use())
+    }
+
     /// Sets a phone's activation state as if it had been set up that way (persisted).
     pub async fn set_activation_state(
         &self,
