@@ -79,7 +79,7 @@ impl Default for BenchConfig {
 
 /// What the connection tasks share.
 pub(crate) struct Shared {
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     pub state: StateDir,
     pub system_buid: String,
     pub lockdown: Arc<LockdownContext>,
@@ -160,7 +160,7 @@ impl Bench {
 
         let listener = bind(&cfg.socket)?;
         let shared = Arc::new(Shared {
-            hub: Hub::new(phones),
+            hub: Arc::new(Hub::new(phones)),
             state,
             system_buid,
             lockdown: Arc::new(LockdownContext {
@@ -175,38 +175,8 @@ impl Bench {
             crate::http::serve(albert.clone(), http, stop_rx.clone())
                 .instrument(tracing::info_span!("albert", url = %albert.url())),
         );
-        // The world's times count from here; one task per phone walks its schedule in order
-        // (a replug must not overtake the unplug before it).
-        let started = tokio::time::Instant::now();
-        for phone in shared.hub.phones() {
-            let p = phone.profile();
-            if p.plugged_at_start() {
-                shared.hub.plug(&p.udid)?;
-            }
-            let schedule = p.plug_schedule();
-            if schedule.is_empty() {
-                continue;
-            }
-            let shared = shared.clone();
-            let udid = p.udid.clone();
-            tasks.spawn(async move {
-                for (at, plug) in schedule {
-                    // A time past what the clock can hold never comes.
-                    let Some(when) = started.checked_add(Duration::from_millis(at)) else {
-                        return;
-                    };
-                    tokio::time::sleep_until(when).await;
-                    let result = if plug {
-                        shared.hub.plug(&udid).map(|_| ())
-                    } else {
-                        shared.hub.unplug(&udid).map(|_| ())
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(%udid, at_ms = at, plug, error = %e, "scheduled plug/unplug failed");
-                    }
-                }
-            });
-        }
+        // The world's times count from here (crate::plugs: the schedule and leaving when idle).
+        crate::plugs::start(&shared.hub, tokio::time::Instant::now(), &mut tasks)?;
         let usbmuxd = spawn_usbmuxd(listener, &shared, stop_rx, &cfg.socket);
         let station_config = write_station_config(&cfg, &albert, &mdm).await?;
         tracing::info!(
@@ -432,6 +402,11 @@ impl Bench {
     /// How many lockdown sessions the phone started and idle connections it closed.
     pub fn lockdown_stats(&self, udid: &str) -> Result<crate::phone::LockdownStats, SimError> {
         Ok(self.phone(udid)?.lockdown_stats())
+    }
+
+    /// Whether the phone is plugged in and how the host uses it (`leave_when_idle_ms`).
+    pub fn host_use(&self, udid: &str) -> Result<crate::phone::HostUse, SimError> {
+        Ok(self.phone(udid)?.host_use())
     }
 
     /// Sets a phone's activation state as if it had been set up that way (persisted).

@@ -179,6 +179,7 @@ impl Hub {
                 unplugged,
             },
         );
+        self.phones[index].set_attached(true);
         let _ = self.events.send(Event::Attached(self.info(&s, id, index)));
         tracing::info!(%udid, device_id = id, "plugged in");
         Ok(id)
@@ -189,21 +190,40 @@ impl Hub {
     pub fn unplug(&self, udid: &str) -> Result<bool, SimError> {
         let index = self.index(udid)?;
         let mut s = self.lock();
+        Ok(self.unplug_locked(&mut s, index))
+    }
+
+    /// Pulls a phone out if nothing changed in how the host uses it since `changes` (see
+    /// [`crate::phone::HostUse`]) and no host connection is open: checked and done under
+    /// the hub's lock, so a plug or unplug in between is not undone. `Ok(true)`: it left.
+    pub fn leave_if_idle(&self, udid: &str, changes: u64) -> Result<bool, SimError> {
+        let index = self.index(udid)?;
+        let mut s = self.lock();
+        let now = self.phones[index].host_use();
+        if !now.attached || now.open > 0 || now.changes != changes {
+            return Ok(false);
+        }
+        Ok(self.unplug_locked(&mut s, index))
+    }
+
+    fn unplug_locked(&self, s: &mut HubState, index: usize) -> bool {
+        let udid = self.phones[index].udid();
         let Some(id) = s
             .attached
             .iter()
             .find(|(_, a)| a.phone == index)
             .map(|(id, _)| *id)
         else {
-            return Ok(false);
+            return false;
         };
         if let Some(a) = s.attached.remove(&id) {
             let _ = a.unplugged.send(true);
         }
         self.phones[index].unplugged();
+        self.phones[index].set_attached(false);
         let _ = self.events.send(Event::Detached { device_id: id });
         tracing::info!(%udid, device_id = id, "unplugged");
-        Ok(true)
+        true
     }
 
     /// Sends `Paired` when a record was saved for a plugged phone with that DeviceID.
@@ -277,6 +297,7 @@ impl Hub {
         let mut s = self.lock();
         for (_, a) in std::mem::take(&mut s.attached) {
             let _ = a.unplugged.send(true);
+            self.phones[a.phone].set_attached(false);
         }
     }
 }

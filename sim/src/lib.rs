@@ -48,6 +48,7 @@ mod lockdownd;
 mod mcinstall;
 pub mod mdm;
 pub mod phone;
+mod plugs;
 pub mod ready;
 pub mod services;
 mod state;

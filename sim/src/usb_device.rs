@@ -90,16 +90,18 @@ impl UsbDevice {
         let lockdown = self.shared.lockdown.clone();
         if port == LOCKDOWN_PORT {
             let Ok(stream) = conn.accept() else { return };
-            tokio::spawn(crate::lockdownd::serve(
-                phone,
-                PhoneStream::Usb(stream),
-                lockdown,
-                unplug,
-            ));
+            // Counted while it is open: `leave_when_idle_ms` waits for the host to let go.
+            let in_use = phone.host_connection();
+            tokio::spawn(async move {
+                let _in_use = in_use;
+                crate::lockdownd::serve(phone, PhoneStream::Usb(stream), lockdown, unplug).await;
+            });
         } else if let Some(pending) = phone.take_service_port(port) {
             let Ok(stream) = conn.accept() else { return };
             let timeout = lockdown.idle_timeout;
+            let in_use = phone.host_connection();
             tokio::spawn(async move {
+                let _in_use = in_use;
                 tokio::select! {
                     _ = crate::services::run(phone, pending, PhoneStream::Usb(stream), timeout) => {}
                     _ = crate::lockdownd::unplugged(unplug) => {}

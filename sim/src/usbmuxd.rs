@@ -357,6 +357,8 @@ impl Client {
             // Unplugged between the result and now: like a cable pull, just close.
             return Ok(());
         };
+        // Counted while it is open: `leave_when_idle_ms` waits for the host to let go.
+        let _in_use = phone.host_connection();
         let lockdown = self.shared.lockdown.clone();
         if port == LOCKDOWN_PORT {
             crate::lockdownd::serve(phone, PhoneStream::Usbmuxd(self.stream), lockdown, unplug)

@@ -629,3 +629,38 @@ async fn usbmuxd_stops_and_starts_again_like_the_daemon() {
     call(&mut ch, "QueryType", vec![]).await;
     tb.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_phone_leaves_once_the_host_let_go_of_it() {
+    // `leave_when_idle_ms`: through the usbmuxd socket, a lockdown connection keeps the
+    // phone on the bench; closing it starts the clock; then Detached, as with a cable pull.
+    let mut world = default_world(1, 17);
+    world.leave_when_idle_ms = Some(300);
+    let tb = start(world).await;
+    let udid = tb.udids()[0].clone();
+    let device_id = tb.device_id(&udid);
+    let mut ch = lockdown(&tb, &udid).await;
+    call(&mut ch, "QueryType", vec![]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    call(&mut ch, "QueryType", vec![]).await;
+    let use_now = tb.bench.host_use(&udid).expect("phone");
+    assert!(
+        use_now.attached && use_now.open == 1 && use_now.talked_to,
+        "{use_now:?}"
+    );
+    drop(ch);
+    let closed = std::time::Instant::now();
+    let mut s = mux(&tb.socket).await;
+    send_plist(&mut s, 1, &request("Listen", vec![])).await;
+    assert_eq!(result_number(&read_packet(&mut s).await), Some(0));
+    assert!(matches!(
+        Event::from_packet(&read_packet(&mut s).await),
+        Ok(Event::Attached(_))
+    ));
+    assert_eq!(
+        Event::from_packet(&read_packet(&mut s).await).expect("event"),
+        Event::Detached { device_id }
+    );
+    assert!(closed.elapsed() >= std::time::Duration::from_millis(300));
+    tb.shutdown().await;
+}

@@ -118,6 +118,37 @@ pub struct Phone {
     /// Counters of what lockdownd saw (tests read them; nothing on the wire depends on them).
     sessions_started: AtomicU64,
     idle_closed: AtomicU64,
+    /// Whether it is plugged in and how the host uses it (`leave_when_idle_ms`, crate::plugs).
+    host_use: tokio::sync::watch::Sender<HostUse>,
+}
+
+/// Whether a phone is plugged in and how the host uses it: what `leave_when_idle_ms`
+/// decides on (crate::plugs). The sim cannot see the station's screen; its connections to
+/// the phone are what it can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostUse {
+    pub attached: bool,
+    /// Host connections open now (lockdown and started services).
+    pub open: u32,
+    /// The host has opened a connection to the phone at least once since the bench started.
+    pub talked_to: bool,
+    /// Counts every change of the above, so "idle since" restarts at each one.
+    pub changes: u64,
+}
+
+/// One open host connection to a phone (lockdown or a service), counted in its
+/// [`HostUse`] while it lives.
+pub(crate) struct HostConnection {
+    phone: Arc<Phone>,
+}
+
+impl Drop for HostConnection {
+    fn drop(&mut self) {
+        self.phone.host_use.send_modify(|u| {
+            u.open = u.open.saturating_sub(1);
+            u.changes += 1;
+        });
+    }
 }
 
 /// How many lockdown sessions a phone started (each a TLS handshake) and how many lockdown
@@ -178,7 +209,38 @@ impl Phone {
             tls_configs: Mutex::new(HashMap::new()),
             sessions_started: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            host_use: tokio::sync::watch::channel(HostUse::default()).0,
         })
+    }
+
+    /// A host connection to the phone opens; it counts as open until the guard drops.
+    pub(crate) fn host_connection(self: &Arc<Self>) -> HostConnection {
+        self.host_use.send_modify(|u| {
+            u.open += 1;
+            u.talked_to = true;
+            u.changes += 1;
+        });
+        HostConnection {
+            phone: self.clone(),
+        }
+    }
+
+    /// Plugged in or pulled out (crate::hub).
+    pub(crate) fn set_attached(&self, attached: bool) {
+        self.host_use.send_modify(|u| {
+            u.attached = attached;
+            u.changes += 1;
+        });
+    }
+
+    /// How the host uses the phone now.
+    pub fn host_use(&self) -> HostUse {
+        *self.host_use.borrow()
+    }
+
+    /// Every later change of [`Phone::host_use`].
+    pub(crate) fn watch_host_use(&self) -> tokio::sync::watch::Receiver<HostUse> {
+        self.host_use.subscribe()
     }
 
     /// A `StartSession` whose TLS handshake completed.

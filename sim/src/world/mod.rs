@@ -50,6 +50,9 @@ pub enum WorldError {
     },
     #[error("[activation_server] `{field}` {reason}")]
     InvalidServer { field: &'static str, reason: String },
+    /// A world-wide value (outside every table) that is out of range.
+    #[error("world `{field}` {reason}")]
+    InvalidWorld { field: &'static str, reason: String },
     #[error("[{table}] `{field}` {reason}")]
     InvalidMdm {
         table: &'static str,
@@ -148,6 +151,9 @@ pub struct World {
     /// Seed for every value a device entry leaves out.
     #[serde(default)]
     pub seed: u64,
+    /// `leave_when_idle_ms` of every device that does not set its own (docs/world.md "USB").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_when_idle_ms: Option<u64>,
     /// Latency and injected failures of the stand-in activation server.
     #[serde(default, skip_serializing_if = "ActivationServerSpec::is_default")]
     pub activation_server: ActivationServerSpec,
@@ -371,6 +377,20 @@ pub struct PlugPeriod {
 /// At most this many plug periods per phone: a schedule, not a stress generator.
 pub const MAX_PLUG_PERIODS: usize = 1000;
 
+/// Longest `leave_when_idle_ms`: an hour (an operator who waits longer has left too).
+pub const MAX_LEAVE_WHEN_IDLE_MS: u64 = 3_600_000;
+
+/// `leave_when_idle_ms` is positive and at most [`MAX_LEAVE_WHEN_IDLE_MS`].
+fn check_leave_when_idle(ms: u64) -> Result<(), String> {
+    if ms == 0 {
+        return Err("must be positive (leave it out for a phone that stays)".to_string());
+    }
+    if ms > MAX_LEAVE_WHEN_IDLE_MS {
+        return Err(format!("at most {MAX_LEAVE_WHEN_IDLE_MS} ms (an hour)"));
+    }
+    Ok(())
+}
+
 /// One `[[device]]` entry. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -444,6 +464,11 @@ pub struct DeviceSpec {
     /// `plug_at_ms`/`unplug_at_ms`, which are one period.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plug_periods: Option<Vec<PlugPeriod>>,
+    /// Once the host has talked to the phone, it is pulled out (its plug period ends) when
+    /// no host connection to it has been open for this long, as an operator unplugs a
+    /// phone the station is done with [default: never; at most [`MAX_LEAVE_WHEN_IDLE_MS`]].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leave_when_idle_ms: Option<u64>,
     // --- mobileactivationd timing ---
     /// `CreateTunnel1ActivationInfoRequest` takes this long (FairPlay on a real phone).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -558,6 +583,9 @@ pub struct DeviceProfile {
     pub tls: Option<TlsGeneration>,
     /// When the phone is plugged in: never empty, validated (times strictly increase).
     pub plug_periods: Vec<PlugPeriod>,
+    /// `Some`: the phone leaves the bench once it has been talked to and then left
+    /// without a host connection this long (the device's value, else the world's).
+    pub leave_when_idle_ms: Option<u64>,
     pub activation_info_delay_ms: u64,
     pub handle_record_delay_ms: u64,
     /// `None`: the session lasts until the next `CreateTunnel1SessionInfoRequest`.
@@ -618,6 +646,7 @@ impl World {
     pub fn pinned(&self) -> Result<World, WorldError> {
         Ok(World {
             seed: self.seed,
+            leave_when_idle_ms: self.leave_when_idle_ms,
             activation_server: self.activation_server.clone(),
             intune: self.intune.clone(),
             kandji: self.kandji.clone(),
@@ -631,9 +660,17 @@ impl World {
         self.activation_server.validate()?;
         self.intune.validate()?;
         self.kandji.validate()?;
+        if let Some(ms) = self.leave_when_idle_ms {
+            check_leave_when_idle(ms).map_err(|reason| WorldError::InvalidWorld {
+                field: "leave_when_idle_ms",
+                reason,
+            })?;
+        }
         let mut out: Vec<DeviceProfile> = Vec::with_capacity(self.devices.len());
         for (index, spec) in self.devices.iter().enumerate() {
-            let profile = resolve_device(self.seed, index, spec)?;
+            let mut profile = resolve_device(self.seed, index, spec)?;
+            // The world's default for a device without its own.
+            profile.leave_when_idle_ms = profile.leave_when_idle_ms.or(self.leave_when_idle_ms);
             for (first, other) in out.iter().enumerate() {
                 let dup = |field: &'static str, value: &str| WorldError::Duplicate {
                     field,
@@ -807,6 +844,7 @@ fn spec_from_profile(p: &DeviceProfile) -> DeviceSpec {
         plug_at_ms: p.single_plug_period().and_then(|only| only.plug_at_ms),
         unplug_at_ms: p.single_plug_period().and_then(|only| only.unplug_at_ms),
         plug_periods: (p.plug_periods.len() > 1).then(|| p.plug_periods.clone()),
+        leave_when_idle_ms: p.leave_when_idle_ms,
         activation_info_delay_ms: (p.activation_info_delay_ms != 0)
             .then_some(p.activation_info_delay_ms),
         handle_record_delay_ms: (p.handle_record_delay_ms != 0).then_some(p.handle_record_delay_ms),
@@ -1149,6 +1187,9 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
     }
     let cloud_configuration = resolve_cloud_configuration(spec, activation_state, &invalid)?;
     let plug_periods = resolve_plug_periods(spec, &invalid)?;
+    if let Some(ms) = spec.leave_when_idle_ms {
+        check_leave_when_idle(ms).map_err(|reason| invalid("leave_when_idle_ms", reason))?;
+    }
     for (field, delay) in [
         ("activation_info_delay_ms", spec.activation_info_delay_ms),
         ("handle_record_delay_ms", spec.handle_record_delay_ms),
@@ -1258,6 +1299,7 @@ fn resolve_device(seed: u64, index: usize, spec: &DeviceSpec) -> Result<DevicePr
         pair_escrow_bag: spec.pair_escrow_bag.unwrap_or(true),
         tls: spec.tls,
         plug_periods,
+        leave_when_idle_ms: spec.leave_when_idle_ms,
         activation_info_delay_ms: spec.activation_info_delay_ms.unwrap_or(0),
         handle_record_delay_ms: spec.handle_record_delay_ms.unwrap_or(0),
         activation_session_lifetime_ms: spec.activation_session_lifetime_ms,
@@ -1783,6 +1825,7 @@ mod tests {
             .iter()
             .any(|d| d.plug_schedule().iter().any(|(_, plug)| !plug)));
         assert!(devices.iter().any(|d| d.plug_periods.len() > 1));
+        assert!(devices.iter().any(|d| d.leave_when_idle_ms == Some(5000)));
         assert!(devices
             .iter()
             .any(|d| d.lock == Lock::Mdm && d.codes.len() == 2));
