@@ -1,13 +1,14 @@
 //! The station's own pairing identity: one root and one host certificate (RSA-2048 each)
 //! for every phone it pairs with, kept in the data directory. Only the device certificate
 //! and HostID are new per phone, so pairing costs a signature instead of two RSA key
-//! generations (~150 ms each).
+//! generations (~150 ms each). The root key is parsed once, with the identity
+//! ([`PairingSigner`]), not for every phone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use station_protocol::frame::{decode_plist, dict, encode_plist, PlistFormat};
-use station_protocol::pairing::HostIdentity;
+use station_protocol::pairing::{HostIdentity, PairingSigner};
 use tokio::sync::OnceCell;
 
 use crate::error::StationError;
@@ -21,11 +22,11 @@ const KEYS: [&str; 4] = [
     "HostPrivateKey",
 ];
 
-/// Loaded or created on first use; kept for the process.
+/// Loaded or created on first use, its root key parsed; kept for the process.
 pub struct IdentityStore {
     /// `None`: keep it in memory only (no data directory).
     path: Option<PathBuf>,
-    cell: OnceCell<Arc<HostIdentity>>,
+    cell: OnceCell<Arc<PairingSigner>>,
 }
 
 impl IdentityStore {
@@ -36,7 +37,7 @@ impl IdentityStore {
         }
     }
 
-    pub async fn get(&self) -> Result<Arc<HostIdentity>, StationError> {
+    pub async fn get(&self) -> Result<Arc<PairingSigner>, StationError> {
         self.cell
             .get_or_try_init(|| async {
                 let path = self.path.clone();
@@ -54,17 +55,20 @@ fn internal(message: String) -> StationError {
     StationError::HostIdentity(message)
 }
 
-fn load_or_create(path: Option<PathBuf>) -> Result<HostIdentity, StationError> {
+fn load_or_create(path: Option<PathBuf>) -> Result<PairingSigner, StationError> {
     if let Some(path) = &path {
         if path.exists() {
             let text =
                 station_config::read_private_file(path).map_err(|e| internal(e.to_string()))?;
-            return parse(text.as_bytes()).map_err(|reason| {
-                internal(format!(
-                    "{} is unusable ({reason}): delete it to make a new identity",
-                    path.display()
-                ))
-            });
+            // A root key that does not parse makes the file as unusable as a missing key.
+            return parse(text.as_bytes())
+                .and_then(|identity| PairingSigner::new(identity).map_err(|e| e.to_string()))
+                .map_err(|reason| {
+                    internal(format!(
+                        "{} is unusable ({reason}): delete it to make a new identity",
+                        path.display()
+                    ))
+                });
         }
     }
     let identity = HostIdentity::generate()
@@ -75,7 +79,8 @@ fn load_or_create(path: Option<PathBuf>) -> Result<HostIdentity, StationError> {
             tracing::warn!(path = %path.display(), "cannot keep the pairing identity: {e}");
         }
     }
-    Ok(identity)
+    PairingSigner::new(identity)
+        .map_err(|e| internal(format!("cannot use the new pairing identity: {e}")))
 }
 
 fn parse(bytes: &[u8]) -> Result<HostIdentity, String> {
@@ -145,15 +150,31 @@ mod tests {
             .get()
             .await
             .expect("load");
-        assert_eq!(first.root_cert_pem, again.root_cert_pem);
-        assert_eq!(first.host_key_pem, again.host_key_pem);
+        assert_eq!(
+            first.identity().root_cert_pem,
+            again.identity().root_cert_pem
+        );
+        assert_eq!(first.identity().host_key_pem, again.identity().host_key_pem);
         std::fs::write(&path, b"garbage").expect("write");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .expect("chmod");
-        let err = IdentityStore::new(Some(path))
+        let err = IdentityStore::new(Some(path.clone()))
             .get()
             .await
             .expect_err("unusable");
+        assert!(err.to_string().contains("delete it"), "{err}");
+
+        // A well-formed file whose root key does not parse is refused when it is loaded,
+        // before any phone is paired with it.
+        let mut broken = first.identity().clone();
+        broken.root_key_pem =
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+        save(&path, &broken).expect("save");
+        let err = IdentityStore::new(Some(path))
+            .get()
+            .await
+            .expect_err("unusable root key");
+        assert!(err.to_string().contains("RootPrivateKey"), "{err}");
         assert!(err.to_string().contains("delete it"), "{err}");
     }
 }

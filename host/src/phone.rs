@@ -8,9 +8,7 @@ use station_protocol::channel::PlistChannel;
 use station_protocol::lockdown::{
     LockdownClient, LockdownError, LockdownErrorKind, ServiceInfo, LOCKDOWN_PORT,
 };
-use station_protocol::pairing::{
-    generate_pair_record, PairRecord, PairRecordStore, UsbmuxdPairStore,
-};
+use station_protocol::pairing::{PairRecord, PairRecordStore, UsbmuxdPairStore};
 use station_protocol::tls::client_config;
 use station_protocol::usbmux::{DeviceInfo, UsbmuxStream};
 
@@ -122,9 +120,9 @@ impl Bench {
             .ok()
             .and_then(|v| v.as_string().map(str::to_string));
         let system_buid = self.store.store().system_buid().await?;
-        let identity = self.identity.get().await?;
+        let signer = self.identity.get().await?;
         let mut record = tokio::task::spawn_blocking(move || {
-            generate_pair_record(&public_key, &system_buid, wifi.as_deref(), Some(&identity))
+            signer.pair_record(&public_key, &system_buid, wifi.as_deref())
         })
         .await
         .map_err(|e| StationError::Internal {

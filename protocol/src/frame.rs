@@ -1,6 +1,7 @@
 //! Plist framing used by lockdownd and every lockdown service: a 4-byte big-endian length
 //! followed by a plist (XML or binary).
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -72,17 +73,20 @@ pub fn decode_plist(bytes: &[u8]) -> Result<plist::Value, FrameError> {
         return plist::Value::from_reader(Cursor::new(bytes))
             .map_err(|e| FrameError::Plist(e.to_string()));
     }
-    let cleaned: Vec<u8> = bytes
-        .iter()
-        .map(|&b| {
-            if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') {
-                b' '
-            } else {
-                b
-            }
-        })
-        .collect();
-    plist::Value::from_reader_xml(Cursor::new(cleaned))
+    let stray_control = |b: u8| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r');
+    // Copied only when there is something to clean: lockdown replies (several KB for a
+    // whole-domain GetValue) rarely carry stray control bytes.
+    let cleaned: Cow<'_, [u8]> = if bytes.iter().any(|&b| stray_control(b)) {
+        Cow::Owned(
+            bytes
+                .iter()
+                .map(|&b| if stray_control(b) { b' ' } else { b })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(bytes)
+    };
+    plist::Value::from_reader_xml(Cursor::new(cleaned.as_ref()))
         .map_err(|e| FrameError::Plist(e.to_string()))
 }
 

@@ -180,6 +180,17 @@ pub fn run_summary(conn: &Connection, run_id: &str) -> Result<RunSummary, Ledger
 }
 
 /// SQLite's COUNT(*) is never negative.
+/// `execute` through the connection's statement cache: the per-phone statements run about
+/// a dozen times per phone, and parsing their SQL each time was most of the ledger's CPU
+/// after the commits (issue 13, docs/benchmark.md "The line at scale").
+fn execute_cached(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
@@ -189,7 +200,8 @@ pub fn begin(
     station_id: &str,
     start: &AttemptStart,
 ) -> Result<AttemptId, LedgerError> {
-    conn.execute(
+    execute_cached(
+        conn,
         "INSERT INTO attempts (run_id, station_id, udid, slot, location_id, started_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -208,11 +220,8 @@ pub fn begin(
 /// Fails unless `id` names an attempt still in progress: a finished outcome is final.
 fn ensure_in_progress(conn: &Connection, id: AttemptId) -> Result<(), LedgerError> {
     let outcome: Option<Option<String>> = conn
-        .query_row(
-            "SELECT outcome FROM attempts WHERE id = ?1",
-            [id.get()],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT outcome FROM attempts WHERE id = ?1")
+        .and_then(|mut statement| statement.query_row([id.get()], |row| row.get(0)))
         .optional()
         .map_err(sqlite("find attempt"))?;
     match outcome {
@@ -230,7 +239,8 @@ pub fn update_identity(
     product_version: Option<&str>,
 ) -> Result<(), LedgerError> {
     ensure_in_progress(conn, id)?;
-    conn.execute(
+    execute_cached(
+        conn,
         "UPDATE attempts SET serial = ?2, product_type = COALESCE(?3, product_type), \
          product_version = COALESCE(?4, product_version) WHERE id = ?1",
         params![id.get(), serial, product_type, product_version],
@@ -241,7 +251,8 @@ pub fn update_identity(
 
 /// Closes the attempt's open step (if any) at `at`.
 fn end_open_step(conn: &Connection, id: AttemptId, at: &str) -> Result<(), LedgerError> {
-    conn.execute(
+    execute_cached(
+        conn,
         "UPDATE steps SET ended_at = ?2 WHERE attempt_id = ?1 AND ended_at IS NULL",
         params![id.get(), at],
     )
@@ -268,13 +279,15 @@ pub fn record_step(
     ensure_in_progress(conn, id)?;
     let at = stamp::format_system(at)?;
     end_open_step(conn, id, &at)?;
-    conn.execute(
+    execute_cached(
+        conn,
         "INSERT INTO steps (attempt_id, seq, step, started_at) VALUES (?1, \
          (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE attempt_id = ?1), ?2, ?3)",
         params![id.get(), step, at],
     )
     .map_err(sqlite("record step"))?;
-    conn.execute(
+    execute_cached(
+        conn,
         "UPDATE attempts SET current_step = ?2 WHERE id = ?1",
         params![id.get(), step],
     )
@@ -312,7 +325,8 @@ pub fn finish(
         },
     };
     end_open_step(conn, id, &at)?;
-    conn.execute(
+    execute_cached(
+        conn,
         "UPDATE attempts SET \
            serial = COALESCE(?2, serial), \
            product_type = COALESCE(?3, product_type), \
@@ -364,8 +378,12 @@ pub fn finish(
 /// Queues a finished attempt for the fleet database, in the transaction that finished it:
 /// committed together, so a crash can neither lose nor repeat it (docs/fleet.md).
 fn enqueue(conn: &Connection, id: AttemptId) -> Result<(), LedgerError> {
-    conn.execute("INSERT INTO outbox (attempt_id) VALUES (?1)", [id.get()])
-        .map_err(sqlite("queue for the fleet"))?;
+    execute_cached(
+        conn,
+        "INSERT INTO outbox (attempt_id) VALUES (?1)",
+        [id.get()],
+    )
+    .map_err(sqlite("queue for the fleet"))?;
     Ok(())
 }
 

@@ -133,6 +133,88 @@ impl fmt::Debug for HostIdentity {
     }
 }
 
+/// A [`HostIdentity`] ready to issue device certificates: the root key is parsed (and its
+/// RSA blinding set up) once, here, instead of for every phone. A station keeps one per
+/// identity and pairs every phone with it; the records it makes are the same as
+/// [`generate_pair_record`]'s.
+pub struct PairingSigner {
+    identity: HostIdentity,
+    /// The root as issuer: its (empty) subject, which becomes the device certificate's
+    /// issuer field, and its parsed private key.
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl PairingSigner {
+    /// Parses the identity's root key. CPU-bound (well under a millisecond, but an RSA key
+    /// check): call it from `spawn_blocking` in async code.
+    pub fn new(identity: HostIdentity) -> Result<Self, PairingError> {
+        let root_key = KeyPair::from_pem_and_sign_algo(&identity.root_key_pem, &PKCS_RSA_SHA256)
+            .map_err(|error| PairingError::BadKey {
+                key: ROOT_PRIVATE_KEY,
+                reason: error.to_string(),
+            })?;
+        // Only the issuer's name, key-identifier method and key usages are read from these
+        // parameters, never the validity: one set serves every device certificate.
+        let (not_before, not_after) = validity();
+        let issuer = Issuer::new(base_params(not_before, not_after), root_key);
+        Ok(Self { identity, issuer })
+    }
+
+    /// The identity whose root signs.
+    pub fn identity(&self) -> &HostIdentity {
+        &self.identity
+    }
+
+    /// Makes a complete pair record for a phone whose lockdown `DevicePublicKey` is given;
+    /// see [`generate_pair_record`]. CPU-bound (one RSA-2048 signature): call it from
+    /// `spawn_blocking`.
+    pub fn pair_record(
+        &self,
+        device_public_key_pem: &[u8],
+        system_buid: &str,
+        wifi_mac: Option<&str>,
+    ) -> Result<PairRecord, PairingError> {
+        let device_key = RsaPublicKeyDer(rsa_public_key_from_pem(device_public_key_pem)?);
+        let (not_before, not_after) = validity();
+        let mut device_params = base_params(not_before, not_after);
+        // ExplicitNoCa: critical basicConstraints CA:FALSE plus subjectKeyIdentifier, which
+        // is what libimobiledevice puts in the device certificate.
+        device_params.is_ca = IsCa::ExplicitNoCa;
+        device_params.key_usages = leaf_key_usages();
+        let device_cert = device_params
+            .signed_by(&device_key, &self.issuer)
+            .map_err(|source| PairingError::Generation {
+                step: "signing the device certificate",
+                source,
+            })?;
+
+        let identity = &self.identity;
+        Ok(PairRecord {
+            device_certificate: device_cert.pem().into_bytes(),
+            host_certificate: identity.host_cert_pem.clone().into_bytes(),
+            host_private_key: identity.host_key_pem.clone().into_bytes(),
+            root_certificate: identity.root_cert_pem.clone().into_bytes(),
+            root_private_key: identity.root_key_pem.clone().into_bytes(),
+            host_id: uuid::Uuid::new_v4().to_string().to_uppercase(),
+            system_buid: system_buid.to_owned(),
+            wifi_mac_address: wifi_mac.map(str::to_owned),
+            escrow_bag: None,
+            udid: None,
+            extra: Dictionary::new(),
+        })
+    }
+}
+
+impl fmt::Debug for PairingSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // HostIdentity's Debug redacts both private keys; the issuer's leaves out its key.
+        f.debug_struct("PairingSigner")
+            .field("identity", &self.identity)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
 /// Makes a complete pair record for a phone whose lockdown `DevicePublicKey` is given.
 ///
 /// `device_public_key_pem` is the PKCS#1 "RSA PUBLIC KEY" PEM the phone reports; an SPKI
@@ -142,6 +224,9 @@ impl fmt::Debug for HostIdentity {
 /// digitalSignature+keyEncipherment, and is signed by the root. `HostID` is a fresh
 /// uppercase UUID; `EscrowBag` is left empty until the phone returns one from `Pair`.
 ///
+/// Parses the root key on every call: a host pairing many phones keeps a
+/// [`PairingSigner`] instead.
+///
 /// CPU-bound: call it from `spawn_blocking`.
 pub fn generate_pair_record(
     device_public_key_pem: &[u8],
@@ -149,53 +234,13 @@ pub fn generate_pair_record(
     wifi_mac: Option<&str>,
     identity: Option<&HostIdentity>,
 ) -> Result<PairRecord, PairingError> {
-    let device_key = RsaPublicKeyDer(rsa_public_key_from_pem(device_public_key_pem)?);
-
-    let generated;
+    // The phone's key is checked before any key is generated or parsed, as before.
+    rsa_public_key_from_pem(device_public_key_pem)?;
     let identity = match identity {
-        Some(identity) => identity,
-        None => {
-            generated = HostIdentity::generate()?;
-            &generated
-        }
+        Some(identity) => identity.clone(),
+        None => HostIdentity::generate()?,
     };
-    let root_key = KeyPair::from_pem_and_sign_algo(&identity.root_key_pem, &PKCS_RSA_SHA256)
-        .map_err(|error| PairingError::BadKey {
-            key: ROOT_PRIVATE_KEY,
-            reason: error.to_string(),
-        })?;
-
-    let (not_before, not_after) = validity();
-    // The issuer's name is what goes into the device certificate's issuer field: the
-    // root's (empty) subject.
-    let root_params = base_params(not_before, not_after);
-    let issuer = Issuer::from_params(&root_params, &root_key);
-
-    let mut device_params = base_params(not_before, not_after);
-    // ExplicitNoCa: critical basicConstraints CA:FALSE plus subjectKeyIdentifier, which is
-    // what libimobiledevice puts in the device certificate.
-    device_params.is_ca = IsCa::ExplicitNoCa;
-    device_params.key_usages = leaf_key_usages();
-    let device_cert = device_params
-        .signed_by(&device_key, &issuer)
-        .map_err(|source| PairingError::Generation {
-            step: "signing the device certificate",
-            source,
-        })?;
-
-    Ok(PairRecord {
-        device_certificate: device_cert.pem().into_bytes(),
-        host_certificate: identity.host_cert_pem.clone().into_bytes(),
-        host_private_key: identity.host_key_pem.clone().into_bytes(),
-        root_certificate: identity.root_cert_pem.clone().into_bytes(),
-        root_private_key: identity.root_key_pem.clone().into_bytes(),
-        host_id: uuid::Uuid::new_v4().to_string().to_uppercase(),
-        system_buid: system_buid.to_owned(),
-        wifi_mac_address: wifi_mac.map(str::to_owned),
-        escrow_bag: None,
-        udid: None,
-        extra: Dictionary::new(),
-    })
+    PairingSigner::new(identity)?.pair_record(device_public_key_pem, system_buid, wifi_mac)
 }
 
 /// A phone's lockdown key pair, for the simulator's virtual iPhones.
@@ -810,10 +855,92 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_private_keys() {
-        let text = format!("{:?} {:?}", identity(), device());
+    fn debug_hides_private_keys() -> TestResult {
+        let signer = PairingSigner::new(identity().clone())?;
+        let text = format!("{:?} {:?} {signer:?}", identity(), device());
         assert!(!text.contains("PRIVATE KEY"), "{text}");
         assert!(text.contains("<redacted>"));
+        // The parsed root key: neither its PKCS#8 nor its PKCS#1 DER in any form.
+        let root_key = KeyPair::from_pem_and_sign_algo(&identity().root_key_pem, &PKCS_RSA_SHA256)?;
+        let signer_text = format!("{signer:?}");
+        assert!(signer_text.contains("[elided]"), "{signer_text}");
+        for secret in [root_key.serialize_der(), root_key.serialized_der().to_vec()] {
+            assert!(!signer_text.contains(&format!("{secret:?}")));
+            assert!(!signer_text.contains(&format!("{:?}", &secret[..16])));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn one_signer_issues_records_that_verify_against_the_same_root() -> TestResult {
+        let signer = PairingSigner::new(identity().clone())?;
+        assert_eq!(signer.identity(), identity());
+        // Two phones, one kept root key: a second device key is the host key's public
+        // half (any RSA key that is not the first phone's will do, and it exists already).
+        let host_key = KeyPair::from_pem_and_sign_algo(&identity().host_key_pem, &PKCS_RSA_SHA256)?;
+        let second_phone = pem::encode_config(
+            &pem::Pem::new("RSA PUBLIC KEY", host_key.der_bytes().to_vec()),
+            PEM_LF,
+        );
+        let first = signer.pair_record(device().public_key_pem.as_bytes(), "BUID", None)?;
+        let second =
+            signer.pair_record(second_phone.as_bytes(), "BUID", Some("a4:c3:61:00:11:22"))?;
+
+        // The same root and host halves in both, each phone's own device certificate.
+        assert_eq!(first.root_certificate, second.root_certificate);
+        assert_eq!(first.root_certificate, identity().root_cert_pem.as_bytes());
+        assert_eq!(first.host_certificate, second.host_certificate);
+        assert_ne!(first.device_certificate, second.device_certificate);
+        assert_ne!(first.host_id, second.host_id);
+        assert_eq!(
+            second.wifi_mac_address.as_deref(),
+            Some("a4:c3:61:00:11:22")
+        );
+
+        // Each verifies as its own phone checks it, and both device certificates carry a
+        // signature by the one root.
+        let certs_one =
+            verify_pair_request(&request_dict(&first), device().public_key_pem.as_bytes())?;
+        let certs_two = verify_pair_request(&request_dict(&second), second_phone.as_bytes())?;
+        assert_eq!(
+            certs_one.root_certificate_der,
+            certs_two.root_certificate_der
+        );
+        let root_der = der(identity().root_cert_pem.as_bytes())?;
+        let (_, root) = X509Certificate::from_der(&root_der)?;
+        for record in [&first, &second] {
+            let device_der = der(&record.device_certificate)?;
+            let (_, dev) = X509Certificate::from_der(&device_der)?;
+            dev.verify_signature(Some(root.public_key()))?;
+            check_cert(
+                &dev,
+                Expect {
+                    ca: false,
+                    key_usage: true,
+                    ski: true,
+                },
+            );
+        }
+        // A record for one phone is refused by the other.
+        assert!(matches!(
+            verify_pair_request(&request_dict(&first), second_phone.as_bytes()),
+            Err(PairingError::WrongDeviceKey)
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn signer_refuses_an_unusable_root_key() {
+        let mut broken = identity().clone();
+        broken.root_key_pem =
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+        match PairingSigner::new(broken) {
+            Err(PairingError::BadKey {
+                key: ROOT_PRIVATE_KEY,
+                ..
+            }) => {}
+            other => panic!("expected BadKey(RootPrivateKey), got {other:?}"),
+        }
     }
 
     #[test]

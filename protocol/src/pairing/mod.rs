@@ -8,7 +8,8 @@
 //! (`ideviceinfo`, pymobiledevice3) can reuse it.
 //!
 //! - [`PairRecord`]: the plist, read and written byte-compatibly with usbmuxd/libimobiledevice.
-//! - [`HostIdentity`], [`generate_pair_record`]: certificate generation as libimobiledevice does it.
+//! - [`HostIdentity`], [`PairingSigner`], [`generate_pair_record`]: certificate generation as
+//!   libimobiledevice does it.
 //! - [`DeviceKeyPair`], [`verify_pair_request`]: the phone's side, for the simulator.
 //! - [`PairRecordStore`], [`DirPairStore`]: where records live.
 
@@ -19,6 +20,7 @@ mod usbmuxd_store;
 
 pub use certs::{
     generate_pair_record, verify_pair_request, DeviceKeyPair, HostIdentity, PairRequestCerts,
+    PairingSigner,
 };
 pub use record::PairRecord;
 pub use store::{validate_udid, BoxFuture, DirPairStore, PairRecordStore};
