@@ -182,13 +182,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     cfg.activation_port = args.activation_port;
     cfg.station_config_sources = args.station_config_sources.clone();
     let mut bench = Bench::start(cfg).await.map_err(|e| e.to_string())?;
+    let mut signals = BenchSignals::watch();
     if let Some(path) = &args.bench.ready {
         if let Err(e) = bench.ready_info().write(path) {
             bench.shutdown().await;
             return Err(e.to_string());
         }
     }
-    serve_until_stopped(&mut bench).await;
+    serve_until_stopped(&mut bench, &mut signals).await;
     let loads = [bench.graph().load(), bench.kandji().load()];
     bench.shutdown().await;
     args.bench.remove_ready();
@@ -248,23 +249,53 @@ async fn gadget(args: GadgetArgs) -> Result<(), String> {
     let mut gadgets = GadgetBench::start(bench, options)
         .await
         .map_err(|e| e.to_string())?;
+    let mut signals = BenchSignals::watch();
     if let Some(path) = &args.bench.ready {
         if let Err(e) = gadgets.ready_info().write(path) {
             gadgets.shutdown().await;
             return Err(e.to_string());
         }
     }
-    serve_until_stopped(gadgets.bench_mut()).await;
+    serve_until_stopped(gadgets.bench_mut(), &mut signals).await;
     gadgets.shutdown().await;
     args.bench.remove_ready();
     Ok(())
 }
 
+/// The signals `serve` and `gadget` answer to, watched from before the ready file is
+/// written: a signal that arrives before its handler is installed takes its default action
+/// (SIGUSR1's kills the process), so a caller that signals as soon as the file appears
+/// would find the bench gone.
+struct BenchSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+    usbmuxd_away: Option<tokio::signal::unix::Signal>,
+    usbmuxd_back: Option<tokio::signal::unix::Signal>,
+}
+
+impl BenchSignals {
+    fn watch() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch {name}");
+                None
+            }
+        };
+        BenchSignals {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT"),
+            terminate: watch(SignalKind::terminate(), "SIGTERM"),
+            usbmuxd_away: watch(SignalKind::user_defined1(), "SIGUSR1"),
+            usbmuxd_back: watch(SignalKind::user_defined2(), "SIGUSR2"),
+        }
+    }
+}
+
 /// Serves until SIGINT or SIGTERM. SIGUSR1 makes the bench's usbmuxd go away as the real
 /// daemon does when it exits; SIGUSR2 starts it again (same socket, same phones).
-async fn serve_until_stopped(bench: &mut Bench) {
-    use tokio::signal::unix::{signal, Signal, SignalKind};
-    async fn next(signal: &mut Option<Signal>) {
+async fn serve_until_stopped(bench: &mut Bench, signals: &mut BenchSignals) {
+    async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
         match signal {
             Some(s) => {
                 s.recv().await;
@@ -272,28 +303,18 @@ async fn serve_until_stopped(bench: &mut Bench) {
             None => std::future::pending().await,
         }
     }
-    let watch = |kind: SignalKind, name: &str| match signal(kind) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch {name}");
-            None
-        }
-    };
-    let mut term = watch(SignalKind::terminate(), "SIGTERM");
-    let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1");
-    let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            () = next(&mut signals.interrupt) => {
                 tracing::info!("SIGINT");
                 return;
             }
-            () = next(&mut term) => {
+            () = next(&mut signals.terminate) => {
                 tracing::info!("SIGTERM");
                 return;
             }
-            () = next(&mut usr1) => bench.stop_usbmuxd().await,
-            () = next(&mut usr2) => {
+            () = next(&mut signals.usbmuxd_away) => bench.stop_usbmuxd().await,
+            () = next(&mut signals.usbmuxd_back) => {
                 if let Err(e) = bench.start_usbmuxd() {
                     tracing::error!(error = %e, "usbmuxd could not start again");
                 }

@@ -22,6 +22,40 @@ impl Drop for Child {
     }
 }
 
+/// A caller may signal the moment the ready file appears: by then the bench must answer
+/// to SIGUSR1 (usbmuxd away), not die of its default action. Before the signals were
+/// watched ahead of the ready file, about half of such starts were killed.
+#[test]
+fn a_signal_right_after_the_ready_file_finds_the_bench_listening() {
+    for round in 0..6 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ready = dir.path().join("ready.json");
+        let mut child = Child(
+            Command::new(BIN)
+                .args(["serve", "--devices", "1", "--seed", "5", "-q"])
+                .arg("--socket")
+                .arg(dir.path().join("bench.sock"))
+                .arg("--ready")
+                .arg(&ready)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn station-sim"),
+        );
+        let started = Instant::now();
+        // No sleep between the file appearing and the signal: that is the window.
+        while !ready.exists() {
+            assert!(started.elapsed() < STEP, "no ready file");
+            std::thread::yield_now();
+        }
+        // A direct kill(2): spawning `kill` would take long enough to hide the window.
+        let pid = rustix::process::Pid::from_raw(child.0.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::USR1).expect("SIGUSR1");
+        std::thread::sleep(Duration::from_millis(300));
+        let exited = child.0.try_wait().expect("try_wait");
+        assert_eq!(exited, None, "round {round}: SIGUSR1 killed the bench");
+    }
+}
+
 #[tokio::test]
 async fn serve_writes_ready_file_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
