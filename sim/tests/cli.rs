@@ -22,6 +22,22 @@ impl Drop for Child {
     }
 }
 
+/// `station-sim serve` of `devices` generated phones (seed 5) on `socket`, writing `ready`.
+fn serve(devices: u32, socket: &std::path::Path, ready: &std::path::Path) -> Child {
+    Child(
+        Command::new(BIN)
+            .args(["serve", "--seed", "5", "-q", "--devices"])
+            .arg(devices.to_string())
+            .arg("--socket")
+            .arg(socket)
+            .arg("--ready")
+            .arg(ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn station-sim"),
+    )
+}
+
 /// A caller may signal the moment the ready file appears: by then the bench must answer
 /// to SIGUSR1 (usbmuxd away), not die of its default action. Before the signals were
 /// watched ahead of the ready file, about half of such starts were killed.
@@ -30,17 +46,7 @@ fn a_signal_right_after_the_ready_file_finds_the_bench_listening() {
     for round in 0..6 {
         let dir = tempfile::tempdir().expect("tempdir");
         let ready = dir.path().join("ready.json");
-        let mut child = Child(
-            Command::new(BIN)
-                .args(["serve", "--devices", "1", "--seed", "5", "-q"])
-                .arg("--socket")
-                .arg(dir.path().join("bench.sock"))
-                .arg("--ready")
-                .arg(&ready)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn station-sim"),
-        );
+        let mut child = serve(1, &dir.path().join("bench.sock"), &ready);
         let started = Instant::now();
         // No sleep between the file appearing and the signal: that is the window.
         while !ready.exists() {
@@ -62,17 +68,7 @@ async fn serve_writes_ready_file_and_stops_on_sigterm() {
     let socket = dir.path().join("bench.sock");
     let ready = dir.path().join("ready.json");
     std::fs::write(&ready, "stale").expect("stale ready file");
-    let mut child = Child(
-        Command::new(BIN)
-            .args(["serve", "--devices", "2", "--seed", "5", "-q"])
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--ready")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn station-sim"),
-    );
+    let mut child = serve(2, &socket, &ready);
 
     let started = Instant::now();
     let info = loop {

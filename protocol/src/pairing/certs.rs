@@ -566,6 +566,13 @@ mod tests {
         ski: bool,
     }
 
+    /// What a device certificate carries: no CA, key usages, a subject key identifier.
+    const DEVICE_CERT: Expect = Expect {
+        ca: false,
+        key_usage: true,
+        ski: true,
+    };
+
     fn check_cert(cert: &X509Certificate<'_>, expect: Expect) {
         assert_eq!(cert.version(), x509_parser::x509::X509Version::V3);
         assert_eq!(cert.subject().iter().count(), 0, "subject must be empty");
@@ -635,14 +642,7 @@ mod tests {
                 ski: false,
             },
         );
-        check_cert(
-            &dev,
-            Expect {
-                ca: false,
-                key_usage: true,
-                ski: true,
-            },
-        );
+        check_cert(&dev, DEVICE_CERT);
 
         root.verify_signature(None)?;
         host.verify_signature(Some(root.public_key()))?;
@@ -912,14 +912,7 @@ mod tests {
             let device_der = der(&record.device_certificate)?;
             let (_, dev) = X509Certificate::from_der(&device_der)?;
             dev.verify_signature(Some(root.public_key()))?;
-            check_cert(
-                &dev,
-                Expect {
-                    ca: false,
-                    key_usage: true,
-                    ski: true,
-                },
-            );
+            check_cert(&dev, DEVICE_CERT);
         }
         // A record for one phone is refused by the other.
         assert!(matches!(
