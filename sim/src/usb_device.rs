@@ -61,18 +61,24 @@ impl UsbDevice {
     pub async fn serve<I: BulkIn, O: BulkOut>(self, bulk_in: I, bulk_out: O) -> UsbDeviceEnd {
         let span = tracing::info_span!("usb_device", udid = %self.phone.udid());
         async move {
+            let bulk_out = SilentOnceUnplugged {
+                inner: bulk_out,
+                unplug: self.unplug.clone(),
+            };
             let (handle, mut incoming) = MuxDriver::device(bulk_in, bulk_out, self.config.clone());
             let gone = crate::lockdownd::unplugged(self.unplug.clone());
             tokio::pin!(gone);
             let end = loop {
                 tokio::select! {
+                    // An unplug also breaks the link (nothing more is sent): it is the cause.
+                    biased;
+                    _ = &mut gone => break UsbDeviceEnd::Unplugged,
                     conn = incoming.next() => match conn {
                         Some(conn) => self.route(conn),
                         None => break UsbDeviceEnd::LinkDown(
                             handle.failure().unwrap_or(DriverError::Shutdown),
                         ),
                     },
-                    _ = &mut gone => break UsbDeviceEnd::Unplugged,
                 }
             };
             tracing::info!(?end, "USB mux session ended");
@@ -111,6 +117,32 @@ impl UsbDevice {
             tracing::debug!(port, "no service on this port; refused");
             conn.refuse();
         }
+    }
+}
+
+/// The phone's bulk-IN side (what the host reads). A phone pulled out sends nothing more:
+/// no closing packet for its open connections reaches the host, which learns of the unplug
+/// from the USB link alone, as with a real phone. Without this, the connections' own
+/// endings (they watch the same unplug) could reach the host before the gadget is unbound
+/// and read as the phone closing them.
+struct SilentOnceUnplugged<O> {
+    inner: O,
+    unplug: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<O: BulkOut> BulkOut for SilentOnceUnplugged<O> {
+    async fn write_transfer(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        if *self.unplug.borrow() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the phone is unplugged",
+            ));
+        }
+        self.inner.write_transfer(data).await
+    }
+
+    fn max_packet_size(&self) -> usize {
+        self.inner.max_packet_size()
     }
 }
 
