@@ -172,3 +172,42 @@ impl UsbDevice {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what reaches the host.
+    struct Recorded(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+    impl BulkOut for Recorded {
+        async fn write_transfer(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(data);
+            Ok(())
+        }
+
+        fn max_packet_size(&self) -> usize {
+            512
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pulled_out_phone_sends_nothing_more() {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (unplug, watching) = tokio::sync::watch::channel(false);
+        let mut out = SilentOnceUnplugged {
+            inner: Recorded(sent.clone()),
+            unplug: watching,
+        };
+        out.write_transfer(b"before".to_vec())
+            .await
+            .expect("plugged in");
+        unplug.send_replace(true);
+        let refused = out.write_transfer(b"after".to_vec()).await;
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::NotConnected)
+        );
+        assert_eq!(*sent.lock().expect("lock"), vec![b"before".to_vec()]);
+    }
+}
