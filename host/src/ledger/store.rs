@@ -179,7 +179,6 @@ pub fn run_summary(conn: &Connection, run_id: &str) -> Result<RunSummary, Ledger
     Ok(summary)
 }
 
-/// SQLite's COUNT(*) is never negative.
 /// `execute` through the connection's statement cache: the per-phone statements run about
 /// a dozen times per phone, and parsing their SQL each time was most of the ledger's CPU
 /// after the commits (issue 13, docs/benchmark.md "The line at scale").
@@ -191,6 +190,7 @@ fn execute_cached(
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// SQLite's COUNT(*) is never negative.
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
