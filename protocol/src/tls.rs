@@ -32,8 +32,17 @@ pub enum TlsError {
 /// SNI name sent to the phone; the phone ignores it, but rustls needs one.
 pub const SERVER_NAME: &str = "Device";
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+/// The host's crypto: all that rustls has, with secp256r1 moved to the front of the key
+/// exchange groups. A ClientHello carries a TLS 1.3 key share for the first group only, and
+/// phones answer with TLS 1.2 over secp256r1 (docs/protocol.md §4.6): with rustls' default
+/// order every handshake made an X25519MLKEM768 share (an ML-KEM key and an X25519 key) and
+/// threw it away. The groups offered are unchanged.
+fn client_provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .kx_groups
+        .sort_by_key(|group| group.name() != rustls::NamedGroup::secp256r1);
+    Arc::new(provider)
 }
 
 /// The signature schemes a modern phone's CertificateRequest lists, in its order: the RSA
@@ -85,7 +94,7 @@ pub fn client_config(
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let provider = provider();
+    let provider = client_provider();
     let cert = certificate_from_pem(cert_pem)?;
     let key = private_key_from_pem(key_pem)?;
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -261,4 +270,64 @@ fn verify_rsa_pkcs1_sha1(
         .verify(message, signature)
         .map(|()| HandshakeSignatureValid::assertion())
         .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The named groups of the ClientHello's key_share extension (RFC 8446 §4.2.8).
+    fn key_share_groups(record: &[u8]) -> Vec<u16> {
+        let u16_at = |i: usize| u16::from_be_bytes([record[i], record[i + 1]]);
+        assert_eq!(record[0], 22, "a handshake record");
+        assert_eq!(record[5], 1, "a ClientHello");
+        // record header 5, handshake header 4, client_version 2, random 32
+        let mut at = 5 + 4 + 2 + 32;
+        at += 1 + usize::from(record[at]); // session id
+        at += 2 + usize::from(u16_at(at)); // cipher suites
+        at += 1 + usize::from(record[at]); // compression methods
+        let end = at + 2 + usize::from(u16_at(at));
+        at += 2;
+        while at < end {
+            let (kind, len) = (u16_at(at), usize::from(u16_at(at + 2)));
+            if kind == 51 {
+                let mut share = at + 6;
+                let mut groups = Vec::new();
+                while share < at + 4 + len {
+                    groups.push(u16_at(share));
+                    share += 4 + usize::from(u16_at(share + 2));
+                }
+                return groups;
+            }
+            at += 4 + len;
+        }
+        panic!("no key_share extension");
+    }
+
+    #[test]
+    fn the_client_hello_carries_only_the_key_share_phones_use() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let config = client_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect("client config");
+        let name = ServerName::try_from(SERVER_NAME).expect("name");
+        let mut client = rustls::ClientConnection::new(config.clone(), name).expect("client");
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).expect("ClientHello");
+
+        assert_eq!(key_share_groups(&hello), vec![23], "one secp256r1 share");
+        // Nothing else is taken away: a TLS 1.3 server on X25519 still gets its group.
+        let offered: Vec<_> = config
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|group| group.name())
+            .collect();
+        assert_eq!(offered[0], rustls::NamedGroup::secp256r1);
+        assert!(offered.contains(&rustls::NamedGroup::X25519));
+        assert!(offered.contains(&rustls::NamedGroup::X25519MLKEM768));
+    }
 }
