@@ -162,6 +162,33 @@ mod tests {
         None
     }
 
+    /// Plugged in at start, out at `unplug_at_ms`, back at `plug_at_ms` for good.
+    fn out_then_back(unplug_at_ms: u64, plug_at_ms: u64) -> Vec<PlugPeriod> {
+        vec![
+            PlugPeriod {
+                plug_at_ms: None,
+                unplug_at_ms: Some(unplug_at_ms),
+            },
+            PlugPeriod {
+                plug_at_ms: Some(plug_at_ms),
+                unplug_at_ms: None,
+            },
+        ]
+    }
+
+    /// Waits (at most 5 s after `started`) for the phone to be plugged in again; when it
+    /// was, counted from `started`.
+    async fn plugged_back(hub: &Hub, udid: &str, started: Instant) -> Duration {
+        while hub.device_id(udid).is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never plugged back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
     #[tokio::test]
     async fn a_phone_idle_past_the_limit_leaves_and_one_talked_to_stays() {
         let dir = tempfile::tempdir().expect("dir");
@@ -232,16 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut world = one_phone(None);
         world.devices[0].leave_when_idle_ms = Some(IDLE.as_millis() as u64);
-        world.devices[0].plug_periods = Some(vec![
-            PlugPeriod {
-                plug_at_ms: None,
-                unplug_at_ms: Some(400),
-            },
-            PlugPeriod {
-                plug_at_ms: Some(700),
-                unplug_at_ms: None,
-            },
-        ]);
+        world.devices[0].plug_periods = Some(out_then_back(400, 700));
         let started = Instant::now();
         let (hub, _tasks) = bench(world, dir.path());
         let phone = hub.phones()[0].clone();
@@ -252,14 +270,7 @@ mod tests {
             .expect("left when idle");
         assert!(started.elapsed() < Duration::from_millis(400));
         // Back at 700 ms with a new DeviceID, then out again about 150 ms later.
-        while hub.device_id(phone.udid()).is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "never plugged back"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let back_at = started.elapsed();
+        let back_at = plugged_back(&hub, phone.udid(), started).await;
         assert!(back_at >= Duration::from_millis(700), "back at {back_at:?}");
         let took = left_after(&hub, phone.udid()).await.expect("left again");
         assert!(
@@ -275,16 +286,7 @@ mod tests {
     async fn a_connection_closed_while_out_starts_the_clock_at_the_replug() {
         let dir = tempfile::tempdir().expect("dir");
         let mut world = one_phone(Some(IDLE.as_millis() as u64));
-        world.devices[0].plug_periods = Some(vec![
-            PlugPeriod {
-                plug_at_ms: None,
-                unplug_at_ms: Some(300),
-            },
-            PlugPeriod {
-                plug_at_ms: Some(700),
-                unplug_at_ms: None,
-            },
-        ]);
+        world.devices[0].plug_periods = Some(out_then_back(300, 700));
         let started = Instant::now();
         let (hub, _tasks) = bench(world, dir.path());
         let phone = hub.phones()[0].clone();
@@ -303,14 +305,7 @@ mod tests {
             "closed at {closed_at:?}"
         );
         // Back at 700 ms, well over IDLE after the close: it must stay IDLE from the replug.
-        while hub.device_id(phone.udid()).is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "never plugged back"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let back_at = started.elapsed();
+        let back_at = plugged_back(&hub, phone.udid(), started).await;
         assert!(phone.host_use().attached);
         let took = left_after(&hub, phone.udid())
             .await

@@ -38,6 +38,18 @@ fn serve(devices: u32, socket: &std::path::Path, ready: &std::path::Path) -> Chi
     )
 }
 
+/// The ready file once the bench has written it (within [`STEP`]).
+async fn ready_file(path: &std::path::Path) -> ReadyInfo {
+    let started = Instant::now();
+    loop {
+        if let Ok(info) = ReadyInfo::read(path) {
+            return info;
+        }
+        assert!(started.elapsed() < STEP, "no ready file {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A caller may signal the moment the ready file appears: by then the bench must answer
 /// to SIGUSR1 (usbmuxd away), not die of its default action. Before the signals were
 /// watched ahead of the ready file, about half of such starts were killed.
@@ -94,14 +106,7 @@ async fn the_ready_file_names_each_phones_leave_when_idle_ms() {
                 .spawn()
                 .expect("spawn station-sim"),
         );
-        let started = Instant::now();
-        let info = loop {
-            if let Ok(info) = ReadyInfo::read(&ready) {
-                break info;
-            }
-            assert!(started.elapsed() < STEP, "{name}: no ready file");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let info = ready_file(&ready).await;
         let got: Vec<Option<u64>> = info.devices.iter().map(|d| d.leave_when_idle_ms).collect();
         assert_eq!(got, want, "{name}");
         // In the file as written, not only as this crate reads it back.
@@ -125,14 +130,7 @@ async fn serve_writes_ready_file_and_stops_on_sigterm() {
     std::fs::write(&ready, "stale").expect("stale ready file");
     let mut child = serve(2, &socket, &ready);
 
-    let started = Instant::now();
-    let info = loop {
-        if let Ok(info) = ReadyInfo::read(&ready) {
-            break info;
-        }
-        assert!(started.elapsed() < STEP, "no ready file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let info = ready_file(&ready).await;
     assert_eq!(info.socket, socket);
     assert_eq!(info.devices.len(), 2);
     assert!(info
