@@ -9,6 +9,7 @@ pub mod activation;
 pub mod atomic_file;
 pub mod bypass_code;
 pub mod channel;
+pub mod file_error;
 pub mod frame;
 pub mod ios;
 pub mod lockdown;

@@ -320,6 +320,7 @@ impl Bench {
                     } else {
                         Vec::new()
                     },
+                    leave_when_idle_ms: p.leave_when_idle_ms,
                     attached: device_id.is_some(),
                     device_id,
                     lock: p.lock.as_str().to_string(),

@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 
+use station_protocol::file_error::FileError;
+
 use crate::world::WorldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error(transparent)]
     World(#[from] WorldError),
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(FileError),
     #[error("another usbmuxd (or bench) already listens on {}", path.display())]
     SocketInUse { path: PathBuf },
     #[error("state directory {}: {reason}", path.display())]
@@ -41,10 +38,6 @@ pub enum SimError {
 
 impl SimError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        SimError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        SimError::Io(FileError::new(op, path, source))
     }
 }

@@ -32,6 +32,17 @@ struct HubState {
     last_address: HashMap<u32, u32>,
 }
 
+/// Whether a phone is plugged in, as the hub publishes it: one watch a phone, sent under
+/// the hub's lock whenever its list of plugged phones changes, so `leave_when_idle_ms`
+/// (crate::plugs) and [`crate::phone::HostUse`] read the hub's own answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PlugState {
+    pub plugged_in: bool,
+    /// How many times it has been plugged in since the bench started: a replug is a new
+    /// plug-in even to a reader that missed the unplug before it.
+    pub plug_ins: u64,
+}
+
 /// Linux hands out USB addresses 1..=127 per bus (1 is the root hub), round-robin.
 const MAX_USB_ADDRESS: u32 = 127;
 
@@ -39,6 +50,8 @@ pub(crate) struct Hub {
     phones: Vec<Arc<Phone>>,
     by_udid: HashMap<String, usize>,
     state: Mutex<HubState>,
+    /// Indexed like `phones`; changed only under `state`'s lock, to match `attached`.
+    plug_states: Vec<watch::Sender<PlugState>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -50,6 +63,14 @@ impl Hub {
             .map(|(i, p)| (p.udid().to_string(), i))
             .collect();
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let plug_states = phones
+            .iter()
+            .map(|phone| {
+                let (sender, receiver) = watch::channel(PlugState::default());
+                phone.plugged_into_hub(receiver);
+                sender
+            })
+            .collect();
         Hub {
             phones,
             by_udid,
@@ -59,6 +80,7 @@ impl Hub {
                 locations: HashMap::new(),
                 last_address: HashMap::new(),
             }),
+            plug_states,
             events,
         }
     }
@@ -179,7 +201,10 @@ impl Hub {
                 unplugged,
             },
         );
-        self.phones[index].set_attached(true);
+        self.plug_states[index].send_modify(|p| {
+            p.plugged_in = true;
+            p.plug_ins += 1;
+        });
         let _ = self.events.send(Event::Attached(self.info(&s, id, index)));
         tracing::info!(%udid, device_id = id, "plugged in");
         Ok(id)
@@ -193,14 +218,21 @@ impl Hub {
         Ok(self.unplug_locked(&mut s, index))
     }
 
-    /// Pulls a phone out if nothing changed in how the host uses it since `changes` (see
+    /// Whether a phone is plugged in now and every later change of that.
+    pub fn watch_plug_state(&self, udid: &str) -> Result<watch::Receiver<PlugState>, SimError> {
+        Ok(self.plug_states[self.index(udid)?].subscribe())
+    }
+
+    /// Pulls a phone out if it is still in the plug-in numbered `plug_ins` (see
+    /// [`PlugState`]), nothing changed in how the host uses it since `changes` (see
     /// [`crate::phone::HostUse`]) and no host connection is open: checked and done under
     /// the hub's lock, so a plug or unplug in between is not undone. `Ok(true)`: it left.
-    pub fn leave_if_idle(&self, udid: &str, changes: u64) -> Result<bool, SimError> {
+    pub fn leave_if_idle(&self, udid: &str, plug_ins: u64, changes: u64) -> Result<bool, SimError> {
         let index = self.index(udid)?;
         let mut s = self.lock();
+        let plug = *self.plug_states[index].borrow();
         let now = self.phones[index].host_use();
-        if !now.attached || now.open > 0 || now.changes != changes {
+        if !plug.plugged_in || plug.plug_ins != plug_ins || now.open > 0 || now.changes != changes {
             return Ok(false);
         }
         Ok(self.unplug_locked(&mut s, index))
@@ -220,7 +252,7 @@ impl Hub {
             let _ = a.unplugged.send(true);
         }
         self.phones[index].unplugged();
-        self.phones[index].set_attached(false);
+        self.plug_states[index].send_modify(|p| p.plugged_in = false);
         let _ = self.events.send(Event::Detached { device_id: id });
         tracing::info!(%udid, device_id = id, "unplugged");
         true
@@ -297,7 +329,7 @@ impl Hub {
         let mut s = self.lock();
         for (_, a) in std::mem::take(&mut s.attached) {
             let _ = a.unplugged.send(true);
-            self.phones[a.phone].set_attached(false);
+            self.plug_states[a.phone].send_modify(|p| p.plugged_in = false);
         }
     }
 }

@@ -69,28 +69,47 @@ pub(crate) fn start(
 /// or never looked at stays; one waiting for a retry stays as long as the pause is
 /// shorter than `idle`.
 pub(crate) async fn leave_when_idle(hub: Arc<Hub>, phone: Arc<Phone>, idle: Duration) {
-    let mut uses = phone.watch_host_use();
+    let udid = phone.udid();
+    // Whether it is plugged in is the hub's; how the host uses it, the phone's.
+    let mut plug_states = match hub.watch_plug_state(udid) {
+        Ok(plug_states) => plug_states,
+        Err(e) => {
+            tracing::warn!(%udid, error = %e, "leaving when idle: not on this hub");
+            return;
+        }
+    };
+    let mut connections = phone.watch_connections();
     loop {
-        let changes = match uses
-            .wait_for(|u| u.attached && u.talked_to && u.open == 0)
-            .await
-        {
-            Ok(now) => now.changes,
-            // The phone is gone with the bench.
-            Err(_) => return,
+        // Marked seen before the check, so a change after it wakes the select below.
+        let plug = *plug_states.borrow_and_update();
+        let used = *connections.borrow_and_update();
+        let idle_since = (plug.plugged_in && used.talked_to && used.open == 0)
+            .then_some((plug.plug_ins, used.changes));
+        let sleep = async {
+            match idle_since {
+                Some(_) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
-            _ = tokio::time::sleep(idle) => {
-                match hub.leave_if_idle(phone.udid(), changes) {
-                    Ok(true) => tracing::info!(udid = %phone.udid(), idle_ms = idle.as_millis(), "left the bench: no host connection for leave_when_idle_ms"),
+            _ = sleep => {
+                let Some((plug_ins, changes)) = idle_since else { continue };
+                match hub.leave_if_idle(udid, plug_ins, changes) {
+                    Ok(true) => tracing::info!(%udid, idle_ms = idle.as_millis(), "left the bench: no host connection for leave_when_idle_ms"),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(udid = %phone.udid(), error = %e, "leaving when idle failed");
+                        tracing::warn!(%udid, error = %e, "leaving when idle failed");
                         return;
                     }
                 }
             }
-            changed = uses.changed() => {
+            changed = plug_states.changed() => {
+                // Closed: nothing about this phone changes any more.
+                if changed.is_err() {
+                    return;
+                }
+            }
+            changed = connections.changed() => {
                 if changed.is_err() {
                     return;
                 }
@@ -141,6 +160,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         None
+    }
+
+    /// Plugged in at start, out at `unplug_at_ms`, back at `plug_at_ms` for good.
+    fn out_then_back(unplug_at_ms: u64, plug_at_ms: u64) -> Vec<PlugPeriod> {
+        vec![
+            PlugPeriod {
+                plug_at_ms: None,
+                unplug_at_ms: Some(unplug_at_ms),
+            },
+            PlugPeriod {
+                plug_at_ms: Some(plug_at_ms),
+                unplug_at_ms: None,
+            },
+        ]
+    }
+
+    /// Waits (at most 5 s after `started`) for the phone to be plugged in again; when it
+    /// was, counted from `started`.
+    async fn plugged_back(hub: &Hub, udid: &str, started: Instant) -> Duration {
+        while hub.device_id(udid).is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never plugged back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
     }
 
     #[tokio::test]
@@ -213,16 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut world = one_phone(None);
         world.devices[0].leave_when_idle_ms = Some(IDLE.as_millis() as u64);
-        world.devices[0].plug_periods = Some(vec![
-            PlugPeriod {
-                plug_at_ms: None,
-                unplug_at_ms: Some(400),
-            },
-            PlugPeriod {
-                plug_at_ms: Some(700),
-                unplug_at_ms: None,
-            },
-        ]);
+        world.devices[0].plug_periods = Some(out_then_back(400, 700));
         let started = Instant::now();
         let (hub, _tasks) = bench(world, dir.path());
         let phone = hub.phones()[0].clone();
@@ -233,18 +270,71 @@ mod tests {
             .expect("left when idle");
         assert!(started.elapsed() < Duration::from_millis(400));
         // Back at 700 ms with a new DeviceID, then out again about 150 ms later.
-        while hub.device_id(phone.udid()).is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "never plugged back"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let back_at = started.elapsed();
+        let back_at = plugged_back(&hub, phone.udid(), started).await;
         assert!(back_at >= Duration::from_millis(700), "back at {back_at:?}");
         let took = left_after(&hub, phone.udid()).await.expect("left again");
         assert!(
             took + Duration::from_millis(20) >= IDLE,
+            "left {took:?} after the replug"
+        );
+    }
+
+    /// Whether it is plugged in comes from the hub, how it is used from the phone: a
+    /// connection that closes while the schedule has the phone out starts no clock; the
+    /// replug does, so the phone stays for the whole limit after it.
+    #[tokio::test]
+    async fn a_connection_closed_while_out_starts_the_clock_at_the_replug() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut world = one_phone(Some(IDLE.as_millis() as u64));
+        world.devices[0].plug_periods = Some(out_then_back(300, 700));
+        let started = Instant::now();
+        let (hub, _tasks) = bench(world, dir.path());
+        let phone = hub.phones()[0].clone();
+        let connection = phone.host_connection();
+        // Out by the schedule at 300 ms with the connection still open.
+        left_after(&hub, phone.udid())
+            .await
+            .expect("unplugged by the schedule");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(phone.host_use().open, 1);
+        assert!(!phone.host_use().attached);
+        drop(connection);
+        let closed_at = started.elapsed();
+        assert!(
+            closed_at < Duration::from_millis(700),
+            "closed at {closed_at:?}"
+        );
+        // Back at 700 ms, well over IDLE after the close: it must stay IDLE from the replug.
+        let back_at = plugged_back(&hub, phone.udid(), started).await;
+        assert!(phone.host_use().attached);
+        let took = left_after(&hub, phone.udid())
+            .await
+            .expect("left when idle");
+        assert!(
+            took + Duration::from_millis(10) >= IDLE,
+            "left {took:?} after the replug at {back_at:?}"
+        );
+        let use_now = phone.host_use();
+        assert!(!use_now.attached && use_now.open == 0 && use_now.talked_to);
+    }
+
+    /// Pulled out and put back by hand while idle: the clock starts again at the replug.
+    #[tokio::test]
+    async fn a_replug_while_idle_restarts_the_clock() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (hub, _tasks) = bench(one_phone(Some(IDLE.as_millis() as u64)), dir.path());
+        let phone = hub.phones()[0].clone();
+        drop(phone.host_connection());
+        tokio::time::sleep(IDLE / 2).await;
+        assert!(hub.unplug(phone.udid()).expect("unplug"));
+        hub.plug(phone.udid()).expect("plug");
+        let replugged = Instant::now();
+        left_after(&hub, phone.udid())
+            .await
+            .expect("left when idle");
+        let took = replugged.elapsed();
+        assert!(
+            took + Duration::from_millis(10) >= IDLE,
             "left {took:?} after the replug"
         );
     }

@@ -89,6 +89,10 @@ pub struct ReadyDevice {
     /// `unplug_at_ms` are left out); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plug_periods: Vec<crate::world::PlugPeriod>,
+    /// The phone's effective `leave_when_idle_ms`: its own, else the world's default; left
+    /// out when neither sets one (it never leaves on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_when_idle_ms: Option<u64>,
     /// Plugged in when the file was written.
     pub attached: bool,
     /// usbmuxd DeviceID while plugged in.
@@ -178,6 +182,7 @@ mod tests {
                 proptest::option::of(any::<u64>()),
                 proptest::option::of(any::<u32>()),
                 proptest::option::of("dummy_udc\\.[0-9]{1,2}"),
+                proptest::option::of(any::<u64>()),
             ),
             codes in proptest::collection::vec(text(), 0..3),
             periods in proptest::collection::vec(
@@ -209,6 +214,7 @@ mod tests {
                 plug_at_ms: optional.2,
                 unplug_at_ms: optional.3,
                 plug_periods: periods,
+                leave_when_idle_ms: optional.6,
                 attached: flags.1,
                 device_id: optional.4,
                 lock: names[11].clone(),
@@ -252,6 +258,23 @@ mod tests {
                 devices,
             }
         }
+    }
+
+    /// A file from before `leave_when_idle_ms` was written reads as "not set", and "not
+    /// set" is left out, as the other optional fields are.
+    #[test]
+    fn leave_when_idle_ms_is_optional() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let mut device = device().new_tree(&mut runner).expect("device").current();
+        device.leave_when_idle_ms = None;
+        let mut json = serde_json::to_value(&device).expect("json");
+        assert!(json.get("leave_when_idle_ms").is_none(), "{json}");
+        let parsed: ReadyDevice = serde_json::from_value(json.clone()).expect("parses");
+        assert_eq!(parsed.leave_when_idle_ms, None);
+        json["leave_when_idle_ms"] = serde_json::json!(30000);
+        let parsed: ReadyDevice = serde_json::from_value(json).expect("parses");
+        assert_eq!(parsed.leave_when_idle_ms, Some(30000));
     }
 
     proptest! {

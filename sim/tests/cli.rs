@@ -38,6 +38,18 @@ fn serve(devices: u32, socket: &std::path::Path, ready: &std::path::Path) -> Chi
     )
 }
 
+/// The ready file once the bench has written it (within [`STEP`]).
+async fn ready_file(path: &std::path::Path) -> ReadyInfo {
+    let started = Instant::now();
+    loop {
+        if let Ok(info) = ReadyInfo::read(path) {
+            return info;
+        }
+        assert!(started.elapsed() < STEP, "no ready file {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A caller may signal the moment the ready file appears: by then the bench must answer
 /// to SIGUSR1 (usbmuxd away), not die of its default action. Before the signals were
 /// watched ahead of the ready file, about half of such starts were killed.
@@ -62,6 +74,54 @@ fn a_signal_right_after_the_ready_file_finds_the_bench_listening() {
     }
 }
 
+/// The ready file names each phone's effective `leave_when_idle_ms`: the world's default
+/// where the phone sets none, its own where it does; left out where neither does.
+#[tokio::test]
+async fn the_ready_file_names_each_phones_leave_when_idle_ms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, world, want) in [
+        (
+            "default",
+            "seed = 5\nleave_when_idle_ms = 60000\n[[device]]\n[[device]]\nleave_when_idle_ms = 5000\n",
+            [Some(60000), Some(5000)],
+        ),
+        (
+            "own",
+            "seed = 5\n[[device]]\n[[device]]\nleave_when_idle_ms = 5000\n",
+            [None, Some(5000)],
+        ),
+    ] {
+        let world_file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&world_file, world).expect("world file");
+        let ready = dir.path().join(format!("{name}.json"));
+        let _child = Child(
+            Command::new(BIN)
+                .args(["serve", "-q", "--world"])
+                .arg(&world_file)
+                .arg("--socket")
+                .arg(dir.path().join(format!("{name}.sock")))
+                .arg("--ready")
+                .arg(&ready)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn station-sim"),
+        );
+        let info = ready_file(&ready).await;
+        let got: Vec<Option<u64>> = info.devices.iter().map(|d| d.leave_when_idle_ms).collect();
+        assert_eq!(got, want, "{name}");
+        // In the file as written, not only as this crate reads it back.
+        let text = std::fs::read_to_string(&ready).expect("ready file");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let written: Vec<Option<u64>> = json["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .map(|d| d.get("leave_when_idle_ms").map(|v| v.as_u64().expect("a number")))
+            .collect();
+        assert_eq!(written, want, "{name}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn serve_writes_ready_file_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,14 +130,7 @@ async fn serve_writes_ready_file_and_stops_on_sigterm() {
     std::fs::write(&ready, "stale").expect("stale ready file");
     let mut child = serve(2, &socket, &ready);
 
-    let started = Instant::now();
-    let info = loop {
-        if let Ok(info) = ReadyInfo::read(&ready) {
-            break info;
-        }
-        assert!(started.elapsed() < STEP, "no ready file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let info = ready_file(&ready).await;
     assert_eq!(info.socket, socket);
     assert_eq!(info.devices.len(), 2);
     assert!(info

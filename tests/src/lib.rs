@@ -352,6 +352,12 @@ impl ReadyDevice {
         self.raw.get("device_name").and_then(Value::as_str)
     }
 
+    /// How long the phone stays plugged in once the host let go of it (its effective
+    /// `leave_when_idle_ms`, docs/world.md "USB"); `None`: it never leaves by itself.
+    pub fn leave_when_idle_ms(&self) -> Option<u64> {
+        self.raw.get("leave_when_idle_ms").and_then(Value::as_u64)
+    }
+
     /// True when the phone accepts `Pair` at once, with nobody tapping Trust: a phone at Setup
     /// Assistant (`Unactivated`), or one whose virtual user taps Trust with no delay; never a
     /// passcode-locked one.
@@ -873,6 +879,25 @@ mod tests {
             Some("00008030-001A2C3E0E90802E")
         );
         assert!(!dump.contains_key("0"));
+    }
+
+    #[test]
+    fn leave_when_idle_ms_is_read_where_the_bench_sets_it() {
+        let device = |extra: Value| {
+            let mut entry = serde_json::json!({
+                "udid": "u", "serial": "s", "product_type": "iPhone12,1", "product_version": "17.7",
+                "activation_state": "Activated",
+            });
+            if let (Some(entry), Value::Object(extra)) = (entry.as_object_mut(), extra) {
+                entry.extend(extra);
+            }
+            ReadyDevice::from_json(&entry).expect("a valid ready entry")
+        };
+        assert_eq!(device(serde_json::json!({})).leave_when_idle_ms(), None);
+        assert_eq!(
+            device(serde_json::json!({ "leave_when_idle_ms": 30000 })).leave_when_idle_ms(),
+            Some(30000)
+        );
     }
 
     #[test]

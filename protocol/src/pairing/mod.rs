@@ -80,13 +80,8 @@ pub enum PairingError {
     #[error("invalid UDID {udid:?}: expected 24 to 40 characters of hex digits and '-'")]
     InvalidUdid { udid: String },
     /// A file-system operation on the pair-record directory failed.
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(crate::file_error::FileError),
     /// A stored file exists but does not hold a usable record / configuration.
     #[error("{} is unusable: {source}", path.display())]
     StoredFile {

@@ -18,6 +18,7 @@ use plist::{Dictionary, Value};
 use super::record::SYSTEM_BUID;
 use super::{type_name, PairRecord, PairingError};
 use crate::atomic_file;
+use crate::file_error::FileError;
 
 /// A boxed `Send` future, so [`PairRecordStore`] stays usable as `Arc<dyn PairRecordStore>`
 /// (`async fn` in traits is not dyn-compatible).
@@ -255,11 +256,7 @@ fn new_buid() -> String {
 }
 
 fn io_error(op: &'static str, path: &Path, source: io::Error) -> PairingError {
-    PairingError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+    PairingError::Io(FileError::new(op, path, source))
 }
 
 /// `SystemConfiguration.plist` as a dictionary, `None` if it does not exist.

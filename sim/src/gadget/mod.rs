@@ -26,30 +26,23 @@ pub use ffs::{BulkWriter, PipeEvent};
 #[cfg(target_os = "linux")]
 pub use run::{GadgetBench, GadgetOptions};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use station_protocol::file_error::FileError;
 
 /// Product ids of iOS devices in normal mode (docs/protocol.md §2.1).
 pub const IOS_PRODUCT_IDS: std::ops::RangeInclusive<u32> = 0x1290..=0x12af;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GadgetError {
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(FileError),
     #[error("{0}")]
     Setup(String),
 }
 
 impl GadgetError {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        GadgetError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        GadgetError::Io(FileError::new(op, path, source))
     }
 }

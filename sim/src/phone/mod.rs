@@ -19,6 +19,7 @@ use station_protocol::pairing::{DeviceKeyPair, PairRequestCerts};
 use tokio::sync::OnceCell;
 
 use crate::error::SimError;
+use crate::hub::PlugState;
 use crate::state::StateDir;
 use crate::world::{ActivationState, DeviceProfile, Lock, Trust};
 use station_protocol::atomic_file;
@@ -118,8 +119,11 @@ pub struct Phone {
     /// Counters of what lockdownd saw (tests read them; nothing on the wire depends on them).
     sessions_started: AtomicU64,
     idle_closed: AtomicU64,
-    /// Whether it is plugged in and how the host uses it (`leave_when_idle_ms`, crate::plugs).
-    host_use: tokio::sync::watch::Sender<HostUse>,
+    /// How the host uses it (`leave_when_idle_ms`, crate::plugs).
+    connections: tokio::sync::watch::Sender<ConnectionUse>,
+    /// Whether it is plugged in: the hub's answer, read (the hub owns it), set once the
+    /// hub takes the phone.
+    plug_state: std::sync::OnceLock<tokio::sync::watch::Receiver<PlugState>>,
 }
 
 /// Whether a phone is plugged in and how the host uses it: what `leave_when_idle_ms`
@@ -127,12 +131,24 @@ pub struct Phone {
 /// the phone are what it can see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostUse {
+    /// Plugged in now, as the hub says (crate::hub keeps that list; this only reads it).
     pub attached: bool,
     /// Host connections open now (lockdown and started services).
     pub open: u32,
     /// The host has opened a connection to the phone at least once since the bench started.
     pub talked_to: bool,
-    /// Counts every change of the above, so "idle since" restarts at each one.
+    /// Counts every change of `open` and `talked_to`, so "idle since" restarts at each one
+    /// (a plug-in restarts it too: crate::plugs watches the hub for those).
+    pub changes: u64,
+}
+
+/// The host's connections to a phone: [`HostUse`] but for whether it is plugged in, which
+/// is the hub's to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ConnectionUse {
+    pub open: u32,
+    pub talked_to: bool,
+    /// Counts every change of `open` and `talked_to`.
     pub changes: u64,
 }
 
@@ -144,7 +160,7 @@ pub(crate) struct HostConnection {
 
 impl Drop for HostConnection {
     fn drop(&mut self) {
-        self.phone.host_use.send_modify(|u| {
+        self.phone.connections.send_modify(|u| {
             u.open = u.open.saturating_sub(1);
             u.changes += 1;
         });
@@ -209,13 +225,14 @@ impl Phone {
             tls_configs: Mutex::new(HashMap::new()),
             sessions_started: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
-            host_use: tokio::sync::watch::channel(HostUse::default()).0,
+            connections: tokio::sync::watch::channel(ConnectionUse::default()).0,
+            plug_state: std::sync::OnceLock::new(),
         })
     }
 
     /// A host connection to the phone opens; it counts as open until the guard drops.
     pub(crate) fn host_connection(self: &Arc<Self>) -> HostConnection {
-        self.host_use.send_modify(|u| {
+        self.connections.send_modify(|u| {
             u.open += 1;
             u.talked_to = true;
             u.changes += 1;
@@ -225,22 +242,32 @@ impl Phone {
         }
     }
 
-    /// Plugged in or pulled out (crate::hub).
-    pub(crate) fn set_attached(&self, attached: bool) {
-        self.host_use.send_modify(|u| {
-            u.attached = attached;
-            u.changes += 1;
-        });
+    /// The hub took the phone: whether it is plugged in is read from `plug_state` from now
+    /// on. A phone belongs to one hub; a second call changes nothing.
+    pub(crate) fn plugged_into_hub(&self, plug_state: tokio::sync::watch::Receiver<PlugState>) {
+        let _ = self.plug_state.set(plug_state);
     }
 
-    /// How the host uses the phone now.
+    /// Whether the phone is plugged in (a phone in no hub is not) and how the host uses it
+    /// now.
     pub fn host_use(&self) -> HostUse {
-        *self.host_use.borrow()
+        let attached = self
+            .plug_state
+            .get()
+            .is_some_and(|plug| plug.borrow().plugged_in);
+        let connections = *self.connections.borrow();
+        HostUse {
+            attached,
+            open: connections.open,
+            talked_to: connections.talked_to,
+            changes: connections.changes,
+        }
     }
 
-    /// Every later change of [`Phone::host_use`].
-    pub(crate) fn watch_host_use(&self) -> tokio::sync::watch::Receiver<HostUse> {
-        self.host_use.subscribe()
+    /// Every later change of the host's connections to the phone (whether it is plugged
+    /// in: crate::hub::Hub::watch_plug_state).
+    pub(crate) fn watch_connections(&self) -> tokio::sync::watch::Receiver<ConnectionUse> {
+        self.connections.subscribe()
     }
 
     /// A `StartSession` whose TLS handshake completed.
