@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::activation::albert::Albert;
+use crate::activation::albert::{Albert, AlbertProxy};
 use crate::activation::device::MobileActivationd;
 use crate::activation::Authority;
 use crate::error::SimError;
@@ -90,6 +90,7 @@ pub(crate) struct Shared {
 pub struct Bench {
     shared: Arc<Shared>,
     albert: Albert,
+    albert_proxy: AlbertProxy,
     mdm: MdmServices,
     station_config: PathBuf,
     socket: PathBuf,
@@ -152,6 +153,11 @@ impl Bench {
             &cfg.world.activation_server,
             cfg.world.seed,
         );
+        let (proxy_listener, proxy_addr) = crate::http::bind(0)
+            .await
+            .map_err(|e| SimError::AlbertProxy(e.to_string()))?;
+        let albert_proxy =
+            AlbertProxy::new(proxy_addr, addr).map_err(|e| SimError::AlbertProxy(e.to_string()))?;
         let mdm = crate::mdm::start(&cfg.world, &phones, &mut tasks, &stop_rx).await?;
         let mut services = ServiceRegistry::new();
         services.register(MobileActivationd::new(authority.clone(), cfg.idle_timeout));
@@ -175,6 +181,14 @@ impl Bench {
             crate::http::serve(albert.clone(), http, stop_rx.clone())
                 .instrument(tracing::info_span!("albert", url = %albert.url())),
         );
+        tasks.spawn(
+            crate::activation::albert::proxy::serve(
+                albert_proxy.clone(),
+                proxy_listener,
+                stop_rx.clone(),
+            )
+            .instrument(tracing::info_span!("albert_proxy", url = %albert_proxy.url())),
+        );
         // The world's times count from here (crate::plugs: the schedule and leaving when idle).
         crate::plugs::start(&shared.hub, tokio::time::Instant::now(), &mut tasks)?;
         let usbmuxd = spawn_usbmuxd(listener, &shared, stop_rx, &cfg.socket);
@@ -183,6 +197,7 @@ impl Bench {
             socket = %cfg.socket.display(),
             phones = shared.hub.phones().len(),
             activation_url = %albert.url(),
+            albert_proxy = %albert_proxy.url(),
             graph_url = %mdm.graph.url(),
             kandji_url = %mdm.kandji.url(),
             station_config = %station_config.display(),
@@ -191,6 +206,7 @@ impl Bench {
         Ok(Bench {
             shared,
             albert,
+            albert_proxy,
             mdm,
             station_config,
             socket: cfg.socket,
@@ -256,6 +272,12 @@ impl Bench {
     /// failures) and the log of what it received.
     pub fn albert(&self) -> &Albert {
         &self.albert
+    }
+
+    /// The proxy that answers as `https://albert.apple.com` and hands every request to
+    /// [`Bench::albert`]: for clients whose activation URLs are fixed (`https_proxy`).
+    pub fn albert_proxy(&self) -> &AlbertProxy {
+        &self.albert_proxy
     }
 
     /// The stand-in Intune: Microsoft Entra token endpoint and Graph `managedDevices`, with
@@ -339,6 +361,7 @@ impl Bench {
             system_buid: self.shared.system_buid.clone(),
             pid: std::process::id(),
             activation_url: self.albert.url().to_string(),
+            albert_proxy: Some(self.albert_proxy.url()),
             mdm: Some(ReadyMdm {
                 intune: ReadyIntune {
                     token_url_base: graph.token_url_base().to_string(),

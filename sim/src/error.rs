@@ -28,6 +28,8 @@ pub enum SimError {
     },
     #[error("certificate {}: {reason}", path.display())]
     Certificate { path: PathBuf, reason: String },
+    #[error("cannot serve the proxy to the activation server: {0}")]
+    AlbertProxy(String),
     #[error("cannot serve the activation server on 127.0.0.1:{port}: {source}")]
     ActivationServer {
         port: u16,

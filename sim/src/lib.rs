@@ -17,7 +17,8 @@
 //! Each bench also runs a stand-in of Apple's activation server on loopback HTTP
 //! ([`Albert`], at [`Bench::albert`]) and `com.apple.mobileactivationd` on every phone, so
 //! the whole activation exchange, Activation Lock and bypass codes included, can be driven
-//! against it.
+//! against it; and a proxy that answers as `https://albert.apple.com` in front of it
+//! ([`AlbertProxy`], at [`Bench::albert_proxy`]), for clients whose URLs are fixed.
 //!
 //! It also runs stand-in MDM services ([`mdm`]): a Microsoft Entra token endpoint and
 //! Graph's Intune `managedDevices` ([`Graph`], at [`Bench::graph`]) and the Kandji API
@@ -58,7 +59,7 @@ pub mod usb_device;
 mod usbmuxd;
 pub mod world;
 
-pub use activation::albert::{Albert, AlbertOutcome, AlbertRequest, Endpoint};
+pub use activation::albert::{Albert, AlbertOutcome, AlbertProxy, AlbertRequest, Endpoint};
 pub use bench::{Bench, BenchConfig, DEFAULT_IDLE_TIMEOUT};
 pub use error::SimError;
 pub use mdm::{

@@ -20,6 +20,11 @@ pub struct ReadyInfo {
     /// the endpoints are `<activation_url>/drmHandshake` and `<activation_url>/deviceActivation`.
     #[serde(default)]
     pub activation_url: String,
+    /// `http://127.0.0.1:PORT`: an HTTP proxy that opens only `CONNECT albert.apple.com:443`
+    /// and answers there, over TLS with a self-signed certificate, as the stand-in at
+    /// `activation_url`. For clients whose URLs are fixed: `https_proxy=<albert_proxy>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub albert_proxy: Option<String>,
     /// The stand-in MDM services (no secrets: those are in the files `station_config` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mdm: Option<ReadyMdm>,
@@ -233,6 +238,7 @@ mod tests {
             system_buid in text(),
             pid: u32,
             activation_url in text(),
+            albert_proxy in proptest::option::of(text()),
             mdm in proptest::option::of(proptest::collection::vec(text(), 7)),
             station_config in proptest::option::of("/[a-z0-9/._-]{1,24}"),
             devices in proptest::collection::vec(device(), 0..3),
@@ -243,6 +249,7 @@ mod tests {
                 system_buid,
                 pid,
                 activation_url,
+                albert_proxy,
                 mdm: mdm.map(|m| ReadyMdm {
                     intune: ReadyIntune {
                         token_url_base: m[0].clone(),

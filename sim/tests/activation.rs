@@ -341,6 +341,76 @@ async fn multipart_activation_info_is_accepted_too() {
     tb.shutdown().await;
 }
 
+/// docs/protocol.md §5.3 B: a phone before iOS 10 hands out its activation info without a
+/// drmHandshake (`CreateActivationInfoRequest`, what libideviceactivation asks such a phone
+/// first), signed without a `serverKP`; Albert answers a record, which
+/// `HandleActivationInfoRequest` takes. From iOS 10 on the phone wants the session.
+#[tokio::test]
+async fn an_ios_9_phone_activates_without_a_session() {
+    let ios9 = DeviceSpec {
+        product_type: Some("iPhone8,1".into()),
+        product_version: Some("9.3.5".into()),
+        // Its TLS 1.0 is beside the point here, and this test's client speaks rustls.
+        tls: Some(station_protocol::ios::TlsGeneration::Tls12),
+        ..spec(Lock::None)
+    };
+    let tb = start(world_of(vec![ios9, spec(Lock::None)])).await;
+    let old = device(&tb, |d| d.product_version == "9.3.5");
+    let modern = device(&tb, |d| d.product_version != "9.3.5");
+
+    let mut d = driver(&tb, &modern.udid).await;
+    let message = refused(
+        within(d.command(&Command::CreateActivationInfo))
+            .await
+            .expect("service"),
+    );
+    assert!(message.contains("Session mode is required"), "{message}");
+
+    let mut d = driver(&tb, &old.udid).await;
+    let command = Command::CreateActivationInfo;
+    let value = within(d.command(&command))
+        .await
+        .expect("service")
+        .expect("activation info");
+    let info = station_protocol::mobileactivation::dictionary(&command, value).expect("dict");
+    assert_eq!(
+        info.get("ActivationInfoComplete"),
+        Some(&Value::Boolean(true))
+    );
+    assert!(info.get("serverKP").is_none(), "{info:?}");
+    assert!(info.get("FairPlaySignature").is_some(), "{info:?}");
+
+    // The signature covers the info: a changed ActivationInfoXML is refused.
+    let mut tampered = info.clone();
+    if let Some(Value::Data(xml)) = tampered.get_mut("ActivationInfoXML") {
+        xml.push(b'\n');
+    }
+    let answer = first_request(
+        &mut d,
+        &Value::Dictionary(tampered),
+        FormEncoding::multipart(),
+    )
+    .await;
+    assert_eq!(error_title(&answer), "Activation Error");
+
+    let answer = first_request(&mut d, &Value::Dictionary(info), FormEncoding::multipart()).await;
+    let (body, _headers) = record_of(&answer);
+    within(d.command(&Command::HandleActivationInfo {
+        record: Value::Data(body),
+    }))
+    .await
+    .expect("service")
+    .expect("record accepted");
+    assert_eq!(state(&mut d).await, "Activated");
+    let log = tb.bench.albert().requests_for(&old.udid);
+    assert!(
+        log.iter()
+            .all(|r| r.endpoint != Some(Endpoint::DrmHandshake)),
+        "{log:?}"
+    );
+    tb.shutdown().await;
+}
+
 #[tokio::test]
 async fn mdm_locked_phone_is_released_by_its_code_only() {
     let tb = start(default_world(4, 33)).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use plist::{Dictionary, Value};
 use station_protocol::activation::parse_activation_info_text;
+use station_protocol::ios::IosVersion;
 use station_protocol::mobileactivation::{Command, SERVICE};
 
 use super::{ns_error, verify_record, Authority, RecordError, SIGNATURE_HEADER};
@@ -123,11 +124,10 @@ async fn handle(phone: &Arc<Phone>, authority: &Authority, request: &Value) -> D
                 Err(e) => Err(ns_error(INVALID_RECORD, Some(&e.to_string()))),
             }
         }
-        // Pre-iOS 10 flow; the bench's phones run iOS 16+ and only speak session mode.
-        Command::CreateActivationInfo => Err(ns_error(
-            "Failed to create activation info.",
-            Some("Session mode is required (CreateTunnel1SessionInfoRequest)."),
-        )),
+        Command::CreateActivationInfo => {
+            computing(phone.profile().activation_info_delay_ms).await;
+            sessionless_activation_info(phone, authority).map(|d| value_reply(Value::Dictionary(d)))
+        }
         Command::Deactivate => {
             phone
                 .record_activation(ActivationState::Unactivated, false)
@@ -266,6 +266,42 @@ fn activation_info(
     d.insert(
         "signActRequest".into(),
         Value::Data(values::blob(phone, "sign-act-request", 64)),
+    );
+    Ok(d)
+}
+
+/// `CreateActivationInfoRequest`, the activation info without a drmHandshake: what phones
+/// from iOS 9.3 (when mobileactivationd appeared) to 9.x answer, and what
+/// libideviceactivation asks them first (docs/protocol.md §5.3 B). From iOS 10 on the tool
+/// always runs the session (its commit 1db59f8), and the bench's phones refuse it there.
+fn sessionless_activation_info(phone: &Phone, authority: &Authority) -> Result<Dictionary, String> {
+    let p = phone.profile();
+    let before_10 = IosVersion::parse(&p.product_version).is_some_and(|v| v.major < 10);
+    if !before_10 {
+        return Err(ns_error(
+            "Failed to create activation info.",
+            Some("Session mode is required (CreateTunnel1SessionInfoRequest)."),
+        ));
+    }
+    let randomness = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let info_xml = xml(&activation_info_xml(phone, &randomness));
+    // A session without a handshake: it only remembers the request the record must answer
+    // (a later CreateTunnel1SessionInfoRequest replaces it, as any new request does).
+    phone.begin_activation_session(Vec::new());
+    if !phone.set_activation_randomness(&[], randomness) {
+        return Err(ns_error(FAILED_ACTIVATION_INFO, None));
+    }
+    // The keys of a 9.3.5 phone's request (the dump in libideviceactivation#58).
+    let mut d = Dictionary::new();
+    d.insert("ActivationInfoComplete".into(), Value::Boolean(true));
+    d.insert(
+        "FairPlaySignature".into(),
+        Value::Data(authority.sessionless_info_signature(&p.udid, &info_xml)),
+    );
+    d.insert("ActivationInfoXML".into(), Value::Data(info_xml));
+    d.insert(
+        "FairPlayCertChain".into(),
+        Value::Data(values::blob(phone, "fairplay-cert-chain", 1024)),
     );
     Ok(d)
 }

@@ -12,6 +12,7 @@
 //! | `serverKP` (24 bytes) | server | UDID |
 //! | `HandshakeResponseMessage` (32 bytes) | server | UDID, that request message, `serverKP` |
 //! | `FairPlaySignature` of the activation info | phone, after checking the handshake reply | `serverKP`, the `ActivationInfoXML` bytes |
+//! | `FairPlaySignature` of sessionless activation info (iOS 9.3–9.x, `CreateActivationInfoRequest`) | phone | UDID, the `ActivationInfoXML` bytes |
 //! | `challenge` hidden field of the lock form | server | UDID, `ActivationRandomness` |
 //! | `AccountTokenSignature` of the record | server | the `AccountToken` (UDID, `ActivationRandomness`, …) |
 //! | `X-Apple-Activation-Signature` response header | server | the raw record body |
@@ -160,6 +161,23 @@ impl Authority {
             signature,
             &self.activation_info_signature(server_kp, info_xml),
         )
+    }
+
+    /// The `FairPlaySignature` of activation info made without a session (docs/protocol.md
+    /// §5.3 B): no `serverKP` exists, so it is bound to the phone instead.
+    pub fn sessionless_info_signature(&self, udid: &str, info_xml: &[u8]) -> Vec<u8> {
+        self.tag("activation-info-sessionless", &[udid.as_bytes(), info_xml])
+            .as_ref()
+            .to_vec()
+    }
+
+    pub fn check_sessionless_info_signature(
+        &self,
+        udid: &str,
+        info_xml: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        same(signature, &self.sessionless_info_signature(udid, info_xml))
     }
 
     /// The lock form's opaque hidden field: base64 of `[nonce 8][tag 16]`.

@@ -444,7 +444,8 @@ impl Exchange {
             .ok_or("activation-info is not a dictionary")?;
         let data = |key: &str| d.get(key).and_then(Value::as_data);
         let xml = data("ActivationInfoXML").ok_or("no ActivationInfoXML")?;
-        let server_kp = data("serverKP").ok_or("no serverKP")?;
+        // Absent from the sessionless info of iOS 9.3-9.x (docs/protocol.md §5.3 B).
+        let server_kp = data("serverKP");
         let signature = data("FairPlaySignature").ok_or("no FairPlaySignature")?;
         let inner = std::str::from_utf8(xml)
             .ok()
@@ -463,13 +464,19 @@ impl Exchange {
         let device_id = section("DeviceID");
         let request = section("ActivationRequestInfo");
         let udid = text(device_id, "UniqueDeviceID").ok_or("no UniqueDeviceID")?;
-        if !self.authority.check_server_kp(&udid, server_kp) {
-            return Err("serverKP was not issued for this device");
-        }
-        if !self
-            .authority
-            .check_activation_info_signature(server_kp, xml, signature)
-        {
+        let signed = match server_kp {
+            Some(server_kp) => {
+                if !self.authority.check_server_kp(&udid, server_kp) {
+                    return Err("serverKP was not issued for this device");
+                }
+                self.authority
+                    .check_activation_info_signature(server_kp, xml, signature)
+            }
+            None => self
+                .authority
+                .check_sessionless_info_signature(&udid, xml, signature),
+        };
+        if !signed {
             return Err("FairPlaySignature does not match");
         }
         Ok(RequestInfo {

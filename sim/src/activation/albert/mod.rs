@@ -9,6 +9,7 @@
 //! It runs on the bench's shared loopback HTTP server ([`crate::http`]).
 
 mod exchange;
+pub mod proxy;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use tracing::Instrument;
 
 pub use exchange::{CHALLENGE_FIELD, LOGIN_FIELD, PASSWORD_FIELD};
+pub use proxy::{AlbertProxy, ALBERT_HOST};
 pub use station_protocol::activation::Endpoint;
 
 use crate::activation::Authority;
