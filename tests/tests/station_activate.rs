@@ -486,6 +486,51 @@ async fn a_wrong_code_answered_by_an_alert_alone_starts_over_with_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_code_answered_by_the_alert_over_the_form_tries_the_next_on_that_form() {
+    // What Albert sends for wrong credentials is not recorded (docs/protocol.md §7); a form
+    // that comes back under the alert is answered again, without a new exchange.
+    let b = InProcBench::start(&fixtures::world_with(
+        17,
+        "[activation_server]\nwrong_credentials = \"alert_over_form\"",
+        &[Phone::mdm_locked(MDM, &[GOOD])],
+    ))
+    .await;
+    let csv = b.codes_csv(
+        "codes.csv",
+        &[(MDM, WRONG, "device"), (MDM, GOOD, "server")],
+    );
+    let (out, json) = activate_configured(&b, MDM, Some(&csv), "").await;
+    assert_eq!(outcome(&json), "activated", "{out}");
+    assert_eq!(json["codes_tried"], 2);
+    assert_eq!(json["released_by"]["code"], CODE_A_MASKED);
+    assert_eq!(
+        outcomes_of(&b, MDM, Endpoint::DeviceActivation),
+        [
+            AlbertOutcome::LockForm,
+            AlbertOutcome::AuthAlert,
+            AlbertOutcome::Record
+        ]
+    );
+    assert_eq!(outcomes_of(&b, MDM, Endpoint::DrmHandshake).len(), 1);
+    // The second answer went to the form the alert came with: blank login, every hidden
+    // field again, no activation-info.
+    let answers = b.bench.albert().requests_for(b.udid(MDM));
+    let last = answers.last().expect("the answer that released the phone");
+    assert_eq!(last.login.as_deref(), Some(""));
+    assert!(
+        !last.fields.iter().any(|f| f == "activation-info"),
+        "{:?}",
+        last.fields
+    );
+    assert!(
+        last.fields.iter().any(|f| f == "activation-info-base64"),
+        "{:?}",
+        last.fields
+    );
+    assert_eq!(b.ideviceinfo_state(MDM).await, "Activated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_hidden_fields_is_posted_back_and_the_user_agent_is_configurable() {
     let b = InProcBench::start(&fixtures::world_with(
         16,
