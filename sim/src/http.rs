@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -106,35 +106,52 @@ pub(crate) async fn bind(port: u16) -> std::io::Result<(TcpListener, SocketAddr)
 pub(crate) async fn serve<H: Handler>(
     handler: H,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    accept_until_stopped(listener, stop, "HTTP", move |stream, peer| {
+        let handler = handler.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .title_case_headers(H::TITLE_CASE_HEADERS)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
+                Err(_) => tracing::debug!(%peer, "HTTP connection closed after its lifetime"),
+                Ok(Ok(())) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// The accept loop of the bench's TCP listeners: each connection in its own task, made by
+/// `handle` (which bounds its lifetime), until `stop`; then the ones still open are dropped.
+pub(crate) async fn accept_until_stopped<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let handler = handler.clone();
-                    connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let handler = handler.clone();
-                            async move { Ok::<_, Infallible>(handler.handle(req).await) }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .title_case_headers(H::TITLE_CASE_HEADERS)
-                            .serve_connection(TokioIo::new(stream), service);
-                        match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
-                            Err(_) => tracing::debug!(%peer, "HTTP connection closed after its lifetime"),
-                            Ok(Ok(())) => {}
-                        }
-                    });
+                    connections.spawn(handle(stream, peer));
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tracing::warn!(error = %e, listener = what, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -21,9 +21,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::http::{CONNECTION_LIFETIME, HEADER_TIMEOUT};
+use crate::http::{accept_until_stopped, CONNECTION_LIFETIME, HEADER_TIMEOUT};
 
 /// The one host the proxy opens a tunnel to (docs/protocol.md §5.4).
 pub const ALBERT_HOST: &str = "albert.apple.com";
@@ -101,35 +100,18 @@ impl AlbertProxy {
 }
 
 /// Accepts tunnels until `stop`.
-pub(crate) async fn serve(
-    proxy: AlbertProxy,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let proxy = proxy.clone();
-                    connections.spawn(async move {
-                        match tokio::time::timeout(CONNECTION_LIFETIME, tunnel(&proxy, stream)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(reason)) => tracing::info!(%peer, %reason, "tunnel refused or broken"),
-                            Err(_) => tracing::debug!(%peer, "tunnel closed after its lifetime"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+pub(crate) async fn serve(proxy: AlbertProxy, listener: TcpListener, stop: watch::Receiver<bool>) {
+    accept_until_stopped(listener, stop, "albert proxy", move |stream, peer| {
+        let proxy = proxy.clone();
+        async move {
+            match tokio::time::timeout(CONNECTION_LIFETIME, tunnel(&proxy, stream)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => tracing::info!(%peer, %reason, "tunnel refused or broken"),
+                Err(_) => tracing::debug!(%peer, "tunnel closed after its lifetime"),
+            }
         }
-    }
-    connections.shutdown().await;
+    })
+    .await;
 }
 
 /// What a proxy request asks for.
