@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use station_sim::{Bench, BenchConfig, World};
+use station_sim::{AlbertRequest, Bench, BenchConfig, Endpoint, World};
 
 use crate::{require_tool, run_with_timeout, workspace_bin, Output, TOOL_TIMEOUT};
 
@@ -78,6 +78,18 @@ impl InProcBench {
     #[track_caller]
     pub fn serial(&self, name: &str) -> &str {
         &self.serials[self.index_of(name)]
+    }
+
+    /// What the stand-in activation server received from the phone named `name` at
+    /// `endpoint`, oldest first.
+    #[track_caller]
+    pub fn albert_requests(&self, name: &str, endpoint: Endpoint) -> Vec<AlbertRequest> {
+        self.bench
+            .albert()
+            .requests_for(self.udid(name))
+            .into_iter()
+            .filter(|r| r.endpoint == Some(endpoint))
+            .collect()
     }
 
     /// The bench's usbmuxd exits as the real daemon does (socket removed, every

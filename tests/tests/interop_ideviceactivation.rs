@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use station_sim::{AlbertOutcome, AlbertRequest, Endpoint};
+use station_sim::{AlbertOutcome, Endpoint};
 use station_tests::fixtures::{self, Phone, CODE_A, CODE_A_MASKED, CODE_B};
 use station_tests::inproc::InProcBench;
 use station_tests::require_tool;
@@ -225,21 +225,11 @@ async fn activate(
     .expect("join")
 }
 
-fn requests(bench: &InProcBench, phone: &str, endpoint: Endpoint) -> Vec<AlbertRequest> {
-    bench
-        .bench
-        .albert()
-        .requests_for(bench.udid(phone))
-        .into_iter()
-        .filter(|r| r.endpoint == Some(endpoint))
-        .collect()
-}
-
 /// The tool went the session way through the proxy to the stand-in: one drmHandshake as an
 /// XML plist, then `activation-info` as multipart, both with libideviceactivation's
 /// User-Agent.
 fn assert_session_requests(bench: &InProcBench, phone: &str, run: &TerminalRun) {
-    let handshakes = requests(bench, phone, Endpoint::DrmHandshake);
+    let handshakes = bench.albert_requests(phone, Endpoint::DrmHandshake);
     assert_eq!(handshakes.len(), 1, "{handshakes:?}\n{run}");
     assert_eq!(
         handshakes[0].outcome,
@@ -250,7 +240,8 @@ fn assert_session_requests(bench: &InProcBench, phone: &str, run: &TerminalRun) 
         handshakes[0].content_type.as_deref(),
         Some("application/x-apple-plist")
     );
-    let first = requests(bench, phone, Endpoint::DeviceActivation)
+    let first = bench
+        .albert_requests(phone, Endpoint::DeviceActivation)
         .into_iter()
         .next()
         .unwrap_or_else(|| panic!("no deviceActivation request for {phone}: {run}"));
@@ -318,7 +309,7 @@ async fn ideviceactivation_activates_clean_phones_from_ios_9_on() {
         );
         assert_eq!(b.ideviceinfo_state(phone).await, "Activated", "{run}");
         assert_session_requests(&b, phone, &run);
-        let answers = requests(&b, phone, Endpoint::DeviceActivation);
+        let answers = b.albert_requests(phone, Endpoint::DeviceActivation);
         assert_eq!(answers.len(), 1, "{answers:?}");
         assert_eq!(answers[0].outcome, AlbertOutcome::Record);
     }
@@ -329,10 +320,11 @@ async fn ideviceactivation_activates_clean_phones_from_ios_9_on() {
     assert!(run.success(), "{run}");
     assert_eq!(b.ideviceinfo_state(CLEAN_IOS_9).await, "Activated", "{run}");
     assert!(
-        requests(&b, CLEAN_IOS_9, Endpoint::DrmHandshake).is_empty(),
+        b.albert_requests(CLEAN_IOS_9, Endpoint::DrmHandshake)
+            .is_empty(),
         "{run}"
     );
-    let posts = requests(&b, CLEAN_IOS_9, Endpoint::DeviceActivation);
+    let posts = b.albert_requests(CLEAN_IOS_9, Endpoint::DeviceActivation);
     assert_eq!(posts.len(), 1, "{posts:?}");
     assert_eq!(posts[0].outcome, AlbertOutcome::Record);
     assert_eq!(posts[0].user_agent.as_deref(), Some(USER_AGENT));
@@ -372,7 +364,7 @@ async fn ideviceactivation_opens_an_mdm_lock_with_a_blank_apple_id_and_the_code(
     assert_eq!(b.ideviceinfo_state(MDM).await, "Activated");
     assert_session_requests(&b, MDM, &run);
 
-    let posts = requests(&b, MDM, Endpoint::DeviceActivation);
+    let posts = b.albert_requests(MDM, Endpoint::DeviceActivation);
     assert_eq!(posts.len(), 2, "{posts:?}");
     assert_eq!(posts[0].outcome, AlbertOutcome::LockForm);
     let answer = &posts[1];
@@ -419,7 +411,7 @@ async fn ideviceactivation_cannot_open_a_user_lock_with_a_code() {
     assert!(run.screen.contains("Activation Lock"), "{run}");
     assert!(!run.screen.contains("Successfully activated"), "{run}");
     assert_eq!(b.ideviceinfo_state(USER_LOCKED).await, "Unactivated");
-    let posts = requests(&b, USER_LOCKED, Endpoint::DeviceActivation);
+    let posts = b.albert_requests(USER_LOCKED, Endpoint::DeviceActivation);
     assert_eq!(posts.len(), 2, "{posts:?}");
     assert_eq!(posts[0].outcome, AlbertOutcome::LockForm);
     assert_eq!(posts[1].login.as_deref(), Some(""));

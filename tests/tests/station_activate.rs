@@ -385,11 +385,8 @@ async fn activate_configured(
 
 fn outcomes_of(bench: &InProcBench, phone: &str, endpoint: Endpoint) -> Vec<AlbertOutcome> {
     bench
-        .bench
-        .albert()
-        .requests_for(bench.udid(phone))
+        .albert_requests(phone, endpoint)
         .into_iter()
-        .filter(|r| r.endpoint == Some(endpoint))
         .map(|r| r.outcome)
         .collect()
 }

@@ -697,12 +697,8 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
     };
     let handshakes = |phone: &str| {
         bench
-            .bench
-            .albert()
-            .requests_for(bench.udid(phone))
-            .into_iter()
-            .filter(|r| r.endpoint == Some(station_sim::Endpoint::DrmHandshake))
-            .count()
+            .albert_requests(phone, station_sim::Endpoint::DrmHandshake)
+            .len()
     };
     let graph = bench.bench.graph();
 
@@ -732,11 +728,9 @@ async fn a_slow_mdm_never_leaves_the_phone_with_a_stale_session() {
     // the token and the handshake goes out first is a race between two tasks.)
     let first_mdm_contact = graph.requests()[0].at;
     let first_activation = bench
-        .bench
-        .albert()
-        .requests_for(bench.udid(FIRST))
+        .albert_requests(FIRST, station_sim::Endpoint::DeviceActivation)
         .into_iter()
-        .find(|r| r.endpoint == Some(station_sim::Endpoint::DeviceActivation))
+        .next()
         .expect("a deviceActivation request");
     assert!(
         first_mdm_contact < first_activation.at,
