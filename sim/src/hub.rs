@@ -231,7 +231,7 @@ impl Hub {
         let index = self.index(udid)?;
         let mut s = self.lock();
         let plug = *self.plug_states[index].borrow();
-        let now = self.phones[index].host_use();
+        let now = self.phones[index].host_use().connections;
         if !plug.plugged_in || plug.plug_ins != plug_ins || now.open > 0 || now.changes != changes {
             return Ok(false);
         }

@@ -219,7 +219,9 @@ mod tests {
             "left {took:?} after the last connection closed"
         );
         let use_now = phone.host_use();
-        assert!(!use_now.attached && use_now.open == 0 && use_now.talked_to);
+        assert!(
+            !use_now.attached && use_now.connections.open == 0 && use_now.connections.talked_to
+        );
         // Listeners saw it go, as with any unplug.
         let mut detached = false;
         while let Ok(event) = events.try_recv() {
@@ -238,7 +240,7 @@ mod tests {
             hub.device_id(&udid).is_some(),
             "left without being talked to"
         );
-        assert!(!hub.phones()[0].host_use().talked_to);
+        assert!(!hub.phones()[0].host_use().connections.talked_to);
     }
 
     #[tokio::test]
@@ -296,7 +298,7 @@ mod tests {
             .await
             .expect("unplugged by the schedule");
         assert!(started.elapsed() >= Duration::from_millis(300));
-        assert_eq!(phone.host_use().open, 1);
+        assert_eq!(phone.host_use().connections.open, 1);
         assert!(!phone.host_use().attached);
         drop(connection);
         let closed_at = started.elapsed();
@@ -315,7 +317,9 @@ mod tests {
             "left {took:?} after the replug at {back_at:?}"
         );
         let use_now = phone.host_use();
-        assert!(!use_now.attached && use_now.open == 0 && use_now.talked_to);
+        assert!(
+            !use_now.attached && use_now.connections.open == 0 && use_now.connections.talked_to
+        );
     }
 
     /// Pulled out and put back by hand while idle: the clock starts again at the replug.

@@ -645,7 +645,7 @@ async fn a_phone_leaves_once_the_host_let_go_of_it() {
     call(&mut ch, "QueryType", vec![]).await;
     let use_now = tb.bench.host_use(&udid).expect("phone");
     assert!(
-        use_now.attached && use_now.open == 1 && use_now.talked_to,
+        use_now.attached && use_now.connections.open == 1 && use_now.connections.talked_to,
         "{use_now:?}"
     );
     drop(ch);

@@ -133,22 +133,19 @@ pub struct Phone {
 pub struct HostUse {
     /// Plugged in now, as the hub says (crate::hub keeps that list; this only reads it).
     pub attached: bool,
+    /// The host's connections, which the phone counts itself.
+    pub connections: ConnectionUse,
+}
+
+/// The host's connections to a phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionUse {
     /// Host connections open now (lockdown and started services).
     pub open: u32,
     /// The host has opened a connection to the phone at least once since the bench started.
     pub talked_to: bool,
     /// Counts every change of `open` and `talked_to`, so "idle since" restarts at each one
     /// (a plug-in restarts it too: crate::plugs watches the hub for those).
-    pub changes: u64,
-}
-
-/// The host's connections to a phone: [`HostUse`] but for whether it is plugged in, which
-/// is the hub's to say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct ConnectionUse {
-    pub open: u32,
-    pub talked_to: bool,
-    /// Counts every change of `open` and `talked_to`.
     pub changes: u64,
 }
 
@@ -255,12 +252,9 @@ impl Phone {
             .plug_state
             .get()
             .is_some_and(|plug| plug.borrow().plugged_in);
-        let connections = *self.connections.borrow();
         HostUse {
             attached,
-            open: connections.open,
-            talked_to: connections.talked_to,
-            changes: connections.changes,
+            connections: *self.connections.borrow(),
         }
     }
 

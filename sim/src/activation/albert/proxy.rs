@@ -202,7 +202,7 @@ async fn tunnel(proxy: &AlbertProxy, mut client: TcpStream) -> Result<(), String
             return Err("malformed request line".to_string());
         }
     }
-    let upstream =
+    let mut upstream =
         match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(proxy.upstream)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
@@ -225,7 +225,6 @@ async fn tunnel(proxy: &AlbertProxy, mut client: TcpStream) -> Result<(), String
         Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
         Err(_) => return Err(format!("no TLS handshake within {HEADER_TIMEOUT:?}")),
     };
-    let mut upstream = upstream;
     tokio::io::copy_bidirectional(&mut tls, &mut upstream)
         .await
         .map(|_| ())
